@@ -1,0 +1,38 @@
+/**
+ * Discovery contract: a source reports the set of engine pods; subscribers and the router
+ * follow it. Both the Kubernetes informer and the static file produce `PodInfo`s.
+ */
+export interface PodInfo {
+  /** unique name: "<namespace>/<pod>" for Kubernetes, the file's `name` for static */
+  name: string;
+  /** base model served */
+  model: string;
+  /** LoRA adapter names the pod serves */
+  loras: string[];
+  /** http base URL, e.g. http://10.0.0.5:8000 */
+  http: string;
+  /** PUB endpoint of rank 0, e.g. tcp://10.0.0.5:5557 */
+  events: string | null;
+  /** replay ROUTER endpoint of rank 0, or null */
+  replay: string | null;
+  /** data-parallel ranks; rank r uses the events/replay port + r */
+  dataParallelSize: number;
+  /** routable: Ready with an address */
+  ready: boolean;
+  /** engine block size if known (tokens), else the index default */
+  blockSize?: number;
+}
+
+export type DiscoveryEvent =
+  | { type: "upsert"; pod: PodInfo }
+  | { type: "delete"; name: string }
+  /** full snapshot: pods not in it are gone */
+  | { type: "sync"; pods: PodInfo[] };
+
+export interface DiscoverySource {
+  readonly kind: string;
+  start(onEvent: (ev: DiscoveryEvent) => void): Promise<void>;
+  stop(): Promise<void>;
+  /** true while the source cannot reach its backend (last known set stays in use) */
+  degraded(): boolean;
+}

@@ -1,0 +1,31 @@
+import type { PodInfo } from "../discovery/types.ts";
+
+/** Per-stream state, driven by socket monitor events and sequence tracking. */
+export type StreamState = "connecting" | "live" | "replaying" | "resyncing" | "down";
+
+export interface StreamStatus {
+  streamId: string;
+  pod: string;
+  rank: number | null;
+  model: string;
+  state: StreamState;
+  /** last applied seq, null before the first batch */
+  lastSeq: number | null;
+  eventsApplied: number;
+  decodeErrors: number;
+  gaps: number;
+  replays: number;
+  resyncs: number;
+}
+
+/**
+ * Keeps one subscriber per (pod, rank) in step with discovery. The gateway and the admin API
+ * read stream states from it; only `live` streams' cache counts for routing.
+ */
+export interface SubscriberManagerLike {
+  /** Reconcile with the pods discovery reports (start, restart on address change, stop). */
+  setPods(pods: PodInfo[]): void;
+  statuses(): StreamStatus[];
+  status(streamId: string): StreamStatus | undefined;
+  close(): Promise<void>;
+}

@@ -1,0 +1,69 @@
+import type { EventBatch, HashKey, Tier } from "../protocol/types.ts";
+
+/**
+ * The sync prefix index contract (contract; backends implement it).
+ *
+ * A *stream* is one engine event stream: a pod, or one data-parallel rank of a pod
+ * (`streamId` = "<pod>" or "<pod>#<rank>"). A *namespace* is (model, LoRA adapter, block size):
+ * blocks never match across namespaces.
+ */
+export interface StreamRef {
+  streamId: string;
+  pod: string;
+  /** data-parallel rank, null for single-rank engines */
+  rank: number | null;
+  /** the base model the pod serves */
+  model: string;
+}
+
+export interface NamespaceRef {
+  model: string;
+  /** LoRA adapter name, null for the base model */
+  lora: string | null;
+  blockSize: number;
+}
+
+export interface TierCounts {
+  GPU: number;
+  CPU: number;
+  STORAGE: number;
+}
+
+export interface StreamMatch {
+  streamId: string;
+  pod: string;
+  rank: number | null;
+  /** leading blocks cached on any tier */
+  matchedBlocks: number;
+  /** leading blocks cached per tier (a block counts for every tier that holds it) */
+  tiers: TierCounts;
+}
+
+export interface BlockClaim {
+  /** engine hash (canonical in-memory form) */
+  hash: HashKey;
+  tiers: Tier[];
+}
+
+export interface IndexStats {
+  entries: number;
+  blocks: number;
+  streams: number;
+  approxBytes: number;
+  evictions: number;
+}
+
+export interface PrefixIndex {
+  /** Apply a decoded batch of one stream, in seq order. Never throws on bad content. */
+  applyBatch(stream: StreamRef, batch: EventBatch): void;
+  /** Forget every claim of a stream (restart, unrecoverable gap, pod deleted): O(stream's entries). */
+  dropStream(streamId: string): void;
+  /**
+   * For each stream with at least one matched block in the namespace, the number of leading
+   * blocks of `tokenIds` (full blocks only) it holds. Streams with no match are omitted.
+   */
+  match(ns: NamespaceRef, tokenIds: ArrayLike<number>): StreamMatch[];
+  /** What the index believes a stream holds, by engine hash. */
+  streamBlocks(streamId: string): BlockClaim[];
+  stats(): IndexStats;
+}
