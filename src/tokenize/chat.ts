@@ -1,0 +1,257 @@
+/**
+ * Chat request → template variables, following what vLLM's OpenAI server does for a text-only
+ * model whose template takes string content ("string" content format):
+ *  - `content: null` → "", a string stays, a list of parts → text parts joined with "\n";
+ *  - assistant `tool_calls` kept (an empty list dropped), each `function.arguments` JSON string
+ *    parsed to an object (templates render it with `tojson`), empty/missing → {};
+ *  - `tool_call_id` kept for tool messages, `name` kept when it is a string, `reasoning`
+ *    (or the older `reasoning_content`) passed as both `reasoning` and `reasoning_content`;
+ *  - tools serialised like vLLM's pydantic `model_dump()`: `{type, function: {name, description,
+ *    parameters, ...extra}, ...extra}` with missing optional fields as null;
+ *  - `add_generation_prompt` defaults to true unless `continue_final_message`;
+ *  - `continue_final_message` trims the render after the final message's content like
+ *    transformers' `apply_chat_template`.
+ */
+import { Template } from "@huggingface/jinja";
+import { TokenizerError } from "./errors.ts";
+import type { ChatMessage, ChatRequestLike } from "./types.ts";
+
+export interface ConversationMessage {
+  role: string;
+  content: string;
+  tool_calls?: unknown[];
+  tool_call_id?: string;
+  name?: string;
+  reasoning?: string;
+  reasoning_content?: string;
+  tools?: unknown;
+}
+
+const TEXT_PART_TYPES = new Set(["text", "input_text"]);
+
+function partText(part: unknown, msgIndex: number): string {
+  if (typeof part === "string") return part;
+  if (part === null || typeof part !== "object") {
+    throw new TokenizerError(
+      "bad_request",
+      `messages[${msgIndex}].content: a content part must be an object`,
+    );
+  }
+  const p = part as { type?: unknown; text?: unknown; refusal?: unknown };
+  if (typeof p.type === "string" && TEXT_PART_TYPES.has(p.type)) {
+    if (typeof p.text !== "string") {
+      throw new TokenizerError(
+        "bad_request",
+        `messages[${msgIndex}].content: "${p.type}" part needs a string "text"`,
+      );
+    }
+    return p.text;
+  }
+  if (p.type === "refusal" && typeof p.refusal === "string") return p.refusal;
+  throw new TokenizerError(
+    "bad_request",
+    `messages[${msgIndex}].content: unsupported content part type ${JSON.stringify(p.type)} (text-only model)`,
+  );
+}
+
+function contentToString(content: ChatMessage["content"] | undefined, msgIndex: number): string {
+  if (content === null || content === undefined) return "";
+  if (typeof content === "string") return content;
+  if (!Array.isArray(content)) {
+    throw new TokenizerError(
+      "bad_request",
+      `messages[${msgIndex}].content must be a string, an array or null`,
+    );
+  }
+  const texts: string[] = [];
+  for (const part of content) texts.push(partText(part, msgIndex));
+  return texts.join("\n");
+}
+
+function normalizeToolCall(tc: unknown, msgIndex: number): unknown {
+  if (tc === null || typeof tc !== "object") return tc;
+  const call = tc as Record<string, unknown>;
+  const fn = call.function;
+  if (fn === null || typeof fn !== "object") return call;
+  const f = fn as Record<string, unknown>;
+  let args = f.arguments;
+  if (args === undefined || args === null || args === "") {
+    args = {};
+  } else if (typeof args === "string") {
+    try {
+      args = JSON.parse(args);
+    } catch (e) {
+      throw new TokenizerError(
+        "bad_request",
+        `messages[${msgIndex}].tool_calls: function.arguments is not valid JSON: ${(e as Error).message}`,
+      );
+    }
+  }
+  return { ...call, function: { ...f, arguments: args } };
+}
+
+/** vLLM's message parsing for the "string" content format. */
+export function normalizeMessages(messages: ChatMessage[]): ConversationMessage[] {
+  if (!Array.isArray(messages)) throw new TokenizerError("bad_request", "messages must be an array");
+  const out: ConversationMessage[] = [];
+  messages.forEach((m, i) => {
+    if (m === null || typeof m !== "object" || typeof m.role !== "string") {
+      throw new TokenizerError("bad_request", `messages[${i}] must be an object with a string "role"`);
+    }
+    const msg: ConversationMessage = { role: m.role, content: contentToString(m.content, i) };
+    if (m.role === "assistant") {
+      if (Array.isArray(m.tool_calls) && m.tool_calls.length > 0) {
+        msg.tool_calls = m.tool_calls.map((tc) => normalizeToolCall(tc, i));
+      }
+      const reasoning = typeof m.reasoning === "string" ? m.reasoning : m.reasoning_content;
+      if (typeof reasoning === "string") {
+        msg.reasoning = reasoning;
+        msg.reasoning_content = reasoning;
+      }
+    } else if (m.role === "tool") {
+      if (typeof m.tool_call_id === "string") msg.tool_call_id = m.tool_call_id;
+    }
+    if (typeof m.name === "string") msg.name = m.name;
+    if (m.role === "developer") msg.tools = m.tools ?? null;
+    out.push(msg);
+  });
+  return out;
+}
+
+function withDeclaredFirst(
+  obj: Record<string, unknown>,
+  declared: Array<[string, unknown]>,
+): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, dflt] of declared) out[k] = obj[k] === undefined ? dflt : obj[k];
+  for (const [k, v] of Object.entries(obj)) if (!(k in out)) out[k] = v;
+  return out;
+}
+
+/** Tools as vLLM hands them to the template: pydantic `model_dump()` of ChatCompletionToolsParam. */
+export function normalizeTools(tools: unknown[] | undefined | null): Record<string, unknown>[] | null {
+  if (tools === undefined || tools === null) return null;
+  if (!Array.isArray(tools)) throw new TokenizerError("bad_request", "tools must be an array");
+  return tools.map((t, i) => {
+    if (t === null || typeof t !== "object")
+      throw new TokenizerError("bad_request", `tools[${i}] must be an object`);
+    const tool = t as Record<string, unknown>;
+    const fn = tool.function;
+    if (fn === null || typeof fn !== "object" || typeof (fn as { name?: unknown }).name !== "string") {
+      throw new TokenizerError("bad_request", `tools[${i}].function.name must be a string`);
+    }
+    const f = withDeclaredFirst(fn as Record<string, unknown>, [
+      ["name", undefined],
+      ["description", null],
+      ["parameters", null],
+    ]);
+    return withDeclaredFirst({ ...tool, function: f }, [
+      ["type", "function"],
+      ["function", undefined],
+    ]);
+  });
+}
+
+/** Python `str.isspace()` characters (differs from JS `trim()` in \x1c-\x1f, \x85, \ufeff). */
+const PY_WS =
+  "\\t\\n\\v\\f\\r\\x1c-\\x1f \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
+const PY_LSTRIP = new RegExp(`^[${PY_WS}]+`);
+const PY_RSTRIP = new RegExp(`[${PY_WS}]+$`);
+export const pyLstrip = (s: string): string => s.replace(PY_LSTRIP, "");
+export const pyStrip = (s: string): string => s.replace(PY_LSTRIP, "").replace(PY_RSTRIP, "");
+
+/** transformers' `continue_final_message` handling: cut the render right after the last message. */
+export function trimAfterFinalMessage(rendered: string, finalContent: string): string {
+  const stripped = pyStrip(finalContent);
+  const loc = rendered.lastIndexOf(stripped);
+  if (loc < 0) {
+    throw new TokenizerError(
+      "bad_request",
+      "continue_final_message is set but the final message does not appear in the rendered chat template",
+    );
+  }
+  const lstripped = pyLstrip(finalContent);
+  if (rendered.slice(loc, loc + lstripped.length) === finalContent)
+    return rendered.slice(0, loc + lstripped.length);
+  return rendered.slice(0, loc + stripped.length);
+}
+
+/** Names the jinja runtime defines itself (setting them again throws). */
+const RESERVED_GLOBALS = new Set([
+  "false",
+  "true",
+  "none",
+  "False",
+  "True",
+  "None",
+  "raise_exception",
+  "range",
+  "strftime_now",
+  "messages",
+]);
+
+export interface ChatTemplateOptions {
+  template: string;
+  /** special tokens map passed to the template (bos_token, eos_token, ...) like transformers */
+  specialTokens: Record<string, unknown>;
+}
+
+/** A compiled chat template. */
+export class ChatTemplate {
+  private readonly compiled: Template;
+  private readonly specialTokens: Record<string, unknown>;
+
+  constructor(opts: ChatTemplateOptions) {
+    try {
+      this.compiled = new Template(opts.template);
+    } catch (e) {
+      throw new TokenizerError("config", `chat template does not parse: ${(e as Error).message}`, {
+        cause: e,
+      });
+    }
+    this.specialTokens = opts.specialTokens;
+  }
+
+  render(req: ChatRequestLike): string {
+    if (req === null || typeof req !== "object")
+      throw new TokenizerError("bad_request", "chat request must be an object");
+    const continueFinal = req.continue_final_message === true;
+    const addGen = req.add_generation_prompt ?? !continueFinal;
+    if (continueFinal && addGen) {
+      throw new TokenizerError(
+        "bad_request",
+        "cannot set both continue_final_message and add_generation_prompt to true",
+      );
+    }
+    const messages = normalizeMessages(req.messages);
+    if (continueFinal && messages.length === 0) {
+      throw new TokenizerError("bad_request", "continue_final_message needs at least one message");
+    }
+    const kwargs = req.chat_template_kwargs ?? {};
+    if (kwargs === null || typeof kwargs !== "object" || Array.isArray(kwargs)) {
+      throw new TokenizerError("bad_request", "chat_template_kwargs must be an object");
+    }
+    const ctx: Record<string, unknown> = {
+      ...this.specialTokens,
+      messages,
+      tools: normalizeTools(req.tools),
+      documents: null,
+      add_generation_prompt: addGen,
+    };
+    for (const [k, v] of Object.entries(kwargs)) {
+      if (RESERVED_GLOBALS.has(k)) continue;
+      ctx[k] = v;
+    }
+    let rendered: string;
+    try {
+      rendered = this.compiled.render(ctx);
+    } catch (e) {
+      if (e instanceof TokenizerError) throw e;
+      throw new TokenizerError("bad_request", `chat template failed to render: ${(e as Error).message}`, {
+        cause: e,
+      });
+    }
+    if (continueFinal) rendered = trimAfterFinalMessage(rendered, messages[messages.length - 1].content);
+    return rendered;
+  }
+}

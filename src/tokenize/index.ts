@@ -1,0 +1,15 @@
+export { ChatTemplate, normalizeMessages, normalizeTools } from "./chat.ts";
+export { isTokenizerError, TokenizerError, type TokenizerErrorCode } from "./errors.ts";
+export {
+  DEFAULT_MODEL,
+  defaultTokenizerDir,
+  HfTokenizer,
+  type LoadOptions,
+  loadTokenizer,
+  loadTokenizerCore,
+  segmentationPlan,
+  splitAtBoundary,
+  type TokenizerCore,
+} from "./hf-tokenizer.ts";
+export { SegmentCache, type SegmentCacheOptions, type SegmentCacheStats } from "./segment-cache.ts";
+export type { ChatMessage, ChatRequestLike, Tokenizer } from "./types.ts";
