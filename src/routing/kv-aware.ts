@@ -1,0 +1,165 @@
+import type { StreamMatch, TierCounts } from "../index/types.ts";
+import type {
+  Candidate,
+  LoadSource,
+  LoadView,
+  MatchSource,
+  RouteRequest,
+  RoutingDecision,
+  RoutingPolicy,
+  ScoredCandidate,
+} from "./types.ts";
+
+/** Knobs of the kv-aware score (see docs/routing.md for the formula). */
+export interface KvAwareOptions {
+  /** share of a cached block's prefill saved per tier (GPU > CPU > STORAGE) */
+  gpuWeight: number;
+  cpuWeight: number;
+  storageWeight: number;
+  /** token-equivalents each running request adds to a new request's time to first token */
+  runningRequestCost: number;
+  /** tokens assumed per request the engine reports waiting beyond this gateway's own */
+  waitingRequestTokens: number;
+  /** KV usage (0..1) above which a pod is penalised */
+  kvUsageWatermark: number;
+  /** score multiplier added at 100 % KV usage (linear from the watermark) */
+  kvUsagePenalty: number;
+}
+
+export const KV_AWARE_DEFAULTS: Readonly<KvAwareOptions> = Object.freeze({
+  gpuWeight: 1,
+  cpuWeight: 0.8,
+  storageWeight: 0.5,
+  runningRequestCost: 256,
+  waitingRequestTokens: 1024,
+  kvUsageWatermark: 0.9,
+  kvUsagePenalty: 1,
+});
+
+const ZERO_TIERS: TierCounts = Object.freeze({ GPU: 0, CPU: 0, STORAGE: 0 }) as TierCounts;
+
+/** Full blocks of a prompt of `n` tokens that an engine can reuse: it always computes the last token. */
+export function reusableBlocks(n: number, blockSize: number): number {
+  if (n <= 1 || blockSize <= 0) return 0;
+  return Math.floor((n - 1) / blockSize);
+}
+
+/**
+ * Prefill tokens saved by a match, tier-weighted. Tier counts are leading-block counts, so the
+ * first `GPU` blocks are on GPU, the next up to max(GPU, CPU) come from CPU, the rest from storage.
+ */
+export function savedTokens(
+  matchedBlocks: number,
+  tiers: TierCounts,
+  blockSize: number,
+  capBlocks: number,
+  o: Pick<KvAwareOptions, "gpuWeight" | "cpuWeight" | "storageWeight">,
+): number {
+  const m = Math.min(matchedBlocks, capBlocks);
+  const g = Math.min(tiers.GPU, m);
+  const gc = Math.min(Math.max(g, tiers.CPU), m);
+  return blockSize * (g * o.gpuWeight + (gc - g) * o.cpuWeight + (m - gc) * o.storageWeight);
+}
+
+/** Estimated time to first token, in prefill-token equivalents, plus its terms. */
+export function estimateTtft(
+  promptTokens: number,
+  saved: number,
+  load: LoadView,
+  o: KvAwareOptions,
+): { score: number; queued: number; uncached: number; running: number; kvFactor: number } {
+  const uncached = Math.max(0, promptTokens - saved);
+  const otherWaiting =
+    load.engineWaiting === null ? 0 : Math.max(0, load.engineWaiting - load.inflightPrefillRequests);
+  const queued = load.inflightPrefillTokens + otherWaiting * o.waitingRequestTokens;
+  const running = Math.max(load.inflightRequests, load.engineRunning ?? 0);
+  let kvFactor = 1;
+  if (load.kvUsage !== null && load.kvUsage > o.kvUsageWatermark && o.kvUsageWatermark < 1) {
+    kvFactor +=
+      (o.kvUsagePenalty * (Math.min(1, load.kvUsage) - o.kvUsageWatermark)) / (1 - o.kvUsageWatermark);
+  }
+  // +1: the last prompt token is always computed, so a fully cached prompt still costs a step
+  const score = (queued + uncached + 1 + running * o.runningRequestCost) * kvFactor;
+  return { score, queued, uncached, running, kvFactor };
+}
+
+/** Ranking shared by load-based policies: score, then in-flight requests, then a rotating offset. */
+export function rankByScore(scored: ScoredCandidate[], rotation: number): ScoredCandidate[] {
+  const n = scored.length;
+  const order = scored.map((s, i) => ({ s, tie: (i - (rotation % n) + n) % n }));
+  order.sort(
+    (a, b) => a.s.score - b.s.score || a.s.load.inflightRequests - b.s.load.inflightRequests || a.tie - b.tie,
+  );
+  return order.map((x) => x.s);
+}
+
+/**
+ * kv-aware: for each ready candidate, the prefill its cache saves (from the sync index, only for
+ * streams that are live) against its load, combined as an estimated time to first token.
+ */
+export class KvAwarePolicy implements RoutingPolicy {
+  readonly name = "kv-aware" as const;
+  private readonly o: KvAwareOptions;
+  private rotation = 0;
+
+  constructor(
+    private readonly index: MatchSource,
+    private readonly loads: LoadSource,
+    options: Partial<KvAwareOptions> = {},
+  ) {
+    this.o = { ...KV_AWARE_DEFAULTS, ...options };
+  }
+
+  get options(): Readonly<KvAwareOptions> {
+    return this.o;
+  }
+
+  route(req: RouteRequest): RoutingDecision {
+    const n = req.tokenIds.length;
+    const bs = req.ns.blockSize;
+    const cap = reusableBlocks(n, bs);
+    const byStream = new Map<string, StreamMatch>();
+    if (cap > 0 && req.candidates.some((c) => c.live)) {
+      let matches: StreamMatch[] = [];
+      try {
+        matches = this.index.match(req.ns, req.tokenIds);
+      } catch {
+        matches = [];
+      }
+      for (const m of matches) byStream.set(m.streamId, m);
+    }
+    const scored = req.candidates.map((c) => this.score(c, byStream.get(c.streamId), n, bs, cap));
+    const ranked = rankByScore(scored, this.rotation++);
+    if (this.rotation > 1e9) this.rotation = 0;
+    return { policy: this.name, ranked };
+  }
+
+  private score(
+    c: Candidate,
+    m: StreamMatch | undefined,
+    n: number,
+    bs: number,
+    cap: number,
+  ): ScoredCandidate {
+    const counts = c.live && m !== undefined;
+    const matchedBlocks = counts ? Math.min(m.matchedBlocks, cap) : 0;
+    const tiers = counts ? m.tiers : ZERO_TIERS;
+    const saved = counts ? savedTokens(m.matchedBlocks, m.tiers, bs, cap, this.o) : 0;
+    const load = this.loads.load(c.streamId, c.pod);
+    const e = estimateTtft(n, saved, load, this.o);
+    return {
+      candidate: c,
+      matchedBlocks,
+      matchedTokens: matchedBlocks * bs,
+      tiers: {
+        GPU: Math.min(tiers.GPU, cap),
+        CPU: Math.min(tiers.CPU, cap),
+        STORAGE: Math.min(tiers.STORAGE, cap),
+      },
+      savedTokens: saved,
+      load,
+      score: e.score,
+      terms: { queued: e.queued, uncached: e.uncached, running: e.running, kvFactor: e.kvFactor },
+    };
+  }
+}
