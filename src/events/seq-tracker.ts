@@ -1,0 +1,341 @@
+/**
+ * The sequence logic of one engine event stream, free of sockets and timers: a pure state
+ * machine fed with live messages, replay messages and replay outcomes, which tells its sink
+ * what to apply, when to drop the stream's entries and when to ask for a replay.
+ *
+ * Rules (see docs/events.md):
+ * - Live seq == last + 1 is applied. A gap (seq > last + 1) asks for a replay from last + 1;
+ *   live messages that arrive meanwhile wait in a bounded queue and are merged after the replay
+ *   without duplicates. Without a replay endpoint a gap is unrecoverable.
+ * - A replay that can't cover the gap (its first seq is beyond the requested one, a hole inside
+ *   it, a failure or timeout) drops the stream's entries and rebuilds from what the stream still
+ *   delivers (state `resyncing` until the stream is contiguous and nothing waits).
+ * - A seq <= last whose payload equals the one seen for that seq is a duplicate (ignored); any
+ *   other backward seq means the engine restarted: drop and start over (replay from 0).
+ * - After a reconnect the tracker asks for a replay from `last` and checks that the engine still
+ *   has the same batch there: otherwise it restarted while we were away.
+ */
+
+export type TrackerState = "live" | "replaying" | "resyncing";
+
+export type DropReason = "restart" | "gap";
+
+export interface SeqSink {
+  /** Apply a message, in seq order. */
+  apply(seq: number, payload: Uint8Array): void;
+  /** Forget every entry of the stream. */
+  drop(reason: DropReason): void;
+  /** Ask the engine for its buffered batches with seq >= fromSeq (one replay at a time). */
+  requestReplay(fromSeq: number): void;
+  /** A gap was detected between two seqs (inclusive range of missing seqs). */
+  gap?(from: number, to: number, recoverable: boolean): void;
+  duplicate?(seq: number): void;
+  /** A live message could not be queued during a replay (queue full); it shows up as a gap later. */
+  overflow?(seq: number): void;
+}
+
+export interface SeqTrackerOptions {
+  /** The stream has a replay endpoint. */
+  replay: boolean;
+  /** Live messages queued while a replay runs. */
+  maxPending?: number;
+  /** Recent payloads kept to tell duplicates from restarts. */
+  recentSize?: number;
+}
+
+type ReplayKind = "initial" | "gap" | "verify";
+
+interface Msg {
+  seq: number;
+  payload: Uint8Array;
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a === b) return true;
+  const n = a.length;
+  if (n !== b.length) return false;
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+export class SeqTracker {
+  /** last applied seq, null before the first batch (or after a drop). */
+  last: number | null = null;
+  private phase: "idle" | "live" | "replaying" = "idle";
+  private resyncing = false;
+  private readonly hasReplay: boolean;
+  private readonly maxPending: number;
+  private readonly pending: Msg[] = [];
+  // ring of recently applied messages, indexed by seq % size
+  private readonly recentSeq: Float64Array;
+  private readonly recentPayload: (Uint8Array | null)[];
+  // the running replay
+  private replayKind: ReplayKind = "initial";
+  private replayFrom = 0;
+  private replayFirst = true;
+  private replayAbandon = false;
+  private replayIgnore = false;
+  /** live messages dropped because the queue was full */
+  overflowed = 0;
+
+  constructor(
+    private readonly sink: SeqSink,
+    opts: SeqTrackerOptions,
+  ) {
+    this.hasReplay = opts.replay;
+    this.maxPending = Math.max(1, opts.maxPending ?? 10_000);
+    const n = Math.max(2, opts.recentSize ?? 256);
+    this.recentSeq = new Float64Array(n).fill(-1);
+    this.recentPayload = new Array(n).fill(null);
+  }
+
+  /** last applied seq for status reports (null before the first batch). */
+  lastSeq(): number | null {
+    return this.last === null || this.last < 0 ? null : this.last;
+  }
+
+  state(): TrackerState {
+    if (this.resyncing) return "resyncing";
+    return this.phase === "replaying" ? "replaying" : "live";
+  }
+
+  replaying(): boolean {
+    return this.phase === "replaying";
+  }
+
+  pendingCount(): number {
+    return this.pending.length;
+  }
+
+  /**
+   * First connection. With a replay endpoint, asks for replay from `fromSeq` (default 0: pick up
+   * whatever the engine's buffer still holds); batches before the first replayed one are not a
+   * gap unless `fromSeq` was given explicitly.
+   */
+  start(fromSeq?: number): void {
+    if (this.phase !== "idle") return;
+    if (this.hasReplay) {
+      if (fromSeq !== undefined && fromSeq > 0) {
+        // behave as if everything before fromSeq was seen: a later first seq is a gap
+        this.last = fromSeq - 1;
+        this.beginReplay("gap", fromSeq);
+      } else {
+        this.beginReplay("initial", 0);
+      }
+    } else {
+      this.phase = "live";
+    }
+  }
+
+  /** The live connection came back after a disconnect: verify the engine is the same process. */
+  reconnected(): void {
+    if (this.phase === "idle") {
+      this.start();
+      return;
+    }
+    if (!this.hasReplay) {
+      // whatever was published while we were away is lost, a BlockRemoved maybe: rebuild
+      if (this.last !== null) this.unrecoverable();
+      return;
+    }
+    if (this.phase === "replaying") {
+      // batches queued so far came over the old connection: the check after this replay asks
+      // from `last` again, which brings them back if the engine is still the same process
+      this.pending.length = 0;
+      // the rest of the running replay may come from a new process: ignore it
+      this.replayIgnore = true;
+      return;
+    }
+    if (this.last === null || this.last < 0) this.beginReplay("initial", 0);
+    else this.beginReplay("verify", this.last);
+  }
+
+  onLive(seq: number, payload: Uint8Array): void {
+    if (this.phase === "idle") this.phase = "live";
+    if (this.phase === "replaying") {
+      this.enqueue(seq, payload);
+      return;
+    }
+    if (!this.processLive(seq, payload, false)) this.enqueue(seq, payload);
+  }
+
+  onReplayMessage(seq: number, payload: Uint8Array): void {
+    if (this.phase !== "replaying" || this.replayAbandon || this.replayIgnore) return;
+    if (this.replayFirst) {
+      this.replayFirst = false;
+      if (this.replayKind === "verify") {
+        const last = this.last as number;
+        if (seq === last && this.recentMatches(seq, payload) === true) return; // same engine
+        if (seq <= last) {
+          // a different batch at a seq we have seen: the engine restarted while we were away
+          this.replayAbandon = true;
+          return;
+        }
+        // the buffer moved past our last batch: what happened in between is unknown
+        this.sink.gap?.(last + 1, seq - 1, false);
+        this.unrecoverable();
+        this.applyMsg(seq, payload);
+        return;
+      }
+      if (this.replayKind === "gap" && seq > this.replayFrom) {
+        // the engine's buffer no longer holds the start of the gap (reported when detected)
+        this.unrecoverable();
+        this.applyMsg(seq, payload);
+        return;
+      }
+    }
+    const last = this.last;
+    if (last === null || seq === last + 1) {
+      this.applyMsg(seq, payload);
+    } else if (seq <= last) {
+      this.sink.duplicate?.(seq);
+    } else {
+      // a hole inside the engine's own buffer (a failed encode loses a seq)
+      this.sink.gap?.(last + 1, seq - 1, false);
+      this.unrecoverable();
+      this.applyMsg(seq, payload);
+    }
+  }
+
+  onReplayEnd(): void {
+    if (this.phase !== "replaying") return;
+    if (this.replayIgnore) {
+      // reconnected meanwhile: check that the engine is still the process we followed
+      if (this.last !== null && this.last >= 0) this.beginReplay("verify", this.last);
+      else this.beginReplay("initial", 0);
+      return;
+    }
+    // a verify replay without our last batch: the engine's newest seq is below ours (restarted)
+    if (this.replayAbandon || (this.replayKind === "verify" && this.replayFirst)) {
+      this.restart();
+      return;
+    }
+    // an empty first pick-up: the engine has published nothing yet, so its next seq is 0
+    if (this.replayKind === "initial" && this.replayFirst && this.last === null) this.last = -1;
+    this.phase = "live";
+    this.drain();
+  }
+
+  /** The replay failed (no answer in time, socket error). */
+  onReplayFailed(): void {
+    if (this.phase !== "replaying") return;
+    if (this.replayIgnore) {
+      // its answer no longer mattered; check the (re)connected engine instead
+      this.onReplayEnd();
+      return;
+    }
+    if (this.replayAbandon) {
+      // the engine restarted and its replay is gone too: rebuild from the live stream
+      this.sink.drop("restart");
+      this.forget();
+      this.resyncing = true;
+      this.phase = "live";
+      return;
+    }
+    // an initial pick-up that fails loses nothing we had; any other replay leaves a hole
+    if (this.replayKind !== "initial" || this.last !== null) this.unrecoverable();
+    this.phase = "live";
+    this.drain();
+  }
+
+  // ---------------------------------------------------------------------------------------
+
+  private enqueue(seq: number, payload: Uint8Array): void {
+    if (this.pending.length >= this.maxPending) {
+      this.overflowed++;
+      this.sink.overflow?.(seq);
+      return;
+    }
+    this.pending.push({ seq, payload });
+  }
+
+  /** Returns false when the message must wait (a replay was started for the gap before it). */
+  private processLive(seq: number, payload: Uint8Array, fromQueue: boolean): boolean {
+    const last = this.last;
+    if (last === null || seq === last + 1) {
+      this.applyMsg(seq, payload);
+      // contiguous again after a rebuild (a queue drain clears it when the queue is empty)
+      if (!fromQueue && last !== null) this.resyncing = false;
+      return true;
+    }
+    if (seq <= last) {
+      const m = this.recentMatches(seq, payload);
+      if (m === true || (m === null && fromQueue)) {
+        this.sink.duplicate?.(seq);
+        return true;
+      }
+      this.restart();
+      // with a replay, the new process's buffer (asked from 0) brings this batch again
+      if (this.phase !== "replaying") this.applyMsg(seq, payload);
+      return true;
+    }
+    // gap
+    if (this.hasReplay) {
+      this.sink.gap?.(last + 1, seq - 1, true);
+      this.beginReplay("gap", last + 1);
+      return false;
+    }
+    this.sink.gap?.(last + 1, seq - 1, false);
+    this.unrecoverable();
+    this.applyMsg(seq, payload);
+    return true;
+  }
+
+  private drain(): void {
+    while (this.pending.length > 0 && this.phase === "live") {
+      const m = this.pending[0];
+      if (!this.processLive(m.seq, m.payload, true)) return; // a new replay covers the gap first
+      this.pending.shift();
+    }
+    if (this.phase === "live" && this.pending.length === 0) this.resyncing = false;
+  }
+
+  private beginReplay(kind: ReplayKind, from: number): void {
+    this.phase = "replaying";
+    this.replayKind = kind;
+    this.replayFrom = from;
+    this.replayFirst = true;
+    this.replayAbandon = false;
+    this.replayIgnore = false;
+    this.sink.requestReplay(from);
+  }
+
+  /** The engine restarted: its entries are stale; pick up its new buffer from 0. */
+  private restart(): void {
+    this.sink.drop("restart");
+    this.resyncing = false;
+    // queued batches may belong to either process; the replay from 0 brings the new one's again
+    this.forget();
+    if (this.hasReplay) this.beginReplay("initial", 0);
+    else this.phase = "live";
+  }
+
+  private forget(): void {
+    this.last = null;
+    this.recentSeq.fill(-1);
+    this.recentPayload.fill(null);
+    this.pending.length = 0;
+  }
+
+  /** Entries a lost batch may have made false: drop them and rebuild from what follows. */
+  private unrecoverable(): void {
+    this.sink.drop("gap");
+    this.resyncing = true;
+    this.last = null;
+  }
+
+  private applyMsg(seq: number, payload: Uint8Array): void {
+    this.last = seq;
+    const i = seq % this.recentSeq.length;
+    this.recentSeq[i] = seq;
+    this.recentPayload[i] = payload;
+    this.sink.apply(seq, payload);
+  }
+
+  /** true: seen with the same payload; false: seen with another payload; null: not remembered. */
+  private recentMatches(seq: number, payload: Uint8Array): boolean | null {
+    const i = seq % this.recentSeq.length;
+    if (this.recentSeq[i] !== seq) return null;
+    return sameBytes(this.recentPayload[i] as Uint8Array, payload);
+  }
+}
