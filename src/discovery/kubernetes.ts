@@ -1,0 +1,611 @@
+import { existsSync } from "node:fs";
+import {
+  HttpMethod,
+  KubeConfig,
+  type KubernetesListObject,
+  ListWatch,
+  RequestContext,
+  type V1Pod,
+  Watch,
+} from "@kubernetes/client-node";
+import type { Registry } from "prom-client";
+import { fetch } from "undici";
+import { createLogger, type Logger } from "../util/log.ts";
+import { type DiscoveryMetrics, discoveryMetrics } from "./metrics.ts";
+import type { DiscoveryEvent, DiscoverySource, PodInfo } from "./types.ts";
+
+/** Labels and annotations read from engine pods (AIBrix's labels, plus kvsync's annotations). */
+export const LABELS = {
+  /** selects the pods that publish KV events (the default label selector) */
+  kvEventsEnabled: "model.aibrix.ai/kv-events-enabled",
+  /** base model served; label or annotation */
+  model: "model.aibrix.ai/name",
+  /** one LoRA adapter the pod serves (label) */
+  loraId: "model.aibrix.ai/lora-id",
+  /** AIBrix's engine HTTP port label, used when kvsync's annotation is absent */
+  aibrixPort: "model.aibrix.ai/port",
+} as const;
+
+export const ANNOTATIONS = {
+  /** comma-separated LoRA adapter names, e.g. "sql-lora,chat-lora" */
+  loraAdapters: "kvsync.io/lora-adapters",
+  /** engine HTTP port (default 8000) */
+  httpPort: "kvsync.io/http-port",
+  /** ZeroMQ PUB port of rank 0 (default 5557); "none" for a pod without KV events */
+  eventsPort: "kvsync.io/kv-events-port",
+  /** ZeroMQ replay ROUTER port of rank 0 (default 5558); "none" for no replay */
+  replayPort: "kvsync.io/kv-replay-port",
+  /** data-parallel ranks (default 1); rank r publishes on the events/replay port + r */
+  dataParallelSize: "kvsync.io/data-parallel-size",
+  /** engine block size in tokens (optional) */
+  blockSize: "kvsync.io/block-size",
+} as const;
+
+export const DEFAULT_PORTS = { http: 8000, events: 5557, replay: 5558 } as const;
+export const DEFAULT_LABEL_SELECTOR = `${LABELS.kvEventsEnabled}=true`;
+
+/** Why a pod object was not turned into a `PodInfo`. */
+export class PodSpecError extends Error {
+  override readonly name = "PodSpecError";
+}
+
+function parsePort(v: string | undefined, dflt: number, what: string): number | null {
+  if (v === undefined || v.trim() === "") return dflt;
+  const s = v.trim().toLowerCase();
+  if (s === "none" || s === "off" || s === "0") return null;
+  const n = Number(s);
+  if (!Number.isInteger(n) || n < 1 || n > 65535)
+    throw new PodSpecError(`${what}: bad port ${JSON.stringify(v)}`);
+  return n;
+}
+
+function hostPort(ip: string, port: number): string {
+  return ip.includes(":") ? `[${ip}]:${port}` : `${ip}:${port}`;
+}
+
+/**
+ * Turn a pod object into a `PodInfo`, or null when it has no address yet (nothing to subscribe
+ * to). Throws `PodSpecError` for a pod that cannot be used (no model, bad annotation).
+ * `previous` keeps a known pod's endpoints when its IP is withdrawn (not routable, stream kept).
+ */
+export function podInfoFromPod(pod: V1Pod, previous?: PodInfo): PodInfo | null {
+  const md = pod.metadata ?? {};
+  const labels = md.labels ?? {};
+  const ann = md.annotations ?? {};
+  const ns = md.namespace ?? "default";
+  const name = `${ns}/${md.name ?? ""}`;
+  const model = (labels[LABELS.model] ?? ann[LABELS.model] ?? "").trim();
+  if (model === "") throw new PodSpecError(`no model: set the label or annotation ${LABELS.model}`);
+  const loras: string[] = [];
+  const addLora = (s: string | undefined) => {
+    const v = s?.trim();
+    if (v && !loras.includes(v)) loras.push(v);
+  };
+  addLora(labels[LABELS.loraId]);
+  for (const a of (ann[ANNOTATIONS.loraAdapters] ?? "").split(",")) addLora(a);
+
+  const httpPort = parsePort(
+    ann[ANNOTATIONS.httpPort] ?? labels[LABELS.aibrixPort],
+    DEFAULT_PORTS.http,
+    ANNOTATIONS.httpPort,
+  );
+  if (httpPort === null) throw new PodSpecError(`${ANNOTATIONS.httpPort}: an engine needs an HTTP port`);
+  const eventsPort = parsePort(ann[ANNOTATIONS.eventsPort], DEFAULT_PORTS.events, ANNOTATIONS.eventsPort);
+  const replayPort =
+    eventsPort === null
+      ? null
+      : parsePort(ann[ANNOTATIONS.replayPort], DEFAULT_PORTS.replay, ANNOTATIONS.replayPort);
+  let dataParallelSize = 1;
+  const dpRaw = ann[ANNOTATIONS.dataParallelSize];
+  if (dpRaw !== undefined && dpRaw.trim() !== "") {
+    const n = Number(dpRaw.trim());
+    if (!Number.isInteger(n) || n < 1 || n > 1024) {
+      throw new PodSpecError(
+        `${ANNOTATIONS.dataParallelSize}: expected 1..1024, got ${JSON.stringify(dpRaw)}`,
+      );
+    }
+    dataParallelSize = n;
+  }
+  let blockSize: number | undefined;
+  const bsRaw = ann[ANNOTATIONS.blockSize];
+  if (bsRaw !== undefined && bsRaw.trim() !== "") {
+    const n = Number(bsRaw.trim());
+    if (!Number.isInteger(n) || n < 1) throw new PodSpecError(`${ANNOTATIONS.blockSize}: bad value ${bsRaw}`);
+    blockSize = n;
+  }
+  const ip = pod.status?.podIP ?? "";
+  const terminating = md.deletionTimestamp !== undefined && md.deletionTimestamp !== null;
+  const readyCond = pod.status?.conditions?.find((c) => c.type === "Ready");
+  const ready = ip !== "" && !terminating && readyCond?.status === "True";
+  let http: string;
+  let events: string | null;
+  let replay: string | null;
+  if (ip !== "") {
+    http = `http://${hostPort(ip, httpPort)}`;
+    events = eventsPort === null ? null : `tcp://${hostPort(ip, eventsPort)}`;
+    replay = replayPort === null ? null : `tcp://${hostPort(ip, replayPort)}`;
+  } else if (previous) {
+    ({ http, events, replay } = previous);
+  } else {
+    return null;
+  }
+  const info: PodInfo = { name, model, loras, http, events, replay, dataParallelSize, ready };
+  if (blockSize !== undefined) info.blockSize = blockSize;
+  return info;
+}
+
+/** Pods whose containers are gone for good: reported as deleted. */
+function finished(pod: V1Pod): boolean {
+  const phase = pod.status?.phase;
+  return phase === "Succeeded" || phase === "Failed";
+}
+
+export interface KubernetesSourceOptions {
+  /** namespaces to watch; empty/absent = all namespaces (one cluster-wide informer) */
+  namespaces?: string[];
+  /** default `model.aibrix.ai/kv-events-enabled=true` */
+  labelSelector?: string;
+  /** a kubeconfig file; default: in-cluster credentials when running in a pod, else loadFromDefault */
+  kubeconfig?: string;
+  /** a ready KubeConfig (tests, embedding); wins over `kubeconfig` */
+  kubeConfig?: KubeConfig;
+  /** full relist period (ms) on top of the watch; 0 = never. Default 5 min. */
+  resyncMs?: number;
+  /** a list call slower than this counts as an outage (ms). Default 10 s. */
+  listTimeoutMs?: number;
+  /** a watch silent for this long is restarted (ms). Default 60 s; bookmarks keep it alive. */
+  watchIdleTimeoutMs?: number;
+  /** server-side watch timeout sent as timeoutSeconds. Default 300 s. */
+  watchTimeoutSeconds?: number;
+  /** reconnect backoff after an error (ms): min, max. Default 250 ms, 30 s. */
+  backoffMinMs?: number;
+  backoffMaxMs?: number;
+  /** how long `start` waits for the first list before resolving degraded. Default 10 s. */
+  startTimeoutMs?: number;
+  registry?: Registry;
+  logger?: Logger;
+}
+
+/** Load credentials: given file, in-cluster service account, or $KUBECONFIG / ~/.kube/config. */
+export function loadKubeConfig(path?: string): KubeConfig {
+  const kc = new KubeConfig();
+  if (path) kc.loadFromFile(path);
+  else if (
+    process.env.KUBERNETES_SERVICE_HOST &&
+    existsSync("/var/run/secrets/kubernetes.io/serviceaccount/token") &&
+    !process.env.KUBECONFIG
+  ) {
+    kc.loadFromCluster();
+  } else kc.loadFromDefault();
+  if (!kc.getCurrentCluster()) throw new Error("kubeconfig has no current cluster");
+  return kc;
+}
+
+/** A Watch that asks for bookmarks, a server-side timeout, and reports every event it sees. */
+class BookmarkWatch extends Watch {
+  constructor(
+    config: KubeConfig,
+    private readonly timeoutSeconds: number,
+    idleTimeoutMs: number,
+    private readonly onActivity: () => void,
+  ) {
+    super(config);
+    // the client restarts a watch that has been silent this long (its inactivity timeout)
+    (this as unknown as { requestTimeoutMs: number }).requestTimeoutMs = idleTimeoutMs;
+  }
+
+  override watch(
+    path: string,
+    queryParams: Record<string, string | number | boolean | undefined>,
+    callback: (phase: string, apiObj: unknown, watchObj?: unknown) => void,
+    done: (err: unknown) => void,
+  ): Promise<AbortController> {
+    return super.watch(
+      path,
+      { ...queryParams, allowWatchBookmarks: true, timeoutSeconds: this.timeoutSeconds },
+      (phase, obj, watchObj) => {
+        this.onActivity();
+        callback(phase, obj, watchObj);
+      },
+      done,
+    );
+  }
+}
+
+interface Scope {
+  /** "" = all namespaces */
+  namespace: string;
+  path: string;
+  informer: ListWatch<V1Pod> | null;
+  gen: number;
+  listed: boolean;
+  failing: boolean;
+  failures: number;
+  retry: NodeJS.Timeout | null;
+  lastError: string | null;
+}
+
+/**
+ * `--discovery kubernetes`: engine pods from the Kubernetes API through client-node informers
+ * (list, then watch with bookmarks; a 410 Gone relists; a periodic resync relists). One informer
+ * for all namespaces or one per listed namespace. Every (re)list is reported as a `sync`; watch
+ * events as `upsert`/`delete`. An outage (API unreachable, erroring or slower than the list
+ * timeout) never empties the set: the last known pods stay, `degraded()` turns true, the outage
+ * is logged (`discovery.outage`) and counted, and the informer is rebuilt with backoff.
+ */
+export class KubernetesSource implements DiscoverySource {
+  readonly kind = "kubernetes";
+  readonly labelSelector: string;
+  private readonly kc: KubeConfig;
+  private readonly scopes: Scope[];
+  private readonly log: Logger;
+  private readonly metrics: DiscoveryMetrics | null;
+  private readonly opts: Required<
+    Pick<
+      KubernetesSourceOptions,
+      | "resyncMs"
+      | "listTimeoutMs"
+      | "watchIdleTimeoutMs"
+      | "watchTimeoutSeconds"
+      | "backoffMinMs"
+      | "backoffMaxMs"
+      | "startTimeoutMs"
+    >
+  >;
+  /** pod name → (scope namespace, info) */
+  private readonly known = new Map<string, { scope: Scope; info: PodInfo }>();
+  /** pods we warned about (bad spec), to warn once per resourceVersion */
+  private readonly warned = new Map<string, string>();
+  private onEvent: ((ev: DiscoveryEvent) => void) | null = null;
+  private resyncTimer: NodeJS.Timeout | null = null;
+  private stopped = true;
+  private outageSince: number | null = null;
+  private readonly listWaiters: Array<() => void> = [];
+  private relists = 0;
+
+  constructor(opts: KubernetesSourceOptions = {}) {
+    this.kc = opts.kubeConfig ?? loadKubeConfig(opts.kubeconfig);
+    this.labelSelector = opts.labelSelector ?? DEFAULT_LABEL_SELECTOR;
+    this.log = opts.logger ?? createLogger("discovery");
+    this.metrics = opts.registry ? discoveryMetrics(opts.registry) : null;
+    this.opts = {
+      resyncMs: opts.resyncMs ?? 300_000,
+      listTimeoutMs: opts.listTimeoutMs ?? 10_000,
+      watchIdleTimeoutMs: opts.watchIdleTimeoutMs ?? 60_000,
+      watchTimeoutSeconds: opts.watchTimeoutSeconds ?? 300,
+      backoffMinMs: opts.backoffMinMs ?? 250,
+      backoffMaxMs: opts.backoffMaxMs ?? 30_000,
+      startTimeoutMs: opts.startTimeoutMs ?? 10_000,
+    };
+    const namespaces = [...new Set((opts.namespaces ?? []).map((n) => n.trim()).filter((n) => n !== ""))];
+    const mk = (namespace: string, path: string): Scope => ({
+      namespace,
+      path,
+      informer: null,
+      gen: 0,
+      listed: false,
+      failing: false,
+      failures: 0,
+      retry: null,
+      lastError: null,
+    });
+    this.scopes =
+      namespaces.length === 0
+        ? [mk("", "/api/v1/pods")]
+        : namespaces.map((ns) => mk(ns, `/api/v1/namespaces/${encodeURIComponent(ns)}/pods`));
+  }
+
+  /** The API server this source talks to. */
+  get server(): string {
+    return this.kc.getCurrentCluster()?.server ?? "";
+  }
+
+  /** Successful full lists (initial, 410 relists, resyncs, recoveries). */
+  get listCount(): number {
+    return this.relists;
+  }
+
+  degraded(): boolean {
+    return this.scopes.some((s) => s.failing || !s.listed);
+  }
+
+  /** The pods currently known, sorted by name. */
+  pods(): PodInfo[] {
+    return [...this.known.values()].map((k) => k.info).sort((a, b) => (a.name < b.name ? -1 : 1));
+  }
+
+  async start(onEvent: (ev: DiscoveryEvent) => void): Promise<void> {
+    if (this.onEvent) throw new Error("KubernetesSource already started");
+    this.onEvent = onEvent;
+    this.stopped = false;
+    this.updateGauges();
+    for (const s of this.scopes) this.startScope(s);
+    if (this.opts.resyncMs > 0) {
+      this.resyncTimer = setInterval(() => this.resync(), this.opts.resyncMs);
+      this.resyncTimer.unref();
+    }
+    const allListed = new Promise<void>((resolve) => {
+      const check = () => {
+        if (this.stopped || this.scopes.every((s) => s.listed)) resolve();
+        else this.listWaiters.push(check);
+      };
+      check();
+    });
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<"timeout">((r) => {
+      timer = setTimeout(() => r("timeout"), this.opts.startTimeoutMs);
+    });
+    const r = await Promise.race([allListed, timeout]);
+    clearTimeout(timer);
+    if (r === "timeout") {
+      this.log.warn(
+        { event: "discovery.start_degraded", server: this.server },
+        "Kubernetes API not answering yet; starting with no pods and retrying",
+      );
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.resyncTimer) clearInterval(this.resyncTimer);
+    this.resyncTimer = null;
+    await Promise.all(this.scopes.map((s) => this.stopScope(s)));
+    this.onEvent = null;
+    for (const w of this.listWaiters.splice(0)) w();
+  }
+
+  /** Relist every scope now (what the periodic resync does). */
+  resync(): void {
+    if (this.stopped) return;
+    for (const s of this.scopes) {
+      if (s.retry) continue; // a retry is already scheduled
+      void this.stopScope(s).then(() => this.startScope(s));
+    }
+  }
+
+  private async stopScope(s: Scope): Promise<void> {
+    s.gen++;
+    if (s.retry) clearTimeout(s.retry);
+    s.retry = null;
+    const inf = s.informer;
+    s.informer = null;
+    if (inf) await inf.stop();
+  }
+
+  private startScope(s: Scope): void {
+    if (this.stopped) return;
+    const gen = ++s.gen;
+    const live = () => gen === s.gen && !this.stopped;
+    const watch = new BookmarkWatch(
+      this.kc,
+      this.opts.watchTimeoutSeconds,
+      this.opts.watchIdleTimeoutMs,
+      () => {
+        if (live()) this.healthy(s);
+      },
+    );
+    const list = async (): Promise<KubernetesListObject<V1Pod>> => {
+      const result = await this.list(s);
+      if (live()) this.applyList(s, result.items);
+      return result;
+    };
+    const inf = new ListWatch<V1Pod>(s.path, watch, list, false, this.labelSelector);
+    inf.on("add", (p) => live() && this.applyPod(s, p));
+    inf.on("update", (p) => live() && this.applyPod(s, p));
+    inf.on("delete", (p) => live() && this.removePod(s, p));
+    inf.on("error", (err) => {
+      if (live()) this.failed(s, err);
+    });
+    this.metrics?.watches.inc({ source: this.kind });
+    s.informer = inf;
+    inf.start().catch((err) => {
+      if (live()) this.failed(s, err);
+    });
+  }
+
+  /** One full list, following `continue` tokens; bounded by the list timeout. */
+  private async list(s: Scope): Promise<KubernetesListObject<V1Pod>> {
+    const cluster = this.kc.getCurrentCluster();
+    if (!cluster) throw new Error("no current cluster in kubeconfig");
+    const items: V1Pod[] = [];
+    let cont: string | undefined;
+    let rv = "";
+    const signal = AbortSignal.timeout(this.opts.listTimeoutMs);
+    let pages = 0;
+    do {
+      const url = new URL(cluster.server.replace(/\/+$/, "") + s.path);
+      url.searchParams.set("labelSelector", this.labelSelector);
+      url.searchParams.set("limit", "500");
+      if (cont) url.searchParams.set("continue", cont);
+      const ctx = new RequestContext(url.toString(), HttpMethod.GET);
+      await this.kc.applySecurityAuthentication(ctx);
+      let res: Awaited<ReturnType<typeof fetch>>;
+      try {
+        res = await fetch(url, {
+          method: "GET",
+          headers: { ...ctx.getHeaders(), Accept: "application/json" },
+          dispatcher: ctx.getDispatcher(),
+          signal,
+        });
+      } catch (err) {
+        if ((err as Error).name === "TimeoutError" || signal.aborted) {
+          throw new Error(`list ${s.path} took longer than ${this.opts.listTimeoutMs} ms`);
+        }
+        throw new Error(`list ${s.path}: ${(err as Error).message}${causeOf(err)}`);
+      }
+      let body: unknown;
+      try {
+        body = await res.json();
+      } catch (err) {
+        throw new Error(`list ${s.path}: HTTP ${res.status}, unreadable body: ${(err as Error).message}`);
+      }
+      if (res.status !== 200) {
+        const msg = (body as { message?: string })?.message ?? "";
+        const e = new Error(`list ${s.path}: HTTP ${res.status} ${msg}`.trim()) as Error & {
+          statusCode: number;
+        };
+        e.statusCode = res.status;
+        throw e;
+      }
+      const page = body as KubernetesListObject<V1Pod>;
+      for (const it of page.items ?? []) items.push(it);
+      cont = page.metadata?._continue || undefined;
+      rv = page.metadata?.resourceVersion ?? rv;
+      if (++pages > 10_000) throw new Error(`list ${s.path}: too many pages`);
+    } while (cont);
+    return { apiVersion: "v1", kind: "PodList", metadata: { resourceVersion: rv }, items };
+  }
+
+  private applyList(s: Scope, items: V1Pod[]): void {
+    const next = new Map<string, PodInfo>();
+    for (const p of items) {
+      const info = this.convert(p);
+      if (info) next.set(info.name, info);
+    }
+    for (const [name, k] of [...this.known]) {
+      if (k.scope === s && !next.has(name)) this.known.delete(name);
+    }
+    for (const [name, info] of next) this.known.set(name, { scope: s, info });
+    s.listed = true;
+    this.relists++;
+    this.metrics?.reloads.inc({ source: this.kind, result: "ok" });
+    this.healthy(s);
+    this.updateGauges();
+    this.emit({ type: "sync", pods: this.pods() });
+    this.log.debug({ event: "discovery.listed", path: s.path, pods: next.size }, "pods listed");
+    for (const w of this.listWaiters.splice(0)) w();
+  }
+
+  private convert(p: V1Pod): PodInfo | null {
+    const key = `${p.metadata?.namespace ?? "default"}/${p.metadata?.name ?? ""}`;
+    if (finished(p) || !p.metadata?.name) return null;
+    try {
+      const info = podInfoFromPod(p, this.known.get(key)?.info);
+      this.warned.delete(key);
+      return info;
+    } catch (err) {
+      const rv = p.metadata?.resourceVersion ?? "";
+      if (this.warned.get(key) !== rv) {
+        if (this.warned.size > 10_000) this.warned.clear();
+        this.warned.set(key, rv);
+        this.metrics?.errors.inc({ source: this.kind, reason: "invalid_pod" });
+        this.log.warn(
+          { event: "discovery.pod_invalid", pod: key, err: (err as Error).message },
+          `ignoring pod ${key}: ${(err as Error).message}`,
+        );
+      }
+      return null;
+    }
+  }
+
+  private applyPod(s: Scope, p: V1Pod): void {
+    const key = `${p.metadata?.namespace ?? "default"}/${p.metadata?.name ?? ""}`;
+    const info = this.convert(p);
+    if (!info) {
+      if (this.known.delete(key)) {
+        this.updateGauges();
+        this.emit({ type: "delete", name: key });
+      }
+      return;
+    }
+    this.known.set(key, { scope: s, info });
+    this.updateGauges();
+    this.emit({ type: "upsert", pod: info });
+  }
+
+  private removePod(_s: Scope, p: V1Pod): void {
+    const key = `${p.metadata?.namespace ?? "default"}/${p.metadata?.name ?? ""}`;
+    this.warned.delete(key);
+    if (this.known.delete(key)) {
+      this.updateGauges();
+      this.emit({ type: "delete", name: key });
+    }
+  }
+
+  private emit(ev: DiscoveryEvent): void {
+    if (this.stopped) return;
+    try {
+      this.onEvent?.(ev);
+    } catch (err) {
+      this.log.error({ event: "discovery.listener_error", err }, "discovery listener threw");
+    }
+  }
+
+  private healthy(s: Scope): void {
+    s.failures = 0;
+    if (!s.failing) return;
+    s.failing = false;
+    s.lastError = null;
+    if (!this.degraded()) {
+      const seconds = this.outageSince === null ? 0 : (Date.now() - this.outageSince) / 1000;
+      this.outageSince = null;
+      this.log.info(
+        { event: "discovery.recovered", server: this.server, outageSeconds: seconds },
+        "Kubernetes API reachable again",
+      );
+    }
+    this.updateGauges();
+  }
+
+  private failed(s: Scope, err: unknown): void {
+    const e = err as { message?: string; statusCode?: number; code?: number | string; name?: string };
+    const message = `${e?.message ?? String(err)}${causeOf(err)}`;
+    const reason =
+      e?.statusCode !== undefined
+        ? `http_${e.statusCode}`
+        : /longer than|timeout/i.test(message)
+          ? "timeout"
+          : "unreachable";
+    this.metrics?.errors.inc({ source: this.kind, reason });
+    const first = !s.failing;
+    s.failing = true;
+    s.lastError = message;
+    s.failures++;
+    if (this.outageSince === null) this.outageSince = Date.now();
+    const delay = Math.min(
+      this.opts.backoffMaxMs,
+      this.opts.backoffMinMs * 2 ** Math.min(s.failures - 1, 20) * (0.8 + Math.random() * 0.4),
+    );
+    const log = {
+      event: "discovery.outage",
+      server: this.server,
+      path: s.path,
+      err: message,
+      retryMs: delay,
+    };
+    const msg = `Kubernetes API error, keeping the last known ${this.known.size} pods: ${message}`;
+    if (first) this.log.warn(log, msg);
+    else this.log.debug(log, msg);
+    this.updateGauges();
+    // rebuild the informer after the backoff: a fresh list, reported as a sync
+    void this.stopScope(s).then(() => {
+      if (this.stopped) return;
+      s.retry = setTimeout(() => {
+        s.retry = null;
+        this.startScope(s);
+      }, delay);
+    });
+  }
+
+  /** Error text for the log and the `lastError` of a scope; for status pages. */
+  errors(): Array<{ namespace: string; error: string }> {
+    return this.scopes
+      .filter((s) => s.lastError !== null)
+      .map((s) => ({ namespace: s.namespace || "*", error: s.lastError as string }));
+  }
+
+  private updateGauges(): void {
+    if (!this.metrics) return;
+    this.metrics.degraded.set({ source: this.kind }, this.degraded() ? 1 : 0);
+    this.metrics.pods.set({ source: this.kind }, this.known.size);
+    let ready = 0;
+    for (const k of this.known.values()) if (k.info.ready) ready++;
+    this.metrics.readyPods.set({ source: this.kind }, ready);
+  }
+}
+
+function causeOf(err: unknown): string {
+  const c = (err as { cause?: { code?: string; message?: string } })?.cause;
+  if (!c) return "";
+  return ` (${c.code ?? c.message ?? ""})`;
+}
