@@ -8,7 +8,8 @@ export type TokenizerErrorCode =
   | "unknown_model" // no tokenizer registered for the model
   | "overloaded" // worker pool queue full
   | "closed" // pool/tokenizer already closed
-  | "remote"; // remote /tokenize failed
+  | "remote" // remote /tokenize failed
+  | "internal"; // a worker thread died or answered nonsense
 
 export class TokenizerError extends Error {
   readonly code: TokenizerErrorCode;

@@ -11,5 +11,13 @@ export {
   splitAtBoundary,
   type TokenizerCore,
 } from "./hf-tokenizer.ts";
+export { TokenizerPool, type TokenizerPoolOptions, type TokenizerPoolStats } from "./pool.ts";
+export {
+  parseTokenizerSpec,
+  TokenizerRegistry,
+  type TokenizerRegistryOptions,
+  type TokenizerSpec,
+} from "./registry.ts";
+export { RemoteTokenizer, type RemoteTokenizerOptions } from "./remote-tokenizer.ts";
 export { SegmentCache, type SegmentCacheOptions, type SegmentCacheStats } from "./segment-cache.ts";
 export type { ChatMessage, ChatRequestLike, Tokenizer } from "./types.ts";

@@ -1,0 +1,251 @@
+/**
+ * TokenizerPool: a Tokenizer that keeps long encodes off the event loop.
+ *
+ * Chat rendering, segment splitting and the segment cache stay on the calling thread (cheap);
+ * only the text that is not cached is encoded, inline when it is short (≤ `inlineMaxChars`), else
+ * in a `worker_threads` worker that loads the same tokenizer.json. Workers start lazily, a job
+ * waits in a bounded queue when all workers are busy; when the queue is full the job is encoded
+ * inline (`onFull: "inline"`, default) or rejected with a TokenizerError "overloaded".
+ */
+import { Worker } from "node:worker_threads";
+import { TokenizerError, type TokenizerErrorCode } from "./errors.ts";
+import { type HfTokenizer, type LoadOptions, loadTokenizer } from "./hf-tokenizer.ts";
+import type { ChatRequestLike, Tokenizer } from "./types.ts";
+import type { WorkerRequest, WorkerResponse } from "./worker.ts";
+
+export interface TokenizerPoolOptions {
+  /** worker threads (default: 1 on ≤ 2 cores, else 2) */
+  size?: number;
+  /** jobs waiting for a worker before `onFull` applies (default 64) */
+  maxQueue?: number;
+  /** uncached text up to this many chars is encoded inline (default 4096) */
+  inlineMaxChars?: number;
+  onFull?: "inline" | "reject";
+}
+
+export interface TokenizerPoolStats {
+  inline: number;
+  offloaded: number;
+  inlineFallbacks: number;
+  rejected: number;
+  queued: number;
+  workers: number;
+  workerFailures: number;
+}
+
+interface Job {
+  req: WorkerRequest;
+  resolve: (ids: Uint32Array[]) => void;
+  reject: (e: Error) => void;
+}
+
+interface Slot {
+  worker: Worker;
+  job: Job | null;
+}
+
+/**
+ * Worker bootstrap for running from .ts sources: on Node 20 `execArgv: ["--import", "tsx"]` does not
+ * get tsx's loader hooks in place before a worker's entry module loads, so the worker registers tsx
+ * itself and then imports worker.ts. From the built dist/ the .js worker is started directly.
+ */
+const TS_BOOTSTRAP = `
+const { workerData } = require("node:worker_threads");
+import(workerData.tsxApi)
+  .then((m) => { m.register(); return import(workerData.entry); })
+  .catch((e) => { setImmediate(() => { throw e; }); });
+`;
+
+function startWorker(): Worker {
+  if (import.meta.url.endsWith(".ts")) {
+    return new Worker(TS_BOOTSTRAP, {
+      eval: true,
+      workerData: {
+        tsxApi: import.meta.resolve("tsx/esm/api"),
+        entry: new URL("./worker.ts", import.meta.url).href,
+      },
+    });
+  }
+  return new Worker(new URL("./worker.js", import.meta.url));
+}
+
+export class TokenizerPool implements Tokenizer {
+  readonly base: HfTokenizer;
+  private readonly size: number;
+  private readonly maxQueue: number;
+  private readonly inlineMaxChars: number;
+  private readonly onFull: "inline" | "reject";
+  private readonly slots: Slot[] = [];
+  private readonly queue: Job[] = [];
+  private nextId = 1;
+  private closed = false;
+  private readonly counters = { inline: 0, offloaded: 0, inlineFallbacks: 0, rejected: 0, workerFailures: 0 };
+
+  constructor(base: HfTokenizer, opts: TokenizerPoolOptions = {}) {
+    this.base = base;
+    const cores =
+      (globalThis as { navigator?: { hardwareConcurrency?: number } }).navigator?.hardwareConcurrency ?? 2;
+    this.size = Math.max(1, Math.floor(opts.size ?? (cores <= 2 ? 1 : 2)));
+    this.maxQueue = Math.max(0, Math.floor(opts.maxQueue ?? 64));
+    this.inlineMaxChars = Math.max(0, opts.inlineMaxChars ?? 4096);
+    this.onFull = opts.onFull ?? "inline";
+  }
+
+  static async create(
+    model: string,
+    dir?: string,
+    opts: TokenizerPoolOptions & { load?: LoadOptions } = {},
+  ): Promise<TokenizerPool> {
+    return new TokenizerPool(await loadTokenizer(model, dir, opts.load), opts);
+  }
+
+  get model(): string {
+    return this.base.model;
+  }
+
+  get eosTokenIds(): number[] {
+    return this.base.eosTokenIds;
+  }
+
+  /** Start all workers and load the tokenizer in each (first offloaded encode is then fast). */
+  async warm(): Promise<void> {
+    this.assertOpen();
+    while (this.slots.length < this.size) this.spawn();
+    await Promise.all(this.slots.map(() => this.submit({ id: 0, dir: this.base.dir, warm: true })));
+  }
+
+  async encodePrompt(prompt: string, addSpecialTokens = true): Promise<number[]> {
+    if (typeof prompt !== "string") throw new TokenizerError("bad_request", "prompt must be a string");
+    return this.encodeText(prompt, addSpecialTokens);
+  }
+
+  async encodeChat(req: ChatRequestLike): Promise<number[]> {
+    return this.encodeText(this.base.renderChatSync(req), req.add_special_tokens ?? false);
+  }
+
+  async renderChat(req: ChatRequestLike): Promise<string> {
+    return this.base.renderChatSync(req);
+  }
+
+  async decode(ids: number[], skipSpecialTokens = false): Promise<string> {
+    return this.base.decodeSync(ids, skipSpecialTokens);
+  }
+
+  stats(): TokenizerPoolStats {
+    return { ...this.counters, queued: this.queue.length, workers: this.slots.length };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const err = new TokenizerError("closed", "tokenizer pool closed");
+    for (const job of this.queue.splice(0)) job.reject(err);
+    const slots = this.slots.splice(0);
+    for (const s of slots) {
+      s.job?.reject(err);
+      s.job = null;
+    }
+    await Promise.all(slots.map((s) => s.worker.terminate()));
+  }
+
+  private assertOpen(): void {
+    if (this.closed) throw new TokenizerError("closed", "tokenizer pool closed");
+  }
+
+  private async encodeText(text: string, addSpecialTokens: boolean): Promise<number[]> {
+    this.assertOpen();
+    const segs = this.base.segmentsOf(text, addSpecialTokens);
+    if (segs === null) {
+      if (text.length <= this.inlineMaxChars) {
+        this.counters.inline++;
+        return this.base.encodeRaw(text, addSpecialTokens);
+      }
+      const [ids] = await this.offload([text], addSpecialTokens);
+      return Array.from(ids);
+    }
+    const { ids, missing } = this.base.lookup(segs);
+    let missChars = 0;
+    for (const s of missing) missChars += s.length;
+    if (missChars <= this.inlineMaxChars) {
+      this.counters.inline++;
+      for (const s of missing) {
+        const enc = this.base.encodeRaw(s, false);
+        ids.set(s, enc);
+        this.base.remember(s, enc);
+      }
+    } else {
+      const encoded = await this.offload(missing, false);
+      missing.forEach((s, i) => {
+        ids.set(s, encoded[i]);
+        this.base.remember(s, encoded[i]);
+      });
+    }
+    return this.base.assemble(segs, ids);
+  }
+
+  /** Encode `texts` in a worker (or inline when the queue is full and onFull is "inline"). */
+  private async offload(texts: string[], addSpecialTokens: boolean): Promise<Uint32Array[]> {
+    const busy = this.slots.length >= this.size && this.slots.every((s) => s.job !== null);
+    if (busy && this.queue.length >= this.maxQueue) {
+      if (this.onFull === "reject") {
+        this.counters.rejected++;
+        throw new TokenizerError("overloaded", `tokenizer pool queue full (${this.maxQueue} waiting)`);
+      }
+      this.counters.inlineFallbacks++;
+      return texts.map((t) => Uint32Array.from(this.base.encodeRaw(t, addSpecialTokens)));
+    }
+    this.counters.offloaded++;
+    return this.submit({ id: 0, dir: this.base.dir, texts, addSpecialTokens });
+  }
+
+  private submit(req: WorkerRequest): Promise<Uint32Array[]> {
+    return new Promise<Uint32Array[]>((resolve, reject) => {
+      req.id = this.nextId++;
+      this.queue.push({ req, resolve, reject });
+      this.pump();
+    });
+  }
+
+  private spawn(): Slot {
+    const worker = startWorker();
+    worker.unref();
+    const slot: Slot = { worker, job: null };
+    worker.on("message", (m: WorkerResponse) => {
+      const job = slot.job;
+      if (job === null || job.req.id !== m.id) return;
+      slot.job = null;
+      worker.unref();
+      if ("error" in m) job.reject(new TokenizerError(m.error.code as TokenizerErrorCode, m.error.message));
+      else job.resolve(m.ids);
+      this.pump();
+    });
+    const fail = (e: Error) => {
+      const i = this.slots.indexOf(slot);
+      if (i === -1) return; // already removed (close or earlier failure)
+      this.slots.splice(i, 1);
+      this.counters.workerFailures++;
+      const job = slot.job;
+      slot.job = null;
+      job?.reject(new TokenizerError("internal", `tokenizer worker failed: ${e.message}`, { cause: e }));
+      void worker.terminate();
+      this.pump();
+    };
+    worker.on("error", fail);
+    worker.on("exit", (code) => fail(new Error(`worker exited with code ${code}`)));
+    this.slots.push(slot);
+    return slot;
+  }
+
+  private pump(): void {
+    if (this.closed) return;
+    while (this.queue.length > 0) {
+      let slot = this.slots.find((s) => s.job === null);
+      if (slot === undefined && this.slots.length < this.size) slot = this.spawn();
+      if (slot === undefined) return;
+      const job = this.queue.shift()!;
+      slot.job = job;
+      slot.worker.ref();
+      slot.worker.postMessage(job.req);
+    }
+  }
+}
