@@ -51,6 +51,17 @@ export interface IndexStats {
   streams: number;
   approxBytes: number;
   evictions: number;
+  /** evictions by cause (sum = evictions) */
+  evictionsGlobal?: number;
+  evictionsStream?: number;
+  /** BlockRemoved hashes/tiers the stream did not hold (no-ops) */
+  unknownRemovals?: number;
+  /** BlockStored events whose non-null parent the stream did not hold (kept, never matched) */
+  orphanStores?: number;
+  /** events ignored (other KV-cache groups, unknown types) */
+  ignoredEvents?: number;
+  /** malformed content skipped */
+  invalidEvents?: number;
 }
 
 export interface PrefixIndex {
@@ -66,4 +77,6 @@ export interface PrefixIndex {
   /** What the index believes a stream holds, by engine hash. */
   streamBlocks(streamId: string): BlockClaim[];
   stats(): IndexStats;
+  /** Number of entries (engine hashes) the index holds for a stream; 0 if unknown. */
+  streamEntryCount?(streamId: string): number;
 }

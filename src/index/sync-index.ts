@@ -1,0 +1,818 @@
+/**
+ * The production backend: struct-of-arrays in typed arrays, open addressing, no JS object per
+ * entry. See README-level notes in index.ts for the rules; this file is about layout and speed.
+ *
+ * Entries ((block, stream) claims, one per engine hash a stream holds), stride 9 int32 = 36 B:
+ *   META   stream << 5 | hashKind << 3 | tier bits (GPU 1, CPU 2, STORAGE 4)
+ *   BLOCK  index block, -1 when the entry is kept for removal only (never matched)
+ *   BNEXT  next claim on the same block (singly linked); next free entry when free
+ *   HHI/HLO engine hash: the 8 bytes of a "u"/"n" HashKey; for other forms a 64-bit digest
+ *          of the string, which is kept verbatim in a side Map (kind 2)
+ *   SPREV/SNEXT  the stream's LRU list (head = most recently touched): clear/drop walk it
+ *   GPREV/GNEXT  the global LRU list
+ * Blocks, stride 4 int32 = 16 B: key hi, key lo, head claim (-1 = free), namespace id.
+ * Two open-addressing tables (linear probing, power-of-two size, load <= 0.75, backward-shift
+ * deletion, slot = index + 1): (stream, engine hash) -> entry and (key hi, key lo) -> block.
+ * Arrays grow x2 up to 1M records, then x1.25 (bounded by the caps).
+ */
+import type { BlockRemoved, BlockStored, EventBatch, HashKey } from "../protocol/types.ts";
+import { chainHash, namespaceKey, stringHash64 } from "./chain-hash.ts";
+import { sortMatches } from "./reference.ts";
+import {
+  type IndexCounters,
+  type IndexOptions,
+  isOtherGroup,
+  keyableBlocks,
+  loraOf,
+  newCounters,
+  resolveCaps,
+  tierBit,
+  tiersFromBits,
+} from "./rules.ts";
+import type { BlockClaim, IndexStats, NamespaceRef, PrefixIndex, StreamMatch, StreamRef } from "./types.ts";
+
+const ES = 9;
+const META = 0;
+const BLOCK = 1;
+const BNEXT = 2;
+const HHI = 3;
+const HLO = 4;
+const SPREV = 5;
+const SNEXT = 6;
+const GPREV = 7;
+const GNEXT = 8;
+
+const BS = 4;
+const KHI = 0;
+const KLO = 1;
+const HEAD = 2;
+const NSID = 3;
+
+const KIND_U = 0;
+const KIND_N = 1;
+const KIND_STR = 2;
+
+function grownCapacity(cur: number, need: number, max: number): number {
+  let c = Math.max(cur, 1024);
+  while (c < need) c = c < 1 << 20 ? c * 2 : Math.ceil(c * 1.25);
+  return Math.max(need, Math.min(c, max));
+}
+
+function mixHash(a: number, b: number, c: number): number {
+  let h = a ^ Math.imul(b, 0x9e3779b1) ^ Math.imul(c, 0x85ebca77);
+  h ^= h >>> 15;
+  h = Math.imul(h, 0x2c1b3c6d);
+  h ^= h >>> 12;
+  return h;
+}
+
+interface StreamInfo {
+  ref: StreamRef;
+  /** cached namespace of the last BlockStored (lora, block size) for this stream */
+  lastLora: string | null | undefined;
+  lastBs: number;
+  lastNs: number;
+}
+
+export class SyncPrefixIndex implements PrefixIndex {
+  private readonly maxEntries: number;
+  private readonly maxPerStream: number;
+  private readonly onEvict: IndexOptions["onEvict"];
+  private readonly counters: IndexCounters = newCounters();
+
+  // entries
+  private e: Int32Array;
+  private eCap: number;
+  private eUsed = 0;
+  private eFree = -1;
+  private count = 0;
+  private gHead = -1;
+  private gTail = -1;
+  private readonly strHashes = new Map<number, string>();
+  private eSlots: Int32Array;
+  private eMask: number;
+
+  // blocks
+  private b: Int32Array;
+  private bCap: number;
+  private bUsed = 0;
+  private bFree = -1;
+  private blockCount = 0;
+  private bSlots: Int32Array;
+  private bMask: number;
+
+  // streams
+  private readonly streamIdx = new Map<string, number>();
+  private streams: (StreamInfo | null)[] = [];
+  private sHead = new Int32Array(16).fill(-1);
+  private sTail = new Int32Array(16).fill(-1);
+  private sCount = new Int32Array(16);
+  private freeStreams: number[] = [];
+
+  // namespaces
+  private readonly nsIds = new Map<string, number>();
+  private nsSeeds = new Int32Array(32);
+
+  // scratch (no per-call allocation on hot paths)
+  private readonly h2 = new Int32Array(2);
+  private readonly k2 = new Int32Array(2);
+  private mEpoch = new Int32Array(16);
+  private mMatched = new Int32Array(16);
+  private mMask = new Uint8Array(16);
+  private mBt = new Uint8Array(16);
+  private mStamp = new Int32Array(16);
+  private mRuns = new Int32Array(48);
+  private mCands = new Int32Array(16);
+  private mStep = new Int32Array(16);
+  private epoch = 0;
+  private stamp = 0;
+
+  constructor(opts: IndexOptions & { initialCapacity?: number } = {}) {
+    const c = resolveCaps(opts);
+    this.maxEntries = c.maxEntries;
+    this.maxPerStream = c.maxPerStream;
+    this.onEvict = opts.onEvict;
+    const init = Math.max(16, Math.min(opts.initialCapacity ?? 1024, this.maxEntries));
+    this.eCap = init;
+    this.e = new Int32Array(init * ES);
+    this.bCap = init;
+    this.b = new Int32Array(init * BS);
+    let t = 16;
+    while (t * 3 < init * 4) t *= 2;
+    this.eSlots = new Int32Array(t);
+    this.eMask = t - 1;
+    this.bSlots = new Int32Array(t);
+    this.bMask = t - 1;
+  }
+
+  // ---------------------------------------------------------------- streams / namespaces
+
+  private streamOf(ref: StreamRef): number {
+    let s = this.streamIdx.get(ref.streamId);
+    if (s !== undefined) {
+      const info = this.streams[s]!;
+      if (info.ref.model !== ref.model || info.ref.pod !== ref.pod || info.ref.rank !== ref.rank) {
+        info.ref = { ...ref };
+        info.lastBs = -1;
+      }
+      return s;
+    }
+    s = this.freeStreams.pop() ?? this.streams.length;
+    if (s === this.streams.length) this.streams.push(null);
+    this.streams[s] = { ref: { ...ref }, lastLora: undefined, lastBs: -1, lastNs: -1 };
+    this.streamIdx.set(ref.streamId, s);
+    if (s >= this.sHead.length) {
+      const n = this.sHead.length * 2;
+      const grow = (a: Int32Array, fill: number) => {
+        const x = new Int32Array(n).fill(fill);
+        x.set(a);
+        return x;
+      };
+      this.sHead = grow(this.sHead, -1);
+      this.sTail = grow(this.sTail, -1);
+      this.sCount = grow(this.sCount, 0);
+      this.mEpoch = grow(this.mEpoch, 0);
+      this.mMatched = grow(this.mMatched, 0);
+      this.mStamp = grow(this.mStamp, 0);
+      this.mCands = new Int32Array(n);
+      this.mStep = new Int32Array(n);
+      this.mRuns = new Int32Array(n * 3);
+      this.mMask = new Uint8Array(n);
+      this.mBt = new Uint8Array(n);
+    }
+    this.sHead[s] = -1;
+    this.sTail[s] = -1;
+    this.sCount[s] = 0;
+    this.mEpoch[s] = 0;
+    this.mStamp[s] = 0;
+    return s;
+  }
+
+  private nsIdOf(model: string, lora: string | null, bs: number): number {
+    const key = namespaceKey(model, lora, bs);
+    let id = this.nsIds.get(key);
+    if (id === undefined) {
+      id = this.nsIds.size;
+      this.nsIds.set(key, id);
+      if (id * 2 + 2 > this.nsSeeds.length) {
+        const x = new Int32Array(this.nsSeeds.length * 2);
+        x.set(this.nsSeeds);
+        this.nsSeeds = x;
+      }
+      stringHash64(key, this.nsSeeds, id * 2);
+    }
+    return id;
+  }
+
+  // ---------------------------------------------------------------- engine-hash parsing
+
+  /** Parses a HashKey into h2 (hi, lo); returns its kind. */
+  private parseHash(h: string): number {
+    const c0 = h.charCodeAt(0);
+    if (h.length === 9 && (c0 === 0x75 || c0 === 0x6e)) {
+      const c1 = h.charCodeAt(1);
+      const c2 = h.charCodeAt(2);
+      const c3 = h.charCodeAt(3);
+      const c4 = h.charCodeAt(4);
+      const c5 = h.charCodeAt(5);
+      const c6 = h.charCodeAt(6);
+      const c7 = h.charCodeAt(7);
+      const c8 = h.charCodeAt(8);
+      if ((c1 | c2 | c3 | c4 | c5 | c6 | c7 | c8) < 256) {
+        this.h2[0] = (c1 << 24) | (c2 << 16) | (c3 << 8) | c4;
+        this.h2[1] = (c5 << 24) | (c6 << 16) | (c7 << 8) | c8;
+        return c0 === 0x75 ? KIND_U : KIND_N;
+      }
+    }
+    stringHash64(h, this.h2, 0);
+    return KIND_STR;
+  }
+
+  private hashKeyOf(ent: number): HashKey {
+    const e = this.e;
+    const o = ent * ES;
+    const kind = (e[o + META] >>> 3) & 3;
+    if (kind === KIND_STR) return this.strHashes.get(ent)!;
+    const hi = e[o + HHI];
+    const lo = e[o + HLO];
+    return String.fromCharCode(
+      kind === KIND_U ? 0x75 : 0x6e,
+      hi >>> 24,
+      (hi >>> 16) & 255,
+      (hi >>> 8) & 255,
+      hi & 255,
+      lo >>> 24,
+      (lo >>> 16) & 255,
+      (lo >>> 8) & 255,
+      lo & 255,
+    );
+  }
+
+  // ---------------------------------------------------------------- entry table
+
+  private entryHome(ent: number): number {
+    const o = ent * ES;
+    return mixHash(this.e[o + HHI], this.e[o + HLO], this.e[o + META] >>> 5) & this.eMask;
+  }
+
+  /** Entry of (stream, hash) whose parsed form is in h2/kind, or -1. */
+  private findEntry(s: number, kind: number, h: string): number {
+    const hi = this.h2[0];
+    const lo = this.h2[1];
+    const e = this.e;
+    const slots = this.eSlots;
+    const mask = this.eMask;
+    const meta = (s << 5) | (kind << 3);
+    let i = mixHash(hi, lo, s) & mask;
+    for (;;) {
+      const v = slots[i];
+      if (v === 0) return -1;
+      const o = (v - 1) * ES;
+      if (e[o + HHI] === hi && e[o + HLO] === lo && (e[o + META] & ~7) === meta) {
+        if (kind !== KIND_STR || this.strHashes.get(v - 1) === h) return v - 1;
+      }
+      i = (i + 1) & mask;
+    }
+  }
+
+  private insertSlot(ent: number): void {
+    const slots = this.eSlots;
+    const mask = this.eMask;
+    let i = this.entryHome(ent);
+    while (slots[i] !== 0) i = (i + 1) & mask;
+    slots[i] = ent + 1;
+  }
+
+  private deleteSlot(ent: number): void {
+    const slots = this.eSlots;
+    const mask = this.eMask;
+    let i = this.entryHome(ent);
+    while (slots[i] !== ent + 1) i = (i + 1) & mask;
+    let j = i;
+    for (;;) {
+      j = (j + 1) & mask;
+      const v = slots[j];
+      if (v === 0) break;
+      const k = this.entryHome(v - 1);
+      // move v back to the hole at i unless its home lies cyclically in (i, j]
+      if (i <= j ? k <= i || k > j : k <= i && k > j) {
+        slots[i] = v;
+        i = j;
+      }
+    }
+    slots[i] = 0;
+  }
+
+  private growEntryTable(): void {
+    const n = this.eSlots.length * 2;
+    this.eSlots = new Int32Array(n);
+    this.eMask = n - 1;
+    // re-insert every live entry (walk all streams' lists)
+    for (let s = 0; s < this.streams.length; s++) {
+      if (!this.streams[s]) continue;
+      for (let x = this.sHead[s]; x !== -1; x = this.e[x * ES + SNEXT]) this.insertSlot(x);
+    }
+  }
+
+  private allocEntry(): number {
+    if (this.eFree !== -1) {
+      const x = this.eFree;
+      this.eFree = this.e[x * ES + BNEXT];
+      return x;
+    }
+    if (this.eUsed === this.eCap) {
+      const cap = grownCapacity(this.eCap, this.eCap + 1, this.maxEntries + 1);
+      const a = new Int32Array(cap * ES);
+      a.set(this.e);
+      this.e = a;
+      this.eCap = cap;
+    }
+    return this.eUsed++;
+  }
+
+  // ---------------------------------------------------------------- blocks
+
+  private findBlock(hi: number, lo: number): number {
+    const slots = this.bSlots;
+    const mask = this.bMask;
+    const b = this.b;
+    let i = mixHash(hi, lo, 0) & mask;
+    for (;;) {
+      const v = slots[i];
+      if (v === 0) return -1;
+      const o = (v - 1) * BS;
+      if (b[o + KHI] === hi && b[o + KLO] === lo) return v - 1;
+      i = (i + 1) & mask;
+    }
+  }
+
+  private blockOf(hi: number, lo: number, ns: number): number {
+    const found = this.findBlock(hi, lo);
+    if (found !== -1) return found;
+    if ((this.blockCount + 1) * 4 > this.bSlots.length * 3) this.growBlockTable();
+    let x: number;
+    if (this.bFree !== -1) {
+      x = this.bFree;
+      this.bFree = this.b[x * BS + KHI];
+    } else {
+      if (this.bUsed === this.bCap) {
+        const cap = grownCapacity(this.bCap, this.bCap + 1, this.maxEntries + 1);
+        const a = new Int32Array(cap * BS);
+        a.set(this.b);
+        this.b = a;
+        this.bCap = cap;
+      }
+      x = this.bUsed++;
+    }
+    const o = x * BS;
+    this.b[o + KHI] = hi;
+    this.b[o + KLO] = lo;
+    this.b[o + HEAD] = -1;
+    this.b[o + NSID] = ns;
+    this.blockCount++;
+    this.insertBlockSlot(x);
+    return x;
+  }
+
+  private blockHome(x: number): number {
+    return mixHash(this.b[x * BS + KHI], this.b[x * BS + KLO], 0) & this.bMask;
+  }
+
+  private insertBlockSlot(x: number): void {
+    const slots = this.bSlots;
+    const mask = this.bMask;
+    let i = this.blockHome(x);
+    while (slots[i] !== 0) i = (i + 1) & mask;
+    slots[i] = x + 1;
+  }
+
+  private growBlockTable(): void {
+    const n = this.bSlots.length * 2;
+    this.bSlots = new Int32Array(n);
+    this.bMask = n - 1;
+    // live blocks always have a claim (head != -1); free ones have head -1
+    for (let x = 0; x < this.bUsed; x++) if (this.b[x * BS + HEAD] !== -1) this.insertBlockSlot(x);
+  }
+
+  private freeBlock(x: number): void {
+    const slots = this.bSlots;
+    const mask = this.bMask;
+    let i = this.blockHome(x);
+    while (slots[i] !== x + 1) i = (i + 1) & mask;
+    let j = i;
+    for (;;) {
+      j = (j + 1) & mask;
+      const v = slots[j];
+      if (v === 0) break;
+      const k = this.blockHome(v - 1);
+      if (i <= j ? k <= i || k > j : k <= i && k > j) {
+        slots[i] = v;
+        i = j;
+      }
+    }
+    slots[i] = 0;
+    this.b[x * BS + HEAD] = -1;
+    this.b[x * BS + KHI] = this.bFree;
+    this.bFree = x;
+    this.blockCount--;
+  }
+
+  private claim(ent: number, x: number): void {
+    const o = ent * ES;
+    this.e[o + BLOCK] = x;
+    this.e[o + BNEXT] = this.b[x * BS + HEAD];
+    this.b[x * BS + HEAD] = ent;
+  }
+
+  private unclaim(ent: number): void {
+    const e = this.e;
+    const o = ent * ES;
+    const x = e[o + BLOCK];
+    if (x < 0) return;
+    const hb = x * BS + HEAD;
+    let cur = this.b[hb];
+    if (cur === ent) {
+      this.b[hb] = e[o + BNEXT];
+    } else {
+      while (cur !== -1) {
+        const nx = e[cur * ES + BNEXT];
+        if (nx === ent) {
+          e[cur * ES + BNEXT] = e[o + BNEXT];
+          break;
+        }
+        cur = nx;
+      }
+    }
+    e[o + BLOCK] = -1;
+    if (this.b[hb] === -1) this.freeBlock(x);
+  }
+
+  // ---------------------------------------------------------------- LRU lists
+
+  private linkHead(ent: number, s: number): void {
+    const e = this.e;
+    const o = ent * ES;
+    e[o + SPREV] = -1;
+    e[o + SNEXT] = this.sHead[s];
+    if (this.sHead[s] !== -1) e[this.sHead[s] * ES + SPREV] = ent;
+    else this.sTail[s] = ent;
+    this.sHead[s] = ent;
+    e[o + GPREV] = -1;
+    e[o + GNEXT] = this.gHead;
+    if (this.gHead !== -1) e[this.gHead * ES + GPREV] = ent;
+    else this.gTail = ent;
+    this.gHead = ent;
+  }
+
+  private unlink(ent: number, s: number): void {
+    const e = this.e;
+    const o = ent * ES;
+    const sp = e[o + SPREV];
+    const sn = e[o + SNEXT];
+    if (sp !== -1) e[sp * ES + SNEXT] = sn;
+    else this.sHead[s] = sn;
+    if (sn !== -1) e[sn * ES + SPREV] = sp;
+    else this.sTail[s] = sp;
+    const gp = e[o + GPREV];
+    const gn = e[o + GNEXT];
+    if (gp !== -1) e[gp * ES + GNEXT] = gn;
+    else this.gHead = gn;
+    if (gn !== -1) e[gn * ES + GPREV] = gp;
+    else this.gTail = gp;
+  }
+
+  private touch(ent: number, s: number): void {
+    if (this.sHead[s] === ent && this.gHead === ent) return;
+    this.unlink(ent, s);
+    this.linkHead(ent, s);
+  }
+
+  private freeEntry(ent: number): void {
+    const o = ent * ES;
+    const s = this.e[o + META] >>> 5;
+    this.deleteSlot(ent);
+    this.unlink(ent, s);
+    this.unclaim(ent);
+    if (((this.e[o + META] >>> 3) & 3) === KIND_STR) this.strHashes.delete(ent);
+    this.e[o + META] = 0;
+    this.e[o + BNEXT] = this.eFree;
+    this.eFree = ent;
+    this.count--;
+    this.sCount[s]--;
+  }
+
+  private evictFor(s: number): void {
+    if (this.sCount[s] >= this.maxPerStream) {
+      this.freeEntry(this.sTail[s]);
+      this.counters.evictionsStream++;
+      this.onEvict?.(this.streams[s]!.ref.streamId, "stream");
+    }
+    if (this.count >= this.maxEntries) {
+      const v = this.gTail;
+      const vs = this.e[v * ES + META] >>> 5;
+      this.freeEntry(v);
+      this.counters.evictionsGlobal++;
+      this.onEvict?.(this.streams[vs]!.ref.streamId, "global");
+    }
+  }
+
+  // ---------------------------------------------------------------- apply
+
+  applyBatch(stream: StreamRef, batch: EventBatch): void {
+    const s = this.streamOf(stream);
+    const events = batch?.events;
+    if (!Array.isArray(events)) {
+      this.counters.invalidEvents++;
+      return;
+    }
+    for (let i = 0; i < events.length; i++) {
+      const ev = events[i];
+      try {
+        if (ev === null || typeof ev !== "object") this.counters.invalidEvents++;
+        else if (ev.type === "BlockStored") this.store(s, ev);
+        else if (ev.type === "BlockRemoved") this.remove(s, ev);
+        else if (ev.type === "AllBlocksCleared") this.clearStream(s);
+        else this.counters.ignoredEvents++;
+      } catch {
+        // defensive: malformed content must never throw out of the index
+        this.counters.invalidEvents++;
+      }
+    }
+  }
+
+  private store(s: number, ev: BlockStored): void {
+    if (isOtherGroup(ev)) {
+      this.counters.ignoredEvents++;
+      return;
+    }
+    const hashes = ev.blockHashes;
+    if (!Array.isArray(hashes)) {
+      this.counters.invalidEvents++;
+      return;
+    }
+    const info = this.streams[s]!;
+    const bit = tierBit(ev.medium);
+    const bs = ev.blockSize;
+    const keyable = keyableBlocks(ev);
+    const lora = loraOf(ev);
+    let ns: number;
+    if (info.lastBs === bs && info.lastLora === lora) ns = info.lastNs;
+    else {
+      ns = this.nsIdOf(info.ref.model, lora, bs);
+      info.lastBs = bs;
+      info.lastLora = lora;
+      info.lastNs = ns;
+    }
+    const seedHi = this.nsSeeds[ns * 2];
+    const seedLo = this.nsSeeds[ns * 2 + 1];
+    const e = this.e;
+    let prevOk = true;
+    let prevHi = 0;
+    let prevLo = 0;
+    const parent = ev.parentBlockHash;
+    if (parent !== null && parent !== undefined) {
+      prevOk = false;
+      if (typeof parent === "string") {
+        const kind = this.parseHash(parent);
+        const pe = this.findEntry(s, kind, parent);
+        if (pe === -1) this.counters.orphanStores++;
+        else {
+          const px = e[pe * ES + BLOCK];
+          if (px !== -1 && this.b[px * BS + NSID] === ns) {
+            prevOk = true;
+            prevHi = this.b[px * BS + KHI];
+            prevLo = this.b[px * BS + KLO];
+          }
+        }
+      } else this.counters.orphanStores++;
+    }
+    const tokens = ev.tokenIds;
+    const k2 = this.k2;
+    for (let i = 0; i < hashes.length; i++) {
+      const h = hashes[i];
+      if (typeof h !== "string") {
+        this.counters.invalidEvents++;
+        prevOk = false;
+        continue;
+      }
+      const have = prevOk && i < keyable;
+      if (have) chainHash(seedHi, seedLo, prevHi, prevLo, tokens, i * bs, bs, k2, 0);
+      const kind = this.parseHash(h);
+      let ent = this.findEntry(s, kind, h);
+      if (ent !== -1) {
+        const o = ent * ES;
+        this.e[o + META] |= bit;
+        if (have) {
+          const x = this.e[o + BLOCK];
+          if (x === -1 || this.b[x * BS + KHI] !== k2[0] || this.b[x * BS + KLO] !== k2[1]) {
+            this.unclaim(ent);
+            this.claim(ent, this.blockOf(k2[0], k2[1], ns));
+          }
+        }
+        this.touch(ent, s);
+      } else {
+        this.evictFor(s);
+        const hi = this.h2[0];
+        const lo = this.h2[1];
+        ent = this.allocEntry();
+        const a = this.e;
+        const o = ent * ES;
+        a[o + META] = (s << 5) | (kind << 3) | bit;
+        a[o + BLOCK] = -1;
+        a[o + BNEXT] = -1;
+        a[o + HHI] = hi;
+        a[o + HLO] = lo;
+        if (kind === KIND_STR) this.strHashes.set(ent, h);
+        this.count++;
+        this.sCount[s]++;
+        if (this.count * 4 > this.eSlots.length * 3) this.growEntryTable();
+        this.insertSlot(ent);
+        this.linkHead(ent, s);
+        if (have) {
+          this.claim(ent, this.blockOf(k2[0], k2[1], ns));
+        }
+      }
+      const x = this.e[ent * ES + BLOCK];
+      if (x !== -1) {
+        prevOk = true;
+        prevHi = this.b[x * BS + KHI];
+        prevLo = this.b[x * BS + KLO];
+      } else prevOk = false;
+    }
+  }
+
+  private remove(s: number, ev: BlockRemoved): void {
+    if (isOtherGroup(ev)) {
+      this.counters.ignoredEvents++;
+      return;
+    }
+    const hashes = ev.blockHashes;
+    if (!Array.isArray(hashes)) {
+      this.counters.invalidEvents++;
+      return;
+    }
+    const bit = tierBit(ev.medium);
+    for (let i = 0; i < hashes.length; i++) {
+      const h = hashes[i];
+      if (typeof h !== "string") {
+        this.counters.unknownRemovals++;
+        continue;
+      }
+      const ent = this.findEntry(s, this.parseHash(h), h);
+      if (ent === -1 || (this.e[ent * ES + META] & bit) === 0) {
+        this.counters.unknownRemovals++;
+        continue;
+      }
+      const o = ent * ES;
+      this.e[o + META] &= ~bit;
+      if ((this.e[o + META] & 7) === 0) this.freeEntry(ent);
+    }
+  }
+
+  private clearStream(s: number): void {
+    let x = this.sHead[s];
+    while (x !== -1) {
+      const nx = this.e[x * ES + SNEXT];
+      this.freeEntry(x);
+      x = nx;
+    }
+  }
+
+  dropStream(streamId: string): void {
+    const s = this.streamIdx.get(streamId);
+    if (s === undefined) return;
+    this.clearStream(s);
+    this.streamIdx.delete(streamId);
+    this.streams[s] = null;
+    this.freeStreams.push(s);
+  }
+
+  // ---------------------------------------------------------------- match
+
+  match(ns: NamespaceRef, tokenIds: ArrayLike<number>): StreamMatch[] {
+    const bs = ns.blockSize;
+    if (!Number.isInteger(bs) || bs < 1 || tokenIds.length < bs) return [];
+    const nsId = this.nsIds.get(namespaceKey(ns.model, ns.lora, bs));
+    if (nsId === undefined) return [];
+    const seedHi = this.nsSeeds[nsId * 2];
+    const seedLo = this.nsSeeds[nsId * 2 + 1];
+    const n = Math.floor(tokenIds.length / bs);
+    const e = this.e;
+    const b = this.b;
+    const k2 = this.k2;
+    const epoch = ++this.epoch;
+    if (this.stamp > 0x3fffffff) {
+      this.mStamp.fill(0);
+      this.stamp = 0;
+    }
+    const mStamp = this.mStamp;
+    const mBt = this.mBt;
+    const mEpoch = this.mEpoch;
+    const mMatched = this.mMatched;
+    const mMask = this.mMask;
+    const mRuns = this.mRuns;
+    const cands = this.mCands;
+    const step = this.mStep;
+
+    chainHash(seedHi, seedLo, 0, 0, tokenIds, 0, bs, k2, 0);
+    let x = this.findBlock(k2[0], k2[1]);
+    if (x === -1) return [];
+    let st = ++this.stamp;
+    let nc = 0;
+    for (let c = b[x * BS + HEAD]; c !== -1; c = e[c * ES + BNEXT]) {
+      const m = e[c * ES + META];
+      const s = m >>> 5;
+      if (mStamp[s] !== st) {
+        mStamp[s] = st;
+        mBt[s] = m & 7;
+        cands[nc++] = s;
+      } else mBt[s] |= m & 7;
+    }
+    for (let k = 0; k < nc; k++) {
+      const s = cands[k];
+      const t = mBt[s];
+      mEpoch[s] = epoch;
+      mMatched[s] = 1;
+      mMask[s] = t;
+      mRuns[s * 3] = t & 1;
+      mRuns[s * 3 + 1] = (t >>> 1) & 1;
+      mRuns[s * 3 + 2] = (t >>> 2) & 1;
+    }
+    for (let i = 1; i < n; i++) {
+      chainHash(seedHi, seedLo, k2[0], k2[1], tokenIds, i * bs, bs, k2, 0);
+      x = this.findBlock(k2[0], k2[1]);
+      if (x === -1) break;
+      st = ++this.stamp;
+      let ns2 = 0;
+      for (let c = b[x * BS + HEAD]; c !== -1; c = e[c * ES + BNEXT]) {
+        const m = e[c * ES + META];
+        const s = m >>> 5;
+        if (mEpoch[s] !== epoch || mMatched[s] !== i) continue;
+        if (mStamp[s] !== st) {
+          mStamp[s] = st;
+          mBt[s] = m & 7;
+          step[ns2++] = s;
+        } else mBt[s] |= m & 7;
+      }
+      if (ns2 === 0) break;
+      for (let k = 0; k < ns2; k++) {
+        const s = step[k];
+        mMatched[s] = i + 1;
+        const t = mMask[s] & mBt[s];
+        mMask[s] = t;
+        mRuns[s * 3] += t & 1;
+        mRuns[s * 3 + 1] += (t >>> 1) & 1;
+        mRuns[s * 3 + 2] += (t >>> 2) & 1;
+      }
+    }
+    const out: StreamMatch[] = [];
+    for (let k = 0; k < nc; k++) {
+      const s = cands[k];
+      const ref = this.streams[s]!.ref;
+      out.push({
+        streamId: ref.streamId,
+        pod: ref.pod,
+        rank: ref.rank,
+        matchedBlocks: mMatched[s],
+        tiers: { GPU: mRuns[s * 3], CPU: mRuns[s * 3 + 1], STORAGE: mRuns[s * 3 + 2] },
+      });
+    }
+    return sortMatches(out);
+  }
+
+  // ---------------------------------------------------------------- introspection
+
+  streamBlocks(streamId: string): BlockClaim[] {
+    const s = this.streamIdx.get(streamId);
+    if (s === undefined) return [];
+    const out: BlockClaim[] = [];
+    for (let x = this.sHead[s]; x !== -1; x = this.e[x * ES + SNEXT]) {
+      out.push({ hash: this.hashKeyOf(x), tiers: tiersFromBits(this.e[x * ES + META] & 7) });
+    }
+    return out;
+  }
+
+  streamEntryCount(streamId: string): number {
+    const s = this.streamIdx.get(streamId);
+    return s === undefined ? 0 : this.sCount[s];
+  }
+
+  stats(): IndexStats {
+    const c = this.counters;
+    const approxBytes =
+      this.e.byteLength +
+      this.b.byteLength +
+      this.eSlots.byteLength +
+      this.bSlots.byteLength +
+      this.strHashes.size * 96 +
+      this.streamIdx.size * 200;
+    return {
+      entries: this.count,
+      blocks: this.blockCount,
+      streams: this.streamIdx.size,
+      approxBytes,
+      evictions: c.evictionsGlobal + c.evictionsStream,
+      ...c,
+    };
+  }
+}

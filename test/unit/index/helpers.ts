@@ -1,0 +1,66 @@
+import type { AllBlocksCleared, BlockRemoved, BlockStored, EventBatch, HashKey } from "../../../src/protocol/types.ts";
+import type { StreamRef } from "../../../src/index/types.ts";
+
+/** HashKey of a non-negative integer (< 2^53): "u" + 8 big-endian bytes. */
+export function hk(n: number): HashKey {
+  const hi = Math.floor(n / 2 ** 32);
+  const lo = n >>> 0;
+  return String.fromCharCode(
+    0x75,
+    hi >>> 24,
+    (hi >>> 16) & 255,
+    (hi >>> 8) & 255,
+    hi & 255,
+    lo >>> 24,
+    (lo >>> 16) & 255,
+    (lo >>> 8) & 255,
+    lo & 255,
+  );
+}
+
+export function stream(streamId: string, model = "m", pod?: string, rank: number | null = null): StreamRef {
+  return { streamId, pod: pod ?? streamId.split("#")[0], rank, model };
+}
+
+export function stored(
+  hashes: HashKey[],
+  parent: HashKey | null,
+  tokenIds: number[],
+  o: Partial<BlockStored> = {},
+): BlockStored {
+  return {
+    type: "BlockStored",
+    blockHashes: hashes,
+    parentBlockHash: parent,
+    tokenIds,
+    blockSize: 4,
+    loraId: null,
+    medium: "GPU",
+    loraName: null,
+    extraKeys: null,
+    groupIdx: null,
+    kvCacheSpecKind: null,
+    kvCacheSpecSlidingWindow: null,
+    locality: null,
+    ...o,
+  };
+}
+
+export function removed(hashes: HashKey[], medium: string | null = "GPU", o: Partial<BlockRemoved> = {}): BlockRemoved {
+  return { type: "BlockRemoved", blockHashes: hashes, medium, groupIdx: null, locality: null, ...o };
+}
+
+export function cleared(): AllBlocksCleared {
+  return { type: "AllBlocksCleared" };
+}
+
+export function batch(...events: EventBatch["events"]): EventBatch {
+  return { ts: 0, events, dpRank: null };
+}
+
+/** tokens of `n` blocks of size bs: block i has content derived from ids[i] */
+export function toks(ids: number[], bs = 4): number[] {
+  const out: number[] = [];
+  for (const id of ids) for (let j = 0; j < bs; j++) out.push(id * 100 + j);
+  return out;
+}
