@@ -10,6 +10,7 @@ const program = new Command()
 
 const commands: Array<() => Promise<{ register(p: Command): void }>> = [
   // sub-command modules are listed here, one line each
+  () => import("./commands/mock-engine.ts"),
 ];
 for (const load of commands) (await load()).register(program);
 

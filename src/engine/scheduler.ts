@@ -86,6 +86,9 @@ export interface StepObserver {
   onEvents(events: KvEvent[]): void;
   onSchedule?(info: { promptTokens: number; cachedTokensGpu: number; queriedTokens: number }): void;
   onFirstToken?(seconds: number): void;
+  /** tokens of a request's first scheduling found on the CPU tier */
+  onCpuHit?(tokens: number): void;
+  onPreempt?(): void;
   onGenerated?(n: number): void;
   onPromptTokens?(n: number): void;
 }
@@ -294,6 +297,7 @@ export class Scheduler {
           cachedTokensGpu: gpuTokens,
           queriedTokens: req.tokens.length,
         });
+        if (cpuTokens > 0) this.obs.onCpuHit?.(cpuTokens);
       }
       const prefill = req.numComputed < req.promptLen;
       batch.push({ req, numNew, prefill });
@@ -313,6 +317,7 @@ export class Scheduler {
     req.state = "waiting";
     req.preemptions++;
     this.preemptions++;
+    this.obs.onPreempt?.();
     this.waiting.unshift(req);
   }
 
