@@ -1,0 +1,219 @@
+import { createServer } from "node:net";
+import { join } from "node:path";
+import { CLI } from "./cluster.ts";
+import { answers, getJson, getText, postJson } from "./http.ts";
+import { RUN_ENV } from "./netns.ts";
+import { ManagedProcess } from "./proc.ts";
+import type { BlocksDoc, IndexReader } from "./truth.ts";
+import { scaled, waitFor } from "./wait.ts";
+
+export interface GatewayOptions {
+  kubeconfig: string;
+  logDir: string;
+  policy: string;
+  /** `--tokenizer <model>=<dir>` entries */
+  tokenizers: Record<string, string>;
+  extraArgs: string[];
+}
+
+export interface AdminPod {
+  name: string;
+  model: string;
+  lora?: string | null;
+  state: string;
+  lastSeq: number | null;
+  eventsApplied: number;
+  blocks: number;
+  [k: string]: unknown;
+}
+
+export interface RoutedResponse {
+  status: number;
+  /** x-kvsync-pod */
+  pod: string | null;
+  /** x-kvsync-matched-tokens */
+  matchedTokens: number | null;
+  promptTokens: number;
+  /** engine-reported usage.prompt_tokens_details.cached_tokens */
+  cachedTokens: number;
+  ms: number;
+  body: unknown;
+}
+
+interface Usage {
+  prompt_tokens?: number;
+  prompt_tokens_details?: { cached_tokens?: number } | null;
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** `kvsync gateway` as a child process in the root namespace, and a client for it. */
+export class GatewayProcess implements IndexReader {
+  private constructor(
+    readonly process: ManagedProcess,
+    readonly port: number,
+    readonly adminPort: number,
+  ) {}
+
+  get url(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+  get adminUrl(): string {
+    return `http://127.0.0.1:${this.adminPort}`;
+  }
+
+  static async start(
+    o: Partial<GatewayOptions> & { kubeconfig: string; logDir: string },
+  ): Promise<GatewayProcess> {
+    const port = await freePort();
+    const adminPort = await freePort();
+    const args = [
+      "--import",
+      "tsx",
+      CLI,
+      "gateway",
+      "--discovery",
+      "kubernetes",
+      "--kubeconfig",
+      o.kubeconfig,
+      "--port",
+      String(port),
+      "--admin-port",
+      String(adminPort),
+      "--policy",
+      o.policy ?? "kv-aware",
+    ];
+    for (const [model, dir] of Object.entries(o.tokenizers ?? {}))
+      args.push("--tokenizer", `${model}=${dir}`);
+    args.push(...(o.extraArgs ?? []));
+    const proc = new ManagedProcess(
+      "gateway",
+      process.execPath,
+      args,
+      join(o.logDir, `gateway-${port}.log`),
+      {
+        ...process.env,
+        [RUN_ENV]: String(process.pid),
+        KVSYNC_LOG_LEVEL: process.env.KVSYNC_E2E_LOG_LEVEL ?? "warn",
+      },
+    );
+    const gw = new GatewayProcess(proc, port, adminPort);
+    await waitFor(
+      `gateway admin ${gw.adminUrl}/admin/pods answers`,
+      async () => {
+        if (!proc.running) throw new Error(`gateway ${proc.describeExit()}; log tail:\n${proc.tail()}`);
+        return (await answers(`${gw.adminUrl}/admin/pods`)) ? true : "no answer yet";
+      },
+      { timeoutMs: scaled(60_000), intervalMs: 100 },
+    ).catch(async (err: Error) => {
+      await proc.stop();
+      throw new Error(`${err.message}\nlog ${proc.logFile} tail:\n${proc.tail(1500)}`);
+    });
+    return gw;
+  }
+
+  async stop(): Promise<void> {
+    await this.process.stop();
+  }
+
+  async pods(): Promise<AdminPod[]> {
+    const r = await getJson<AdminPod[] | { pods: AdminPod[] }>(`${this.adminUrl}/admin/pods`);
+    return Array.isArray(r) ? r : r.pods;
+  }
+
+  async pod(name: string): Promise<AdminPod | undefined> {
+    return (await this.pods()).find((p) => p.name === name);
+  }
+
+  podBlocks(name: string): Promise<BlocksDoc> {
+    return getJson<BlocksDoc>(`${this.adminUrl}/admin/pods/${encodeURIComponent(name)}/blocks`);
+  }
+
+  async match(
+    model: string,
+    prompt: string,
+    lora?: string,
+  ): Promise<{
+    blockSize: number;
+    pods: Array<{ pod: string; matchedBlocks: number; matchedTokens: number }>;
+  }> {
+    const body: Record<string, unknown> = { model, prompt };
+    if (lora) body.lora = lora;
+    const r = await postJson<{
+      blockSize: number;
+      pods: Array<{ pod: string; matchedBlocks: number; matchedTokens: number }>;
+    }>(`${this.adminUrl}/admin/index/match`, body);
+    if (r.status !== 200) throw new Error(`match → ${r.status}: ${JSON.stringify(r.body).slice(0, 300)}`);
+    return r.body;
+  }
+
+  metrics(): Promise<string> {
+    return getText(`${this.adminUrl}/metrics`);
+  }
+
+  /** POST /v1/completions (non-streaming); returns who served it and the engine's usage. */
+  async complete(model: string, prompt: string, maxTokens = 4): Promise<RoutedResponse> {
+    const r = await postJson<{ usage?: Usage; error?: unknown }>(`${this.url}/v1/completions`, {
+      model,
+      prompt,
+      max_tokens: maxTokens,
+      temperature: 0,
+    });
+    return toRouted(r.status, r.headers, r.body, r.ms);
+  }
+
+  async chat(
+    model: string,
+    messages: Array<{ role: string; content: string }>,
+    maxTokens = 4,
+  ): Promise<RoutedResponse> {
+    const r = await postJson<{ usage?: Usage }>(`${this.url}/v1/chat/completions`, {
+      model,
+      messages,
+      max_tokens: maxTokens,
+      temperature: 0,
+    });
+    return toRouted(r.status, r.headers, r.body, r.ms);
+  }
+}
+
+function toRouted(status: number, headers: Headers, body: unknown, ms: number): RoutedResponse {
+  const usage = (body as { usage?: Usage } | null)?.usage;
+  const m = headers.get("x-kvsync-matched-tokens");
+  return {
+    status,
+    pod: headers.get("x-kvsync-pod"),
+    matchedTokens: m === null ? null : Number(m),
+    promptTokens: usage?.prompt_tokens ?? -1,
+    cachedTokens: usage?.prompt_tokens_details?.cached_tokens ?? 0,
+    ms,
+    body,
+  };
+}
+
+/** Parse a Prometheus text exposition into name{labels} → value. */
+export function parseMetrics(text: string): Map<string, number> {
+  const m = new Map<string, number>();
+  for (const line of text.split("\n")) {
+    if (!line || line.startsWith("#")) continue;
+    const i = line.lastIndexOf(" ");
+    m.set(line.slice(0, i), Number(line.slice(i + 1)));
+  }
+  return m;
+}
+
+/** Sum of every series of a metric (any labels). */
+export function metricSum(metrics: Map<string, number>, name: string): number {
+  let s = 0;
+  for (const [k, v] of metrics) if (k === name || k.startsWith(`${name}{`)) s += v;
+  return s;
+}

@@ -1,0 +1,35 @@
+import type { V1Pod } from "@kubernetes/client-node";
+import { startFakeKubeApi } from "../../helpers/fake-kube-api.ts";
+
+/**
+ * The cluster's API server: the fake Kubernetes API of the discovery tests
+ * (`test/helpers/fake-kube-api.ts`: list/watch with resourceVersions and bookmarks over real
+ * HTTP), served from the test process in the root namespace; the gateway's real Kubernetes
+ * source reads it through a kubeconfig.
+ */
+export interface KubeBackend {
+  /** kubeconfig file pointing at the fake API server */
+  kubeconfigPath: string;
+  /** create the Pod, or replace it when it exists (watchers see ADDED / MODIFIED) */
+  upsertPod(pod: Record<string, unknown>): Promise<void>;
+  /** delete the Pod (watchers see DELETED) */
+  deletePod(namespace: string, name: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+export async function startKube(): Promise<KubeBackend> {
+  const api = await startFakeKubeApi({ host: "127.0.0.1", bookmarkIntervalMs: 1000 });
+  const kubeconfigPath = api.kubeconfigPath();
+  return {
+    kubeconfigPath,
+    async upsertPod(pod) {
+      const p = pod as V1Pod;
+      api.upsertPod(p.metadata?.namespace ?? "default", p);
+    },
+    async deletePod(namespace, name) {
+      if (!api.deletePod(namespace, name))
+        throw new Error(`fake kube api: no pod ${namespace}/${name} to delete`);
+    },
+    close: () => api.close(),
+  };
+}

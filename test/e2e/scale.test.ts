@@ -1,0 +1,234 @@
+import assert from "node:assert/strict";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { DEFAULT_MODEL, type Pod, REPO_ROOT } from "./harness/cluster.ts";
+import { parseMetrics } from "./harness/gateway.ts";
+import { completeDirect, gatewayOf, useCluster, waitLive } from "./harness/suite.ts";
+import { compareAllWithTruth } from "./harness/truth.ts";
+import { scaled, waitFor } from "./harness/wait.ts";
+import { prefix, prompt, rng } from "./harness/workload.ts";
+
+// 10, 50 and 100 pods (10 engines per process, one namespace per process, one address per pod)
+// under a closed-loop workload through the gateway. Measures events applied per second, the
+// event-to-index lag, gateway requests per second and the time for the index to converge to
+// every engine's truth once load stops.
+const SIZES = [10, 50, 100];
+const PER_PROCESS = 10;
+const LOAD_MS = Number(process.env.KVSYNC_E2E_SCALE_LOAD_MS ?? 8000);
+const CONCURRENCY = 16;
+
+interface Row {
+  pods: number;
+  requests: number;
+  errors: number;
+  requestsPerSec: number;
+  eventsApplied: number;
+  eventsPerSec: number;
+  /** event-to-index lag from the gateway's histogram (batch ts → applied), ms */
+  lagP50Ms: number | null;
+  lagP99Ms: number | null;
+  /** end-to-end probe: engine answered → prefix matchable at the gateway, ms */
+  probeLagP50Ms: number;
+  probeLagP99Ms: number;
+  convergeMs: number;
+  indexBlocks: number;
+}
+
+function pct(xs: number[], p: number): number {
+  if (xs.length === 0) return Number.NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
+}
+
+/** Quantile from a Prometheus histogram's cumulative buckets (delta between two scrapes). */
+export function histogramQuantile(
+  before: Map<string, number>,
+  after: Map<string, number>,
+  name: string,
+  q: number,
+): number | null {
+  const buckets = new Map<number, number>();
+  for (const [k, v] of after) {
+    if (!k.startsWith(`${name}_bucket{`)) continue;
+    const le = k.match(/le="([^"]+)"/)?.[1];
+    if (!le) continue;
+    const bound = le === "+Inf" ? Number.POSITIVE_INFINITY : Number(le);
+    buckets.set(bound, (buckets.get(bound) ?? 0) + v - (before.get(k) ?? 0));
+  }
+  if (buckets.size === 0) return null;
+  const sorted = [...buckets.entries()].sort((a, b) => a[0] - b[0]);
+  const total = sorted[sorted.length - 1][1];
+  if (!(total > 0)) return null;
+  let prevBound = 0;
+  let prevCount = 0;
+  for (const [bound, count] of sorted) {
+    if (count >= q * total) {
+      if (!Number.isFinite(bound)) return prevBound;
+      const inBucket = count - prevCount;
+      return inBucket > 0 ? prevBound + ((bound - prevBound) * (q * total - prevCount)) / inBucket : bound;
+    }
+    prevBound = bound;
+    prevCount = count;
+  }
+  return prevBound;
+}
+
+/** The lag histogram the gateway exports (name contains "lag", unit seconds), if any. */
+function lagMetricName(m: Map<string, number>): string | null {
+  for (const k of m.keys()) {
+    const name = k.match(/^([a-z_:]*lag[a-z_:]*_seconds)_bucket\{/)?.[1];
+    if (name) return name;
+  }
+  return null;
+}
+
+describe("e2e large scale: 10, 50, 100 pods", { timeout: scaled(420_000) }, () => {
+  const cluster = useCluster();
+  const rows: Row[] = [];
+  let pods: Pod[] = [];
+
+  for (const size of SIZES) {
+    it(`${size} pods under load: index converges to every pod's truth`, {
+      timeout: scaled(200_000),
+    }, async () => {
+      const c = cluster();
+      const gw = gatewayOf(c);
+      const t0 = Date.now();
+      const names: string[] = [];
+      for (let i = pods.length; i < size; i++) names.push(`engine-${String(i).padStart(3, "0")}`);
+      pods = pods.concat(await c.createPods(names, { engine: { numGpuBlocks: 256 } }, PER_PROCESS));
+      await waitLive(gw, pods, 60_000);
+      const setupMs = Date.now() - t0;
+
+      const sumApplied = async () => (await gw.pods()).reduce((s, p) => s + (p.eventsApplied ?? 0), 0);
+      const m0 = parseMetrics(await gw.metrics());
+      const applied0 = await sumApplied();
+      const prefixes = Array.from({ length: Math.max(8, size / 2) }, (_, i) =>
+        prefix(`sc${size}-${i}`, 9000 + i, 60),
+      );
+      const r = rng(size);
+      let requests = 0;
+      let errors = 0;
+      const errorSamples: string[] = [];
+      const start = performance.now();
+      const deadline = start + LOAD_MS;
+      const client = async (id: number) => {
+        let k = 0;
+        while (performance.now() < deadline) {
+          const p = prefixes[Math.floor(r() * prefixes.length)];
+          const res = await gw
+            .complete(DEFAULT_MODEL, prompt(p, id * 100_000 + k++, 20), 8)
+            .catch((err: Error) => ({
+              status: -1,
+              body: err.message,
+              pod: null,
+            }));
+          requests++;
+          if (res.status !== 200 || !res.pod) {
+            errors++;
+            if (errorSamples.length < 3)
+              errorSamples.push(`${res.status} ${JSON.stringify(res.body).slice(0, 150)}`);
+          }
+        }
+      };
+      // probe: a fresh prefix straight into one engine, then poll the gateway until it matches
+      const probeLags: number[] = [];
+      const prober = async () => {
+        let k = 0;
+        while (performance.now() < deadline) {
+          const pod = pods[Math.floor(r() * pods.length)];
+          const text = prompt(prefix(`probe${size}-${k}`, 70_000 + k, 40), k);
+          k++;
+          await completeDirect(pod, text, DEFAULT_MODEL, 1);
+          const answered = performance.now();
+          await waitFor(
+            `probe ${k} indexed under ${pod.name}`,
+            async () => {
+              const m = await gw.match(DEFAULT_MODEL, text);
+              return m.pods.some((x) => x.pod === pod.name && x.matchedBlocks > 0) ? true : "not yet";
+            },
+            { timeoutMs: scaled(20_000), intervalMs: 5 },
+          );
+          probeLags.push(performance.now() - answered);
+        }
+      };
+      await Promise.all([...Array.from({ length: CONCURRENCY }, (_, i) => client(i)), prober()]);
+      const loadMs = performance.now() - start;
+      // load stopped: time until the index equals the truth of every pod
+      const t1 = performance.now();
+      await waitFor(
+        `index == engine truth for all ${size} pods after load`,
+        () => compareAllWithTruth(gw, pods),
+        {
+          timeoutMs: scaled(60_000),
+          intervalMs: 50,
+        },
+      );
+      const convergeMs = performance.now() - t1;
+      const m1 = parseMetrics(await gw.metrics());
+      const applied1 = await sumApplied();
+      const lagName = lagMetricName(m1);
+      const q = (x: number) => (lagName ? histogramQuantile(m0, m1, lagName, x) : null);
+      const p50 = q(0.5);
+      const p99 = q(0.99);
+      const indexBlocks = (await gw.pods()).reduce((s, p) => s + (p.blocks ?? 0), 0);
+      const row: Row = {
+        pods: size,
+        requests,
+        errors,
+        requestsPerSec: Math.round((requests / loadMs) * 1000),
+        eventsApplied: applied1 - applied0,
+        eventsPerSec: Math.round(((applied1 - applied0) / (loadMs + convergeMs)) * 1000),
+        lagP50Ms: p50 === null ? null : Math.round(p50 * 10000) / 10,
+        lagP99Ms: p99 === null ? null : Math.round(p99 * 10000) / 10,
+        probeLagP50Ms: Math.round(pct(probeLags, 50)),
+        probeLagP99Ms: Math.round(pct(probeLags, 99)),
+        convergeMs: Math.round(convergeMs),
+        indexBlocks,
+      };
+      rows.push(row);
+      process.stdout.write(
+        `# scale ${size}: setup ${setupMs} ms, load ${Math.round(loadMs)} ms, ${JSON.stringify(row)}\n`,
+      );
+      assert.equal(errors, 0, `${errors}/${requests} requests failed: ${errorSamples.join(" | ")}`);
+      assert.ok(requests > 0 && row.eventsApplied > 0, "no load went through");
+      assert.ok(probeLags.length > 0, "no lag probe completed");
+    });
+  }
+
+  it("prints the scale table and writes bench/results/e2e-scale.json", () => {
+    assert.equal(rows.length, SIZES.length, "a size did not complete");
+    const cols: Array<[string, (r: Row) => string]> = [
+      ["pods", (r) => String(r.pods)],
+      ["req/s", (r) => String(r.requestsPerSec)],
+      ["events/s", (r) => String(r.eventsPerSec)],
+      ["lag p50 ms", (r) => (r.lagP50Ms === null ? "n/a" : String(r.lagP50Ms))],
+      ["lag p99 ms", (r) => (r.lagP99Ms === null ? "n/a" : String(r.lagP99Ms))],
+      ["probe p50 ms", (r) => String(r.probeLagP50Ms)],
+      ["probe p99 ms", (r) => String(r.probeLagP99Ms)],
+      ["converge ms", (r) => String(r.convergeMs)],
+      ["requests", (r) => String(r.requests)],
+      ["blocks", (r) => String(r.indexBlocks)],
+    ];
+    const widths = cols.map(([h, f]) => Math.max(h.length, ...rows.map((r) => f(r).length)));
+    const line = (cells: string[]) => `| ${cells.map((c, i) => c.padStart(widths[i])).join(" | ")} |`;
+    const table = [
+      line(cols.map(([h]) => h)),
+      `|${widths.map((w) => "-".repeat(w + 2)).join("|")}|`,
+      ...rows.map((r) => line(cols.map(([, f]) => f(r)))),
+    ].join("\n");
+    process.stdout.write(`\n${table}\n\n`);
+    const result = {
+      bench: "e2e-scale",
+      loadMs: LOAD_MS,
+      concurrency: CONCURRENCY,
+      enginesPerProcess: PER_PROCESS,
+      rows,
+    };
+    const dir = join(REPO_ROOT, "bench/results");
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, "e2e-scale.json"), `${JSON.stringify(result, null, 2)}\n`);
+    process.stdout.write(`${JSON.stringify(result)}\n`);
+  });
+});
