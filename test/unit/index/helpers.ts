@@ -1,5 +1,11 @@
-import type { AllBlocksCleared, BlockRemoved, BlockStored, EventBatch, HashKey } from "../../../src/protocol/types.ts";
 import type { StreamRef } from "../../../src/index/types.ts";
+import type {
+  AllBlocksCleared,
+  BlockRemoved,
+  BlockStored,
+  EventBatch,
+  HashKey,
+} from "../../../src/protocol/types.ts";
 
 /** HashKey of a non-negative integer (< 2^53): "u" + 8 big-endian bytes. */
 export function hk(n: number): HashKey {
@@ -46,7 +52,11 @@ export function stored(
   };
 }
 
-export function removed(hashes: HashKey[], medium: string | null = "GPU", o: Partial<BlockRemoved> = {}): BlockRemoved {
+export function removed(
+  hashes: HashKey[],
+  medium: string | null = "GPU",
+  o: Partial<BlockRemoved> = {},
+): BlockRemoved {
   return { type: "BlockRemoved", blockHashes: hashes, medium, groupIdx: null, locality: null, ...o };
 }
 

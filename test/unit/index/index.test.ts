@@ -1,0 +1,328 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import { createIndex, type IndexBackend, type PrefixIndex } from "../../../src/index/index.ts";
+import type { BlockClaim, StreamMatch } from "../../../src/index/types.ts";
+import type { KvEvent } from "../../../src/protocol/types.ts";
+import { batch, cleared, hk, removed, stored, stream, toks } from "./helpers.ts";
+
+const NS = { model: "m", lora: null, blockSize: 4 };
+const A = stream("a");
+const B = stream("b");
+
+function claims(ix: PrefixIndex, id: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const c of ix.streamBlocks(id) as BlockClaim[]) out[c.hash] = c.tiers.join(",");
+  return out;
+}
+
+function matched(ix: PrefixIndex, tokens: number[], ns = NS): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const m of ix.match(ns, tokens)) out[m.streamId] = m.matchedBlocks;
+  return out;
+}
+
+function one(ix: PrefixIndex, tokens: number[], id: string, ns = NS): StreamMatch | undefined {
+  return ix.match(ns, tokens).find((m) => m.streamId === id);
+}
+
+for (const backend of ["sync", "reference"] as IndexBackend[]) {
+  const mk = (o: Parameters<typeof createIndex>[0] = {}) => createIndex({ backend, ...o });
+  const apply = (ix: PrefixIndex, s = A, ...evs: KvEvent[]) => ix.applyBatch(s, batch(...evs));
+
+  describe(`index (${backend})`, () => {
+    test("root chain matches leading full blocks; stops at the first missing block", () => {
+      const ix = mk();
+      apply(ix, A, stored([hk(1), hk(2), hk(3)], null, toks([1, 2, 3])));
+      assert.deepEqual(matched(ix, toks([1, 2, 3, 9])), { a: 3 });
+      assert.deepEqual(matched(ix, toks([1, 2, 7])), { a: 2 });
+      assert.deepEqual(matched(ix, toks([2, 2, 3])), {});
+      // trailing partial block of the prompt is ignored
+      assert.deepEqual(matched(ix, [...toks([1, 2]), 1, 2]), { a: 2 });
+      // continuation through a known parent in a later event
+      apply(ix, A, stored([hk(4)], hk(3), toks([4])));
+      assert.deepEqual(matched(ix, toks([1, 2, 3, 4])), { a: 4 });
+      const m = one(ix, toks([1, 2, 3, 4]), "a")!;
+      assert.deepEqual(m.tiers, { GPU: 4, CPU: 0, STORAGE: 0 });
+      assert.equal(m.pod, "a");
+      assert.equal(m.rank, null);
+    });
+
+    test("a hole in a stream's chain stops its match there", () => {
+      const ix = mk();
+      apply(ix, A, stored([hk(1), hk(2), hk(3), hk(4)], null, toks([1, 2, 3, 4])));
+      apply(ix, A, removed([hk(3)]));
+      assert.deepEqual(matched(ix, toks([1, 2, 3, 4])), { a: 2 });
+    });
+
+    test("cross-stream isolation: one stream's BlockRemoved leaves the other's claim", () => {
+      const ix = mk();
+      apply(ix, A, stored([hk(1), hk(2)], null, toks([1, 2])));
+      apply(ix, B, stored([hk(101), hk(102)], null, toks([1, 2])));
+      assert.deepEqual(matched(ix, toks([1, 2])), { a: 2, b: 2 });
+      apply(ix, A, removed([hk(2)]));
+      assert.deepEqual(matched(ix, toks([1, 2])), { a: 1, b: 2 });
+      // B removing a hash only A holds is an unknown no-op for B
+      const before = ix.stats().unknownRemovals ?? 0;
+      apply(ix, B, removed([hk(1)]));
+      assert.deepEqual(matched(ix, toks([1, 2])), { a: 1, b: 2 });
+      assert.equal(ix.stats().unknownRemovals, before + 1);
+      // same engine hash on two streams are distinct claims
+      apply(ix, B, stored([hk(1)], null, toks([5])));
+      apply(ix, A, removed([hk(1)]));
+      assert.deepEqual(claims(ix, "a"), {});
+      assert.deepEqual(Object.keys(claims(ix, "b")).sort(), [hk(1), hk(101), hk(102)].sort());
+    });
+
+    test("unknown parent: kept for removal, never matched, nor its descendants", () => {
+      const ix = mk();
+      apply(ix, A, stored([hk(10), hk(11)], hk(999), toks([1, 2])));
+      apply(ix, A, stored([hk(12)], hk(11), toks([3])));
+      assert.deepEqual(matched(ix, toks([1, 2, 3])), {});
+      assert.deepEqual(claims(ix, "a"), { [hk(10)]: "GPU", [hk(11)]: "GPU", [hk(12)]: "GPU" });
+      assert.equal(ix.stats().orphanStores, 1);
+      // the same tokens stored as a root by another stream do match, and orphans don't interfere
+      apply(ix, B, stored([hk(20)], null, toks([1])));
+      assert.deepEqual(matched(ix, toks([1, 2, 3])), { b: 1 });
+      apply(ix, A, removed([hk(10), hk(11), hk(12)]));
+      assert.deepEqual(claims(ix, "a"), {});
+      assert.equal(ix.stats().entries, 1);
+    });
+
+    test("a known parent held only as an orphan keeps the child unmatched; re-store as root heals it", () => {
+      const ix = mk();
+      apply(ix, A, stored([hk(1)], hk(999), toks([1])));
+      apply(ix, A, stored([hk(2)], hk(1), toks([2])));
+      assert.deepEqual(matched(ix, toks([1, 2])), {});
+      apply(ix, A, stored([hk(1), hk(2)], null, toks([1, 2])));
+      assert.deepEqual(matched(ix, toks([1, 2])), { a: 2 });
+      assert.equal(ix.stats().entries, 2);
+    });
+
+    test("tokenless offload store adds a tier to a known block; unknown is kept for removal only", () => {
+      const ix = mk();
+      apply(ix, A, stored([hk(1), hk(2)], null, toks([1, 2])));
+      apply(ix, A, stored([hk(1), hk(2)], null, [], { medium: "CPU" }));
+      apply(ix, A, stored([hk(1)], null, [], { medium: "STORAGE" }));
+      assert.deepEqual(one(ix, toks([1, 2]), "a")!.tiers, { GPU: 2, CPU: 2, STORAGE: 1 });
+      assert.deepEqual(claims(ix, "a"), { [hk(1)]: "GPU,CPU,STORAGE", [hk(2)]: "GPU,CPU" });
+      apply(ix, A, stored([hk(50)], null, [], { medium: "CPU" }));
+      assert.deepEqual(claims(ix, "a")[hk(50)], "CPU");
+      assert.deepEqual(matched(ix, toks([1, 2])), { a: 2 });
+      apply(ix, A, removed([hk(50)], "CPU"));
+      assert.equal(claims(ix, "a")[hk(50)], undefined);
+      // an unknown medium string maps to STORAGE
+      apply(ix, A, stored([hk(2)], null, [], { medium: "FS" }));
+      assert.equal(claims(ix, "a")[hk(2)], "GPU,CPU,STORAGE");
+    });
+
+    test("BlockRemoved removes only its medium's tier; the claim goes with the last tier", () => {
+      const ix = mk();
+      apply(ix, A, stored([hk(1), hk(2)], null, toks([1, 2])));
+      apply(ix, A, stored([hk(1), hk(2)], null, [], { medium: "CPU" }));
+      apply(ix, A, removed([hk(1), hk(2)], null)); // null medium = GPU
+      assert.deepEqual(one(ix, toks([1, 2]), "a")!.tiers, { GPU: 0, CPU: 2, STORAGE: 0 });
+      assert.deepEqual(matched(ix, toks([1, 2])), { a: 2 });
+      // removing a tier the block is not on is an unknown no-op
+      apply(ix, A, removed([hk(1)], "STORAGE"));
+      assert.equal(ix.stats().unknownRemovals, 1);
+      apply(ix, A, removed([hk(1)], "CPU"));
+      assert.deepEqual(matched(ix, toks([1, 2])), {});
+      assert.deepEqual(claims(ix, "a"), { [hk(2)]: "CPU" });
+      // per-tier counts are leading runs
+      apply(ix, B, stored([hk(1), hk(2), hk(3)], null, toks([1, 2, 3]), { medium: "CPU" }));
+      apply(ix, B, stored([hk(2), hk(3)], null, [], { medium: "GPU" }));
+      assert.deepEqual(one(ix, toks([1, 2, 3]), "b")!.tiers, { GPU: 0, CPU: 3, STORAGE: 0 });
+    });
+
+    test("AllBlocksCleared clears only that stream", () => {
+      const ix = mk();
+      apply(ix, A, stored([hk(1), hk(2)], null, toks([1, 2])));
+      apply(ix, B, stored([hk(3), hk(4)], null, toks([1, 2])));
+      apply(ix, A, cleared());
+      assert.deepEqual(claims(ix, "a"), {});
+      assert.deepEqual(matched(ix, toks([1, 2])), { b: 2 });
+      assert.equal(ix.stats().entries, 2);
+      assert.equal(ix.stats().streams, 2);
+      // the stream keeps working after a clear
+      apply(ix, A, stored([hk(1)], null, toks([1])));
+      assert.deepEqual(matched(ix, toks([1, 2])), { a: 1, b: 2 });
+    });
+
+    test("dropStream forgets one stream; later parents from before the drop are unknown", () => {
+      const ix = mk();
+      apply(ix, A, stored([hk(1), hk(2)], null, toks([1, 2])));
+      apply(ix, B, stored([hk(3)], null, toks([1])));
+      ix.dropStream("a");
+      ix.dropStream("nope");
+      assert.deepEqual(ix.streamBlocks("a"), []);
+      assert.equal(ix.streamEntryCount?.("a"), 0);
+      assert.deepEqual(ix.stats().streams, 1);
+      assert.deepEqual(matched(ix, toks([1, 2])), { b: 1 });
+      apply(ix, A, stored([hk(5)], hk(2), toks([3])));
+      assert.deepEqual(matched(ix, toks([1, 2, 3])), { b: 1 });
+      assert.equal(ix.streamEntryCount?.("a"), 1);
+    });
+
+    test("data-parallel ranks of one pod are separate streams", () => {
+      const ix = mk();
+      const r0 = stream("p#0", "m", "p", 0);
+      const r1 = stream("p#1", "m", "p", 1);
+      apply(ix, r0, stored([hk(1), hk(2)], null, toks([1, 2])));
+      apply(ix, r1, stored([hk(1)], null, toks([1])));
+      const ms = ix.match(NS, toks([1, 2]));
+      assert.deepEqual(
+        ms.map((m) => [m.streamId, m.pod, m.rank, m.matchedBlocks]),
+        [
+          ["p#0", "p", 0, 2],
+          ["p#1", "p", 1, 1],
+        ],
+      );
+      apply(ix, r1, removed([hk(1)]));
+      assert.deepEqual(matched(ix, toks([1, 2])), { "p#0": 2 });
+    });
+
+    test("namespaces: model, LoRA name, LoRA id fallback, block size", () => {
+      const ix = mk();
+      const M2 = stream("c", "m2");
+      apply(ix, A, stored([hk(1)], null, toks([1])));
+      apply(ix, A, stored([hk(2)], null, toks([1]), { loraName: "sql", loraId: 3 }));
+      apply(ix, A, stored([hk(3)], null, toks([1]), { loraId: 7 }));
+      apply(ix, B, stored([hk(4), hk(5)], null, toks([1], 8).concat(), { blockSize: 8 }));
+      apply(ix, M2, stored([hk(6)], null, toks([1])));
+      assert.deepEqual(matched(ix, toks([1])), { a: 1 });
+      assert.deepEqual(matched(ix, toks([1]), { model: "m", lora: "sql", blockSize: 4 }), { a: 1 });
+      assert.deepEqual(matched(ix, toks([1]), { model: "m", lora: "7", blockSize: 4 }), { a: 1 });
+      assert.deepEqual(matched(ix, toks([1]), { model: "m", lora: "3", blockSize: 4 }), {});
+      assert.deepEqual(matched(ix, toks([1]), { model: "m2", lora: null, blockSize: 4 }), { c: 1 });
+      assert.deepEqual(matched(ix, toks([1], 8), { model: "m", lora: null, blockSize: 8 }), { b: 1 });
+      assert.deepEqual(matched(ix, toks([1], 8), { model: "m", lora: null, blockSize: 0 }), {});
+      // a LoRA block chained on a base-model parent never matches in either namespace
+      apply(ix, A, stored([hk(9)], hk(1), toks([2]), { loraName: "sql" }));
+      assert.deepEqual(matched(ix, toks([1, 2]), { model: "m", lora: "sql", blockSize: 4 }), { a: 1 });
+      assert.deepEqual(matched(ix, toks([1, 2])), { a: 1 });
+    });
+
+    test("partial tokens: only the leading full blocks are keyed, the rest kept for removal", () => {
+      const ix = mk();
+      apply(ix, A, stored([hk(1), hk(2), hk(3)], null, toks([1, 2]).concat([300, 301])));
+      assert.deepEqual(matched(ix, toks([1, 2, 3])), { a: 2 });
+      assert.deepEqual(Object.keys(claims(ix, "a")).length, 3);
+      // tokens for more blocks than hashes: extra tokens ignored
+      apply(ix, B, stored([hk(1)], null, toks([1, 2])));
+      assert.deepEqual(matched(ix, toks([1, 2])), { a: 2, b: 1 });
+      apply(ix, A, removed([hk(3)]));
+      assert.equal(ix.streamEntryCount?.("a"), 2);
+    });
+
+    test("extra keys make blocks unmatchable; other KV-cache groups are ignored", () => {
+      const ix = mk();
+      apply(ix, A, stored([hk(1)], null, toks([1]), { extraKeys: [["img", "abc"]] }));
+      apply(ix, A, stored([hk(2)], null, toks([2]), { extraKeys: [null] }));
+      apply(ix, A, stored([hk(3)], null, toks([3]), { groupIdx: 1 }));
+      apply(ix, A, removed([hk(2)], "GPU", { groupIdx: 1 }));
+      assert.deepEqual(matched(ix, toks([1])), {});
+      assert.deepEqual(matched(ix, toks([2])), { a: 1 });
+      assert.deepEqual(Object.keys(claims(ix, "a")).sort(), [hk(1), hk(2)].sort());
+      assert.equal(ix.stats().ignoredEvents, 2);
+    });
+
+    test("hash forms: negative ints and byte strings round-trip through streamBlocks", () => {
+      const ix = mk();
+      const neg = `n${"\xff".repeat(7)}\xfe`;
+      const b32 = `b${"\x01\x02\x03\x04".repeat(8)}`;
+      const b16 = `b${"\xaa".repeat(16)}`;
+      apply(ix, A, stored([neg, b32, b16], null, toks([1, 2, 3])));
+      assert.deepEqual(claims(ix, "a"), { [neg]: "GPU", [b32]: "GPU", [b16]: "GPU" });
+      assert.deepEqual(matched(ix, toks([1, 2, 3])), { a: 3 });
+      apply(ix, A, removed([b32]));
+      assert.deepEqual(matched(ix, toks([1, 2, 3])), { a: 1 });
+      assert.deepEqual(Object.keys(claims(ix, "a")).sort(), [neg, b16].sort());
+    });
+
+    test("bad content never throws and is counted", () => {
+      const ix = mk();
+      const bad = [
+        null,
+        42,
+        { type: "Nope" },
+        { type: "BlockStored", blockHashes: "x" },
+        {
+          type: "BlockStored",
+          blockHashes: [1, hk(1)],
+          parentBlockHash: null,
+          tokenIds: toks([1, 2]),
+          blockSize: 4,
+        },
+        { type: "BlockStored", blockHashes: [hk(2)], parentBlockHash: null, tokenIds: null, blockSize: "4" },
+        { type: "BlockRemoved", blockHashes: [null, hk(77)] },
+        { type: "BlockRemoved" },
+      ] as unknown as KvEvent[];
+      ix.applyBatch(A, { ts: 0, events: bad, dpRank: null });
+      ix.applyBatch(A, { ts: 0, events: null, dpRank: null } as unknown as never);
+      const s = ix.stats();
+      assert.ok((s.invalidEvents ?? 0) >= 3, JSON.stringify(s));
+      assert.equal(s.ignoredEvents, 1);
+      assert.ok((s.unknownRemovals ?? 0) >= 2);
+      assert.deepEqual(Object.keys(claims(ix, "a")).sort(), [hk(1), hk(2)].sort());
+      assert.deepEqual(matched(ix, toks([1, 2])), {});
+      assert.deepEqual(ix.match(NS, []), []);
+      assert.deepEqual(ix.match({ model: "zzz", lora: null, blockSize: 4 }, toks([1])), []);
+    });
+
+    test("per-stream cap evicts that stream's least-recently-touched entry", () => {
+      const evicted: string[] = [];
+      const ix = mk({ maxEntriesPerStream: 3, onEvict: (id, why) => evicted.push(`${id}:${why}`) });
+      apply(ix, A, stored([hk(1), hk(2), hk(3)], null, toks([1, 2, 3])));
+      apply(ix, B, stored([hk(9)], null, toks([1])));
+      apply(ix, A, stored([hk(1)], null, [], { medium: "CPU" })); // touch 1: LRU is now 2
+      apply(ix, A, stored([hk(4)], hk(3), toks([4])));
+      assert.deepEqual(Object.keys(claims(ix, "a")).sort(), [hk(1), hk(3), hk(4)].sort());
+      assert.deepEqual(evicted, ["a:stream"]);
+      assert.equal(ix.stats().evictionsStream, 1);
+      assert.equal(ix.stats().evictions, 1);
+      assert.deepEqual(matched(ix, toks([1, 2, 3, 4])), { a: 1, b: 1 });
+      assert.equal(ix.streamEntryCount?.("b"), 1);
+    });
+
+    test("global cap evicts the least-recently-touched entry across streams", () => {
+      const evicted: string[] = [];
+      const ix = mk({ maxEntries: 4, onEvict: (id, why) => evicted.push(`${id}:${why}`) });
+      apply(ix, A, stored([hk(1), hk(2)], null, toks([1, 2])));
+      apply(ix, B, stored([hk(3), hk(4)], null, toks([1, 2])));
+      apply(ix, A, stored([hk(1)], null, toks([1]))); // touch a/1: global LRU = a/2
+      apply(ix, B, stored([hk(5)], hk(4), toks([3])));
+      assert.deepEqual(Object.keys(claims(ix, "a")), [hk(1)]);
+      apply(ix, B, stored([hk(6)], hk(5), toks([4]))); // LRU now b/3
+      assert.deepEqual(Object.keys(claims(ix, "b")).sort(), [hk(4), hk(5), hk(6)].sort());
+      assert.deepEqual(evicted, ["a:global", "b:global"]);
+      const s = ix.stats();
+      assert.equal(s.entries, 4);
+      assert.equal(s.evictionsGlobal, 2);
+      assert.deepEqual(matched(ix, toks([1, 2, 3, 4])), { a: 1 });
+    });
+
+    test("growth: many entries stored and removed keep the tables consistent", () => {
+      const ix = mk({ maxEntries: 50_000 });
+      const n = 20_000;
+      for (let i = 0; i < n; i += 10) {
+        const hs = Array.from({ length: 10 }, (_, j) => hk(i + j + 1));
+        const ids = Array.from({ length: 10 }, (_, j) => i + j);
+        apply(ix, i % 20 === 0 ? A : B, stored(hs, null, toks(ids)));
+      }
+      assert.equal(ix.stats().entries, n);
+      assert.equal(ix.stats().blocks, n);
+      assert.deepEqual(matched(ix, toks([19990, 19991, 19992])), { b: 3 });
+      for (let i = 0; i < n; i += 20) apply(ix, A, removed([hk(i + 1), hk(i + 2)]));
+      assert.equal(ix.stats().entries, n - n / 10);
+      assert.deepEqual(matched(ix, toks([0, 1, 2])), {});
+      assert.deepEqual(matched(ix, toks([2, 3, 4])), {});
+      ix.dropStream("a");
+      ix.applyBatch(B, batch(cleared()));
+      const s = ix.stats();
+      assert.equal(s.entries, 0);
+      assert.equal(s.blocks, 0);
+      apply(ix, A, stored([hk(1)], null, toks([7])));
+      assert.deepEqual(matched(ix, toks([7])), { a: 1 });
+    });
+  });
+}
