@@ -1,0 +1,253 @@
+/**
+ * Keeps one `StreamSubscriber` per engine stream (pod, or pod and data-parallel rank) in step with
+ * discovery, feeding one `PrefixIndex`.
+ *
+ * - New pod: its streams start. Pod gone: streams stop and their entries are dropped.
+ * - Changed endpoints (events/replay address, rank count, model, block size): the old streams
+ *   stop, their entries are dropped, new streams start.
+ * - Flag changes (ready, LoRA list) keep the stream: a not-ready pod's cache is still tracked.
+ * - Data parallel: rank r connects to the events and replay endpoints' port + r; its stream id
+ *   is `<pod>#<r>` (a single-rank pod's stream id is the pod name, rank null).
+ */
+import { EventEmitter } from "node:events";
+import { performance } from "node:perf_hooks";
+import type { Registry } from "prom-client";
+import type { PodInfo } from "../discovery/types.ts";
+import type { PrefixIndex, StreamRef } from "../index/types.ts";
+import { type Logger, silentLogger } from "../util/log.ts";
+import { createSubscriberMetrics, type SubscriberMetrics } from "./metrics.ts";
+import { StreamSubscriber, type SubscriberOptions } from "./subscriber.ts";
+import type { StreamState, StreamStatus, SubscriberManagerLike } from "./types.ts";
+
+/** Most streams one manager runs (pods x ranks): bounded like everything else. */
+export const MAX_STREAMS = 20_000;
+
+export interface SubscriberManagerOptions {
+  index: PrefixIndex;
+  registry?: Registry;
+  log?: Logger;
+  /** topic prefix to subscribe to; "" (default) = all */
+  topic?: string;
+  /** passed to every subscriber */
+  subscriber?: Omit<SubscriberOptions, "log" | "logContext" | "fromSeq">;
+}
+
+export interface StreamSpec {
+  ref: StreamRef;
+  events: string;
+  replay: string | null;
+}
+
+/** Endpoint of rank r: the TCP port + r (rank 0 keeps the endpoint as given). */
+export function rankEndpoint(endpoint: string, rank: number): string | null {
+  if (rank === 0) return endpoint;
+  const m = /^(tcp:\/\/.+:)(\d+)$/.exec(endpoint);
+  if (!m) return null;
+  const port = Number(m[2]) + rank;
+  if (port > 65535) return null;
+  return `${m[1]}${port}`;
+}
+
+export function streamIdOf(pod: string, rank: number | null): string {
+  return rank === null ? pod : `${pod}#${rank}`;
+}
+
+/** The streams a pod has: one per data-parallel rank; none without an events endpoint. */
+export function streamsOf(pod: PodInfo): StreamSpec[] {
+  if (pod.events === null) return [];
+  const dp = Math.max(1, pod.dataParallelSize | 0);
+  const out: StreamSpec[] = [];
+  for (let r = 0; r < dp; r++) {
+    const rank = dp === 1 ? null : r;
+    const events = rankEndpoint(pod.events, r);
+    if (events === null) continue;
+    const replay = pod.replay === null ? null : rankEndpoint(pod.replay, r);
+    out.push({
+      ref: { streamId: streamIdOf(pod.name, rank), pod: pod.name, rank, model: pod.model },
+      events,
+      replay,
+    });
+  }
+  return out;
+}
+
+function sameSpec(a: StreamSpec, b: StreamSpec): boolean {
+  return (
+    a.events === b.events && a.replay === b.replay && a.ref.model === b.ref.model && a.ref.rank === b.ref.rank
+  );
+}
+
+interface Running {
+  spec: StreamSpec;
+  /** the pod's block size when it is part of the identity (a change restarts the stream) */
+  blockSize: number | undefined;
+  sub: StreamSubscriber;
+}
+
+export interface SubscriberManagerEvents {
+  state: [status: StreamStatus, previous: StreamState];
+}
+
+export class SubscriberManager
+  extends EventEmitter<SubscriberManagerEvents>
+  implements SubscriberManagerLike
+{
+  private readonly streams = new Map<string, Running>();
+  private readonly podInfos = new Map<string, PodInfo>();
+  private readonly index: PrefixIndex;
+  private readonly log: Logger;
+  private readonly metrics: SubscriberMetrics | null;
+  private readonly topic: string;
+  private readonly subOpts: SubscriberManagerOptions["subscriber"];
+  private closed = false;
+
+  constructor(opts: SubscriberManagerOptions) {
+    super();
+    this.index = opts.index;
+    this.log = opts.log ?? silentLogger();
+    this.topic = opts.topic ?? "";
+    this.subOpts = opts.subscriber;
+    this.metrics = opts.registry
+      ? createSubscriberMetrics(opts.registry, () => this.statuses(), this.index)
+      : null;
+  }
+
+  /** The pods last passed to setPods, sorted by name. */
+  pods(): PodInfo[] {
+    return [...this.podInfos.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  }
+
+  pod(name: string): PodInfo | undefined {
+    return this.podInfos.get(name);
+  }
+
+  setPods(pods: PodInfo[]): void {
+    if (this.closed) return;
+    const desired = new Map<string, { spec: StreamSpec; blockSize: number | undefined }>();
+    this.podInfos.clear();
+    for (const p of pods) {
+      this.podInfos.set(p.name, p);
+      for (const spec of streamsOf(p)) {
+        if (desired.size >= MAX_STREAMS) {
+          this.log.error({ event: "subscriber.too_many_streams", max: MAX_STREAMS }, "stream cap reached");
+          break;
+        }
+        desired.set(spec.ref.streamId, { spec, blockSize: p.blockSize });
+      }
+    }
+    for (const [id, run] of [...this.streams]) {
+      const want = desired.get(id);
+      if (want && sameSpec(want.spec, run.spec) && want.blockSize === run.blockSize) continue;
+      this.stopStream(id, run, want ? "endpoints changed" : "pod removed");
+    }
+    for (const [id, want] of desired) {
+      if (!this.streams.has(id)) this.startStream(want.spec, want.blockSize);
+    }
+  }
+
+  statuses(): StreamStatus[] {
+    const out: StreamStatus[] = [];
+    for (const run of this.streams.values()) out.push(this.statusOf(run));
+    return out.sort((a, b) => (a.streamId < b.streamId ? -1 : a.streamId > b.streamId ? 1 : 0));
+  }
+
+  status(streamId: string): StreamStatus | undefined {
+    const run = this.streams.get(streamId);
+    return run ? this.statusOf(run) : undefined;
+  }
+
+  /** The stream specs currently running (endpoints per rank). */
+  specs(): StreamSpec[] {
+    return [...this.streams.values()].map((r) => r.spec);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const runs = [...this.streams.values()];
+    this.streams.clear();
+    await Promise.all(runs.map((r) => r.sub.close()));
+  }
+
+  private statusOf(run: Running): StreamStatus {
+    const { ref } = run.spec;
+    const s = run.sub;
+    return {
+      streamId: ref.streamId,
+      pod: ref.pod,
+      rank: ref.rank,
+      model: ref.model,
+      state: s.state(),
+      lastSeq: s.lastSeq,
+      eventsApplied: s.eventsApplied,
+      decodeErrors: s.decodeErrors,
+      gaps: s.gaps,
+      replays: s.replays,
+      resyncs: s.resyncs + s.restarts,
+    };
+  }
+
+  private startStream(spec: StreamSpec, blockSize: number | undefined): void {
+    const { ref } = spec;
+    const id = ref.streamId;
+    const index = this.index;
+    const m = this.metrics;
+    const log = this.log;
+    const run: Running = { spec, blockSize, sub: undefined as unknown as StreamSubscriber };
+    const sub = new StreamSubscriber(
+      { events: spec.events, replay: spec.replay, topic: this.topic },
+      {
+        batch: (_seq, batch) => {
+          if (m) {
+            const t0 = performance.now();
+            index.applyBatch(ref, batch);
+            m.applySeconds.observe((performance.now() - t0) / 1000);
+            m.batchesApplied.inc({ stream: id });
+            m.eventsApplied.inc({ stream: id }, batch.events.length);
+          } else {
+            index.applyBatch(ref, batch);
+          }
+        },
+        decodeError: () => m?.decodeErrors.inc({ stream: id }),
+        drop: (reason) => {
+          index.dropStream(id);
+          if (reason === "restart") m?.restarts.inc({ stream: id });
+          else m?.resyncs.inc({ stream: id });
+        },
+        gap: () => m?.gaps.inc({ stream: id }),
+        replayRequested: () => m?.replays.inc({ stream: id }),
+        replayFailed: () => m?.replayFailures.inc({ stream: id }),
+        stateChanged: (state, prev) => {
+          if (this.streams.get(id) !== run) return;
+          log.info(
+            { event: "subscriber.state", stream: id, pod: ref.pod, state, previous: prev },
+            "stream state",
+          );
+          this.emit("state", this.statusOf(run), prev);
+        },
+      },
+      {
+        ...this.subOpts,
+        log,
+        logContext: { pod: ref.pod, rank: ref.rank, stream: id },
+      },
+    );
+    run.sub = sub;
+    this.streams.set(id, run);
+    log.info(
+      { event: "subscriber.start", stream: id, pod: ref.pod, events: spec.events, replay: spec.replay },
+      "starting stream",
+    );
+    sub.start();
+  }
+
+  private stopStream(id: string, run: Running, why: string): void {
+    this.streams.delete(id);
+    this.log.info({ event: "subscriber.stop", stream: id, pod: run.spec.ref.pod, why }, "stopping stream");
+    // the subscriber's callbacks are ignored from here on (they check the map), so the drop
+    // below is the stream's last word in the index
+    void run.sub.close();
+    this.index.dropStream(id);
+    this.metrics?.removeStream(id);
+  }
+}

@@ -1,0 +1,111 @@
+/**
+ * Prometheus metrics of the subscribers and the index they feed, on a Registry passed in (never
+ * the global one). Per-stream series carry a `stream` label (`<pod>` or `<pod>#<rank>`) and are
+ * removed when the stream goes away.
+ */
+import { Counter, Gauge, Histogram, type Registry } from "prom-client";
+import type { PrefixIndex } from "../index/types.ts";
+import type { StreamState, StreamStatus } from "./types.ts";
+
+export const STREAM_STATES: readonly StreamState[] = ["connecting", "live", "replaying", "resyncing", "down"];
+
+export interface SubscriberMetrics {
+  eventsApplied: Counter<"stream">;
+  batchesApplied: Counter<"stream">;
+  decodeErrors: Counter<"stream">;
+  gaps: Counter<"stream">;
+  replays: Counter<"stream">;
+  replayFailures: Counter<"stream">;
+  resyncs: Counter<"stream">;
+  restarts: Counter<"stream">;
+  applySeconds: Histogram<string>;
+  /** forget a stream's labelled series */
+  removeStream(streamId: string): void;
+}
+
+export function createSubscriberMetrics(
+  registry: Registry,
+  statuses: () => StreamStatus[],
+  index: PrefixIndex,
+): SubscriberMetrics {
+  const perStream = (name: string, help: string) =>
+    new Counter({ name, help, labelNames: ["stream"] as const, registers: [registry] });
+  const m = {
+    eventsApplied: perStream("kvsync_subscriber_events_applied_total", "KV events applied to the index"),
+    batchesApplied: perStream(
+      "kvsync_subscriber_batches_applied_total",
+      "event batches applied to the index",
+    ),
+    decodeErrors: perStream(
+      "kvsync_subscriber_decode_errors_total",
+      "messages that could not be decoded (skipped; the stream goes on)",
+    ),
+    gaps: perStream("kvsync_subscriber_gaps_total", "sequence gaps detected"),
+    replays: perStream("kvsync_subscriber_replays_total", "replay requests sent to the engine"),
+    replayFailures: perStream("kvsync_subscriber_replay_failures_total", "replays that failed or timed out"),
+    resyncs: perStream(
+      "kvsync_subscriber_resyncs_total",
+      "unrecoverable gaps: the stream's entries were dropped and rebuilt",
+    ),
+    restarts: perStream(
+      "kvsync_subscriber_restarts_total",
+      "engine restarts detected (seq went backwards): the stream's entries were dropped",
+    ),
+    applySeconds: new Histogram({
+      name: "kvsync_index_apply_duration_seconds",
+      help: "time to apply one decoded event batch to the index",
+      buckets: [1e-6, 5e-6, 2e-5, 1e-4, 5e-4, 2e-3, 1e-2, 5e-2, 0.25],
+      registers: [registry],
+    }),
+    removeStream(streamId: string): void {
+      for (const c of [
+        m.eventsApplied,
+        m.batchesApplied,
+        m.decodeErrors,
+        m.gaps,
+        m.replays,
+        m.replayFailures,
+        m.resyncs,
+        m.restarts,
+      ]) {
+        c.remove({ stream: streamId });
+      }
+    },
+  };
+  new Gauge({
+    name: "kvsync_subscriber_streams",
+    help: "engine event streams by state",
+    labelNames: ["state"] as const,
+    registers: [registry],
+    collect() {
+      const counts = new Map<StreamState, number>(STREAM_STATES.map((s) => [s, 0]));
+      for (const s of statuses()) counts.set(s.state, (counts.get(s.state) ?? 0) + 1);
+      for (const [state, n] of counts) this.set({ state }, n);
+    },
+  });
+  const stat = (name: string, help: string, pick: (s: ReturnType<PrefixIndex["stats"]>) => number) =>
+    new Gauge({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        this.set(pick(index.stats()));
+      },
+    });
+  stat("kvsync_index_entries", "(block, stream) entries in the index", (s) => s.entries);
+  stat("kvsync_index_blocks", "distinct matchable blocks in the index", (s) => s.blocks);
+  stat("kvsync_index_streams", "streams with entries in the index", (s) => s.streams);
+  stat("kvsync_index_bytes", "approximate memory held by the index", (s) => s.approxBytes);
+  let evictionsSeen = 0;
+  new Counter({
+    name: "kvsync_index_evictions_total",
+    help: "entries evicted by the index caps (least recently touched first)",
+    registers: [registry],
+    collect() {
+      const now = index.stats().evictions;
+      if (now > evictionsSeen) this.inc(now - evictionsSeen);
+      evictionsSeen = Math.max(evictionsSeen, now);
+    },
+  });
+  return m;
+}
