@@ -1,0 +1,114 @@
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import {
+  type HfTokenizer,
+  loadTokenizer,
+  TokenizerError,
+  TokenizerPool,
+} from "../../../src/tokenize/index.ts";
+import { mixedText, refEncode } from "./reference.ts";
+
+let base: HfTokenizer;
+const pools: TokenizerPool[] = [];
+before(async () => {
+  base = await loadTokenizer();
+});
+after(async () => {
+  await Promise.all(pools.map((p) => p.close()));
+});
+
+function pool(opts: ConstructorParameters<typeof TokenizerPool>[1]): TokenizerPool {
+  const p = new TokenizerPool(base, opts);
+  pools.push(p);
+  return p;
+}
+
+describe("TokenizerPool", () => {
+  test("worker-encoded ids equal inline ids (completions and chats, long and short)", async () => {
+    const p = pool({ size: 1, inlineMaxChars: 200 });
+    const long = mixedText(99, 3000);
+    const short = "Hello world";
+    assert.deepEqual(await p.encodePrompt(long), base.encodeRaw(long, true));
+    assert.deepEqual(await p.encodePrompt(long), refEncode(long, true));
+    assert.deepEqual(await p.encodePrompt(short), [9707, 1879]);
+    const chat = {
+      messages: [
+        { role: "system", content: mixedText(3, 400, false) },
+        { role: "user", content: mixedText(4, 800, false) },
+      ],
+    };
+    const text = await p.renderChat(chat);
+    assert.deepEqual(await p.encodeChat(chat), base.encodeRaw(text, false));
+    const s = p.stats();
+    assert.ok(s.offloaded >= 2, JSON.stringify(s));
+    assert.ok(s.inline >= 1, JSON.stringify(s));
+    assert.equal(s.workers, 1);
+    assert.equal(await p.decode([9707, 1879]), "Hello world");
+    assert.equal(p.model, base.model);
+    assert.deepEqual(p.eosTokenIds, base.eosTokenIds);
+  });
+
+  test("concurrent long prompts: all answered correctly, queue bounded with inline fallback", async () => {
+    const p = pool({ size: 1, maxQueue: 1, inlineMaxChars: 100, onFull: "inline" });
+    const texts = Array.from({ length: 5 }, (_, i) => mixedText(500 + i, 1500, false));
+    const got = await Promise.all(texts.map((t) => p.encodePrompt(t)));
+    for (const [i, ids] of got.entries()) assert.deepEqual(ids, base.encodeRaw(texts[i], true));
+    const s = p.stats();
+    // one in flight, one queued, the other three encoded inline
+    assert.equal(s.offloaded, 2, JSON.stringify(s));
+    assert.equal(s.inlineFallbacks, 3, JSON.stringify(s));
+    assert.equal(s.queued, 0);
+  });
+
+  test("onFull reject gives a typed overloaded error", async () => {
+    const p = pool({ size: 1, maxQueue: 0, inlineMaxChars: 100, onFull: "reject" });
+    const texts = Array.from({ length: 3 }, (_, i) => mixedText(700 + i, 1500, false));
+    const results = await Promise.allSettled(texts.map((t) => p.encodePrompt(t)));
+    const ok = results.filter((r) => r.status === "fulfilled");
+    const rejected = results.filter((r) => r.status === "rejected");
+    assert.equal(ok.length, 1);
+    assert.equal(rejected.length, 2);
+    for (const r of rejected) {
+      const e = (r as PromiseRejectedResult).reason;
+      assert.ok(e instanceof TokenizerError && e.code === "overloaded", String(e));
+    }
+    assert.equal(p.stats().rejected, 2);
+  });
+
+  test("close rejects waiting jobs and later calls", async () => {
+    const p = pool({ size: 1, maxQueue: 8, inlineMaxChars: 10 });
+    const pending = [p.encodePrompt(mixedText(1, 2000, false)), p.encodePrompt(mixedText(2, 2000, false))];
+    const settled = Promise.allSettled(pending);
+    await p.close();
+    for (const r of await settled) {
+      assert.equal(r.status, "rejected");
+      assert.equal(((r as PromiseRejectedResult).reason as TokenizerError).code, "closed");
+    }
+    await assert.rejects(
+      p.encodePrompt("x"),
+      (e: unknown) => e instanceof TokenizerError && e.code === "closed",
+    );
+    assert.equal(p.stats().workers, 0);
+  });
+
+  test("warm starts the workers and loads the tokenizer there", async () => {
+    const p = pool({ size: 2, inlineMaxChars: 10 });
+    await p.warm();
+    assert.equal(p.stats().workers, 2);
+    const text = mixedText(42, 500);
+    assert.deepEqual(await p.encodePrompt(text), base.encodeRaw(text, true));
+  });
+
+  test("bad input is rejected before reaching a worker", async () => {
+    const p = pool({ size: 1 });
+    await assert.rejects(
+      p.encodePrompt(5 as never),
+      (e: unknown) => e instanceof TokenizerError && e.code === "bad_request",
+    );
+    await assert.rejects(
+      p.encodeChat({ messages: [{ role: "user", content: [{ type: "image_url" }] }] }),
+      (e: unknown) => e instanceof TokenizerError && e.code === "bad_request",
+    );
+    assert.equal(p.stats().workers, 0);
+  });
+});
