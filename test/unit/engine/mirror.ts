@@ -117,7 +117,10 @@ export class MirrorSubscriber {
         const key = hashToText(h);
         let tiers = this.blocks.get(key);
         if (ev.type === "BlockStored") {
-          if (tiers === undefined) this.blocks.set(key, (tiers = new Set()));
+          if (tiers === undefined) {
+            tiers = new Set();
+            this.blocks.set(key, tiers);
+          }
           tiers.add(tier);
         } else if (tiers !== undefined) {
           tiers.delete(tier);
