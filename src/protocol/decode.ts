@@ -195,6 +195,13 @@ class Reader {
     this.lim = lim;
   }
 
+  /** Wrong type at `pos`: bad_schema, unless the byte is 0xc1, which is never valid msgpack. */
+  bad(msg: string): never {
+    if (this.pos < this.end && this.buf[this.pos] === 0xc1)
+      malformed(`reserved type byte 0xc1 at offset ${this.pos}`);
+    return schema(msg);
+  }
+
   need(n: number): void {
     if (this.pos + n > this.end) malformed(`truncated at offset ${this.pos}`);
   }
@@ -354,7 +361,7 @@ class Reader {
       case 0xcf: {
         this.need(9);
         const hi = buf.readUInt32BE(p + 1);
-        if (hi >= 0x200000) schema(`${what}: integer beyond 2^53`);
+        if (hi >= 0x200000) this.bad(`${what}: integer beyond 2^53`);
         this.pos = p + 9;
         return hi * TWO32 + buf.readUInt32BE(p + 5);
       }
@@ -375,13 +382,13 @@ class Reader {
         const hi = buf.readInt32BE(p + 1);
         const v = hi * TWO32 + buf.readUInt32BE(p + 5);
         if (hi >= 0x200000 || hi < -0x200000 || !Number.isSafeInteger(v)) {
-          schema(`${what}: integer beyond 2^53`);
+          this.bad(`${what}: integer beyond 2^53`);
         }
         this.pos = p + 9;
         return v;
       }
     }
-    return schema(`${what}: expected an integer, got type byte 0x${b.toString(16)}`);
+    return this.bad(`${what}: expected an integer, got type byte 0x${b.toString(16)}`);
   }
 
   intOrNil(what: string): number | null {
@@ -409,7 +416,7 @@ class Reader {
 
   str(what: string): string {
     const n = this.strHeader();
-    if (n < 0) schema(`${what}: expected a string`);
+    if (n < 0) this.bad(`${what}: expected a string`);
     if (n > this.lim.maxStringBytes) overLimit("maxStringBytes", n, this.lim.maxStringBytes);
     const interned = this.match(INTERN_TABLE, n);
     if (interned !== 0) return INTERNED[interned - 1]!;
@@ -466,11 +473,11 @@ class Reader {
       case 0xc6: {
         const n = this.binHeader();
         if (n > this.lim.maxHashBytes) overLimit("maxHashBytes", n, this.lim.maxHashBytes);
-        if (n === 0) schema("block hash: empty byte string");
+        if (n === 0) this.bad("block hash: empty byte string");
         return `b${latin1(buf, this.strStart, this.strStart + n)}`;
       }
     }
-    return schema(`block hash: expected int or bytes, got type byte 0x${b.toString(16)}`);
+    return this.bad(`block hash: expected int or bytes, got type byte 0x${b.toString(16)}`);
   }
 
   hashOrNil(): HashKey | null {
@@ -479,7 +486,7 @@ class Reader {
 
   hashList(): HashKey[] {
     const n = this.arrayHeader();
-    if (n < 0) schema("block_hashes: expected an array");
+    if (n < 0) this.bad("block_hashes: expected an array");
     if (n > this.lim.maxHashesPerEvent) overLimit("maxHashesPerEvent", n, this.lim.maxHashesPerEvent);
     this.fits(n);
     const out: HashKey[] = [];
@@ -489,7 +496,7 @@ class Reader {
 
   tokens(): number[] {
     const n = this.arrayHeader();
-    if (n < 0) schema("token_ids: expected an array");
+    if (n < 0) this.bad("token_ids: expected an array");
     if (n > this.lim.maxTokensPerEvent) overLimit("maxTokensPerEvent", n, this.lim.maxTokensPerEvent);
     this.fits(n);
     const out: number[] = [];
@@ -652,19 +659,19 @@ class Reader {
       const out: Record<string, unknown> = {};
       for (let i = 0; i < n; i++) {
         const k = this.generic(depth + 1);
-        if (typeof k !== "string") schema("extra_keys: map key is not a string");
+        if (typeof k !== "string") this.bad("extra_keys: map key is not a string");
         Object.defineProperty(out, k, { value: this.generic(depth + 1), enumerable: true, writable: true });
       }
       return out;
     }
-    return schema(`extra_keys: unsupported msgpack type byte 0x${b.toString(16)}`);
+    return this.bad(`extra_keys: unsupported msgpack type byte 0x${b.toString(16)}`);
   }
 
   extraKeys(depth: number): unknown[] | null {
     if (this.nil()) return null;
     this.extraBudget = this.lim.maxExtraKeys + 1; // +1: the list itself
     const v = this.generic(depth);
-    if (!Array.isArray(v)) schema("extra_keys: expected an array or nil");
+    if (!Array.isArray(v)) this.bad("extra_keys: expected an array or nil");
     return v;
   }
 
@@ -684,7 +691,7 @@ class Reader {
           return 2;
         case K_BLOCK_SIZE:
           s.blockSize = this.int("block_size");
-          if (s.blockSize <= 0) schema("block_size must be positive");
+          if (s.blockSize <= 0) this.bad("block_size must be positive");
           return 4;
         case K_LORA_ID:
           s.loraId = this.intOrNil("lora_id");
@@ -733,10 +740,17 @@ class Reader {
     return 0;
   }
 
+  /** A struct map key: must be a string (as msgspec requires); returns its byte length. */
+  key(): number {
+    const n = this.strHeader();
+    if (n < 0) this.bad("map key is not a string");
+    return n;
+  }
+
   /** Read a type tag string; returns T_* or 0 for an unknown type. */
   typeTag(): number {
     const n = this.strHeader();
-    if (n < 0) schema("event type: expected a string");
+    if (n < 0) this.bad("event type: expected a string");
     return this.match(TYPE_TABLE, n);
   }
 
@@ -744,7 +758,7 @@ class Reader {
   event(depth: number): KvEvent | null {
     let n = this.arrayHeader();
     if (n >= 0) {
-      if (n === 0) schema("event: empty array");
+      if (n === 0) this.bad("event: empty array");
       this.fits(n);
       const type = this.typeTag();
       if (type === 0 || type === T_CLEARED) {
@@ -760,7 +774,7 @@ class Reader {
       }
       const order = type === T_STORED ? STORED_ORDER : REMOVED_ORDER;
       const min = type === T_STORED ? 5 : 2;
-      if (n < min) schema(`${type === T_STORED ? "BlockStored" : "BlockRemoved"}: only ${n - 1} fields`);
+      if (n < min) this.bad(`${type === T_STORED ? "BlockStored" : "BlockRemoved"}: only ${n - 1} fields`);
       const ev = type === T_STORED ? newStored() : newRemoved();
       for (let i = 1; i < n; i++) {
         if (i <= order.length) this.field(ev, type, order[i - 1]!, depth + 1);
@@ -772,29 +786,26 @@ class Reader {
       return ev;
     }
     n = this.mapHeader();
-    if (n < 0) schema("event: expected an array or a map");
+    if (n < 0) this.bad("event: expected an array or a map");
     const start = this.pos;
     // Find the "type" tag. msgspec writes it first: then carry on from there; if it is elsewhere,
     // come back to the first entry afterwards.
     let type = -1;
     let from = 0;
     for (let i = 0; i < n; i++) {
-      const kl = this.strHeader();
-      if (kl >= 0 && this.match(EVENT_KEY_TABLE, kl) === K_TYPE) {
+      const kl = this.key();
+      if (this.match(EVENT_KEY_TABLE, kl) === K_TYPE) {
         type = this.typeTag();
         if (i === 0) from = 1;
         else this.pos = start;
         break;
       }
-      if (kl < 0) this.skip(depth + 1);
       this.skip(depth + 1);
     }
-    if (type < 0) schema("event map without a string 'type' key");
+    if (type < 0) this.bad("event map without a string 'type' key");
     if (type === 0 || type === T_CLEARED) {
       for (let i = from; i < n; i++) {
-        const kl = this.strHeader();
-        const key = kl >= 0 ? this.match(EVENT_KEY_TABLE, kl) : 0;
-        if (kl < 0) this.skip(depth + 1);
+        const key = this.match(EVENT_KEY_TABLE, this.key());
         if (key !== K_TYPE && type === T_CLEARED) this.unknownKeys++;
         this.skip(depth + 1);
       }
@@ -807,14 +818,7 @@ class Reader {
     const ev = type === T_STORED ? newStored() : newRemoved();
     let seen = 0;
     for (let i = from; i < n; i++) {
-      const kl = this.strHeader();
-      if (kl < 0) {
-        this.skip(depth + 1); // non-string key
-        this.unknownKeys++;
-        this.skip(depth + 1);
-        continue;
-      }
-      const key = this.match(EVENT_KEY_TABLE, kl);
+      const key = this.match(EVENT_KEY_TABLE, this.key());
       if (key === K_TYPE) {
         this.skip(depth + 1);
         continue;
@@ -823,14 +827,14 @@ class Reader {
     }
     const required = type === T_STORED ? 7 : 1;
     if ((seen & required) !== required) {
-      schema(`${type === T_STORED ? "BlockStored" : "BlockRemoved"}: missing required field`);
+      this.bad(`${type === T_STORED ? "BlockStored" : "BlockRemoved"}: missing required field`);
     }
     return ev;
   }
 
   events(depth: number): KvEvent[] {
     const n = this.arrayHeader();
-    if (n < 0) schema("events: expected an array");
+    if (n < 0) this.bad("events: expected an array");
     if (n > this.lim.maxEventsPerBatch) overLimit("maxEventsPerBatch", n, this.lim.maxEventsPerBatch);
     this.fits(n);
     const out: KvEvent[] = [];
@@ -844,7 +848,7 @@ class Reader {
   batch(): EventBatch {
     let n = this.arrayHeader();
     if (n >= 0) {
-      if (n < 2) schema(`batch: expected [ts, events, dp_rank?], got ${n} items`);
+      if (n < 2) this.bad(`batch: expected [ts, events, dp_rank?], got ${n} items`);
       this.fits(n);
       const ts = this.float("ts");
       const events = this.events(2);
@@ -856,14 +860,12 @@ class Reader {
       return { ts, events, dpRank };
     }
     n = this.mapHeader();
-    if (n < 0) schema("batch: expected an array or a map");
+    if (n < 0) this.bad("batch: expected an array or a map");
     let ts: number | null = null;
     let events: KvEvent[] | null = null;
     let dpRank: number | null = null;
     for (let i = 0; i < n; i++) {
-      const kl = this.strHeader();
-      const key = kl >= 0 ? this.match(BATCH_KEY_TABLE, kl) : 0;
-      if (kl < 0) this.skip(2);
+      const key = this.match(BATCH_KEY_TABLE, this.key());
       if (key === K_TS) ts = this.float("ts");
       else if (key === K_EVENTS) events = this.events(2);
       else if (key === K_DP_RANK) dpRank = this.intOrNil("data_parallel_rank");
@@ -872,7 +874,7 @@ class Reader {
         this.skip(2);
       }
     }
-    if (ts === null || events === null) schema("batch map without 'ts' or 'events'");
+    if (ts === null || events === null) this.bad("batch map without 'ts' or 'events'");
     return { ts, events, dpRank };
   }
 }
