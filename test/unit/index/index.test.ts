@@ -132,6 +132,12 @@ for (const backend of ["sync", "reference"] as IndexBackend[]) {
       apply(ix, B, stored([hk(1), hk(2), hk(3)], null, toks([1, 2, 3]), { medium: "CPU" }));
       apply(ix, B, stored([hk(2), hk(3)], null, [], { medium: "GPU" }));
       assert.deepEqual(one(ix, toks([1, 2, 3]), "b")!.tiers, { GPU: 0, CPU: 3, STORAGE: 0 });
+      // a GPU hole after the first block ends the GPU run there, not the match
+      apply(ix, B, removed([hk(3)], "CPU"));
+      apply(ix, B, stored([hk(1)], null, [], { medium: "GPU" }));
+      apply(ix, B, removed([hk(2)], "GPU"));
+      assert.deepEqual(one(ix, toks([1, 2, 3]), "b")!.tiers, { GPU: 1, CPU: 2, STORAGE: 0 });
+      assert.equal(one(ix, toks([1, 2, 3]), "b")!.matchedBlocks, 3);
     });
 
     test("AllBlocksCleared clears only that stream", () => {
