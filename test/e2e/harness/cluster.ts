@@ -8,7 +8,7 @@ import { startKube } from "./kube.ts";
 import { type NetNode, RUN_ENV, TestNetwork } from "./netns.ts";
 import { ManagedProcess } from "./proc.ts";
 import type { TruthSource } from "./truth.ts";
-import { scaled, waitFor } from "./wait.ts";
+import { scaled, WaitAborted, waitFor } from "./wait.ts";
 
 /**
  * The suite's Kubernetes: a kubelet and a controller in one object. Each pod is a mock-engine
@@ -117,7 +117,12 @@ export class Cluster {
     }
     const c = new Cluster(net, kube, logDir);
     if (opts.gateway !== false) {
-      c.gateway = await GatewayProcess.start({ kubeconfig: kube.kubeconfigPath, logDir, ...opts.gateway });
+      try {
+        c.gateway = await GatewayProcess.start({ kubeconfig: kube.kubeconfigPath, logDir, ...opts.gateway });
+      } catch (err) {
+        await c.stop().catch(() => {});
+        throw err;
+      }
     }
     return c;
   }
@@ -274,7 +279,7 @@ export class Cluster {
       `engine of pod ${pod.name} at ${pod.http} answers /health`,
       async () => {
         if (!proc.running) {
-          throw new Error(`engine process ${proc.describeExit()}; log tail:\n${proc.tail()}`);
+          throw new WaitAborted(`engine process ${proc.describeExit()}`);
         }
         return (await answers(`${pod.http}/health`)) ? true : "no answer yet";
       },

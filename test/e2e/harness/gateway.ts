@@ -5,7 +5,7 @@ import { answers, getJson, getText, postJson } from "./http.ts";
 import { RUN_ENV } from "./netns.ts";
 import { ManagedProcess } from "./proc.ts";
 import type { BlocksDoc, IndexReader } from "./truth.ts";
-import { scaled, waitFor } from "./wait.ts";
+import { scaled, WaitAborted, waitFor } from "./wait.ts";
 
 export interface GatewayOptions {
   kubeconfig: string;
@@ -110,7 +110,7 @@ export class GatewayProcess implements IndexReader {
     await waitFor(
       `gateway admin ${gw.adminUrl}/admin/pods answers`,
       async () => {
-        if (!proc.running) throw new Error(`gateway ${proc.describeExit()}; log tail:\n${proc.tail()}`);
+        if (!proc.running) throw new WaitAborted(`gateway ${proc.describeExit()}`);
         return (await answers(`${gw.adminUrl}/admin/pods`)) ? true : "no answer yet";
       },
       { timeoutMs: scaled(60_000), intervalMs: 100 },

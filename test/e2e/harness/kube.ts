@@ -1,5 +1,6 @@
 import type { V1Pod } from "@kubernetes/client-node";
 import { startFakeKubeApi } from "../../helpers/fake-kube-api.ts";
+import { registerCleanup } from "./cleanup.ts";
 
 /**
  * The cluster's API server: the fake Kubernetes API of the discovery tests
@@ -20,6 +21,7 @@ export interface KubeBackend {
 export async function startKube(): Promise<KubeBackend> {
   const api = await startFakeKubeApi({ host: "127.0.0.1", bookmarkIntervalMs: 1000 });
   const kubeconfigPath = api.kubeconfigPath();
+  const unregister = registerCleanup({ label: "fake kube api", async: () => api.close(), sync: () => {} });
   return {
     kubeconfigPath,
     async upsertPod(pod) {
@@ -30,6 +32,9 @@ export async function startKube(): Promise<KubeBackend> {
       if (!api.deletePod(namespace, name))
         throw new Error(`fake kube api: no pod ${namespace}/${name} to delete`);
     },
-    close: () => api.close(),
+    close: () => {
+      unregister();
+      return api.close();
+    },
   };
 }

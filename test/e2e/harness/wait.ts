@@ -13,6 +13,9 @@ export interface WaitOptions {
 
 export class ConvergenceError extends Error {}
 
+/** Thrown by a check when waiting longer cannot help (e.g. the process died): ends the wait at once. */
+export class WaitAborted extends Error {}
+
 export async function waitFor(what: string, check: Check, opts: WaitOptions): Promise<number> {
   const start = Date.now();
   const deadline = start + opts.timeoutMs;
@@ -25,6 +28,7 @@ export async function waitFor(what: string, check: Check, opts: WaitOptions): Pr
       if (r === true) return Date.now() - start;
       last = r;
     } catch (err) {
+      if (err instanceof WaitAborted) throw new WaitAborted(`${what}: ${err.message}`);
       last = `check threw: ${(err as Error).message}`;
     }
     if (Date.now() >= deadline) {
