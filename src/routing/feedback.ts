@@ -44,7 +44,7 @@ export class PredictionFeedback {
   }
 
   /** Record one observation; returns the signed error (predicted - actual) in tokens. */
-  observe(pod: string, predicted: number, actual: number, promptTokens: number): number {
+  observe(pod: string, predicted: number, actual: number, promptTokens: number, warn = true): number {
     const err = predicted - actual;
     const rel = Math.min(1, Math.abs(err) / Math.max(1, promptTokens));
     let s = this.pods.get(pod);
@@ -58,7 +58,7 @@ export class PredictionFeedback {
     }
     s.samples++;
     s.ewma = s.samples === 1 ? rel : s.ewma + this.o.alpha * (rel - s.ewma);
-    if (s.samples >= this.o.minSamples && s.ewma > this.o.threshold) {
+    if (warn && s.samples >= this.o.minSamples && s.ewma > this.o.threshold) {
       const now = Date.now();
       if (now - s.lastWarn >= this.o.warnIntervalMs) {
         s.lastWarn = now;

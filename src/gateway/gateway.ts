@@ -1,0 +1,230 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { Registry } from "prom-client";
+import { createDiscoverySource, type DiscoveryOptions } from "../discovery/index.ts";
+import { PodSet } from "../discovery/pod-set.ts";
+import type { DiscoverySource, PodInfo } from "../discovery/types.ts";
+import { SubscriberManager } from "../events/manager.ts";
+import type { StreamState } from "../events/types.ts";
+import { createIndex, type IndexOptions } from "../index/index.ts";
+import type { PrefixIndex } from "../index/types.ts";
+import { TokenizerRegistry } from "../tokenize/registry.ts";
+import { createLogger, type Logger } from "../util/log.ts";
+import { GatewayError, sendError, sendJson } from "./errors.ts";
+import { GatewayCore, type GatewayCoreOptions, listen, type TokenizerLookup } from "./server.ts";
+
+export interface StartGatewayOptions
+  extends Omit<GatewayCoreOptions, "pods" | "index" | "streamState" | "tokenizer" | "registry" | "log"> {
+  /** OpenAI API bind host (default 127.0.0.1) and port (default 0 = ephemeral) */
+  host?: string;
+  port?: number;
+  /** admin API bind host (default 127.0.0.1) and port (default 0; null = no admin server) */
+  adminHost?: string;
+  adminPort?: number | null;
+  /** Fleet: a fixed pod list, a discovery source, or discovery options (`--engines` / kubernetes). */
+  pods?: PodInfo[];
+  discovery?: DiscoverySource | DiscoveryOptions;
+  /** shorthand for `discovery: { engines }` */
+  engines?: string;
+  /** the sync prefix index (default: createIndex(indexOptions)) */
+  index?: PrefixIndex;
+  indexOptions?: IndexOptions;
+  /** run KV-event subscribers for the pods (default true) */
+  subscribe?: boolean;
+  /**
+   * Tokenizers: `--tokenizer` specs (the default model's bundled tokenizer is always included),
+   * a TokenizerRegistry, a lookup function, or false (route by load only).
+   */
+  tokenizers?: string[] | TokenizerRegistry | TokenizerLookup | false;
+  /** run local tokenizers in a worker pool (default true) */
+  tokenizerPool?: boolean;
+  registry?: Registry;
+  log?: Logger;
+}
+
+export interface RunningGateway {
+  /** http://host:port of the OpenAI API */
+  url: string;
+  /** http://host:port of the admin API, or null */
+  adminUrl: string | null;
+  port: number;
+  adminPort: number | null;
+  core: GatewayCore;
+  pods: PodSet;
+  index: PrefixIndex;
+  subscribers: SubscriberManager | null;
+  registry: Registry;
+  close(): Promise<void>;
+}
+
+type AdminHandler = (req: IncomingMessage, res: ServerResponse) => void | Promise<void>;
+
+interface AdminDeps {
+  index: PrefixIndex;
+  pods: PodSet;
+  subscribers: SubscriberManager | null;
+  registry: Registry;
+  tokenizer: TokenizerLookup | undefined;
+  ready: () => boolean;
+  log: Logger;
+}
+
+/** The shared admin API (./admin.ts: healthz/readyz/metrics/admin/pods/blocks/match) when present. */
+async function baseAdminHandler(deps: AdminDeps): Promise<AdminHandler> {
+  const path = "./admin.ts";
+  let mod: Record<string, unknown> | null = null;
+  try {
+    mod = (await import(path)) as Record<string, unknown>;
+  } catch (err) {
+    if ((err as { code?: string }).code !== "ERR_MODULE_NOT_FOUND") throw err;
+  }
+  const create = mod?.createAdminHandler as ((d: AdminDeps) => AdminHandler) | undefined;
+  if (typeof create === "function") return create(deps);
+  // minimal admin: health, readiness and metrics
+  return async (req, res) => {
+    const p = (req.url ?? "/").split("?")[0];
+    req.resume();
+    if (p === "/healthz") sendJson(res, 200, { ok: true });
+    else if (p === "/readyz") sendJson(res, deps.ready() ? 200 : 503, { ready: deps.ready() });
+    else if (p === "/metrics") {
+      const text = await deps.registry.metrics();
+      res.writeHead(200, { "content-type": deps.registry.contentType }).end(text);
+    } else sendError(res, new GatewayError(404, "invalid_request_error", "not_found", `no admin route ${p}`));
+  };
+}
+
+function hostForUrl(host: string): string {
+  if (host === "0.0.0.0" || host === "::") return "127.0.0.1";
+  return host.includes(":") ? `[${host}]` : host;
+}
+
+/**
+ * Start the KV-aware gateway: discovery → PodSet → subscribers → index; the OpenAI API on
+ * `port` and the admin API on `adminPort`. `close()` stops everything it started.
+ */
+export async function startGateway(opts: StartGatewayOptions = {}): Promise<RunningGateway> {
+  const log = opts.log ?? createLogger("gateway");
+  const registry = opts.registry ?? new Registry();
+  const pods = new PodSet();
+  const index = opts.index ?? createIndex(opts.indexOptions ?? {});
+  const cleanups: Array<() => Promise<void> | void> = [];
+  const cleanup = async () => {
+    for (const c of cleanups.reverse()) {
+      try {
+        await c();
+      } catch (err) {
+        log.warn({ event: "gateway.close_error", err: String(err) }, "error while closing");
+      }
+    }
+  };
+  try {
+    // subscribers follow the pod set; only live streams' cache counts
+    let subscribers: SubscriberManager | null = null;
+    if (opts.subscribe ?? true) {
+      const subs = new SubscriberManager({ index, registry, log });
+      subscribers = subs;
+      cleanups.push(() => subs.close());
+      const off = pods.onChange((all) => subs.setPods([...all.values()]));
+      cleanups.push(off);
+    }
+    const streamState = (id: string): StreamState | undefined => subscribers?.status(id)?.state;
+
+    let tokenizer: TokenizerLookup | undefined;
+    const t = opts.tokenizers;
+    if (typeof t === "function") tokenizer = t;
+    else if (t !== false) {
+      const reg =
+        t instanceof TokenizerRegistry
+          ? t
+          : new TokenizerRegistry({
+              specs: Array.isArray(t) ? t : [],
+              pool: opts.tokenizerPool === false ? false : {},
+            });
+      if (!(t instanceof TokenizerRegistry)) cleanups.push(() => reg.close());
+      tokenizer = (model, baseUrl) => (reg.has(model) ? reg.get(model, baseUrl ? { baseUrl } : {}) : null);
+    }
+
+    const core = new GatewayCore({
+      ...opts,
+      pods,
+      index,
+      streamState,
+      tokenizer,
+      registry,
+      log,
+    });
+    cleanups.push(() => core.close());
+
+    // fleet
+    if (opts.pods) pods.apply({ type: "sync", pods: opts.pods });
+    const d = opts.discovery ?? (opts.engines ? { engines: opts.engines } : undefined);
+    let source: DiscoverySource | null = null;
+    if (d !== undefined) {
+      source =
+        "start" in d && typeof d.start === "function"
+          ? d
+          : await createDiscoverySource({ ...(d as DiscoveryOptions), registry, logger: log });
+      const src = source;
+      await src.start(pods.handler);
+      cleanups.push(() => src.stop());
+    }
+
+    const server: Server = createServer(core.handle);
+    server.keepAliveTimeout = 65_000;
+    const port = await listen(server, opts.port ?? 0, opts.host ?? "127.0.0.1");
+    cleanups.push(() => closeServer(server));
+
+    let adminPort: number | null = null;
+    let adminUrl: string | null = null;
+    if (opts.adminPort !== null) {
+      const base = await baseAdminHandler({
+        index,
+        pods,
+        subscribers,
+        registry,
+        tokenizer,
+        ready: () => pods.routable().length > 0,
+        log,
+      });
+      const admin = createServer((req, res) => {
+        core
+          .handleAdmin(req, res)
+          .then((handled) => (handled ? undefined : base(req, res)))
+          .catch((err: unknown) =>
+            sendError(res, new GatewayError(500, "server_error", "internal_error", String(err))),
+          );
+      });
+      const ah = opts.adminHost ?? "127.0.0.1";
+      adminPort = await listen(admin, opts.adminPort ?? 0, ah);
+      adminUrl = `http://${hostForUrl(ah)}:${adminPort}`;
+      cleanups.push(() => closeServer(admin));
+    }
+    const url = `http://${hostForUrl(opts.host ?? "127.0.0.1")}:${port}`;
+    log.info({ event: "gateway.started", url, adminUrl, policy: core.policy.name }, "gateway listening");
+    let closing: Promise<void> | null = null;
+    return {
+      url,
+      adminUrl,
+      port,
+      adminPort,
+      core,
+      pods,
+      index,
+      subscribers,
+      registry,
+      close: () => {
+        closing ??= cleanup();
+        return closing;
+      },
+    };
+  } catch (err) {
+    await cleanup();
+    throw err;
+  }
+}
+
+function closeServer(s: Server): Promise<void> {
+  return new Promise((resolve) => {
+    s.close(() => resolve());
+    s.closeAllConnections();
+  });
+}

@@ -1,0 +1,152 @@
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+
+const LATENCY_BUCKETS = [
+  0.00001, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+];
+const TOKEN_BUCKETS = [0, 16, 64, 256, 1024, 4096, 16384, 65536];
+
+export interface MetricSources {
+  streamInflight(): Array<{ stream: string; requests: number }>;
+  predictionErrors(): Array<{ pod: string; meanRelError: number }>;
+}
+
+/** The gateway's Prometheus metrics, on a Registry of its own (several gateways per process in tests). */
+export class GatewayMetrics {
+  readonly registry: Registry;
+  readonly requests: Counter<"model" | "pod" | "policy" | "status">;
+  readonly routingSeconds: Histogram<"policy">;
+  readonly tokenizeSeconds: Histogram<"kind">;
+  readonly tokenizeFailures: Counter<"reason">;
+  readonly matchedRatio: Histogram<"policy">;
+  readonly predictionErrorTokens: Histogram<"policy">;
+  readonly predictionErrorRatio: Gauge<"pod">;
+  readonly inflight: Gauge;
+  readonly inflightPerStream: Gauge<"stream">;
+  readonly retries: Counter<"reason">;
+  readonly upstreamErrors: Counter<"pod" | "kind">;
+  readonly streamErrors: Counter<"pod" | "reason">;
+  readonly clientAborts: Counter<"pod">;
+  readonly firstByteSeconds: Histogram<"policy">;
+  readonly durationSeconds: Histogram<"policy">;
+  readonly engineScrapes: Counter<"result">;
+  /** read at scrape time by the per-stream and per-pod gauges */
+  sources: MetricSources | null = null;
+
+  constructor(registry = new Registry()) {
+    const registers = [registry];
+    this.registry = registry;
+    this.requests = new Counter({
+      name: "kvsync_gateway_requests_total",
+      help: "Requests answered, by model, pod (empty when none was chosen), policy and HTTP status",
+      labelNames: ["model", "pod", "policy", "status"],
+      registers,
+    });
+    this.routingSeconds = new Histogram({
+      name: "kvsync_gateway_routing_decision_seconds",
+      help: "Time to rank the candidates (index match + scoring), excluding tokenization",
+      labelNames: ["policy"],
+      buckets: LATENCY_BUCKETS,
+      registers,
+    });
+    this.tokenizeSeconds = new Histogram({
+      name: "kvsync_gateway_tokenization_seconds",
+      help: "Time to tokenize a request for routing",
+      labelNames: ["kind"],
+      buckets: LATENCY_BUCKETS,
+      registers,
+    });
+    this.tokenizeFailures = new Counter({
+      name: "kvsync_gateway_tokenization_failures_total",
+      help: "Requests routed without tokens because tokenization failed",
+      labelNames: ["reason"],
+      registers,
+    });
+    this.matchedRatio = new Histogram({
+      name: "kvsync_gateway_matched_token_ratio",
+      help: "Predicted cached tokens of the chosen pod / prompt tokens",
+      labelNames: ["policy"],
+      buckets: [0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1],
+      registers,
+    });
+    this.predictionErrorTokens = new Histogram({
+      name: "kvsync_gateway_prediction_error_tokens",
+      help: "|predicted cached tokens - engine-reported cached_tokens| per request",
+      labelNames: ["policy"],
+      buckets: TOKEN_BUCKETS,
+      registers,
+    });
+    this.predictionErrorRatio = new Gauge({
+      name: "kvsync_gateway_prediction_error_ratio",
+      help: "Moving average of |predicted - actual| cached tokens / prompt tokens, per pod",
+      labelNames: ["pod"],
+      registers,
+      collect: () => {
+        if (this.sources === null) return;
+        this.predictionErrorRatio.reset();
+        for (const e of this.sources.predictionErrors())
+          this.predictionErrorRatio.set({ pod: e.pod }, e.meanRelError);
+      },
+    });
+    this.inflight = new Gauge({
+      name: "kvsync_gateway_inflight_requests",
+      help: "Client requests being handled",
+      registers,
+    });
+    this.inflightPerStream = new Gauge({
+      name: "kvsync_gateway_stream_inflight_requests",
+      help: "Requests in flight to each engine stream (pod or pod#rank)",
+      labelNames: ["stream"],
+      registers,
+      collect: () => {
+        if (this.sources === null) return;
+        this.inflightPerStream.reset();
+        for (const s of this.sources.streamInflight())
+          this.inflightPerStream.set({ stream: s.stream }, s.requests);
+      },
+    });
+    this.retries = new Counter({
+      name: "kvsync_gateway_upstream_retries_total",
+      help: "Requests retried on the next-best pod after a connection failure before any byte",
+      labelNames: ["reason"],
+      registers,
+    });
+    this.upstreamErrors = new Counter({
+      name: "kvsync_gateway_upstream_errors_total",
+      help: "Upstream failures by pod and kind (connect, timeout, reset, ...)",
+      labelNames: ["pod", "kind"],
+      registers,
+    });
+    this.streamErrors = new Counter({
+      name: "kvsync_gateway_stream_errors_total",
+      help: "Streams ended with an error event because the pod failed mid-stream",
+      labelNames: ["pod", "reason"],
+      registers,
+    });
+    this.clientAborts = new Counter({
+      name: "kvsync_gateway_client_aborts_total",
+      help: "Requests whose client disconnected before the end (upstream aborted)",
+      labelNames: ["pod"],
+      registers,
+    });
+    this.firstByteSeconds = new Histogram({
+      name: "kvsync_gateway_time_to_first_byte_seconds",
+      help: "Client request received to first upstream response byte",
+      labelNames: ["policy"],
+      buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers,
+    });
+    this.durationSeconds = new Histogram({
+      name: "kvsync_gateway_request_duration_seconds",
+      help: "Client request received to response end",
+      labelNames: ["policy"],
+      buckets: [0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
+      registers,
+    });
+    this.engineScrapes = new Counter({
+      name: "kvsync_gateway_engine_metrics_scrapes_total",
+      help: "Engine /metrics scrapes (--scrape-engine-metrics) by result",
+      labelNames: ["result"],
+      registers,
+    });
+  }
+}

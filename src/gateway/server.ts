@@ -1,0 +1,720 @@
+import { once } from "node:events";
+import type { IncomingMessage, Server, ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { performance } from "node:perf_hooks";
+import { Registry } from "prom-client";
+import type { Dispatcher } from "undici";
+import type { PodSet } from "../discovery/pod-set.ts";
+import type { PodInfo } from "../discovery/types.ts";
+import type { StreamState } from "../events/types.ts";
+import type { NamespaceRef, PrefixIndex } from "../index/types.ts";
+import { EngineMetricsScraper } from "../routing/engine-metrics.ts";
+import { FEEDBACK_DEFAULTS, type FeedbackOptions, PredictionFeedback } from "../routing/feedback.ts";
+import { createPolicy } from "../routing/index.ts";
+import type { KvAwareOptions } from "../routing/kv-aware.ts";
+import { LoadTracker } from "../routing/load.ts";
+import type { PrefixApproxOptions } from "../routing/prefix-approx.ts";
+import type {
+  Candidate,
+  PolicyName,
+  RouteRequest,
+  RoutingDecision,
+  RoutingPolicy,
+  ScoredCandidate,
+} from "../routing/types.ts";
+import { isTokenizerError } from "../tokenize/errors.ts";
+import type { Tokenizer } from "../tokenize/types.ts";
+import { createLogger, type Logger } from "../util/log.ts";
+import {
+  GatewayError,
+  noReadyPod,
+  notFound,
+  sendError,
+  sendJson,
+  upstreamFailed,
+  upstreamTimeout,
+} from "./errors.ts";
+import { GatewayMetrics } from "./metrics.ts";
+import { type ParsedRequest, parseJsonBody, readBody, validateExplain, validateRequest } from "./request.ts";
+import { eventData, SseSplitter } from "./sse.ts";
+import { classifyUpstreamError, isRetryableBeforeResponse, UpstreamPools } from "./upstream.ts";
+
+export const DEFAULT_BLOCK_SIZE = 16;
+
+/** Tokenizer for a base model, or null when there is none (the request is then routed by load only). */
+export type TokenizerLookup = (
+  model: string,
+  /** an engine serving the model (for `remote` tokenizers) */
+  baseUrl?: string,
+) => Promise<Tokenizer | null> | Tokenizer | null;
+
+export interface GatewayCoreOptions {
+  /** the pod set (fed by discovery); the gateway routes to its ready pods */
+  pods: PodSet;
+  /** the sync prefix index (kv-aware matches against it) */
+  index: PrefixIndex;
+  /** state of an event stream ("<pod>" or "<pod>#<rank>"); only `live` streams' cache counts */
+  streamState: (streamId: string) => StreamState | undefined;
+  tokenizer?: TokenizerLookup;
+  policy?: PolicyName;
+  kvAware?: Partial<KvAwareOptions>;
+  prefixApprox?: Partial<PrefixApproxOptions>;
+  feedback?: Partial<FeedbackOptions>;
+  seed?: number;
+  /** block size when a pod does not say (tokens) */
+  defaultBlockSize?: number;
+  connectTimeoutMs?: number;
+  headersTimeoutMs?: number;
+  bodyTimeoutMs?: number;
+  maxBodyBytes?: number;
+  /** max connections per pod */
+  connectionsPerPod?: number;
+  scrapeEngineMetrics?: boolean;
+  scrapeIntervalMs?: number;
+  registry?: Registry;
+  log?: Logger;
+}
+
+export const GATEWAY_DEFAULTS = Object.freeze({
+  policy: "kv-aware" as PolicyName,
+  connectTimeoutMs: 2_000,
+  headersTimeoutMs: 300_000,
+  bodyTimeoutMs: 300_000,
+  maxBodyBytes: 16 * 1024 * 1024,
+  connectionsPerPod: 256,
+  scrapeIntervalMs: 1_000,
+});
+
+export interface ExplainCandidate {
+  pod: string;
+  rank: number | null;
+  streamId: string;
+  live: boolean;
+  matchedBlocks: number;
+  matchedTokens: number;
+  tiers: ScoredCandidate["tiers"];
+  savedTokens: number;
+  load: ScoredCandidate["load"];
+  score: number;
+  terms?: Record<string, number>;
+  chosen: boolean;
+}
+
+export interface ExplainResult {
+  model: string;
+  lora: string | null;
+  blockSize: number;
+  policy: PolicyName;
+  promptTokens: number;
+  tokenized: boolean;
+  choice: { pod: string; rank: number | null; streamId: string } | null;
+  candidates: ExplainCandidate[];
+}
+
+interface Plan {
+  parsed: ParsedRequest;
+  route: RouteRequest;
+  decision: RoutingDecision;
+  tokenized: boolean;
+}
+
+interface Ctx {
+  model: string;
+  pod: string;
+  status: string | null;
+  t0: number;
+}
+
+/**
+ * The request-handling core of the gateway: validation, tokenization, routing, proxying,
+ * feedback and metrics. `startGateway` (gateway.ts) wires it to discovery, subscribers and the
+ * admin API; it is usable on its own with any PodSet/index.
+ */
+export class GatewayCore {
+  readonly metrics: GatewayMetrics;
+  readonly loads: LoadTracker;
+  readonly policy: RoutingPolicy;
+  readonly feedback: PredictionFeedback;
+  readonly log: Logger;
+  private readonly pools: UpstreamPools;
+  private readonly scraper: EngineMetricsScraper | null;
+  private readonly o: Required<
+    Pick<
+      GatewayCoreOptions,
+      | "connectTimeoutMs"
+      | "headersTimeoutMs"
+      | "bodyTimeoutMs"
+      | "maxBodyBytes"
+      | "connectionsPerPod"
+      | "defaultBlockSize"
+    >
+  >;
+  private readonly unsubscribe: () => void;
+  private closed = false;
+
+  constructor(private readonly opts: GatewayCoreOptions) {
+    this.log = opts.log ?? createLogger("gateway");
+    this.metrics = new GatewayMetrics(opts.registry ?? new Registry());
+    this.o = {
+      connectTimeoutMs: opts.connectTimeoutMs ?? GATEWAY_DEFAULTS.connectTimeoutMs,
+      headersTimeoutMs: opts.headersTimeoutMs ?? GATEWAY_DEFAULTS.headersTimeoutMs,
+      bodyTimeoutMs: opts.bodyTimeoutMs ?? GATEWAY_DEFAULTS.bodyTimeoutMs,
+      maxBodyBytes: opts.maxBodyBytes ?? GATEWAY_DEFAULTS.maxBodyBytes,
+      connectionsPerPod: opts.connectionsPerPod ?? GATEWAY_DEFAULTS.connectionsPerPod,
+      defaultBlockSize: opts.defaultBlockSize ?? DEFAULT_BLOCK_SIZE,
+    };
+    this.scraper = opts.scrapeEngineMetrics
+      ? new EngineMetricsScraper({
+          intervalMs: opts.scrapeIntervalMs ?? GATEWAY_DEFAULTS.scrapeIntervalMs,
+          timeoutMs: Math.min(1_000, opts.scrapeIntervalMs ?? GATEWAY_DEFAULTS.scrapeIntervalMs),
+          log: this.log,
+          onScrape: (_pod, ok) => this.metrics.engineScrapes.inc({ result: ok ? "ok" : "error" }),
+        })
+      : null;
+    this.loads = new LoadTracker(this.scraper);
+    this.policy = createPolicy(opts.policy ?? GATEWAY_DEFAULTS.policy, {
+      index: opts.index,
+      loads: this.loads,
+      kvAware: opts.kvAware,
+      prefixApprox: opts.prefixApprox,
+      seed: opts.seed,
+    });
+    this.feedback = new PredictionFeedback(this.log, { ...FEEDBACK_DEFAULTS, ...opts.feedback });
+    this.pools = new UpstreamPools(
+      {
+        connectTimeoutMs: this.o.connectTimeoutMs,
+        headersTimeoutMs: this.o.headersTimeoutMs,
+        bodyTimeoutMs: this.o.bodyTimeoutMs,
+      },
+      this.o.connectionsPerPod,
+    );
+    this.metrics.sources = {
+      streamInflight: () => this.loads.snapshot().map((x) => ({ stream: x.streamId, requests: x.requests })),
+      predictionErrors: () => this.feedback.errors(),
+    };
+    this.unsubscribe = opts.pods.onChange((pods, changes) => {
+      for (const c of changes) {
+        if (c.type === "removed") {
+          this.feedback.forget(c.name);
+          const prev = c.previous;
+          for (const sid of streamIds(prev)) this.policy.forget?.(sid);
+        }
+      }
+      this.syncPods(pods);
+    });
+    this.syncPods(new Map(opts.pods.pods().map((p) => [p.name, p])));
+    this.scraper?.start();
+  }
+
+  get pods(): PodSet {
+    return this.opts.pods;
+  }
+
+  private syncPods(pods: ReadonlyMap<string, PodInfo>): void {
+    const origins = new Set<string>();
+    for (const p of pods.values()) origins.add(originOf(p.http));
+    this.pools.retain(origins);
+    this.scraper?.setPods([...pods.values()].filter((p) => p.ready));
+  }
+
+  /** node:http request listener for the OpenAI API port. */
+  readonly handle = (req: IncomingMessage, res: ServerResponse): void => {
+    const ctx: Ctx = { model: "", pod: "", status: null, t0: performance.now() };
+    this.metrics.inflight.inc();
+    res.once("close", () => {
+      this.metrics.inflight.dec();
+      const status = ctx.status ?? (res.writableFinished ? String(res.statusCode) : "client_closed");
+      this.metrics.requests.inc({ model: ctx.model, pod: ctx.pod, policy: this.policy.name, status });
+      this.metrics.durationSeconds.observe({ policy: this.policy.name }, (performance.now() - ctx.t0) / 1000);
+    });
+    this.serve(req, res, ctx).catch((err: unknown) => {
+      const ge =
+        err instanceof GatewayError
+          ? err
+          : new GatewayError(
+              500,
+              "server_error",
+              "internal_error",
+              `internal error: ${(err as Error)?.message}`,
+            );
+      if (ge.status >= 500 && !(err instanceof GatewayError)) {
+        this.log.error(
+          { event: "gateway.internal_error", err: String(err), stack: (err as Error)?.stack },
+          "internal error",
+        );
+      }
+      if (ge.status === 499) {
+        ctx.status = "client_closed";
+        res.destroy();
+        return;
+      }
+      sendError(res, ge, ge.status === 413 ? { connection: "close" } : {});
+    });
+  };
+
+  private async serve(req: IncomingMessage, res: ServerResponse, ctx: Ctx): Promise<void> {
+    const url = req.url ?? "/";
+    const q = url.indexOf("?");
+    const path = q === -1 ? url : url.slice(0, q);
+    if (path === "/v1/chat/completions" || path === "/v1/completions") {
+      if (req.method !== "POST") {
+        res.setHeader("allow", "POST");
+        throw new GatewayError(405, "invalid_request_error", "method_not_allowed", `use POST for ${path}`);
+      }
+      const kind = path === "/v1/completions" ? "completion" : "chat";
+      const buf = await readBody(req, this.o.maxBodyBytes);
+      const body = parseJsonBody(buf);
+      const parsed = validateRequest(kind, body);
+      ctx.model = parsed.model;
+      const plan = await this.plan(parsed);
+      await this.dispatch(req, res, ctx, path, body, buf, plan);
+      return;
+    }
+    if (path === "/v1/models" && req.method === "GET") {
+      sendJson(res, 200, this.models());
+      return;
+    }
+    if ((path === "/health" || path === "/healthz") && req.method === "GET") {
+      res.writeHead(200).end();
+      return;
+    }
+    req.resume();
+    throw new GatewayError(404, "invalid_request_error", "not_found", `no route for ${req.method} ${path}`);
+  }
+
+  /** `GET /v1/models`: base models and adapters of the discovered pods, OpenAI list shape. */
+  models(): { object: "list"; data: Array<Record<string, unknown>> } {
+    const seen = new Map<string, Record<string, unknown>>();
+    for (const p of this.opts.pods.pods()) {
+      if (!seen.has(p.model)) {
+        seen.set(p.model, {
+          id: p.model,
+          object: "model",
+          created: 0,
+          owned_by: "kvsync",
+          root: p.model,
+          parent: null,
+        });
+      }
+      for (const l of p.loras) {
+        if (!seen.has(l)) {
+          seen.set(l, { id: l, object: "model", created: 0, owned_by: "kvsync", root: l, parent: p.model });
+        }
+      }
+    }
+    return { object: "list", data: [...seen.values()] };
+  }
+
+  /** Which ready candidates serve the request's model (404 / 503 otherwise) and the namespace. */
+  private candidatesFor(model: string): { ns: NamespaceRef; candidates: Candidate[] } {
+    const all = this.opts.pods.pods();
+    const serving = all.filter((p) => p.model === model || p.loras.includes(model));
+    if (serving.length === 0) throw notFound(`The model \`${model}\` does not exist.`);
+    const ready = serving.filter((p) => p.ready);
+    if (ready.length === 0) throw noReadyPod(model);
+    const first = ready[0]!;
+    const isBase = first.model === model;
+    const base = isBase ? model : first.model;
+    const pods = ready.filter((p) =>
+      isBase ? p.model === model : p.model === base && p.loras.includes(model),
+    );
+    const blockSize = first.blockSize ?? this.o.defaultBlockSize;
+    const candidates: Candidate[] = [];
+    for (const p of pods) {
+      const dp = Math.max(1, Math.floor(p.dataParallelSize || 1));
+      for (let r = 0; r < dp; r++) {
+        const streamId = dp > 1 ? `${p.name}#${r}` : p.name;
+        candidates.push({
+          streamId,
+          pod: p.name,
+          rank: dp > 1 ? r : null,
+          http: p.http,
+          live: this.opts.streamState(streamId) === "live",
+        });
+      }
+    }
+    return { ns: { model: base, lora: isBase ? null : model, blockSize }, candidates };
+  }
+
+  private async tokenize(
+    parsed: ParsedRequest,
+    baseModel: string,
+    baseUrl: string | undefined,
+  ): Promise<number[] | null> {
+    if (parsed.tokenIds !== null) return parsed.tokenIds;
+    const lookup = this.opts.tokenizer;
+    if (lookup === undefined) return null;
+    const t0 = performance.now();
+    try {
+      const tok = await lookup(baseModel, baseUrl);
+      if (tok === null) {
+        this.metrics.tokenizeFailures.inc({ reason: "no_tokenizer" });
+        return null;
+      }
+      const ids =
+        parsed.kind === "chat"
+          ? await tok.encodeChat(parsed.chat!)
+          : await tok.encodePrompt(parsed.prompt ?? "", parsed.addSpecialTokens);
+      this.metrics.tokenizeSeconds.observe({ kind: parsed.kind }, (performance.now() - t0) / 1000);
+      return ids;
+    } catch (err) {
+      // the engine is the authority on what it accepts: route by load and let it answer
+      const reason = isTokenizerError(err) ? err.code : "error";
+      this.metrics.tokenizeFailures.inc({ reason });
+      this.log.debug(
+        { event: "gateway.tokenize_failed", model: baseModel, reason, err: String(err) },
+        "tokenize failed",
+      );
+      return null;
+    }
+  }
+
+  private async plan(parsed: ParsedRequest): Promise<Plan> {
+    const { ns, candidates } = this.candidatesFor(parsed.model);
+    const ids = await this.tokenize(parsed, ns.model, candidates[0]?.http);
+    // re-read candidates: readiness or stream states may have changed while tokenizing
+    const fresh = this.candidatesFor(parsed.model);
+    const route: RouteRequest = { ns: fresh.ns, tokenIds: ids ?? [], candidates: fresh.candidates };
+    const t0 = performance.now();
+    const decision = this.policy.route(route);
+    this.metrics.routingSeconds.observe({ policy: this.policy.name }, (performance.now() - t0) / 1000);
+    return { parsed, route, decision, tokenized: ids !== null };
+  }
+
+  /** `POST /admin/route/explain`: every candidate's match, load and score, and the choice. */
+  async explain(body: Record<string, unknown>): Promise<ExplainResult> {
+    const parsed = validateExplain(body);
+    const plan = await this.plan(parsed);
+    const top = plan.decision.ranked[0];
+    return {
+      model: parsed.model,
+      lora: plan.route.ns.lora,
+      blockSize: plan.route.ns.blockSize,
+      policy: plan.decision.policy,
+      promptTokens: plan.route.tokenIds.length,
+      tokenized: plan.tokenized,
+      choice: top
+        ? { pod: top.candidate.pod, rank: top.candidate.rank, streamId: top.candidate.streamId }
+        : null,
+      candidates: plan.decision.ranked.map((s, i) => ({
+        pod: s.candidate.pod,
+        rank: s.candidate.rank,
+        streamId: s.candidate.streamId,
+        live: s.candidate.live,
+        matchedBlocks: s.matchedBlocks,
+        matchedTokens: s.matchedTokens,
+        tiers: s.tiers,
+        savedTokens: s.savedTokens,
+        load: s.load,
+        score: s.score,
+        terms: s.terms,
+        chosen: i === 0,
+      })),
+    };
+  }
+
+  /** Admin-port handler for `POST /admin/route/explain`; returns false for other paths. */
+  readonly handleAdmin = async (req: IncomingMessage, res: ServerResponse): Promise<boolean> => {
+    const path = (req.url ?? "/").split("?")[0];
+    if (path !== "/admin/route/explain") return false;
+    try {
+      if (req.method !== "POST") {
+        req.resume();
+        throw new GatewayError(405, "invalid_request_error", "method_not_allowed", "use POST");
+      }
+      const body = parseJsonBody(await readBody(req, this.o.maxBodyBytes));
+      sendJson(res, 200, await this.explain(body));
+    } catch (err) {
+      if (err instanceof GatewayError) sendError(res, err);
+      else sendError(res, new GatewayError(500, "server_error", "internal_error", String(err)));
+    }
+    return true;
+  };
+
+  private async dispatch(
+    req: IncomingMessage,
+    res: ServerResponse,
+    ctx: Ctx,
+    path: string,
+    body: Record<string, unknown>,
+    raw: Buffer,
+    plan: Plan,
+  ): Promise<void> {
+    const { parsed, decision, route } = plan;
+    const inject = parsed.stream && !parsed.includeUsage;
+    const payload = inject
+      ? Buffer.from(
+          JSON.stringify({
+            ...body,
+            stream_options: { ...((body.stream_options as object | null) ?? {}), include_usage: true },
+          }),
+        )
+      : raw;
+    const ac = new AbortController();
+    let clientGone = false;
+    res.once("close", () => {
+      if (!res.writableFinished) {
+        clientGone = true;
+        ac.abort();
+      }
+    });
+    req.once("close", () => {
+      if (!req.complete) {
+        clientGone = true;
+        ac.abort();
+      }
+    });
+    const promptTokens = route.tokenIds.length;
+    const order = decision.ranked;
+    for (let attempt = 0; attempt < 2 && attempt < order.length; attempt++) {
+      const sc = order[attempt]!;
+      const cand = sc.candidate;
+      ctx.pod = cand.pod;
+      const ticket = this.loads.begin(cand.streamId, promptTokens - sc.savedTokens);
+      let up: Dispatcher.ResponseData;
+      try {
+        const headers: Record<string, string> = {
+          "content-type": "application/json",
+          "content-length": String(payload.length),
+        };
+        const auth = req.headers.authorization;
+        if (typeof auth === "string") headers.authorization = auth;
+        const rid = req.headers["x-request-id"];
+        if (typeof rid === "string") headers["x-request-id"] = rid;
+        if (cand.rank !== null) headers["x-data-parallel-rank"] = String(cand.rank);
+        up = await this.pools.get(originOf(cand.http)).request({
+          path,
+          method: "POST",
+          headers,
+          body: payload,
+          signal: ac.signal,
+        });
+      } catch (err) {
+        ticket.done();
+        const kind = classifyUpstreamError(err);
+        if (clientGone || kind === "aborted") {
+          ctx.status = "client_closed";
+          this.metrics.clientAborts.inc({ pod: cand.pod });
+          res.destroy();
+          return;
+        }
+        this.metrics.upstreamErrors.inc({ pod: cand.pod, kind });
+        if (attempt === 0 && order.length > 1 && isRetryableBeforeResponse(err)) {
+          this.metrics.retries.inc({ reason: kind });
+          this.log.warn(
+            { event: "gateway.retry", pod: cand.pod, next: order[1]!.candidate.pod, kind, err: String(err) },
+            "connection to pod failed before any byte; retrying on the next-best pod",
+          );
+          continue;
+        }
+        if (kind === "headers_timeout") throw upstreamTimeout(`pod ${cand.pod} did not answer in time`);
+        throw upstreamFailed(`pod ${cand.pod} failed: ${(err as Error)?.message ?? String(err)}`);
+      }
+      this.policy.onDispatched?.(route, sc);
+      this.metrics.matchedRatio.observe(
+        { policy: this.policy.name },
+        promptTokens > 0 ? Math.min(1, sc.matchedTokens / promptTokens) : 0,
+      );
+      try {
+        await this.relay(res, ctx, up, sc, plan, inject, () => clientGone, ticket);
+      } finally {
+        ticket.done();
+      }
+      return;
+    }
+    throw noReadyPod(parsed.model);
+  }
+
+  private async relay(
+    res: ServerResponse,
+    ctx: Ctx,
+    up: Dispatcher.ResponseData,
+    sc: ScoredCandidate,
+    plan: Plan,
+    injected: boolean,
+    clientGone: () => boolean,
+    ticket: { prefillDone(): void },
+  ): Promise<void> {
+    const pod = sc.candidate.pod;
+    const ctype = String(up.headers["content-type"] ?? "application/json");
+    const headers: Record<string, string> = {
+      "content-type": ctype,
+      "x-kvsync-pod": pod,
+      "x-kvsync-matched-tokens": String(sc.matchedTokens),
+      "x-kvsync-policy": this.policy.name,
+    };
+    if (sc.candidate.rank !== null) headers["x-kvsync-rank"] = String(sc.candidate.rank);
+    const streaming = up.statusCode === 200 && ctype.includes("text/event-stream");
+    if (!streaming) {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      try {
+        for await (const c of up.body) {
+          if (size === 0) {
+            ticket.prefillDone();
+            this.metrics.firstByteSeconds.observe(
+              { policy: this.policy.name },
+              (performance.now() - ctx.t0) / 1000,
+            );
+          }
+          chunks.push(c as Buffer);
+          size += (c as Buffer).length;
+        }
+      } catch (err) {
+        if (clientGone()) {
+          ctx.status = "client_closed";
+          this.metrics.clientAborts.inc({ pod });
+          return;
+        }
+        const kind = classifyUpstreamError(err);
+        this.metrics.upstreamErrors.inc({ pod, kind });
+        if (kind === "body_timeout") throw upstreamTimeout(`pod ${pod} stalled`);
+        throw upstreamFailed(`pod ${pod} failed mid-response: ${(err as Error)?.message ?? String(err)}`);
+      }
+      const buf = Buffer.concat(chunks, size);
+      if (up.statusCode === 200 && ctype.includes("json")) {
+        try {
+          this.observeUsage(pod, sc, plan, (JSON.parse(buf.toString("utf8")) as { usage?: unknown }).usage);
+        } catch {
+          // not JSON: nothing to learn
+        }
+      }
+      headers["content-length"] = String(buf.length);
+      if (clientGone()) return;
+      res.writeHead(up.statusCode, headers);
+      res.end(buf);
+      return;
+    }
+
+    headers["cache-control"] = "no-cache";
+    res.writeHead(200, headers);
+    res.flushHeaders();
+    const splitter = new SseSplitter();
+    let first = true;
+    try {
+      for await (const c of up.body) {
+        if (first) {
+          first = false;
+          ticket.prefillDone();
+          this.metrics.firstByteSeconds.observe(
+            { policy: this.policy.name },
+            (performance.now() - ctx.t0) / 1000,
+          );
+        }
+        let out = "";
+        for (const ev of splitter.push(c as Buffer)) {
+          if (this.inspectEvent(ev, pod, sc, plan, injected)) out += ev;
+        }
+        if (out.length > 0 && !(await write(res, out))) break;
+      }
+      const rest = splitter.end();
+      if (rest.length > 0 && !clientGone()) await write(res, rest);
+      if (!clientGone()) res.end();
+      else {
+        ctx.status = "client_closed";
+        this.metrics.clientAborts.inc({ pod });
+      }
+    } catch (err) {
+      if (clientGone()) {
+        ctx.status = "client_closed";
+        this.metrics.clientAborts.inc({ pod });
+        return;
+      }
+      const kind = classifyUpstreamError(err);
+      this.metrics.upstreamErrors.inc({ pod, kind });
+      this.metrics.streamErrors.inc({ pod, reason: kind });
+      ctx.status = "stream_error";
+      this.log.warn({ event: "gateway.stream_error", pod, kind, err: String(err) }, "pod failed mid-stream");
+      const e =
+        kind === "body_timeout"
+          ? upstreamTimeout(`pod ${pod} stalled mid-stream`)
+          : upstreamFailed(`pod ${pod} failed mid-stream: ${(err as Error)?.message ?? String(err)}`);
+      // end the client's stream with an error event, then close: never leave it hanging
+      res.end(`data: ${JSON.stringify(e.body())}\n\n`);
+    }
+  }
+
+  /** Look at one SSE event; returns false to drop it (the usage chunk the gateway asked for). */
+  private inspectEvent(ev: string, pod: string, sc: ScoredCandidate, plan: Plan, injected: boolean): boolean {
+    if (!ev.includes('"usage"')) return true;
+    const data = eventData(ev);
+    if (data === null || data === "[DONE]") return true;
+    let obj: { usage?: unknown; choices?: unknown };
+    try {
+      obj = JSON.parse(data);
+    } catch {
+      return true;
+    }
+    if (obj.usage === null || typeof obj.usage !== "object") return true;
+    const final = Array.isArray(obj.choices) && obj.choices.length === 0;
+    if (final) this.observeUsage(pod, sc, plan, obj.usage);
+    return !(injected && final);
+  }
+
+  private observeUsage(pod: string, sc: ScoredCandidate, plan: Plan, usage: unknown): void {
+    if (usage === null || typeof usage !== "object") return;
+    const u = usage as {
+      prompt_tokens?: unknown;
+      prompt_tokens_details?: { cached_tokens?: unknown } | null;
+    };
+    const cached = u.prompt_tokens_details?.cached_tokens;
+    if (typeof cached !== "number" || !plan.tokenized) return;
+    const promptTokens = typeof u.prompt_tokens === "number" ? u.prompt_tokens : plan.route.tokenIds.length;
+    const err = this.feedback.observe(
+      pod,
+      sc.matchedTokens,
+      cached,
+      promptTokens,
+      this.policy.name === "kv-aware",
+    );
+    this.metrics.predictionErrorTokens.observe({ policy: this.policy.name }, Math.abs(err));
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.unsubscribe();
+    this.scraper?.stop();
+    this.policy.close?.();
+    await this.pools.close();
+  }
+}
+
+function streamIds(p: PodInfo): string[] {
+  const dp = Math.max(1, Math.floor(p.dataParallelSize || 1));
+  if (dp === 1) return [p.name];
+  return Array.from({ length: dp }, (_, r) => `${p.name}#${r}`);
+}
+
+function originOf(http: string): string {
+  try {
+    return new URL(http).origin;
+  } catch {
+    return http;
+  }
+}
+
+/** Write with backpressure; false when the client went away. */
+async function write(res: ServerResponse, s: string): Promise<boolean> {
+  if (res.destroyed || res.writableEnded) return false;
+  if (res.write(s)) return true;
+  const ac = new AbortController();
+  try {
+    await Promise.race([
+      once(res, "drain", { signal: ac.signal }),
+      once(res, "close", { signal: ac.signal }),
+    ]);
+  } catch {
+    // aborted listener
+  } finally {
+    ac.abort();
+  }
+  return !res.destroyed && !res.writableEnded;
+}
+
+/** Listen on host:port (0 = ephemeral); resolves with the bound port. */
+export async function listen(server: Server, port: number, host: string): Promise<number> {
+  server.listen(port, host);
+  await once(server, "listening");
+  return (server.address() as AddressInfo).port;
+}
