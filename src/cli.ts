@@ -11,6 +11,7 @@ const program = new Command()
 const commands: Array<() => Promise<{ register(p: Command): void }>> = [
   // sub-command modules are listed here, one line each
   () => import("./commands/mock-engine.ts"),
+  () => import("./commands/events.ts"),
 ];
 for (const load of commands) (await load()).register(program);
 

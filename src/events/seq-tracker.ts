@@ -110,11 +110,12 @@ export class SeqTracker {
   /**
    * First connection. With a replay endpoint, asks for replay from `fromSeq` (default 0: pick up
    * whatever the engine's buffer still holds); batches before the first replayed one are not a
-   * gap unless `fromSeq` was given explicitly.
+   * gap unless `fromSeq` was given explicitly. `initialReplay` false (and no fromSeq) starts
+   * with the live stream; later gaps are still filled through the replay endpoint.
    */
-  start(fromSeq?: number): void {
+  start(fromSeq?: number, initialReplay = true): void {
     if (this.phase !== "idle") return;
-    if (this.hasReplay) {
+    if (this.hasReplay && (initialReplay || fromSeq !== undefined)) {
       if (fromSeq !== undefined && fromSeq > 0) {
         // behave as if everything before fromSeq was seen: a later first seq is a gap
         this.last = fromSeq - 1;

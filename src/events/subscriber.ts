@@ -54,6 +54,8 @@ export interface SubscriberOptions {
   receiveHighWaterMark?: number;
   /** Replay from this seq on first connect instead of the engine's whole buffer. */
   fromSeq?: number;
+  /** Ask for the engine's buffer on first connect (default true; `events tail` starts live). */
+  initialReplay?: boolean;
   log?: Logger;
   /** Log context (pod, stream). */
   logContext?: Record<string, unknown>;
@@ -197,7 +199,7 @@ export class StreamSubscriber {
       const first = !this.everConnected;
       this.everConnected = true;
       this.log.info({ event: "subscriber.connected", ...this.ctx(), first }, "connected");
-      if (first) this.tracker.start(this.opts.fromSeq);
+      if (first) this.tracker.start(this.opts.fromSeq, this.opts.initialReplay ?? true);
       else this.tracker.reconnected();
       this.emitState();
     };
@@ -269,7 +271,7 @@ export class StreamSubscriber {
       if (!this.everConnected) {
         this.connected = true;
         this.everConnected = true;
-        this.tracker.start(this.opts.fromSeq);
+        this.tracker.start(this.opts.fromSeq, this.opts.initialReplay ?? true);
       } else {
         this.connected = true;
         this.tracker.reconnected();
