@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { createIndex, type IndexBackend, type PrefixIndex } from "../../../src/index/index.ts";
-import type { BlockClaim, StreamMatch } from "../../../src/index/types.ts";
+import type { BlockClaim, NamespaceRef, StreamMatch } from "../../../src/index/types.ts";
 import type { KvEvent } from "../../../src/protocol/types.ts";
 import { batch, cleared, hk, removed, stored, stream, toks } from "./helpers.ts";
 
-const NS = { model: "m", lora: null, blockSize: 4 };
+const NS: NamespaceRef = { model: "m", lora: null, blockSize: 4 };
 const A = stream("a");
 const B = stream("b");
 
