@@ -1,0 +1,274 @@
+/**
+ * Decode throughput of realistic KV-event batches: our full decode (schema, exact hashes, limits)
+ * vs msgpackr's raw `unpack` of the same bytes (no schema, 64-bit ints rounded to doubles), both
+ * measured in the same run, interleaved over several rounds; medians reported. Also shown for
+ * reference: msgpackr with exact 64-bit ints (BigInt) plus a schema pass — the "exact msgpackr"
+ * alternative to a hand-written reader.
+ *
+ *   npm run bench:protocol            (KVSYNC_BENCH_ROUNDS / KVSYNC_BENCH_BATCHES to change the size)
+ */
+import { mkdirSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { Unpackr } from "msgpackr";
+import {
+  type BlockStored,
+  decodeBatch,
+  type EventBatch,
+  encodeBatch,
+  hashFromBigInt,
+  hashFromBytes,
+  type KvEvent,
+  type WireEra,
+} from "../src/protocol/index.ts";
+
+const ROUNDS = Number(process.env.KVSYNC_BENCH_ROUNDS ?? 9);
+const BATCHES = Number(process.env.KVSYNC_BENCH_BATCHES ?? 2000);
+const MIN_MS = 150; // per measurement
+
+/** Deterministic PRNG (mulberry32) so runs are comparable. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+interface Dataset {
+  name: string;
+  era: WireEra;
+  payloads: Buffer[];
+  hashes: number;
+  bytes: number;
+}
+
+function makeDataset(name: string, era: WireEra, bytesHashes: boolean, seed: number): Dataset {
+  const r = rng(seed);
+  const hash = () => {
+    if (bytesHashes) {
+      const b = Buffer.allocUnsafe(32);
+      for (let i = 0; i < 32; i++) b[i] = (r() * 256) | 0;
+      return hashFromBytes(b);
+    }
+    // sha256-derived uint64: uniformly distributed, so mostly >= 2^63 half the time
+    return hashFromBigInt((BigInt(Math.floor(r() * 2 ** 32)) << 32n) | BigInt(Math.floor(r() * 2 ** 32)));
+  };
+  const payloads: Buffer[] = [];
+  let hashes = 0;
+  let bytes = 0;
+  for (let i = 0; i < BATCHES; i++) {
+    const events: KvEvent[] = [];
+    const blocks = 1 + Math.floor(r() * 32);
+    const tokenIds: number[] = [];
+    for (let t = 0; t < blocks * 16; t++) tokenIds.push(Math.floor(r() * 151_000));
+    const ev: BlockStored = {
+      type: "BlockStored",
+      blockHashes: Array.from({ length: blocks }, hash),
+      parentBlockHash: r() < 0.3 ? null : hash(),
+      tokenIds,
+      blockSize: 16,
+      loraId: null,
+      medium: "GPU",
+      loraName: null,
+      extraKeys: null,
+      groupIdx: null,
+      kvCacheSpecKind: null,
+      kvCacheSpecSlidingWindow: null,
+      locality: null,
+    };
+    events.push(ev);
+    hashes += blocks;
+    if (r() < 0.2) {
+      const n = 1 + Math.floor(r() * 8);
+      events.push({
+        type: "BlockRemoved",
+        blockHashes: Array.from({ length: n }, hash),
+        medium: "GPU",
+        groupIdx: null,
+        locality: null,
+      });
+      hashes += n;
+    }
+    const batch: EventBatch = { ts: 1.7e9 + i * 0.01, events, dpRank: 0 };
+    const p = encodeBatch(batch, era);
+    payloads.push(p);
+    bytes += p.length;
+  }
+  return { name, era, payloads, hashes, bytes };
+}
+
+const raw = new Unpackr({ useRecords: false, mapsAsObjects: true });
+const exact = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: "bigint" });
+
+let sink = 0;
+
+/** msgpackr with BigInt ints + a minimal schema pass building the same EventBatch. */
+function exactMsgpackr(p: Buffer): EventBatch {
+  const v = exact.unpack(p) as [number, unknown[], number | null];
+  const key = (h: unknown) =>
+    typeof h === "bigint"
+      ? hashFromBigInt(h)
+      : h instanceof Uint8Array
+        ? hashFromBytes(h)
+        : hashFromBigInt(BigInt(h as number));
+  const events = v[1].map((e): KvEvent => {
+    const f = (
+      Array.isArray(e)
+        ? { type: e[0], block_hashes: e[1], parent_block_hash: e[2], token_ids: e[3], block_size: e[4] }
+        : e
+    ) as Record<string, unknown>;
+    if (f.type === "BlockRemoved") {
+      return {
+        type: "BlockRemoved",
+        blockHashes: (f.block_hashes as unknown[]).map(key),
+        medium: null,
+        groupIdx: null,
+        locality: null,
+      };
+    }
+    return {
+      type: "BlockStored",
+      blockHashes: (f.block_hashes as unknown[]).map(key),
+      parentBlockHash: f.parent_block_hash == null ? null : key(f.parent_block_hash),
+      tokenIds: f.token_ids as number[],
+      blockSize: Number(f.block_size),
+      loraId: null,
+      medium: null,
+      loraName: null,
+      extraKeys: null,
+      groupIdx: null,
+      kvCacheSpecKind: null,
+      kvCacheSpecSlidingWindow: null,
+      locality: null,
+    };
+  });
+  return { ts: v[0], events, dpRank: v[2] ?? null };
+}
+
+type Impl = "ours" | "raw" | "exactMsgpackr";
+const IMPLS: Record<Impl, (p: Buffer) => void> = {
+  ours: (p) => {
+    sink += decodeBatch(p).batch.events.length;
+  },
+  raw: (p) => {
+    sink += (raw.unpack(p) as unknown[]).length;
+  },
+  exactMsgpackr: (p) => {
+    sink += exactMsgpackr(p).events.length;
+  },
+};
+
+/** Batches per second of `impl` over the dataset (whole passes until MIN_MS elapsed). */
+function measure(impl: Impl, ds: Dataset): number {
+  const fn = IMPLS[impl];
+  const ps = ds.payloads;
+  let n = 0;
+  const t0 = process.hrtime.bigint();
+  let elapsed = 0;
+  do {
+    for (let i = 0; i < ps.length; i++) fn(ps[i]!);
+    n += ps.length;
+    elapsed = Number(process.hrtime.bigint() - t0) / 1e6;
+  } while (elapsed < MIN_MS);
+  return (n / elapsed) * 1000;
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+
+function main(): void {
+  const datasets = [
+    makeDataset("array-ints", "2025-09", false, 1),
+    makeDataset("array-bytes", "2025-09", true, 2),
+    makeDataset("map-ints", "2026-07", false, 3),
+    makeDataset("map-bytes", "2026-07", true, 4),
+  ];
+  // sanity: our decode gives back what was encoded (first payload of each)
+  for (const ds of datasets)
+    if (decodeBatch(ds.payloads[0]!).batch.events.length < 1) throw new Error("bad dataset");
+  // warm-up (JIT) of every implementation on every dataset
+  for (const ds of datasets) for (const impl of Object.keys(IMPLS) as Impl[]) measure(impl, ds);
+
+  const samples: Record<string, Record<Impl, number[]>> = {};
+  const ratios: Record<string, number[]> = {};
+  for (const ds of datasets) {
+    samples[ds.name] = { ours: [], raw: [], exactMsgpackr: [] };
+    ratios[ds.name] = [];
+  }
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const ds of datasets) {
+      // alternate the order within each pair so drift on a shared machine hits both sides
+      const order: Impl[] = round % 2 ? ["raw", "ours", "exactMsgpackr"] : ["ours", "raw", "exactMsgpackr"];
+      const got = {} as Record<Impl, number>;
+      for (const impl of order) got[impl] = measure(impl, ds);
+      for (const impl of order) samples[ds.name]![impl].push(got[impl]);
+      ratios[ds.name]!.push(got.ours / got.raw);
+    }
+  }
+
+  const rows: Record<string, unknown> = {};
+  let allRatios: number[] = [];
+  console.log(
+    `${"dataset".padEnd(12)} ${"bytes/batch".padStart(11)} ${"ours batch/s".padStart(13)} ${"ours hash/s".padStart(12)} ${"raw batch/s".padStart(12)} ${"ours/raw".padStart(9)} ${"exact-msgpackr b/s".padStart(19)}`,
+  );
+  for (const ds of datasets) {
+    const s = samples[ds.name]!;
+    const ours = median(s.ours);
+    const rawB = median(s.raw);
+    const ex = median(s.exactMsgpackr);
+    const ratio = median(ratios[ds.name]!);
+    allRatios = allRatios.concat(ratios[ds.name]!);
+    const hashesPerBatch = ds.hashes / ds.payloads.length;
+    rows[ds.name] = {
+      era: ds.era,
+      bytesPerBatch: Math.round(ds.bytes / ds.payloads.length),
+      hashesPerBatch: Number(hashesPerBatch.toFixed(2)),
+      oursBatchesPerSec: Math.round(ours),
+      oursHashesPerSec: Math.round(ours * hashesPerBatch),
+      rawBatchesPerSec: Math.round(rawB),
+      rawHashesPerSec: Math.round(rawB * hashesPerBatch),
+      exactMsgpackrBatchesPerSec: Math.round(ex),
+      ratio: Number(ratio.toFixed(3)),
+    };
+    console.log(
+      `${ds.name.padEnd(12)} ${String(Math.round(ds.bytes / ds.payloads.length)).padStart(11)} ${Math.round(ours).toLocaleString("en").padStart(13)} ${Math.round(
+        ours * hashesPerBatch,
+      )
+        .toLocaleString("en")
+        .padStart(
+          12,
+        )} ${Math.round(rawB).toLocaleString("en").padStart(12)} ${ratio.toFixed(2).padStart(9)} ${Math.round(ex).toLocaleString("en").padStart(19)}`,
+    );
+  }
+  const minRatio = Math.min(...datasets.map((ds) => (rows[ds.name] as { ratio: number }).ratio));
+  const overall = median(allRatios);
+  console.log(
+    `ours/raw msgpackr: median ${overall.toFixed(2)}, worst dataset ${minRatio.toFixed(2)} (target >= 0.70)`,
+  );
+  const result = {
+    bench: "protocol",
+    node: process.version,
+    rounds: ROUNDS,
+    batchesPerDataset: BATCHES,
+    ratioMedian: Number(overall.toFixed(3)),
+    ratioWorstDataset: Number(minRatio.toFixed(3)),
+    target: 0.7,
+    pass: minRatio >= 0.7,
+    datasets: rows,
+    sink: sink > 0,
+  };
+  const line = JSON.stringify(result);
+  const out = join(dirname(fileURLToPath(import.meta.url)), "results", "protocol.json");
+  mkdirSync(dirname(out), { recursive: true });
+  writeFileSync(out, `${line}\n`);
+  console.log(line);
+}
+
+main();
