@@ -11,6 +11,7 @@ export {
   splitAtBoundary,
   type TokenizerCore,
 } from "./hf-tokenizer.ts";
+export { type TokenizerMetrics, tokenizerMetrics } from "./metrics.ts";
 export { TokenizerPool, type TokenizerPoolOptions, type TokenizerPoolStats } from "./pool.ts";
 export {
   parseTokenizerSpec,

@@ -8,8 +8,11 @@
  * inline (`onFull: "inline"`, default) or rejected with a TokenizerError "overloaded".
  */
 import { Worker } from "node:worker_threads";
+import type { Registry } from "prom-client";
+import { createLogger, type Logger } from "../util/log.ts";
 import { TokenizerError, type TokenizerErrorCode } from "./errors.ts";
 import { type HfTokenizer, type LoadOptions, loadTokenizer } from "./hf-tokenizer.ts";
+import { type TokenizerMetrics, tokenizerMetrics } from "./metrics.ts";
 import type { ChatRequestLike, Tokenizer } from "./types.ts";
 import type { WorkerRequest, WorkerResponse } from "./worker.ts";
 
@@ -21,6 +24,9 @@ export interface TokenizerPoolOptions {
   /** uncached text up to this many chars is encoded inline (default 4096) */
   inlineMaxChars?: number;
   onFull?: "inline" | "reject";
+  /** Prometheus registry for kvsync_tokenizer_* metrics */
+  metrics?: Registry;
+  log?: Logger;
 }
 
 export interface TokenizerPoolStats {
@@ -79,6 +85,8 @@ export class TokenizerPool implements Tokenizer {
   private readonly queue: Job[] = [];
   private nextId = 1;
   private closed = false;
+  private readonly metrics: TokenizerMetrics | null;
+  private readonly log: Logger;
   private readonly counters = { inline: 0, offloaded: 0, inlineFallbacks: 0, rejected: 0, workerFailures: 0 };
 
   constructor(base: HfTokenizer, opts: TokenizerPoolOptions = {}) {
@@ -89,6 +97,12 @@ export class TokenizerPool implements Tokenizer {
     this.maxQueue = Math.max(0, Math.floor(opts.maxQueue ?? 64));
     this.inlineMaxChars = Math.max(0, opts.inlineMaxChars ?? 4096);
     this.onFull = opts.onFull ?? "inline";
+    this.metrics = opts.metrics ? tokenizerMetrics(opts.metrics) : null;
+    this.log = opts.log ?? createLogger("tokenize");
+  }
+
+  private count(path: "inline" | "worker" | "fallback" | "rejected"): void {
+    this.metrics?.encodes.inc({ model: this.base.model, path });
   }
 
   static async create(
@@ -158,16 +172,22 @@ export class TokenizerPool implements Tokenizer {
     if (segs === null) {
       if (text.length <= this.inlineMaxChars) {
         this.counters.inline++;
+        this.count("inline");
         return this.base.encodeRaw(text, addSpecialTokens);
       }
       const [ids] = await this.offload([text], addSpecialTokens);
       return Array.from(ids);
     }
     const { ids, missing } = this.base.lookup(segs);
+    if (this.metrics) {
+      this.metrics.segments.inc({ model: this.base.model, result: "hit" }, ids.size);
+      this.metrics.segments.inc({ model: this.base.model, result: "miss" }, missing.length);
+    }
     let missChars = 0;
     for (const s of missing) missChars += s.length;
     if (missChars <= this.inlineMaxChars) {
       this.counters.inline++;
+      this.count("inline");
       for (const s of missing) {
         const enc = this.base.encodeRaw(s, false);
         ids.set(s, enc);
@@ -189,12 +209,15 @@ export class TokenizerPool implements Tokenizer {
     if (busy && this.queue.length >= this.maxQueue) {
       if (this.onFull === "reject") {
         this.counters.rejected++;
+        this.count("rejected");
         throw new TokenizerError("overloaded", `tokenizer pool queue full (${this.maxQueue} waiting)`);
       }
       this.counters.inlineFallbacks++;
+      this.count("fallback");
       return texts.map((t) => Uint32Array.from(this.base.encodeRaw(t, addSpecialTokens)));
     }
     this.counters.offloaded++;
+    this.count("worker");
     return this.submit({ id: 0, dir: this.base.dir, texts, addSpecialTokens });
   }
 
@@ -203,6 +226,7 @@ export class TokenizerPool implements Tokenizer {
       req.id = this.nextId++;
       this.queue.push({ req, resolve, reject });
       this.pump();
+      this.metrics?.queueDepth.set({ model: this.base.model }, this.queue.length);
     });
   }
 
@@ -224,6 +248,16 @@ export class TokenizerPool implements Tokenizer {
       if (i === -1) return; // already removed (close or earlier failure)
       this.slots.splice(i, 1);
       this.counters.workerFailures++;
+      this.metrics?.workerFailures.inc({ model: this.base.model });
+      this.log.warn(
+        {
+          event: "tokenize.worker_failed",
+          model: this.base.model,
+          err: e.message,
+          inFlight: slot.job !== null,
+        },
+        "tokenizer worker failed; it is replaced on the next job",
+      );
       const job = slot.job;
       slot.job = null;
       job?.reject(new TokenizerError("internal", `tokenizer worker failed: ${e.message}`, { cause: e }));
@@ -246,6 +280,7 @@ export class TokenizerPool implements Tokenizer {
       slot.job = job;
       slot.worker.ref();
       slot.worker.postMessage(job.req);
+      this.metrics?.queueDepth.set({ model: this.base.model }, this.queue.length);
     }
   }
 }

@@ -1,11 +1,13 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
+import { Registry } from "prom-client";
 import {
   type HfTokenizer,
   loadTokenizer,
   TokenizerError,
   TokenizerPool,
 } from "../../../src/tokenize/index.ts";
+import { silentLogger } from "../../../src/util/log.ts";
 import { mixedText, refEncode } from "./reference.ts";
 
 let base: HfTokenizer;
@@ -110,5 +112,33 @@ describe("TokenizerPool", () => {
       (e: unknown) => e instanceof TokenizerError && e.code === "bad_request",
     );
     assert.equal(p.stats().workers, 0);
+  });
+
+  test("a crashed worker fails its job with a typed error, is counted, and is replaced", async () => {
+    const registry = new Registry();
+    const p = pool({ size: 1, inlineMaxChars: 10, metrics: registry, log: silentLogger() });
+    await p.warm();
+    const job = p.encodePrompt(mixedText(901, 3000, false));
+    const settled = job.then(
+      () => null,
+      (e: unknown) => e,
+    );
+    // kill the worker under the in-flight job
+    const slots = (p as unknown as { slots: Array<{ worker: { terminate(): Promise<number> } }> }).slots;
+    await slots[0].worker.terminate();
+    const err = await settled;
+    assert.ok(err instanceof TokenizerError && err.code === "internal", String(err));
+    assert.equal(p.stats().workerFailures, 1);
+    const text = mixedText(902, 500);
+    assert.deepEqual(await p.encodePrompt(text), base.encodeRaw(text, true));
+    assert.equal(p.stats().workers, 1);
+    const metrics = await registry.getMetricsAsJSON();
+    const value = (name: string, labels: Record<string, string>) =>
+      metrics
+        .find((m) => m.name === name)
+        ?.values.find((v) => Object.entries(labels).every(([k, x]) => v.labels[k] === x))?.value;
+    assert.equal(value("kvsync_tokenizer_worker_failures_total", { model: base.model }), 1);
+    assert.equal(value("kvsync_tokenizer_encodes_total", { model: base.model, path: "worker" }), 2);
+    assert.ok((value("kvsync_tokenizer_segments_total", { model: base.model, result: "miss" }) ?? 0) >= 2);
   });
 });
