@@ -12,6 +12,8 @@ const commands: Array<() => Promise<{ register(p: Command): void }>> = [
   // sub-command modules are listed here, one line each
   () => import("./commands/mock-engine.ts"),
   () => import("./commands/events.ts"),
+  () => import("./commands/index.ts"),
+  () => import("./commands/gateway.ts"),
 ];
 for (const load of commands) (await load()).register(program);
 

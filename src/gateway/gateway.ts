@@ -10,7 +10,14 @@ import type { PrefixIndex } from "../index/types.ts";
 import { TokenizerRegistry } from "../tokenize/registry.ts";
 import { createLogger, type Logger } from "../util/log.ts";
 import { GatewayError, sendError, sendJson } from "./errors.ts";
-import { GatewayCore, type GatewayCoreOptions, listen, type TokenizerLookup } from "./server.ts";
+import {
+  DEFAULT_BLOCK_SIZE,
+  GATEWAY_DEFAULTS,
+  GatewayCore,
+  type GatewayCoreOptions,
+  listen,
+  type TokenizerLookup,
+} from "./server.ts";
 
 export interface StartGatewayOptions
   extends Omit<GatewayCoreOptions, "pods" | "index" | "streamState" | "tokenizer" | "registry" | "log"> {
@@ -65,6 +72,8 @@ interface AdminDeps {
   registry: Registry;
   tokenizer: TokenizerLookup | undefined;
   ready: () => boolean;
+  defaultBlockSize: number;
+  maxBodyBytes: number;
   log: Logger;
 }
 
@@ -183,6 +192,8 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
         registry,
         tokenizer,
         ready: () => pods.routable().length > 0,
+        defaultBlockSize: opts.defaultBlockSize ?? DEFAULT_BLOCK_SIZE,
+        maxBodyBytes: opts.maxBodyBytes ?? GATEWAY_DEFAULTS.maxBodyBytes,
         log,
       });
       const admin = createServer((req, res) => {

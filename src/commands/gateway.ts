@@ -1,0 +1,319 @@
+import { type Command, InvalidArgumentError } from "commander";
+import { addDiscoveryOptions, discoveryOptionsFrom } from "../discovery/index.ts";
+import { startGateway } from "../gateway/gateway.ts";
+import { GATEWAY_DEFAULTS } from "../gateway/server.ts";
+import { KV_AWARE_DEFAULTS } from "../routing/kv-aware.ts";
+import { PREFIX_APPROX_DEFAULTS } from "../routing/prefix-approx.ts";
+import { POLICY_NAMES, type PolicyName } from "../routing/types.ts";
+import { collect, opt, parseFloatArg, parseIntArg } from "../util/cli-options.ts";
+import { createLogger } from "../util/log.ts";
+
+function parsePolicy(v: string): PolicyName {
+  if ((POLICY_NAMES as readonly string[]).includes(v)) return v as PolicyName;
+  throw new InvalidArgumentError(`expected one of ${POLICY_NAMES.join(", ")}, got ${v}`);
+}
+
+function parseList(v: string, prev: string[] | undefined): string[] {
+  return collect(v, prev).flatMap((s) =>
+    s
+      .split(",")
+      .map((x) => x.trim())
+      .filter((x) => x !== ""),
+  );
+}
+
+interface GatewayCliOptions {
+  host: string;
+  port: number;
+  adminHost: string;
+  adminPort: number;
+  policy: PolicyName;
+  tokenizer?: string[];
+  tokenizerPool: boolean;
+  blockSize: number;
+  connectTimeoutMs: number;
+  headersTimeoutMs: number;
+  bodyTimeoutMs: number;
+  maxBodyBytes: number;
+  connectionsPerPod: number;
+  scrapeEngineMetrics?: boolean;
+  scrapeIntervalMs: number;
+  gpuWeight: number;
+  cpuWeight: number;
+  storageWeight: number;
+  runningRequestCost: number;
+  waitingRequestTokens: number;
+  kvUsageWatermark: number;
+  kvUsagePenalty: number;
+  prefixTtlMs: number;
+  prefixMaxBlocks: number;
+  prefixMatchThreshold: number;
+  balanceAbsThreshold: number;
+  balanceRelThreshold: number;
+  seed: number;
+  maxIndexEntries?: number;
+  maxIndexEntriesPerPod?: number;
+}
+
+export function register(program: Command): void {
+  const K = KV_AWARE_DEFAULTS;
+  const P = PREFIX_APPROX_DEFAULTS;
+  const G = GATEWAY_DEFAULTS;
+  const cmd = program
+    .command("gateway")
+    .description("KV-cache-aware OpenAI-compatible gateway in front of vLLM engines");
+  addDiscoveryOptions(cmd);
+  cmd
+    .addOption(opt("--host <host>", "OpenAI API bind host", "KVSYNC_HOST", "0.0.0.0"))
+    .addOption(opt("--port <n>", "OpenAI API port", "KVSYNC_PORT", 8080).argParser(parseIntArg))
+    .addOption(opt("--admin-host <host>", "admin API bind host", "KVSYNC_ADMIN_HOST", "127.0.0.1"))
+    .addOption(opt("--admin-port <n>", "admin API port", "KVSYNC_ADMIN_PORT", 8081).argParser(parseIntArg))
+    .addOption(
+      opt(
+        "--policy <name>",
+        `routing policy: ${POLICY_NAMES.join(" | ")}`,
+        "KVSYNC_POLICY",
+        "kv-aware",
+      ).argParser(parsePolicy),
+    )
+    .addOption(
+      opt(
+        "--tokenizer <model=dir|remote>",
+        "tokenizer per model (repeatable or comma-separated); the default model's is bundled",
+        "KVSYNC_TOKENIZERS",
+      ).argParser(parseList),
+    )
+    .addOption(
+      opt("--no-tokenizer-pool", "tokenize on the main thread (no worker pool)", "KVSYNC_NO_TOKENIZER_POOL"),
+    )
+    .addOption(
+      opt(
+        "--block-size <n>",
+        "engine block size when a pod does not declare one",
+        "KVSYNC_BLOCK_SIZE",
+        16,
+      ).argParser(parseIntArg),
+    )
+    .addOption(
+      opt(
+        "--connect-timeout-ms <n>",
+        "upstream connect timeout",
+        "KVSYNC_CONNECT_TIMEOUT_MS",
+        G.connectTimeoutMs,
+      ).argParser(parseIntArg),
+    )
+    .addOption(
+      opt(
+        "--headers-timeout-ms <n>",
+        "upstream response-headers timeout (504 beyond)",
+        "KVSYNC_HEADERS_TIMEOUT_MS",
+        G.headersTimeoutMs,
+      ).argParser(parseIntArg),
+    )
+    .addOption(
+      opt(
+        "--body-timeout-ms <n>",
+        "longest upstream pause between body chunks",
+        "KVSYNC_BODY_TIMEOUT_MS",
+        G.bodyTimeoutMs,
+      ).argParser(parseIntArg),
+    )
+    .addOption(
+      opt(
+        "--max-body-bytes <n>",
+        "largest request body (413 beyond)",
+        "KVSYNC_MAX_BODY_BYTES",
+        G.maxBodyBytes,
+      ).argParser(parseIntArg),
+    )
+    .addOption(
+      opt(
+        "--connections-per-pod <n>",
+        "max upstream connections per pod",
+        "KVSYNC_CONNECTIONS_PER_POD",
+        G.connectionsPerPod,
+      ).argParser(parseIntArg),
+    )
+    .addOption(
+      opt(
+        "--scrape-engine-metrics",
+        "poll engines' /metrics (queue, running, KV usage) for kv-aware",
+        "KVSYNC_SCRAPE_ENGINE_METRICS",
+      ),
+    )
+    .addOption(
+      opt(
+        "--scrape-interval-ms <n>",
+        "engine /metrics poll period",
+        "KVSYNC_SCRAPE_INTERVAL_MS",
+        G.scrapeIntervalMs,
+      ).argParser(parseIntArg),
+    )
+    .addOption(
+      opt(
+        "--gpu-weight <x>",
+        "kv-aware: share of prefill saved by a GPU block",
+        "KVSYNC_GPU_WEIGHT",
+        K.gpuWeight,
+      ).argParser(parseFloatArg),
+    )
+    .addOption(
+      opt(
+        "--cpu-weight <x>",
+        "kv-aware: share saved by a CPU-tier block",
+        "KVSYNC_CPU_WEIGHT",
+        K.cpuWeight,
+      ).argParser(parseFloatArg),
+    )
+    .addOption(
+      opt(
+        "--storage-weight <x>",
+        "kv-aware: share saved by a storage-tier block",
+        "KVSYNC_STORAGE_WEIGHT",
+        K.storageWeight,
+      ).argParser(parseFloatArg),
+    )
+    .addOption(
+      opt(
+        "--running-request-cost <tokens>",
+        "kv-aware: token-equivalents each running request adds",
+        "KVSYNC_RUNNING_REQUEST_COST",
+        K.runningRequestCost,
+      ).argParser(parseFloatArg),
+    )
+    .addOption(
+      opt(
+        "--waiting-request-tokens <tokens>",
+        "kv-aware: tokens assumed per engine-reported waiting request (scrape)",
+        "KVSYNC_WAITING_REQUEST_TOKENS",
+        K.waitingRequestTokens,
+      ).argParser(parseFloatArg),
+    )
+    .addOption(
+      opt(
+        "--kv-usage-watermark <x>",
+        "kv-aware: KV usage (0..1) above which a pod is penalised (scrape)",
+        "KVSYNC_KV_USAGE_WATERMARK",
+        K.kvUsageWatermark,
+      ).argParser(parseFloatArg),
+    )
+    .addOption(
+      opt(
+        "--kv-usage-penalty <x>",
+        "kv-aware: score multiplier added at 100% KV usage",
+        "KVSYNC_KV_USAGE_PENALTY",
+        K.kvUsagePenalty,
+      ).argParser(parseFloatArg),
+    )
+    .addOption(
+      opt(
+        "--prefix-ttl-ms <n>",
+        "prefix-approx: how long a routed prefix is remembered",
+        "KVSYNC_PREFIX_TTL_MS",
+        P.ttlMs,
+      ).argParser(parseIntArg),
+    )
+    .addOption(
+      opt(
+        "--prefix-max-blocks <n>",
+        "prefix-approx: remembered blocks (LRU bound)",
+        "KVSYNC_PREFIX_MAX_BLOCKS",
+        P.maxBlocks,
+      ).argParser(parseIntArg),
+    )
+    .addOption(
+      opt(
+        "--prefix-match-threshold <x>",
+        "prefix-approx: min matched share to follow the cache",
+        "KVSYNC_PREFIX_MATCH_THRESHOLD",
+        P.matchThreshold,
+      ).argParser(parseFloatArg),
+    )
+    .addOption(
+      opt(
+        "--balance-abs-threshold <n>",
+        "prefix-approx: in-flight spread that counts as imbalance",
+        "KVSYNC_BALANCE_ABS_THRESHOLD",
+        P.balanceAbsThreshold,
+      ).argParser(parseFloatArg),
+    )
+    .addOption(
+      opt(
+        "--balance-rel-threshold <x>",
+        "prefix-approx: max/min in-flight ratio that counts as imbalance",
+        "KVSYNC_BALANCE_REL_THRESHOLD",
+        P.balanceRelThreshold,
+      ).argParser(parseFloatArg),
+    )
+    .addOption(opt("--seed <n>", "seed of the random policy", "KVSYNC_SEED", 1).argParser(parseIntArg))
+    .addOption(
+      opt(
+        "--max-index-entries <n>",
+        "index: global (block, pod) entry cap",
+        "KVSYNC_MAX_INDEX_ENTRIES",
+      ).argParser(parseIntArg),
+    )
+    .addOption(
+      opt(
+        "--max-index-entries-per-pod <n>",
+        "index: per-stream entry cap",
+        "KVSYNC_MAX_INDEX_ENTRIES_PER_POD",
+      ).argParser(parseIntArg),
+    )
+    .action(async (o: GatewayCliOptions & Record<string, unknown>) => {
+      const log = createLogger("gateway");
+      const gw = await startGateway({
+        host: o.host,
+        port: o.port,
+        adminHost: o.adminHost,
+        adminPort: o.adminPort,
+        discovery: discoveryOptionsFrom(o),
+        policy: o.policy,
+        tokenizers: o.tokenizer ?? [],
+        tokenizerPool: o.tokenizerPool,
+        defaultBlockSize: o.blockSize,
+        connectTimeoutMs: o.connectTimeoutMs,
+        headersTimeoutMs: o.headersTimeoutMs,
+        bodyTimeoutMs: o.bodyTimeoutMs,
+        maxBodyBytes: o.maxBodyBytes,
+        connectionsPerPod: o.connectionsPerPod,
+        scrapeEngineMetrics: o.scrapeEngineMetrics === true,
+        scrapeIntervalMs: o.scrapeIntervalMs,
+        kvAware: {
+          gpuWeight: o.gpuWeight,
+          cpuWeight: o.cpuWeight,
+          storageWeight: o.storageWeight,
+          runningRequestCost: o.runningRequestCost,
+          waitingRequestTokens: o.waitingRequestTokens,
+          kvUsageWatermark: o.kvUsageWatermark,
+          kvUsagePenalty: o.kvUsagePenalty,
+        },
+        prefixApprox: {
+          ttlMs: o.prefixTtlMs,
+          maxBlocks: o.prefixMaxBlocks,
+          matchThreshold: o.prefixMatchThreshold,
+          balanceAbsThreshold: o.balanceAbsThreshold,
+          balanceRelThreshold: o.balanceRelThreshold,
+        },
+        seed: o.seed,
+        indexOptions: {
+          ...(o.maxIndexEntries !== undefined ? { maxEntries: o.maxIndexEntries } : {}),
+          ...(o.maxIndexEntriesPerPod !== undefined ? { maxEntriesPerStream: o.maxIndexEntriesPerPod } : {}),
+        },
+        log,
+      });
+      process.stdout.write(`${JSON.stringify({ url: gw.url, adminUrl: gw.adminUrl, policy: o.policy })}\n`);
+      let stopping = false;
+      const stop = (signal: string) => {
+        if (stopping) return;
+        stopping = true;
+        log.info({ event: "gateway.stopping", signal }, "shutting down");
+        gw.close().then(
+          () => process.exit(0),
+          () => process.exit(1),
+        );
+      };
+      process.once("SIGINT", () => stop("SIGINT"));
+      process.once("SIGTERM", () => stop("SIGTERM"));
+    });
+}
