@@ -28,11 +28,12 @@ export function register(program: Command): void {
     .addOption(
       opt(
         "--lora-modules <names...>",
-        "LoRA adapter names to serve (repeatable)",
+        "LoRA adapters to serve: name or name=path (vLLM syntax; the path is ignored), repeatable",
         "KVSYNC_LORA_MODULES",
       ).argParser((v: string, prev: string[] | undefined) =>
         collect(v, prev)
           .flatMap((x) => x.split(","))
+          .map((x) => x.split("=")[0].trim())
           .filter(Boolean),
       ),
     )

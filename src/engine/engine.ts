@@ -127,6 +127,13 @@ export class MockEngine {
         waiting: () => r.scheduler.numWaiting,
         usage: () => r.cache.usage(),
       })),
+      {
+        block_size: String(o.blockSize),
+        num_gpu_blocks: String(o.numGpuBlocks),
+        num_cpu_blocks: String(o.numCpuBlocks),
+        enable_prefix_caching: "True",
+        prefix_caching_hash_algo: "sha256",
+      },
     );
   }
 

@@ -23,8 +23,15 @@ export class EngineMetrics {
   readonly preemptions: Counter<"model_name" | "engine">;
   readonly httpErrors: Counter<"code">;
 
-  constructor(model: string, ranks: RankGauges[]) {
+  constructor(model: string, ranks: RankGauges[], cacheConfig: Record<string, string> = {}) {
     const registers = [this.registry];
+    const info = new Gauge({
+      name: "vllm:cache_config_info",
+      help: "Information of the LLMEngine CacheConfig",
+      labelNames: Object.keys(cacheConfig),
+      registers,
+    });
+    info.set(cacheConfig, 1);
     const labelNames = ["model_name", "engine"] as const;
     const gauge = (name: string, help: string, read: (r: RankGauges) => number) =>
       new Gauge({

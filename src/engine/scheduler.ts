@@ -335,6 +335,7 @@ export class Scheduler {
       if (index === 0 && req.firstTokenAt === null) {
         req.firstTokenAt = now;
         this.obs.onFirstToken?.((now - req.arrival) / 1000);
+        this.obs.onPromptTokens?.(req.promptLen);
       }
       const done = req.generated >= req.output.length;
       if (!done) {
@@ -347,7 +348,6 @@ export class Scheduler {
         if (ri >= 0) this.running.splice(ri, 1);
         this.cache.free(req);
         req.state = "done";
-        this.obs.onPromptTokens?.(req.promptLen);
         req.hooks.onFinish(req.finishReason);
       }
     }

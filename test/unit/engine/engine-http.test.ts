@@ -227,6 +227,8 @@ test("/metrics exposes vLLM's metric names with model_name", async () => {
     assert.match(m, new RegExp(`^${name}\\{[^}]*model_name="Qwen/Qwen3-0.6B"`, "m"), name);
   }
   assert.match(m, /^vllm:generation_tokens_total\{[^}]*\} 2$/m);
+  assert.match(m, /^vllm:cache_config_info\{block_size="16",num_gpu_blocks="2048"[^}]*\} 1$/m);
+  assert.match(m, /^vllm:prompt_tokens_total\{[^}]*\} 2$/m);
 });
 
 test("LoRA adapters: listed in /v1/models, hashed apart, named in events", async () => {
@@ -339,6 +341,9 @@ test("CLI: kvsync mock-engine serves and shuts down cleanly on SIGTERM", async (
       "32",
       "--speed",
       "100",
+      "--lora-modules",
+      "sql=/adapters/sql",
+      "chat",
     ],
     { stdio: ["ignore", "ignore", "pipe"] },
   );
@@ -357,6 +362,11 @@ test("CLI: kvsync mock-engine serves and shuts down cleanly on SIGTERM", async (
   const url = (JSON.parse(line) as { http: string }).http;
   const r = await postJson(`${url}/v1/completions`, { prompt: "hi", max_tokens: 2 });
   assert.equal(r.status, 200);
+  const models = await getJson<{ data: Array<{ id: string }> }>(`${url}/v1/models`);
+  assert.deepEqual(
+    models.data.map((x) => x.id),
+    [MODEL, "sql", "chat"],
+  );
   child.kill("SIGTERM");
   assert.equal(await exited, 0);
   assert.match(stderr, /"event":"engine.stopped"/);
