@@ -151,6 +151,18 @@ export class SeqTracker {
     else this.beginReplay("verify", this.last);
   }
 
+  /**
+   * Ask the engine whether it published anything after our last batch (a lost final batch shows
+   * no gap until the next one arrives). Only when live, idle and with a replay endpoint; returns
+   * whether a probe replay was started.
+   */
+  probe(): boolean {
+    if (!this.hasReplay || this.phase !== "live" || this.last === null || this.pending.length > 0)
+      return false;
+    this.beginReplay("gap", this.last + 1);
+    return true;
+  }
+
   onLive(seq: number, payload: Uint8Array): void {
     if (this.phase === "idle") this.phase = "live";
     if (this.phase === "replaying") {

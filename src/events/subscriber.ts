@@ -56,6 +56,11 @@ export interface SubscriberOptions {
   fromSeq?: number;
   /** Ask for the engine's buffer on first connect (default true; `events tail` starts live). */
   initialReplay?: boolean;
+  /**
+   * A live stream silent for this long asks the replay endpoint for anything after its last seq,
+   * so a lost final batch does not leave the index stale until the next one (ms; 0 = never).
+   */
+  tailCheckMs?: number;
   log?: Logger;
   /** Log context (pod, stream). */
   logContext?: Record<string, unknown>;
@@ -68,6 +73,7 @@ const DEFAULTS = {
   reconnectMs: 100,
   reconnectMaxMs: 5000,
   receiveHighWaterMark: 100_000,
+  tailCheckMs: 10_000,
 };
 
 /** `delay * [0.5, 1)`: spreads reconnects of many subscribers after a shared outage. */
@@ -93,6 +99,9 @@ export class StreamSubscriber {
   private attempt = 0;
   private retryTimer: NodeJS.Timeout | null = null;
   private lastState: StreamState = "connecting";
+  private tailTimer: NodeJS.Timeout | null = null;
+  private lastActivity = Date.now();
+  private probing = false;
   private readonly loops = new Set<Promise<void>>();
   // counters (the manager turns them into metrics)
   eventsApplied = 0;
@@ -103,6 +112,8 @@ export class StreamSubscriber {
   resyncs = 0;
   restarts = 0;
   duplicates = 0;
+  /** idle tail checks sent (not counted as replays) */
+  probes = 0;
 
   constructor(
     readonly endpoints: StreamEndpoints,
@@ -157,6 +168,22 @@ export class StreamSubscriber {
     if (this.started || this.closed) return;
     this.started = true;
     this.openSub();
+    const every = this.opts.tailCheckMs;
+    if (every > 0 && this.endpoints.replay !== null) {
+      this.tailTimer = setInterval(() => this.maybeProbe(), Math.max(10, Math.floor(every / 2)));
+      this.tailTimer.unref();
+    }
+  }
+
+  private maybeProbe(): void {
+    if (this.closed || !this.connected || Date.now() - this.lastActivity < this.opts.tailCheckMs) return;
+    this.lastActivity = Date.now();
+    this.probing = true;
+    try {
+      this.tracker.probe();
+    } finally {
+      this.probing = false;
+    }
   }
 
   async close(): Promise<void> {
@@ -165,6 +192,8 @@ export class StreamSubscriber {
     this.connected = false;
     if (this.retryTimer) clearTimeout(this.retryTimer);
     this.retryTimer = null;
+    if (this.tailTimer) clearInterval(this.tailTimer);
+    this.tailTimer = null;
     this.sub?.close();
     this.sub = null;
     this.dealer?.close();
@@ -277,14 +306,23 @@ export class StreamSubscriber {
         this.tracker.reconnected();
       }
     }
+    this.lastActivity = Date.now();
     this.tracker.onLive(seq, payload);
     this.emitState();
   }
 
   private requestReplay(fromSeq: number): void {
-    this.replays++;
-    this.log.info({ event: "subscriber.replay", ...this.ctx(), fromSeq }, "requesting replay");
-    this.consumer.replayRequested?.(fromSeq);
+    if (this.probing) {
+      this.probes++;
+      this.log.debug(
+        { event: "subscriber.tail_check", ...this.ctx(), fromSeq },
+        "idle: checking for lost batches",
+      );
+    } else {
+      this.replays++;
+      this.log.info({ event: "subscriber.replay", ...this.ctx(), fromSeq }, "requesting replay");
+      this.consumer.replayRequested?.(fromSeq);
+    }
     this.track(this.runReplay(fromSeq));
     this.emitState();
   }
@@ -336,6 +374,7 @@ export class StreamSubscriber {
     } finally {
       if (this.dealer === dealer) this.dealer = null;
       dealer.close();
+      this.lastActivity = Date.now();
       if (!this.closed) this.emitState();
     }
   }

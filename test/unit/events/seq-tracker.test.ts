@@ -78,6 +78,7 @@ type Op =
   | { t: "publish"; deliver: boolean; dup: boolean }
   | { t: "restart" }
   | { t: "reconnect" }
+  | { t: "probe" }
   | { t: "serve"; fail: boolean; split: number };
 
 const opArb: fc.Arbitrary<Op> = fc.oneof(
@@ -87,6 +88,7 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
   },
   { weight: 1, arbitrary: fc.constant({ t: "restart" as const }) },
   { weight: 1, arbitrary: fc.constant({ t: "reconnect" as const }) },
+  { weight: 1, arbitrary: fc.constant({ t: "probe" as const }) },
   {
     weight: 4,
     arbitrary: fc.record({ t: fc.constant("serve" as const), fail: fc.boolean(), split: fc.nat(5) }),
@@ -149,6 +151,8 @@ function run(
       tracker.reconnected();
     } else if (op.t === "reconnect") {
       tracker.reconnected();
+    } else if (op.t === "probe") {
+      tracker.probe();
     } else {
       serve(op.fail, op.split);
     }
@@ -292,6 +296,26 @@ describe("SeqTracker", () => {
       rec.applied.map((a) => a.seq),
       [9],
     );
+  });
+
+  it("an idle probe finds a lost final batch", () => {
+    const rec = new Recorder();
+    const t = new SeqTracker(rec, { replay: true });
+    t.start();
+    t.onReplayEnd();
+    t.onLive(0, payloadOf(0, 0)); // seq 1 is lost and nothing follows
+    assert.equal(t.probe(), true);
+    assert.deepEqual(rec.replayRequests, [0, 1]);
+    t.onReplayMessage(1, payloadOf(0, 1));
+    t.onReplayEnd();
+    assert.deepEqual(
+      rec.applied.map((a) => a.seq),
+      [0, 1],
+    );
+    assert.equal(t.probe(), true);
+    t.onReplayEnd(); // nothing new
+    assert.equal(t.state(), "live");
+    assert.deepEqual(rec.drops, []);
   });
 
   it("the pending queue is bounded; what it sheds is recovered as a gap", () => {

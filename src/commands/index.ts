@@ -1,0 +1,219 @@
+/**
+ * `kvsync index --engines <file> --admin-port P [--admin-host 127.0.0.1]`: the standalone sync
+ * prefix index. Discovery (the engines file, watched; or Kubernetes) → one subscriber per engine
+ * stream → the index; the admin API (src/gateway/admin.ts) on host:port.
+ *
+ * `startIndexService()` is the same thing as a function (tests, embedding).
+ */
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import type { Command } from "commander";
+import { InvalidArgumentError } from "commander";
+import { Registry } from "prom-client";
+import {
+  addDiscoveryOptions,
+  createDiscoverySource,
+  type DiscoveryOptions,
+  discoveryOptionsFrom,
+} from "../discovery/index.ts";
+import { PodSet } from "../discovery/pod-set.ts";
+import type { DiscoverySource } from "../discovery/types.ts";
+import { SubscriberManager, type SubscriberManagerOptions } from "../events/manager.ts";
+import { type AdminHandler, createAdminHandler } from "../gateway/admin.ts";
+import { createIndex, type IndexOptions } from "../index/index.ts";
+import type { PrefixIndex } from "../index/types.ts";
+import { TokenizerRegistry } from "../tokenize/registry.ts";
+import { collect, opt, parseIntArg } from "../util/cli-options.ts";
+import { createLogger, type Logger } from "../util/log.ts";
+
+export interface IndexServiceOptions {
+  /** a discovery source, or options for one (`engines` = the engines file) */
+  discovery: DiscoverySource | DiscoveryOptions;
+  adminHost?: string;
+  /** 0 = ephemeral */
+  adminPort?: number;
+  index?: IndexOptions;
+  subscriber?: SubscriberManagerOptions["subscriber"];
+  topic?: string;
+  /** `--tokenizer` specs (the default model's bundled tokenizer is always there), or false */
+  tokenizers?: string[] | false;
+  defaultBlockSize?: number;
+  registry?: Registry;
+  log?: Logger;
+}
+
+export interface IndexService {
+  url: string;
+  port: number;
+  index: PrefixIndex;
+  manager: SubscriberManager;
+  pods: PodSet;
+  registry: Registry;
+  admin: AdminHandler;
+  close(): Promise<void>;
+}
+
+export async function startIndexService(opts: IndexServiceOptions): Promise<IndexService> {
+  const log = opts.log ?? createLogger("index");
+  const registry = opts.registry ?? new Registry();
+  const index = createIndex(opts.index ?? {});
+  const manager = new SubscriberManager({
+    index,
+    registry,
+    log,
+    topic: opts.topic,
+    subscriber: opts.subscriber,
+  });
+  const pods = new PodSet();
+  pods.onChange((all) => manager.setPods([...all.values()]));
+  const tokenizers =
+    opts.tokenizers === false ? undefined : TokenizerRegistry.fromSpecs(opts.tokenizers ?? []);
+  let started = false;
+  let closing = false;
+  const d = opts.discovery;
+  const source: DiscoverySource =
+    "start" in d && typeof d.start === "function"
+      ? d
+      : await createDiscoverySource({ ...(d as DiscoveryOptions), registry, logger: log });
+  const admin = createAdminHandler({
+    index,
+    manager,
+    registry,
+    pods,
+    tokenizers,
+    ready: () => started && !closing,
+    defaultBlockSize: opts.defaultBlockSize,
+    log,
+  });
+  const server: Server = createServer((req, res) => {
+    void admin(req, res);
+  });
+  const cleanup = async () => {
+    closing = true;
+    await new Promise<void>((resolve) => {
+      server.close(() => resolve());
+      server.closeAllConnections();
+    });
+    await source.stop();
+    await manager.close();
+    await tokenizers?.close();
+  };
+  try {
+    await source.start(pods.handler);
+    started = true;
+    const host = opts.adminHost ?? "127.0.0.1";
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(opts.adminPort ?? 0, host, () => {
+        server.off("error", reject);
+        resolve();
+      });
+    });
+    const port = (server.address() as AddressInfo).port;
+    const urlHost =
+      host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host.includes(":") ? `[${host}]` : host;
+    const url = `http://${urlHost}:${port}`;
+    log.info({ event: "index.started", url, discovery: source.kind }, "index admin API listening");
+    let closed: Promise<void> | null = null;
+    return {
+      url,
+      port,
+      index,
+      manager,
+      pods,
+      registry,
+      admin,
+      close: () => {
+        closed ??= cleanup();
+        return closed;
+      },
+    };
+  } catch (err) {
+    await cleanup().catch(() => undefined);
+    throw err;
+  }
+}
+
+function port(v: string): number {
+  const n = parseIntArg(v);
+  if (n < 0 || n > 65535) throw new InvalidArgumentError(`not a port: ${v}`);
+  return n;
+}
+
+function positive(v: string): number {
+  const n = parseIntArg(v);
+  if (n < 1) throw new InvalidArgumentError(`must be >= 1: ${v}`);
+  return n;
+}
+
+export function register(program: Command): void {
+  const cmd = program
+    .command("index")
+    .description("run the sync prefix index: subscribe to every engine's KV events, serve the admin API");
+  addDiscoveryOptions(cmd);
+  cmd
+    .addOption(
+      opt("--admin-port <port>", "admin API port (0 = ephemeral)", "KVSYNC_ADMIN_PORT", 8081).argParser(port),
+    )
+    .addOption(opt("--admin-host <host>", "admin API bind address", "KVSYNC_ADMIN_HOST", "127.0.0.1"))
+    .addOption(opt("--topic <topic>", 'KV-event topic prefix ("" = all)', "KVSYNC_TOPIC", ""))
+    .addOption(
+      opt("--max-entries <n>", "global cap on (block, stream) index entries", "KVSYNC_MAX_ENTRIES").argParser(
+        positive,
+      ),
+    )
+    .addOption(
+      opt(
+        "--max-entries-per-stream <n>",
+        "per-stream cap on index entries",
+        "KVSYNC_MAX_ENTRIES_PER_STREAM",
+      ).argParser(positive),
+    )
+    .addOption(
+      opt(
+        "--replay-timeout-ms <ms>",
+        "replay idle timeout before a gap counts as lost",
+        "KVSYNC_REPLAY_TIMEOUT_MS",
+        3000,
+      ).argParser(positive),
+    )
+    .addOption(
+      opt("--block-size <n>", "block size when an engine's is not known", "KVSYNC_BLOCK_SIZE", 16).argParser(
+        positive,
+      ),
+    )
+    .addOption(
+      opt(
+        "--tokenizer <spec>",
+        "tokenizer for match requests with a prompt: <model>=<dir>|remote|remote:<url> (repeatable)",
+        "KVSYNC_TOKENIZER",
+      ).argParser(collect),
+    )
+    .action(async (o: Record<string, unknown>) => {
+      const log = createLogger("index");
+      const tok = o.tokenizer;
+      const svc = await startIndexService({
+        discovery: discoveryOptionsFrom(o),
+        adminHost: o.adminHost as string,
+        adminPort: o.adminPort as number,
+        topic: o.topic as string,
+        index: {
+          maxEntries: o.maxEntries as number | undefined,
+          maxEntriesPerStream: o.maxEntriesPerStream as number | undefined,
+        },
+        subscriber: { replayTimeoutMs: o.replayTimeoutMs as number },
+        tokenizers: Array.isArray(tok) ? tok : typeof tok === "string" ? [tok] : [],
+        defaultBlockSize: o.blockSize as number,
+        log,
+      });
+      // one line on stdout for scripts: where the admin API is
+      process.stdout.write(`${JSON.stringify({ event: "index.started", url: svc.url, port: svc.port })}\n`);
+      await new Promise<void>((resolve) => {
+        process.once("SIGINT", resolve);
+        process.once("SIGTERM", resolve);
+      });
+      log.info({ event: "index.stopping" }, "stopping");
+      await svc.close();
+      process.exit(0);
+    });
+}

@@ -1,0 +1,412 @@
+/**
+ * The admin HTTP API of `kvsync index` (and, embedded, of the gateway):
+ *
+ *   GET  /healthz                       {"status":"ok"}
+ *   GET  /readyz                        200 {"status":"ready"} | 503 {"status":"not ready"}
+ *   GET  /metrics                       Prometheus text of the registry
+ *   GET  /admin/pods                    one entry per stream (pod, or pod and DP rank):
+ *        [{name, rank, stream, model, lora, ready, state, lastSeq, eventsApplied, blocks,
+ *          decodeErrors, gaps, replays, resyncs}]   (`lora`: the adapters the pod serves;
+ *        a pod without an events endpoint appears once with stream/state null)
+ *   GET  /admin/pods/<name>/blocks[?rank=N]
+ *        {"blocks":[{"hash":"<canonical text>","tiers":["GPU"]}]}, sorted by hash; a DP pod
+ *        without ?rank lists every rank's blocks, each with its "rank"
+ *   POST /admin/index/match  {"model","lora"?,"token_ids"|"prompt","block_size"?}
+ *        {"blockSize":16,"tokens":n,"pods":[{"pod","rank","stream","matchedBlocks","matchedTokens",
+ *          "tiers":{"GPU":blocks,"CPU":blocks,"STORAGE":blocks}}]}  (best match first)
+ *
+ * Errors use OpenAI's shape `{"error":{"message","type","param","code"}}`. `createAdminHandler`
+ * returns the request handler; `.route(method, path, fn)` adds routes (e.g. the gateway's
+ * `POST /admin/route/explain`), which take precedence over the built-in ones.
+ */
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Registry } from "prom-client";
+import type { PodInfo } from "../discovery/types.ts";
+import type { StreamStatus, SubscriberManagerLike } from "../events/types.ts";
+import type { PrefixIndex } from "../index/types.ts";
+import { hashToText } from "../protocol/hash.ts";
+import type { Tokenizer } from "../tokenize/types.ts";
+import { type Logger, silentLogger } from "../util/log.ts";
+import { badRequest, GatewayError, sendError, sendJson } from "./errors.ts";
+
+export const DEFAULT_BLOCK_SIZE = 16;
+
+/** A tokenizer source: `TokenizerRegistry` (has/get) or a lookup function (the gateway's). */
+export type AdminTokenizers =
+  | { has(model: string): boolean; get(model: string, opts?: { baseUrl?: string }): Promise<Tokenizer> }
+  | ((model: string, baseUrl?: string) => Promise<Tokenizer | null> | Tokenizer | null);
+
+export interface AdminDeps {
+  index: PrefixIndex;
+  /** the subscriber manager (`subscribers` is accepted as an alias) */
+  manager?: SubscriberManagerLike | null;
+  subscribers?: SubscriberManagerLike | null;
+  registry: Registry;
+  /** the pods: a PodSet-like object or a function; default: the manager's `pods()` if it has one */
+  pods?: { pods(): PodInfo[] } | (() => PodInfo[]);
+  /** for `"prompt"` in match requests (`tokenizer` is accepted as an alias) */
+  tokenizers?: AdminTokenizers;
+  tokenizer?: AdminTokenizers;
+  /** readiness for /readyz (default: always ready) */
+  ready?: () => boolean;
+  /** block size when neither the request nor the model's pods name one */
+  defaultBlockSize?: number;
+  /** request body cap (bytes) */
+  maxBodyBytes?: number;
+  log?: Logger;
+}
+
+export type AdminRouteHandler = (req: IncomingMessage, res: ServerResponse, url: URL) => void | Promise<void>;
+
+export interface AdminHandler {
+  (req: IncomingMessage, res: ServerResponse): Promise<void>;
+  /** Add a route (exact path); returns the handler for chaining. */
+  route(method: string, path: string, fn: AdminRouteHandler): AdminHandler;
+  /** Handle the request if a route matches; false (nothing sent) otherwise. */
+  handle(req: IncomingMessage, res: ServerResponse): Promise<boolean>;
+}
+
+export interface AdminPodEntry {
+  name: string;
+  rank: number | null;
+  stream: string | null;
+  model: string;
+  lora: string[];
+  ready: boolean;
+  state: StreamStatus["state"] | null;
+  lastSeq: number | null;
+  eventsApplied: number;
+  blocks: number;
+  decodeErrors: number;
+  gaps: number;
+  replays: number;
+  resyncs: number;
+}
+
+const methodNotAllowed = (allow: string) =>
+  new GatewayError(405, "invalid_request_error", "method_not_allowed", `use ${allow}`);
+const notFoundError = (what: string) => new GatewayError(404, "invalid_request_error", "not_found", what);
+
+async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of req) {
+    n += (c as Buffer).length;
+    if (n > limit) {
+      req.resume();
+      throw new GatewayError(
+        413,
+        "invalid_request_error",
+        "request_too_large",
+        `request body exceeds ${limit} bytes`,
+      );
+    }
+    chunks.push(c as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
+
+function isTokenIds(v: unknown): v is number[] {
+  if (!Array.isArray(v)) return false;
+  for (const x of v)
+    if (typeof x !== "number" || !Number.isInteger(x) || x < 0 || x > 0xffffffff) return false;
+  return true;
+}
+
+export function createAdminHandler(deps: AdminDeps): AdminHandler {
+  const { index, registry } = deps;
+  const manager = deps.manager ?? deps.subscribers ?? null;
+  const tokenizers = deps.tokenizers ?? deps.tokenizer;
+  const log = deps.log ?? silentLogger();
+  const maxBody = deps.maxBodyBytes ?? 8 * 1024 * 1024;
+  const defaultBlockSize = deps.defaultBlockSize ?? DEFAULT_BLOCK_SIZE;
+  const extra = new Map<string, AdminRouteHandler>();
+
+  const podList = (): PodInfo[] => {
+    const p = deps.pods;
+    if (typeof p === "function") return p();
+    if (p) return p.pods();
+    const m = manager as (SubscriberManagerLike & { pods?: () => PodInfo[] }) | null;
+    if (m && typeof m.pods === "function") return m.pods();
+    // derive what we can from the streams
+    const seen = new Map<string, PodInfo>();
+    for (const s of manager?.statuses() ?? []) {
+      if (!seen.has(s.pod)) {
+        seen.set(s.pod, {
+          name: s.pod,
+          model: s.model,
+          loras: [],
+          http: "",
+          events: null,
+          replay: null,
+          dataParallelSize: 1,
+          ready: true,
+        });
+      }
+    }
+    return [...seen.values()];
+  };
+
+  const podsBody = (): AdminPodEntry[] => {
+    const statuses = manager?.statuses() ?? [];
+    const byPod = new Map<string, StreamStatus[]>();
+    for (const s of statuses) {
+      const l = byPod.get(s.pod);
+      if (l) l.push(s);
+      else byPod.set(s.pod, [s]);
+    }
+    const out: AdminPodEntry[] = [];
+    const pods = podList().sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    for (const p of pods) {
+      const streams = byPod.get(p.name) ?? [];
+      if (streams.length === 0) {
+        out.push({
+          name: p.name,
+          rank: null,
+          stream: null,
+          model: p.model,
+          lora: [...p.loras],
+          ready: p.ready,
+          state: null,
+          lastSeq: null,
+          eventsApplied: 0,
+          blocks: 0,
+          decodeErrors: 0,
+          gaps: 0,
+          replays: 0,
+          resyncs: 0,
+        });
+        continue;
+      }
+      for (const s of streams.sort((a, b) => (a.rank ?? -1) - (b.rank ?? -1))) {
+        out.push({
+          name: p.name,
+          rank: s.rank,
+          stream: s.streamId,
+          model: p.model,
+          lora: [...p.loras],
+          ready: p.ready,
+          state: s.state,
+          lastSeq: s.lastSeq,
+          eventsApplied: s.eventsApplied,
+          blocks: index.streamBlocks(s.streamId).length,
+          decodeErrors: s.decodeErrors,
+          gaps: s.gaps,
+          replays: s.replays,
+          resyncs: s.resyncs,
+        });
+      }
+    }
+    return out;
+  };
+
+  const blocksBody = (
+    name: string,
+    url: URL,
+  ): { blocks: Array<{ hash: string; tiers: string[]; rank?: number }> } => {
+    const pod = podList().find((p) => p.name === name);
+    const statuses = (manager?.statuses() ?? []).filter((s) => s.pod === name);
+    if (!pod && statuses.length === 0) throw notFoundError(`no pod named ${JSON.stringify(name)}`);
+    const rankParam = url.searchParams.get("rank");
+    const dp = (pod?.dataParallelSize ?? 1) > 1 || statuses.some((s) => s.rank !== null);
+    let streams: Array<{ id: string; rank: number | null }>;
+    if (rankParam !== null) {
+      const r = Number(rankParam);
+      if (!Number.isInteger(r) || r < 0)
+        throw badRequest("invalid_rank", `rank must be a non-negative integer`, "rank");
+      if (!dp) {
+        if (r !== 0) throw notFoundError(`pod ${JSON.stringify(name)} has no rank ${r}`);
+        streams = [{ id: name, rank: null }];
+      } else {
+        if (pod && r >= pod.dataParallelSize)
+          throw notFoundError(`pod ${JSON.stringify(name)} has no rank ${r}`);
+        streams = [{ id: `${name}#${r}`, rank: r }];
+      }
+    } else if (dp) {
+      const n = pod?.dataParallelSize ?? statuses.length;
+      streams = Array.from({ length: n }, (_, r) => ({ id: `${name}#${r}`, rank: r }));
+    } else {
+      streams = [{ id: name, rank: null }];
+    }
+    const blocks: Array<{ hash: string; tiers: string[]; rank?: number }> = [];
+    for (const s of streams) {
+      for (const c of index.streamBlocks(s.id)) {
+        const b: { hash: string; tiers: string[]; rank?: number } = {
+          hash: hashToText(c.hash),
+          tiers: [...c.tiers],
+        };
+        if (rankParam === null && s.rank !== null) b.rank = s.rank;
+        blocks.push(b);
+      }
+    }
+    blocks.sort((a, b) => (a.hash < b.hash ? -1 : a.hash > b.hash ? 1 : (a.rank ?? 0) - (b.rank ?? 0)));
+    return { blocks };
+  };
+
+  const tokenize = async (model: string, prompt: string): Promise<number[]> => {
+    if (!tokenizers)
+      throw badRequest("no_tokenizer", '"prompt" needs a tokenizer; send "token_ids"', "prompt");
+    const baseUrl = podList().find((p) => p.model === model && p.http)?.http;
+    let tok: Tokenizer | null;
+    try {
+      if (typeof tokenizers === "function") tok = await tokenizers(model, baseUrl);
+      else tok = tokenizers.has(model) ? await tokenizers.get(model, baseUrl ? { baseUrl } : {}) : null;
+    } catch (err) {
+      throw badRequest(
+        "no_tokenizer",
+        `no tokenizer for model ${JSON.stringify(model)}: ${(err as Error).message}`,
+        "model",
+      );
+    }
+    if (!tok) throw badRequest("no_tokenizer", `no tokenizer for model ${JSON.stringify(model)}`, "model");
+    return tok.encodePrompt(prompt);
+  };
+
+  const matchBody = async (body: unknown) => {
+    if (typeof body !== "object" || body === null || Array.isArray(body))
+      throw badRequest("invalid_body", "request body must be a JSON object");
+    const b = body as Record<string, unknown>;
+    if (typeof b.model !== "string" || b.model === "")
+      throw badRequest("invalid_model", '"model" must be a non-empty string', "model");
+    const lora = b.lora ?? null;
+    if (lora !== null && typeof lora !== "string")
+      throw badRequest("invalid_lora", '"lora" must be a string or null', "lora");
+    let blockSize = defaultBlockSize;
+    if (b.block_size !== undefined) {
+      if (typeof b.block_size !== "number" || !Number.isInteger(b.block_size) || b.block_size < 1)
+        throw badRequest("invalid_block_size", '"block_size" must be a positive integer', "block_size");
+      blockSize = b.block_size;
+    } else {
+      const withSize = podList().find((p) => p.model === b.model && p.blockSize !== undefined);
+      if (withSize?.blockSize) blockSize = withSize.blockSize;
+    }
+    let tokens: number[];
+    if (b.token_ids !== undefined) {
+      if (!isTokenIds(b.token_ids))
+        throw badRequest(
+          "invalid_token_ids",
+          '"token_ids" must be an array of non-negative integers',
+          "token_ids",
+        );
+      tokens = b.token_ids;
+    } else if (typeof b.prompt === "string") {
+      tokens = await tokenize(b.model, b.prompt);
+    } else {
+      throw badRequest(
+        "missing_input",
+        'send "token_ids" (array of integers) or "prompt" (string)',
+        "token_ids",
+      );
+    }
+    const matches = index.match({ model: b.model, lora: lora as string | null, blockSize }, tokens);
+    const pods = matches
+      .map((m) => ({
+        pod: m.pod,
+        rank: m.rank,
+        stream: m.streamId,
+        matchedBlocks: m.matchedBlocks,
+        matchedTokens: m.matchedBlocks * blockSize,
+        tiers: { GPU: m.tiers.GPU, CPU: m.tiers.CPU, STORAGE: m.tiers.STORAGE },
+      }))
+      .sort(
+        (x, y) =>
+          y.matchedBlocks - x.matchedBlocks || (x.stream < y.stream ? -1 : x.stream > y.stream ? 1 : 0),
+      );
+    return { blockSize, tokens: tokens.length, pods };
+  };
+
+  const builtin = async (req: IncomingMessage, res: ServerResponse, url: URL): Promise<boolean> => {
+    const path = url.pathname;
+    const method = req.method ?? "GET";
+    const get = () => {
+      if (method !== "GET" && method !== "HEAD") throw methodNotAllowed("GET");
+    };
+    if (path === "/healthz") {
+      get();
+      sendJson(res, 200, { status: "ok" });
+      return true;
+    }
+    if (path === "/readyz") {
+      get();
+      const ok = deps.ready ? deps.ready() : true;
+      sendJson(res, ok ? 200 : 503, { status: ok ? "ready" : "not ready" });
+      return true;
+    }
+    if (path === "/metrics") {
+      get();
+      const text = await registry.metrics();
+      res.writeHead(200, { "content-type": registry.contentType, "content-length": Buffer.byteLength(text) });
+      res.end(text);
+      return true;
+    }
+    if (path === "/admin/pods") {
+      get();
+      sendJson(res, 200, podsBody());
+      return true;
+    }
+    if (path.startsWith("/admin/pods/") && path.endsWith("/blocks")) {
+      get();
+      const raw = path.slice("/admin/pods/".length, -"/blocks".length);
+      let name: string;
+      try {
+        name = decodeURIComponent(raw);
+      } catch {
+        throw badRequest("invalid_pod", "bad pod name encoding");
+      }
+      sendJson(res, 200, blocksBody(name, url));
+      return true;
+    }
+    if (path === "/admin/index/match") {
+      if (method !== "POST") throw methodNotAllowed("POST");
+      const raw = await readBody(req, maxBody);
+      let body: unknown;
+      try {
+        body = JSON.parse(raw.toString("utf8"));
+      } catch (err) {
+        throw badRequest("invalid_json", `request body is not valid JSON: ${(err as Error).message}`);
+      }
+      sendJson(res, 200, await matchBody(body));
+      return true;
+    }
+    return false;
+  };
+
+  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<boolean> => {
+    const url = new URL(req.url ?? "/", "http://admin.local");
+    try {
+      const fn = extra.get(`${req.method ?? "GET"} ${url.pathname}`);
+      if (fn) {
+        await fn(req, res, url);
+        return true;
+      }
+      return await builtin(req, res, url);
+    } catch (err) {
+      if (!(err instanceof GatewayError)) {
+        log.error({ event: "admin.error", path: url.pathname, err: String(err) }, "admin request failed");
+      }
+      if (!req.readableEnded) req.resume();
+      sendError(
+        res,
+        err instanceof GatewayError
+          ? err
+          : new GatewayError(500, "server_error", "internal_error", String(err)),
+      );
+      return true;
+    }
+  };
+
+  const handler = (async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    if (await handle(req, res)) return;
+    req.resume();
+    sendError(
+      res,
+      notFoundError(`no route for ${req.method} ${new URL(req.url ?? "/", "http://x").pathname}`),
+    );
+  }) as AdminHandler;
+  handler.handle = handle;
+  handler.route = (method: string, path: string, fn: AdminRouteHandler): AdminHandler => {
+    extra.set(`${method.toUpperCase()} ${path}`, fn);
+    return handler;
+  };
+  return handler;
+}

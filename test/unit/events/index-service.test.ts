@@ -1,0 +1,229 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { type IndexService, startIndexService } from "../../../src/commands/index.ts";
+import { silentLogger } from "../../../src/util/log.ts";
+import { complete, engineTruth, startTestEngine, type TestEngine, writeEngines } from "./engines.ts";
+import { waitFor } from "./fake-publisher.ts";
+
+const MODEL = "Qwen/Qwen3-0.6B";
+
+describe("kvsync index: admin API over real engines", () => {
+  let dir: string;
+  let a: TestEngine;
+  let dp: TestEngine;
+  let svc: IndexService;
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), "kvsync-index-"));
+    a = await startTestEngine("pod-a", { hashSeed: "a", numGpuBlocks: 64, speed: 50 });
+    dp = await startTestEngine("ns/pod-dp", {
+      hashSeed: "d",
+      numGpuBlocks: 64,
+      speed: 50,
+      dataParallelSize: 2,
+    });
+    writeEngines(join(dir, "engines.json"), [a, dp]);
+    svc = await startIndexService({
+      discovery: { engines: join(dir, "engines.json"), debounceMs: 20 },
+      adminPort: 0,
+      log: silentLogger(),
+      subscriber: { replayTimeoutMs: 2000, tailCheckMs: 500 },
+    });
+  });
+  after(async () => {
+    await svc?.close();
+    await a?.running?.close();
+    await dp?.running?.close();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  const get = async (path: string) => {
+    const r = await fetch(`${svc.url}${path}`);
+    return {
+      status: r.status,
+      body: r.headers.get("content-type")?.includes("json") ? await r.json() : await r.text(),
+    };
+  };
+  const post = async (path: string, body: string) => {
+    const r = await fetch(`${svc.url}${path}`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body,
+    });
+    return { status: r.status, body: await r.json() };
+  };
+  const adminBlocks = async (name: string, rank?: number) => {
+    const r = await get(
+      `/admin/pods/${encodeURIComponent(name)}/blocks${rank === undefined ? "" : `?rank=${rank}`}`,
+    );
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    return (r.body as { blocks: Array<{ hash: string; tiers: string[] }> }).blocks
+      .map((b) => ({ hash: b.hash, tiers: [...b.tiers].sort() }))
+      .sort((x, y) => (x.hash < y.hash ? -1 : x.hash > y.hash ? 1 : 0));
+  };
+  const converged = async (e: TestEngine, rank?: number) => {
+    let last: unknown;
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      const [mine, truth] = await Promise.all([adminBlocks(e.name, rank), engineTruth(e, rank)]);
+      if (JSON.stringify(mine) === JSON.stringify(truth)) return mine;
+      last = { mine, truth };
+      if (Date.now() > deadline) assert.fail(`index != engine for ${e.name}: ${JSON.stringify(last)}`);
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  };
+
+  it("health, readiness and /admin/pods (one entry per stream, DP ranks apart)", async () => {
+    assert.deepEqual(await get("/healthz"), { status: 200, body: { status: "ok" } });
+    assert.deepEqual(await get("/readyz"), { status: 200, body: { status: "ready" } });
+    await waitFor(
+      "3 live streams",
+      () => svc.manager.statuses().filter((s) => s.state === "live").length === 3,
+      10_000,
+      () => svc.manager.statuses(),
+    );
+    const pods = (await get("/admin/pods")).body as Array<Record<string, unknown>>;
+    assert.deepEqual(
+      pods.map((p) => [p.name, p.rank, p.stream, p.model, p.state]),
+      [
+        ["ns/pod-dp", 0, "ns/pod-dp#0", MODEL, "live"],
+        ["ns/pod-dp", 1, "ns/pod-dp#1", MODEL, "live"],
+        ["pod-a", null, "pod-a", MODEL, "live"],
+      ],
+    );
+    for (const p of pods) {
+      for (const k of [
+        "lora",
+        "lastSeq",
+        "eventsApplied",
+        "blocks",
+        "decodeErrors",
+        "gaps",
+        "replays",
+        "resyncs",
+      ]) {
+        assert.ok(k in p, `field ${k}`);
+      }
+    }
+  });
+
+  it("blocks equal the engine's /debug/kv-cache; match by token_ids and by prompt", async () => {
+    const prompt = Array.from({ length: 50 }, (_, i) => 1000 + i);
+    assert.equal((await complete(a, prompt)).status, 200);
+    const text = "The quick brown fox jumps over the lazy dog. ".repeat(6);
+    const r = await complete(a, text);
+    assert.equal(r.status, 200);
+    await a.running?.engine.quiesce();
+    const blocks = await converged(a);
+    assert.ok(blocks.length >= 3, `blocks cached: ${blocks.length}`);
+    const pods = (await get("/admin/pods")).body as Array<{
+      stream: string;
+      blocks: number;
+      eventsApplied: number;
+    }>;
+    assert.equal(pods.find((p) => p.stream === "pod-a")?.blocks, blocks.length);
+
+    const m = await post("/admin/index/match", JSON.stringify({ model: MODEL, token_ids: prompt }));
+    assert.equal(m.status, 200);
+    assert.deepEqual(m.body, {
+      blockSize: 16,
+      tokens: 50,
+      pods: [
+        {
+          pod: "pod-a",
+          rank: null,
+          stream: "pod-a",
+          matchedBlocks: 3,
+          matchedTokens: 48,
+          tiers: { GPU: 3, CPU: 0, STORAGE: 0 },
+        },
+      ],
+    });
+    const byPrompt = await post("/admin/index/match", JSON.stringify({ model: MODEL, prompt: text }));
+    assert.equal(byPrompt.status, 200, JSON.stringify(byPrompt.body));
+    const promptTokens = r.body.usage?.prompt_tokens as number;
+    assert.equal(byPrompt.body.tokens, promptTokens);
+    assert.equal(byPrompt.body.pods[0].matchedBlocks, Math.floor(promptTokens / 16));
+    // other namespace: nothing
+    const lora = await post(
+      "/admin/index/match",
+      JSON.stringify({ model: MODEL, lora: "x", token_ids: prompt }),
+    );
+    assert.deepEqual(lora.body.pods, []);
+  });
+
+  it("DP ranks: each rank's blocks equal that rank's cache", async () => {
+    const h = { "content-type": "application/json", "X-data-parallel-rank": "1" };
+    const res = await fetch(`${dp.url}/v1/completions`, {
+      method: "POST",
+      headers: h,
+      body: JSON.stringify({
+        model: MODEL,
+        prompt: Array.from({ length: 40 }, (_, i) => 7000 + i),
+        max_tokens: 2,
+      }),
+    });
+    assert.equal(res.status, 200);
+    await dp.running?.engine.quiesce();
+    const r1 = await converged(dp, 1);
+    const r0 = await converged(dp, 0);
+    assert.ok(r1.length >= 2);
+    assert.equal(r0.length, 0);
+    const all = (await get(`/admin/pods/${encodeURIComponent("ns/pod-dp")}/blocks`)).body as {
+      blocks: Array<{ rank: number }>;
+    };
+    assert.ok(all.blocks.length === r1.length && all.blocks.every((b) => b.rank === 1));
+  });
+
+  it("errors: bad JSON and bad fields → 400 OpenAI-style, unknown pod → 404, wrong method → 405", async () => {
+    const bad = await post("/admin/index/match", "{not json");
+    assert.equal(bad.status, 400);
+    assert.equal(bad.body.error.type, "invalid_request_error");
+    assert.equal(bad.body.error.code, "invalid_json");
+    assert.equal(typeof bad.body.error.message, "string");
+    assert.ok("param" in bad.body.error);
+    const noInput = await post("/admin/index/match", JSON.stringify({ model: MODEL }));
+    assert.equal(noInput.status, 400);
+    const badIds = await post("/admin/index/match", JSON.stringify({ model: MODEL, token_ids: [1, "x"] }));
+    assert.equal(badIds.status, 400);
+    assert.equal(badIds.body.error.param, "token_ids");
+    const noTok = await post("/admin/index/match", JSON.stringify({ model: "no/such-model", prompt: "hi" }));
+    assert.equal(noTok.status, 400);
+    assert.equal(noTok.body.error.code, "no_tokenizer");
+    const unknown = await get("/admin/pods/nope/blocks");
+    assert.equal(unknown.status, 404);
+    assert.equal((unknown.body as { error: { type: string } }).error.type, "invalid_request_error");
+    const r = await fetch(`${svc.url}/admin/index/match`);
+    assert.equal(r.status, 405);
+    assert.equal((await fetch(`${svc.url}/nowhere`)).status, 404);
+  });
+
+  it("/metrics exposes what the docs promise; extra routes can be registered", async () => {
+    const text = (await get("/metrics")).body as string;
+    for (const name of [
+      "kvsync_subscriber_events_applied_total",
+      "kvsync_subscriber_decode_errors_total",
+      "kvsync_subscriber_gaps_total",
+      "kvsync_subscriber_replays_total",
+      "kvsync_subscriber_resyncs_total",
+      "kvsync_subscriber_restarts_total",
+      'kvsync_subscriber_streams{state="live"} 3',
+      "kvsync_index_entries",
+      "kvsync_index_bytes",
+      "kvsync_index_evictions_total",
+      "kvsync_index_apply_duration_seconds_bucket",
+    ]) {
+      assert.ok(text.includes(name), `metrics lack ${name}`);
+    }
+    assert.match(text, /kvsync_subscriber_events_applied_total\{stream="pod-a"\} [1-9]/);
+    svc.admin.route("POST", "/admin/route/explain", (_req, res) => {
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify({ explained: true }));
+    });
+    const ex = await post("/admin/route/explain", "{}");
+    assert.deepEqual(ex, { status: 200, body: { explained: true } });
+  });
+});
