@@ -268,6 +268,17 @@ export function register(program: Command): void {
         portStride: a.portStride as number,
         hosts: a.hosts as string[] | undefined,
       });
+      log.info(
+        {
+          event: "engines.ready",
+          engines: engines.map((e) => ({
+            http: e.httpUrl,
+            events: e.eventsEndpoints,
+            replay: e.replayEndpoints,
+          })),
+        },
+        `${engines.length} mock engine(s) ready`,
+      );
       let stopping = false;
       const stop = async (signal: string) => {
         if (stopping) return;

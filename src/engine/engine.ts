@@ -345,9 +345,14 @@ export async function startEngines(opts: ReplicaOptions): Promise<RunningEngine[
   if (n > 1 && stride === 0 && opts.hosts === undefined && opts.port !== 0) {
     throw new Error("several replicas need --port-stride > 0, --hosts, or ephemeral ports");
   }
+  const log = opts.log ?? createLogger("mock-engine");
   const out: RunningEngine[] = [];
   try {
-    for (let i = 0; i < n; i++) out.push(await startEngine(replicaOptions(opts, i)));
+    for (let i = 0; i < n; i++) {
+      const ro = replicaOptions(opts, i);
+      ro.log = n > 1 ? log.child({ replica: i }) : log;
+      out.push(await startEngine(ro));
+    }
   } catch (err) {
     await Promise.all(out.map((e) => e.close()));
     throw err;

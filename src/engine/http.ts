@@ -1,6 +1,6 @@
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { isTokenizerError } from "../tokenize/errors.ts";
+import { isTokenizerError, type TokenizerError } from "../tokenize/errors.ts";
 import type { ChatRequestLike } from "../tokenize/types.ts";
 import type { MockEngine, Rank } from "./engine.ts";
 import { EngineRequest, type FinishReason, SchedulerFullError } from "./scheduler.ts";
@@ -110,6 +110,12 @@ function isTokenIds(v: unknown): v is number[] {
   return (
     Array.isArray(v) && v.every((x) => typeof x === "number" && Number.isInteger(x) && x >= 0 && x < 2 ** 31)
   );
+}
+
+function tokenizerHttpError(err: TokenizerError): HttpError {
+  if (err.code === "overloaded") return new HttpError(503, err.message);
+  if (err.code === "bad_request") return new HttpError(400, err.message);
+  return new HttpError(500, `tokenizer: ${err.message}`);
 }
 
 interface AbortHooks {
@@ -314,7 +320,7 @@ export async function startHttpServer(
     try {
       prompts = chat ? [await tok.encodeChat(chatRequestOf(body))] : await encodeCompletionPrompt(body);
     } catch (err) {
-      if (isTokenizerError(err)) throw new HttpError(400, err.message);
+      if (isTokenizerError(err)) throw tokenizerHttpError(err);
       throw err;
     }
     if (stream && prompts.length > 1)
@@ -425,7 +431,7 @@ export async function startHttpServer(
         tokens = await tok.encodePrompt(body.prompt, optBool(body, "add_special_tokens") ?? true);
       } else throw new HttpError(400, "give either prompt (a string) or messages", "prompt");
     } catch (err) {
-      if (isTokenizerError(err)) throw new HttpError(400, err.message);
+      if (isTokenizerError(err)) throw tokenizerHttpError(err);
       throw err;
     }
     let tokenStrs: string[] | null = null;
