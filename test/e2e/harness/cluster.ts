@@ -110,7 +110,7 @@ export class Cluster {
     mkdirSync(logDir, { recursive: true });
     let kube: KubeBackend;
     try {
-      kube = await startKube();
+      kube = await startKube(logDir);
     } catch (err) {
       await net.destroy();
       throw err;

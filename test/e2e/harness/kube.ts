@@ -1,3 +1,5 @@
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
 import type { V1Pod } from "@kubernetes/client-node";
 import { startFakeKubeApi } from "../../helpers/fake-kube-api.ts";
 import { registerCleanup } from "./cleanup.ts";
@@ -18,9 +20,24 @@ export interface KubeBackend {
   close(): Promise<void>;
 }
 
-export async function startKube(): Promise<KubeBackend> {
-  const api = await startFakeKubeApi({ host: "127.0.0.1", bookmarkIntervalMs: 1000 });
-  const kubeconfigPath = api.kubeconfigPath();
+const TOKEN = "e2e-token";
+
+export async function startKube(dir: string): Promise<KubeBackend> {
+  const api = await startFakeKubeApi({ host: "127.0.0.1", bookmarkIntervalMs: 1000, token: TOKEN });
+  // plain HTTP: @kubernetes/client-node refuses an http:// server unless TLS verification is
+  // explicitly off, as kubectl users write it for a local API server
+  const kubeconfigPath = join(dir, "kubeconfig.json");
+  writeFileSync(
+    kubeconfigPath,
+    JSON.stringify({
+      apiVersion: "v1",
+      kind: "Config",
+      clusters: [{ name: "e2e", cluster: { server: api.url, "insecure-skip-tls-verify": true } }],
+      users: [{ name: "e2e", user: { token: TOKEN } }],
+      contexts: [{ name: "e2e", context: { cluster: "e2e", user: "e2e" } }],
+      "current-context": "e2e",
+    }),
+  );
   const unregister = registerCleanup({ label: "fake kube api", async: () => api.close(), sync: () => {} });
   return {
     kubeconfigPath,
