@@ -12,7 +12,7 @@ import { EngineMetricsScraper } from "../routing/engine-metrics.ts";
 import { FEEDBACK_DEFAULTS, type FeedbackOptions, PredictionFeedback } from "../routing/feedback.ts";
 import { createPolicy } from "../routing/index.ts";
 import type { KvAwareOptions } from "../routing/kv-aware.ts";
-import { LoadTracker } from "../routing/load.ts";
+import { type LoadTicket, LoadTracker } from "../routing/load.ts";
 import type { PrefixApproxOptions } from "../routing/prefix-approx.ts";
 import type {
   Candidate,
@@ -116,6 +116,8 @@ interface Plan {
   route: RouteRequest;
   decision: RoutingDecision;
   tokenized: boolean;
+  /** load claim on the top candidate, taken in the same tick as the decision (null for explain) */
+  ticket: LoadTicket | null;
 }
 
 interface Ctx {
@@ -266,7 +268,7 @@ export class GatewayCore {
       const body = parseJsonBody(buf);
       const parsed = validateRequest(kind, body);
       ctx.model = parsed.model;
-      const plan = await this.plan(parsed);
+      const plan = await this.plan(parsed, true);
       await this.dispatch(req, res, ctx, path, body, buf, plan);
       return;
     }
@@ -369,7 +371,7 @@ export class GatewayCore {
     }
   }
 
-  private async plan(parsed: ParsedRequest): Promise<Plan> {
+  private async plan(parsed: ParsedRequest, claim: boolean): Promise<Plan> {
     const { ns, candidates } = this.candidatesFor(parsed.model);
     const ids = await this.tokenize(parsed, ns.model, candidates[0]?.http);
     // re-read candidates: readiness or stream states may have changed while tokenizing
@@ -378,13 +380,17 @@ export class GatewayCore {
     const t0 = performance.now();
     const decision = this.policy.route(route);
     this.metrics.routingSeconds.observe({ policy: this.policy.name }, (performance.now() - t0) / 1000);
-    return { parsed, route, decision, tokenized: ids !== null };
+    // claim the load now, so a request routed right after this one already sees it
+    const top = decision.ranked[0];
+    const ticket =
+      claim && top ? this.loads.begin(top.candidate.streamId, route.tokenIds.length - top.savedTokens) : null;
+    return { parsed, route, decision, tokenized: ids !== null, ticket };
   }
 
   /** `POST /admin/route/explain`: every candidate's match, load and score, and the choice. */
   async explain(body: Record<string, unknown>): Promise<ExplainResult> {
     const parsed = validateExplain(body);
-    const plan = await this.plan(parsed);
+    const plan = await this.plan(parsed, false);
     const top = plan.decision.ranked[0];
     return {
       model: parsed.model,
@@ -470,7 +476,10 @@ export class GatewayCore {
       const sc = order[attempt]!;
       const cand = sc.candidate;
       ctx.pod = cand.pod;
-      const ticket = this.loads.begin(cand.streamId, promptTokens - sc.savedTokens);
+      const ticket =
+        attempt === 0 && plan.ticket !== null
+          ? plan.ticket
+          : this.loads.begin(cand.streamId, promptTokens - sc.savedTokens);
       let up: Dispatcher.ResponseData;
       try {
         const headers: Record<string, string> = {
