@@ -31,12 +31,16 @@ export interface TokenizerPoolOptions {
 
 export interface TokenizerPoolStats {
   inline: number;
+  /** long encodes done inline because no worker had loaded the tokenizer yet */
+  coldInline: number;
   offloaded: number;
   inlineFallbacks: number;
   rejected: number;
   queued: number;
   workers: number;
   workerFailures: number;
+  /** workers failed MAX_CONSECUTIVE_FAILURES times in a row: everything is encoded inline */
+  workersDisabled: boolean;
 }
 
 interface Job {
@@ -48,7 +52,13 @@ interface Job {
 interface Slot {
   worker: Worker;
   job: Job | null;
+  /** the worker has loaded the tokenizer (answered its warm-up job) */
+  ready: boolean;
+  warmed: Promise<void>;
 }
+
+/** consecutive worker failures (without a success in between) after which workers are given up */
+const MAX_CONSECUTIVE_FAILURES = 3;
 
 /**
  * Worker bootstrap for running from .ts sources: on Node 20 `execArgv: ["--import", "tsx"]` does not
@@ -87,7 +97,16 @@ export class TokenizerPool implements Tokenizer {
   private closed = false;
   private readonly metrics: TokenizerMetrics | null;
   private readonly log: Logger;
-  private readonly counters = { inline: 0, offloaded: 0, inlineFallbacks: 0, rejected: 0, workerFailures: 0 };
+  private consecutiveFailures = 0;
+  private workersDisabled = false;
+  private readonly counters = {
+    inline: 0,
+    coldInline: 0,
+    offloaded: 0,
+    inlineFallbacks: 0,
+    rejected: 0,
+    workerFailures: 0,
+  };
 
   constructor(base: HfTokenizer, opts: TokenizerPoolOptions = {}) {
     this.base = base;
@@ -121,11 +140,17 @@ export class TokenizerPool implements Tokenizer {
     return this.base.eosTokenIds;
   }
 
-  /** Start all workers and load the tokenizer in each (first offloaded encode is then fast). */
+  /**
+   * Start all workers and wait until each has loaded the tokenizer. Optional: workers also start
+   * on the first long encode, which is done inline while they load.
+   */
   async warm(): Promise<void> {
     this.assertOpen();
-    while (this.slots.length < this.size) this.spawn();
-    await Promise.all(this.slots.map(() => this.submit({ id: 0, dir: this.base.dir, warm: true })));
+    if (this.workersDisabled) {
+      throw new TokenizerError("internal", "tokenizer workers were given up after repeated failures");
+    }
+    this.ensureWorkers();
+    await Promise.all(this.slots.map((s) => s.warmed));
   }
 
   async encodePrompt(prompt: string, addSpecialTokens = true): Promise<number[]> {
@@ -146,7 +171,12 @@ export class TokenizerPool implements Tokenizer {
   }
 
   stats(): TokenizerPoolStats {
-    return { ...this.counters, queued: this.queue.length, workers: this.slots.length };
+    return {
+      ...this.counters,
+      queued: this.queue.length,
+      workers: this.slots.length,
+      workersDisabled: this.workersDisabled,
+    };
   }
 
   async close(): Promise<void> {
@@ -203,10 +233,23 @@ export class TokenizerPool implements Tokenizer {
     return this.base.assemble(segs, ids);
   }
 
-  /** Encode `texts` in a worker (or inline when the queue is full and onFull is "inline"). */
+  private encodeInline(texts: string[], addSpecialTokens: boolean): Uint32Array[] {
+    return texts.map((t) => Uint32Array.from(this.base.encodeRaw(t, addSpecialTokens)));
+  }
+
+  /**
+   * Encode `texts` in a worker; inline while no worker is ready (they are started here) or when
+   * workers were given up; when the queue is full: inline or reject (`onFull`).
+   */
   private async offload(texts: string[], addSpecialTokens: boolean): Promise<Uint32Array[]> {
-    const busy = this.slots.length >= this.size && this.slots.every((s) => s.job !== null);
-    if (busy && this.queue.length >= this.maxQueue) {
+    if (this.workersDisabled || !this.slots.some((s) => s.ready)) {
+      this.ensureWorkers();
+      this.counters.coldInline++;
+      this.count("inline");
+      return this.encodeInline(texts, addSpecialTokens);
+    }
+    const idle = this.slots.some((s) => s.ready && s.job === null);
+    if (!idle && this.queue.length >= this.maxQueue) {
       if (this.onFull === "reject") {
         this.counters.rejected++;
         this.count("rejected");
@@ -214,7 +257,7 @@ export class TokenizerPool implements Tokenizer {
       }
       this.counters.inlineFallbacks++;
       this.count("fallback");
-      return texts.map((t) => Uint32Array.from(this.base.encodeRaw(t, addSpecialTokens)));
+      return this.encodeInline(texts, addSpecialTokens);
     }
     this.counters.offloaded++;
     this.count("worker");
@@ -230,24 +273,37 @@ export class TokenizerPool implements Tokenizer {
     });
   }
 
+  private ensureWorkers(): void {
+    while (!this.closed && !this.workersDisabled && this.slots.length < this.size) this.spawn();
+  }
+
   private spawn(): Slot {
     const worker = startWorker();
     worker.unref();
-    const slot: Slot = { worker, job: null };
-    worker.on("message", (m: WorkerResponse) => {
-      const job = slot.job;
-      if (job === null || job.req.id !== m.id) return;
-      slot.job = null;
-      worker.unref();
-      if ("error" in m) job.reject(new TokenizerError(m.error.code as TokenizerErrorCode, m.error.message));
-      else job.resolve(m.ids);
-      this.pump();
+    let markReady!: () => void;
+    let markFailed!: (e: Error) => void;
+    const warmed = new Promise<void>((res, rej) => {
+      markReady = res;
+      markFailed = rej;
     });
+    warmed.catch(() => {}); // observed via warm() when someone waits
+    const slot: Slot = { worker, job: null, ready: false, warmed };
+    // first job: load the tokenizer in the worker
+    slot.job = {
+      req: { id: this.nextId++, dir: this.base.dir, warm: true },
+      resolve: () => {
+        slot.ready = true;
+        markReady();
+      },
+      reject: markFailed,
+    };
+    worker.postMessage(slot.job.req);
     const fail = (e: Error) => {
       const i = this.slots.indexOf(slot);
       if (i === -1) return; // already removed (close or earlier failure)
       this.slots.splice(i, 1);
       this.counters.workerFailures++;
+      this.consecutiveFailures++;
       this.metrics?.workerFailures.inc({ model: this.base.model });
       this.log.warn(
         {
@@ -256,14 +312,44 @@ export class TokenizerPool implements Tokenizer {
           err: e.message,
           inFlight: slot.job !== null,
         },
-        "tokenizer worker failed; it is replaced on the next job",
+        "tokenizer worker failed; it is replaced on the next long encode",
       );
+      const err = new TokenizerError("internal", `tokenizer worker failed: ${e.message}`, { cause: e });
       const job = slot.job;
       slot.job = null;
-      job?.reject(new TokenizerError("internal", `tokenizer worker failed: ${e.message}`, { cause: e }));
+      markFailed(err);
+      job?.reject(err);
       void worker.terminate();
+      if (this.consecutiveFailures >= MAX_CONSECUTIVE_FAILURES && !this.workersDisabled) {
+        this.workersDisabled = true;
+        this.log.error(
+          { event: "tokenize.workers_disabled", model: this.base.model, failures: this.consecutiveFailures },
+          "tokenizer workers keep failing; encoding inline from now on",
+        );
+        const queued = this.queue.splice(0);
+        for (const q of queued)
+          q.resolve(this.encodeInline(q.req.texts ?? [], q.req.addSpecialTokens === true));
+      }
       this.pump();
     };
+    worker.on("message", (m: WorkerResponse) => {
+      const job = slot.job;
+      if (job === null || job.req.id !== m.id) return;
+      if ("error" in m && job.req.warm) {
+        // could not even load the tokenizer: a failed worker
+        fail(new Error(`loading the tokenizer failed: ${m.error.message}`));
+        return;
+      }
+      slot.job = null;
+      worker.unref();
+      if ("error" in m) {
+        job.reject(new TokenizerError(m.error.code as TokenizerErrorCode, m.error.message));
+      } else {
+        this.consecutiveFailures = 0;
+        job.resolve(m.ids);
+      }
+      this.pump();
+    });
     worker.on("error", fail);
     worker.on("exit", (code) => fail(new Error(`worker exited with code ${code}`)));
     this.slots.push(slot);
@@ -273,14 +359,22 @@ export class TokenizerPool implements Tokenizer {
   private pump(): void {
     if (this.closed) return;
     while (this.queue.length > 0) {
-      let slot = this.slots.find((s) => s.job === null);
-      if (slot === undefined && this.slots.length < this.size) slot = this.spawn();
-      if (slot === undefined) return;
+      const slot = this.slots.find((s) => s.ready && s.job === null);
+      if (slot === undefined) {
+        // nobody can take it now: make sure replacements are coming (they pump when ready)
+        this.ensureWorkers();
+        if (this.workersDisabled) {
+          for (const q of this.queue.splice(0)) {
+            q.resolve(this.encodeInline(q.req.texts ?? [], q.req.addSpecialTokens === true));
+          }
+        }
+        break;
+      }
       const job = this.queue.shift()!;
       slot.job = job;
       slot.worker.ref();
       slot.worker.postMessage(job.req);
-      this.metrics?.queueDepth.set({ model: this.base.model }, this.queue.length);
     }
+    this.metrics?.queueDepth.set({ model: this.base.model }, this.queue.length);
   }
 }

@@ -1,12 +1,9 @@
 import assert from "node:assert/strict";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { Registry } from "prom-client";
-import {
-  type HfTokenizer,
-  loadTokenizer,
-  TokenizerError,
-  TokenizerPool,
-} from "../../../src/tokenize/index.ts";
+import { HfTokenizer, loadTokenizer, TokenizerError, TokenizerPool } from "../../../src/tokenize/index.ts";
 import { silentLogger } from "../../../src/util/log.ts";
 import { mixedText, refEncode } from "./reference.ts";
 
@@ -28,6 +25,7 @@ function pool(opts: ConstructorParameters<typeof TokenizerPool>[1]): TokenizerPo
 describe("TokenizerPool", () => {
   test("worker-encoded ids equal inline ids (completions and chats, long and short)", async () => {
     const p = pool({ size: 1, inlineMaxChars: 200 });
+    await p.warm();
     const long = mixedText(99, 3000);
     const short = "Hello world";
     assert.deepEqual(await p.encodePrompt(long), base.encodeRaw(long, true));
@@ -52,6 +50,7 @@ describe("TokenizerPool", () => {
 
   test("concurrent long prompts: all answered correctly, queue bounded with inline fallback", async () => {
     const p = pool({ size: 1, maxQueue: 1, inlineMaxChars: 100, onFull: "inline" });
+    await p.warm();
     const texts = Array.from({ length: 5 }, (_, i) => mixedText(500 + i, 1500, false));
     const got = await Promise.all(texts.map((t) => p.encodePrompt(t)));
     for (const [i, ids] of got.entries()) assert.deepEqual(ids, base.encodeRaw(texts[i], true));
@@ -64,6 +63,7 @@ describe("TokenizerPool", () => {
 
   test("onFull reject gives a typed overloaded error", async () => {
     const p = pool({ size: 1, maxQueue: 0, inlineMaxChars: 100, onFull: "reject" });
+    await p.warm();
     const texts = Array.from({ length: 3 }, (_, i) => mixedText(700 + i, 1500, false));
     const results = await Promise.allSettled(texts.map((t) => p.encodePrompt(t)));
     const ok = results.filter((r) => r.status === "fulfilled");
@@ -79,6 +79,7 @@ describe("TokenizerPool", () => {
 
   test("close rejects waiting jobs and later calls", async () => {
     const p = pool({ size: 1, maxQueue: 8, inlineMaxChars: 10 });
+    await p.warm();
     const pending = [p.encodePrompt(mixedText(1, 2000, false)), p.encodePrompt(mixedText(2, 2000, false))];
     const settled = Promise.allSettled(pending);
     await p.close();
@@ -91,6 +92,18 @@ describe("TokenizerPool", () => {
       (e: unknown) => e instanceof TokenizerError && e.code === "closed",
     );
     assert.equal(p.stats().workers, 0);
+  });
+
+  test("a cold pool encodes inline while its workers load, then uses them", async () => {
+    const p = pool({ size: 1, inlineMaxChars: 10 });
+    const text = mixedText(31, 800);
+    assert.deepEqual(await p.encodePrompt(text), base.encodeRaw(text, true));
+    assert.equal(p.stats().coldInline, 1);
+    assert.equal(p.stats().workers, 1, "the first long encode starts the workers");
+    await p.warm();
+    const text2 = mixedText(32, 800);
+    assert.deepEqual(await p.encodePrompt(text2), base.encodeRaw(text2, true));
+    assert.equal(p.stats().offloaded, 1);
   });
 
   test("warm starts the workers and loads the tokenizer there", async () => {
@@ -129,9 +142,14 @@ describe("TokenizerPool", () => {
     const err = await settled;
     assert.ok(err instanceof TokenizerError && err.code === "internal", String(err));
     assert.equal(p.stats().workerFailures, 1);
+    // the next long encode runs inline while a replacement worker starts
     const text = mixedText(902, 500);
     assert.deepEqual(await p.encodePrompt(text), base.encodeRaw(text, true));
+    assert.equal(p.stats().coldInline, 1);
     assert.equal(p.stats().workers, 1);
+    await p.warm();
+    const text2 = mixedText(903, 500);
+    assert.deepEqual(await p.encodePrompt(text2), base.encodeRaw(text2, true));
     const metrics = await registry.getMetricsAsJSON();
     const value = (name: string, labels: Record<string, string>) =>
       metrics
@@ -141,4 +159,33 @@ describe("TokenizerPool", () => {
     assert.equal(value("kvsync_tokenizer_encodes_total", { model: base.model, path: "worker" }), 2);
     assert.ok((value("kvsync_tokenizer_segments_total", { model: base.model, result: "miss" }) ?? 0) >= 2);
   });
+
+  test("workers that cannot load the tokenizer are given up after 3 failures; encodes stay correct", async () => {
+    // same tokenizer in this thread, but workers are pointed at a directory without tokenizer.json
+    const broken = new HfTokenizer(base.model, {
+      ...base.core,
+      dir: join(tmpdir(), "kvsync-no-such-tokenizer"),
+    });
+    const p = new TokenizerPool(broken, { size: 1, inlineMaxChars: 10, log: silentLogger() });
+    pools.push(p);
+    for (let k = 1; k <= 3; k++) {
+      const text = mixedText(950 + k, 300);
+      assert.deepEqual(await p.encodePrompt(text), base.encodeRaw(text, true));
+      await waitFor(() => p.stats().workerFailures >= k, 20_000, `worker failure #${k}`);
+    }
+    assert.equal(p.stats().workersDisabled, true);
+    assert.equal(p.stats().workers, 0);
+    const text = mixedText(960, 300);
+    assert.deepEqual(await p.encodePrompt(text), base.encodeRaw(text, true));
+    assert.equal(p.stats().workers, 0, "no more workers are started");
+    await assert.rejects(p.warm(), (e: unknown) => e instanceof TokenizerError);
+  });
 });
+
+async function waitFor(cond: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
