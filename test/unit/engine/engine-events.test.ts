@@ -404,3 +404,23 @@ test("reset_prefix_cache emits AllBlocksCleared and clears both tiers", async ()
   const last = replayed.at(-2)!;
   assert.deepEqual(decodeBatch(last.payload).batch.events, [{ type: "AllBlocksCleared" }]);
 });
+
+test("a tight cache preempts and recomputes, every request still completes with exact token counts", async () => {
+  const e = await start({ blockSize: 4, numGpuBlocks: 12, maxNumSeqs: 4, maxNumBatchedTokens: 64 });
+  const [m] = mirrors(e);
+  const results = await Promise.all(
+    Array.from({ length: 6 }, (_, i) =>
+      complete(e, { prompt: Array.from({ length: 10 }, (_, k) => 100 * (i + 1) + k), max_tokens: 14 }),
+    ),
+  );
+  for (const r of results) {
+    assert.equal(r.status, 200);
+    const usage = r.body.usage as { completion_tokens: number; prompt_tokens: number };
+    assert.equal(usage.completion_tokens, 14);
+    assert.equal(usage.prompt_tokens, 10);
+  }
+  assert.ok(e.engine.ranks[0].scheduler.preemptions > 0, "the workload needed preemption");
+  const metrics = await (await fetch(`${e.httpUrl}/metrics`)).text();
+  assert.match(metrics, /^vllm:num_preemptions_total\{[^}]*\} [1-9]/m);
+  await assertMirrorsEqualTruth(e, [m]);
+});

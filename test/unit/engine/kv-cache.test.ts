@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
+import fc from "fast-check";
 import { type Digest, extendDigests, rootDigest } from "../../../src/engine/block-hash.ts";
 import { type CacheRequest, KvCache } from "../../../src/engine/kv-cache.ts";
 import type { KvEvent } from "../../../src/protocol/types.ts";
@@ -159,4 +160,92 @@ test("CPU tier evicts its own LRU with BlockRemoved medium CPU", () => {
   assert.deepEqual(cpuRemoved[0].blockHashes, [`b${a.digests[0]}`]);
   assert.equal(c.stats().cpuCachedHashes, 3);
   assert.equal(c.stats().cpuEvictions, 1);
+});
+
+test("property: random allocate/grow/free/reset keeps ref counts, free queue and events consistent", () => {
+  type Cmd =
+    | { t: "start"; prefix: number; len: number; lora: boolean }
+    | { t: "grow"; which: number; n: number }
+    | { t: "free"; which: number }
+    | { t: "reset" };
+  const cmd = fc.oneof(
+    fc.record({
+      t: fc.constant("start" as const),
+      prefix: fc.integer({ min: 0, max: 3 }),
+      len: fc.integer({ min: 1, max: 14 }),
+      lora: fc.boolean(),
+    }),
+    fc.record({ t: fc.constant("grow" as const), which: fc.nat(), n: fc.integer({ min: 1, max: 6 }) }),
+    fc.record({ t: fc.constant("free" as const), which: fc.nat() }),
+    fc.record({ t: fc.constant("reset" as const) }),
+  );
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 2, max: 10 }),
+      fc.constantFrom(0, 3, 8),
+      fc.array(cmd, { maxLength: 60 }),
+      (gpu, cpu, cmds) => {
+        const c = mkCache(gpu, cpu);
+        const live: CacheRequest[] = [];
+        const mirror = new Map<string, Set<string>>();
+        const apply = () => {
+          for (const ev of c.drainEvents()) {
+            if (ev.type === "AllBlocksCleared") mirror.clear();
+            else
+              for (const h of ev.blockHashes) {
+                const tier = ev.medium ?? "GPU";
+                const s = mirror.get(h) ?? new Set<string>();
+                if (ev.type === "BlockStored") s.add(tier);
+                else s.delete(tier);
+                if (s.size > 0) mirror.set(h, s);
+                else mirror.delete(h);
+              }
+          }
+        };
+        let nextTok = 10_000;
+        for (const k of cmds) {
+          if (k.t === "start") {
+            const tokens = [...seq(k.prefix * 100, 4 * k.prefix), ...seq(nextTok, k.len)];
+            nextTok += k.len;
+            const r = mkReq(tokens, k.lora ? "a" : null);
+            const hit = c.lookup(r, Math.floor((tokens.length - 1) / BS));
+            const hitTokens = (hit.gpuBlocks.length + hit.cpuBlocks) * BS;
+            if (c.allocate(r, tokens.length, hit, tokens.length)) {
+              assert.ok(hitTokens < tokens.length);
+              live.push(r);
+            } else assert.equal(r.blocks.length, 0);
+          } else if (k.t === "grow" && live.length > 0) {
+            const r = live[k.which % live.length];
+            const before = r.tokens.length;
+            for (let i = 0; i < k.n; i++) r.tokens.push(nextTok++);
+            extendDigests(r.digests, root, r.tokens, BS, r.loraName ?? "");
+            if (!c.allocate(r, r.tokens.length, null, r.tokens.length)) r.tokens.length = before;
+            r.digests.length = Math.min(r.digests.length, Math.floor(r.tokens.length / BS));
+          } else if (k.t === "free" && live.length > 0) {
+            const [r] = live.splice(k.which % live.length, 1);
+            c.free(r);
+          } else if (k.t === "reset") {
+            assert.equal(
+              c.reset(),
+              live.every((r) => r.blocks.length === 0),
+            );
+          }
+          apply();
+          // invariants
+          const holders = new Map<number, number>();
+          for (const r of live) for (const b of r.blocks) holders.set(b.id, (holders.get(b.id) ?? 0) + 1);
+          const st = c.stats();
+          assert.equal(st.gpuFree + holders.size, gpu, "every block is either free or held");
+          assert.ok(st.cpuCachedHashes <= cpu);
+          const truth = new Map(c.snapshot().map((s) => [`b${s.digest}`, s.tiers.slice().sort().join(",")]));
+          assert.deepEqual(
+            new Map([...mirror].map(([h, t]) => [h, [...t].sort().join(",")])),
+            truth,
+            "events rebuild the cache exactly",
+          );
+        }
+      },
+    ),
+    { numRuns: 300 },
+  );
 });
