@@ -163,11 +163,6 @@ test("CPU tier evicts its own LRU with BlockRemoved medium CPU", () => {
 });
 
 test("property: random allocate/grow/free/reset keeps ref counts, free queue and events consistent", () => {
-  type Cmd =
-    | { t: "start"; prefix: number; len: number; lora: boolean }
-    | { t: "grow"; which: number; n: number }
-    | { t: "free"; which: number }
-    | { t: "reset" };
   const cmd = fc.oneof(
     fc.record({
       t: fc.constant("start" as const),
