@@ -8,7 +8,7 @@ import { startHttpServer } from "./http.ts";
 import { KvCache } from "./kv-cache.ts";
 import { EngineMetrics } from "./metrics.ts";
 import { DEFAULT_ENGINE_OPTIONS, type EngineOptions, mulberry32, validateOptions } from "./options.ts";
-import { EventPublisher, offsetEndpoint, withHost } from "./publisher.ts";
+import { EventPublisher, offsetEndpoint, pubShouldBind, withHost } from "./publisher.ts";
 import { Scheduler } from "./scheduler.ts";
 
 /** One data-parallel rank: its own KV cache, scheduler and event publisher. */
@@ -74,6 +74,7 @@ export class MockEngine {
           ? null
           : new EventPublisher({
               endpoint: offsetEndpoint(o.eventsEndpoint, r),
+              bind: o.eventsBind,
               replayEndpoint: o.replayEndpoint === null ? null : offsetEndpoint(o.replayEndpoint, r),
               topic: o.topic,
               format: o.eventFormat,
@@ -329,6 +330,13 @@ export function replicaOptions(opts: ReplicaOptions, i: number): StartOptions {
     const shifted = offsetEndpoint(v, shift);
     return host === undefined ? shifted : withHost(shifted, host);
   };
+  const events =
+    opts.eventsEndpoint === undefined ? DEFAULT_ENGINE_OPTIONS.eventsEndpoint : opts.eventsEndpoint;
+  // the bind/connect decision is made on the endpoint as given ("tcp://*:5557" binds), before
+  // the replica's host replaces the wildcard
+  if (host !== undefined && events !== null && (opts.eventsBind ?? null) === null) {
+    o.eventsBind = pubShouldBind(events);
+  }
   o.eventsEndpoint = ep(opts.eventsEndpoint, DEFAULT_ENGINE_OPTIONS.eventsEndpoint);
   o.replayEndpoint = ep(opts.replayEndpoint, DEFAULT_ENGINE_OPTIONS.replayEndpoint);
   if (host !== undefined) o.host = host;

@@ -27,6 +27,8 @@ export interface EngineOptions {
   eventsEndpoint: string | null;
   /** null disables replay */
   replayEndpoint: string | null;
+  /** force PUB bind (true) / connect (false); null = vLLM's rule on the endpoint text */
+  eventsBind: boolean | null;
   topic: string;
   replayBufferSteps: number;
   dataParallelSize: number;
@@ -66,6 +68,7 @@ export const DEFAULT_ENGINE_OPTIONS: EngineOptions = {
   eventFormat: "map",
   eventsEndpoint: "tcp://*:5557",
   replayEndpoint: "tcp://*:5558",
+  eventsBind: null,
   topic: "",
   replayBufferSteps: 10_000,
   dataParallelSize: 1,

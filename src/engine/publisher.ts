@@ -53,6 +53,8 @@ export function withHost(endpoint: string, host: string): string {
 
 export interface PublisherOptions {
   endpoint: string;
+  /** null = vLLM's rule (pubShouldBind) */
+  bind?: boolean | null;
   replayEndpoint: string | null;
   topic: string;
   format: EventFormat;
@@ -115,7 +117,7 @@ export class EventPublisher {
 
   async start(): Promise<void> {
     const ep = this.o.endpoint;
-    if (pubShouldBind(ep)) {
+    if (this.o.bind ?? pubShouldBind(ep)) {
       await this.pub.bind(ep);
       this.eventsEndpoint = this.pub.lastEndpoint ?? ep;
     } else {

@@ -292,6 +292,11 @@ test("replicas: independent engines in one process, port stride and hosts", asyn
   assert.equal(h.host, "10.0.0.2");
   assert.equal(h.port, 8000);
   assert.equal(h.eventsEndpoint, "tcp://10.0.0.2:5557");
+  assert.equal(h.eventsBind, true, "tcp://*:5557 binds, also once the host is filled in");
+  assert.equal(
+    replicaOptions({ eventsEndpoint: "tcp://10.9.9.9:5557", hosts: ["10.0.0.1"] }, 0).eventsBind,
+    false,
+  );
   assert.equal(offsetEndpoint("tcp://*:5557", 3), "tcp://*:5560");
   assert.equal(offsetEndpoint("ipc:///tmp/kv", 1), "ipc:///tmp/kv_dp1");
   assert.equal(withHost("tcp://*:5557", "::1"), "tcp://[::1]:5557");
@@ -314,11 +319,17 @@ test("replicas: independent engines in one process, port stride and hosts", asyn
   assert.match(engines[1].httpUrl, /^http:\/\/127\.0\.0\.2:/);
   assert.match(engines[1].eventsEndpoint!, /^tcp:\/\/127\.0\.0\.2:[1-9]/);
   assert.match(engines[1].replayEndpoint!, /^tcp:\/\/127\.0\.0\.2:[1-9]/);
+  // the replica's PUB is bound on its host: a subscriber there receives its events
+  const sub = new MirrorSubscriber(engines[1].eventsEndpoint!, engines[1].replayEndpoint).start();
+  open.push(sub);
   const prompt = Array.from({ length: 40 }, (_, i) => i + 1);
   await client(engines[0]).completions.create({ model: MODEL, prompt, max_tokens: 1 });
   const r = await client(engines[1]).completions.create({ model: MODEL, prompt, max_tokens: 1 });
   assert.equal(r.usage?.prompt_tokens_details?.cached_tokens, 0, "replicas do not share a cache");
   assert.equal(engines[0].engine.tokenizer, engines[1].engine.tokenizer, "one shared tokenizer");
+  await engines[1].engine.quiesce();
+  await sub.catchUp();
+  await waitFor(() => sub.blocks.size === 2, "replica 1's events (2 blocks of 16)");
 });
 
 test("CLI: kvsync mock-engine serves and shuts down cleanly on SIGTERM", async () => {
