@@ -13,6 +13,8 @@ export interface SegmentCacheOptions {
   maxEntries?: number;
   /** max total cached token ids (default 2,000,000 ≈ 8 MB of ids) */
   maxTokens?: number;
+  /** max total chars of cached segment texts (the keys; default 16,000,000) */
+  maxChars?: number;
   /** segments longer than this are not cached (default 2,000,000 chars) */
   maxSegmentChars?: number;
 }
@@ -22,6 +24,7 @@ export interface SegmentCacheStats {
   misses: number;
   entries: number;
   tokens: number;
+  chars: number;
   evictions: number;
 }
 
@@ -29,8 +32,10 @@ export class SegmentCache {
   private readonly map = new Map<string, Uint32Array>();
   private readonly maxEntries: number;
   private readonly maxTokens: number;
+  private readonly maxChars: number;
   readonly maxSegmentChars: number;
   private tokens = 0;
+  private chars = 0;
   private hits = 0;
   private misses = 0;
   private evictions = 0;
@@ -38,7 +43,8 @@ export class SegmentCache {
   constructor(opts: SegmentCacheOptions = {}) {
     this.maxEntries = Math.max(1, opts.maxEntries ?? 4096);
     this.maxTokens = Math.max(1, opts.maxTokens ?? 2_000_000);
-    this.maxSegmentChars = Math.max(1, opts.maxSegmentChars ?? 2_000_000);
+    this.maxChars = Math.max(1, opts.maxChars ?? 16_000_000);
+    this.maxSegmentChars = Math.min(this.maxChars, Math.max(1, opts.maxSegmentChars ?? 2_000_000));
   }
 
   get(segment: string): Uint32Array | undefined {
@@ -60,16 +66,19 @@ export class SegmentCache {
     if (prev !== undefined) {
       this.map.delete(segment);
       this.tokens -= prev.length;
+      this.chars -= segment.length;
     }
     const arr = ids instanceof Uint32Array ? ids : Uint32Array.from(ids);
     this.map.set(segment, arr);
     this.tokens += arr.length;
-    while (this.map.size > this.maxEntries || this.tokens > this.maxTokens) {
+    this.chars += segment.length;
+    while (this.map.size > this.maxEntries || this.tokens > this.maxTokens || this.chars > this.maxChars) {
       const oldest = this.map.keys().next();
       if (oldest.done) break;
       const v = this.map.get(oldest.value)!;
       this.map.delete(oldest.value);
       this.tokens -= v.length;
+      this.chars -= oldest.value.length;
       this.evictions++;
     }
   }
@@ -77,6 +86,7 @@ export class SegmentCache {
   clear(): void {
     this.map.clear();
     this.tokens = 0;
+    this.chars = 0;
   }
 
   stats(): SegmentCacheStats {
@@ -85,6 +95,7 @@ export class SegmentCache {
       misses: this.misses,
       entries: this.map.size,
       tokens: this.tokens,
+      chars: this.chars,
       evictions: this.evictions,
     };
   }

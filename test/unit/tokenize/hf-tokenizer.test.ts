@@ -30,6 +30,20 @@ describe("known Qwen2/Qwen3 ids", () => {
     );
   });
 
+  test("pre-tokenization follows the Qwen2 split regex (contractions, digits, whitespace runs)", async () => {
+    assert.deepEqual(await tok.encodePrompt("system"), [8948]);
+    const pre = (tok.core.hf.pre_tokenizer as unknown as { pre_tokenize_text(s: string): string[] })
+      .pre_tokenize_text;
+    const preTok = (s: string) => pre.call(tok.core.hf.pre_tokenizer, s);
+    // (?i:'s|'t|'re|'ve|'m|'ll|'d) is case-insensitive; \p{N} splits digits one by one;
+    // \s+(?!\S) leaves the last space of a run to the next word; NBSP is whitespace (byte-level "Âł")
+    assert.deepEqual(preTok("DON'T we'LL I'm"), ["DON", "'T", "Ġwe", "'LL", "ĠI", "'m"]);
+    assert.deepEqual(preTok("12345"), ["1", "2", "3", "4", "5"]);
+    assert.deepEqual(preTok("Hello   world"), ["Hello", "ĠĠ", "Ġworld"]);
+    assert.deepEqual(preTok("x\u00a0\u00a0y"), ["x", "Âł", "Âły"]);
+    assert.deepEqual(preTok("a\n\n\nb"), ["a", "ĊĊĊ", "b"]);
+  });
+
   test("Qwen3 adds no BOS for completions and eos is <|im_end|>", async () => {
     assert.deepEqual(await tok.encodePrompt("Hello", true), await tok.encodePrompt("Hello", false));
     assert.deepEqual(tok.eosTokenIds, [151645]);

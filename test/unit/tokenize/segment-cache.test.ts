@@ -187,6 +187,16 @@ describe("SegmentCache bounds", () => {
     assert.deepEqual([...(c.get("e") ?? [])], [1, 2, 3, 4, 5, 6, 7, 8]);
     assert.ok(s.evictions >= 2);
   });
+  test("bounded by total key chars too", () => {
+    const c = new SegmentCache({ maxChars: 10 });
+    c.set("aaaa", [1]);
+    c.set("bbbb", [2]);
+    c.set("cccc", [3]); // 12 chars > 10 → evict "aaaa"
+    assert.equal(c.get("aaaa"), undefined);
+    assert.equal(c.stats().chars, 8);
+    assert.equal(c.stats().entries, 2);
+  });
+
   test("oversized entries are not cached", () => {
     const c = new SegmentCache({ maxTokens: 4, maxSegmentChars: 5 });
     c.set("abcdefg", [1]);
