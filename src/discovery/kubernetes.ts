@@ -1,4 +1,6 @@
 import { existsSync } from "node:fs";
+import { createInterface } from "node:readline";
+import { Readable } from "node:stream";
 import {
   HttpMethod,
   KubeConfig,
@@ -12,6 +14,7 @@ import type { Registry } from "prom-client";
 import { fetch } from "undici";
 import { createLogger, type Logger } from "../util/log.ts";
 import { type DiscoveryMetrics, discoveryMetrics } from "./metrics.ts";
+import { samePod } from "./pod-set.ts";
 import type { DiscoveryEvent, DiscoverySource, PodInfo } from "./types.ts";
 
 /** Labels and annotations read from engine pods (AIBrix's labels, plus kvsync's annotations). */
@@ -151,7 +154,7 @@ export interface KubernetesSourceOptions {
   kubeConfig?: KubeConfig;
   /** full relist period (ms) on top of the watch; 0 = never. Default 5 min. */
   resyncMs?: number;
-  /** a list call slower than this counts as an outage (ms). Default 10 s. */
+  /** a list call, or a watch's response headers, slower than this counts as an outage (ms). Default 10 s. */
   listTimeoutMs?: number;
   /** a watch silent for this long is restarted (ms). Default 60 s; bookmarks keep it alive. */
   watchIdleTimeoutMs?: number;
@@ -181,34 +184,116 @@ export function loadKubeConfig(path?: string): KubeConfig {
   return kc;
 }
 
-/** A Watch that asks for bookmarks, a server-side timeout, and reports every event it sees. */
-class BookmarkWatch extends Watch {
+type WatchCallback = (phase: string, apiObj: unknown, watchObj?: unknown) => void;
+
+/**
+ * The watch transport under client-node's `ListWatch` informer: asks for bookmarks and a
+ * server-side timeout, and separates two timeouts the stock `Watch` merges: no response headers
+ * within `connectTimeoutMs` is an error (an outage: the informer reports it and is rebuilt),
+ * while silence on an open stream for `idleTimeoutMs` is a `TimeoutError` (the informer
+ * resumes from its resourceVersion). Reports connection and every event for health tracking.
+ */
+class InformerWatch extends Watch {
   constructor(
     config: KubeConfig,
-    private readonly timeoutSeconds: number,
-    idleTimeoutMs: number,
+    private readonly t: { timeoutSeconds: number; connectTimeoutMs: number; idleTimeoutMs: number },
     private readonly onActivity: () => void,
   ) {
     super(config);
-    // the client restarts a watch that has been silent this long (its inactivity timeout)
-    (this as unknown as { requestTimeoutMs: number }).requestTimeoutMs = idleTimeoutMs;
   }
 
-  override watch(
+  override async watch(
     path: string,
     queryParams: Record<string, string | number | boolean | undefined>,
-    callback: (phase: string, apiObj: unknown, watchObj?: unknown) => void,
+    callback: WatchCallback,
     done: (err: unknown) => void,
   ): Promise<AbortController> {
-    return super.watch(
-      path,
-      { ...queryParams, allowWatchBookmarks: true, timeoutSeconds: this.timeoutSeconds },
-      (phase, obj, watchObj) => {
+    const controller = new AbortController();
+    let finished = false;
+    let timer: NodeJS.Timeout | undefined;
+    const finish = (err: unknown) => {
+      if (finished) return;
+      finished = true;
+      clearTimeout(timer);
+      controller.abort();
+      done(err);
+    };
+    const arm = (ms: number, kind: "connect" | "idle") => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        const e = new Error(
+          kind === "connect"
+            ? `watch ${path}: no response within ${ms} ms`
+            : `watch ${path}: silent for ${ms} ms`,
+        );
+        // "TimeoutError" makes ListWatch resume quietly; anything else is reported as an error
+        e.name = kind === "connect" ? "WatchConnectTimeout" : "TimeoutError";
+        finish(e);
+      }, ms);
+      timer.unref();
+    };
+    try {
+      const cluster = this.config.getCurrentCluster();
+      if (!cluster) throw new Error("no current cluster in kubeconfig");
+      const url = new URL(cluster.server.replace(/\/+$/, "") + path);
+      const params: Record<string, string | number | boolean | undefined> = {
+        ...queryParams,
+        watch: true,
+        allowWatchBookmarks: true,
+        timeoutSeconds: this.t.timeoutSeconds,
+      };
+      for (const [k, v] of Object.entries(params))
+        if (v !== undefined && v !== "") url.searchParams.set(k, String(v));
+      const ctx = new RequestContext(url.toString(), HttpMethod.GET);
+      await this.config.applySecurityAuthentication(ctx);
+      arm(this.t.connectTimeoutMs, "connect");
+      const res = await fetch(url, {
+        method: "GET",
+        headers: { ...ctx.getHeaders(), Accept: "application/json" },
+        dispatcher: ctx.getDispatcher(),
+        signal: controller.signal,
+      });
+      if (res.status !== 200) {
+        const text = await res.text().catch(() => "");
+        let msg = text.slice(0, 200);
+        try {
+          msg = (JSON.parse(text) as { message?: string }).message ?? msg;
+        } catch {}
+        const e = new Error(`watch ${path}: HTTP ${res.status} ${msg}`.trim()) as Error & {
+          statusCode: number;
+        };
+        e.statusCode = res.status;
+        throw e;
+      }
+      if (!res.body) throw new Error(`watch ${path}: no body`);
+      this.onActivity();
+      arm(this.t.idleTimeoutMs, "idle");
+      const body = Readable.fromWeb(res.body as import("node:stream/web").ReadableStream);
+      // Once the stream is established, a cut connection is a normal end of the watch: the
+      // informer resumes from its resourceVersion (and an unreachable server then fails that).
+      const ended = () => finish(null);
+      body.on("error", ended);
+      body.on("close", ended);
+      const lines = createInterface({ input: body, crlfDelay: Number.POSITIVE_INFINITY });
+      lines.on("line", (line) => {
+        if (finished) return;
+        arm(this.t.idleTimeoutMs, "idle");
+        let data: { type?: string; object?: unknown };
+        try {
+          data = JSON.parse(line);
+        } catch {
+          return; // a torn line; the informer relists on the next error if state drifted
+        }
+        if (typeof data?.type !== "string") return;
         this.onActivity();
-        callback(phase, obj, watchObj);
-      },
-      done,
-    );
+        callback(data.type, data.object, data);
+      });
+      lines.on("error", ended);
+      lines.on("close", ended);
+    } catch (err) {
+      finish(controller.signal.aborted && finished ? null : err);
+    }
+    return controller;
   }
 }
 
@@ -376,10 +461,13 @@ export class KubernetesSource implements DiscoverySource {
     if (this.stopped) return;
     const gen = ++s.gen;
     const live = () => gen === s.gen && !this.stopped;
-    const watch = new BookmarkWatch(
+    const watch = new InformerWatch(
       this.kc,
-      this.opts.watchTimeoutSeconds,
-      this.opts.watchIdleTimeoutMs,
+      {
+        timeoutSeconds: this.opts.watchTimeoutSeconds,
+        connectTimeoutMs: this.opts.listTimeoutMs,
+        idleTimeoutMs: this.opts.watchIdleTimeoutMs,
+      },
       () => {
         if (live()) this.healthy(s);
       },
@@ -508,7 +596,9 @@ export class KubernetesSource implements DiscoverySource {
       }
       return;
     }
+    const prev = this.known.get(key);
     this.known.set(key, { scope: s, info });
+    if (prev && samePod(prev.info, info)) return; // e.g. the informer's ADD right after our list
     this.updateGauges();
     this.emit({ type: "upsert", pod: info });
   }
