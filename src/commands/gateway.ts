@@ -262,46 +262,56 @@ export function register(program: Command): void {
     )
     .action(async (o: GatewayCliOptions & Record<string, unknown>) => {
       const log = createLogger("gateway");
-      const gw = await startGateway({
-        host: o.host,
-        port: o.port,
-        adminHost: o.adminHost,
-        adminPort: o.adminPort,
-        discovery: discoveryOptionsFrom(o),
-        policy: o.policy,
-        tokenizers: o.tokenizer ?? [],
-        tokenizerPool: o.tokenizerPool,
-        defaultBlockSize: o.blockSize,
-        connectTimeoutMs: o.connectTimeoutMs,
-        headersTimeoutMs: o.headersTimeoutMs,
-        bodyTimeoutMs: o.bodyTimeoutMs,
-        maxBodyBytes: o.maxBodyBytes,
-        connectionsPerPod: o.connectionsPerPod,
-        scrapeEngineMetrics: o.scrapeEngineMetrics === true,
-        scrapeIntervalMs: o.scrapeIntervalMs,
-        kvAware: {
-          gpuWeight: o.gpuWeight,
-          cpuWeight: o.cpuWeight,
-          storageWeight: o.storageWeight,
-          runningRequestCost: o.runningRequestCost,
-          waitingRequestTokens: o.waitingRequestTokens,
-          kvUsageWatermark: o.kvUsageWatermark,
-          kvUsagePenalty: o.kvUsagePenalty,
-        },
-        prefixApprox: {
-          ttlMs: o.prefixTtlMs,
-          maxBlocks: o.prefixMaxBlocks,
-          matchThreshold: o.prefixMatchThreshold,
-          balanceAbsThreshold: o.balanceAbsThreshold,
-          balanceRelThreshold: o.balanceRelThreshold,
-        },
-        seed: o.seed,
-        indexOptions: {
-          ...(o.maxIndexEntries !== undefined ? { maxEntries: o.maxIndexEntries } : {}),
-          ...(o.maxIndexEntriesPerPod !== undefined ? { maxEntriesPerStream: o.maxIndexEntriesPerPod } : {}),
-        },
-        log,
-      });
+      let gw: Awaited<ReturnType<typeof startGateway>>;
+      try {
+        gw = await startGateway({
+          host: o.host,
+          port: o.port,
+          adminHost: o.adminHost,
+          adminPort: o.adminPort,
+          discovery: discoveryOptionsFrom(o),
+          policy: o.policy,
+          tokenizers: o.tokenizer ?? [],
+          tokenizerPool: o.tokenizerPool,
+          defaultBlockSize: o.blockSize,
+          connectTimeoutMs: o.connectTimeoutMs,
+          headersTimeoutMs: o.headersTimeoutMs,
+          bodyTimeoutMs: o.bodyTimeoutMs,
+          maxBodyBytes: o.maxBodyBytes,
+          connectionsPerPod: o.connectionsPerPod,
+          scrapeEngineMetrics: o.scrapeEngineMetrics === true,
+          scrapeIntervalMs: o.scrapeIntervalMs,
+          kvAware: {
+            gpuWeight: o.gpuWeight,
+            cpuWeight: o.cpuWeight,
+            storageWeight: o.storageWeight,
+            runningRequestCost: o.runningRequestCost,
+            waitingRequestTokens: o.waitingRequestTokens,
+            kvUsageWatermark: o.kvUsageWatermark,
+            kvUsagePenalty: o.kvUsagePenalty,
+          },
+          prefixApprox: {
+            ttlMs: o.prefixTtlMs,
+            maxBlocks: o.prefixMaxBlocks,
+            matchThreshold: o.prefixMatchThreshold,
+            balanceAbsThreshold: o.balanceAbsThreshold,
+            balanceRelThreshold: o.balanceRelThreshold,
+          },
+          seed: o.seed,
+          indexOptions: {
+            ...(o.maxIndexEntries !== undefined ? { maxEntries: o.maxIndexEntries } : {}),
+            ...(o.maxIndexEntriesPerPod !== undefined
+              ? { maxEntriesPerStream: o.maxIndexEntriesPerPod }
+              : {}),
+          },
+          log,
+        });
+      } catch (err) {
+        log.error({ event: "gateway.start_failed", err: String(err) }, "gateway failed to start");
+        process.stderr.write(`kvsync gateway: ${(err as Error)?.message ?? String(err)}\n`);
+        process.exitCode = 1;
+        return;
+      }
       process.stdout.write(`${JSON.stringify({ url: gw.url, adminUrl: gw.adminUrl, policy: o.policy })}\n`);
       let stopping = false;
       const stop = (signal: string) => {
