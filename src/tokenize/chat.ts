@@ -2,6 +2,7 @@
  * Chat request → template variables, following what vLLM's OpenAI server does for a text-only
  * model whose template takes string content ("string" content format):
  *  - `content: null` → "", a string stays, a list of parts → text parts joined with "\n";
+ *  - system text starting with Claude Code's `x-anthropic-billing-header` loses that first line;
  *  - assistant `tool_calls` kept (an empty list dropped), each `function.arguments` JSON string
  *    parsed to an object (templates render it with `tojson`), empty/missing → {};
  *  - `tool_call_id` kept for tool messages, `name` kept when it is a string, `reasoning`
@@ -54,17 +55,35 @@ function partText(part: unknown, msgIndex: number): string {
   );
 }
 
-function contentToString(content: ChatMessage["content"] | undefined, msgIndex: number): string {
+const BILLING_HEADER = "x-anthropic-billing-header";
+
+function contentToString(
+  content: ChatMessage["content"] | undefined,
+  msgIndex: number,
+  role: string,
+): string {
   if (content === null || content === undefined) return "";
-  if (typeof content === "string") return content;
-  if (!Array.isArray(content)) {
+  if (typeof content === "string" && role !== "system") return content;
+  const parts: unknown = typeof content === "string" ? [content] : content;
+  if (!Array.isArray(parts)) {
     throw new TokenizerError(
       "bad_request",
       `messages[${msgIndex}].content must be a string, an array or null`,
     );
   }
   const texts: string[] = [];
-  for (const part of content) texts.push(partText(part, msgIndex));
+  for (const part of parts) {
+    let text = partText(part, msgIndex);
+    // vLLM drops the per-request Claude Code attribution line from system text (it would defeat
+    // prefix caching): the first line of a text starting with it goes, an empty remainder is dropped
+    const plainText = typeof part === "string" || (part as { type?: unknown }).type === "text";
+    if (role === "system" && plainText && text.startsWith(BILLING_HEADER)) {
+      const nl = text.indexOf("\n");
+      text = nl === -1 ? "" : text.slice(nl + 1);
+      if (text === "") continue;
+    }
+    texts.push(text);
+  }
   return texts.join("\n");
 }
 
@@ -98,7 +117,7 @@ export function normalizeMessages(messages: ChatMessage[]): ConversationMessage[
     if (m === null || typeof m !== "object" || typeof m.role !== "string") {
       throw new TokenizerError("bad_request", `messages[${i}] must be an object with a string "role"`);
     }
-    const msg: ConversationMessage = { role: m.role, content: contentToString(m.content, i) };
+    const msg: ConversationMessage = { role: m.role, content: contentToString(m.content, i, m.role) };
     if (m.role === "assistant") {
       if (Array.isArray(m.tool_calls) && m.tool_calls.length > 0) {
         msg.tool_calls = m.tool_calls.map((tc) => normalizeToolCall(tc, i));

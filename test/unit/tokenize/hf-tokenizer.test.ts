@@ -42,6 +42,14 @@ describe("known Qwen2/Qwen3 ids", () => {
     assert.deepEqual(preTok("Hello   world"), ["Hello", "ĠĠ", "Ġworld"]);
     assert.deepEqual(preTok("x\u00a0\u00a0y"), ["x", "Âł", "Âły"]);
     assert.deepEqual(preTok("a\n\n\nb"), ["a", "ĊĊĊ", "b"]);
+    // Oniguruma's \s is Unicode White_Space: NEL (U+0085) and U+2028 are spaces, BOM, U+180E,
+    // ZWSP and \x1c are not (JS's own \s differs on NEL and BOM)
+    assert.deepEqual(preTok("x\u0085\u0085y"), ["x", "Âħ", "Âħy"]);
+    assert.deepEqual(preTok("a\u2028\u2028b"), ["a", "âĢ¨", "âĢ¨b"]);
+    assert.deepEqual(preTok("a\ufeff\ufeffb"), ["a", "ï»¿ï»¿", "b"]);
+    assert.deepEqual(preTok("x\u180e\u180ey"), ["x", "áłİáłİ", "y"]);
+    assert.deepEqual(preTok("a\u200b\u200bb"), ["a", "âĢĭâĢĭ", "b"]);
+    assert.deepEqual(preTok("x\u001c\u001cy"), ["x", "ĜĜ", "y"]);
   });
 
   test("Qwen3 adds no BOS for completions and eos is <|im_end|>", async () => {
@@ -210,6 +218,30 @@ describe("chat requests equal the hand-written Qwen3 template + reference tokeni
     );
     const ids = await tok.encodeChat({ messages: [{ role: "user", content: "Hello world" }] });
     assert.deepEqual(ids, [151644, 872, 198, 9707, 1879, 151645, 198, 151644, 77091, 198]);
+  });
+
+  test("system text loses a leading Claude Code billing-header line (as vLLM does)", async () => {
+    const hdr = "x-anthropic-billing-header: cc_version=1; cch=abc123";
+    const render = (messages: unknown[]) =>
+      tok.renderChat({ messages: messages as never, add_generation_prompt: false });
+    assert.equal(
+      await render([{ role: "system", content: `${hdr}\nYou are Claude Code.` }]),
+      "<|im_start|>system\nYou are Claude Code.<|im_end|>\n",
+    );
+    assert.equal(
+      await render([
+        {
+          role: "system",
+          content: [
+            { type: "text", text: hdr },
+            { type: "text", text: "Be terse." },
+          ],
+        },
+      ]),
+      "<|im_start|>system\nBe terse.<|im_end|>\n",
+    );
+    // only system messages are touched
+    assert.equal(await render([{ role: "user", content: hdr }]), `<|im_start|>user\n${hdr}<|im_end|>\n`);
   });
 
   test("add_generation_prompt false and continue_final_message", async () => {
