@@ -47,6 +47,8 @@ export class EngineMetrics {
     gauge("vllm:num_requests_running", "Number of requests in model execution batches.", (r) => r.running());
     gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", (r) => r.waiting());
     gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", (r) => r.usage());
+    // the pre-v1 name, still scraped by some gateways
+    gauge("vllm:gpu_cache_usage_perc", "GPU KV-cache usage. 1 means 100 percent usage.", (r) => r.usage());
     const counter = (name: string, help: string) => new Counter({ name, help, labelNames, registers });
     this.promptTokens = counter("vllm:prompt_tokens_total", "Number of prefill tokens processed.");
     this.generationTokens = counter("vllm:generation_tokens_total", "Number of generation tokens processed.");

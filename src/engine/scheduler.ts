@@ -205,6 +205,11 @@ export class Scheduler {
     const events = this.cache.drainEvents();
     if (plan.batch.length === 0) {
       if (events.length > 0) this.obs.onEvents(events);
+      if (this.running.length > 0 || this.waiting.length > 0) {
+        // e.g. every running request was preempted this pass: the freed blocks admit work next pass
+        this.timer = setTimeout(() => this.step(), 1);
+        return;
+      }
       this.busy = false;
       this.checkIdle();
       return;
