@@ -16,7 +16,7 @@
  * msgpackr stays the baseline in bench/protocol.bench.ts and the oracle in the property tests.
  */
 import { ProtocolError } from "./errors.ts";
-import { hashFromInt64NegParts, hashFromUint64Parts, latin1 } from "./hash.ts";
+import { hashFromInt64NegParts, hashFromUint64Parts } from "./hash.ts";
 import type { AllBlocksCleared, BlockRemoved, BlockStored, EventBatch, HashKey, KvEvent } from "./types.ts";
 
 export interface DecodeLimits {
@@ -61,6 +61,15 @@ export interface DecodeResult {
 }
 
 const TWO32 = 0x1_0000_0000;
+
+interface Latin1Sliceable {
+  latin1Slice(start: number, end: number): string;
+}
+/** Bytes as a one-char-per-byte string; local (not imported) so the hot path has no module getter. */
+const latin1: (buf: Buffer, start: number, end: number) => string =
+  typeof (Buffer.prototype as unknown as Partial<Latin1Sliceable>).latin1Slice === "function"
+    ? (buf, start, end) => (buf as unknown as Latin1Sliceable).latin1Slice(start, end)
+    : (buf, start, end) => buf.toString("latin1", start, end);
 
 // Field ids (map keys of events and of the batch map).
 const K_TYPE = 1;
@@ -128,14 +137,19 @@ const TYPE_TAGS: Array<[string, number]> = [
 ];
 const INTERNED = ["GPU", "CPU", "STORAGE"];
 
-type KeyTable = Array<Array<[Uint8Array, number]> | undefined>;
+interface KeyEntry {
+  bytes: Uint8Array;
+  id: number;
+}
+/** Keys bucketed by byte length, matched against the wire bytes without building strings. */
+type KeyTable = Array<KeyEntry[] | undefined>;
 function keyTable(keys: Array<[string, number]>): KeyTable {
   const t: KeyTable = [];
   for (const [k, id] of keys) {
-    const b = Buffer.from(k, "utf8");
-    const bucket = t[b.length] ?? [];
-    bucket.push([b, id]);
-    t[b.length] = bucket;
+    const bytes = Buffer.from(k, "utf8");
+    const bucket = t[bytes.length] ?? [];
+    bucket.push({ bytes, id });
+    t[bytes.length] = bucket;
   }
   return t;
 }
@@ -314,10 +328,12 @@ class Reader {
     if (bucket === undefined) return 0;
     const buf = this.buf;
     const s = this.strStart;
-    outer: for (let i = 0; i < bucket.length; i++) {
-      const [k, id] = bucket[i]!;
-      for (let j = 0; j < len; j++) if (buf[s + j] !== k[j]) continue outer;
-      return id;
+    for (let i = 0; i < bucket.length; i++) {
+      const e = bucket[i]!;
+      const k = e.bytes;
+      let j = 0;
+      while (j < len && buf[s + j] === k[j]) j++;
+      if (j === len) return e.id;
     }
     return 0;
   }
@@ -489,8 +505,8 @@ class Reader {
     if (n < 0) this.bad("block_hashes: expected an array");
     if (n > this.lim.maxHashesPerEvent) overLimit("maxHashesPerEvent", n, this.lim.maxHashesPerEvent);
     this.fits(n);
-    const out: HashKey[] = [];
-    for (let i = 0; i < n; i++) out.push(this.hash());
+    const out: HashKey[] = new Array(n); // n <= limit and <= remaining bytes (checked above)
+    for (let i = 0; i < n; i++) out[i] = this.hash();
     return out;
   }
 
@@ -499,27 +515,31 @@ class Reader {
     if (n < 0) this.bad("token_ids: expected an array");
     if (n > this.lim.maxTokensPerEvent) overLimit("maxTokensPerEvent", n, this.lim.maxTokensPerEvent);
     this.fits(n);
-    const out: number[] = [];
+    // Hot loop (most of a payload's bytes): inline the common widths, bounds-checked per item.
+    const out: number[] = new Array(n); // n <= limit and <= remaining bytes (checked above)
     const buf = this.buf;
     const end = this.end;
     let p = this.pos;
     for (let i = 0; i < n; i++) {
-      const b = buf[p]!; // p < end: fits() guarantees >= 1 byte per remaining item
+      if (p >= end) malformed("token_ids truncated");
+      const b = buf[p]!;
       if (b <= 0x7f) {
-        out.push(b);
+        out[i] = b;
         p += 1;
       } else if (b === 0xcd && p + 3 <= end) {
-        out.push((buf[p + 1]! << 8) | buf[p + 2]!);
+        out[i] = (buf[p + 1]! << 8) | buf[p + 2]!;
         p += 3;
       } else if (b === 0xce && p + 5 <= end) {
-        out.push(buf.readUInt32BE(p + 1));
+        out[i] = buf[p + 1]! * 0x1000000 + ((buf[p + 2]! << 16) | (buf[p + 3]! << 8) | buf[p + 4]!);
         p += 5;
+      } else if (b === 0xcc && p + 2 <= end) {
+        out[i] = buf[p + 1]!;
+        p += 2;
       } else {
         this.pos = p;
-        out.push(this.int("token_ids"));
+        out[i] = this.int("token_ids");
         p = this.pos;
       }
-      if (p >= end && i + 1 < n) malformed("token_ids truncated");
     }
     this.pos = p;
     return out;
@@ -626,7 +646,8 @@ class Reader {
       if (b === 0xcf || b === 0xd3) {
         this.need(9);
         const hi = b === 0xcf ? buf.readUInt32BE(this.pos + 1) : buf.readInt32BE(this.pos + 1);
-        if (hi >= 0x200000 || hi < -0x200000) {
+        const lo = buf.readUInt32BE(this.pos + 5);
+        if (hi >= 0x200000 || hi < -0x200000 || !Number.isSafeInteger(hi * TWO32 + lo)) {
           const v = b === 0xcf ? buf.readBigUInt64BE(this.pos + 1) : buf.readBigInt64BE(this.pos + 1);
           this.pos += 9;
           return v;

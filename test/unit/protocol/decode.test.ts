@@ -150,6 +150,30 @@ test("extra_keys values of every kind come back (bigints only beyond 2^53)", () 
     0,
   ]);
   const s = decodeBatch(payload).batch.events[0] as BlockStored;
+  // the edges of the safe range: ±(2^53-1) are numbers, ±2^53 bigints
+  const edges = pack([
+    1,
+    [
+      [
+        "BlockStored",
+        [1],
+        null,
+        [],
+        16,
+        null,
+        null,
+        null,
+        [2n ** 53n - 1n, 2n ** 53n, -(2n ** 53n) + 1n, -(2n ** 53n)],
+      ],
+    ],
+    0,
+  ]);
+  assert.deepStrictEqual((decodeBatch(edges).batch.events[0] as BlockStored).extraKeys, [
+    2 ** 53 - 1,
+    2n ** 53n,
+    -(2 ** 53) + 1,
+    -(2n ** 53n),
+  ]);
   assert.deepStrictEqual(s.extraKeys, [
     ["img", 3, 2n ** 60n, -(2n ** 60n), 1.25, true, null, new Uint8Array([1, 2]), { k: [1] }],
   ]);
