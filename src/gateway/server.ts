@@ -40,6 +40,8 @@ import { eventData, SseSplitter } from "./sse.ts";
 import { classifyUpstreamError, isRetryableBeforeResponse, UpstreamPools } from "./upstream.ts";
 
 export const DEFAULT_BLOCK_SIZE = 16;
+/** non-streaming responses are buffered (to read their usage): at most this much */
+export const MAX_RESPONSE_BYTES = 256 * 1024 * 1024;
 
 /** Tokenizer for a base model, or null when there is none (the request is then routed by load only). */
 export type TokenizerLookup = (
@@ -568,8 +570,14 @@ export class GatewayCore {
           }
           chunks.push(c as Buffer);
           size += (c as Buffer).length;
+          if (size > MAX_RESPONSE_BYTES) {
+            up.body.destroy();
+            this.metrics.upstreamErrors.inc({ pod, kind: "too_large" });
+            throw upstreamFailed(`pod ${pod} sent a response larger than ${MAX_RESPONSE_BYTES} bytes`);
+          }
         }
       } catch (err) {
+        if (err instanceof GatewayError) throw err;
         if (clientGone()) {
           ctx.status = "client_closed";
           this.metrics.clientAborts.inc({ pod });
@@ -645,7 +653,8 @@ export class GatewayCore {
 
   /** Look at one SSE event; returns false to drop it (the usage chunk the gateway asked for). */
   private inspectEvent(ev: string, pod: string, sc: ScoredCandidate, plan: Plan, injected: boolean): boolean {
-    if (!ev.includes('"usage"')) return true;
+    // only the chunk carrying a usage object matters ("usage":null rides on every other chunk)
+    if (!ev.includes('"usage":{') && !ev.includes('"usage": {')) return true;
     const data = eventData(ev);
     if (data === null || data === "[DONE]") return true;
     let obj: { usage?: unknown; choices?: unknown };

@@ -1,0 +1,13 @@
+/** The KV-aware gateway: `startGateway(opts)` → `{ url, adminUrl, close() }` (see gateway.ts). */
+export { GatewayError, type OpenAiErrorBody } from "./errors.ts";
+export { type RunningGateway, type StartGatewayOptions, startGateway } from "./gateway.ts";
+export { GatewayMetrics } from "./metrics.ts";
+export {
+  DEFAULT_BLOCK_SIZE,
+  type ExplainCandidate,
+  type ExplainResult,
+  GATEWAY_DEFAULTS,
+  GatewayCore,
+  type GatewayCoreOptions,
+  type TokenizerLookup,
+} from "./server.ts";
