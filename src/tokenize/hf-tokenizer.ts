@@ -119,6 +119,11 @@ export interface TokenizerCore {
   readonly modelMaxLength: number | null;
   /** whether `add_special_tokens: true` adds anything (post-processor BOS/EOS) */
   readonly addsSpecialTokens: boolean;
+  /**
+   * Llama/Gemma-class tokenizers: transformers rebuilds the post-processor from tokenizer_config's
+   * add_bos_token/add_eos_token, so those flags (not tokenizer.json) decide; null = post-processor.
+   */
+  readonly specialOverride: { bos: number | null; eos: number | null } | null;
   readonly plan: SegmentationPlan;
   readonly cache: SegmentCache;
   readonly loadMs: number;
@@ -207,10 +212,21 @@ async function loadCore(dir: string, opts: LoadOptions): Promise<TokenizerCore> 
   for (const id of Array.isArray(genEos) ? genEos : genEos === undefined ? [] : [genEos]) {
     if (typeof id === "number") eos.add(id);
   }
+  let specialOverride: TokenizerCore["specialOverride"] = null;
+  const cls = typeof config.tokenizer_class === "string" ? config.tokenizer_class : "";
+  if (
+    /^(Llama|CodeLlama|Gemma)Tokenizer(Fast)?$/.test(cls) &&
+    (typeof config.add_bos_token === "boolean" || typeof config.add_eos_token === "boolean")
+  ) {
+    // transformers' defaults for these classes: add_bos_token true, add_eos_token false
+    const bos = config.add_bos_token === false ? null : idOf(config.bos_token);
+    const eosId = config.add_eos_token === true ? idOf(config.eos_token) : null;
+    specialOverride = { bos, eos: eosId };
+  }
   const probe = "a";
+  const partial = { hf, specialOverride };
   const addsSpecialTokens =
-    hf.encode(probe, { add_special_tokens: true }).ids.length !==
-    hf.encode(probe, { add_special_tokens: false }).ids.length;
+    encodeWithCore(partial, probe, true).length !== encodeWithCore(partial, probe, false).length;
   const template =
     templateSource === null ? null : new ChatTemplate({ template: templateSource, specialTokens });
   const mml = config.model_max_length;
@@ -224,10 +240,26 @@ async function loadCore(dir: string, opts: LoadOptions): Promise<TokenizerCore> 
     vocabSize: hf.get_vocab(true).size,
     modelMaxLength: typeof mml === "number" && mml < 1e12 ? mml : null,
     addsSpecialTokens,
+    specialOverride,
     plan: segmentationPlan(tokenizerJson, templateSource),
     cache: new SegmentCache(opts.segmentCache),
     loadMs: performance.now() - t0,
   };
+}
+
+/** HF encode honouring `specialOverride` (used by HfTokenizer and the worker threads). */
+export function encodeWithCore(
+  core: Pick<TokenizerCore, "hf" | "specialOverride">,
+  text: string,
+  addSpecialTokens: boolean,
+): number[] {
+  const o = core.specialOverride;
+  if (o === null || !addSpecialTokens)
+    return core.hf.encode(text, { add_special_tokens: addSpecialTokens }).ids;
+  const ids = core.hf.encode(text, { add_special_tokens: false }).ids;
+  if (o.bos !== null) ids.unshift(o.bos);
+  if (o.eos !== null) ids.push(o.eos);
+  return ids;
 }
 
 const cores = new Map<string, Promise<TokenizerCore>>();
@@ -277,7 +309,7 @@ export class HfTokenizer implements Tokenizer {
   /** Direct HF encode, no segment reuse. */
   encodeRaw(text: string, addSpecialTokens: boolean): number[] {
     if (typeof text !== "string") throw new TokenizerError("bad_request", "prompt must be a string");
-    return this.core.hf.encode(text, { add_special_tokens: addSpecialTokens }).ids;
+    return encodeWithCore(this.core, text, addSpecialTokens);
   }
 
   /**

@@ -5,7 +5,7 @@
  */
 import { parentPort } from "node:worker_threads";
 import { isTokenizerError } from "./errors.ts";
-import { loadTokenizerCore } from "./hf-tokenizer.ts";
+import { encodeWithCore, loadTokenizerCore } from "./hf-tokenizer.ts";
 
 export interface WorkerRequest {
   id: number;
@@ -27,7 +27,7 @@ port.on("message", async (m: WorkerRequest) => {
     const core = await loadTokenizerCore(m.dir);
     const ids: Uint32Array[] = [];
     for (const t of m.texts ?? []) {
-      ids.push(Uint32Array.from(core.hf.encode(t, { add_special_tokens: m.addSpecialTokens === true }).ids));
+      ids.push(Uint32Array.from(encodeWithCore(core, t, m.addSpecialTokens === true)));
     }
     const res: WorkerResponse = { id: m.id, ids };
     port.postMessage(

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { before, describe, test } from "node:test";
@@ -312,6 +312,36 @@ describe("errors are typed and clear", () => {
         loadTokenizer("x", dir),
         (e: unknown) =>
           e instanceof TokenizerError && e.code === "config" && /not valid JSON/.test(e.message),
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test("Llama-class tokenizer_config add_bos_token/add_eos_token decide the BOS/EOS of completions", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "kvsync-tok-llama-"));
+    try {
+      symlinkSync(join(defaultTokenizerDir(), "tokenizer.json"), join(dir, "tokenizer.json"));
+      writeFileSync(
+        join(dir, "tokenizer_config.json"),
+        JSON.stringify({
+          tokenizer_class: "LlamaTokenizerFast",
+          add_bos_token: true,
+          add_eos_token: true,
+          bos_token: "<|endoftext|>",
+          eos_token: "<|im_end|>",
+          chat_template: "{% for m in messages %}<|im_start|>{{ m.content }}{% endfor %}",
+        }),
+      );
+      const llama = await loadTokenizer("llama-like", dir);
+      assert.equal(llama.core.addsSpecialTokens, true);
+      assert.deepEqual(await llama.encodePrompt("Hello world"), [151643, 9707, 1879, 151645]);
+      assert.deepEqual(await llama.encodePrompt("Hello world", false), [9707, 1879]);
+      const chat = { messages: [{ role: "user", content: "Hello world" }] };
+      assert.deepEqual(await llama.encodeChat(chat), [151644, 9707, 1879]);
+      assert.deepEqual(
+        await llama.encodeChat({ ...chat, add_special_tokens: true }),
+        [151643, 151644, 9707, 1879, 151645],
       );
     } finally {
       rmSync(dir, { recursive: true, force: true });
