@@ -169,6 +169,18 @@ export async function startHttpServer(
     }
   };
 
+  /** A request that could not run even alone in the whole cache is refused up front. */
+  const checkFits = (promptLen: number, maxTokens: number | null): void => {
+    const out = maxTokens ?? Math.min(o.maxOutputTokens, o.maxModelLen - promptLen);
+    const need = Math.ceil((promptLen + Math.max(0, out - 1)) / o.blockSize);
+    if (need > o.numGpuBlocks) {
+      throw new HttpError(
+        400,
+        `request needs up to ${need} KV blocks (prompt ${promptLen} + ${out} output tokens, block size ${o.blockSize}) but the cache has ${o.numGpuBlocks}`,
+      );
+    }
+  };
+
   const pickRank = (req: IncomingMessage): Rank => {
     const h = req.headers["x-data-parallel-rank"];
     const r = engine.pickRank(Array.isArray(h) ? h[0] : h);
@@ -226,13 +238,6 @@ export async function startHttpServer(
     sig: AbortHooks,
   ): { req: EngineRequest; done: Promise<FinishReason> } => {
     const plan = engine.planOutput(g.prompt.length, g.maxTokens);
-    const need = g.rank.scheduler.blocksNeeded(g.prompt.length, plan.output.length);
-    if (need > o.numGpuBlocks) {
-      throw new HttpError(
-        400,
-        `request needs ${need} KV blocks (prompt ${g.prompt.length} + ${plan.output.length} output tokens, block size ${o.blockSize}) but the cache has ${o.numGpuBlocks}`,
-      );
-    }
     let resolve!: (r: FinishReason) => void;
     const done = new Promise<FinishReason>((r) => {
       resolve = r;
@@ -325,7 +330,10 @@ export async function startHttpServer(
     }
     if (stream && prompts.length > 1)
       throw new HttpError(400, "streaming supports one prompt per request", "prompt");
-    for (const p of prompts) checkLength(p.length, maxTokens);
+    for (const p of prompts) {
+      checkLength(p.length, maxTokens);
+      checkFits(p.length, maxTokens);
+    }
     const rank = pickRank(req);
     const id = engine.nextId(chat ? "chatcmpl" : "cmpl");
     const created = Math.floor(Date.now() / 1000);
@@ -334,9 +342,17 @@ export async function startHttpServer(
 
     if (!stream) {
       const outs: number[][] = prompts.map(() => []);
-      const gens = prompts.map((p, i) =>
-        generate({ rank, prompt: p, maxTokens, ...lora }, (tid) => outs[i].push(tid), sig),
-      );
+      const gens: Array<ReturnType<typeof generate>> = [];
+      try {
+        for (let i = 0; i < prompts.length; i++) {
+          gens.push(
+            generate({ rank, prompt: prompts[i], maxTokens, ...lora }, (tid) => outs[i].push(tid), sig),
+          );
+        }
+      } catch (err) {
+        for (const g of gens) rank.scheduler.abort(g.req);
+        throw err;
+      }
       const reasons = await Promise.all(gens.map((g) => g.done));
       if (sig.aborted) return;
       const choices = await Promise.all(

@@ -382,3 +382,31 @@ test("CLI: kvsync mock-engine serves and shuts down cleanly on SIGTERM", async (
   assert.equal(await exited, 0);
   assert.match(stderr, /"event":"engine.stopped"/);
 });
+
+test("a list of prompts gives one choice per prompt and summed usage; 503 beyond the waiting bound", async () => {
+  const e = await start({ blockSize: 4 });
+  const r = await postJson(`${e.httpUrl}/v1/completions`, { prompt: ["one two", [5, 6, 7]], max_tokens: 2 });
+  assert.equal(r.status, 200);
+  const choices = r.body.choices as Array<{ index: number; finish_reason: string }>;
+  assert.deepEqual(
+    choices.map((c) => [c.index, c.finish_reason]),
+    [
+      [0, "length"],
+      [1, "length"],
+    ],
+  );
+  const usage = r.body.usage as { prompt_tokens: number; completion_tokens: number };
+  assert.equal(usage.prompt_tokens, 2 + 3);
+  assert.equal(usage.completion_tokens, 4);
+
+  const q = await start({ maxWaiting: 1, maxNumSeqs: 1, speed: 1, stepMs: 20 });
+  const first = postJson(`${q.httpUrl}/v1/completions`, { prompt: [1, 2, 3], max_tokens: 5 });
+  await waitFor(() => q.engine.ranks[0].scheduler.numRunning === 1, "the first request to run");
+  const second = postJson(`${q.httpUrl}/v1/completions`, { prompt: [4, 5, 6], max_tokens: 1 });
+  await waitFor(() => q.engine.ranks[0].scheduler.numWaiting === 1, "the second request to wait");
+  const third = await postJson(`${q.httpUrl}/v1/completions`, { prompt: [7, 8, 9], max_tokens: 1 });
+  assert.equal(third.status, 503);
+  assert.equal((third.body.error as { type: string }).type, "ServiceUnavailableError");
+  assert.equal((await first).status, 200);
+  assert.equal((await second).status, 200);
+});
