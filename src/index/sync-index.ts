@@ -2,17 +2,22 @@
  * The production backend: struct-of-arrays in typed arrays, open addressing, no JS object per
  * entry. See README-level notes in index.ts for the rules; this file is about layout and speed.
  *
- * Entries ((block, stream) claims, one per engine hash a stream holds), stride 9 int32 = 36 B:
+ * Entries ((block, stream) claims, one per engine hash a stream holds), stride 8 int32 = 32 B:
  *   META   stream << 5 | hashKind << 3 | tier bits (GPU 1, CPU 2, STORAGE 4)
- *   BLOCK  index block, -1 when the entry is kept for removal only (never matched)
- *   BNEXT  next claim on the same block (singly linked); next free entry when free
+ *   BLOCK  index block, -1 when the entry is kept for removal only (never matched);
+ *          next free entry while the record is free
  *   HHI/HLO engine hash: the 8 bytes of a "u"/"n" HashKey; for other forms a 64-bit digest
  *          of the string, which is kept verbatim in a side Map (kind 2)
  *   SPREV/SNEXT  the stream's LRU list (head = most recently touched): clear/drop walk it
  *   GPREV/GNEXT  the global LRU list
- * Blocks, stride 4 int32 = 16 B: key hi, key lo, head claim (-1 = free), namespace id.
+ * Blocks, stride 5 int32 = 20 B: key hi, key lo, namespace id, claims, len << 5 | class.
+ *   A block's claims are a small multiset of (stream << 3 | tiers) values, contiguous so match
+ *   reads them sequentially (no pointer chasing): class 0 = one value inline in the block;
+ *   class k >= 1 = a vector of capacity 2^k in the claims arena (per-class free lists).
  * Two open-addressing tables (linear probing, power-of-two size, load <= 0.75, backward-shift
- * deletion, slot = index + 1): (stream, engine hash) -> entry and (key hi, key lo) -> block.
+ * deletion): (stream, engine hash) -> entry and (key hi, key lo) -> block. A slot holds
+ * index + 1 in its low 27 bits and a 5-bit fingerprint of the hash above them, so probes
+ * rarely touch a record that is not the one looked for.
  * Arrays grow x2 up to 1M records, then x1.25 (bounded by the caps).
  */
 import type { BlockRemoved, BlockStored, EventBatch, HashKey } from "../protocol/types.ts";
@@ -31,22 +36,26 @@ import {
 } from "./rules.ts";
 import type { BlockClaim, IndexStats, NamespaceRef, PrefixIndex, StreamMatch, StreamRef } from "./types.ts";
 
-const ES = 9;
+const ES = 8;
 const META = 0;
 const BLOCK = 1;
-const BNEXT = 2;
-const HHI = 3;
-const HLO = 4;
-const SPREV = 5;
-const SNEXT = 6;
-const GPREV = 7;
-const GNEXT = 8;
+const HHI = 2;
+const HLO = 3;
+const SPREV = 4;
+const SNEXT = 5;
+const GPREV = 6;
+const GNEXT = 7;
 
-const BS = 4;
+const BS = 5;
 const KHI = 0;
 const KLO = 1;
-const HEAD = 2;
-const NSID = 3;
+const NSID = 2;
+const VEC = 3;
+const LC = 4;
+
+const IDX = 0x7ffffff;
+/** slot tables index with 27 bits */
+const MAX_RECORDS = IDX - 1;
 
 const KIND_U = 0;
 const KIND_N = 1;
@@ -101,6 +110,11 @@ export class SyncPrefixIndex implements PrefixIndex {
   private bSlots: Int32Array;
   private bMask: number;
 
+  // claims arena (vectors of stream << 3 | tiers)
+  private cv = new Int32Array(1024);
+  private cvUsed = 0;
+  private readonly cvFree: number[][] = [];
+
   // streams
   private readonly streamIdx = new Map<string, number>();
   private streams: (StreamInfo | null)[] = [];
@@ -129,6 +143,7 @@ export class SyncPrefixIndex implements PrefixIndex {
 
   constructor(opts: IndexOptions & { initialCapacity?: number } = {}) {
     const c = resolveCaps(opts);
+    if (c.maxEntries > MAX_RECORDS) throw new RangeError(`maxEntries must be <= ${MAX_RECORDS}`);
     this.maxEntries = c.maxEntries;
     this.maxPerStream = c.maxPerStream;
     this.onEvict = opts.onEvict;
@@ -250,9 +265,9 @@ export class SyncPrefixIndex implements PrefixIndex {
 
   // ---------------------------------------------------------------- entry table
 
-  private entryHome(ent: number): number {
+  private entryHash(ent: number): number {
     const o = ent * ES;
-    return mixHash(this.e[o + HHI], this.e[o + HLO], this.e[o + META] >>> 5) & this.eMask;
+    return mixHash(this.e[o + HHI], this.e[o + HLO], this.e[o + META] >>> 5);
   }
 
   /** Entry of (stream, hash) whose parsed form is in h2/kind, or -1. */
@@ -263,13 +278,18 @@ export class SyncPrefixIndex implements PrefixIndex {
     const slots = this.eSlots;
     const mask = this.eMask;
     const meta = (s << 5) | (kind << 3);
-    let i = mixHash(hi, lo, s) & mask;
+    const hh = mixHash(hi, lo, s);
+    const fp = hh >>> 27;
+    let i = hh & mask;
     for (;;) {
       const v = slots[i];
       if (v === 0) return -1;
-      const o = (v - 1) * ES;
-      if (e[o + HHI] === hi && e[o + HLO] === lo && (e[o + META] & ~7) === meta) {
-        if (kind !== KIND_STR || this.strHashes.get(v - 1) === h) return v - 1;
+      if (v >>> 27 === fp) {
+        const x = (v & IDX) - 1;
+        const o = x * ES;
+        if (e[o + HHI] === hi && e[o + HLO] === lo && (e[o + META] & ~7) === meta) {
+          if (kind !== KIND_STR || this.strHashes.get(x) === h) return x;
+        }
       }
       i = (i + 1) & mask;
     }
@@ -278,22 +298,23 @@ export class SyncPrefixIndex implements PrefixIndex {
   private insertSlot(ent: number): void {
     const slots = this.eSlots;
     const mask = this.eMask;
-    let i = this.entryHome(ent);
+    const hh = this.entryHash(ent);
+    let i = hh & mask;
     while (slots[i] !== 0) i = (i + 1) & mask;
-    slots[i] = ent + 1;
+    slots[i] = (ent + 1) | ((hh >>> 27) << 27);
   }
 
   private deleteSlot(ent: number): void {
     const slots = this.eSlots;
     const mask = this.eMask;
-    let i = this.entryHome(ent);
-    while (slots[i] !== ent + 1) i = (i + 1) & mask;
+    let i = this.entryHash(ent) & mask;
+    while ((slots[i] & IDX) !== ent + 1) i = (i + 1) & mask;
     let j = i;
     for (;;) {
       j = (j + 1) & mask;
       const v = slots[j];
       if (v === 0) break;
-      const k = this.entryHome(v - 1);
+      const k = this.entryHash((v & IDX) - 1) & mask;
       // move v back to the hole at i unless its home lies cyclically in (i, j]
       if (i <= j ? k <= i || k > j : k <= i && k > j) {
         slots[i] = v;
@@ -317,7 +338,7 @@ export class SyncPrefixIndex implements PrefixIndex {
   private allocEntry(): number {
     if (this.eFree !== -1) {
       const x = this.eFree;
-      this.eFree = this.e[x * ES + BNEXT];
+      this.eFree = this.e[x * ES + BLOCK];
       return x;
     }
     if (this.eUsed === this.eCap) {
@@ -336,12 +357,16 @@ export class SyncPrefixIndex implements PrefixIndex {
     const slots = this.bSlots;
     const mask = this.bMask;
     const b = this.b;
-    let i = mixHash(hi, lo, 0) & mask;
+    const hh = mixHash(hi, lo, 0);
+    const fp = hh >>> 27;
+    let i = hh & mask;
     for (;;) {
       const v = slots[i];
       if (v === 0) return -1;
-      const o = (v - 1) * BS;
-      if (b[o + KHI] === hi && b[o + KLO] === lo) return v - 1;
+      if (v >>> 27 === fp) {
+        const o = ((v & IDX) - 1) * BS;
+        if (b[o + KHI] === hi && b[o + KLO] === lo) return (v & IDX) - 1;
+      }
       i = (i + 1) & mask;
     }
   }
@@ -367,84 +392,185 @@ export class SyncPrefixIndex implements PrefixIndex {
     const o = x * BS;
     this.b[o + KHI] = hi;
     this.b[o + KLO] = lo;
-    this.b[o + HEAD] = -1;
     this.b[o + NSID] = ns;
+    this.b[o + VEC] = 0;
+    this.b[o + LC] = 0;
     this.blockCount++;
     this.insertBlockSlot(x);
     return x;
   }
 
-  private blockHome(x: number): number {
-    return mixHash(this.b[x * BS + KHI], this.b[x * BS + KLO], 0) & this.bMask;
+  private blockHash(x: number): number {
+    return mixHash(this.b[x * BS + KHI], this.b[x * BS + KLO], 0);
   }
 
   private insertBlockSlot(x: number): void {
     const slots = this.bSlots;
     const mask = this.bMask;
-    let i = this.blockHome(x);
+    const hh = this.blockHash(x);
+    let i = hh & mask;
     while (slots[i] !== 0) i = (i + 1) & mask;
-    slots[i] = x + 1;
+    slots[i] = (x + 1) | ((hh >>> 27) << 27);
   }
 
   private growBlockTable(): void {
     const n = this.bSlots.length * 2;
     this.bSlots = new Int32Array(n);
     this.bMask = n - 1;
-    // live blocks always have a claim (head != -1); free ones have head -1
-    for (let x = 0; x < this.bUsed; x++) if (this.b[x * BS + HEAD] !== -1) this.insertBlockSlot(x);
+    // live blocks always have at least one claim; free ones have none
+    for (let x = 0; x < this.bUsed; x++) if (this.b[x * BS + LC] !== 0) this.insertBlockSlot(x);
   }
 
   private freeBlock(x: number): void {
     const slots = this.bSlots;
     const mask = this.bMask;
-    let i = this.blockHome(x);
-    while (slots[i] !== x + 1) i = (i + 1) & mask;
+    let i = this.blockHash(x) & mask;
+    while ((slots[i] & IDX) !== x + 1) i = (i + 1) & mask;
     let j = i;
     for (;;) {
       j = (j + 1) & mask;
       const v = slots[j];
       if (v === 0) break;
-      const k = this.blockHome(v - 1);
+      const k = this.blockHash((v & IDX) - 1) & mask;
       if (i <= j ? k <= i || k > j : k <= i && k > j) {
         slots[i] = v;
         i = j;
       }
     }
     slots[i] = 0;
-    this.b[x * BS + HEAD] = -1;
+    this.b[x * BS + LC] = 0;
     this.b[x * BS + KHI] = this.bFree;
     this.bFree = x;
     this.blockCount--;
   }
 
+  // ---------------------------------------------------------------- claim vectors
+
+  private cvAlloc(cls: number): number {
+    const free = this.cvFree[cls];
+    if (free !== undefined && free.length > 0) return free.pop()!;
+    const cap = 1 << cls;
+    if (this.cvUsed + cap > this.cv.length) {
+      let n = this.cv.length;
+      while (n < this.cvUsed + cap) n = n < 1 << 22 ? n * 2 : Math.ceil(n * 1.25);
+      const a = new Int32Array(n);
+      a.set(this.cv);
+      this.cv = a;
+    }
+    const off = this.cvUsed;
+    this.cvUsed += cap;
+    return off;
+  }
+
+  private cvRelease(off: number, cls: number): void {
+    let free = this.cvFree[cls];
+    if (free === undefined) {
+      free = [];
+      this.cvFree[cls] = free;
+    }
+    free.push(off);
+  }
+
+  /** Add one claim value to block x. */
+  private vecPush(x: number, val: number): void {
+    const b = this.b;
+    const o = x * BS;
+    const lc = b[o + LC];
+    const len = lc >>> 5;
+    let cls = lc & 31;
+    if (cls === 0) {
+      if (len === 0) {
+        b[o + VEC] = val;
+        b[o + LC] = 1 << 5;
+        return;
+      }
+      const off = this.cvAlloc(1);
+      this.cv[off] = b[o + VEC];
+      this.cv[off + 1] = val;
+      b[o + VEC] = off;
+      b[o + LC] = (2 << 5) | 1;
+      return;
+    }
+    let off = b[o + VEC];
+    if (len === 1 << cls) {
+      const n = this.cvAlloc(cls + 1);
+      this.cv.copyWithin(n, off, off + len);
+      this.cvRelease(off, cls);
+      off = n;
+      cls++;
+      b[o + VEC] = off;
+    }
+    this.cv[off + len] = val;
+    b[o + LC] = ((len + 1) << 5) | cls;
+  }
+
+  /** Remove one claim value from block x; frees the block when no claim is left. */
+  private vecRemove(x: number, val: number): void {
+    const b = this.b;
+    const o = x * BS;
+    const lc = b[o + LC];
+    const len = lc >>> 5;
+    const cls = lc & 31;
+    if (cls === 0) {
+      this.freeBlock(x);
+      return;
+    }
+    const cv = this.cv;
+    const off = b[o + VEC];
+    let i = 0;
+    while (i < len - 1 && cv[off + i] !== val) i++;
+    cv[off + i] = cv[off + len - 1];
+    if (len - 1 === 1) {
+      // back to one inline value
+      b[o + VEC] = cv[off];
+      b[o + LC] = 1 << 5;
+      this.cvRelease(off, cls);
+    } else b[o + LC] = ((len - 1) << 5) | cls;
+  }
+
+  /** Replace one claim value of block x (tier change of one entry). */
+  private vecReplace(x: number, oldVal: number, newVal: number): void {
+    const b = this.b;
+    const o = x * BS;
+    const lc = b[o + LC];
+    if ((lc & 31) === 0) {
+      b[o + VEC] = newVal;
+      return;
+    }
+    const cv = this.cv;
+    const off = b[o + VEC];
+    const end = off + (lc >>> 5) - 1;
+    let i = off;
+    while (i < end && cv[i] !== oldVal) i++;
+    cv[i] = newVal;
+  }
+
   private claim(ent: number, x: number): void {
-    const o = ent * ES;
-    this.e[o + BLOCK] = x;
-    this.e[o + BNEXT] = this.b[x * BS + HEAD];
-    this.b[x * BS + HEAD] = ent;
+    const m = this.e[ent * ES + META];
+    this.e[ent * ES + BLOCK] = x;
+    this.vecPush(x, ((m >>> 5) << 3) | (m & 7));
   }
 
   private unclaim(ent: number): void {
-    const e = this.e;
     const o = ent * ES;
-    const x = e[o + BLOCK];
+    const x = this.e[o + BLOCK];
     if (x < 0) return;
-    const hb = x * BS + HEAD;
-    let cur = this.b[hb];
-    if (cur === ent) {
-      this.b[hb] = e[o + BNEXT];
-    } else {
-      while (cur !== -1) {
-        const nx = e[cur * ES + BNEXT];
-        if (nx === ent) {
-          e[cur * ES + BNEXT] = e[o + BNEXT];
-          break;
-        }
-        cur = nx;
-      }
+    const m = this.e[o + META];
+    this.e[o + BLOCK] = -1;
+    this.vecRemove(x, ((m >>> 5) << 3) | (m & 7));
+  }
+
+  /** Set an entry's tier bits, keeping its block claim in step. */
+  private setTiers(ent: number, tiers: number): void {
+    const o = ent * ES;
+    const m = this.e[o + META];
+    if ((m & 7) === tiers) return;
+    this.e[o + META] = (m & ~7) | tiers;
+    const x = this.e[o + BLOCK];
+    if (x >= 0 && tiers !== 0) {
+      const sv = (m >>> 5) << 3;
+      this.vecReplace(x, sv | (m & 7), sv | tiers);
     }
-    e[o + BLOCK] = -1;
-    if (this.b[hb] === -1) this.freeBlock(x);
   }
 
   // ---------------------------------------------------------------- LRU lists
@@ -495,7 +621,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     this.unclaim(ent);
     if (((this.e[o + META] >>> 3) & 3) === KIND_STR) this.strHashes.delete(ent);
     this.e[o + META] = 0;
-    this.e[o + BNEXT] = this.eFree;
+    this.e[o + BLOCK] = this.eFree;
     this.eFree = ent;
     this.count--;
     this.sCount[s]--;
@@ -601,7 +727,7 @@ export class SyncPrefixIndex implements PrefixIndex {
       let ent = this.findEntry(s, kind, h);
       if (ent !== -1) {
         const o = ent * ES;
-        this.e[o + META] |= bit;
+        this.setTiers(ent, (this.e[o + META] & 7) | bit);
         if (have) {
           const x = this.e[o + BLOCK];
           if (x === -1 || this.b[x * BS + KHI] !== k2[0] || this.b[x * BS + KLO] !== k2[1]) {
@@ -619,7 +745,6 @@ export class SyncPrefixIndex implements PrefixIndex {
         const o = ent * ES;
         a[o + META] = (s << 5) | (kind << 3) | bit;
         a[o + BLOCK] = -1;
-        a[o + BNEXT] = -1;
         a[o + HHI] = hi;
         a[o + HLO] = lo;
         if (kind === KIND_STR) this.strHashes.set(ent, h);
@@ -663,9 +788,9 @@ export class SyncPrefixIndex implements PrefixIndex {
         this.counters.unknownRemovals++;
         continue;
       }
-      const o = ent * ES;
-      this.e[o + META] &= ~bit;
-      if ((this.e[o + META] & 7) === 0) this.freeEntry(ent);
+      const left = this.e[ent * ES + META] & 7 & ~bit;
+      if (left === 0) this.freeEntry(ent);
+      else this.setTiers(ent, left);
     }
   }
 
@@ -697,7 +822,6 @@ export class SyncPrefixIndex implements PrefixIndex {
     const seedHi = this.nsSeeds[nsId * 2];
     const seedLo = this.nsSeeds[nsId * 2 + 1];
     const n = Math.floor(tokenIds.length / bs);
-    const e = this.e;
     const b = this.b;
     const k2 = this.k2;
     const epoch = ++this.epoch;
@@ -719,14 +843,22 @@ export class SyncPrefixIndex implements PrefixIndex {
     if (x === -1) return [];
     let st = ++this.stamp;
     let nc = 0;
-    for (let c = b[x * BS + HEAD]; c !== -1; c = e[c * ES + BNEXT]) {
-      const m = e[c * ES + META];
-      const s = m >>> 5;
-      if (mStamp[s] !== st) {
-        mStamp[s] = st;
-        mBt[s] = m & 7;
-        cands[nc++] = s;
-      } else mBt[s] |= m & 7;
+    {
+      const o = x * BS;
+      const lc = b[o + LC];
+      const inline = (lc & 31) === 0;
+      const arr = inline ? b : this.cv;
+      const off = inline ? o + VEC : b[o + VEC];
+      const end = off + (lc >>> 5);
+      for (let c = off; c < end; c++) {
+        const v = arr[c];
+        const s = v >>> 3;
+        if (mStamp[s] !== st) {
+          mStamp[s] = st;
+          mBt[s] = v & 7;
+          cands[nc++] = s;
+        } else mBt[s] |= v & 7;
+      }
     }
     for (let k = 0; k < nc; k++) {
       const s = cands[k];
@@ -738,21 +870,28 @@ export class SyncPrefixIndex implements PrefixIndex {
       mRuns[s * 3 + 1] = (t >>> 1) & 1;
       mRuns[s * 3 + 2] = (t >>> 2) & 1;
     }
+    const cv = this.cv;
     for (let i = 1; i < n; i++) {
       chainHash(seedHi, seedLo, k2[0], k2[1], tokenIds, i * bs, bs, k2, 0);
       x = this.findBlock(k2[0], k2[1]);
       if (x === -1) break;
       st = ++this.stamp;
       let ns2 = 0;
-      for (let c = b[x * BS + HEAD]; c !== -1; c = e[c * ES + BNEXT]) {
-        const m = e[c * ES + META];
-        const s = m >>> 5;
+      const o = x * BS;
+      const lc = b[o + LC];
+      const inline = (lc & 31) === 0;
+      const arr = inline ? b : cv;
+      const off = inline ? o + VEC : b[o + VEC];
+      const end = off + (lc >>> 5);
+      for (let c = off; c < end; c++) {
+        const v = arr[c];
+        const s = v >>> 3;
         if (mEpoch[s] !== epoch || mMatched[s] !== i) continue;
         if (mStamp[s] !== st) {
           mStamp[s] = st;
-          mBt[s] = m & 7;
+          mBt[s] = v & 7;
           step[ns2++] = s;
-        } else mBt[s] |= m & 7;
+        } else mBt[s] |= v & 7;
       }
       if (ns2 === 0) break;
       for (let k = 0; k < ns2; k++) {
@@ -802,6 +941,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     const approxBytes =
       this.e.byteLength +
       this.b.byteLength +
+      this.cv.byteLength +
       this.eSlots.byteLength +
       this.bSlots.byteLength +
       this.strHashes.size * 96 +

@@ -307,6 +307,31 @@ for (const backend of ["sync", "reference"] as IndexBackend[]) {
       assert.deepEqual(matched(ix, toks([1, 2, 3, 4])), { a: 1 });
     });
 
+    test("a block claimed by many streams: claims grow, shrink and keep per-stream tiers", () => {
+      const ix = mk();
+      const ss = Array.from({ length: 70 }, (_, i) => stream(`s${i}`));
+      for (const [i, s] of ss.entries())
+        apply(ix, s, stored([hk(1000 + i), hk(2000 + i)], null, toks([1, 2])));
+      for (const [i, s] of ss.entries())
+        if (i % 3 === 0) apply(ix, s, stored([hk(1000 + i)], null, [], { medium: "CPU" }));
+      for (const [i, s] of ss.entries()) if (i % 2 === 1) apply(ix, s, removed([hk(2000 + i)]));
+      let ms = ix.match(NS, toks([1, 2]));
+      assert.equal(ms.length, 70);
+      for (const m of ms) {
+        const i = Number(m.streamId.slice(1));
+        assert.equal(m.matchedBlocks, i % 2 === 1 ? 1 : 2, m.streamId);
+        assert.equal(m.tiers.CPU, i % 3 === 0 ? 1 : 0, m.streamId);
+        assert.equal(m.tiers.GPU, m.matchedBlocks, m.streamId);
+      }
+      for (const [i, s] of ss.entries()) if (i > 0) apply(ix, s, cleared());
+      ms = ix.match(NS, toks([1, 2]));
+      assert.deepEqual(
+        ms.map((m) => [m.streamId, m.matchedBlocks, m.tiers.CPU]),
+        [["s0", 2, 1]],
+      );
+      assert.equal(ix.stats().blocks, 2);
+    });
+
     test("growth: many entries stored and removed keep the tables consistent", () => {
       const ix = mk({ maxEntries: 50_000 });
       const n = 20_000;
