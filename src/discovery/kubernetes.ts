@@ -21,7 +21,7 @@ import type { DiscoveryEvent, DiscoverySource, PodInfo } from "./types.ts";
 export const LABELS = {
   /** selects the pods that publish KV events (the default label selector) */
   kvEventsEnabled: "model.aibrix.ai/kv-events-enabled",
-  /** base model served; label or annotation */
+  /** base model served; annotation (any served name) or label (AIBrix's, label-value syntax) */
   model: "model.aibrix.ai/name",
   /** one LoRA adapter the pod serves (label) */
   loraId: "model.aibrix.ai/lora-id",
@@ -77,7 +77,9 @@ export function podInfoFromPod(pod: V1Pod, previous?: PodInfo): PodInfo | null {
   const ann = md.annotations ?? {};
   const ns = md.namespace ?? "default";
   const name = `${ns}/${md.name ?? ""}`;
-  const model = (labels[LABELS.model] ?? ann[LABELS.model] ?? "").trim();
+  // The annotation wins: it can hold any served name ("Qwen/Qwen3-0.6B"), which a label value
+  // cannot (no "/"); the label is AIBrix's sanitized name.
+  const model = (ann[LABELS.model] ?? labels[LABELS.model] ?? "").trim();
   if (model === "") throw new PodSpecError(`no model: set the label or annotation ${LABELS.model}`);
   const loras: string[] = [];
   const addLora = (s: string | undefined) => {

@@ -114,6 +114,14 @@ test("podInfoFromPod: labels, annotations, ports, readiness", () => {
   const term = makePod({ name: "e3", model: "m", ip: "10.0.0.3" });
   term.metadata!.deletionTimestamp = new Date();
   assert.equal(podInfoFromPod(term)?.ready, false);
+  // the annotation (exact served name) wins over the label (label-value syntax)
+  const both = makePod({
+    name: "e6",
+    model: "qwen3-0-6b",
+    ip: "10.0.0.6",
+    annotations: { "model.aibrix.ai/name": "Qwen/Qwen3-0.6B" },
+  });
+  assert.equal(podInfoFromPod(both)?.model, "Qwen/Qwen3-0.6B");
   // no model, bad port
   assert.throws(() => podInfoFromPod(makePod({ name: "e4", ip: "10.0.0.4" })), /model\.aibrix\.ai\/name/);
   assert.throws(
