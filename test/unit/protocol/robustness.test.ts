@@ -183,31 +183,43 @@ test("lying length headers cost nothing: errors before any allocation", () => {
 
 test("deep nesting is cut at maxDepth without exhausting the stack", () => {
   const depth = 200_000;
-  const deep = Buffer.concat([
-    Buffer.from(
-      "92 07 91 92 ac426c6f636b52656d6f766564 91 01".replace(/ /g, "").replace("9292", "9293"),
-      "hex",
-    ),
-  ]);
-  // BlockRemoved with a third (medium) field that is 200k nested arrays
-  const head = Buffer.from(
-    `920791 93 ac${Buffer.from("BlockRemoved").toString("hex")} 9101`.replace(/ /g, ""),
-    "hex",
-  );
-  const payload = Buffer.concat([head, Buffer.alloc(depth, 0x91), Buffer.from([0xc0])]);
-  assert.ok(deep.length > 0);
+  const nested = Buffer.concat([Buffer.alloc(depth, 0x91), Buffer.from([0xc0])]); // [[[...nil...]]]
+  const removed = Buffer.from("BlockRemoved").toString("hex");
+  const hex = (h: string) => Buffer.from(h.replace(/ /g, ""), "hex");
+  const isDepth = (e: unknown) =>
+    e instanceof ProtocolError && e.code === "limit_exceeded" && e.limit === "maxDepth";
+  // as an unknown trailing field of an array event: skipped, cut at the depth limit
   assert.throws(
-    () => decodeBatch(payload),
-    (e: unknown) => e instanceof ProtocolError && (e.code === "bad_schema" || e.limit === "maxDepth"),
+    () => decodeBatch(Buffer.concat([hex(`92 07 91 96 ac${removed} 9101 c0 c0 c0`), nested])),
+    isDepth,
   );
-  // as an unknown trailing field it must be skipped → depth limit
-  const head2 = Buffer.from(
-    `920791 96 ac${Buffer.from("BlockRemoved").toString("hex")} 9101 c0 c0 c0`.replace(/ /g, ""),
-    "hex",
+  // as an unknown key of a map event, and as an unknown batch field
+  assert.throws(
+    () =>
+      decodeBatch(
+        Buffer.concat([
+          hex(`92 07 91 83 a474797065 ac${removed} ac626c6f636b5f686173686573 9101 a178`),
+          nested,
+        ]),
+      ),
+    isDepth,
   );
   assert.throws(
-    () => decodeBatch(Buffer.concat([head2, Buffer.alloc(depth, 0x91), Buffer.from([0xc0])])),
-    (e: unknown) => e instanceof ProtocolError && e.code === "limit_exceeded" && e.limit === "maxDepth",
+    () => decodeBatch(Buffer.concat([hex("93 07 90 00 91"), nested])),
+    (e: unknown) => e instanceof ProtocolError,
+  );
+  assert.throws(() => decodeBatch(Buffer.concat([hex("94 07 90 00"), nested])), isDepth);
+  // inside extra_keys (kept values)
+  const stored = Buffer.from("BlockStored").toString("hex");
+  assert.throws(
+    () => decodeBatch(Buffer.concat([hex(`92 07 91 99 ab${stored} 90 c0 90 10 c0 c0 c0`), nested])),
+    isDepth,
+  );
+  // a huge limit set by the caller still ends in a ProtocolError (stack overflow is caught)
+  assert.throws(
+    () =>
+      decodeBatch(Buffer.concat([hex(`92 07 91 96 ac${removed} 9101 c0 c0 c0`), nested]), { maxDepth: 1e9 }),
+    (e: unknown) => e instanceof ProtocolError,
   );
 });
 
