@@ -2,7 +2,7 @@
 # Build kvsync's image, load it into a Kind cluster and deploy the Kind overlay.
 #   deploy/kind/up.sh          create (or reuse) the cluster, build, load, deploy, wait
 #   deploy/kind/up.sh down     delete the cluster
-# Needs docker, kind (>= 0.24 for NetworkPolicy) and kubectl (>= 1.27, for `apply -k`).
+# Needs docker, kind and kubectl (with built-in kustomize: `kubectl apply -k`).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
