@@ -424,3 +424,59 @@ test("a tight cache preempts and recomputes, every request still completes with 
   assert.match(metrics, /^vllm:num_preemptions_total\{[^}]*\} [1-9]/m);
   await assertMirrorsEqualTruth(e, [m]);
 });
+
+/** n consecutive free TCP ports on 127.0.0.1 (probed by binding them). */
+async function consecutivePorts(n: number): Promise<number> {
+  const { createServer } = await import("node:net");
+  const tryBind = (port: number) =>
+    new Promise<import("node:net").Server | null>((resolve) => {
+      const s = createServer();
+      s.once("error", () => resolve(null));
+      s.listen(port, "127.0.0.1", () => resolve(s));
+    });
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const base = 20_000 + Math.floor(Math.random() * 30_000);
+    const held: import("node:net").Server[] = [];
+    let ok = true;
+    for (let i = 0; i < n && ok; i++) {
+      const s = await tryBind(base + i);
+      if (s === null) ok = false;
+      else held.push(s);
+    }
+    await Promise.all(held.map((s) => new Promise((r) => s.close(r))));
+    if (ok) return base;
+  }
+  throw new Error("no consecutive free ports found");
+}
+
+test("data parallel with fixed ports: rank r publishes and replays on port + r (vLLM's offsets)", async () => {
+  const ev = await consecutivePorts(2);
+  const rp = await consecutivePorts(2);
+  const e = await start({
+    blockSize: 4,
+    dataParallelSize: 2,
+    eventsEndpoint: `tcp://*:${ev}`,
+    replayEndpoint: `tcp://*:${rp}`,
+  });
+  assert.deepEqual(
+    e.eventsEndpoints.map((x) => Number(x!.split(":").at(-1))),
+    [ev, ev + 1],
+  );
+  assert.deepEqual(
+    e.replayEndpoints.map((x) => Number(x!.split(":").at(-1))),
+    [rp, rp + 1],
+  );
+  const m1 = new MirrorSubscriber(`tcp://127.0.0.1:${ev + 1}`, `tcp://127.0.0.1:${rp + 1}`).start();
+  open.push(m1);
+  const r = await complete(
+    e,
+    { prompt: [1, 2, 3, 4, 5, 6, 7, 8, 9], max_tokens: 1 },
+    { "X-data-parallel-rank": "1" },
+  );
+  assert.equal(r.status, 200);
+  await e.engine.quiesce();
+  await m1.catchUp();
+  assert.deepEqual([...m1.dpRanks], [1]);
+  assert.deepEqual(m1.snapshot(), await truth(e, 1));
+  assert.equal(m1.blocks.size, 2);
+});
