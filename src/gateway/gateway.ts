@@ -1,4 +1,4 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { createServer, type Server } from "node:http";
 import { Registry } from "prom-client";
 import { createDiscoverySource, type DiscoveryOptions } from "../discovery/index.ts";
 import { PodSet } from "../discovery/pod-set.ts";
@@ -9,7 +9,8 @@ import { createIndex, type IndexOptions } from "../index/index.ts";
 import type { PrefixIndex } from "../index/types.ts";
 import { TokenizerRegistry } from "../tokenize/registry.ts";
 import { createLogger, type Logger } from "../util/log.ts";
-import { GatewayError, sendError, sendJson } from "./errors.ts";
+import { createAdminHandler } from "./admin.ts";
+import { GatewayError, sendError } from "./errors.ts";
 import {
   DEFAULT_BLOCK_SIZE,
   GATEWAY_DEFAULTS,
@@ -61,44 +62,6 @@ export interface RunningGateway {
   subscribers: SubscriberManager | null;
   registry: Registry;
   close(): Promise<void>;
-}
-
-type AdminHandler = (req: IncomingMessage, res: ServerResponse) => void | Promise<void>;
-
-interface AdminDeps {
-  index: PrefixIndex;
-  pods: PodSet;
-  subscribers: SubscriberManager | null;
-  registry: Registry;
-  tokenizer: TokenizerLookup | undefined;
-  ready: () => boolean;
-  defaultBlockSize: number;
-  maxBodyBytes: number;
-  log: Logger;
-}
-
-/** The shared admin API (./admin.ts: healthz/readyz/metrics/admin/pods/blocks/match) when present. */
-async function baseAdminHandler(deps: AdminDeps): Promise<AdminHandler> {
-  const path = "./admin.ts";
-  let mod: Record<string, unknown> | null = null;
-  try {
-    mod = (await import(path)) as Record<string, unknown>;
-  } catch (err) {
-    if ((err as { code?: string }).code !== "ERR_MODULE_NOT_FOUND") throw err;
-  }
-  const create = mod?.createAdminHandler as ((d: AdminDeps) => AdminHandler) | undefined;
-  if (typeof create === "function") return create(deps);
-  // minimal admin: health, readiness and metrics
-  return async (req, res) => {
-    const p = (req.url ?? "/").split("?")[0];
-    req.resume();
-    if (p === "/healthz") sendJson(res, 200, { ok: true });
-    else if (p === "/readyz") sendJson(res, deps.ready() ? 200 : 503, { ready: deps.ready() });
-    else if (p === "/metrics") {
-      const text = await deps.registry.metrics();
-      res.writeHead(200, { "content-type": deps.registry.contentType }).end(text);
-    } else sendError(res, new GatewayError(404, "invalid_request_error", "not_found", `no admin route ${p}`));
-  };
 }
 
 function hostForUrl(host: string): string {
@@ -185,7 +148,8 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
     let adminPort: number | null = null;
     let adminUrl: string | null = null;
     if (opts.adminPort !== null) {
-      const base = await baseAdminHandler({
+      // the shared admin API (healthz/readyz/metrics/admin/pods/blocks/match) + route explain
+      const admin_ = createAdminHandler({
         index,
         pods,
         subscribers,
@@ -195,14 +159,13 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
         defaultBlockSize: opts.defaultBlockSize ?? DEFAULT_BLOCK_SIZE,
         maxBodyBytes: opts.maxBodyBytes ?? GATEWAY_DEFAULTS.maxBodyBytes,
         log,
+      }).route("POST", "/admin/route/explain", async (req, res) => {
+        await core.handleAdmin(req, res);
       });
       const admin = createServer((req, res) => {
-        core
-          .handleAdmin(req, res)
-          .then((handled) => (handled ? undefined : base(req, res)))
-          .catch((err: unknown) =>
-            sendError(res, new GatewayError(500, "server_error", "internal_error", String(err))),
-          );
+        admin_(req, res).catch((err: unknown) =>
+          sendError(res, new GatewayError(500, "server_error", "internal_error", String(err))),
+        );
       });
       const ah = opts.adminHost ?? "127.0.0.1";
       adminPort = await listen(admin, opts.adminPort ?? 0, ah);
