@@ -462,7 +462,9 @@ export async function startHttpServer(
     const body = await readJson(req, o.maxBodyBytes);
     modelOf(body);
     if (!isTokenIds(body.tokens)) throw new HttpError(400, "tokens must be a list of token ids", "tokens");
-    sendJson(res, 200, { prompt: await tok.decode(body.tokens, optBool(body, "skip_special_tokens") ?? false) });
+    sendJson(res, 200, {
+      prompt: await tok.decode(body.tokens, optBool(body, "skip_special_tokens") ?? false),
+    });
   };
 
   const rankParam = (url: URL, required: boolean): Rank[] => {

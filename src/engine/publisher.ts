@@ -71,6 +71,8 @@ export interface PublisherOptions {
 export interface PublisherStats {
   /** next seq to be assigned */
   nextSeq: number;
+  /** seq of the last message handed to the PUB socket (-1: none yet) */
+  lastSentSeq: number;
   sent: number;
   dropped: number;
   lost: number;
@@ -90,7 +92,8 @@ export class EventPublisher {
   private ringStart = 0;
   private ringLen = 0;
   private seq = 0;
-  private queue: Buffer[][] = [];
+  private lastSentSeq = -1;
+  private queue: Array<{ seq: number; frames: Buffer[] }> = [];
   private sending = false;
   private closed = false;
   private paused = false;
@@ -171,7 +174,7 @@ export class EventPublisher {
       this.stats.dropped++;
       return;
     }
-    this.queue.push(encodePubMessage(this.o.topic, seq, payload));
+    this.queue.push({ seq, frames: encodePubMessage(this.o.topic, seq, payload) });
     if (!this.sending) void this.drain();
   }
 
@@ -192,6 +195,7 @@ export class EventPublisher {
   snapshot(): PublisherStats {
     return {
       nextSeq: this.seq,
+      lastSentSeq: this.lastSentSeq,
       sent: this.stats.sent,
       dropped: this.stats.dropped,
       lost: this.stats.lost,
@@ -236,8 +240,9 @@ export class EventPublisher {
       while (this.queue.length > 0 && !this.closed) {
         const msg = this.queue.shift()!;
         try {
-          await this.pub.send(msg);
+          await this.pub.send(msg.frames);
           this.stats.sent++;
+          this.lastSentSeq = msg.seq;
         } catch (err) {
           if (this.closed) break;
           this.stats.sendErrors++;
