@@ -43,7 +43,7 @@ export interface SeqTrackerOptions {
   recentSize?: number;
 }
 
-type ReplayKind = "initial" | "gap" | "verify";
+type ReplayKind = "initial" | "gap" | "verify" | "probe";
 
 interface Msg {
   seq: number;
@@ -96,7 +96,8 @@ export class SeqTracker {
 
   state(): TrackerState {
     if (this.resyncing) return "resyncing";
-    return this.phase === "replaying" ? "replaying" : "live";
+    // an idle probe keeps the stream live unless it finds something wrong
+    return this.phase === "replaying" && this.replayKind !== "probe" ? "replaying" : "live";
   }
 
   replaying(): boolean {
@@ -159,7 +160,7 @@ export class SeqTracker {
   probe(): boolean {
     if (!this.hasReplay || this.phase !== "live" || this.last === null || this.pending.length > 0)
       return false;
-    this.beginReplay("gap", this.last + 1);
+    this.beginReplay("probe", this.last + 1);
     return true;
   }
 
@@ -190,7 +191,7 @@ export class SeqTracker {
         this.applyMsg(seq, payload);
         return;
       }
-      if (this.replayKind === "gap" && seq > this.replayFrom) {
+      if ((this.replayKind === "gap" || this.replayKind === "probe") && seq > this.replayFrom) {
         // the engine's buffer no longer holds the start of the gap (reported when detected)
         this.unrecoverable();
         this.applyMsg(seq, payload);
@@ -245,8 +246,14 @@ export class SeqTracker {
       this.phase = "live";
       return;
     }
-    // an initial pick-up that fails loses nothing we had; any other replay leaves a hole
-    if (this.replayKind !== "initial" || this.last !== null) this.unrecoverable();
+    // an initial pick-up or an idle probe that fails loses nothing we had; any other replay
+    // leaves a hole
+    if (
+      this.replayKind === "gap" ||
+      this.replayKind === "verify" ||
+      (this.replayKind === "initial" && this.last !== null)
+    )
+      this.unrecoverable();
     this.phase = "live";
     this.drain();
   }

@@ -59,8 +59,22 @@ export async function startTestEngine(
 export async function restartTestEngine(e: TestEngine): Promise<void> {
   await e.running?.close();
   e.running = null;
-  const again = await startTestEngine(e.name, e.opts, { http: e.http, events: e.events, replay: e.replay });
-  e.running = again.running;
+  // ZeroMQ releases a closed socket's port in its I/O thread, a little after close() returns
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    try {
+      const again = await startTestEngine(e.name, e.opts, {
+        http: e.http,
+        events: e.events,
+        replay: e.replay,
+      });
+      e.running = again.running;
+      return;
+    } catch (err) {
+      if (!/in use/i.test(String((err as Error).message)) || Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
 }
 
 export function engineEntry(e: TestEngine, model = "Qwen/Qwen3-0.6B") {

@@ -313,9 +313,13 @@ describe("SeqTracker", () => {
       [0, 1],
     );
     assert.equal(t.probe(), true);
+    assert.equal(t.state(), "live", "a probe does not take the stream out of live");
     t.onReplayEnd(); // nothing new
     assert.equal(t.state(), "live");
+    assert.equal(t.probe(), true);
+    t.onReplayFailed(); // the replay endpoint is away: nothing is known to be lost
     assert.deepEqual(rec.drops, []);
+    assert.equal(t.state(), "live");
   });
 
   it("the pending queue is bounded; what it sheds is recovered as a gap", () => {
