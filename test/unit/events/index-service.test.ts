@@ -1,12 +1,15 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { type IndexService, startIndexService } from "../../../src/commands/index.ts";
+import { encodeBatch } from "../../../src/protocol/encode.ts";
+import { hashFromInt } from "../../../src/protocol/hash.ts";
 import { silentLogger } from "../../../src/util/log.ts";
 import { complete, engineTruth, startTestEngine, type TestEngine, writeEngines } from "./engines.ts";
-import { waitFor } from "./fake-publisher.ts";
+import { FakePublisher, waitFor } from "./fake-publisher.ts";
 
 const MODEL = "Qwen/Qwen3-0.6B";
 
@@ -225,5 +228,93 @@ describe("kvsync index: admin API over real engines", () => {
     });
     const ex = await post("/admin/route/explain", "{}");
     assert.deepEqual(ex, { status: 200, body: { explained: true } });
+  });
+});
+
+describe("kvsync index (child process)", () => {
+  it("serves the admin API for the engines file, follows a publisher, stops on SIGTERM", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "kvsync-index-cli-"));
+    const pub = await new FakePublisher().start();
+    const file = join(dir, "engines.yaml");
+    writeFileSync(
+      file,
+      `engines:\n  - name: pod-y\n    model: m\n    http: http://127.0.0.1:1\n    events: ${pub.pubEndpoint}\n    replay: ${pub.replayEndpoint}\n`,
+    );
+    const child = spawn(process.execPath, ["--import", "tsx", "src/cli.ts", "index", "--engines", file], {
+      cwd: join(import.meta.dirname, "../../.."),
+      stdio: ["ignore", "pipe", "pipe"],
+      // flags' env twins
+      env: {
+        ...process.env,
+        KVSYNC_ADMIN_PORT: "0",
+        KVSYNC_ADMIN_HOST: "127.0.0.1",
+        KVSYNC_LOG_LEVEL: "warn",
+      },
+    });
+    const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+    after(async () => {
+      if (child.exitCode === null) child.kill("SIGKILL");
+      await exited;
+      await pub.close();
+      rmSync(dir, { recursive: true, force: true });
+    });
+    let out = "";
+    let err = "";
+    child.stdout.setEncoding("utf8").on("data", (c: string) => {
+      out += c;
+    });
+    child.stderr.setEncoding("utf8").on("data", (c: string) => {
+      err += c;
+    });
+    await waitFor(
+      "the started line",
+      () => out.includes("\n"),
+      20_000,
+      () => ({ out, err }),
+    );
+    const { url } = JSON.parse(out.split("\n")[0]) as { url: string };
+    await pub.waitSubscribed(1, 10_000);
+    const podState = async () =>
+      ((await (await fetch(`${url}/admin/pods`)).json()) as Array<{ state: string }>)[0]?.state;
+    const deadline = Date.now() + 10_000;
+    while ((await podState()) !== "live") {
+      if (Date.now() > deadline) assert.fail(`pod-y never live: ${err}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await pub.publish(
+      0,
+      encodeBatch(
+        {
+          ts: 1,
+          events: [
+            {
+              type: "BlockStored",
+              blockHashes: [hashFromInt(77)],
+              parentBlockHash: null,
+              tokenIds: Array.from({ length: 16 }, (_, i) => i),
+              blockSize: 16,
+              loraId: null,
+              medium: "CPU",
+              loraName: null,
+              extraKeys: null,
+              groupIdx: null,
+              kvCacheSpecKind: null,
+              kvCacheSpecSlidingWindow: null,
+              locality: null,
+            },
+          ],
+          dpRank: 0,
+        },
+        "2025-09",
+      ),
+    );
+    let blocks: unknown = null;
+    const d2 = Date.now() + 10_000;
+    while (JSON.stringify(blocks) !== JSON.stringify({ blocks: [{ hash: "77", tiers: ["CPU"] }] })) {
+      if (Date.now() > d2) assert.fail(`blocks: ${JSON.stringify(blocks)}`);
+      blocks = await (await fetch(`${url}/admin/pods/pod-y/blocks`)).json();
+    }
+    child.kill("SIGTERM");
+    assert.equal(await exited, 0);
   });
 });
