@@ -113,14 +113,14 @@ export class ReferenceIndex implements PrefixIndex {
     const bs = ev.blockSize;
     const keyable = keyableBlocks(ev);
     const nsk = namespaceKey(st.ref.model, loraOf(ev), bs);
+    // a prefix names the namespace at every step, so a chain that crosses namespaces (a LoRA
+    // block on a base-model parent) never equals a query's prefix in either namespace
     let prev: string | null;
-    if (ev.parentBlockHash === null || ev.parentBlockHash === undefined) prev = `${nsk}#`;
+    if (ev.parentBlockHash === null || ev.parentBlockHash === undefined) prev = "";
     else {
       const pe = st.entries.get(ev.parentBlockHash);
       if (!pe) this.counters.orphanStores++;
       prev = pe ? pe.prefix : null;
-      // A parent from another namespace cannot continue this namespace's chain.
-      if (prev !== null && !prev.startsWith(`${nsk}#`)) prev = null;
     }
     for (let i = 0; i < ev.blockHashes.length; i++) {
       const h = ev.blockHashes[i];
@@ -131,7 +131,7 @@ export class ReferenceIndex implements PrefixIndex {
       }
       const computed =
         prev !== null && i < keyable
-          ? `${prev}|${ev.tokenIds.slice(i * bs, (i + 1) * bs).map((t) => t | 0)}`
+          ? `${prev}|${nsk}:${ev.tokenIds.slice(i * bs, (i + 1) * bs).map((t) => t | 0)}`
           : null;
       let e = st.entries.get(h);
       if (e) {
@@ -185,9 +185,10 @@ export class ReferenceIndex implements PrefixIndex {
     if (!Number.isInteger(bs) || bs < 1) return [];
     const n = Math.floor(tokenIds.length / bs);
     const prefixes: string[] = [];
-    let p = `${namespaceKey(ns.model, ns.lora, bs)}#`;
+    const nsk = namespaceKey(ns.model, ns.lora, bs);
+    let p = "";
     for (let i = 0; i < n; i++) {
-      p = `${p}|${Array.from({ length: bs }, (_, j) => tokenIds[i * bs + j] | 0)}`;
+      p = `${p}|${nsk}:${Array.from({ length: bs }, (_, j) => tokenIds[i * bs + j] | 0)}`;
       prefixes.push(p);
     }
     const out: StreamMatch[] = [];

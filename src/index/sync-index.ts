@@ -46,16 +46,19 @@ const SNEXT = 5;
 const GPREV = 6;
 const GNEXT = 7;
 
-const BS = 5;
+const BS = 4;
 const KHI = 0;
 const KLO = 1;
-const NSID = 2;
-const VEC = 3;
-const LC = 4;
+const VEC = 2;
+const LC = 3;
 
+/** slot = (index + 1) | fingerprint << 27; IDX alone marks a deleted slot (tombstone) */
 const IDX = 0x7ffffff;
-/** slot tables index with 27 bits */
-const MAX_RECORDS = IDX - 1;
+const TOMB = IDX;
+const MAX_RECORDS = IDX - 2;
+/** table sizing: rebuild above MAX_LOAD (live + tombstones), to REBUILD_LOAD live */
+const MAX_LOAD = 0.8;
+const REBUILD_LOAD = 0.6;
 
 const KIND_U = 0;
 const KIND_N = 1;
@@ -63,8 +66,17 @@ const KIND_STR = 2;
 
 function grownCapacity(cur: number, need: number, max: number): number {
   let c = Math.max(cur, 1024);
-  while (c < need) c = c < 1 << 20 ? c * 2 : Math.ceil(c * 1.25);
+  while (c < need) c = c < 1 << 20 ? c * 2 : c < 1 << 23 ? Math.ceil(c * 1.25) : Math.ceil(c * 1.125);
   return Math.max(need, Math.min(c, max));
+}
+
+/** home slot of a hash in a table of `size` slots (any size < 2^27: multiply-shift, exact in doubles) */
+function home(hh: number, size: number): number {
+  return ((hh >>> 6) * size) / 67108864;
+}
+
+function tableSize(live: number): number {
+  return Math.max(64, Math.ceil(live / REBUILD_LOAD));
 }
 
 function mixHash(a: number, b: number, c: number): number {
@@ -99,7 +111,7 @@ export class SyncPrefixIndex implements PrefixIndex {
   private gTail = -1;
   private readonly strHashes = new Map<number, string>();
   private eSlots: Int32Array;
-  private eMask: number;
+  private eTombs = 0;
 
   // blocks
   private b: Int32Array;
@@ -108,7 +120,7 @@ export class SyncPrefixIndex implements PrefixIndex {
   private bFree = -1;
   private blockCount = 0;
   private bSlots: Int32Array;
-  private bMask: number;
+  private bTombs = 0;
 
   // claims arena (vectors of stream << 3 | tiers)
   private cv = new Int32Array(1024);
@@ -152,12 +164,8 @@ export class SyncPrefixIndex implements PrefixIndex {
     this.e = new Int32Array(init * ES);
     this.bCap = init;
     this.b = new Int32Array(init * BS);
-    let t = 16;
-    while (t * 3 < init * 4) t *= 2;
-    this.eSlots = new Int32Array(t);
-    this.eMask = t - 1;
-    this.bSlots = new Int32Array(t);
-    this.bMask = t - 1;
+    this.eSlots = new Int32Array(tableSize(init));
+    this.bSlots = new Int32Array(tableSize(init));
   }
 
   // ---------------------------------------------------------------- streams / namespaces
@@ -276,63 +284,68 @@ export class SyncPrefixIndex implements PrefixIndex {
     const lo = this.h2[1];
     const e = this.e;
     const slots = this.eSlots;
-    const mask = this.eMask;
+    const size = slots.length;
     const meta = (s << 5) | (kind << 3);
     const hh = mixHash(hi, lo, s);
-    const fp = hh >>> 27;
-    let i = hh & mask;
+    const fp = hh & 31;
+    let i = home(hh, size) | 0;
     for (;;) {
       const v = slots[i];
       if (v === 0) return -1;
-      if (v >>> 27 === fp) {
+      if (v >>> 27 === fp && v !== TOMB) {
         const x = (v & IDX) - 1;
         const o = x * ES;
         if (e[o + HHI] === hi && e[o + HLO] === lo && (e[o + META] & ~7) === meta) {
           if (kind !== KIND_STR || this.strHashes.get(x) === h) return x;
         }
       }
-      i = (i + 1) & mask;
+      if (++i === size) i = 0;
     }
   }
 
+  /** Insert a new entry (not present); rebuilds the table when it gets too full. */
   private insertSlot(ent: number): void {
+    if (this.count + this.eTombs > this.eSlots.length * MAX_LOAD) this.rebuildEntryTable(ent);
     const slots = this.eSlots;
-    const mask = this.eMask;
+    const size = slots.length;
     const hh = this.entryHash(ent);
-    let i = hh & mask;
-    while (slots[i] !== 0) i = (i + 1) & mask;
-    slots[i] = (ent + 1) | ((hh >>> 27) << 27);
+    let i = home(hh, size) | 0;
+    for (;;) {
+      const v = slots[i];
+      if (v === 0) break;
+      if (v === TOMB) {
+        this.eTombs--;
+        break;
+      }
+      if (++i === size) i = 0;
+    }
+    slots[i] = (ent + 1) | ((hh & 31) << 27);
   }
 
   private deleteSlot(ent: number): void {
     const slots = this.eSlots;
-    const mask = this.eMask;
-    let i = this.entryHash(ent) & mask;
-    while ((slots[i] & IDX) !== ent + 1) i = (i + 1) & mask;
-    let j = i;
-    for (;;) {
-      j = (j + 1) & mask;
-      const v = slots[j];
-      if (v === 0) break;
-      const k = this.entryHash((v & IDX) - 1) & mask;
-      // move v back to the hole at i unless its home lies cyclically in (i, j]
-      if (i <= j ? k <= i || k > j : k <= i && k > j) {
-        slots[i] = v;
-        i = j;
-      }
-    }
-    slots[i] = 0;
+    const size = slots.length;
+    let i = home(this.entryHash(ent), size) | 0;
+    while ((slots[i] & IDX) !== ent + 1 || slots[i] === TOMB) if (++i === size) i = 0;
+    slots[i] = TOMB;
+    this.eTombs++;
   }
 
-  private growEntryTable(): void {
-    const n = this.eSlots.length * 2;
-    this.eSlots = new Int32Array(n);
-    this.eMask = n - 1;
-    // re-insert every live entry (walk all streams' lists)
-    for (let s = 0; s < this.streams.length; s++) {
-      if (!this.streams[s]) continue;
-      for (let x = this.sHead[s]; x !== -1; x = this.e[x * ES + SNEXT]) this.insertSlot(x);
+  /** Fresh table with every live entry except `pending` (being inserted by the caller). */
+  private rebuildEntryTable(pending: number): void {
+    const size = tableSize(this.count);
+    const slots = new Int32Array(size);
+    const e = this.e;
+    for (let x = 0; x < this.eUsed; x++) {
+      const o = x * ES;
+      if (e[o + META] === 0 || x === pending) continue; // free records have no tier bit
+      const hh = mixHash(e[o + HHI], e[o + HLO], e[o + META] >>> 5);
+      let i = home(hh, size) | 0;
+      while (slots[i] !== 0) if (++i === size) i = 0;
+      slots[i] = (x + 1) | ((hh & 31) << 27);
     }
+    this.eSlots = slots;
+    this.eTombs = 0;
   }
 
   private allocEntry(): number {
@@ -355,26 +368,25 @@ export class SyncPrefixIndex implements PrefixIndex {
 
   private findBlock(hi: number, lo: number): number {
     const slots = this.bSlots;
-    const mask = this.bMask;
+    const size = slots.length;
     const b = this.b;
     const hh = mixHash(hi, lo, 0);
-    const fp = hh >>> 27;
-    let i = hh & mask;
+    const fp = hh & 31;
+    let i = home(hh, size) | 0;
     for (;;) {
       const v = slots[i];
       if (v === 0) return -1;
-      if (v >>> 27 === fp) {
+      if (v >>> 27 === fp && v !== TOMB) {
         const o = ((v & IDX) - 1) * BS;
         if (b[o + KHI] === hi && b[o + KLO] === lo) return (v & IDX) - 1;
       }
-      i = (i + 1) & mask;
+      if (++i === size) i = 0;
     }
   }
 
-  private blockOf(hi: number, lo: number, ns: number): number {
+  private blockOf(hi: number, lo: number): number {
     const found = this.findBlock(hi, lo);
     if (found !== -1) return found;
-    if ((this.blockCount + 1) * 4 > this.bSlots.length * 3) this.growBlockTable();
     let x: number;
     if (this.bFree !== -1) {
       x = this.bFree;
@@ -392,7 +404,6 @@ export class SyncPrefixIndex implements PrefixIndex {
     const o = x * BS;
     this.b[o + KHI] = hi;
     this.b[o + KLO] = lo;
-    this.b[o + NSID] = ns;
     this.b[o + VEC] = 0;
     this.b[o + LC] = 0;
     this.blockCount++;
@@ -405,39 +416,47 @@ export class SyncPrefixIndex implements PrefixIndex {
   }
 
   private insertBlockSlot(x: number): void {
+    if (this.blockCount + this.bTombs > this.bSlots.length * MAX_LOAD) this.rebuildBlockTable(x);
     const slots = this.bSlots;
-    const mask = this.bMask;
+    const size = slots.length;
     const hh = this.blockHash(x);
-    let i = hh & mask;
-    while (slots[i] !== 0) i = (i + 1) & mask;
-    slots[i] = (x + 1) | ((hh >>> 27) << 27);
+    let i = home(hh, size) | 0;
+    for (;;) {
+      const v = slots[i];
+      if (v === 0) break;
+      if (v === TOMB) {
+        this.bTombs--;
+        break;
+      }
+      if (++i === size) i = 0;
+    }
+    slots[i] = (x + 1) | ((hh & 31) << 27);
   }
 
-  private growBlockTable(): void {
-    const n = this.bSlots.length * 2;
-    this.bSlots = new Int32Array(n);
-    this.bMask = n - 1;
-    // live blocks always have at least one claim; free ones have none
-    for (let x = 0; x < this.bUsed; x++) if (this.b[x * BS + LC] !== 0) this.insertBlockSlot(x);
+  /** Fresh table with every live block except `pending` (being inserted by the caller). */
+  private rebuildBlockTable(pending: number): void {
+    const size = tableSize(this.blockCount);
+    const slots = new Int32Array(size);
+    const b = this.b;
+    for (let x = 0; x < this.bUsed; x++) {
+      // live blocks always have at least one claim; free ones have none
+      if (b[x * BS + LC] === 0 || x === pending) continue;
+      const hh = mixHash(b[x * BS + KHI], b[x * BS + KLO], 0);
+      let i = home(hh, size) | 0;
+      while (slots[i] !== 0) if (++i === size) i = 0;
+      slots[i] = (x + 1) | ((hh & 31) << 27);
+    }
+    this.bSlots = slots;
+    this.bTombs = 0;
   }
 
   private freeBlock(x: number): void {
     const slots = this.bSlots;
-    const mask = this.bMask;
-    let i = this.blockHash(x) & mask;
-    while ((slots[i] & IDX) !== x + 1) i = (i + 1) & mask;
-    let j = i;
-    for (;;) {
-      j = (j + 1) & mask;
-      const v = slots[j];
-      if (v === 0) break;
-      const k = this.blockHash((v & IDX) - 1) & mask;
-      if (i <= j ? k <= i || k > j : k <= i && k > j) {
-        slots[i] = v;
-        i = j;
-      }
-    }
-    slots[i] = 0;
+    const size = slots.length;
+    let i = home(this.blockHash(x), size) | 0;
+    while ((slots[i] & IDX) !== x + 1 || slots[i] === TOMB) if (++i === size) i = 0;
+    slots[i] = TOMB;
+    this.bTombs++;
     this.b[x * BS + LC] = 0;
     this.b[x * BS + KHI] = this.bFree;
     this.bFree = x;
@@ -704,7 +723,7 @@ export class SyncPrefixIndex implements PrefixIndex {
         if (pe === -1) this.counters.orphanStores++;
         else {
           const px = e[pe * ES + BLOCK];
-          if (px !== -1 && this.b[px * BS + NSID] === ns) {
+          if (px !== -1) {
             prevOk = true;
             prevHi = this.b[px * BS + KHI];
             prevLo = this.b[px * BS + KLO];
@@ -732,7 +751,7 @@ export class SyncPrefixIndex implements PrefixIndex {
           const x = this.e[o + BLOCK];
           if (x === -1 || this.b[x * BS + KHI] !== k2[0] || this.b[x * BS + KLO] !== k2[1]) {
             this.unclaim(ent);
-            this.claim(ent, this.blockOf(k2[0], k2[1], ns));
+            this.claim(ent, this.blockOf(k2[0], k2[1]));
           }
         }
         this.touch(ent, s);
@@ -750,11 +769,10 @@ export class SyncPrefixIndex implements PrefixIndex {
         if (kind === KIND_STR) this.strHashes.set(ent, h);
         this.count++;
         this.sCount[s]++;
-        if (this.count * 4 > this.eSlots.length * 3) this.growEntryTable();
         this.insertSlot(ent);
         this.linkHead(ent, s);
         if (have) {
-          this.claim(ent, this.blockOf(k2[0], k2[1], ns));
+          this.claim(ent, this.blockOf(k2[0], k2[1]));
         }
       }
       const x = this.e[ent * ES + BLOCK];
