@@ -374,11 +374,13 @@ export class GatewayCore {
   }
 
   private async plan(parsed: ParsedRequest, claim: boolean): Promise<Plan> {
+    // claim = a real request (dispatch follows); otherwise explain: a dry run
     const { ns, candidates } = this.candidatesFor(parsed.model);
     const ids = await this.tokenize(parsed, ns.model, candidates[0]?.http);
     // re-read candidates: readiness or stream states may have changed while tokenizing
     const fresh = this.candidatesFor(parsed.model);
     const route: RouteRequest = { ns: fresh.ns, tokenIds: ids ?? [], candidates: fresh.candidates };
+    if (!claim) route.dryRun = true;
     const t0 = performance.now();
     const decision = this.policy.route(route);
     this.metrics.routingSeconds.observe({ policy: this.policy.name }, (performance.now() - t0) / 1000);

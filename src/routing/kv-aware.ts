@@ -129,7 +129,7 @@ export class KvAwarePolicy implements RoutingPolicy {
       for (const m of matches) byStream.set(m.streamId, m);
     }
     const scored = req.candidates.map((c) => this.score(c, byStream.get(c.streamId), n, bs, cap));
-    const ranked = rankByScore(scored, this.rotation++);
+    const ranked = rankByScore(scored, req.dryRun ? this.rotation : this.rotation++);
     if (this.rotation > 1e9) this.rotation = 0;
     return { policy: this.name, ranked };
   }

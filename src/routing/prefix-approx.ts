@@ -153,7 +153,7 @@ export class PrefixApproxPolicy implements RoutingPolicy {
         : s.load.inflightRequests * 1e6 - s.matchedBlocks;
       s.terms = { cacheMode: cacheMode ? 1 : 0, imbalanced: imbalanced ? 1 : 0 };
     }
-    const rot = n === 0 ? 0 : this.rotation++ % n;
+    const rot = n === 0 ? 0 : (req.dryRun ? this.rotation : this.rotation++) % n;
     if (this.rotation > 1e9) this.rotation = 0;
     const ranked = scored
       .map((s, i) => ({ s, tie: (i - rot + n) % n }))

@@ -26,7 +26,7 @@ export class LeastRequestPolicy implements RoutingPolicy {
 
   route(req: RouteRequest): RoutingDecision {
     const n = req.candidates.length;
-    const rot = n === 0 ? 0 : this.rotation++ % n;
+    const rot = n === 0 ? 0 : (req.dryRun ? this.rotation : this.rotation++) % n;
     const scored = plain(req, this.loads, (_i, s) => s.load.inflightRequests);
     const ranked = scored
       .map((s, i) => ({ s, tie: (i - rot + n) % n }))
@@ -47,8 +47,10 @@ export class RoundRobinPolicy implements RoutingPolicy {
     const n = req.candidates.length;
     const key = `${req.ns.model}\u0000${req.ns.lora ?? ""}`;
     const start = this.next.get(key) ?? 0;
-    if (!this.next.has(key) && this.next.size >= RoundRobinPolicy.MAX_KEYS) this.next.clear();
-    this.next.set(key, (start + 1) % 1_000_000_007);
+    if (!req.dryRun) {
+      if (!this.next.has(key) && this.next.size >= RoundRobinPolicy.MAX_KEYS) this.next.clear();
+      this.next.set(key, (start + 1) % 1_000_000_007);
+    }
     const rot = n === 0 ? 0 : start % n;
     const scored = plain(req, this.loads, (i) => (i - rot + n) % n);
     return { policy: this.name, ranked: scored.sort((a, b) => a.score - b.score) };
@@ -71,6 +73,7 @@ export function seededRandom(seed: number): () => number {
 export class RandomPolicy implements RoutingPolicy {
   readonly name = "random" as const;
   private readonly rnd: () => number;
+  private draws = 0;
   constructor(
     private readonly loads: LoadSource,
     seed = 1,
@@ -79,7 +82,10 @@ export class RandomPolicy implements RoutingPolicy {
   }
 
   route(req: RouteRequest): RoutingDecision {
-    const scored = plain(req, this.loads, () => this.rnd());
+    // a dry run draws from a throwaway generator so the real sequence is unchanged
+    const rnd = req.dryRun ? seededRandom(this.draws) : this.rnd;
+    if (!req.dryRun) this.draws++;
+    const scored = plain(req, this.loads, () => rnd());
     return { policy: this.name, ranked: scored.sort((a, b) => a.score - b.score) };
   }
 }

@@ -34,6 +34,8 @@ export interface RouteRequest {
   tokenIds: ArrayLike<number>;
   /** ready candidates serving the model/adapter, in a stable order (by stream id) */
   candidates: Candidate[];
+  /** explain only: rank without advancing any policy state (rotation, RNG) */
+  dryRun?: boolean;
 }
 
 /** Load of one stream as the policy saw it when scoring. */

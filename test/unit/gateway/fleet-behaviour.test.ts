@@ -122,6 +122,43 @@ describe("with mock engines", () => {
     assert.equal(r.headers.get("x-kvsync-pod"), "pod-0");
   });
 
+  test("prefix-approx without events: follow-up turns go back to the pod that has the conversation", async () => {
+    const f = await startFleet(3, { policy: "prefix-approx", subscribe: false });
+    cleanups.push(() => f.close());
+    const convs = Array.from({ length: 3 }, (_, c) =>
+      Array.from({ length: 80 }, (_, i) => `conversation${c} token${i}`).join(" "),
+    );
+    const first: string[] = [];
+    for (const conv of convs) {
+      const r = await post(`${f.gw.url}/v1/chat/completions`, {
+        model: MODEL,
+        messages: [{ role: "user", content: conv }],
+        max_tokens: 2,
+      });
+      assert.equal(r.status, 200, r.text);
+      first.push(r.headers.get("x-kvsync-pod")!);
+    }
+    assert.equal(new Set(first).size, 3, `distinct conversations spread: ${first}`);
+    for (const [i, conv] of convs.entries()) {
+      const r = await post(`${f.gw.url}/v1/chat/completions`, {
+        model: MODEL,
+        messages: [
+          { role: "user", content: conv },
+          { role: "assistant", content: "ok" },
+          { role: "user", content: "and then?" },
+        ],
+        max_tokens: 2,
+      });
+      assert.equal(r.status, 200, r.text);
+      assert.equal(r.headers.get("x-kvsync-pod"), first[i], `turn 2 of conversation ${i}`);
+      assert.ok(Number(r.headers.get("x-kvsync-matched-tokens")) > 0);
+      assert.ok(
+        r.json.usage.prompt_tokens_details.cached_tokens > 0,
+        "the engine reused the conversation's cache",
+      );
+    }
+  });
+
   test("--scrape-engine-metrics feeds engines' queue and KV usage into the load", async () => {
     const f = await startFleet(2, { scrapeEngineMetrics: true, scrapeIntervalMs: 100 });
     cleanups.push(() => f.close());

@@ -370,3 +370,55 @@ describe("load, engine metrics and feedback", () => {
     assert.ok(e.meanRelError > 0.16 && e.meanRelError < 0.48);
   });
 });
+
+describe("dry runs (explain)", () => {
+  test("a dry run ranks like the next real decision without advancing any state", () => {
+    for (const name of ["kv-aware", "prefix-approx", "least-request", "round-robin", "random"] as const) {
+      const p = createPolicy(name, { index: new FakeIndex(), loads: new LoadTracker(), seed: 3 });
+      const req: RouteRequest = { ns: NS, tokenIds: seq(1, 20), candidates: cands(3) };
+      const real: string[] = [];
+      for (let i = 0; i < 5; i++) {
+        if (name !== "random") {
+          const dry = p.route({ ...req, dryRun: true }).ranked[0]!.candidate.pod;
+          const again = p.route({ ...req, dryRun: true }).ranked[0]!.candidate.pod;
+          assert.equal(dry, again, `${name}: dry runs agree`);
+          const r = p.route(req).ranked[0]!.candidate.pod;
+          assert.equal(r, dry, `${name}: the dry run predicted the real choice`);
+          real.push(r);
+        } else {
+          p.route({ ...req, dryRun: true });
+          real.push(p.route(req).ranked[0]!.candidate.pod);
+        }
+      }
+      if (name === "round-robin") assert.deepEqual(real, ["pod-0", "pod-1", "pod-2", "pod-0", "pod-1"]);
+      if (name === "random") {
+        const q = createPolicy("random", { index: new FakeIndex(), loads: new LoadTracker(), seed: 3 });
+        const plain = Array.from({ length: 5 }, () => q.route(req).ranked[0]!.candidate.pod);
+        assert.deepEqual(real, plain, "dry runs do not perturb the seeded sequence");
+      }
+    }
+  });
+});
+
+describe("feedback logging", () => {
+  test("a pod whose prediction error stays high is logged once per interval", async () => {
+    const { Writable } = await import("node:stream");
+    const pino = (await import("pino")).default;
+    const lines: Array<Record<string, unknown>> = [];
+    const sink = new Writable({
+      write(chunk, _enc, cb) {
+        for (const l of String(chunk).split("\n")) if (l.trim()) lines.push(JSON.parse(l));
+        cb();
+      },
+    });
+    const f = new PredictionFeedback(pino({ level: "info" }, sink), { minSamples: 5, threshold: 0.3 });
+    for (let i = 0; i < 20; i++) f.observe("good", 64, 64, 100);
+    for (let i = 0; i < 4; i++) f.observe("bad", 96, 0, 100);
+    assert.equal(lines.length, 0, "not before minSamples");
+    for (let i = 0; i < 10; i++) f.observe("bad", 96, 0, 100);
+    const warns = lines.filter((l) => l.event === "gateway.prediction_error_high");
+    assert.equal(warns.length, 1);
+    assert.equal(warns[0]!.pod, "bad");
+    assert.ok(f.errors().find((e) => e.pod === "good")!.meanRelError === 0);
+  });
+});
