@@ -162,6 +162,8 @@ export interface KubernetesSourceOptions {
   watchIdleTimeoutMs?: number;
   /** server-side watch timeout sent as timeoutSeconds. Default 300 s. */
   watchTimeoutSeconds?: number;
+  /** longest pause before restarting a watch that ended without error (ms). Default 1 s. */
+  watchRestartMaxDelayMs?: number;
   /** reconnect backoff after an error (ms): min, max. Default 250 ms, 30 s. */
   backoffMinMs?: number;
   backoffMaxMs?: number;
@@ -200,6 +202,7 @@ class InformerWatch extends Watch {
     config: KubeConfig,
     private readonly t: { timeoutSeconds: number; connectTimeoutMs: number; idleTimeoutMs: number },
     private readonly onActivity: () => void,
+    private readonly live: () => boolean,
   ) {
     super(config);
   }
@@ -211,6 +214,8 @@ class InformerWatch extends Watch {
     done: (err: unknown) => void,
   ): Promise<AbortController> {
     const controller = new AbortController();
+    // ListWatch may start a watch after its reconnect delay even though it was stopped meanwhile
+    if (!this.live()) return controller;
     let finished = false;
     let timer: NodeJS.Timeout | undefined;
     const finish = (err: unknown) => {
@@ -334,6 +339,7 @@ export class KubernetesSource implements DiscoverySource {
       | "listTimeoutMs"
       | "watchIdleTimeoutMs"
       | "watchTimeoutSeconds"
+      | "watchRestartMaxDelayMs"
       | "backoffMinMs"
       | "backoffMaxMs"
       | "startTimeoutMs"
@@ -360,6 +366,7 @@ export class KubernetesSource implements DiscoverySource {
       listTimeoutMs: opts.listTimeoutMs ?? 10_000,
       watchIdleTimeoutMs: opts.watchIdleTimeoutMs ?? 60_000,
       watchTimeoutSeconds: opts.watchTimeoutSeconds ?? 300,
+      watchRestartMaxDelayMs: opts.watchRestartMaxDelayMs ?? 1000,
       backoffMinMs: opts.backoffMinMs ?? 250,
       backoffMaxMs: opts.backoffMaxMs ?? 30_000,
       startTimeoutMs: opts.startTimeoutMs ?? 10_000,
@@ -473,13 +480,19 @@ export class KubernetesSource implements DiscoverySource {
       () => {
         if (live()) this.healthy(s);
       },
+      live,
     );
     const list = async (): Promise<KubernetesListObject<V1Pod>> => {
       const result = await this.list(s);
       if (live()) this.applyList(s, result.items);
       return result;
     };
-    const inf = new ListWatch<V1Pod>(s.path, watch, list, false, this.labelSelector);
+    // ListWatch doubles its pause between watches that saw no event (up to 30 s); cap it so a
+    // change is never noticed late just because the fleet was quiet for a while
+    const cap = this.opts.watchRestartMaxDelayMs;
+    const inf = new ListWatch<V1Pod>(s.path, watch, list, false, this.labelSelector, undefined, {
+      delayFn: (ms: number) => new Promise<void>((r) => setTimeout(r, Math.min(ms, cap)).unref()),
+    });
     inf.on("add", (p) => live() && this.applyPod(s, p));
     inf.on("update", (p) => live() && this.applyPod(s, p));
     inf.on("delete", (p) => live() && this.removePod(s, p));
