@@ -27,6 +27,7 @@ import {
 import { waitFor } from "./fake-publisher.ts";
 
 const MODEL = "Qwen/Qwen3-0.6B";
+const LORA = "sql-lora";
 const BS = 16;
 const N_ENGINES = 3;
 /** shared prefixes (two blocks each) so pods and requests overlap */
@@ -34,7 +35,7 @@ const PREFIXES = Array.from({ length: 4 }, (_, p) =>
   Array.from({ length: 2 * BS }, (_, i) => 500 + p * 100 + i),
 );
 
-type Req = { prefix: number; suffix: number[]; maxTokens: number };
+type Req = { prefix: number; suffix: number[]; maxTokens: number; lora: boolean };
 type Op =
   | ({ t: "req"; e: number } & Req)
   | { t: "burst"; e: number; reqs: Req[] }
@@ -49,6 +50,7 @@ const reqArb = fc.record({
   prefix: fc.nat(PREFIXES.length - 1),
   suffix: fc.array(fc.integer({ min: 100, max: 30_000 }), { maxLength: 60 }),
   maxTokens: fc.integer({ min: 1, max: 8 }),
+  lora: fc.boolean(),
 });
 const opArb: fc.Arbitrary<Op> = fc.oneof(
   {
@@ -81,11 +83,16 @@ const configArb = fc.record({
 });
 
 /** The engine's own hash of each full block of `tokens`, in canonical text. */
-function engineHashes(seed: string, format: "int" | "bytes", tokens: number[]): string[] {
+function engineHashes(
+  seed: string,
+  format: "int" | "bytes",
+  tokens: number[],
+  lora: string | null,
+): string[] {
   const out: string[] = [];
   let parent: Digest = rootDigest(seed);
   for (let b = 0; b + BS <= tokens.length; b += BS) {
-    const d = blockDigest(parent, tokens, b, BS, "");
+    const d = blockDigest(parent, tokens, b, BS, lora ?? "");
     parent = d;
     if (format === "int") {
       const { hi, lo } = digestUint64Parts(d);
@@ -119,6 +126,7 @@ async function runHistory(
           hashFormat: cfg.hashFormat,
           eventFormat: cfg.eventFormat,
           numGpuBlocks: cfg.numGpuBlocks,
+          loraModules: [LORA],
           dropEventRate: cfg.dropEventRate,
           seed: i + 1,
           speed: 100,
@@ -153,14 +161,16 @@ async function runHistory(
       switch (op.t) {
         case "req": {
           const prompt = [...PREFIXES[op.prefix], ...op.suffix];
-          const r = await complete(e, prompt, op.maxTokens);
+          const r = await complete(e, prompt, op.maxTokens, op.lora ? LORA : MODEL);
           assert.equal(r.status, 200, JSON.stringify(r.body));
           sent.push(prompt);
           break;
         }
         case "burst": {
           const prompts = op.reqs.map((r) => [...PREFIXES[r.prefix], ...r.suffix]);
-          const rs = await Promise.all(prompts.map((p, i) => complete(e, p, op.reqs[i].maxTokens)));
+          const rs = await Promise.all(
+            prompts.map((p, i) => complete(e, p, op.reqs[i].maxTokens, op.reqs[i].lora ? LORA : MODEL)),
+          );
           for (const r of rs) assert.equal(r.status, 200, JSON.stringify(r.body));
           sent.push(...prompts);
           break;
@@ -252,29 +262,31 @@ async function runHistory(
     for (const e of engines)
       if (tracked.has(e.name)) truths.set(e.name, new Set((await engineTruth(e)).map((b) => b.hash)));
     const queries = [...PREFIXES, ...sent.slice(-6)];
-    for (const q of queries) {
-      const want: Array<{ pod: string; matchedBlocks: number }> = [];
-      for (const e of engines) {
-        const held = truths.get(e.name);
-        if (!held) continue;
-        let n = 0;
-        for (const h of engineHashes(`seed-${engines.indexOf(e)}`, cfg.hashFormat, q)) {
-          if (!held.has(h)) break;
-          n++;
+    for (const lora of [null, LORA]) {
+      for (const q of queries) {
+        const want: Array<{ pod: string; matchedBlocks: number }> = [];
+        for (const e of engines) {
+          const held = truths.get(e.name);
+          if (!held) continue;
+          let n = 0;
+          for (const h of engineHashes(`seed-${engines.indexOf(e)}`, cfg.hashFormat, q, lora)) {
+            if (!held.has(h)) break;
+            n++;
+          }
+          if (n > 0) want.push({ pod: e.name, matchedBlocks: n });
         }
-        if (n > 0) want.push({ pod: e.name, matchedBlocks: n });
+        const r = await fetch(`${service.url}/admin/index/match`, {
+          method: "POST",
+          body: JSON.stringify({ model: MODEL, lora, token_ids: q }),
+        });
+        const body = (await r.json()) as {
+          pods: Array<{ pod: string; matchedBlocks: number; matchedTokens: number }>;
+        };
+        const got = body.pods
+          .map((p) => ({ pod: p.pod, matchedBlocks: p.matchedBlocks }))
+          .sort((a, b) => (a.pod < b.pod ? -1 : 1));
+        assert.deepEqual(got, want, `match of ${q.length} tokens, lora ${lora}`);
       }
-      const r = await fetch(`${service.url}/admin/index/match`, {
-        method: "POST",
-        body: JSON.stringify({ model: MODEL, token_ids: q }),
-      });
-      const body = (await r.json()) as {
-        pods: Array<{ pod: string; matchedBlocks: number; matchedTokens: number }>;
-      };
-      const got = body.pods
-        .map((p) => ({ pod: p.pod, matchedBlocks: p.matchedBlocks }))
-        .sort((a, b) => (a.pod < b.pod ? -1 : 1));
-      assert.deepEqual(got, want, `match of ${q.length} tokens`);
     }
   } finally {
     await svc?.close();
