@@ -142,16 +142,13 @@ export class SyncPrefixIndex implements PrefixIndex {
   // scratch (no per-call allocation on hot paths)
   private readonly h2 = new Int32Array(2);
   private readonly k2 = new Int32Array(2);
-  private mEpoch = new Int32Array(16);
-  private mMatched = new Int32Array(16);
+  private mPos = new Int32Array(16);
   private mMask = new Uint8Array(16);
+  private mPrev = new Uint8Array(16);
   private mBt = new Uint8Array(16);
-  private mStamp = new Int32Array(16);
-  private mRuns = new Int32Array(48);
+  private mEnd = new Int32Array(48);
   private mCands = new Int32Array(16);
-  private mStep = new Int32Array(16);
-  private epoch = 0;
-  private stamp = 0;
+  private mT = 0;
 
   constructor(opts: IndexOptions & { initialCapacity?: number } = {}) {
     const c = resolveCaps(opts);
@@ -194,20 +191,17 @@ export class SyncPrefixIndex implements PrefixIndex {
       this.sHead = grow(this.sHead, -1);
       this.sTail = grow(this.sTail, -1);
       this.sCount = grow(this.sCount, 0);
-      this.mEpoch = grow(this.mEpoch, 0);
-      this.mMatched = grow(this.mMatched, 0);
-      this.mStamp = grow(this.mStamp, 0);
+      this.mPos = grow(this.mPos, 0);
       this.mCands = new Int32Array(n);
-      this.mStep = new Int32Array(n);
-      this.mRuns = new Int32Array(n * 3);
+      this.mEnd = new Int32Array(n * 3);
       this.mMask = new Uint8Array(n);
+      this.mPrev = new Uint8Array(n);
       this.mBt = new Uint8Array(n);
     }
     this.sHead[s] = -1;
     this.sTail[s] = -1;
     this.sCount[s] = 0;
-    this.mEpoch[s] = 0;
-    this.mStamp[s] = 0;
+    this.mPos[s] = 0;
     return s;
   }
 
@@ -841,60 +835,27 @@ export class SyncPrefixIndex implements PrefixIndex {
     const seedLo = this.nsSeeds[nsId * 2 + 1];
     const n = Math.floor(tokenIds.length / bs);
     const b = this.b;
+    const cv = this.cv;
     const k2 = this.k2;
-    const epoch = ++this.epoch;
-    if (this.stamp > 0x3fffffff) {
-      this.mStamp.fill(0);
-      this.stamp = 0;
+    // mPos[s] === T + i  <=>  stream s holds blocks 0..i-1 (and is a candidate of this call)
+    if (this.mT > 0x3fffffff - n) {
+      this.mPos.fill(0);
+      this.mT = 0;
     }
-    const mStamp = this.mStamp;
-    const mBt = this.mBt;
-    const mEpoch = this.mEpoch;
-    const mMatched = this.mMatched;
+    const T = this.mT + 1;
+    this.mT = T + n + 1;
+    const mPos = this.mPos;
     const mMask = this.mMask;
-    const mRuns = this.mRuns;
+    const mPrev = this.mPrev;
+    const mBt = this.mBt;
+    const mEnd = this.mEnd;
     const cands = this.mCands;
-    const step = this.mStep;
 
     chainHash(seedHi, seedLo, 0, 0, tokenIds, 0, bs, k2, 0);
     let x = this.findBlock(k2[0], k2[1]);
     if (x === -1) return [];
-    let st = ++this.stamp;
     let nc = 0;
     {
-      const o = x * BS;
-      const lc = b[o + LC];
-      const inline = (lc & 31) === 0;
-      const arr = inline ? b : this.cv;
-      const off = inline ? o + VEC : b[o + VEC];
-      const end = off + (lc >>> 5);
-      for (let c = off; c < end; c++) {
-        const v = arr[c];
-        const s = v >>> 3;
-        if (mStamp[s] !== st) {
-          mStamp[s] = st;
-          mBt[s] = v & 7;
-          cands[nc++] = s;
-        } else mBt[s] |= v & 7;
-      }
-    }
-    for (let k = 0; k < nc; k++) {
-      const s = cands[k];
-      const t = mBt[s];
-      mEpoch[s] = epoch;
-      mMatched[s] = 1;
-      mMask[s] = t;
-      mRuns[s * 3] = t & 1;
-      mRuns[s * 3 + 1] = (t >>> 1) & 1;
-      mRuns[s * 3 + 2] = (t >>> 2) & 1;
-    }
-    const cv = this.cv;
-    for (let i = 1; i < n; i++) {
-      chainHash(seedHi, seedLo, k2[0], k2[1], tokenIds, i * bs, bs, k2, 0);
-      x = this.findBlock(k2[0], k2[1]);
-      if (x === -1) break;
-      st = ++this.stamp;
-      let ns2 = 0;
       const o = x * BS;
       const lc = b[o + LC];
       const inline = (lc & 31) === 0;
@@ -904,34 +865,75 @@ export class SyncPrefixIndex implements PrefixIndex {
       for (let c = off; c < end; c++) {
         const v = arr[c];
         const s = v >>> 3;
-        if (mEpoch[s] !== epoch || mMatched[s] !== i) continue;
-        if (mStamp[s] !== st) {
-          mStamp[s] = st;
+        if (mPos[s] === T + 1) {
+          mBt[s] |= v & 7; // a second entry of the same stream on this block: union of tiers
+          mMask[s] = mBt[s];
+        } else {
+          mPos[s] = T + 1;
           mBt[s] = v & 7;
-          step[ns2++] = s;
-        } else mBt[s] |= v & 7;
+          mMask[s] = v & 7;
+          mPrev[s] = 7;
+          mEnd[s * 3] = 0;
+          mEnd[s * 3 + 1] = 0;
+          mEnd[s * 3 + 2] = 0;
+          cands[nc++] = s;
+        }
       }
-      if (ns2 === 0) break;
-      for (let k = 0; k < ns2; k++) {
-        const s = step[k];
-        mMatched[s] = i + 1;
-        const t = mMask[s] & mBt[s];
-        mMask[s] = t;
-        mRuns[s * 3] += t & 1;
-        mRuns[s * 3 + 1] += (t >>> 1) & 1;
-        mRuns[s * 3 + 2] += (t >>> 2) & 1;
+    }
+    for (let i = 1; i < n; i++) {
+      chainHash(seedHi, seedLo, k2[0], k2[1], tokenIds, i * bs, bs, k2, 0);
+      x = this.findBlock(k2[0], k2[1]);
+      if (x === -1) break;
+      const o = x * BS;
+      const lc = b[o + LC];
+      const inline = (lc & 31) === 0;
+      const arr = inline ? b : cv;
+      const off = inline ? o + VEC : b[o + VEC];
+      const end = off + (lc >>> 5);
+      const want = T + i;
+      let alive = 0;
+      for (let c = off; c < end; c++) {
+        const v = arr[c];
+        const s = v >>> 3;
+        const p = mPos[s];
+        if (p === want) {
+          mPos[s] = want + 1;
+          const prev = mMask[s];
+          const t = prev & v;
+          mPrev[s] = prev;
+          mBt[s] = v & 7;
+          if (t !== prev) {
+            // tiers whose leading run ends at block i
+            if ((prev & ~t & 1) !== 0) mEnd[s * 3] = i;
+            if ((prev & ~t & 2) !== 0) mEnd[s * 3 + 1] = i;
+            if ((prev & ~t & 4) !== 0) mEnd[s * 3 + 2] = i;
+            mMask[s] = t;
+          }
+          alive++;
+        } else if (p === want + 1) {
+          // a second entry of the same stream on this block: tiers are the union
+          mBt[s] |= v & 7;
+          mMask[s] = mPrev[s] & mBt[s];
+        }
       }
+      if (alive === 0) break;
     }
     const out: StreamMatch[] = [];
     for (let k = 0; k < nc; k++) {
       const s = cands[k];
       const ref = this.streams[s]!.ref;
+      const matched = mPos[s] - T;
+      const m = mMask[s];
       out.push({
         streamId: ref.streamId,
         pod: ref.pod,
         rank: ref.rank,
-        matchedBlocks: mMatched[s],
-        tiers: { GPU: mRuns[s * 3], CPU: mRuns[s * 3 + 1], STORAGE: mRuns[s * 3 + 2] },
+        matchedBlocks: matched,
+        tiers: {
+          GPU: m & 1 ? matched : mEnd[s * 3],
+          CPU: m & 2 ? matched : mEnd[s * 3 + 1],
+          STORAGE: m & 4 ? matched : mEnd[s * 3 + 2],
+        },
       });
     }
     return sortMatches(out);
