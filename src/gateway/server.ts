@@ -247,6 +247,8 @@ export class GatewayCore {
           "internal error",
         );
       }
+      // unknown names must not become label values (unbounded cardinality)
+      if (ge.code === "model_not_found") ctx.model = "";
       if (ge.status === 499) {
         ctx.status = "client_closed";
         res.destroy();
@@ -262,6 +264,7 @@ export class GatewayCore {
     const path = q === -1 ? url : url.slice(0, q);
     if (path === "/v1/chat/completions" || path === "/v1/completions") {
       if (req.method !== "POST") {
+        req.resume();
         res.setHeader("allow", "POST");
         throw new GatewayError(405, "invalid_request_error", "method_not_allowed", `use POST for ${path}`);
       }
@@ -393,7 +396,10 @@ export class GatewayCore {
 
   /** `POST /admin/route/explain`: every candidate's match, load and score, and the choice. */
   async explain(body: Record<string, unknown>): Promise<ExplainResult> {
-    const parsed = validateExplain(body);
+    // `lora` (as in /admin/index/match) names the adapter; requests address adapters by name
+    const parsed = validateExplain(
+      typeof body.lora === "string" && body.lora !== "" ? { ...body, model: body.lora } : body,
+    );
     const plan = await this.plan(parsed, false);
     const top = plan.decision.ranked[0];
     return {

@@ -88,6 +88,13 @@ describe("candidates", () => {
       ex.json.candidates.map((c: Json) => c.pod),
       ["with-lora"],
     );
+    const viaLora = await post(`${gw.adminUrl}/admin/route/explain`, {
+      model: MODEL,
+      lora: "sql-lora",
+      token_ids: [1, 2, 3],
+    });
+    assert.equal(viaLora.json.lora, "sql-lora");
+    assert.equal(viaLora.json.model, "sql-lora");
     const base = await post(`${gw.adminUrl}/admin/route/explain`, { model: MODEL, token_ids: [1, 2, 3] });
     assert.equal(base.json.lora, null);
     assert.equal(base.json.candidates.length, 2);
