@@ -171,7 +171,42 @@ test("property: the cache rebuilt from events equals /debug/kv-cache (eviction, 
         }
       },
     ),
-    { numRuns: 25 },
+    {
+      numRuns: 25,
+      // one run that surely evicts, hits the CPU tier, uses an adapter and resets
+      examples: [
+        [
+          {
+            cpu: 40,
+            dp: 1,
+            hashFormat: "int",
+            eventFormat: "map",
+            waves: [
+              [{ kind: "req", prefix: 3, suffixLen: 20, suffixSeed: 0, maxTokens: 4, lora: 0, rank: 0 }],
+              [{ kind: "req", prefix: 2, suffixLen: 20, suffixSeed: 1, maxTokens: 4, lora: 1, rank: 0 }],
+              [{ kind: "req", prefix: 1, suffixLen: 20, suffixSeed: 2, maxTokens: 4, lora: 0, rank: 0 }],
+              [{ kind: "req", prefix: 3, suffixLen: 20, suffixSeed: 0, maxTokens: 4, lora: 0, rank: 0 }],
+              [{ kind: "reset", prefix: 0, suffixLen: 0, suffixSeed: 0, maxTokens: 1, lora: 0, rank: 0 }],
+            ],
+          },
+        ],
+        [
+          {
+            cpu: 6,
+            dp: 1,
+            hashFormat: "int",
+            eventFormat: "map",
+            waves: [
+              [{ kind: "req", prefix: 3, suffixLen: 20, suffixSeed: 0, maxTokens: 4, lora: 0, rank: 0 }],
+              [{ kind: "req", prefix: 2, suffixLen: 20, suffixSeed: 1, maxTokens: 4, lora: 1, rank: 0 }],
+              [{ kind: "req", prefix: 1, suffixLen: 20, suffixSeed: 2, maxTokens: 4, lora: 0, rank: 0 }],
+              [{ kind: "req", prefix: 3, suffixLen: 20, suffixSeed: 0, maxTokens: 4, lora: 0, rank: 0 }],
+              [{ kind: "reset", prefix: 0, suffixLen: 0, suffixSeed: 0, maxTokens: 1, lora: 0, rank: 0 }],
+            ],
+          },
+        ],
+      ],
+    },
   );
   // the random workloads did exercise what they claim to
   for (const [k, v] of Object.entries(coverage))
@@ -279,6 +314,11 @@ test("pause/resume: nothing is sent while paused; the buffered batches replay af
     await e.engine.quiesce();
     await new Promise((r) => setImmediate(r));
   }
+  // every message sent so far has arrived (or was lost before the subscription was up)
+  await waitFor(
+    () => m.liveSeqs.includes(e.engine.ranks[0].publisher!.snapshot().lastSentSeq),
+    "the warm-up messages to arrive",
+  );
   const before = m.liveSeqs.length;
   assert.equal((await postJson(`${e.httpUrl}/admin/events/pause`, {})).status, 200);
   await fillBlocks(e, 5, 9000);
