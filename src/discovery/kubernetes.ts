@@ -478,7 +478,7 @@ export class KubernetesSource implements DiscoverySource {
         idleTimeoutMs: this.opts.watchIdleTimeoutMs,
       },
       () => {
-        if (live()) this.healthy(s);
+        if (live()) this.healthy(s, true);
       },
       live,
     );
@@ -572,7 +572,7 @@ export class KubernetesSource implements DiscoverySource {
     s.listed = true;
     this.relists++;
     this.metrics?.reloads.inc({ source: this.kind, result: "ok" });
-    this.healthy(s);
+    this.healthy(s, false);
     this.updateGauges();
     this.emit({ type: "sync", pods: this.pods() });
     this.log.debug({ event: "discovery.listed", path: s.path, pods: next.size }, "pods listed");
@@ -636,8 +636,12 @@ export class KubernetesSource implements DiscoverySource {
     }
   }
 
-  private healthy(s: Scope): void {
-    s.failures = 0;
+  /**
+   * The scope's backend answered. The backoff resets only once a watch is established, so an
+   * API server whose lists work but whose watches fail is not relisted in a tight loop.
+   */
+  private healthy(s: Scope, watching: boolean): void {
+    if (watching) s.failures = 0;
     if (!s.failing) return;
     s.failing = false;
     s.lastError = null;

@@ -255,6 +255,8 @@ export interface FakeKubeApi {
   setLatency(ms: number): void;
   /** answer every request with this HTTP status (a Status body) until `heal()` */
   failRequests(status?: number): void;
+  /** answer only watch requests with this status (lists keep working); null to stop */
+  failWatchRequests(status: number | null): void;
   /** stop listening (connection refused) and cut open connections until `heal()` */
   refuseConnections(): Promise<void>;
   /** undo `setLatency`, `failRequests` and `refuseConnections` */
@@ -293,6 +295,7 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
   const counters = { lists: 0, watches: 0, failed: 0 };
   let latencyMs = 0;
   let failStatus: number | null = null;
+  let failWatchStatus: number | null = null;
   let refusing = false;
   let kubeconfigDir: string | null = null;
   let port = 0;
@@ -449,6 +452,16 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
     }
 
     counters.watches++;
+    if (failWatchStatus !== null) {
+      counters.failed++;
+      rec.status = failWatchStatus;
+      send(
+        res,
+        failWatchStatus,
+        status(failWatchStatus, "InternalError", "fake API server: injected watch failure"),
+      );
+      return;
+    }
     const fromRaw = query.resourceVersion ?? "";
     const from = fromRaw === "" || fromRaw === "0" ? null : Number(fromRaw);
     if (from !== null && (!Number.isInteger(from) || from < 0)) {
@@ -665,6 +678,10 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
       }
       return n;
     },
+    failWatchRequests(code) {
+      failWatchStatus = code;
+      if (code !== null) for (const w of [...watches]) endWatch(w, true);
+    },
     setLatency(ms) {
       latencyMs = ms;
     },
@@ -682,6 +699,7 @@ export async function startFakeKubeApi(opts: FakeKubeApiOptions = {}): Promise<F
     async heal() {
       latencyMs = 0;
       failStatus = null;
+      failWatchStatus = null;
       if (refusing) {
         refusing = false;
         await new Promise<void>((resolve, reject) => {

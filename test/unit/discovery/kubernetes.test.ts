@@ -428,3 +428,36 @@ test("createDiscoverySource --discovery kubernetes with --kubeconfig and --names
   assert.equal(src.kind, "kubernetes");
   assert.deepEqual(set.names(), ["x/p"]);
 });
+
+test("lists work but watches fail: backoff grows instead of a relist storm, set kept", async (t) => {
+  const api = await startFakeKubeApi();
+  api.upsertPod("ns", makePod({ namespace: "ns", name: "a", model: "m", ip: "10.0.0.1" }));
+  const registry = new Registry();
+  const src = new KubernetesSource({
+    kubeConfig: api.kubeConfig(),
+    registry,
+    logger: silentLogger(),
+    backoffMinMs: 20,
+    backoffMaxMs: 5000,
+    resyncMs: 0,
+  });
+  const set = new PodSet();
+  t.after(async () => {
+    await src.stop();
+    await api.close();
+  });
+  await src.start(set.handler);
+  // watches now fail (HTTP 500 on the watch endpoint only); lists still answer
+  api.failWatchRequests(500);
+  api.dropWatches();
+  const start = Date.now();
+  await waitFor("six failed watches", async () => {
+    return (await metric(registry, "kvsync_discovery_errors_total", { reason: "http_500" })) >= 6;
+  });
+  // 20 + 40 + 80 + 160 + 320 ms of backoff at least (with jitter >= 0.8x) between the attempts
+  assert.ok(Date.now() - start >= 0.8 * 620, `backoff too short: ${Date.now() - start} ms`);
+  assert.ok(api.counts().lists <= 8, `relist storm: ${api.counts().lists} lists`);
+  assert.deepEqual(set.names(), ["ns/a"]);
+  api.failWatchRequests(null);
+  await waitFor("a live watch again", () => api.activeWatches() === 1);
+});
