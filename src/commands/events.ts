@@ -28,6 +28,13 @@ function nonNegative(v: string): number {
   return n;
 }
 
+/** A ZeroMQ endpoint a socket can connect to. */
+export function parseEndpoint(v: string): string {
+  if (/^tcp:\/\/(\[[0-9a-fA-F:.]+\]|[^:/\s*]+):\d{1,5}$/.test(v) || /^(ipc|inproc):\/\/\S+$/.test(v))
+    return v;
+  throw new InvalidArgumentError(`not a ZeroMQ endpoint to connect to (tcp://host:port, ipc://path): ${v}`);
+}
+
 function writeLine(stream: NodeJS.WriteStream, obj: unknown): void {
   stream.write(`${JSON.stringify(obj)}\n`);
 }
@@ -71,8 +78,12 @@ export function register(program: Command): void {
   events
     .command("tail")
     .description("print an engine's KV-event batches as JSON lines, in seq order")
-    .argument("<pub-endpoint>", "the engine's PUB endpoint, e.g. tcp://127.0.0.1:5557")
-    .addOption(opt("--replay <endpoint>", "replay ROUTER endpoint: fill gaps", "KVSYNC_EVENTS_REPLAY"))
+    .argument("<pub-endpoint>", "the engine's PUB endpoint, e.g. tcp://127.0.0.1:5557", parseEndpoint)
+    .addOption(
+      opt("--replay <endpoint>", "replay ROUTER endpoint: fill gaps", "KVSYNC_EVENTS_REPLAY").argParser(
+        parseEndpoint,
+      ),
+    )
     .addOption(
       opt(
         "--from-seq <n>",
@@ -89,7 +100,8 @@ export function register(program: Command): void {
         3000,
       ).argParser(nonNegative),
     )
-    .action(async (endpoint: string, o: TailOptions) => {
+    .action(async (endpoint: string, o: TailOptions, cmd: Command) => {
+      if (o.fromSeq !== undefined && !o.replay) cmd.error("error: --from-seq needs --replay <endpoint>");
       await tail(endpoint, o);
       process.exit(0);
     });

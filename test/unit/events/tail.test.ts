@@ -179,4 +179,12 @@ describe("kvsync events tail (child process, real publisher)", () => {
     t.child.kill("SIGTERM");
     assert.equal(await t.exited, 0);
   });
+  it("rejects what is not a ZeroMQ endpoint, and --from-seq without --replay, with exit code 1", async () => {
+    const bad = startTail(["not-an-endpoint"]);
+    assert.equal(await bad.exited, 1);
+    assert.match(bad.err.join("\n"), /not a ZeroMQ endpoint/);
+    const noReplay = startTail(["tcp://127.0.0.1:1", "--from-seq", "3"]);
+    assert.equal(await noReplay.exited, 1);
+    assert.match(noReplay.err.join("\n"), /--from-seq needs --replay/);
+  });
 });
