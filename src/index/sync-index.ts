@@ -58,6 +58,8 @@ const TOMB = IDX;
 const MAX_RECORDS = IDX - 2;
 /** table sizing: rebuild above MAX_LOAD (live + tombstones), to REBUILD_LOAD live */
 const MAX_LOAD = 0.8;
+/** match: blocks hashed and looked up per chunk */
+const CHUNK = 16;
 const REBUILD_LOAD = 0.6;
 
 const KIND_U = 0;
@@ -149,6 +151,8 @@ export class SyncPrefixIndex implements PrefixIndex {
   private mEnd = new Int32Array(48);
   private mCands = new Int32Array(16);
   private mT = 0;
+  private readonly mKeys = new Int32Array(CHUNK * 2);
+  private readonly mBlks = new Int32Array(CHUNK);
 
   constructor(opts: IndexOptions & { initialCapacity?: number } = {}) {
     const c = resolveCaps(opts);
@@ -836,7 +840,6 @@ export class SyncPrefixIndex implements PrefixIndex {
     const n = Math.floor(tokenIds.length / bs);
     const b = this.b;
     const cv = this.cv;
-    const k2 = this.k2;
     // mPos[s] === T + i  <=>  stream s holds blocks 0..i-1 (and is a candidate of this call)
     if (this.mT > 0x3fffffff - n) {
       this.mPos.fill(0);
@@ -851,72 +854,86 @@ export class SyncPrefixIndex implements PrefixIndex {
     const mEnd = this.mEnd;
     const cands = this.mCands;
 
-    chainHash(seedHi, seedLo, 0, 0, tokenIds, 0, bs, k2, 0);
-    let x = this.findBlock(k2[0], k2[1]);
-    if (x === -1) return [];
+    // blocks are hashed and looked up a chunk at a time: the lookups of a chunk are independent
+    // memory accesses the CPU can overlap, and a walk that ends early wastes at most one chunk
+    const keys = this.mKeys;
+    const blks = this.mBlks;
     let nc = 0;
-    {
-      const o = x * BS;
-      const lc = b[o + LC];
-      const inline = (lc & 31) === 0;
-      const arr = inline ? b : cv;
-      const off = inline ? o + VEC : b[o + VEC];
-      const end = off + (lc >>> 5);
-      for (let c = off; c < end; c++) {
-        const v = arr[c];
-        const s = v >>> 3;
-        if (mPos[s] === T + 1) {
-          mBt[s] |= v & 7; // a second entry of the same stream on this block: union of tiers
-          mMask[s] = mBt[s];
-        } else {
-          mPos[s] = T + 1;
-          mBt[s] = v & 7;
-          mMask[s] = v & 7;
-          mPrev[s] = 7;
-          mEnd[s * 3] = 0;
-          mEnd[s * 3 + 1] = 0;
-          mEnd[s * 3 + 2] = 0;
-          cands[nc++] = s;
-        }
+    let prevHi = 0;
+    let prevLo = 0;
+    let done = false;
+    for (let base = 0; base < n && !done; base += CHUNK) {
+      const m = Math.min(CHUNK, n - base);
+      for (let j = 0; j < m; j++) {
+        chainHash(seedHi, seedLo, prevHi, prevLo, tokenIds, (base + j) * bs, bs, keys, j * 2);
+        prevHi = keys[j * 2];
+        prevLo = keys[j * 2 + 1];
       }
-    }
-    for (let i = 1; i < n; i++) {
-      chainHash(seedHi, seedLo, k2[0], k2[1], tokenIds, i * bs, bs, k2, 0);
-      x = this.findBlock(k2[0], k2[1]);
-      if (x === -1) break;
-      const o = x * BS;
-      const lc = b[o + LC];
-      const inline = (lc & 31) === 0;
-      const arr = inline ? b : cv;
-      const off = inline ? o + VEC : b[o + VEC];
-      const end = off + (lc >>> 5);
-      const want = T + i;
-      let alive = 0;
-      for (let c = off; c < end; c++) {
-        const v = arr[c];
-        const s = v >>> 3;
-        const p = mPos[s];
-        if (p === want) {
-          mPos[s] = want + 1;
-          const prev = mMask[s];
-          const t = prev & v;
-          mPrev[s] = prev;
-          mBt[s] = v & 7;
-          if (t !== prev) {
-            // tiers whose leading run ends at block i
-            if ((prev & ~t & 1) !== 0) mEnd[s * 3] = i;
-            if ((prev & ~t & 2) !== 0) mEnd[s * 3 + 1] = i;
-            if ((prev & ~t & 4) !== 0) mEnd[s * 3 + 2] = i;
-            mMask[s] = t;
+      for (let j = 0; j < m; j++) blks[j] = this.findBlock(keys[j * 2], keys[j * 2 + 1]);
+      for (let j = 0; j < m; j++) {
+        const x = blks[j];
+        if (x === -1) {
+          done = true;
+          break;
+        }
+        const i = base + j;
+        const o = x * BS;
+        const lc = b[o + LC];
+        const inline = (lc & 31) === 0;
+        const arr = inline ? b : cv;
+        const off = inline ? o + VEC : b[o + VEC];
+        const end = off + (lc >>> 5);
+        if (i === 0) {
+          for (let c = off; c < end; c++) {
+            const v = arr[c];
+            const s = v >>> 3;
+            if (mPos[s] === T + 1) {
+              mBt[s] |= v & 7; // a second entry of the same stream on this block: union of tiers
+              mMask[s] = mBt[s];
+            } else {
+              mPos[s] = T + 1;
+              mBt[s] = v & 7;
+              mMask[s] = v & 7;
+              mPrev[s] = 7;
+              mEnd[s * 3] = 0;
+              mEnd[s * 3 + 1] = 0;
+              mEnd[s * 3 + 2] = 0;
+              cands[nc++] = s;
+            }
           }
-          alive++;
-        } else if (p === want + 1) {
-          // a second entry of the same stream on this block: tiers are the union
-          mBt[s] |= v & 7;
-          mMask[s] = mPrev[s] & mBt[s];
+          continue;
+        }
+        const want = T + i;
+        let alive = 0;
+        for (let c = off; c < end; c++) {
+          const v = arr[c];
+          const s = v >>> 3;
+          const p = mPos[s];
+          if (p === want) {
+            mPos[s] = want + 1;
+            const prev = mMask[s];
+            const t = prev & v;
+            mPrev[s] = prev;
+            mBt[s] = v & 7;
+            if (t !== prev) {
+              // tiers whose leading run ends at block i
+              if ((prev & ~t & 1) !== 0) mEnd[s * 3] = i;
+              if ((prev & ~t & 2) !== 0) mEnd[s * 3 + 1] = i;
+              if ((prev & ~t & 4) !== 0) mEnd[s * 3 + 2] = i;
+              mMask[s] = t;
+            }
+            alive++;
+          } else if (p === want + 1) {
+            // a second entry of the same stream on this block: tiers are the union
+            mBt[s] |= v & 7;
+            mMask[s] = mPrev[s] & mBt[s];
+          }
+        }
+        if (alive === 0) {
+          done = true;
+          break;
         }
       }
-      if (alive === 0) break;
     }
     const out: StreamMatch[] = [];
     for (let k = 0; k < nc; k++) {

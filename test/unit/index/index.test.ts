@@ -54,6 +54,33 @@ for (const backend of ["sync", "reference"] as IndexBackend[]) {
       assert.deepEqual(matched(ix, toks([1, 2, 3, 4])), { a: 2 });
     });
 
+    test("long prompts: holes at and around match-chunk boundaries (16 blocks)", () => {
+      const ix = mk();
+      const ids = Array.from({ length: 50 }, (_, i) => i + 1);
+      for (const [k, hole] of [15, 16, 17, 32, 49, 50].entries()) {
+        const s = stream(`h${hole}`);
+        apply(
+          ix,
+          s,
+          stored(
+            ids.map((i) => hk(1000 * k + i)),
+            null,
+            toks(ids),
+          ),
+        );
+        if (hole < 50) apply(ix, s, removed([hk(1000 * k + ids[hole])]));
+      }
+      assert.deepEqual(matched(ix, toks(ids)), { h15: 15, h16: 16, h17: 17, h32: 32, h49: 49, h50: 50 });
+      assert.deepEqual(matched(ix, toks(ids.slice(0, 33))), {
+        h15: 15,
+        h16: 16,
+        h17: 17,
+        h32: 32,
+        h49: 33,
+        h50: 33,
+      });
+    });
+
     test("cross-stream isolation: one stream's BlockRemoved leaves the other's claim", () => {
       const ix = mk();
       apply(ix, A, stored([hk(1), hk(2)], null, toks([1, 2])));
