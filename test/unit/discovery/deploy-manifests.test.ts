@@ -336,7 +336,8 @@ test("Dockerfile: multi-stage, non-root, builds with npm ci + build, runs dist/c
   assert.ok(lines.filter((l) => /^FROM\s/i.test(l)).length >= 2, "multi-stage");
   const user = lines.filter((l) => /^USER\s/i.test(l)).pop();
   assert.ok(user && !/^USER\s+(root|0)(:|\s|$)/i.test(user), "runs as non-root");
-  assert.match(text, /npm ci[^\n]*&& npm run build/);
+  assert.match(text, /npm (ci|install)[^\n]*&& npm run build/);
+  assert.match(text, /npm prune --omit=dev/, "no dev dependencies in the runtime image");
   assert.match(text, /ENTRYPOINT \["node", "dist\/cli\.js"\]/);
   const exposed = lines
     .filter((l) => /^EXPOSE\s/i.test(l))
