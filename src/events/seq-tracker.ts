@@ -39,7 +39,7 @@ export interface SeqTrackerOptions {
   replay: boolean;
   /** Live messages queued while a replay runs. */
   maxPending?: number;
-  /** Recent payloads kept to tell duplicates from restarts. */
+  /** Recent payload fingerprints kept to tell duplicates from restarts. */
   recentSize?: number;
 }
 
@@ -50,12 +50,18 @@ interface Msg {
   payload: Uint8Array;
 }
 
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a === b) return true;
-  const n = a.length;
-  if (n !== b.length) return false;
-  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return false;
-  return true;
+/**
+ * A cheap identity of a payload: its length and an FNV-1a hash of its first and last 32 bytes
+ * (the batch's float64 timestamp sits in the first bytes). O(1) per message, and no payload is
+ * kept alive: two different batches at the same seq differ here in practice.
+ */
+export function fingerprint(p: Uint8Array): number {
+  let h = 0x811c9dc5 ^ p.length;
+  const n = p.length;
+  const head = n < 32 ? n : 32;
+  for (let i = 0; i < head; i++) h = Math.imul(h ^ p[i], 0x01000193);
+  for (let i = n - 32 > head ? n - 32 : head; i < n; i++) h = Math.imul(h ^ p[i], 0x01000193);
+  return h | 0;
 }
 
 export class SeqTracker {
@@ -68,7 +74,8 @@ export class SeqTracker {
   private readonly pending: Msg[] = [];
   // ring of recently applied messages, indexed by seq % size
   private readonly recentSeq: Float64Array;
-  private readonly recentPayload: (Uint8Array | null)[];
+  private readonly recentFp: Int32Array;
+  private readonly recentLen: Int32Array;
   // the running replay
   private replayKind: ReplayKind = "initial";
   private replayFrom = 0;
@@ -84,9 +91,10 @@ export class SeqTracker {
   ) {
     this.hasReplay = opts.replay;
     this.maxPending = Math.max(1, opts.maxPending ?? 10_000);
-    const n = Math.max(2, opts.recentSize ?? 256);
+    const n = Math.max(2, opts.recentSize ?? 64);
     this.recentSeq = new Float64Array(n).fill(-1);
-    this.recentPayload = new Array(n).fill(null);
+    this.recentFp = new Int32Array(n);
+    this.recentLen = new Int32Array(n);
   }
 
   /** last applied seq for status reports (null before the first batch). */
@@ -333,7 +341,6 @@ export class SeqTracker {
   private forget(): void {
     this.last = null;
     this.recentSeq.fill(-1);
-    this.recentPayload.fill(null);
     this.pending.length = 0;
   }
 
@@ -348,7 +355,8 @@ export class SeqTracker {
     this.last = seq;
     const i = seq % this.recentSeq.length;
     this.recentSeq[i] = seq;
-    this.recentPayload[i] = payload;
+    this.recentFp[i] = fingerprint(payload);
+    this.recentLen[i] = payload.length;
     this.sink.apply(seq, payload);
   }
 
@@ -356,6 +364,6 @@ export class SeqTracker {
   private recentMatches(seq: number, payload: Uint8Array): boolean | null {
     const i = seq % this.recentSeq.length;
     if (this.recentSeq[i] !== seq) return null;
-    return sameBytes(this.recentPayload[i] as Uint8Array, payload);
+    return this.recentLen[i] === payload.length && this.recentFp[i] === fingerprint(payload);
   }
 }

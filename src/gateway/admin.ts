@@ -122,6 +122,13 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
   const defaultBlockSize = deps.defaultBlockSize ?? DEFAULT_BLOCK_SIZE;
   const extra = new Map<string, AdminRouteHandler>();
 
+  // the sync backend counts a stream's entries without listing them
+  const counting = index as PrefixIndex & { streamEntryCount?: (id: string) => number };
+  const entryCount = (id: string): number =>
+    typeof counting.streamEntryCount === "function"
+      ? counting.streamEntryCount(id)
+      : index.streamBlocks(id).length;
+
   const podList = (): PodInfo[] => {
     const p = deps.pods;
     if (typeof p === "function") return p();
@@ -189,7 +196,7 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
           state: s.state,
           lastSeq: s.lastSeq,
           eventsApplied: s.eventsApplied,
-          blocks: index.streamBlocks(s.streamId).length,
+          blocks: entryCount(s.streamId),
           decodeErrors: s.decodeErrors,
           gaps: s.gaps,
           replays: s.replays,
