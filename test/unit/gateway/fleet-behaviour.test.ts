@@ -166,6 +166,56 @@ describe("with mock engines", () => {
     }
   });
 
+  test("remote tokenizer (engine /tokenize) and token-id prompts route on the same tokens as the engine", async () => {
+    const f = await startFleet(2, { tokenizers: [`${MODEL}=remote`] });
+    cleanups.push(() => f.close());
+    const messages = [
+      { role: "user", content: "remote tokenization check, with some unicode: naïve café 日本語" },
+    ];
+    const ex = await post(`${f.gw.adminUrl}/admin/route/explain`, { model: MODEL, messages });
+    assert.equal(ex.status, 200, ex.text);
+    assert.equal(ex.json.tokenized, true);
+    const r = await post(`${f.gw.url}/v1/chat/completions`, { model: MODEL, messages, max_tokens: 1 });
+    assert.equal(r.status, 200, r.text);
+    assert.equal(ex.json.promptTokens, r.json.usage.prompt_tokens, "same token count as the engine");
+
+    // a token-id prompt is routed on exactly those ids
+    const ids = Array.from({ length: 70 }, (_, i) => 1000 + i);
+    const direct = await post(`${f.engines[1]!.httpUrl}/v1/completions`, {
+      model: MODEL,
+      prompt: ids,
+      max_tokens: 1,
+    });
+    assert.equal(direct.status, 200, direct.text);
+    const body = { model: MODEL, prompt: [...ids, 5, 6, 7], max_tokens: 1 };
+    await waitFor("token-id prefix indexed on pod-1", async () => {
+      const e = await post(`${f.gw.adminUrl}/admin/route/explain`, { model: MODEL, token_ids: body.prompt });
+      return e.json.choice?.pod === "pod-1" && e.json.candidates[0].matchedTokens === 64;
+    });
+    const routed = await post(`${f.gw.url}/v1/completions`, body);
+    assert.equal(routed.status, 200, routed.text);
+    assert.equal(routed.headers.get("x-kvsync-pod"), "pod-1");
+    assert.equal(routed.headers.get("x-kvsync-matched-tokens"), "64");
+    assert.equal(routed.json.usage.prompt_tokens_details.cached_tokens, 64);
+  });
+
+  test("a pod removed from discovery stops getting traffic and leaves /v1/models", async () => {
+    const f = await startFleet(2);
+    cleanups.push(() => f.close());
+    f.gw.pods.apply({ type: "upsert", pod: { ...f.pods[1]!, model: "other/model" } });
+    const models = async () =>
+      ((await (await fetch(`${f.gw.url}/v1/models`)).json()) as Json).data.map((m: Json) => m.id).sort();
+    assert.deepEqual(await models(), [MODEL, "other/model"].sort());
+    f.gw.pods.apply({ type: "delete", name: "pod-1" });
+    assert.deepEqual(await models(), [MODEL]);
+    const gone = await post(`${f.gw.url}/v1/completions`, { model: "other/model", prompt: "x" });
+    assert.equal(gone.status, 404);
+    for (let i = 0; i < 4; i++) {
+      const r = await post(`${f.gw.url}/v1/completions`, { model: MODEL, prompt: `x${i}`, max_tokens: 1 });
+      assert.equal(r.headers.get("x-kvsync-pod"), "pod-0");
+    }
+  });
+
   test("--scrape-engine-metrics feeds engines' queue and KV usage into the load", async () => {
     const f = await startFleet(2, { scrapeEngineMetrics: true, scrapeIntervalMs: 100 });
     cleanups.push(() => f.close());
