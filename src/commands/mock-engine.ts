@@ -202,6 +202,14 @@ export function register(program: Command): void {
       ).argParser(parseFloatArg),
     )
     .addOption(
+      opt(
+        "--removed-events <mode>",
+        "BlockRemoved for duplicate copies of a hash: last-copy (exact) | per-copy (as vLLM)",
+        "KVSYNC_REMOVED_EVENTS",
+        D.removedEvents,
+      ).argParser(choice(["last-copy", "per-copy"])),
+    )
+    .addOption(
       opt("--seed <n>", "seed of fault injection and synthetic output", "KVSYNC_SEED", D.seed).argParser(
         parseIntArg,
       ),
@@ -265,6 +273,7 @@ export function register(program: Command): void {
           dropEventRate: a.dropEventRate as number,
           loseEventRate: a.loseEventRate as number,
           seed: a.seed as number,
+          removedEvents: a.removedEvents as "last-copy" | "per-copy",
           maxBodyBytes: a.maxBodyBytes as number,
           replicas: a.replicas as number,
           portStride: a.portStride as number,

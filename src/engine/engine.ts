@@ -67,6 +67,7 @@ export class MockEngine {
         numCpuBlocks: o.numCpuBlocks,
         blockSize: o.blockSize,
         hashOf,
+        removals: o.removedEvents,
       });
       const dpRank = r;
       const publisher =

@@ -68,6 +68,11 @@ export interface KvCacheOptions {
   blockSize: number;
   /** published form of a digest (int or bytes format) */
   hashOf: (d: Digest) => HashKey;
+  /**
+   * "last-copy" (default): BlockRemoved when the last physical copy of a hash is evicted, exact
+   * for set-based subscribers. "per-copy": one BlockRemoved per evicted copy, as vLLM does.
+   */
+  removals?: "last-copy" | "per-copy";
 }
 
 export interface CacheStats {
@@ -86,6 +91,7 @@ export class KvCache {
   readonly numGpuBlocks: number;
   readonly numCpuBlocks: number;
   private readonly hashOf: (d: Digest) => HashKey;
+  private readonly perCopyRemovals: boolean;
   private readonly blocks: Block[] = [];
   /** free queue: sentinel-based doubly linked list, head = LRU */
   private readonly head = new Block(-1);
@@ -108,6 +114,7 @@ export class KvCache {
     this.numGpuBlocks = o.numGpuBlocks;
     this.numCpuBlocks = o.numCpuBlocks;
     this.hashOf = o.hashOf;
+    this.perCopyRemovals = o.removals === "per-copy";
     this.head.next = this.tail;
     this.tail.prev = this.head;
     for (let i = 0; i < o.numGpuBlocks; i++) {
@@ -318,8 +325,8 @@ export class KvCache {
     if (copies === undefined) return;
     const i = copies.indexOf(b);
     if (i >= 0) copies.splice(i, 1);
-    if (copies.length > 0) return;
-    this.cached.delete(d);
+    if (copies.length > 0 && !this.perCopyRemovals) return;
+    if (copies.length === 0) this.cached.delete(d);
     this.gpuEvictions++;
     const removed: BlockRemoved = {
       type: "BlockRemoved",

@@ -29,6 +29,8 @@ export interface EngineOptions {
   replayEndpoint: string | null;
   /** force PUB bind (true) / connect (false); null = vLLM's rule on the endpoint text */
   eventsBind: boolean | null;
+  /** BlockRemoved for duplicate copies of a hash: when the last goes (exact), or per copy (vLLM) */
+  removedEvents: "last-copy" | "per-copy";
   topic: string;
   replayBufferSteps: number;
   dataParallelSize: number;
@@ -69,6 +71,7 @@ export const DEFAULT_ENGINE_OPTIONS: EngineOptions = {
   eventsEndpoint: "tcp://*:5557",
   replayEndpoint: "tcp://*:5558",
   eventsBind: null,
+  removedEvents: "last-copy",
   topic: "",
   replayBufferSteps: 10_000,
   dataParallelSize: 1,

@@ -119,6 +119,26 @@ test("duplicate copies of a hash: BlockRemoved only when the last copy goes", ()
   assert.equal(removed.length, 2);
 });
 
+test("per-copy removals (vLLM's behaviour): one BlockRemoved per evicted copy", () => {
+  const c = new KvCache({
+    numGpuBlocks: 6,
+    numCpuBlocks: 0,
+    blockSize: BS,
+    hashOf: (d) => `b${d}`,
+    removals: "per-copy",
+  });
+  const a = mkReq(seq(0, 9));
+  const b = mkReq(seq(0, 9));
+  assert.ok(c.allocate(a, 9, c.lookup(a, 2), 9));
+  assert.ok(c.allocate(b, 9, { gpuBlocks: [], cpuBlocks: 0 }, 9));
+  c.drainEvents();
+  c.free(a);
+  c.free(b);
+  assert.ok(c.allocate(mkReq(seq(500, 24)), 24, null, 0));
+  assert.equal(c.drainEvents().filter((e) => e.type === "BlockRemoved").length, 4);
+  assert.equal(c.snapshot().length, 0);
+});
+
 test("CPU tier: write-through, loaded back on a GPU miss", () => {
   const c = mkCache(3, 4);
   const a = mkReq(seq(0, 9));
