@@ -38,11 +38,14 @@ export interface StreamSpec {
   replay: string | null;
 }
 
-/** Endpoint of rank r: the TCP port + r (rank 0 keeps the endpoint as given). */
+/**
+ * Endpoint of rank r: the TCP port + r (rank 0 keeps the endpoint as given); ipc/inproc paths get
+ * a `_dp<r>` suffix (the mock engine's convention). null when there is no such endpoint.
+ */
 export function rankEndpoint(endpoint: string, rank: number): string | null {
   if (rank === 0) return endpoint;
   const m = /^(tcp:\/\/.+:)(\d+)$/.exec(endpoint);
-  if (!m) return null;
+  if (!m) return /^(ipc|inproc):\/\/./.test(endpoint) ? `${endpoint}_dp${rank}` : null;
   const port = Number(m[2]) + rank;
   if (port > 65535) return null;
   return `${m[1]}${port}`;

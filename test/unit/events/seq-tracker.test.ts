@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
+import { rankEndpoint, streamsOf } from "../../../src/events/manager.ts";
 import { type DropReason, type SeqSink, SeqTracker } from "../../../src/events/seq-tracker.ts";
+import { backoffDelay } from "../../../src/events/subscriber.ts";
 
 /**
  * A simulated engine (epochs = process lifetimes, a bounded replay buffer) and a lossy network
@@ -338,5 +340,56 @@ describe("SeqTracker", () => {
       rec.applied.map((a) => a.seq),
       [0, 1, 2, 3, 4],
     );
+  });
+});
+
+describe("subscriber helpers", () => {
+  it("reconnect backoff is jittered in [delay/2, delay] and capped", () => {
+    for (let attempt = 0; attempt < 40; attempt++) {
+      const full = Math.min(5000, 100 * 2 ** attempt);
+      for (const r of [0, 0.5, 0.999]) {
+        const d = backoffDelay(attempt, 100, 5000, () => r);
+        assert.ok(
+          d >= Math.floor(full / 2) && d <= full,
+          `attempt ${attempt}: ${d} not in [${full / 2}, ${full}]`,
+        );
+      }
+    }
+    assert.equal(
+      backoffDelay(100, 100, 5000, () => 0.999),
+      4998,
+    );
+  });
+
+  it("streams per pod: one per DP rank on port + r; none without an events endpoint", () => {
+    const base = {
+      name: "p",
+      model: "m",
+      loras: [],
+      http: "http://h:1",
+      events: "tcp://h:5557",
+      replay: null,
+      dataParallelSize: 1,
+      ready: true,
+    };
+    assert.deepEqual(
+      streamsOf(base).map((s) => [s.ref.streamId, s.ref.rank, s.events, s.replay]),
+      [["p", null, "tcp://h:5557", null]],
+    );
+    assert.deepEqual(
+      streamsOf({ ...base, dataParallelSize: 3, replay: "tcp://h:6000" }).map((s) => [
+        s.ref.streamId,
+        s.events,
+        s.replay,
+      ]),
+      [
+        ["p#0", "tcp://h:5557", "tcp://h:6000"],
+        ["p#1", "tcp://h:5558", "tcp://h:6001"],
+        ["p#2", "tcp://h:5559", "tcp://h:6002"],
+      ],
+    );
+    assert.deepEqual(streamsOf({ ...base, events: null }), []);
+    assert.equal(rankEndpoint("ipc:///tmp/kv", 2), "ipc:///tmp/kv_dp2");
+    assert.equal(rankEndpoint("tcp://h:65535", 1), null);
   });
 });
