@@ -148,7 +148,8 @@ describe("gateway with mock engines", () => {
             { role: "system", content: system },
             { role: "user", content: `${long(`user${i}x`, 60)} question ${i}` },
           ],
-          max_tokens: 4,
+          // long enough that the requests overlap even on a loaded machine
+          max_tokens: 200,
         }),
       ),
     );
