@@ -453,7 +453,7 @@ export class KubernetesSource implements DiscoverySource {
     if (this.stopped) return;
     for (const s of this.scopes) {
       if (s.retry) continue; // a retry is already scheduled
-      void this.stopScope(s).then(() => this.startScope(s));
+      this.startScope(s); // stops the current informer first
     }
   }
 
@@ -468,6 +468,11 @@ export class KubernetesSource implements DiscoverySource {
 
   private startScope(s: Scope): void {
     if (this.stopped) return;
+    // never two informers for one scope (a resync and an error retry may race)
+    if (s.retry) clearTimeout(s.retry);
+    s.retry = null;
+    if (s.informer) void s.informer.stop();
+    s.informer = null;
     const gen = ++s.gen;
     const live = () => gen === s.gen && !this.stopped;
     const watch = new InformerWatch(
@@ -687,13 +692,12 @@ export class KubernetesSource implements DiscoverySource {
     else this.log.debug(log, msg);
     this.updateGauges();
     // rebuild the informer after the backoff: a fresh list, reported as a sync
-    void this.stopScope(s).then(() => {
-      if (this.stopped) return;
-      s.retry = setTimeout(() => {
-        s.retry = null;
-        this.startScope(s);
-      }, delay);
-    });
+    void this.stopScope(s); // synchronous part: the informer is stopped, the generation moves on
+    if (this.stopped) return;
+    s.retry = setTimeout(() => {
+      s.retry = null;
+      this.startScope(s);
+    }, delay);
   }
 
   /** Error text for the log and the `lastError` of a scope; for status pages. */

@@ -382,6 +382,13 @@ test("periodic resync relists without spurious changes", async (t) => {
   assert.equal(ctx.changes(), changes);
   assert.deepEqual(names(ctx.set.pods()), ["ns/a"]);
   assert.equal(ctx.src.degraded(), false);
+  // old informers' watches are closed (a leak would keep several open)
+  await waitFor("exactly one watch open", () => ctx.api.activeWatches() === 1, {
+    describe: () => ctx.api.activeWatches(),
+  });
+  // stopping closes every watch
+  await ctx.src.stop();
+  await waitFor("no watch left after stop", () => ctx.api.activeWatches() === 0);
 });
 
 test("bad credentials are an outage, not a crash", async (t) => {
