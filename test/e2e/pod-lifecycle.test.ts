@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { DEFAULT_MODEL, type Pod } from "./harness/cluster.ts";
+import type { RoutedResponse } from "./harness/gateway.ts";
 import {
   assertOk,
   completeDirect,
@@ -9,10 +10,11 @@ import {
   useCluster,
   waitGone,
   waitLive,
+  waitPodSet,
 } from "./harness/suite.ts";
 import { waitIndexMatchesTruth } from "./harness/truth.ts";
 import { scaled, waitFor } from "./harness/wait.ts";
-import { prefix, prompt } from "./harness/workload.ts";
+import { prefix, prompt, words } from "./harness/workload.ts";
 
 // Pods come and go as a controller scales and Kubernetes reschedules; nothing stale survives.
 describe("e2e pod lifecycle", { timeout: scaled(300_000) }, () => {
@@ -42,6 +44,7 @@ describe("e2e pod lifecycle", { timeout: scaled(300_000) }, () => {
       ["engine-0", "engine-1", "engine-2"],
     );
     await waitLive(gw, pods);
+    await waitPodSet(gw, pods);
     for (let i = 1; i < 3; i++) await completeDirect(pods[i], prompt(sys[i], 0));
     await waitIndexMatchesTruth(gw, pods);
     for (let i = 0; i < 3; i++) {
@@ -58,35 +61,46 @@ describe("e2e pod lifecycle", { timeout: scaled(300_000) }, () => {
     const gw = gatewayOf(c);
     const p2 = pods[2];
     await c.setReady(p2, false);
-    // probes carry prefix 2: the moment the gateway sees the flip, they leave p2
     await waitFor(
-      `gateway stops routing to not-ready ${p2.name}`,
-      async () => {
-        const r = await gw.complete(DEFAULT_MODEL, prompt(sys[2], 1000 + Math.floor(Math.random() * 1e6)));
-        assertOk(r, "probe");
-        return r.pod !== p2.name ? true : "still routed to it";
-      },
-      { timeoutMs: scaled(15_000), intervalMs: 100 },
+      `gateway sees ${p2.name} not ready`,
+      async () => ((await gw.pod(p2.name))?.ready === false ? true : "still ready"),
+      { timeoutMs: scaled(15_000) },
     );
     for (let k = 0; k < 5; k++) {
       const r = await gw.complete(DEFAULT_MODEL, prompt(sys[2], 2000 + k));
       assertOk(r, `request ${k} while not ready`);
       assert.notEqual(r.pod, p2.name, `request ${k} routed to not-ready ${p2.name}`);
     }
-    const listed = await gw.pod(p2.name);
-    assert.ok(listed, "not-ready pod dropped from the gateway (its stream should stay)");
+    // its stream stays: what it stores while not ready is indexed
+    const later = prefix("lc-notready", 460);
+    await completeDirect(p2, prompt(later, 0));
     await waitIndexMatchesTruth(gw, pods);
-    assert.ok(await podBlockCount(gw, p2.name), "not-ready pod lost its entries");
+    const m = await gw.match(DEFAULT_MODEL, prompt(later, 1));
+    assert.deepEqual(
+      m.pods.filter((x) => x.matchedBlocks > 0).map((x) => x.pod),
+      [p2.name],
+      "blocks stored while not ready not indexed under the pod",
+    );
+    // even holding the only copy, a not-ready pod gets no request
+    const r0 = await gw.complete(DEFAULT_MODEL, prompt(later, 2));
+    assertOk(r0, "request for the not-ready pod's prefix");
+    assert.notEqual(r0.pod, p2.name, "routed to a not-ready pod");
     await c.setReady(p2, true);
     await waitFor(
-      `gateway routes prefix 2 to ${p2.name} again`,
-      async () => {
-        const r = await gw.complete(DEFAULT_MODEL, prompt(sys[2], 3000 + Math.floor(Math.random() * 1e6)));
-        assertOk(r, "probe");
-        return r.pod === p2.name ? true : `routed to ${r.pod}`;
-      },
-      { timeoutMs: scaled(15_000), intervalMs: 100 },
+      `gateway sees ${p2.name} ready`,
+      async () => ((await gw.pod(p2.name))?.ready === true ? true : "still not ready"),
+      { timeoutMs: scaled(15_000) },
     );
+    const other = r0.pod!;
+    // r0 put the prefix on another pod too: ask for a longer match only p2 can serve
+    const ext = `${prompt(later, 0)} ${words(461, 30)}`;
+    const m2 = await gw.match(DEFAULT_MODEL, ext);
+    const best = m2.pods[0];
+    assert.equal(best?.pod, p2.name, `best holder of p2's own prompt is ${best?.pod} (also on ${other})`);
+    const r = await gw.complete(DEFAULT_MODEL, ext);
+    assertOk(r, "request after ready again");
+    assert.equal(r.pod, p2.name, `served by ${r.pod}`);
+    assert.equal(r.cachedTokens, best.matchedTokens, `engine cached ${r.cachedTokens}`);
     await waitIndexMatchesTruth(gw, pods);
   });
 
@@ -101,8 +115,44 @@ describe("e2e pod lifecycle", { timeout: scaled(300_000) }, () => {
     await waitIndexMatchesTruth(gw, pods);
     oldSeq = (await gw.pod(victim.name))?.lastSeq ?? -1;
     oldIp = victim.ip;
-    await c.deletePod(victim);
+    // traffic keeps flowing (one request at a time) while the pod is deleted
+    let stopTraffic = false;
+    let notRoutable = false;
+    const sent: Array<{ r: RoutedResponse; afterNotReady: boolean }> = [];
+    let current: Promise<unknown> = Promise.resolve();
+    const traffic = (async () => {
+      for (let k = 0; !stopTraffic; k++) {
+        const afterNotReady = notRoutable;
+        const p = gw.complete(DEFAULT_MODEL, prompt(sys[k % 3], 700 + k));
+        current = p;
+        sent.push({ r: await p, afterNotReady });
+      }
+    })();
+    await c.deletePod(victim, {
+      // preStop: the gateway has seen the pod terminating (not ready); in-flight work finishes
+      preStop: async () => {
+        await waitFor(
+          `gateway sees terminating ${victim.name} not ready`,
+          async () => ((await gw.pod(victim.name))?.ready === false ? true : "still ready"),
+          { timeoutMs: scaled(15_000) },
+        );
+        notRoutable = true;
+        await current;
+      },
+    });
     await waitGone(gw, victim.name);
+    stopTraffic = true;
+    await traffic;
+    assert.ok(sent.length > 0, "no request during the deletion");
+    for (const [k, { r, afterNotReady }] of sent.entries()) {
+      assertOk(r, `request ${k} during the deletion`);
+      if (afterNotReady)
+        assert.notEqual(r.pod, victim.name, `request ${k} routed to terminating ${victim.name}`);
+    }
+    await waitPodSet(
+      gw,
+      pods.filter((p) => p !== victim),
+    );
     const m = await gw.match(DEFAULT_MODEL, prompt(sys[1], 5));
     assert.deepEqual(
       m.pods.filter((x) => x.pod === victim.name),
@@ -129,8 +179,11 @@ describe("e2e pod lifecycle", { timeout: scaled(300_000) }, () => {
     assert.notEqual(back.ip, oldIp, "recreated pod kept its address");
     pods = [pods[0], back, pods[2]];
     await waitLive(gw, [back]);
+    await waitPodSet(gw, pods);
     assert.equal(await podBlockCount(gw, back.name), 0, "recreated pod inherited old entries");
-    await completeDirect(back, prompt(sys[1], 0));
+    // a prefix only the new incarnation holds
+    const fresh = prefix("lc-back", 450);
+    await completeDirect(back, prompt(fresh, 0));
     await waitIndexMatchesTruth(gw, pods);
     const listed = await gw.pod(back.name);
     assert.ok(listed && listed.lastSeq !== null, "no batch applied for the recreated pod");
@@ -138,11 +191,15 @@ describe("e2e pod lifecycle", { timeout: scaled(300_000) }, () => {
       listed.lastSeq! < oldSeq,
       `seq did not restart: lastSeq ${listed.lastSeq} (before delete: ${oldSeq})`,
     );
-    // the old incarnation's prefix-1 blocks are gone; only what the new engine stored counts
-    const r = await gw.complete(DEFAULT_MODEL, prompt(sys[1], 7));
-    assertOk(r, "prefix 1 after return");
-    assert.equal(r.pod, back.name);
-    assert.ok(r.cachedTokens >= 64, `engine cached ${r.cachedTokens}`);
+    const holders = (await gw.match(DEFAULT_MODEL, prompt(fresh, 1))).pods.filter((x) => x.matchedBlocks > 0);
+    assert.deepEqual(
+      holders.map((x) => x.pod),
+      [back.name],
+    );
+    const r = await gw.complete(DEFAULT_MODEL, prompt(fresh, 7));
+    assertOk(r, "fresh prefix after return");
+    assert.equal(r.pod, back.name, `fresh prefix served by ${r.pod}`);
+    assert.equal(r.cachedTokens, holders[0].matchedTokens, `engine cached ${r.cachedTokens}`);
     await waitIndexMatchesTruth(gw, pods);
   });
 
@@ -156,8 +213,7 @@ describe("e2e pod lifecycle", { timeout: scaled(300_000) }, () => {
       ["default/engine-0"],
     );
     for (const name of before) if (name !== pods[0].name) await waitGone(gw, name);
-    const listed = (await gw.pods()).map((p) => p.name);
-    assert.deepEqual(listed, [pods[0].name]);
+    await waitPodSet(gw, pods);
     for (let i = 0; i < 3; i++) {
       const r = await gw.complete(DEFAULT_MODEL, prompt(sys[i], 900 + i));
       assertOk(r, `request ${i} at scale 1`);

@@ -296,16 +296,22 @@ export class Cluster {
   }
 
   /**
-   * Delete a pod as Kubernetes does: the Pod object goes (watchers see DELETED), its engine is
-   * terminated, its network namespace removed. Only for pods that have a process of their own.
+   * Delete a pod as Kubernetes does: graceful deletion begins (deletionTimestamp: the pod stops
+   * being ready), its engine gets SIGTERM (SIGKILL after the grace period), then the Pod object
+   * goes (watchers see DELETED) and its network namespace is removed. Only for pods with an
+   * engine process of their own. `preStop` runs between the start of the deletion and SIGTERM,
+   * as a container's preStop hook does.
    */
-  async deletePod(pod: Pod): Promise<void> {
+  async deletePod(pod: Pod, opts: { preStop?: () => Promise<void> } = {}): Promise<void> {
     if (pod.group.pods.length !== 1)
       throw new Error(`pod ${pod.name} shares its engine process; delete its group`);
+    await this.kube.markTerminating(pod.namespace, pod.podName);
+    pod.ready = false;
+    if (opts.preStop) await opts.preStop();
+    await pod.group.process.stop();
     await this.kube.deletePod(pod.namespace, pod.podName);
     pod.deleted = true;
     this.pods.delete(pod.name);
-    await pod.group.process.stop();
     this.net.removeNode(pod.node);
     this.groups = this.groups.filter((g) => g !== pod.group);
   }

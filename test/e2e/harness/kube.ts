@@ -15,6 +15,8 @@ export interface KubeBackend {
   kubeconfigPath: string;
   /** create the Pod, or replace it when it exists (watchers see ADDED / MODIFIED) */
   upsertPod(pod: Record<string, unknown>): Promise<void>;
+  /** graceful deletion begins: deletionTimestamp set (watchers see MODIFIED; not ready) */
+  markTerminating(namespace: string, name: string): Promise<void>;
   /** delete the Pod (watchers see DELETED) */
   deletePod(namespace: string, name: string): Promise<void>;
   close(): Promise<void>;
@@ -44,6 +46,9 @@ export async function startKube(dir: string): Promise<KubeBackend> {
     async upsertPod(pod) {
       const p = pod as V1Pod;
       api.upsertPod(p.metadata?.namespace ?? "default", p);
+    },
+    async markTerminating(namespace, name) {
+      api.markTerminating(namespace, name);
     },
     async deletePod(namespace, name) {
       if (!api.deletePod(namespace, name))

@@ -55,6 +55,23 @@ export async function waitLive(gw: GatewayProcess, pods: Pod[], timeoutMs = 30_0
   );
 }
 
+/** Wait until the gateway lists exactly these pods (no stale pod, none missing). */
+export async function waitPodSet(gw: GatewayProcess, pods: Pod[], timeoutMs = 20_000): Promise<void> {
+  const want = pods.map((p) => p.name).sort();
+  await waitFor(
+    `gateway pod set == ${want.join(", ")}`,
+    async () => {
+      const got = [...new Set((await gw.pods()).map((p) => p.name))].sort();
+      const extra = got.filter((n) => !want.includes(n));
+      const missing = want.filter((n) => !got.includes(n));
+      return extra.length === 0 && missing.length === 0
+        ? true
+        : `stale: [${extra.join(", ")}], missing: [${missing.join(", ")}]`;
+    },
+    { timeoutMs: scaled(timeoutMs), intervalMs: 100 },
+  );
+}
+
 /** Wait until the gateway no longer lists the pod (deleted) and holds no block for it. */
 export async function waitGone(gw: GatewayProcess, name: string, timeoutMs = 20_000): Promise<void> {
   await waitFor(
