@@ -14,6 +14,7 @@ const commands: Array<() => Promise<{ register(p: Command): void }>> = [
   () => import("./commands/events.ts"),
   () => import("./commands/index.ts"),
   () => import("./commands/gateway.ts"),
+  () => import("./commands/demo.ts"),
 ];
 for (const load of commands) (await load()).register(program);
 
