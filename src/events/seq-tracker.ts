@@ -58,9 +58,9 @@ interface Msg {
 export function fingerprint(p: Uint8Array): number {
   let h = 0x811c9dc5 ^ p.length;
   const n = p.length;
-  const head = n < 32 ? n : 32;
+  const head = Math.min(n, 32);
   for (let i = 0; i < head; i++) h = Math.imul(h ^ p[i], 0x01000193);
-  for (let i = n - 32 > head ? n - 32 : head; i < n; i++) h = Math.imul(h ^ p[i], 0x01000193);
+  for (let i = Math.max(n - 32, head); i < n; i++) h = Math.imul(h ^ p[i], 0x01000193);
   return h | 0;
 }
 
