@@ -273,6 +273,11 @@ class InformerWatch extends Watch {
         throw e;
       }
       if (!res.body) throw new Error(`watch ${path}: no body`);
+      if (!this.live()) {
+        // stopped while connecting: close this stream (ListWatch would keep it, unaborted)
+        finish(null);
+        return controller;
+      }
       this.onActivity();
       arm(this.t.idleTimeoutMs, "idle");
       const body = Readable.fromWeb(res.body as import("node:stream/web").ReadableStream);
