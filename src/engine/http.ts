@@ -252,6 +252,19 @@ export async function startHttpServer(
       hooks: {
         onToken,
         onFinish: (reason) => {
+          log.debug(
+            {
+              event: "request.finished",
+              id: req.id,
+              rank: g.rank.index,
+              lora: g.loraName,
+              promptTokens: req.promptLen,
+              cachedTokens: req.cachedTokens,
+              generated: req.generated,
+              reason,
+            },
+            "request finished",
+          );
           if (reason !== "abort") {
             engine.metrics.requestSuccess.inc({
               model_name: o.model,
