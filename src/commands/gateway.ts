@@ -51,8 +51,10 @@ interface GatewayCliOptions {
   balanceAbsThreshold: number;
   balanceRelThreshold: number;
   seed: number;
-  maxIndexEntries?: number;
-  maxIndexEntriesPerPod?: number;
+  maxEntries?: number;
+  maxEntriesPerStream?: number;
+  topic: string;
+  replayTimeoutMs: number;
 }
 
 export function register(program: Command): void {
@@ -80,7 +82,7 @@ export function register(program: Command): void {
       opt(
         "--tokenizer <model=dir|remote>",
         "tokenizer per model (repeatable or comma-separated); the default model's is bundled",
-        "KVSYNC_TOKENIZERS",
+        "KVSYNC_TOKENIZER",
       ).argParser(parseList),
     )
     .addOption(
@@ -248,16 +250,25 @@ export function register(program: Command): void {
     .addOption(opt("--seed <n>", "seed of the random policy", "KVSYNC_SEED", 1).argParser(parseIntArg))
     .addOption(
       opt(
-        "--max-index-entries <n>",
-        "index: global (block, pod) entry cap",
-        "KVSYNC_MAX_INDEX_ENTRIES",
+        "--max-entries <n>",
+        "index: global cap on (block, stream) entries",
+        "KVSYNC_MAX_ENTRIES",
       ).argParser(parseIntArg),
     )
     .addOption(
       opt(
-        "--max-index-entries-per-pod <n>",
-        "index: per-stream entry cap",
-        "KVSYNC_MAX_INDEX_ENTRIES_PER_POD",
+        "--max-entries-per-stream <n>",
+        "index: per-stream cap on entries",
+        "KVSYNC_MAX_ENTRIES_PER_STREAM",
+      ).argParser(parseIntArg),
+    )
+    .addOption(opt("--topic <topic>", 'KV-event topic prefix ("" = all)', "KVSYNC_TOPIC", ""))
+    .addOption(
+      opt(
+        "--replay-timeout-ms <ms>",
+        "replay idle timeout before a gap counts as lost",
+        "KVSYNC_REPLAY_TIMEOUT_MS",
+        3000,
       ).argParser(parseIntArg),
     )
     .action(async (o: GatewayCliOptions & Record<string, unknown>) => {
@@ -299,11 +310,11 @@ export function register(program: Command): void {
           },
           seed: o.seed,
           indexOptions: {
-            ...(o.maxIndexEntries !== undefined ? { maxEntries: o.maxIndexEntries } : {}),
-            ...(o.maxIndexEntriesPerPod !== undefined
-              ? { maxEntriesPerStream: o.maxIndexEntriesPerPod }
-              : {}),
+            ...(o.maxEntries !== undefined ? { maxEntries: o.maxEntries } : {}),
+            ...(o.maxEntriesPerStream !== undefined ? { maxEntriesPerStream: o.maxEntriesPerStream } : {}),
           },
+          topic: o.topic,
+          subscriber: { replayTimeoutMs: o.replayTimeoutMs },
           log,
         });
       } catch (err) {

@@ -3,7 +3,7 @@ import { Registry } from "prom-client";
 import { createDiscoverySource, type DiscoveryOptions } from "../discovery/index.ts";
 import { PodSet } from "../discovery/pod-set.ts";
 import type { DiscoverySource, PodInfo } from "../discovery/types.ts";
-import { SubscriberManager } from "../events/manager.ts";
+import { SubscriberManager, type SubscriberManagerOptions } from "../events/manager.ts";
 import type { StreamState } from "../events/types.ts";
 import { createIndex, type IndexOptions } from "../index/index.ts";
 import type { PrefixIndex } from "../index/types.ts";
@@ -38,6 +38,10 @@ export interface StartGatewayOptions
   indexOptions?: IndexOptions;
   /** run KV-event subscribers for the pods (default true) */
   subscribe?: boolean;
+  /** KV-event topic prefix to subscribe to ("" = all) */
+  topic?: string;
+  /** options for every subscriber (e.g. replayTimeoutMs) */
+  subscriber?: SubscriberManagerOptions["subscriber"];
   /**
    * Tokenizers: `--tokenizer` specs (the default model's bundled tokenizer is always included),
    * a TokenizerRegistry, a lookup function, or false (route by load only).
@@ -92,7 +96,13 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
     // subscribers follow the pod set; only live streams' cache counts
     let subscribers: SubscriberManager | null = null;
     if (opts.subscribe ?? true) {
-      const subs = new SubscriberManager({ index, registry, log });
+      const subs = new SubscriberManager({
+        index,
+        registry,
+        log,
+        topic: opts.topic,
+        subscriber: opts.subscriber,
+      });
       subscribers = subs;
       cleanups.push(() => subs.close());
       const off = pods.onChange((all) => subs.setPods([...all.values()]));
