@@ -167,7 +167,12 @@ interface Step {
   payload: Buffer;
 }
 
-function makeWorkload(targetBlockEvents: number): { steps: Step[]; blockEvents: number; bytes: number } {
+function makeWorkload(targetBlockEvents: number): {
+  steps: Step[];
+  blockEvents: number;
+  bytes: number;
+  engines: EngineSim[];
+} {
   const engines = streams.map((_, i) => new EngineSim(i));
   const steps: Step[] = [];
   let blockEvents = 0;
@@ -189,7 +194,7 @@ function makeWorkload(targetBlockEvents: number): { steps: Step[]; blockEvents: 
       steps.push({ stream: streams[p], batch, payload });
     }
   }
-  return { steps, blockEvents, bytes };
+  return { steps, blockEvents, bytes, engines };
 }
 
 /** CPU seconds used by this process (all threads: includes GC helpers) */
@@ -328,12 +333,17 @@ console.log(`  index after apply: ${st.entries} entries, ${st.blocks} blocks, ${
 const ix = lastIndex;
 const PROMPT_BLOCKS = 512;
 const ns = { model: MODEL, lora: null, blockSize: BS };
-/** store `blocks` blocks of `tokens` as one chain on a pod (fresh engine hashes) */
-function holdPrefix(pod: number, tokens: number[], blocks: number): void {
-  const hs = Array.from({ length: blocks }, randHash);
+/** a pod stores `blocks` blocks of a conversation: its template blocks under the pod's own engine
+ * hashes for them (a re-store), then fresh hashes for the history */
+function holdPrefix(pod: number, template: number, tokens: number[], blocks: number): void {
+  const th = wl.engines[pod].tmplHashes(template);
+  const hs = Array.from({ length: blocks - TEMPLATE_BLOCKS }, randHash);
   ix.applyBatch(streams[pod], {
     ts: 0,
-    events: [storedEv(hs, null, tokens.slice(0, blocks * BS))],
+    events: [
+      storedEv(th, null, tokens.slice(0, TEMPLATE_BLOCKS * BS)),
+      storedEv(hs, th[TEMPLATE_BLOCKS - 1], tokens.slice(TEMPLATE_BLOCKS * BS, blocks * BS)),
+    ],
     dpRank: 0,
   });
 }
@@ -347,12 +357,15 @@ for (let c = 0; c < 50; c++) {
   while (pods.size < 10) pods.add(Math.floor(r() * PODS));
   const list = [...pods];
   for (const [i, p] of list.entries()) {
-    holdPrefix(p, tokens, i < 2 ? PROMPT_BLOCKS : i < 5 ? PROMPT_BLOCKS / 2 : PROMPT_BLOCKS / 8);
+    holdPrefix(p, t, tokens, i < 2 ? PROMPT_BLOCKS : i < 5 ? PROMPT_BLOCKS / 2 : PROMPT_BLOCKS / 8);
   }
 }
 // worst case: every pod holds the whole prompt
 const worst = randTokens(PROMPT_BLOCKS * BS);
-for (let p = 0; p < PODS; p++) holdPrefix(p, worst, PROMPT_BLOCKS);
+for (let p = 0; p < PODS; p++) {
+  const hs = Array.from({ length: PROMPT_BLOCKS }, randHash);
+  ix.applyBatch(streams[p], { ts: 0, events: [storedEv(hs, null, worst)], dpRank: 0 });
+}
 
 interface Lat {
   p50: number;
@@ -460,6 +473,7 @@ function memoryPerEntry(
 }
 // drop the apply/match state first so it doesn't pollute the measurements
 wl.steps.length = 0;
+wl.engines.length = 0;
 const mem1 = memoryPerEntry(1_000_000, () => 1 + Math.floor(r() * 3));
 const mem1u = memoryPerEntry(1_000_000, () => 1);
 const mem10 = QUICK ? null : memoryPerEntry(10_000_000, () => 1 + Math.floor(r() * 3));

@@ -57,10 +57,10 @@ const IDX = 0x7ffffff;
 const TOMB = IDX;
 const MAX_RECORDS = IDX - 2;
 /** table sizing: rebuild above MAX_LOAD (live + tombstones), to REBUILD_LOAD live */
-const MAX_LOAD = 0.8;
+const MAX_LOAD = 0.85;
 /** match: blocks hashed and looked up per chunk */
 const CHUNK = 16;
-const REBUILD_LOAD = 0.6;
+const REBUILD_LOAD = 0.5;
 
 const KIND_U = 0;
 const KIND_N = 1;
@@ -75,6 +75,27 @@ function grownCapacity(cur: number, need: number, max: number): number {
 /** home slot of a hash in a table of `size` slots (any size < 2^27: multiply-shift, exact in doubles) */
 function home(hh: number, size: number): number {
   return ((hh >>> 6) * size) / 67108864;
+}
+
+/**
+ * Delete slot i: a tombstone, unless the cluster ends right after it, in which case the slot
+ * and any tombstones just before it become empty. Returns the change in the tombstone count.
+ */
+function clearSlot(slots: Int32Array, i: number): number {
+  const size = slots.length;
+  if (slots[i + 1 === size ? 0 : i + 1] !== 0) {
+    slots[i] = TOMB;
+    return 1;
+  }
+  slots[i] = 0;
+  let freed = 0;
+  let j = i === 0 ? size - 1 : i - 1;
+  while (slots[j] === TOMB) {
+    slots[j] = 0;
+    freed++;
+    j = j === 0 ? size - 1 : j - 1;
+  }
+  return -freed;
 }
 
 function tableSize(live: number): number {
@@ -325,8 +346,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     const size = slots.length;
     let i = home(this.entryHash(ent), size) | 0;
     while ((slots[i] & IDX) !== ent + 1 || slots[i] === TOMB) if (++i === size) i = 0;
-    slots[i] = TOMB;
-    this.eTombs++;
+    this.eTombs += clearSlot(slots, i);
   }
 
   /** Fresh table with every live entry except `pending` (being inserted by the caller). */
@@ -453,8 +473,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     const size = slots.length;
     let i = home(this.blockHash(x), size) | 0;
     while ((slots[i] & IDX) !== x + 1 || slots[i] === TOMB) if (++i === size) i = 0;
-    slots[i] = TOMB;
-    this.bTombs++;
+    this.bTombs += clearSlot(slots, i);
     this.b[x * BS + LC] = 0;
     this.b[x * BS + KHI] = this.bFree;
     this.bFree = x;
