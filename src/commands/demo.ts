@@ -17,7 +17,9 @@ function parsePolicies(v: string): PolicyName[] {
   return list as PolicyName[];
 }
 
-const bool = (v: string): boolean => !["0", "false", "no", "off", ""].includes(v.toLowerCase());
+/** `--json` gives true; `KVSYNC_DEMO_JSON=0|false|no|off` false, any other value true. */
+const bool = (v: string | undefined): boolean =>
+  v === undefined || !["0", "false", "no", "off", ""].includes(v.toLowerCase());
 
 export function register(program: Command): void {
   program
@@ -73,7 +75,7 @@ export function register(program: Command): void {
         "KVSYNC_DEMO_PROGRESS_EVERY",
       ).argParser(parseIntArg),
     )
-    .addOption(opt("--json", "also print the result as JSON", "KVSYNC_DEMO_JSON").argParser(bool))
+    .addOption(opt("--json [bool]", "also print the result as JSON", "KVSYNC_DEMO_JSON").argParser(bool))
     .action(async (a: Record<string, unknown>) => {
       const requests = a.requests as number;
       const policiesRaw = a.policies;
