@@ -416,3 +416,21 @@ test("a list of prompts gives one choice per prompt and summed usage; 503 beyond
   assert.equal(await first, "AbortError");
   assert.equal((await second).status, 200, "the waiting request runs once the first is aborted");
 });
+
+test("multi-turn chat: the next turn hits the cached prompt and generated tokens of the previous one", async () => {
+  const e = await start({ blockSize: 4 });
+  const c = client(e);
+  const m1: OpenAI.ChatCompletionMessageParam[] = [
+    { role: "user", content: "Tell me about KV caches please." },
+  ];
+  const r1 = await c.chat.completions.create({ model: MODEL, messages: m1, max_tokens: 20 });
+  const p1 = r1.usage!.prompt_tokens;
+  const m2: OpenAI.ChatCompletionMessageParam[] = [
+    ...m1,
+    { role: "assistant", content: r1.choices[0].message.content ?? "" },
+    { role: "user", content: "More." },
+  ];
+  const r2 = await c.chat.completions.create({ model: MODEL, messages: m2, max_tokens: 2 });
+  // the engine computed the prompt and all generated tokens but the last: its full blocks are cached
+  assert.equal(r2.usage?.prompt_tokens_details?.cached_tokens, Math.floor((p1 + 20 - 1) / 4) * 4);
+});
