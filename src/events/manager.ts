@@ -186,7 +186,8 @@ export class SubscriberManager
       decodeErrors: s.decodeErrors,
       gaps: s.gaps,
       replays: s.replays,
-      resyncs: s.resyncs + s.restarts,
+      resyncs: s.resyncs,
+      restarts: s.restarts,
     };
   }
 

@@ -15,7 +15,10 @@ export interface StreamStatus {
   decodeErrors: number;
   gaps: number;
   replays: number;
+  /** unrecoverable gaps (entries dropped and rebuilt) */
   resyncs: number;
+  /** engine restarts detected (seq went backwards / another batch at our last seq) */
+  restarts?: number;
 }
 
 /**

@@ -6,7 +6,7 @@
  *   GET  /metrics                       Prometheus text of the registry
  *   GET  /admin/pods                    one entry per stream (pod, or pod and DP rank):
  *        [{name, rank, stream, model, lora, ready, state, lastSeq, eventsApplied, blocks,
- *          decodeErrors, gaps, replays, resyncs}]   (`lora`: the adapters the pod serves;
+ *          decodeErrors, gaps, replays, resyncs, restarts}]   (`lora`: the adapters the pod serves;
  *        a pod without an events endpoint appears once with stream/state null)
  *   GET  /admin/pods/<name>/blocks[?rank=N]
  *        {"blocks":[{"hash":"<canonical text>","tiers":["GPU"]}]}, sorted by hash; a DP pod
@@ -81,6 +81,7 @@ export interface AdminPodEntry {
   gaps: number;
   replays: number;
   resyncs: number;
+  restarts: number;
 }
 
 const methodNotAllowed = (allow: string) =>
@@ -182,6 +183,7 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
           gaps: 0,
           replays: 0,
           resyncs: 0,
+          restarts: 0,
         });
         continue;
       }
@@ -201,6 +203,7 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
           gaps: s.gaps,
           replays: s.replays,
           resyncs: s.resyncs,
+          restarts: s.restarts ?? 0,
         });
       }
     }

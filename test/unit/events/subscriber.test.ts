@@ -182,7 +182,7 @@ describe("subscriber: faults", () => {
     await pub.publish(0, storeBatch(50, 1000));
     await waitFor(
       "restart handled",
-      () => manager.status("p")?.resyncs === 1 && manager.status("p")?.state === "live",
+      () => manager.status("p")?.restarts === 1 && manager.status("p")?.state === "live",
     );
     await pub.publish(1, storeBatch(51, 1001));
     await waitFor(
