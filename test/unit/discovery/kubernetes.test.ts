@@ -51,6 +51,9 @@ async function setup(
   set.onChange(() => n++);
   t.after(async () => {
     await src.stop();
+    await api.heal();
+    // every watch the source opened is closed by stop()
+    await waitFor("no watch left open after stop", () => api.activeWatches() === 0);
     await api.close();
   });
   await src.start(set.handler);
