@@ -1,0 +1,14 @@
+/** Programmatic API of the mock vLLM engine (see README.md in this folder). */
+export {
+  MockEngine,
+  type Rank,
+  type ReplicaOptions,
+  type RunningEngine,
+  replicaOptions,
+  type StartOptions,
+  sharedTokenizer,
+  startEngine,
+  startEngines,
+} from "./engine.ts";
+export { DEFAULT_ENGINE_OPTIONS, type EngineOptions, type HashFormat } from "./options.ts";
+export { type EventFormat, eraOf, offsetEndpoint, pubShouldBind, withHost } from "./publisher.ts";
