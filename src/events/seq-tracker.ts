@@ -3,7 +3,7 @@
  * machine fed with live messages, replay messages and replay outcomes, which tells its sink
  * what to apply, when to drop the stream's entries and when to ask for a replay.
  *
- * Rules:
+ * Rules (docs/events.md):
  * - Live seq == last + 1 is applied. A gap (seq > last + 1) asks for a replay from last + 1;
  *   live messages that arrive meanwhile wait in a bounded queue and are merged after the replay
  *   without duplicates. Without a replay endpoint a gap is unrecoverable.
