@@ -467,7 +467,14 @@ export class GatewayCore {
         )
       : raw;
     const ac = new AbortController();
-    let clientGone = false;
+    // the client may have gone while the request was tokenized and routed
+    let clientGone = res.destroyed || req.socket?.destroyed === true;
+    if (clientGone) {
+      plan.ticket?.done();
+      ctx.status = "client_closed";
+      this.metrics.clientAborts.inc({ pod: "" });
+      return;
+    }
     res.once("close", () => {
       if (!res.writableFinished) {
         clientGone = true;
