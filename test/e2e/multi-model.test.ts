@@ -22,14 +22,16 @@ describe("e2e multi-model: two models, two namespaces, one adapter", { timeout: 
 
   it("pods of both models go live", async () => {
     const c = cluster();
-    a = [
-      await c.createPod("qwen-0", { namespace: "team-a", engine: { model: MODEL_A, loras: [LORA] } }),
-      await c.createPod("qwen-1", { namespace: "team-a", engine: { model: MODEL_A } }),
-    ];
-    b = await c.createPods(["alt-0", "alt-1"], {
-      namespace: "team-b",
-      engine: { model: MODEL_B, tokenizer: tokDir },
-    });
+    [a, b] = await Promise.all([
+      Promise.all([
+        c.createPod("qwen-0", { namespace: "team-a", engine: { model: MODEL_A, loras: [LORA] } }),
+        c.createPod("qwen-1", { namespace: "team-a", engine: { model: MODEL_A } }),
+      ]),
+      c.createPods(["alt-0", "alt-1"], {
+        namespace: "team-b",
+        engine: { model: MODEL_B, tokenizer: tokDir },
+      }),
+    ]);
     await waitLive(gatewayOf(c), all());
     const listed = new Map((await gatewayOf(c).pods()).map((p) => [p.name, p.model]));
     for (const p of all()) assert.equal(listed.get(p.name), p.model, `model of ${p.name}`);
