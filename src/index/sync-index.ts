@@ -167,8 +167,6 @@ export class SyncPrefixIndex implements PrefixIndex {
   private readonly k2 = new Int32Array(2);
   private mPos = new Int32Array(16);
   private mMask = new Uint8Array(16);
-  private mPrev = new Uint8Array(16);
-  private mBt = new Uint8Array(16);
   private mEnd = new Int32Array(48);
   private mCands = new Int32Array(16);
   private mT = 0;
@@ -220,8 +218,6 @@ export class SyncPrefixIndex implements PrefixIndex {
       this.mCands = new Int32Array(n);
       this.mEnd = new Int32Array(n * 3);
       this.mMask = new Uint8Array(n);
-      this.mPrev = new Uint8Array(n);
-      this.mBt = new Uint8Array(n);
     }
     this.sHead[s] = -1;
     this.sTail[s] = -1;
@@ -868,8 +864,6 @@ export class SyncPrefixIndex implements PrefixIndex {
     this.mT = T + n + 1;
     const mPos = this.mPos;
     const mMask = this.mMask;
-    const mPrev = this.mPrev;
-    const mBt = this.mBt;
     const mEnd = this.mEnd;
     const cands = this.mCands;
 
@@ -907,13 +901,10 @@ export class SyncPrefixIndex implements PrefixIndex {
             const v = arr[c];
             const s = v >>> 3;
             if (mPos[s] === T + 1) {
-              mBt[s] |= v & 7; // a second entry of the same stream on this block: union of tiers
-              mMask[s] = mBt[s];
+              mMask[s] |= v & 7; // a second entry of the same stream on this block: union of tiers
             } else {
               mPos[s] = T + 1;
-              mBt[s] = v & 7;
               mMask[s] = v & 7;
-              mPrev[s] = 7;
               mEnd[s * 3] = 0;
               mEnd[s * 3 + 1] = 0;
               mEnd[s * 3 + 2] = 0;
@@ -932,8 +923,6 @@ export class SyncPrefixIndex implements PrefixIndex {
             mPos[s] = want + 1;
             const prev = mMask[s];
             const t = prev & v;
-            mPrev[s] = prev;
-            mBt[s] = v & 7;
             if (t !== prev) {
               // tiers whose leading run ends at block i
               if ((prev & ~t & 1) !== 0) mEnd[s * 3] = i;
@@ -943,9 +932,15 @@ export class SyncPrefixIndex implements PrefixIndex {
             }
             alive++;
           } else if (p === want + 1) {
-            // a second entry of the same stream on this block: tiers are the union
-            mBt[s] |= v & 7;
-            mMask[s] = mPrev[s] & mBt[s];
+            // a second entry of the same stream on this block: tiers are the union. The mask
+            // before this block = the current mask + the tiers whose run ended at this block.
+            const e3 = s * 3;
+            const prev =
+              mMask[s] |
+              (mEnd[e3] === i ? 1 : 0) |
+              (mEnd[e3 + 1] === i ? 2 : 0) |
+              (mEnd[e3 + 2] === i ? 4 : 0);
+            mMask[s] |= prev & v & 7;
           }
         }
         if (alive === 0) {

@@ -81,6 +81,24 @@ for (const backend of ["sync", "reference"] as IndexBackend[]) {
       });
     });
 
+    test("two engine hashes of one stream on the same block: tiers are their union", () => {
+      const ix = mk();
+      apply(ix, A, stored([hk(1), hk(2)], null, toks([1, 2])));
+      apply(ix, A, stored([hk(11), hk(12)], null, toks([1, 2]), { medium: "CPU" }));
+      apply(ix, A, stored([hk(13)], hk(12), toks([3]), { medium: "CPU" }));
+      assert.deepEqual(one(ix, toks([1, 2, 3]), "a"), {
+        streamId: "a",
+        pod: "a",
+        rank: null,
+        matchedBlocks: 3,
+        tiers: { GPU: 2, CPU: 3, STORAGE: 0 },
+      });
+      apply(ix, A, removed([hk(12)], "CPU"));
+      assert.deepEqual(one(ix, toks([1, 2, 3]), "a")!.tiers, { GPU: 2, CPU: 1, STORAGE: 0 });
+      // block 1 is still held (GPU, via hk(2)) and block 2 (CPU, via hk(13)): any-tier run is 3
+      assert.equal(one(ix, toks([1, 2, 3]), "a")!.matchedBlocks, 3);
+    });
+
     test("cross-stream isolation: one stream's BlockRemoved leaves the other's claim", () => {
       const ix = mk();
       apply(ix, A, stored([hk(1), hk(2)], null, toks([1, 2])));
