@@ -156,8 +156,15 @@ export class SeqTracker {
       this.replayIgnore = true;
       return;
     }
-    if (this.last === null || this.last < 0) this.beginReplay("initial", 0);
-    else this.beginReplay("verify", this.last);
+    this.checkAfterReconnect();
+  }
+
+  private checkAfterReconnect(): void {
+    const last = this.last;
+    if (last === null || last < 0) this.beginReplay("initial", 0);
+    else if (this.recentSeq[last % this.recentSeq.length] === last) this.beginReplay("verify", last);
+    // nothing applied at `last` yet (a start from --from-seq): resume the pick-up
+    else this.beginReplay("gap", last + 1);
   }
 
   /**
@@ -223,8 +230,7 @@ export class SeqTracker {
     if (this.phase !== "replaying") return;
     if (this.replayIgnore) {
       // reconnected meanwhile: check that the engine is still the process we followed
-      if (this.last !== null && this.last >= 0) this.beginReplay("verify", this.last);
-      else this.beginReplay("initial", 0);
+      this.checkAfterReconnect();
       return;
     }
     // a verify replay without our last batch: the engine's newest seq is below ours (restarted)

@@ -324,6 +324,23 @@ describe("SeqTracker", () => {
     assert.equal(t.state(), "live");
   });
 
+  it("--from-seq: a reconnect before the first batch resumes the pick-up from the same seq", () => {
+    const rec = new Recorder();
+    const t = new SeqTracker(rec, { replay: true });
+    t.start(5);
+    assert.deepEqual(rec.replayRequests, [5]);
+    t.reconnected(); // while the first replay runs
+    t.onReplayEnd();
+    assert.deepEqual(rec.replayRequests, [5, 5]);
+    t.onReplayMessage(5, payloadOf(0, 5));
+    t.onReplayEnd();
+    assert.deepEqual(
+      rec.applied.map((a) => a.seq),
+      [5],
+    );
+    assert.deepEqual(rec.drops, []);
+  });
+
   it("the pending queue is bounded; what it sheds is recovered as a gap", () => {
     const rec = new Recorder();
     const t = new SeqTracker(rec, { replay: true, maxPending: 2 });
