@@ -4,7 +4,7 @@ import { DEFAULT_MODEL, type Pod } from "./harness/cluster.ts";
 import { assertOk, completeDirect, gatewayOf, useCluster, waitLive } from "./harness/suite.ts";
 import { waitIndexMatchesTruth } from "./harness/truth.ts";
 import { scaled, waitFor } from "./harness/wait.ts";
-import { prefix, prompt } from "./harness/workload.ts";
+import { prefix, prompt, words } from "./harness/workload.ts";
 
 // Three pods: each pod's events land only under it; requests follow the prefix.
 describe("e2e multi-pod: three pods", { timeout: scaled(240_000) }, () => {
@@ -91,5 +91,30 @@ describe("e2e multi-pod: three pods", { timeout: scaled(240_000) }, () => {
     }
     await waitIndexMatchesTruth(gw, c.list());
     for (const name of served.keys()) assert.ok(c.pods.has(name), `request served by unknown pod ${name}`);
+  });
+  it("a multi-turn chat stays on its pod and the engine confirms the predicted hit", async () => {
+    const c = cluster();
+    const gw = gatewayOf(c);
+    for (let conv = 0; conv < 3; conv++) {
+      const messages = [
+        { role: "system", content: prefix(`chat${conv}`, 600 + conv) },
+        { role: "user", content: words(610 + conv, 30) },
+      ];
+      const t1 = await gw.chat(DEFAULT_MODEL, messages, 8);
+      assertOk(t1, `conversation ${conv} turn 1`);
+      const reply = (t1.body as { choices: Array<{ message: { content: string } }> }).choices[0].message
+        .content;
+      messages.push({ role: "assistant", content: reply }, { role: "user", content: words(620 + conv, 20) });
+      await waitIndexMatchesTruth(gw, c.list());
+      const t2 = await gw.chat(DEFAULT_MODEL, messages, 8);
+      assertOk(t2, `conversation ${conv} turn 2`);
+      assert.equal(t2.pod, t1.pod, `conversation ${conv} moved from ${t1.pod} to ${t2.pod}`);
+      assert.ok(t2.cachedTokens >= 64, `conversation ${conv} turn 2: engine cached ${t2.cachedTokens}`);
+      assert.equal(
+        t2.matchedTokens,
+        t2.cachedTokens,
+        `conversation ${conv}: gateway predicted ${t2.matchedTokens}`,
+      );
+    }
   });
 });
