@@ -47,6 +47,7 @@ interface GatewayCliOptions {
   kvUsagePenalty: number;
   prefixTtlMs: number;
   prefixMaxBlocks: number;
+  prefixBlockSize?: number;
   prefixMatchThreshold: number;
   balanceAbsThreshold: number;
   balanceRelThreshold: number;
@@ -217,6 +218,13 @@ export function register(program: Command): void {
     )
     .addOption(
       opt(
+        "--prefix-block-size <n>",
+        "prefix-approx: tokens per remembered block (default: the engines' block size)",
+        "KVSYNC_PREFIX_BLOCK_SIZE",
+      ).argParser(parseIntArg),
+    )
+    .addOption(
+      opt(
         "--prefix-max-blocks <n>",
         "prefix-approx: remembered blocks (LRU bound)",
         "KVSYNC_PREFIX_MAX_BLOCKS",
@@ -304,6 +312,7 @@ export function register(program: Command): void {
           prefixApprox: {
             ttlMs: o.prefixTtlMs,
             maxBlocks: o.prefixMaxBlocks,
+            ...(o.prefixBlockSize !== undefined ? { blockSize: o.prefixBlockSize } : {}),
             matchThreshold: o.prefixMatchThreshold,
             balanceAbsThreshold: o.balanceAbsThreshold,
             balanceRelThreshold: o.balanceRelThreshold,

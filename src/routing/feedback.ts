@@ -1,4 +1,5 @@
 import type { Logger } from "../util/log.ts";
+import { definedOnly } from "./kv-aware.ts";
 
 export interface FeedbackOptions {
   /** weight of the newest sample in the per-pod moving average */
@@ -40,7 +41,7 @@ export class PredictionFeedback {
     private readonly log: Logger,
     options: Partial<FeedbackOptions> = {},
   ) {
-    this.o = { ...FEEDBACK_DEFAULTS, ...options };
+    this.o = { ...FEEDBACK_DEFAULTS, ...definedOnly(options) };
   }
 
   /** Record one observation; returns the signed error (predicted - actual) in tokens. */

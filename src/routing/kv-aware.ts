@@ -38,6 +38,11 @@ export const KV_AWARE_DEFAULTS: Readonly<KvAwareOptions> = Object.freeze({
 
 const ZERO_TIERS: TierCounts = Object.freeze({ GPU: 0, CPU: 0, STORAGE: 0 }) as TierCounts;
 
+/** The entries of `o` whose value is not undefined (so they never hide a default). */
+export function definedOnly<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
 /** Full blocks of a prompt of `n` tokens that an engine can reuse: it always computes the last token. */
 export function reusableBlocks(n: number, blockSize: number): number {
   if (n <= 1 || blockSize <= 0) return 0;
@@ -107,7 +112,7 @@ export class KvAwarePolicy implements RoutingPolicy {
     private readonly loads: LoadSource,
     options: Partial<KvAwareOptions> = {},
   ) {
-    this.o = { ...KV_AWARE_DEFAULTS, ...options };
+    this.o = { ...KV_AWARE_DEFAULTS, ...definedOnly(options) };
   }
 
   get options(): Readonly<KvAwareOptions> {

@@ -1,3 +1,4 @@
+import { definedOnly } from "./kv-aware.ts";
 import type { LoadSource, RouteRequest, RoutingDecision, RoutingPolicy, ScoredCandidate } from "./types.ts";
 
 /** Knobs of prefix-approx (see docs/routing.md). */
@@ -61,7 +62,7 @@ export class PrefixApproxPolicy implements RoutingPolicy {
     private readonly loads: LoadSource,
     options: Partial<PrefixApproxOptions> = {},
   ) {
-    this.o = { ...PREFIX_APPROX_DEFAULTS, ...options };
+    this.o = { ...PREFIX_APPROX_DEFAULTS, ...definedOnly(options) };
     this.now = options.now ?? Date.now;
   }
 

@@ -422,3 +422,9 @@ describe("feedback logging", () => {
     assert.ok(f.errors().find((e) => e.pod === "good")!.meanRelError === 0);
   });
 });
+
+test("undefined options never hide defaults", () => {
+  const p = new KvAwarePolicy(new FakeIndex(), new LoadTracker(), { gpuWeight: undefined, cpuWeight: 0.3 });
+  assert.equal(p.options.gpuWeight, KV_AWARE_DEFAULTS.gpuWeight);
+  assert.equal(p.options.cpuWeight, 0.3);
+});
