@@ -5,6 +5,7 @@ import { createDiscoverySource } from "../../../src/discovery/index.ts";
 import {
   KubernetesSource,
   type KubernetesSourceOptions,
+  loadKubeConfig,
   podInfoFromPod,
 } from "../../../src/discovery/kubernetes.ts";
 import { PodSet } from "../../../src/discovery/pod-set.ts";
@@ -470,4 +471,19 @@ test("lists work but watches fail: backoff grows instead of a relist storm, set 
   assert.deepEqual(set.names(), ["ns/a"]);
   api.failWatchRequests(null);
   await waitFor("a live watch again", () => api.activeWatches() === 1);
+});
+
+test("loadKubeConfig: an explicit file, else $KUBECONFIG", async (t) => {
+  const api = await startFakeKubeApi();
+  t.after(() => api.close());
+  const file = api.kubeconfigPath();
+  assert.equal(loadKubeConfig(file).getCurrentCluster()?.server, api.url);
+  const saved = process.env.KUBECONFIG;
+  process.env.KUBECONFIG = file;
+  t.after(() => {
+    if (saved === undefined) delete process.env.KUBECONFIG;
+    else process.env.KUBECONFIG = saved;
+  });
+  assert.equal(loadKubeConfig().getCurrentCluster()?.server, api.url);
+  assert.throws(() => loadKubeConfig("/nonexistent/kubeconfig"));
 });
