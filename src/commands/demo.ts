@@ -108,7 +108,10 @@ export function register(program: Command): void {
             `concurrency ${o.concurrency}, seed ${o.seed}\n\n${formatTable(r.results)}\n`,
         );
         if (a.json === true) process.stdout.write(`${JSON.stringify(r)}\n`);
-        process.exitCode = r.results.some((x) => x.requests === 0) ? 1 : 0;
+        if (ac.signal.aborted) {
+          process.stderr.write("kvsync demo: interrupted, the table covers the requests sent until then\n");
+          process.exitCode = 130;
+        } else process.exitCode = r.results.some((x) => x.requests === 0) ? 1 : 0;
       } catch (err) {
         process.stderr.write(`kvsync demo: ${err instanceof Error ? err.message : String(err)}\n`);
         process.exitCode = 1;

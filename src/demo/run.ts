@@ -349,6 +349,7 @@ async function drive(
   const runConversation = async (c: Conversation) => {
     const history: ChatMsg[] = [{ role: "system", content: c.system }];
     for (let t = 0; t < c.turns.length; t++) {
+      if (o.signal?.aborted) return;
       history.push({ role: "user", content: c.turns[t].user });
       const r = await streamChat(agent, baseUrl, history, c.turns[t].maxTokens, o.requestTimeoutMs);
       outcomes.push(r);
