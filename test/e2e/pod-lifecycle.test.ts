@@ -203,6 +203,56 @@ describe("e2e pod lifecycle", { timeout: scaled(300_000) }, () => {
     await waitIndexMatchesTruth(gw, pods);
   });
 
+  it("an engine crashes and restarts in place: the old incarnation's entries do not survive", async () => {
+    const c = cluster();
+    const gw = gatewayOf(c);
+    const p0 = pods[0];
+    const ip = p0.ip;
+    assert.ok(await podBlockCount(gw, p0.name), "engine-0 holds nothing before the crash");
+    await c.restartEngine(p0);
+    assert.equal(p0.ip, ip);
+    await waitLive(gw, [p0]);
+    // before the new engine stores anything, the index agrees with its empty cache
+    await waitIndexMatchesTruth(gw, [p0]);
+    assert.equal(await podBlockCount(gw, p0.name), 0, "pre-crash entries survived the restart");
+    // the new engine stores something: its seq starts again at 0
+    const crash = prefix("lc-crash", 470);
+    await completeDirect(p0, prompt(crash, 0));
+    await waitIndexMatchesTruth(gw, pods);
+    const m = await gw.match(DEFAULT_MODEL, prompt(sys[0], 77));
+    assert.deepEqual(
+      m.pods.filter((x) => x.pod === p0.name && x.matchedBlocks > 0),
+      [],
+      "pre-crash prefix still matches under the restarted engine",
+    );
+    const r = await gw.complete(DEFAULT_MODEL, prompt(crash, 1));
+    assertOk(r, "request after the restart");
+    assert.equal(r.pod, p0.name);
+    assert.ok(r.cachedTokens >= 64, `engine cached ${r.cachedTokens}`);
+  });
+
+  it("an engine restarts at a new address (IP change of the same Pod): old entries dropped at once", async () => {
+    const c = cluster();
+    const gw = gatewayOf(c);
+    const p0 = pods[0];
+    const ip = p0.ip;
+    assert.ok(await podBlockCount(gw, p0.name), "engine-0 holds nothing before the move");
+    await c.restartEngine(p0, { newAddress: true });
+    assert.notEqual(p0.ip, ip);
+    await waitLive(gw, [p0]);
+    await waitFor(
+      `old entries of ${p0.name} dropped after its IP change`,
+      async () => {
+        const n = await podBlockCount(gw, p0.name);
+        return n === 0 ? true : `${n} blocks of the old address still indexed`;
+      },
+      { timeoutMs: scaled(15_000) },
+    );
+    await completeDirect(p0, prompt(prefix("lc-moved", 480), 0));
+    await waitIndexMatchesTruth(gw, pods);
+    await waitPodSet(gw, pods);
+  });
+
   it("scale 3 → 1: removed pods leave nothing behind", async () => {
     const c = cluster();
     const gw = gatewayOf(c);

@@ -244,17 +244,7 @@ export class Cluster {
       }
       const node = await this.net.addNode(chunk.length);
       const pods = chunk.map((n, k) => new Pod(namespace, n, node.ips[k], node, engine, template));
-      const label = `engine-${node.ns}`;
-      const proc = new ManagedProcess(
-        label,
-        ...this.net.execArgs(node, process.execPath, this.engineArgs(engine, node.ips)),
-        join(this.logDir, `${label}-${this.seq++}.log`),
-        {
-          ...process.env,
-          [RUN_ENV]: String(process.pid),
-          KVSYNC_LOG_LEVEL: process.env.KVSYNC_E2E_LOG_LEVEL ?? "warn",
-        },
-      );
+      const proc = this.spawnEngine(node, engine);
       const group = new EngineGroup(proc, node, pods);
       this.groups.push(group);
       for (const p of pods) {
@@ -267,6 +257,44 @@ export class Cluster {
     }
     await Promise.all(starts);
     return created;
+  }
+
+  private spawnEngine(node: NetNode, engine: EngineOptions): ManagedProcess {
+    const label = `engine-${node.ns}`;
+    return new ManagedProcess(
+      label,
+      ...this.net.execArgs(node, process.execPath, this.engineArgs(engine, node.ips)),
+      join(this.logDir, `${label}-${this.seq++}.log`),
+      {
+        ...process.env,
+        [RUN_ENV]: String(process.pid),
+        KVSYNC_LOG_LEVEL: process.env.KVSYNC_E2E_LOG_LEVEL ?? "warn",
+      },
+    );
+  }
+
+  /**
+   * The pod's engine crashes (SIGKILL) and its container restarts, as the kubelet does: the pod
+   * turns not ready, a new engine starts (event seq from 0, empty cache), the pod turns ready
+   * once /health answers. In place (same node and address) by default; with `newAddress` on a
+   * new node and address, written to the same Pod object (an IP change).
+   */
+  async restartEngine(pod: Pod, opts: { newAddress?: boolean } = {}): Promise<void> {
+    if (pod.group.pods.length !== 1) throw new Error(`pod ${pod.name} shares its engine process`);
+    const old = pod.group;
+    await old.process.kill();
+    pod.ready = false;
+    if (opts.newAddress) {
+      this.net.removeNode(pod.node);
+      const node = await this.net.addNode(1);
+      pod.node = node;
+      pod.ip = node.ips[0];
+    }
+    await this.kube.upsertPod(this.podObject(pod));
+    const group = new EngineGroup(this.spawnEngine(pod.node, pod.engine), pod.node, [pod]);
+    this.groups = this.groups.filter((g) => g !== old).concat(group);
+    pod.group = group;
+    await this.markReadyWhenHealthy(pod);
   }
 
   async createPod(name: string, template: PodTemplate = {}): Promise<Pod> {
