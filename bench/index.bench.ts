@@ -109,7 +109,7 @@ function removedEv(hashes: HashKey[]): BlockRemoved {
 const TEMPLATES = 24;
 const TEMPLATE_BLOCKS = 32;
 const templateTokens = Array.from({ length: TEMPLATES }, () => randTokens(TEMPLATE_BLOCKS * BS));
-const ENGINE_CAPACITY = 6000;
+const ENGINE_CAPACITY = QUICK ? 2000 : 6000; // quick runs still reach steady state (removals)
 
 class EngineSim {
   /** engine hash -> true, in LRU order */

@@ -73,8 +73,9 @@ function grownCapacity(cur: number, need: number, max: number): number {
 }
 
 /** home slot of a hash in a table of `size` slots (any size < 2^27: multiply-shift, exact in doubles) */
+const INV_2_26 = 1 / 67108864;
 function home(hh: number, size: number): number {
-  return ((hh >>> 6) * size) / 67108864;
+  return (hh >>> 6) * size * INV_2_26;
 }
 
 /**
