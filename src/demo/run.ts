@@ -44,7 +44,7 @@ export interface DemoOptions {
 }
 
 export const DEMO_DEFAULTS: Omit<DemoOptions, "policies"> & { policies: PolicyName[] } = {
-  requests: 480,
+  requests: 800,
   concurrency: 32,
   seed: 1,
   engines: 4,
