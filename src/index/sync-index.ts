@@ -166,6 +166,10 @@ export class SyncPrefixIndex implements PrefixIndex {
   // scratch (no per-call allocation on hot paths)
   private readonly h2 = new Int32Array(2);
   private readonly k2 = new Int32Array(2);
+  /** store: the event's chain keys, computed ahead */
+  private sKeys = new Int32Array(256);
+  /** sink for read-ahead loads (keeps them from being optimised away) */
+  private sink = 0;
   private mPos = new Int32Array(16);
   private mMask = new Uint8Array(16);
   private mEnd = new Int32Array(48);
@@ -747,6 +751,30 @@ export class SyncPrefixIndex implements PrefixIndex {
     }
     const tokens = ev.tokenIds;
     const k2 = this.k2;
+    // Read-ahead: hash the event's chain and touch the table slots of every block first. These
+    // loads do not depend on each other, so the CPU overlaps their cache misses; the apply loop
+    // below then mostly hits the cache.
+    let pre = 0;
+    const n = hashes.length;
+    if (n > 1) {
+      let keys = this.sKeys;
+      if (keys.length < n * 2) {
+        keys = new Int32Array(n * 2 + 64);
+        this.sKeys = keys;
+      }
+      if (prevOk) {
+        let ph = prevHi;
+        let pl = prevLo;
+        while (pre < keyable && typeof hashes[pre] === "string") {
+          chainHash(seedHi, seedLo, ph, pl, tokens, pre * bs, bs, keys, pre * 2);
+          ph = keys[pre * 2];
+          pl = keys[pre * 2 + 1];
+          pre++;
+        }
+      }
+      this.touchSlots(s, hashes, keys, pre);
+    }
+    const keys = this.sKeys;
     for (let i = 0; i < hashes.length; i++) {
       const h = hashes[i];
       if (typeof h !== "string") {
@@ -755,7 +783,12 @@ export class SyncPrefixIndex implements PrefixIndex {
         continue;
       }
       const have = prevOk && i < keyable;
-      if (have) chainHash(seedHi, seedLo, prevHi, prevLo, tokens, i * bs, bs, k2, 0);
+      if (have) {
+        if (i < pre && (i === 0 ? true : keys[i * 2 - 2] === prevHi && keys[i * 2 - 1] === prevLo)) {
+          k2[0] = keys[i * 2];
+          k2[1] = keys[i * 2 + 1];
+        } else chainHash(seedHi, seedLo, prevHi, prevLo, tokens, i * bs, bs, k2, 0);
+      }
       const kind = this.parseHash(h);
       let ent = this.findEntry(s, kind, h);
       if (ent !== -1) {
@@ -798,6 +831,23 @@ export class SyncPrefixIndex implements PrefixIndex {
     }
   }
 
+  /** Read-ahead of the entry slots of `hashes` and the block slots of keys[0 .. nKeys). */
+  private touchSlots(s: number, hashes: HashKey[], keys: Int32Array, nKeys: number): void {
+    let acc = 0;
+    const es = this.eSlots;
+    const esize = es.length;
+    for (let i = 0; i < hashes.length; i++) {
+      const h = hashes[i];
+      if (typeof h !== "string") continue;
+      this.parseHash(h);
+      acc ^= es[home(mixHash(this.h2[0], this.h2[1], s), esize) | 0];
+    }
+    const bsl = this.bSlots;
+    const bsize = bsl.length;
+    for (let i = 0; i < nKeys; i++) acc ^= bsl[home(mixHash(keys[i * 2], keys[i * 2 + 1], 0), bsize) | 0];
+    this.sink ^= acc;
+  }
+
   private remove(s: number, ev: BlockRemoved): void {
     if (isOtherGroup(ev)) {
       this.counters.ignoredEvents++;
@@ -809,6 +859,7 @@ export class SyncPrefixIndex implements PrefixIndex {
       return;
     }
     const bit = tierBit(ev.medium);
+    if (hashes.length > 1) this.touchSlots(s, hashes, this.sKeys, 0);
     for (let i = 0; i < hashes.length; i++) {
       const h = hashes[i];
       if (typeof h !== "string") {
