@@ -1,6 +1,6 @@
 /**
  * The production backend: struct-of-arrays in typed arrays, open addressing, no JS object per
- * entry. See README-level notes in index.ts for the rules; this file is about layout and speed.
+ * entry. The rules are in index.ts / README.md; this file is about layout and speed.
  *
  * Entries ((block, stream) claims, one per engine hash a stream holds), stride 8 int32 = 32 B:
  *   META   stream << 5 | hashKind << 3 | tier bits (GPU 1, CPU 2, STORAGE 4)
@@ -10,15 +10,17 @@
  *          of the string, which is kept verbatim in a side Map (kind 2)
  *   SPREV/SNEXT  the stream's LRU list (head = most recently touched): clear/drop walk it
  *   GPREV/GNEXT  the global LRU list
- * Blocks, stride 5 int32 = 20 B: key hi, key lo, namespace id, claims, len << 5 | class.
+ * Blocks, stride 4 int32 = 16 B: key hi, key lo, claims, len << 5 | class.
  *   A block's claims are a small multiset of (stream << 3 | tiers) values, contiguous so match
  *   reads them sequentially (no pointer chasing): class 0 = one value inline in the block;
  *   class k >= 1 = a vector of capacity 2^k in the claims arena (per-class free lists).
- * Two open-addressing tables (linear probing, power-of-two size, load <= 0.75, backward-shift
- * deletion): (stream, engine hash) -> entry and (key hi, key lo) -> block. A slot holds
- * index + 1 in its low 27 bits and a 5-bit fingerprint of the hash above them, so probes
- * rarely touch a record that is not the one looked for.
- * Arrays grow x2 up to 1M records, then x1.25 (bounded by the caps).
+ *   A key already encodes its namespace (the seed is hashed in at every step).
+ * Two open-addressing tables, (stream, engine hash) -> entry and (key hi, key lo) -> block:
+ * linear probing over any table size (multiply-shift home), a slot holds index + 1 in its low
+ * 27 bits and a 5-bit fingerprint of the hash above them (probes rarely touch a record that is
+ * not the one looked for), deletions leave tombstones (none at a cluster's end), and a table is
+ * rebuilt from the records at 85% (live + tombstones) to 50% live.
+ * Record arrays grow x2 up to 1M records, then x1.25, then x1.125 above 8M (bounded by the caps).
  */
 import type { BlockRemoved, BlockStored, EventBatch, HashKey } from "../protocol/types.ts";
 import { chainHash, namespaceKey, stringHash64 } from "./chain-hash.ts";
