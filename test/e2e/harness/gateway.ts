@@ -71,7 +71,20 @@ export class GatewayProcess implements IndexReader {
     return `http://127.0.0.1:${this.adminPort}`;
   }
 
+  /** Start it; retried with other ports if one was taken between probing and binding. */
   static async start(
+    o: Partial<GatewayOptions> & { kubeconfig: string; logDir: string },
+  ): Promise<GatewayProcess> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await GatewayProcess.startOnce(o);
+      } catch (err) {
+        if (attempt >= 3 || !/EADDRINUSE/.test((err as Error).message)) throw err;
+      }
+    }
+  }
+
+  private static async startOnce(
     o: Partial<GatewayOptions> & { kubeconfig: string; logDir: string },
   ): Promise<GatewayProcess> {
     const port = await freePort();
@@ -85,6 +98,8 @@ export class GatewayProcess implements IndexReader {
       "kubernetes",
       "--kubeconfig",
       o.kubeconfig,
+      "--host",
+      "127.0.0.1",
       "--port",
       String(port),
       "--admin-port",
@@ -116,7 +131,7 @@ export class GatewayProcess implements IndexReader {
       { timeoutMs: scaled(60_000), intervalMs: 100 },
     ).catch(async (err: Error) => {
       await proc.stop();
-      throw new Error(`${err.message}\nlog ${proc.logFile} tail:\n${proc.tail(1500)}`);
+      throw new Error(`${err.message}\nlog ${proc.logFile} tail:\n${proc.tail(3000)}`);
     });
     return gw;
   }
