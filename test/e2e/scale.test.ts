@@ -8,7 +8,7 @@ import { LagSampler } from "./harness/lag.ts";
 import { completeDirect, gatewayOf, useCluster, waitLive } from "./harness/suite.ts";
 import { compareAllWithTruth } from "./harness/truth.ts";
 import { scaled, waitFor } from "./harness/wait.ts";
-import { prefix, prompt, rng } from "./harness/workload.ts";
+import { loadTrace, prefix, prompt, rng, tracePrompt } from "./harness/workload.ts";
 
 // 10, 50 and 100 pods (10 engines per process, one namespace per process, one address per pod)
 // under a closed-loop workload through the gateway. Measures events applied per second, the
@@ -18,6 +18,10 @@ const SIZES = [10, 50, 100];
 const PER_PROCESS = 10;
 const LOAD_MS = Number(process.env.KVSYNC_E2E_SCALE_LOAD_MS ?? 8000);
 const CONCURRENCY = 16;
+/** trace prompts are cut at this many blocks (~30 tokens each) */
+const MAX_TRACE_BLOCKS = 48;
+/** workload: the Mooncake conversation trace's prefix structure (block 0 shared by every request) */
+const TRACE = loadTrace(join(REPO_ROOT, "test/fixtures/traces/mooncake_conversation_2000.jsonl"), 2000);
 
 interface Row {
   pods: number;
@@ -38,6 +42,11 @@ interface Row {
   probeLagP99Ms: number;
   convergeMs: number;
   indexBlocks: number;
+  /** engine-reported cached prompt tokens / prompt tokens, % */
+  hitPct: number;
+  /** pods that served at least one request / most requests served by one pod */
+  podsUsed: number;
+  maxPodShare: number;
 }
 
 function pct(xs: number[], p: number): number {
@@ -102,7 +111,7 @@ describe("e2e large scale: 10, 50, 100 pods", { timeout: scaled(420_000) }, () =
       const t0 = Date.now();
       const names: string[] = [];
       for (let i = pods.length; i < size; i++) names.push(`engine-${String(i).padStart(3, "0")}`);
-      pods = pods.concat(await c.createPods(names, { engine: { numGpuBlocks: 256 } }, PER_PROCESS));
+      pods = pods.concat(await c.createPods(names, { engine: { numGpuBlocks: 1024 } }, PER_PROCESS));
       await waitLive(gw, pods, 60_000);
       const setupMs = Date.now() - t0;
 
@@ -115,28 +124,36 @@ describe("e2e large scale: 10, 50, 100 pods", { timeout: scaled(420_000) }, () =
       const sampled = [0, 1, 2, 3, 4].map((k) => pods[Math.floor((k * pods.length) / 5)]);
       const lag = new LagSampler(gw, sampled);
       lag.start();
-      const prefixes = Array.from({ length: Math.max(8, size / 2) }, (_, i) =>
-        prefix(`sc${size}-${i}`, 9000 + i, 60),
-      );
       const r = rng(size);
       let requests = 0;
+      let cursor = 0;
       let errors = 0;
+      const served = new Map<string, number>();
+      let promptTokens = 0;
+      let cachedTokens = 0;
       const errorSamples: string[] = [];
       const start = performance.now();
       const deadline = start + LOAD_MS;
       const client = async (id: number) => {
         let k = 0;
         while (performance.now() < deadline) {
-          const p = prefixes[Math.floor(r() * prefixes.length)];
+          // the next request of the trace (shared cursor: clients take requests in trace order)
+          const ids = TRACE[cursor++ % TRACE.length].slice(0, MAX_TRACE_BLOCKS);
           const res = await gw
-            .complete(DEFAULT_MODEL, prompt(p, id * 100_000 + k++, 20), 8)
+            .complete(DEFAULT_MODEL, `${tracePrompt(ids)}\n#${size}-${id}-${k++}`, 8)
             .catch((err: Error) => ({
               status: -1,
               body: err.message,
               pod: null,
+              promptTokens: 0,
+              cachedTokens: 0,
             }));
           requests++;
-          if (res.status !== 200 || !res.pod) {
+          if (res.status === 200 && res.pod) {
+            served.set(res.pod, (served.get(res.pod) ?? 0) + 1);
+            promptTokens += res.promptTokens;
+            cachedTokens += res.cachedTokens;
+          } else {
             errors++;
             if (errorSamples.length < 3)
               errorSamples.push(`${res.status} ${JSON.stringify(res.body).slice(0, 150)}`);
@@ -201,6 +218,9 @@ describe("e2e large scale: 10, 50, 100 pods", { timeout: scaled(420_000) }, () =
         probeLagP99Ms: Math.round(pct(probeLags, 99)),
         convergeMs: Math.round(convergeMs),
         indexBlocks,
+        hitPct: Math.round((1000 * cachedTokens) / Math.max(1, promptTokens)) / 10,
+        podsUsed: served.size,
+        maxPodShare: Math.round((1000 * Math.max(0, ...served.values())) / Math.max(1, requests)) / 10,
       };
       rows.push(row);
       process.stdout.write(
@@ -208,6 +228,7 @@ describe("e2e large scale: 10, 50, 100 pods", { timeout: scaled(420_000) }, () =
       );
       assert.equal(errors, 0, `${errors}/${requests} requests failed: ${errorSamples.join(" | ")}`);
       assert.ok(requests > 0 && row.eventsApplied > 0, "no load went through");
+      for (const name of served.keys()) assert.ok(c.pods.has(name), `request served by unknown pod ${name}`);
       assert.ok(probeLags.length > 0, "no lag probe completed");
       assert.ok(lag.lagsMs.length > 0, "no event batch of the sampled pods was seen applied");
       assert.equal(lag.unapplied(), 0, `${lag.unapplied()} published batches never applied at the gateway`);
@@ -226,6 +247,8 @@ describe("e2e large scale: 10, 50, 100 pods", { timeout: scaled(420_000) }, () =
       ["probe p99 ms", (r) => String(r.probeLagP99Ms)],
       ["converge ms", (r) => String(r.convergeMs)],
       ["requests", (r) => String(r.requests)],
+      ["hit %", (r) => String(r.hitPct)],
+      ["pods used", (r) => String(r.podsUsed)],
       ["blocks", (r) => String(r.indexBlocks)],
     ];
     const widths = cols.map(([h, f]) => Math.max(h.length, ...rows.map((r) => f(r).length)));

@@ -1,3 +1,5 @@
+import { readFileSync } from "node:fs";
+
 /**
  * Deterministic prompts for the scenarios: seeded pseudo-random English-like text, so every run
  * sends the same tokens. Shared prefixes start with a distinct tag so two prefixes never share a
@@ -43,4 +45,26 @@ export function prefix(tag: string, seed: number, count = 120): string {
 /** A prompt = prefix + a request-specific question. */
 export function prompt(prefixText: string, seed: number, count = 40): string {
   return `${prefixText}\nQuestion ${seed}: ${words(seed * 7919 + 13, count)}?`;
+}
+
+/**
+ * Requests of a Mooncake trace (`test/fixtures/traces/`): `hash_ids` are chained prefix-block
+ * ids (equal id at position i = equal prefix up to i). Each id becomes a fixed chunk of text,
+ * scaled down from 512 tokens to ~`wordsPerBlock` words, so the trace's prefix sharing (every
+ * conversation request starts with block 0: a hot shared prefix) is kept at a cost two cores
+ * can carry.
+ */
+export function loadTrace(file: string, limit: number): number[][] {
+  const out: number[][] = [];
+  for (const line of readFileSync(file, "utf8").split("\n")) {
+    if (!line.trim()) continue;
+    const r = JSON.parse(line) as { hash_ids: number[] };
+    out.push(r.hash_ids);
+    if (out.length >= limit) break;
+  }
+  return out;
+}
+
+export function tracePrompt(hashIds: number[], wordsPerBlock = 24): string {
+  return hashIds.map((id) => `<${id}> ${words(1_000_003 + id, wordsPerBlock)}`).join("\n");
 }
