@@ -105,11 +105,12 @@ describe("e2e pod lifecycle", { timeout: scaled(300_000) }, () => {
   });
 
   let oldIp = "";
+  let victim: Pod;
   let oldSeq = -1;
   it("delete a pod: its entries disappear and no request is routed to it from that moment", async () => {
     const c = cluster();
     const gw = gatewayOf(c);
-    const victim = pods[1];
+    victim = pods[1];
     // enough traffic for a seq well above what a fresh engine reaches with one request
     for (let k = 0; k < 6; k++) await completeDirect(victim, prompt(sys[1], 100 + k));
     await waitIndexMatchesTruth(gw, pods);
@@ -175,7 +176,8 @@ describe("e2e pod lifecycle", { timeout: scaled(300_000) }, () => {
   it("the pod comes back with a new address and a restarted seq, indexed afresh", async () => {
     const c = cluster();
     const gw = gatewayOf(c);
-    const back = await c.createPod("engine-1", tpl);
+    const back = await c.recreatePod(victim);
+    assert.equal(back.name, victim.name);
     assert.notEqual(back.ip, oldIp, "recreated pod kept its address");
     pods = [pods[0], back, pods[2]];
     await waitLive(gw, [back]);

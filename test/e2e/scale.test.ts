@@ -56,7 +56,7 @@ function pct(xs: number[], p: number): number {
 }
 
 /** Quantile from a Prometheus histogram's cumulative buckets (delta between two scrapes). */
-export function histogramQuantile(
+function histogramQuantile(
   before: Map<string, number>,
   after: Map<string, number>,
   name: string,

@@ -225,10 +225,3 @@ export function parseMetrics(text: string): Map<string, number> {
   }
   return m;
 }
-
-/** Sum of every series of a metric (any labels). */
-export function metricSum(metrics: Map<string, number>, name: string): number {
-  let s = 0;
-  for (const [k, v] of metrics) if (k === name || k.startsWith(`${name}{`)) s += v;
-  return s;
-}
