@@ -27,6 +27,7 @@ export {
   DEFAULT_MAX_ENTRIES_PER_STREAM,
   type IndexCounters,
   type IndexOptions,
+  MAX_EXTRA_COPIES,
 } from "./rules.ts";
 export { SyncPrefixIndex } from "./sync-index.ts";
 export type * from "./types.ts";

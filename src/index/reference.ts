@@ -15,6 +15,7 @@ import {
   isOtherGroup,
   keyableBlocks,
   loraOf,
+  MAX_EXTRA_COPIES,
   newCounters,
   resolveCaps,
   TIER_NAMES,
@@ -27,6 +28,8 @@ interface RefEntry {
   /** namespace + token prefix, or null when the block is never matched */
   prefix: string | null;
   tiers: number;
+  /** extra physical copies per tier (GPU, CPU, STORAGE), saturating at MAX_EXTRA_COPIES */
+  copies: [number, number, number];
 }
 
 interface RefStream {
@@ -135,12 +138,18 @@ export class ReferenceIndex implements PrefixIndex {
           : null;
       let e = st.entries.get(h);
       if (e) {
-        e.tiers |= bit;
+        if (e.tiers & bit) {
+          if (this.opts.copies === "count") {
+            const t = bit >>> 1;
+            e.copies[t] = Math.min(MAX_EXTRA_COPIES, e.copies[t] + 1);
+            this.counters.duplicateStores++;
+          }
+        } else e.tiers |= bit;
         if (computed !== null) e.prefix = computed;
         this.touch(st, h, e);
       } else {
         this.evictFor(st);
-        e = { prefix: computed, tiers: bit };
+        e = { prefix: computed, tiers: bit, copies: [0, 0, 0] };
         st.entries.set(h, e);
         this.lru.set(`${st.ref.streamId}\u0000${h}`, true);
       }
@@ -162,6 +171,10 @@ export class ReferenceIndex implements PrefixIndex {
       const e = typeof h === "string" ? st.entries.get(h) : undefined;
       if (!e || !(e.tiers & bit)) {
         this.counters.unknownRemovals++;
+        continue;
+      }
+      if (e.copies[bit >>> 1] > 0) {
+        e.copies[bit >>> 1]--;
         continue;
       }
       e.tiers &= ~bit;

@@ -76,6 +76,8 @@ export interface IndexCounters {
   ignoredEvents: number;
   /** malformed content skipped (non-string hashes, non-array fields) */
   invalidEvents: number;
+  /** BlockStored of a hash the stream already held on that tier: another physical copy */
+  duplicateStores: number;
 }
 
 export function newCounters(): IndexCounters {
@@ -86,6 +88,7 @@ export function newCounters(): IndexCounters {
     orphanStores: 0,
     ignoredEvents: 0,
     invalidEvents: 0,
+    duplicateStores: 0,
   };
 }
 
@@ -94,12 +97,24 @@ export interface IndexOptions {
   maxEntries?: number;
   /** per-stream cap on entries (default 2M) */
   maxEntriesPerStream?: number;
+  /**
+   * Several physical copies of one hash on one tier (vLLM: two requests computed the same
+   * prefix concurrently; a BlockStored per copy, a BlockRemoved per evicted copy).
+   * "count": the claim goes with the last copy's BlockRemoved (exact for vLLM, and for the mock
+   * engine's `--removed-events per-copy`); copies are counted per (block, stream, tier) up to
+   * 1 + MAX_EXTRA_COPIES, beyond which a removal may drop the claim early.
+   * "set" (default, as long as the mock engine's default is `--removed-events last-copy`, one
+   * BlockRemoved per hash): the first BlockRemoved drops it; a re-store is idempotent.
+   */
+  copies?: "count" | "set";
   /** called once per evicted entry (metrics hook) */
   onEvict?: (streamId: string, reason: "global" | "stream") => void;
 }
 
 export const DEFAULT_MAX_ENTRIES = 10_000_000;
 export const DEFAULT_MAX_ENTRIES_PER_STREAM = 2_000_000;
+/** copies per (block, stream, tier) counted exactly: 1 + this many extra */
+export const MAX_EXTRA_COPIES = 7;
 
 export function resolveCaps(opts: IndexOptions): { maxEntries: number; maxPerStream: number } {
   const maxEntries = Math.max(1, Math.floor(opts.maxEntries ?? DEFAULT_MAX_ENTRIES));

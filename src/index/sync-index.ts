@@ -3,7 +3,9 @@
  * entry. The rules are in index.ts / README.md; this file is about layout and speed.
  *
  * Entries ((block, stream) claims, one per engine hash a stream holds), stride 8 int32 = 32 B:
- *   META   stream << 5 | hashKind << 3 | tier bits (GPU 1, CPU 2, STORAGE 4)
+ *   META   stream << 14 | extra copies << 5 | hashKind << 3 | tier bits (GPU 1, CPU 2, STORAGE 4);
+ *          extra copies: 3 bits per tier (GPU 5-7, CPU 8-10, STORAGE 11-13), the number of
+ *          further physical copies of the hash the engine holds on that tier (saturating at 7)
  *   BLOCK  index block, -1 when the entry is kept for removal only (never matched);
  *          next free entry while the record is free
  *   HHI/HLO engine hash: the 8 bytes of a "u"/"n" HashKey; for other forms a 64-bit digest
@@ -31,6 +33,7 @@ import {
   isOtherGroup,
   keyableBlocks,
   loraOf,
+  MAX_EXTRA_COPIES,
   newCounters,
   resolveCaps,
   tierBit,
@@ -40,6 +43,13 @@ import type { BlockClaim, IndexStats, NamespaceRef, PrefixIndex, StreamMatch, St
 
 const ES = 8;
 const META = 0;
+/** META: the stream index starts at this bit (up to 2^18 streams) */
+const S_SHIFT = 14;
+const MAX_STREAMS = 1 << 18;
+/** META: bits compared by findEntry (stream and hash kind) */
+const ID_MASK = ~0x3fff | 0x18;
+/** saturating per-tier count of extra copies (3 bits) */
+const MAX_EXTRA = MAX_EXTRA_COPIES;
 const BLOCK = 1;
 const HHI = 2;
 const HLO = 3;
@@ -125,6 +135,7 @@ export class SyncPrefixIndex implements PrefixIndex {
   private readonly maxEntries: number;
   private readonly maxPerStream: number;
   private readonly onEvict: IndexOptions["onEvict"];
+  private readonly countCopies: boolean;
   private readonly counters: IndexCounters = newCounters();
 
   // entries
@@ -186,6 +197,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     this.maxEntries = c.maxEntries;
     this.maxPerStream = c.maxPerStream;
     this.onEvict = opts.onEvict;
+    this.countCopies = opts.copies === "count";
     const init = Math.max(16, Math.min(opts.initialCapacity ?? 1024, this.maxEntries));
     this.eCap = init;
     this.e = new Int32Array(init * ES);
@@ -207,7 +219,8 @@ export class SyncPrefixIndex implements PrefixIndex {
       }
       return s;
     }
-    s = this.freeStreams.pop() ?? this.streams.length;
+    s = this.freeStreams.length > 0 ? this.freeStreams.pop()! : this.streams.length;
+    if (s >= MAX_STREAMS) return -1;
     if (s === this.streams.length) this.streams.push(null);
     this.streams[s] = { ref: { ...ref }, lastLora: undefined, lastBs: -1, lastNs: -1 };
     this.streamIdx.set(ref.streamId, s);
@@ -297,7 +310,7 @@ export class SyncPrefixIndex implements PrefixIndex {
 
   private entryHash(ent: number): number {
     const o = ent * ES;
-    return mixHash(this.e[o + HHI], this.e[o + HLO], this.e[o + META] >>> 5);
+    return mixHash(this.e[o + HHI], this.e[o + HLO], this.e[o + META] >>> S_SHIFT);
   }
 
   /** Entry of (stream, hash) whose parsed form is in h2/kind, or -1. */
@@ -307,7 +320,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     const e = this.e;
     const slots = this.eSlots;
     const size = slots.length;
-    const meta = (s << 5) | (kind << 3);
+    const meta = (s << S_SHIFT) | (kind << 3);
     const hh = mixHash(hi, lo, s);
     const fp = hh & 31;
     let i = home(hh, size) | 0;
@@ -317,7 +330,7 @@ export class SyncPrefixIndex implements PrefixIndex {
       if (v >>> 27 === fp && v !== TOMB) {
         const x = (v & IDX) - 1;
         const o = x * ES;
-        if (e[o + HHI] === hi && e[o + HLO] === lo && (e[o + META] & ~7) === meta) {
+        if (e[o + HHI] === hi && e[o + HLO] === lo && (e[o + META] & ID_MASK) === meta) {
           if (kind !== KIND_STR || this.strHashes.get(x) === h) return x;
         }
       }
@@ -360,7 +373,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     for (let x = 0; x < this.eUsed; x++) {
       const o = x * ES;
       if (e[o + META] === 0 || x === pending) continue; // free records have no tier bit
-      const hh = mixHash(e[o + HHI], e[o + HLO], e[o + META] >>> 5);
+      const hh = mixHash(e[o + HHI], e[o + HLO], e[o + META] >>> S_SHIFT);
       let i = home(hh, size) | 0;
       while (slots[i] !== 0) if (++i === size) i = 0;
       slots[i] = (x + 1) | ((hh & 31) << 27);
@@ -587,7 +600,7 @@ export class SyncPrefixIndex implements PrefixIndex {
   private claim(ent: number, x: number): void {
     const m = this.e[ent * ES + META];
     this.e[ent * ES + BLOCK] = x;
-    this.vecPush(x, ((m >>> 5) << 3) | (m & 7));
+    this.vecPush(x, ((m >>> S_SHIFT) << 3) | (m & 7));
   }
 
   private unclaim(ent: number): void {
@@ -596,7 +609,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     if (x < 0) return;
     const m = this.e[o + META];
     this.e[o + BLOCK] = -1;
-    this.vecRemove(x, ((m >>> 5) << 3) | (m & 7));
+    this.vecRemove(x, ((m >>> S_SHIFT) << 3) | (m & 7));
   }
 
   /** Set an entry's tier bits, keeping its block claim in step. */
@@ -607,7 +620,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     this.e[o + META] = (m & ~7) | tiers;
     const x = this.e[o + BLOCK];
     if (x >= 0 && tiers !== 0) {
-      const sv = (m >>> 5) << 3;
+      const sv = (m >>> S_SHIFT) << 3;
       this.vecReplace(x, sv | (m & 7), sv | tiers);
     }
   }
@@ -654,7 +667,7 @@ export class SyncPrefixIndex implements PrefixIndex {
 
   private freeEntry(ent: number): void {
     const o = ent * ES;
-    const s = this.e[o + META] >>> 5;
+    const s = this.e[o + META] >>> S_SHIFT;
     this.deleteSlot(ent);
     this.unlink(ent, s);
     this.unclaim(ent);
@@ -674,7 +687,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     }
     if (this.count >= this.maxEntries) {
       const v = this.gTail;
-      const vs = this.e[v * ES + META] >>> 5;
+      const vs = this.e[v * ES + META] >>> S_SHIFT;
       this.freeEntry(v);
       this.counters.evictionsGlobal++;
       this.onEvict?.(this.streams[vs]!.ref.streamId, "global");
@@ -686,6 +699,11 @@ export class SyncPrefixIndex implements PrefixIndex {
   applyBatch(stream: StreamRef, batch: EventBatch): void {
     const s = this.streamOf(stream);
     const events = batch?.events;
+    if (s === -1) {
+      // more than MAX_STREAMS live streams: the batch cannot be recorded
+      this.counters.invalidEvents++;
+      return;
+    }
     if (!Array.isArray(events)) {
       this.counters.invalidEvents++;
       return;
@@ -795,7 +813,14 @@ export class SyncPrefixIndex implements PrefixIndex {
       let ent = this.findEntry(s, kind, h);
       if (ent !== -1) {
         const o = ent * ES;
-        this.setTiers(ent, (this.e[o + META] & 7) | bit);
+        const m = this.e[o + META];
+        if ((m & bit) === 0) this.setTiers(ent, (m & 7) | bit);
+        else if (this.countCopies) {
+          // another physical copy of a hash the stream already holds on this tier
+          const sh = 5 + 3 * (bit >>> 1);
+          if (((m >>> sh) & 7) < MAX_EXTRA) this.e[o + META] = m + (1 << sh);
+          this.counters.duplicateStores++;
+        }
         if (have) {
           const x = this.e[o + BLOCK];
           if (x === -1 || this.b[x * BS + KHI] !== k2[0] || this.b[x * BS + KLO] !== k2[1]) {
@@ -811,7 +836,7 @@ export class SyncPrefixIndex implements PrefixIndex {
         ent = this.allocEntry();
         const a = this.e;
         const o = ent * ES;
-        a[o + META] = (s << 5) | (kind << 3) | bit;
+        a[o + META] = (s << S_SHIFT) | (kind << 3) | bit;
         a[o + BLOCK] = -1;
         a[o + HHI] = hi;
         a[o + HLO] = lo;
@@ -873,7 +898,14 @@ export class SyncPrefixIndex implements PrefixIndex {
         this.counters.unknownRemovals++;
         continue;
       }
-      const left = this.e[ent * ES + META] & 7 & ~bit;
+      const m = this.e[ent * ES + META];
+      const sh = 5 + 3 * (bit >>> 1);
+      if (((m >>> sh) & 7) !== 0) {
+        // one of several copies removed: the stream still holds the hash on this tier
+        this.e[ent * ES + META] = m - (1 << sh);
+        continue;
+      }
+      const left = m & 7 & ~bit;
       if (left === 0) this.freeEntry(ent);
       else this.setTiers(ent, left);
     }

@@ -62,6 +62,8 @@ export interface IndexStats {
   ignoredEvents?: number;
   /** malformed content skipped */
   invalidEvents?: number;
+  /** BlockStored of a hash already held on that tier (another physical copy) */
+  duplicateStores?: number;
 }
 
 export interface PrefixIndex {

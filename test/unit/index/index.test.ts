@@ -1,6 +1,11 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { createIndex, type IndexBackend, type PrefixIndex } from "../../../src/index/index.ts";
+import {
+  createIndex,
+  type IndexBackend,
+  MAX_EXTRA_COPIES,
+  type PrefixIndex,
+} from "../../../src/index/index.ts";
 import type { BlockClaim, NamespaceRef, StreamMatch } from "../../../src/index/types.ts";
 import type { KvEvent } from "../../../src/protocol/types.ts";
 import { batch, cleared, hk, removed, stored, stream, toks } from "./helpers.ts";
@@ -183,6 +188,76 @@ for (const backend of ["sync", "reference"] as IndexBackend[]) {
       apply(ix, B, removed([hk(2)], "GPU"));
       assert.deepEqual(one(ix, toks([1, 2, 3]), "b")!.tiers, { GPU: 1, CPU: 2, STORAGE: 0 });
       assert.equal(one(ix, toks([1, 2, 3]), "b")!.matchedBlocks, 3);
+    });
+
+    test("duplicate copies (vLLM): the claim goes with the last copy's BlockRemoved", () => {
+      const ix = mk({ copies: "count" });
+      const t = toks([1, 2]);
+      // two requests computed the same two blocks concurrently: a BlockStored per copy
+      apply(ix, A, stored([hk(1), hk(2)], null, t));
+      apply(ix, A, stored([hk(1), hk(2)], null, t));
+      apply(ix, B, stored([hk(11), hk(12)], null, t));
+      assert.equal(ix.stats().duplicateStores, 2);
+      assert.equal(ix.stats().entries, 4);
+      // one copy of each evicted: both still held
+      apply(ix, A, removed([hk(2)]), removed([hk(1)]));
+      assert.deepEqual(claims(ix, "a"), { [hk(1)]: "GPU", [hk(2)]: "GPU" });
+      assert.deepEqual(matched(ix, t), { a: 2, b: 2 });
+      // the last copy of block 2 goes: the match stops at block 1
+      apply(ix, A, removed([hk(2)]));
+      assert.deepEqual(claims(ix, "a"), { [hk(1)]: "GPU" });
+      assert.deepEqual(matched(ix, t), { a: 1, b: 2 });
+      apply(ix, A, removed([hk(1)]));
+      assert.deepEqual(claims(ix, "a"), {});
+      assert.deepEqual(matched(ix, t), { b: 2 });
+      // one more removal is an unknown no-op; B's claims never moved
+      apply(ix, A, removed([hk(1)]));
+      assert.equal(ix.stats().unknownRemovals, 1);
+      assert.deepEqual(claims(ix, "b"), { [hk(11)]: "GPU", [hk(12)]: "GPU" });
+    });
+
+    test("copies are counted per tier; a copy on another tier is a tier, not a copy", () => {
+      const ix = mk({ copies: "count" });
+      apply(ix, A, stored([hk(1)], null, toks([1])));
+      apply(ix, A, stored([hk(1)], null, [], { medium: "CPU" }));
+      apply(ix, A, stored([hk(1)], null, [], { medium: "CPU" }));
+      assert.equal(ix.stats().duplicateStores, 1);
+      apply(ix, A, removed([hk(1)], "CPU"));
+      assert.deepEqual(claims(ix, "a"), { [hk(1)]: "GPU,CPU" });
+      apply(ix, A, removed([hk(1)], null));
+      assert.deepEqual(claims(ix, "a"), { [hk(1)]: "CPU" });
+      assert.deepEqual(one(ix, toks([1]), "a")?.tiers, { GPU: 0, CPU: 1, STORAGE: 0 });
+      apply(ix, A, removed([hk(1)], "CPU"));
+      assert.deepEqual(claims(ix, "a"), {});
+    });
+
+    test("copies: AllBlocksCleared and dropStream reset the count", () => {
+      const ix = mk({ copies: "count" });
+      for (let i = 0; i < 3; i++) apply(ix, A, stored([hk(1)], null, toks([1])));
+      apply(ix, A, cleared());
+      apply(ix, A, stored([hk(1)], null, toks([1])));
+      apply(ix, A, removed([hk(1)]));
+      assert.deepEqual(claims(ix, "a"), {}, "one copy after the clear: one removal drops it");
+      for (let i = 0; i < 3; i++) apply(ix, A, stored([hk(1)], null, toks([1])));
+      ix.dropStream("a");
+      apply(ix, A, stored([hk(1)], null, toks([1])));
+      apply(ix, A, removed([hk(1)]));
+      assert.deepEqual(claims(ix, "a"), {}, "one copy after the drop: one removal drops it");
+      assert.equal(ix.stats().entries, 0);
+    });
+
+    test('copies saturate at 1 + MAX_EXTRA_COPIES; the default ("set") drops on the first removal', () => {
+      const ix = mk({ copies: "count" });
+      for (let i = 0; i < MAX_EXTRA_COPIES + 4; i++) apply(ix, A, stored([hk(1)], null, toks([1])));
+      for (let i = 0; i < MAX_EXTRA_COPIES; i++) apply(ix, A, removed([hk(1)]));
+      assert.deepEqual(claims(ix, "a"), { [hk(1)]: "GPU" });
+      apply(ix, A, removed([hk(1)]));
+      assert.deepEqual(claims(ix, "a"), {});
+      const set = mk();
+      apply(set, A, stored([hk(1)], null, toks([1])), stored([hk(1)], null, toks([1])));
+      assert.equal(set.stats().duplicateStores, 0);
+      apply(set, A, removed([hk(1)]));
+      assert.deepEqual(claims(set, "a"), {});
     });
 
     test("AllBlocksCleared clears only that stream", () => {
