@@ -117,4 +117,20 @@ describe("e2e multi-pod: three pods", { timeout: scaled(240_000) }, () => {
       );
     }
   });
+  it("a restarted gateway rebuilds the index from the engines' replay buffers and routes as before", async () => {
+    const c = cluster();
+    const gw = await c.restartGateway();
+    await waitLive(gw, pods);
+    await waitIndexMatchesTruth(gw, pods);
+    for (let i = 0; i < PREFIXES; i++) {
+      const text = prompt(sys[i], 900 + i);
+      const m = await gw.match(DEFAULT_MODEL, text);
+      const best = m.pods[0];
+      assert.equal(best?.pod, home(i).name, `prefix ${i}: best holder after restart ${best?.pod}`);
+      const r = await gw.complete(DEFAULT_MODEL, text);
+      assertOk(r, `prefix ${i} after gateway restart`);
+      assert.equal(r.pod, home(i).name, `prefix ${i} served by ${r.pod}`);
+      assert.equal(r.cachedTokens, best.matchedTokens, `prefix ${i}: engine cached ${r.cachedTokens}`);
+    }
+  });
 });

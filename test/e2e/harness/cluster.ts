@@ -97,6 +97,7 @@ export class Cluster {
   gateway: GatewayProcess | null = null;
   private groups: EngineGroup[] = [];
   private seq = 0;
+  private gatewayOptions: Partial<GatewayOptions> = {};
 
   private constructor(
     readonly net: TestNetwork,
@@ -117,6 +118,7 @@ export class Cluster {
     }
     const c = new Cluster(net, kube, logDir);
     if (opts.gateway !== false) {
+      c.gatewayOptions = opts.gateway ?? {};
       try {
         c.gateway = await GatewayProcess.start({ kubeconfig: kube.kubeconfigPath, logDir, ...opts.gateway });
       } catch (err) {
@@ -125,6 +127,18 @@ export class Cluster {
       }
     }
     return c;
+  }
+
+  /** Restart the gateway (a new process: empty index, new ports), engines untouched. */
+  async restartGateway(): Promise<GatewayProcess> {
+    if (this.gateway) await this.gateway.stop();
+    this.gateway = null;
+    this.gateway = await GatewayProcess.start({
+      kubeconfig: this.kube.kubeconfigPath,
+      logDir: this.logDir,
+      ...this.gatewayOptions,
+    });
+    return this.gateway;
   }
 
   /** Stop everything: gateway, engines, API server, namespaces, bridge. */
