@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
 import { runCleanups } from "./harness/cleanup.ts";
 import { answers } from "./harness/http.ts";
 import { RUN_ENV, sweepStale, TestNetwork } from "./harness/netns.ts";
@@ -9,7 +10,7 @@ import { isAlive, ManagedProcess, run } from "./harness/proc.ts";
 import { scaled, waitFor } from "./harness/wait.ts";
 
 // The harness itself: namespaces, addresses, cleanup on interrupt, the sweeper of dead runs.
-const HARNESS = join(import.meta.dirname, "harness");
+const HARNESS = fileURLToPath(new URL("./harness", import.meta.url));
 
 async function namespaces(): Promise<string[]> {
   return (await run("ip", ["netns", "list"]))

@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { mkdirSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { type GatewayOptions, GatewayProcess } from "./gateway.ts";
 import { answers } from "./http.ts";
 import type { KubeBackend } from "./kube.ts";
@@ -17,7 +18,7 @@ import { scaled, WaitAborted, waitFor } from "./wait.ts";
  * gateway's real Kubernetes source watches.
  */
 
-export const REPO_ROOT = resolve(import.meta.dirname, "../../..");
+export const REPO_ROOT = fileURLToPath(new URL("../../..", import.meta.url));
 export const CLI = join(REPO_ROOT, "src/cli.ts");
 export const DEFAULT_MODEL = "Qwen/Qwen3-0.6B";
 export const HTTP_PORT = 8000;
