@@ -70,6 +70,8 @@ const TOMB = IDX;
 const MAX_RECORDS = IDX - 2;
 /** table sizing: rebuild above MAX_LOAD (live + tombstones), to REBUILD_LOAD live */
 const MAX_LOAD = 0.85;
+/** claim vectors of this class and up (capacity >= 16) carry their holders' bitmaps */
+const BM_CLS = 4;
 /** match: blocks hashed and looked up per chunk */
 const CHUNK = 16;
 const REBUILD_LOAD = 0.5;
@@ -80,7 +82,8 @@ const KIND_STR = 2;
 
 function grownCapacity(cur: number, need: number, max: number): number {
   let c = Math.max(cur, 1024);
-  while (c < need) c = c < 1 << 20 ? c * 2 : c < 1 << 23 ? Math.ceil(c * 1.25) : Math.ceil(c * 1.125);
+  while (c < need)
+    c = c < 1 << 18 ? c * 4 : c < 1 << 20 ? c * 2 : c < 1 << 23 ? Math.ceil(c * 1.25) : Math.ceil(c * 1.125);
   return Math.max(need, Math.min(c, max));
 }
 
@@ -181,13 +184,22 @@ export class SyncPrefixIndex implements PrefixIndex {
   private readonly k2 = new Int32Array(2);
   /** store: the event's chain keys, computed ahead */
   private sKeys = new Int32Array(256);
+  /** store / remove: the event's engine hashes parsed by touchSlots (hi, lo, kind) */
+  private pHash = new Int32Array(384);
   /** sink for read-ahead loads (keeps them from being optimised away) */
   private sink = 0;
-  private mPos = new Int32Array(16);
-  private mMask = new Uint8Array(16);
-  private mEnd = new Int32Array(48);
-  private mCands = new Int32Array(16);
-  private mT = 0;
+  /**
+   * match state, bitmaps over stream indexes (mW words): the streams still matching (any tier,
+   * and per tier GPU / CPU / STORAGE), the current block's holders per tier, and per stream the
+   * block index where its run (any tier, per tier) ended
+   */
+  private mW = 1;
+  private mAny = new Int32Array(1);
+  private mAlive = new Int32Array(3);
+  private mBlk = new Int32Array(3);
+  private mActive = new Int32Array(1);
+  private mEnd = new Int32Array(32 * 4);
+  private mCands = new Int32Array(32);
   private readonly mKeys = new Int32Array(CHUNK * 2);
   private readonly mBlks = new Int32Array(CHUNK);
 
@@ -234,15 +246,19 @@ export class SyncPrefixIndex implements PrefixIndex {
       this.sHead = grow(this.sHead, -1);
       this.sTail = grow(this.sTail, -1);
       this.sCount = grow(this.sCount, 0);
-      this.mPos = grow(this.mPos, 0);
-      this.mCands = new Int32Array(n);
-      this.mEnd = new Int32Array(n * 3);
-      this.mMask = new Uint8Array(n);
+      const w = Math.ceil(n / 32);
+      if (w !== this.mW) this.relayoutClaims(w);
+      this.mW = w;
+      this.mAny = new Int32Array(w);
+      this.mAlive = new Int32Array(w * 3);
+      this.mBlk = new Int32Array(w * 3);
+      this.mActive = new Int32Array(w);
+      this.mCands = new Int32Array(w * 32);
+      this.mEnd = new Int32Array(w * 32 * 4);
     }
     this.sHead[s] = -1;
     this.sTail[s] = -1;
     this.sCount[s] = 0;
-    this.mPos[s] = 0;
     return s;
   }
 
@@ -498,19 +514,24 @@ export class SyncPrefixIndex implements PrefixIndex {
 
   // ---------------------------------------------------------------- claim vectors
 
+  /** ints of a class-cls chunk: the vector, then for cls >= BM_CLS the holders' bitmaps */
+  private chunkSize(cls: number): number {
+    return (1 << cls) + (cls >= BM_CLS ? 3 * this.mW : 0);
+  }
+
   private cvAlloc(cls: number): number {
     const free = this.cvFree[cls];
     if (free !== undefined && free.length > 0) return free.pop()!;
-    const cap = 1 << cls;
-    if (this.cvUsed + cap > this.cv.length) {
+    const size = this.chunkSize(cls);
+    if (this.cvUsed + size > this.cv.length) {
       let n = this.cv.length;
-      while (n < this.cvUsed + cap) n = n < 1 << 22 ? n * 2 : Math.ceil(n * 1.25);
+      while (n < this.cvUsed + size) n = n < 1 << 22 ? n * 2 : Math.ceil(n * 1.25);
       const a = new Int32Array(n);
       a.set(this.cv);
       this.cv = a;
     }
     const off = this.cvUsed;
-    this.cvUsed += cap;
+    this.cvUsed += size;
     return off;
   }
 
@@ -521,6 +542,60 @@ export class SyncPrefixIndex implements PrefixIndex {
       this.cvFree[cls] = free;
     }
     free.push(off);
+  }
+
+  /**
+   * The bitmaps of a class >= BM_CLS vector at `off` (3 x mW words after the vector: GPU, CPU,
+   * STORAGE holders by stream index) rebuilt from its len claims.
+   */
+  private buildBitmaps(off: number, cls: number, len: number): void {
+    const cv = this.cv;
+    const W = this.mW;
+    const bm = off + (1 << cls);
+    cv.fill(0, bm, bm + 3 * W);
+    for (let c = off; c < off + len; c++) {
+      const v = cv[c];
+      const s = v >>> 3;
+      const bit = 1 << (s & 31);
+      const w = bm + (s >>> 5);
+      if (v & 1) cv[w] |= bit;
+      if (v & 2) cv[w + W] |= bit;
+      if (v & 4) cv[w + 2 * W] |= bit;
+    }
+  }
+
+  /** Stream s's bits in the bitmaps of a class >= BM_CLS vector: the union of its claims' tiers. */
+  private refreshBits(off: number, cls: number, len: number, s: number): void {
+    const cv = this.cv;
+    let t = 0;
+    for (let c = off; c < off + len; c++) if (cv[c] >>> 3 === s) t |= cv[c];
+    const W = this.mW;
+    const w = off + (1 << cls) + (s >>> 5);
+    const bit = 1 << (s & 31);
+    cv[w] = t & 1 ? cv[w] | bit : cv[w] & ~bit;
+    cv[w + W] = t & 2 ? cv[w + W] | bit : cv[w + W] & ~bit;
+    cv[w + 2 * W] = t & 4 ? cv[w + 2 * W] | bit : cv[w + 2 * W] & ~bit;
+  }
+
+  /** The bitmap width changed (more streams): every vector moves to a fresh, compact arena. */
+  private relayoutClaims(w: number): void {
+    const old = this.cv;
+    this.mW = w;
+    this.cv = new Int32Array(Math.max(1024, this.cvUsed + 64));
+    this.cvUsed = 0;
+    this.cvFree.length = 0;
+    const b = this.b;
+    for (let x = 0; x < this.bUsed; x++) {
+      const o = x * BS;
+      const lc = b[o + LC];
+      const cls = lc & 31;
+      if (lc === 0 || cls === 0) continue;
+      const len = lc >>> 5;
+      const off = this.cvAlloc(cls);
+      this.cv.set(old.subarray(b[o + VEC], b[o + VEC] + len), off);
+      b[o + VEC] = off;
+      if (cls >= BM_CLS) this.buildBitmaps(off, cls, len);
+    }
   }
 
   /** Add one claim value to block x. */
@@ -551,9 +626,23 @@ export class SyncPrefixIndex implements PrefixIndex {
       off = n;
       cls++;
       b[o + VEC] = off;
+      this.cv[off + len] = val;
+      b[o + LC] = ((len + 1) << 5) | cls;
+      if (cls >= BM_CLS) this.buildBitmaps(off, cls, len + 1);
+      return;
     }
-    this.cv[off + len] = val;
+    const cv = this.cv;
+    cv[off + len] = val;
     b[o + LC] = ((len + 1) << 5) | cls;
+    if (cls >= BM_CLS) {
+      const s = val >>> 3;
+      const W = this.mW;
+      const w = off + (1 << cls) + (s >>> 5);
+      const bit = 1 << (s & 31);
+      if (val & 1) cv[w] |= bit;
+      if (val & 2) cv[w + W] |= bit;
+      if (val & 4) cv[w + 2 * W] |= bit;
+    }
   }
 
   /** Remove one claim value from block x; frees the block when no claim is left. */
@@ -577,7 +666,10 @@ export class SyncPrefixIndex implements PrefixIndex {
       b[o + VEC] = cv[off];
       b[o + LC] = 1 << 5;
       this.cvRelease(off, cls);
-    } else b[o + LC] = ((len - 1) << 5) | cls;
+    } else {
+      b[o + LC] = ((len - 1) << 5) | cls;
+      if (cls >= BM_CLS) this.refreshBits(off, cls, len - 1, val >>> 3);
+    }
   }
 
   /** Replace one claim value of block x (tier change of one entry). */
@@ -591,10 +683,12 @@ export class SyncPrefixIndex implements PrefixIndex {
     }
     const cv = this.cv;
     const off = b[o + VEC];
-    const end = off + (lc >>> 5) - 1;
+    const len = lc >>> 5;
+    const end = off + len - 1;
     let i = off;
     while (i < end && cv[i] !== oldVal) i++;
     cv[i] = newVal;
+    if ((lc & 31) >= BM_CLS) this.refreshBits(off, lc & 31, len, newVal >>> 3);
   }
 
   private claim(ent: number, x: number): void {
@@ -809,7 +903,12 @@ export class SyncPrefixIndex implements PrefixIndex {
           k2[1] = keys[i * 2 + 1];
         } else chainHash(seedHi, seedLo, prevHi, prevLo, tokens, i * bs, bs, k2, 0);
       }
-      const kind = this.parseHash(h);
+      let kind: number;
+      if (n > 1) {
+        kind = this.pHash[i * 3 + 2];
+        this.h2[0] = this.pHash[i * 3];
+        this.h2[1] = this.pHash[i * 3 + 1];
+      } else kind = this.parseHash(h);
       let ent = this.findEntry(s, kind, h);
       if (ent !== -1) {
         const o = ent * ES;
@@ -858,20 +957,39 @@ export class SyncPrefixIndex implements PrefixIndex {
     }
   }
 
-  /** Read-ahead of the entry slots of `hashes` and the block slots of keys[0 .. nKeys). */
+  /**
+   * Read-ahead of the entry slots (and the records they point to) of `hashes` and the block
+   * slots and records of keys[0 .. nKeys). The parsed hashes are kept in pHash (hi, lo, kind per
+   * hash) for the apply loop.
+   */
   private touchSlots(s: number, hashes: HashKey[], keys: Int32Array, nKeys: number): void {
     let acc = 0;
     const es = this.eSlots;
     const esize = es.length;
+    let ph = this.pHash;
+    if (ph.length < hashes.length * 3) {
+      ph = new Int32Array(hashes.length * 3 + 192);
+      this.pHash = ph;
+    }
+    const h2 = this.h2;
     for (let i = 0; i < hashes.length; i++) {
       const h = hashes[i];
       if (typeof h !== "string") continue;
-      this.parseHash(h);
-      acc ^= es[home(mixHash(this.h2[0], this.h2[1], s), esize) | 0];
+      const kind = this.parseHash(h);
+      const hi = h2[0];
+      const lo = h2[1];
+      ph[i * 3] = hi;
+      ph[i * 3 + 1] = lo;
+      ph[i * 3 + 2] = kind;
+      const v = es[home(mixHash(hi, lo, s), esize) | 0];
+      acc ^= v;
     }
     const bsl = this.bSlots;
     const bsize = bsl.length;
-    for (let i = 0; i < nKeys; i++) acc ^= bsl[home(mixHash(keys[i * 2], keys[i * 2 + 1], 0), bsize) | 0];
+    for (let i = 0; i < nKeys; i++) {
+      const v = bsl[home(mixHash(keys[i * 2], keys[i * 2 + 1], 0), bsize) | 0];
+      acc ^= v;
+    }
     this.sink ^= acc;
   }
 
@@ -893,7 +1011,13 @@ export class SyncPrefixIndex implements PrefixIndex {
         this.counters.unknownRemovals++;
         continue;
       }
-      const ent = this.findEntry(s, this.parseHash(h), h);
+      let kind: number;
+      if (hashes.length > 1) {
+        kind = this.pHash[i * 3 + 2];
+        this.h2[0] = this.pHash[i * 3];
+        this.h2[1] = this.pHash[i * 3 + 1];
+      } else kind = this.parseHash(h);
+      const ent = this.findEntry(s, kind, h);
       if (ent === -1 || (this.e[ent * ES + META] & bit) === 0) {
         this.counters.unknownRemovals++;
         continue;
@@ -941,27 +1065,31 @@ export class SyncPrefixIndex implements PrefixIndex {
     const n = Math.floor(tokenIds.length / bs);
     const b = this.b;
     const cv = this.cv;
-    // mPos[s] === T + i  <=>  stream s holds blocks 0..i-1 (and is a candidate of this call)
-    if (this.mT > 0x3fffffff - n) {
-      this.mPos.fill(0);
-      this.mT = 0;
-    }
-    const T = this.mT + 1;
-    this.mT = T + n + 1;
-    const mPos = this.mPos;
-    const mMask = this.mMask;
-    const mEnd = this.mEnd;
+    // State as bitmaps over stream indexes, so a block held by many streams costs a few word
+    // operations per 32 streams instead of a visit per (stream, block): alive[k * W + w] = the
+    // streams whose leading run on tier k (0 GPU, 1 CPU, 2 STORAGE) is still going; any = their
+    // union. A block's holders are gathered from its claims into blk (the same layout; several
+    // entries of one stream on a block simply OR together). Bits that drop at block i record i
+    // as that stream's run end. Only words with a live stream are visited (active list).
+    const W = this.mW;
+    const any = this.mAny;
+    const alive = this.mAlive;
+    const blk = this.mBlk;
+    const active = this.mActive;
+    const ends = this.mEnd; // per stream: [any, GPU, CPU, STORAGE]
     const cands = this.mCands;
+    let nActive = 0;
+    let nc = 0;
+    let stop = n; // blocks 0 .. stop-1 are held by every stream still alive at the end
 
-    // blocks are hashed and looked up a chunk at a time: the lookups of a chunk are independent
-    // memory accesses the CPU can overlap, and a walk that ends early wastes at most one chunk
     const keys = this.mKeys;
     const blks = this.mBlks;
-    let nc = 0;
     let prevHi = 0;
     let prevLo = 0;
     let done = false;
     for (let base = 0; base < n && !done; base += CHUNK) {
+      // hash and look up a chunk at a time: the lookups are independent memory accesses the
+      // CPU overlaps, and a walk that ends early wastes at most one chunk
       const m = Math.min(CHUNK, n - base);
       for (let j = 0; j < m; j++) {
         chainHash(seedHi, seedLo, prevHi, prevLo, tokenIds, (base + j) * bs, bs, keys, j * 2);
@@ -971,65 +1099,136 @@ export class SyncPrefixIndex implements PrefixIndex {
       for (let j = 0; j < m; j++) blks[j] = this.findBlock(keys[j * 2], keys[j * 2 + 1]);
       for (let j = 0; j < m; j++) {
         const x = blks[j];
+        const i = base + j;
         if (x === -1) {
+          stop = i;
           done = true;
           break;
         }
-        const i = base + j;
         const o = x * BS;
         const lc = b[o + LC];
         const inline = (lc & 31) === 0;
         const arr = inline ? b : cv;
         const off = inline ? o + VEC : b[o + VEC];
         const end = off + (lc >>> 5);
+        const cls = lc & 31;
         if (i === 0) {
-          for (let c = off; c < end; c++) {
+          // every word: the first block decides the candidates
+          if (cls >= BM_CLS) blk.set(cv.subarray(off + (1 << cls), off + (1 << cls) + 3 * W));
+          else blk.fill(0);
+          for (let c = cls >= BM_CLS ? end : off; c < end; c++) {
             const v = arr[c];
             const s = v >>> 3;
-            if (mPos[s] === T + 1) {
-              mMask[s] |= v & 7; // a second entry of the same stream on this block: union of tiers
-            } else {
-              mPos[s] = T + 1;
-              mMask[s] = v & 7;
-              mEnd[s * 3] = 0;
-              mEnd[s * 3 + 1] = 0;
-              mEnd[s * 3 + 2] = 0;
+            const w = s >>> 5;
+            const bit = 1 << (s & 31);
+            if (v & 1) blk[w] |= bit;
+            if (v & 2) blk[W + w] |= bit;
+            if (v & 4) blk[2 * W + w] |= bit;
+          }
+          for (let w = 0; w < W; w++) {
+            const a = blk[w] | blk[W + w] | blk[2 * W + w];
+            any[w] = a;
+            alive[w] = blk[w];
+            alive[W + w] = blk[W + w];
+            alive[2 * W + w] = blk[2 * W + w];
+            if (a === 0) continue;
+            active[nActive++] = w;
+            let d = a;
+            while (d !== 0) {
+              const low = d & -d;
+              const s = (w << 5) | (31 - Math.clz32(low));
               cands[nc++] = s;
+              ends[s * 4] = 0;
+              ends[s * 4 + 1] = 0;
+              ends[s * 4 + 2] = 0;
+              ends[s * 4 + 3] = 0;
+              d ^= low;
             }
+          }
+          if (nActive === 0) {
+            done = true;
+            break;
           }
           continue;
         }
-        const want = T + i;
-        let alive = 0;
-        for (let c = off; c < end; c++) {
-          const v = arr[c];
-          const s = v >>> 3;
-          const p = mPos[s];
-          if (p === want) {
-            mPos[s] = want + 1;
-            const prev = mMask[s];
-            const t = prev & v;
-            if (t !== prev) {
-              // tiers whose leading run ends at block i
-              if ((prev & ~t & 1) !== 0) mEnd[s * 3] = i;
-              if ((prev & ~t & 2) !== 0) mEnd[s * 3 + 1] = i;
-              if ((prev & ~t & 4) !== 0) mEnd[s * 3 + 2] = i;
-              mMask[s] = t;
-            }
-            alive++;
-          } else if (p === want + 1) {
-            // a second entry of the same stream on this block: tiers are the union. The mask
-            // before this block = the current mask + the tiers whose run ended at this block.
-            const e3 = s * 3;
-            const prev =
-              mMask[s] |
-              (mEnd[e3] === i ? 1 : 0) |
-              (mEnd[e3 + 1] === i ? 2 : 0) |
-              (mEnd[e3 + 2] === i ? 4 : 0);
-            mMask[s] |= prev & v & 7;
+        if (cls >= BM_CLS) {
+          // the holders' bitmaps kept with the claims: a few words instead of a claim per stream
+          const bm = off + (1 << cls);
+          for (let k = 0; k < nActive; k++) {
+            const w = active[k];
+            blk[w] = cv[bm + w];
+            blk[W + w] = cv[bm + W + w];
+            blk[2 * W + w] = cv[bm + 2 * W + w];
+          }
+        } else {
+          for (let k = 0; k < nActive; k++) {
+            const w = active[k];
+            blk[w] = 0;
+            blk[W + w] = 0;
+            blk[2 * W + w] = 0;
           }
         }
-        if (alive === 0) {
+        // words of streams no longer alive get garbage here; they are never read
+        for (let c = cls >= BM_CLS ? end : off; c < end; c++) {
+          const v = arr[c];
+          const s = v >>> 3;
+          const w = s >>> 5;
+          const bit = 1 << (s & 31);
+          if (v & 1) blk[w] |= bit;
+          if (v & 2) blk[W + w] |= bit;
+          if (v & 4) blk[2 * W + w] |= bit;
+        }
+        let kept = 0;
+        for (let k = 0; k < nActive; k++) {
+          const w = active[k];
+          const g = blk[w];
+          const cp = blk[W + w];
+          const st = blk[2 * W + w];
+          const a = any[w];
+          const na = a & (g | cp | st);
+          if (na !== a) {
+            let d = a & ~na;
+            while (d !== 0) {
+              const low = d & -d;
+              ends[((w << 5) | (31 - Math.clz32(low))) * 4] = i;
+              d ^= low;
+            }
+            any[w] = na;
+          }
+          const ag = alive[w];
+          if ((ag & ~g) !== 0) {
+            let d = ag & ~g;
+            while (d !== 0) {
+              const low = d & -d;
+              ends[((w << 5) | (31 - Math.clz32(low))) * 4 + 1] = i;
+              d ^= low;
+            }
+            alive[w] = ag & g;
+          }
+          const ac = alive[W + w];
+          if ((ac & ~cp) !== 0) {
+            let d = ac & ~cp;
+            while (d !== 0) {
+              const low = d & -d;
+              ends[((w << 5) | (31 - Math.clz32(low))) * 4 + 2] = i;
+              d ^= low;
+            }
+            alive[W + w] = ac & cp;
+          }
+          const as = alive[2 * W + w];
+          if ((as & ~st) !== 0) {
+            let d = as & ~st;
+            while (d !== 0) {
+              const low = d & -d;
+              ends[((w << 5) | (31 - Math.clz32(low))) * 4 + 3] = i;
+              d ^= low;
+            }
+            alive[2 * W + w] = as & st;
+          }
+          if (na !== 0) active[kept++] = w;
+        }
+        nActive = kept;
+        if (nActive === 0) {
           done = true;
           break;
         }
@@ -1039,17 +1238,19 @@ export class SyncPrefixIndex implements PrefixIndex {
     for (let k = 0; k < nc; k++) {
       const s = cands[k];
       const ref = this.streams[s]!.ref;
-      const matched = mPos[s] - T;
-      const m = mMask[s];
+      const w = s >>> 5;
+      const bit = 1 << (s & 31);
+      const e4 = s * 4;
+      const matched = (any[w] & bit) !== 0 ? stop : ends[e4];
       out.push({
         streamId: ref.streamId,
         pod: ref.pod,
         rank: ref.rank,
         matchedBlocks: matched,
         tiers: {
-          GPU: m & 1 ? matched : mEnd[s * 3],
-          CPU: m & 2 ? matched : mEnd[s * 3 + 1],
-          STORAGE: m & 4 ? matched : mEnd[s * 3 + 2],
+          GPU: (alive[w] & bit) !== 0 ? stop : ends[e4 + 1],
+          CPU: (alive[W + w] & bit) !== 0 ? stop : ends[e4 + 2],
+          STORAGE: (alive[2 * W + w] & bit) !== 0 ? stop : ends[e4 + 3],
         },
       });
     }

@@ -297,3 +297,54 @@ test("random histories under tiny caps: LRU evictions identical to the reference
     { numRuns: 300 },
   );
 });
+
+test("many streams (bitmaps of widely shared blocks, > 32 streams): fast == reference", () => {
+  const many: StreamRef[] = Array.from({ length: 90 }, (_, i) => ({
+    streamId: `p${i}`,
+    pod: `p${i}`,
+    rank: null,
+    model: "m",
+  }));
+  const opArb = fc.record({
+    s: fc.nat(many.length - 1),
+    k: fc.constantFrom("store", "store", "store", "offload", "remove", "remove", "clear", "drop"),
+    prompt: fc.nat(2),
+    upto: fc.integer({ min: 1, max: 20 }),
+    at: fc.nat(19),
+    alt: fc.boolean(),
+  });
+  fc.assert(
+    fc.property(fc.array(opArb, { minLength: 50, maxLength: 400 }), (ops) => {
+      const fast = createIndex({ backend: "sync", initialCapacity: 16, copies: "count" });
+      const ref = createIndex({ backend: "reference", copies: "count" });
+      const prompts = [0, 1, 2].map((p) => Array.from({ length: 20 }, (_, i) => (i < 4 ? i : p * 50 + i)));
+      // engine hash of (stream, prompt, block); alt = a second engine hash for the same block
+      const h = (s: number, p: number, i: number, alt: boolean) =>
+        hk(((s * 3 + p) * 32 + i) * 2 + (alt ? 1 : 0) + 1);
+      for (const o of ops) {
+        let ev: KvEvent;
+        if (o.k === "store") {
+          const hs = Array.from({ length: o.upto }, (_, i) => h(o.s, o.prompt, i, o.alt));
+          ev = stored(hs, null, toks(prompts[o.prompt].slice(0, o.upto), BS), { blockSize: BS });
+        } else if (o.k === "offload")
+          ev = stored([h(o.s, o.prompt, o.at, o.alt)], null, [], { blockSize: BS, medium: "CPU" });
+        else if (o.k === "remove") ev = removed([h(o.s, o.prompt, o.at, o.alt)], o.alt ? "CPU" : "GPU");
+        else if (o.k === "clear") ev = { type: "AllBlocksCleared" };
+        else {
+          fast.dropStream(many[o.s].streamId);
+          ref.dropStream(many[o.s].streamId);
+          continue;
+        }
+        const b: EventBatch = { ts: 0, events: [ev], dpRank: null };
+        fast.applyBatch(many[o.s], b);
+        ref.applyBatch(many[o.s], b);
+      }
+      for (const p of prompts) {
+        const ns = { model: "m", lora: null, blockSize: BS };
+        assert.deepEqual(fast.match(ns, toks(p, BS)), ref.match(ns, toks(p, BS)));
+      }
+      assert.equal(fast.stats().entries, ref.stats().entries);
+    }),
+    { numRuns: 60 },
+  );
+});
