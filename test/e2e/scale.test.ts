@@ -124,77 +124,84 @@ describe("e2e large scale: 10, 50, 100 pods", { timeout: scaled(420_000) }, () =
       const sampled = [0, 1, 2, 3, 4].map((k) => pods[Math.floor((k * pods.length) / 5)]);
       const lag = new LagSampler(gw, sampled);
       lag.start();
-      const r = rng(size);
+      // declared here, measured inside the try (the sampler's sockets close on every path)
       let requests = 0;
-      let cursor = 0;
       let errors = 0;
-      const served = new Map<string, number>();
       let promptTokens = 0;
       let cachedTokens = 0;
+      let loadMs = 0;
+      let convergeMs = 0;
+      const served = new Map<string, number>();
       const errorSamples: string[] = [];
-      const start = performance.now();
-      const deadline = start + LOAD_MS;
-      const client = async (id: number) => {
-        let k = 0;
-        while (performance.now() < deadline) {
-          // the next request of the trace (shared cursor: clients take requests in trace order)
-          const ids = TRACE[cursor++ % TRACE.length].slice(0, MAX_TRACE_BLOCKS);
-          const res = await gw
-            .complete(DEFAULT_MODEL, `${tracePrompt(ids)}\n#${size}-${id}-${k++}`, 8)
-            .catch((err: Error) => ({
-              status: -1,
-              body: err.message,
-              pod: null,
-              promptTokens: 0,
-              cachedTokens: 0,
-            }));
-          requests++;
-          if (res.status === 200 && res.pod) {
-            served.set(res.pod, (served.get(res.pod) ?? 0) + 1);
-            promptTokens += res.promptTokens;
-            cachedTokens += res.cachedTokens;
-          } else {
-            errors++;
-            if (errorSamples.length < 3)
-              errorSamples.push(`${res.status} ${JSON.stringify(res.body).slice(0, 150)}`);
-          }
-        }
-      };
-      // probe: a fresh prefix straight into one engine, then poll the gateway until it matches
       const probeLags: number[] = [];
-      const prober = async () => {
-        let k = 0;
-        while (performance.now() < deadline) {
-          const pod = pods[Math.floor(r() * pods.length)];
-          const text = prompt(prefix(`probe${size}-${k}`, 70_000 + k, 40), k);
-          k++;
-          await completeDirect(pod, text, DEFAULT_MODEL, 1);
-          const answered = performance.now();
-          await waitFor(
-            `probe ${k} indexed under ${pod.name}`,
-            async () => {
-              const m = await gw.match(DEFAULT_MODEL, text);
-              return m.pods.some((x) => x.pod === pod.name && x.matchedBlocks > 0) ? true : "not yet";
-            },
-            { timeoutMs: scaled(20_000), intervalMs: 5 },
-          );
-          probeLags.push(performance.now() - answered);
-        }
-      };
-      await Promise.all([...Array.from({ length: CONCURRENCY }, (_, i) => client(i)), prober()]);
-      const loadMs = performance.now() - start;
-      // load stopped: time until the index equals the truth of every pod
-      const t1 = performance.now();
-      await waitFor(
-        `index == engine truth for all ${size} pods after load`,
-        () => compareAllWithTruth(gw, pods),
-        {
-          timeoutMs: scaled(60_000),
-          intervalMs: 50,
-        },
-      );
-      const convergeMs = performance.now() - t1;
-      await lag.stop();
+      try {
+        const r = rng(size);
+        let cursor = 0;
+        const start = performance.now();
+        const deadline = start + LOAD_MS;
+        const client = async (id: number) => {
+          let k = 0;
+          while (performance.now() < deadline) {
+            // the next request of the trace (shared cursor: clients take requests in trace order)
+            const ids = TRACE[cursor++ % TRACE.length].slice(0, MAX_TRACE_BLOCKS);
+            const res = await gw
+              .complete(DEFAULT_MODEL, `${tracePrompt(ids)}\n#${size}-${id}-${k++}`, 8)
+              .catch((err: Error) => ({
+                status: -1,
+                body: err.message,
+                pod: null,
+                promptTokens: 0,
+                cachedTokens: 0,
+              }));
+            requests++;
+            if (res.status === 200 && res.pod) {
+              served.set(res.pod, (served.get(res.pod) ?? 0) + 1);
+              promptTokens += res.promptTokens;
+              cachedTokens += res.cachedTokens;
+            } else {
+              errors++;
+              if (errorSamples.length < 3)
+                errorSamples.push(`${res.status} ${JSON.stringify(res.body).slice(0, 150)}`);
+            }
+          }
+        };
+        // probe: a fresh prefix straight into one engine, then poll the gateway until it matches
+        const prober = async () => {
+          let k = 0;
+          while (performance.now() < deadline) {
+            const pod = pods[Math.floor(r() * pods.length)];
+            const text = prompt(prefix(`probe${size}-${k}`, 70_000 + k, 40), k);
+            k++;
+            await completeDirect(pod, text, DEFAULT_MODEL, 1);
+            const answered = performance.now();
+            await waitFor(
+              `probe ${k} indexed under ${pod.name}`,
+              async () => {
+                const m = await gw.match(DEFAULT_MODEL, text);
+                return m.pods.some((x) => x.pod === pod.name && x.matchedBlocks > 0) ? true : "not yet";
+              },
+              { timeoutMs: scaled(20_000), intervalMs: 5 },
+            );
+            probeLags.push(performance.now() - answered);
+          }
+        };
+        await Promise.all([...Array.from({ length: CONCURRENCY }, (_, i) => client(i)), prober()]);
+        loadMs = performance.now() - start;
+        // load stopped: time until the index equals the truth of every pod
+        const t1 = performance.now();
+        await waitFor(
+          `index == engine truth for all ${size} pods after load`,
+          () => compareAllWithTruth(gw, pods),
+          {
+            timeoutMs: scaled(60_000),
+            intervalMs: 50,
+          },
+        );
+        convergeMs = performance.now() - t1;
+        await lag.stop();
+      } finally {
+        await lag.close();
+      }
       const m1 = parseMetrics(await gw.metrics());
       const applied1 = await sumApplied();
       const lagName = lagMetricName(m1);

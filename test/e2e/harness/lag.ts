@@ -79,8 +79,14 @@ export class LagSampler {
     while (Date.now() < deadline && [...this.pending.values()].some((q) => q.length > 0)) {
       await new Promise((r) => setTimeout(r, this.intervalMs));
     }
+    await this.close();
+  }
+
+  /** Stop at once (idempotent; for failure paths). */
+  async close(): Promise<void> {
     this.running = false;
     for (const s of this.socks) s.close();
+    this.socks.length = 0;
     await Promise.allSettled(this.loops);
   }
 
