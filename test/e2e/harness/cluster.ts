@@ -7,7 +7,7 @@ import { answers } from "./http.ts";
 import type { KubeBackend } from "./kube.ts";
 import { startKube } from "./kube.ts";
 import { type NetNode, RUN_ENV, TestNetwork } from "./netns.ts";
-import { ManagedProcess } from "./proc.ts";
+import { childEnv, ManagedProcess } from "./proc.ts";
 import type { TruthSource } from "./truth.ts";
 import { scaled, WaitAborted, waitFor } from "./wait.ts";
 
@@ -280,11 +280,7 @@ export class Cluster {
       label,
       ...this.net.execArgs(node, process.execPath, this.engineArgs(engine, node.ips)),
       join(this.logDir, `${label}-${this.seq++}.log`),
-      {
-        ...process.env,
-        [RUN_ENV]: String(process.pid),
-        KVSYNC_LOG_LEVEL: process.env.KVSYNC_E2E_LOG_LEVEL ?? "warn",
-      },
+      childEnv(RUN_ENV, String(process.pid)),
     );
   }
 

@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { CLI } from "./cluster.ts";
 import { answers, getJson, getText, postJson } from "./http.ts";
 import { RUN_ENV } from "./netns.ts";
-import { ManagedProcess } from "./proc.ts";
+import { childEnv, ManagedProcess } from "./proc.ts";
 import type { BlocksDoc, IndexReader } from "./truth.ts";
 import { scaled, WaitAborted, waitFor } from "./wait.ts";
 
@@ -115,11 +115,7 @@ export class GatewayProcess implements IndexReader {
       process.execPath,
       args,
       join(o.logDir, `gateway-${port}.log`),
-      {
-        ...process.env,
-        [RUN_ENV]: String(process.pid),
-        KVSYNC_LOG_LEVEL: process.env.KVSYNC_E2E_LOG_LEVEL ?? "warn",
-      },
+      childEnv(RUN_ENV, String(process.pid)),
     );
     const gw = new GatewayProcess(proc, port, adminPort);
     await waitFor(

@@ -2,6 +2,19 @@ import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_pro
 import { closeSync, openSync, readFileSync } from "node:fs";
 import { registerCleanup } from "./cleanup.ts";
 
+/**
+ * Environment for a kvsync process started by the suite: the caller's, less every `KVSYNC_*`
+ * variable (each CLI flag has one as its twin: a developer's shell must not reconfigure the
+ * suite's engines and gateway), plus the run marker the sweeper looks for and the log level.
+ */
+export function childEnv(runMarker: string, runId: string): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith("KVSYNC_")) env[k] = v;
+  env[runMarker] = runId;
+  env.KVSYNC_LOG_LEVEL = process.env.KVSYNC_E2E_LOG_LEVEL ?? "warn";
+  return env;
+}
+
 /** Run a command, resolve with stdout; reject with its stderr in the message. */
 export function run(cmd: string, args: string[], timeoutMs = 20_000): Promise<string> {
   return new Promise((resolve, reject) => {
