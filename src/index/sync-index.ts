@@ -1096,7 +1096,14 @@ export class SyncPrefixIndex implements PrefixIndex {
         prevHi = keys[j * 2];
         prevLo = keys[j * 2 + 1];
       }
-      for (let j = 0; j < m; j++) blks[j] = this.findBlock(keys[j * 2], keys[j * 2 + 1]);
+      // lookups, then a read of each found block's claims: independent loads that overlap
+      let acc = 0;
+      for (let j = 0; j < m; j++) {
+        const x = this.findBlock(keys[j * 2], keys[j * 2 + 1]);
+        blks[j] = x;
+        if (x !== -1 && (b[x * BS + LC] & 31) !== 0) acc ^= cv[b[x * BS + VEC]];
+      }
+      this.sink ^= acc;
       for (let j = 0; j < m; j++) {
         const x = blks[j];
         const i = base + j;
