@@ -72,6 +72,8 @@ const MAX_RECORDS = IDX - 2;
 const MAX_LOAD = 0.85;
 /** claim vectors of this class and up (capacity >= 16) carry their holders' bitmaps */
 const BM_CLS = 4;
+/** no stored bitmaps above this many words (32 streams each): 3 x 64 ints per shared block at most */
+const BM_MAX_W = 64;
 /** match: blocks hashed and looked up per chunk */
 const CHUNK = 16;
 const REBUILD_LOAD = 0.5;
@@ -194,6 +196,8 @@ export class SyncPrefixIndex implements PrefixIndex {
    * block index where its run (any tier, per tier) ended
    */
   private mW = 1;
+  /** vectors of this class and up carry bitmaps (BM_CLS; never while mW > BM_MAX_W) */
+  private bmCls = BM_CLS;
   private mAny = new Int32Array(1);
   private mAlive = new Int32Array(3);
   private mBlk = new Int32Array(3);
@@ -516,7 +520,7 @@ export class SyncPrefixIndex implements PrefixIndex {
 
   /** ints of a class-cls chunk: the vector, then for cls >= BM_CLS the holders' bitmaps */
   private chunkSize(cls: number): number {
-    return (1 << cls) + (cls >= BM_CLS ? 3 * this.mW : 0);
+    return (1 << cls) + (cls >= this.bmCls ? 3 * this.mW : 0);
   }
 
   private cvAlloc(cls: number): number {
@@ -581,6 +585,7 @@ export class SyncPrefixIndex implements PrefixIndex {
   private relayoutClaims(w: number): void {
     const old = this.cv;
     this.mW = w;
+    this.bmCls = w > BM_MAX_W ? 32 : BM_CLS;
     this.cv = new Int32Array(Math.max(1024, this.cvUsed + 64));
     this.cvUsed = 0;
     this.cvFree.length = 0;
@@ -594,7 +599,7 @@ export class SyncPrefixIndex implements PrefixIndex {
       const off = this.cvAlloc(cls);
       this.cv.set(old.subarray(b[o + VEC], b[o + VEC] + len), off);
       b[o + VEC] = off;
-      if (cls >= BM_CLS) this.buildBitmaps(off, cls, len);
+      if (cls >= this.bmCls) this.buildBitmaps(off, cls, len);
     }
   }
 
@@ -628,13 +633,13 @@ export class SyncPrefixIndex implements PrefixIndex {
       b[o + VEC] = off;
       this.cv[off + len] = val;
       b[o + LC] = ((len + 1) << 5) | cls;
-      if (cls >= BM_CLS) this.buildBitmaps(off, cls, len + 1);
+      if (cls >= this.bmCls) this.buildBitmaps(off, cls, len + 1);
       return;
     }
     const cv = this.cv;
     cv[off + len] = val;
     b[o + LC] = ((len + 1) << 5) | cls;
-    if (cls >= BM_CLS) {
+    if (cls >= this.bmCls) {
       const s = val >>> 3;
       const W = this.mW;
       const w = off + (1 << cls) + (s >>> 5);
@@ -668,7 +673,7 @@ export class SyncPrefixIndex implements PrefixIndex {
       this.cvRelease(off, cls);
     } else {
       b[o + LC] = ((len - 1) << 5) | cls;
-      if (cls >= BM_CLS) this.refreshBits(off, cls, len - 1, val >>> 3);
+      if (cls >= this.bmCls) this.refreshBits(off, cls, len - 1, val >>> 3);
     }
   }
 
@@ -688,7 +693,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     let i = off;
     while (i < end && cv[i] !== oldVal) i++;
     cv[i] = newVal;
-    if ((lc & 31) >= BM_CLS) this.refreshBits(off, lc & 31, len, newVal >>> 3);
+    if ((lc & 31) >= this.bmCls) this.refreshBits(off, lc & 31, len, newVal >>> 3);
   }
 
   private claim(ent: number, x: number): void {
@@ -1072,6 +1077,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     // entries of one stream on a block simply OR together). Bits that drop at block i record i
     // as that stream's run end. Only words with a live stream are visited (active list).
     const W = this.mW;
+    const bmCls = this.bmCls;
     const any = this.mAny;
     const alive = this.mAlive;
     const blk = this.mBlk;
@@ -1121,9 +1127,9 @@ export class SyncPrefixIndex implements PrefixIndex {
         const cls = lc & 31;
         if (i === 0) {
           // every word: the first block decides the candidates
-          if (cls >= BM_CLS) blk.set(cv.subarray(off + (1 << cls), off + (1 << cls) + 3 * W));
+          if (cls >= bmCls) blk.set(cv.subarray(off + (1 << cls), off + (1 << cls) + 3 * W));
           else blk.fill(0);
-          for (let c = cls >= BM_CLS ? end : off; c < end; c++) {
+          for (let c = cls >= bmCls ? end : off; c < end; c++) {
             const v = arr[c];
             const s = v >>> 3;
             const w = s >>> 5;
@@ -1158,7 +1164,7 @@ export class SyncPrefixIndex implements PrefixIndex {
           }
           continue;
         }
-        if (cls >= BM_CLS) {
+        if (cls >= bmCls) {
           // the holders' bitmaps kept with the claims: a few words instead of a claim per stream
           const bm = off + (1 << cls);
           for (let k = 0; k < nActive; k++) {
@@ -1176,7 +1182,7 @@ export class SyncPrefixIndex implements PrefixIndex {
           }
         }
         // words of streams no longer alive get garbage here; they are never read
-        for (let c = cls >= BM_CLS ? end : off; c < end; c++) {
+        for (let c = cls >= bmCls ? end : off; c < end; c++) {
           const v = arr[c];
           const s = v >>> 3;
           const w = s >>> 5;

@@ -348,3 +348,31 @@ test("many streams (bitmaps of widely shared blocks, > 32 streams): fast == refe
     { numRuns: 60 },
   );
 });
+
+test("past 2048 streams the claim vectors are re-laid out without bitmaps: fast == reference", () => {
+  const fast = createIndex({ backend: "sync", initialCapacity: 16 });
+  const ref = createIndex({ backend: "reference" });
+  const ns = { model: "m", lora: null, blockSize: BS };
+  const tokens = toks([1, 2, 3], BS);
+  const run = (from: number, to: number) => {
+    for (let i = from; i < to; i++) {
+      const st: StreamRef = { streamId: `q${i}`, pod: `q${i}`, rank: null, model: "m" };
+      const hs = [hk(i * 4 + 1), hk(i * 4 + 2), hk(i * 4 + 3)].slice(0, 1 + (i % 3));
+      const evs: KvEvent[] = [stored(hs, null, tokens.slice(0, hs.length * BS), { blockSize: BS })];
+      if (i % 7 === 0) evs.push(removed([hs[0]]));
+      if (i % 5 === 0) evs.push(stored([hs[hs.length - 1]], null, [], { blockSize: BS, medium: "CPU" }));
+      const b: EventBatch = { ts: 0, events: evs, dpRank: null };
+      fast.applyBatch(st, b);
+      ref.applyBatch(st, b);
+    }
+    assert.deepEqual(fast.match(ns, tokens), ref.match(ns, tokens));
+  };
+  run(0, 40); // bitmaps (class >= 4 vectors), one word
+  run(40, 2100); // widths past the bitmap limit: vectors re-laid out without bitmaps
+  for (let i = 0; i < 2100; i += 3) {
+    fast.dropStream(`q${i}`);
+    ref.dropStream(`q${i}`);
+  }
+  assert.deepEqual(fast.match(ns, tokens), ref.match(ns, tokens));
+  assert.equal(fast.stats().entries, ref.stats().entries);
+});
