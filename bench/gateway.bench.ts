@@ -26,6 +26,7 @@ import { createIndex, type PrefixIndex, type StreamRef } from "../src/index/inde
 import { type BlockStored, type HashKey, hashFromUint64Parts } from "../src/protocol/index.ts";
 import { createPolicy, LoadTracker } from "../src/routing/index.ts";
 import type { Candidate, RouteRequest } from "../src/routing/types.ts";
+import { seededRandom } from "../src/util/rng.ts";
 
 const QUICK = process.env.KVSYNC_BENCH_QUICK === "1";
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -357,17 +358,6 @@ async function measureAll(targets: Array<[string, string[]]>): Promise<Map<strin
 
 // ------------------------------------------------------------------ routing decision time
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 function routingBench(): {
   pods: number;
   promptTokens: number;
@@ -387,7 +377,7 @@ function routingBench(): {
   const TEMPLATES = 16;
   const TEMPLATE_BLOCKS = 128; // 2048-token tenant system prompts
   const CONVS_PER_POD = 12;
-  const r = rng(42);
+  const r = seededRandom(42);
   const tokens = (n: number) => {
     const t = new Array<number>(n);
     for (let i = 0; i < n; i++) t[i] = (r() * 151_000) | 0;

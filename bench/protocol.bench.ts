@@ -21,22 +21,11 @@ import {
   type KvEvent,
   type WireEra,
 } from "../src/protocol/index.ts";
+import { seededRandom } from "../src/util/rng.ts";
 
 const ROUNDS = Number(process.env.KVSYNC_BENCH_ROUNDS ?? 9);
 const BATCHES = Number(process.env.KVSYNC_BENCH_BATCHES ?? 2000);
 const MIN_MS = 150; // per measurement
-
-/** Deterministic PRNG (mulberry32) so runs are comparable. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Dataset {
   name: string;
@@ -47,7 +36,7 @@ interface Dataset {
 }
 
 function makeDataset(name: string, era: WireEra, bytesHashes: boolean, seed: number): Dataset {
-  const r = rng(seed);
+  const r = seededRandom(seed);
   const hash = () => {
     if (bytesHashes) {
       const b = Buffer.allocUnsafe(32);

@@ -1,3 +1,4 @@
+import { seededRandom } from "../util/rng.ts";
 /**
  * The demo's workload: multi-turn chats of several tenants, each tenant with its own long system
  * prompt. Every turn re-sends the whole history (system prompt, earlier user turns and the
@@ -52,18 +53,6 @@ export interface Workload {
   conversations: Conversation[];
   /** = sum of turns = opts.requests */
   requests: number;
-}
-
-/** Seeded PRNG (mulberry32): small, fast, good enough for workload shapes. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 const VOCAB = (
@@ -129,7 +118,7 @@ export function generateWorkload(
 ): Workload {
   const o: WorkloadOptions = { ...WORKLOAD_DEFAULTS, ...opts };
   validateWorkload(o);
-  const rand = prng(o.seed * 2654435761 + 17);
+  const rand = seededRandom(o.seed * 2654435761 + 17);
   const tenants: string[] = [];
   for (let t = 0; t < o.tenants; t++) {
     const topic = TOPICS[t % TOPICS.length];

@@ -3,11 +3,12 @@ import type { HashKey } from "../protocol/types.ts";
 import { loadTokenizer } from "../tokenize/hf-tokenizer.ts";
 import type { Tokenizer } from "../tokenize/types.ts";
 import { createLogger, type Logger } from "../util/log.ts";
+import { seededRandom } from "../util/rng.ts";
 import { type Digest, digestUint64Parts, rootDigest } from "./block-hash.ts";
 import { startHttpServer } from "./http.ts";
 import { KvCache } from "./kv-cache.ts";
 import { EngineMetrics } from "./metrics.ts";
-import { DEFAULT_ENGINE_OPTIONS, type EngineOptions, mulberry32, validateOptions } from "./options.ts";
+import { DEFAULT_ENGINE_OPTIONS, type EngineOptions, validateOptions } from "./options.ts";
 import { EventPublisher, offsetEndpoint, pubShouldBind, withHost } from "./publisher.ts";
 import { Scheduler } from "./scheduler.ts";
 
@@ -57,7 +58,7 @@ export class MockEngine {
     this.o = o;
     this.tokenizer = tokenizer;
     this.log = log;
-    this.rng = mulberry32(o.seed * 7919 + replicaIndex);
+    this.rng = seededRandom(o.seed * 7919 + replicaIndex);
     this.root = rootDigest(o.hashSeed);
     const hashOf = o.hashFormat === "int" ? intHash : bytesHash;
     this.ranks = [];
@@ -83,7 +84,7 @@ export class MockEngine {
               dpRank,
               dropRate: o.dropEventRate,
               loseRate: o.loseEventRate,
-              random: mulberry32(o.seed * 104729 + replicaIndex * 131 + r + 1),
+              random: seededRandom(o.seed * 104729 + replicaIndex * 131 + r + 1),
               log,
             });
       const rank: Rank = { index: r, cache, scheduler: null as unknown as Scheduler, publisher };

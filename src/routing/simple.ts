@@ -1,4 +1,7 @@
+import { seededRandom } from "../util/rng.ts";
 import type { LoadSource, RouteRequest, RoutingDecision, RoutingPolicy, ScoredCandidate } from "./types.ts";
+
+export { seededRandom };
 
 const NO_TIERS = { GPU: 0, CPU: 0, STORAGE: 0 };
 
@@ -55,18 +58,6 @@ export class RoundRobinPolicy implements RoutingPolicy {
     const scored = plain(req, this.loads, (i) => (i - rot + n) % n);
     return { policy: this.name, ranked: scored.sort((a, b) => a.score - b.score) };
   }
-}
-
-/** mulberry32: small, fast, seedable. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** Uniformly random order (seeded, so runs are reproducible). */

