@@ -663,6 +663,28 @@ export class SyncPrefixIndex implements PrefixIndex {
     }
     const cv = this.cv;
     const off = b[o + VEC];
+    if (cls >= this.bmCls && len > 2) {
+      // one pass: find the value, and the union of the stream's other claims for its bits
+      const s = val >>> 3;
+      let at = -1;
+      let t = 0;
+      for (let c = off; c < off + len; c++) {
+        const v = cv[c];
+        if (v >>> 3 !== s) continue;
+        if (at === -1 && v === val) at = c;
+        else t |= v;
+      }
+      if (at === -1) at = off + len - 1;
+      cv[at] = cv[off + len - 1];
+      b[o + LC] = ((len - 1) << 5) | cls;
+      const W = this.mW;
+      const w = off + (1 << cls) + (s >>> 5);
+      const bit = 1 << (s & 31);
+      cv[w] = t & 1 ? cv[w] | bit : cv[w] & ~bit;
+      cv[w + W] = t & 2 ? cv[w + W] | bit : cv[w + W] & ~bit;
+      cv[w + 2 * W] = t & 4 ? cv[w + 2 * W] | bit : cv[w + 2 * W] & ~bit;
+      return;
+    }
     let i = 0;
     while (i < len - 1 && cv[off + i] !== val) i++;
     cv[off + i] = cv[off + len - 1];
