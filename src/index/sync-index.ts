@@ -26,7 +26,6 @@
  */
 import type { BlockRemoved, BlockStored, EventBatch, HashKey } from "../protocol/types.ts";
 import { chainHash, namespaceKey, stringHash64 } from "./chain-hash.ts";
-import { sortMatches } from "./reference.ts";
 import {
   type IndexCounters,
   type IndexOptions,
@@ -72,6 +71,8 @@ const MAX_RECORDS = IDX - 2;
 const MAX_LOAD = 0.85;
 /** claim vectors of this class and up (capacity >= 16) carry their holders' bitmaps */
 const BM_CLS = 4;
+/** match output order keys: (n - matched) * RANK_SPAN + the stream's rank (< MAX_STREAMS) */
+const RANK_SPAN = 1 << 18;
 /** no stored bitmaps above this many words (32 streams each): 3 x 64 ints per shared block at most */
 const BM_MAX_W = 64;
 /** match: blocks hashed and looked up per chunk */
@@ -204,6 +205,11 @@ export class SyncPrefixIndex implements PrefixIndex {
   private mActive = new Int32Array(1);
   private mEnd = new Int32Array(32 * 4);
   private mCands = new Int32Array(32);
+  /** match output order: streams' ranks by streamId (recomputed after a stream is added) */
+  private ranksDirty = true;
+  private rankOf = new Int32Array(32);
+  private byRank = new Int32Array(32);
+  private mOrder = new Float64Array(32);
   private readonly mKeys = new Int32Array(CHUNK * 2);
   private readonly mBlks = new Int32Array(CHUNK);
 
@@ -240,6 +246,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     if (s === this.streams.length) this.streams.push(null);
     this.streams[s] = { ref: { ...ref }, lastLora: undefined, lastBs: -1, lastNs: -1 };
     this.streamIdx.set(ref.streamId, s);
+    this.ranksDirty = true;
     if (s >= this.sHead.length) {
       const n = this.sHead.length * 2;
       const grow = (a: Int32Array, fill: number) => {
@@ -258,6 +265,9 @@ export class SyncPrefixIndex implements PrefixIndex {
       this.mBlk = new Int32Array(w * 3);
       this.mActive = new Int32Array(w);
       this.mCands = new Int32Array(w * 32);
+      this.rankOf = new Int32Array(w * 32);
+      this.byRank = new Int32Array(w * 32);
+      this.mOrder = new Float64Array(w * 32);
       this.mEnd = new Int32Array(w * 32 * 4);
     }
     this.sHead[s] = -1;
@@ -1269,15 +1279,26 @@ export class SyncPrefixIndex implements PrefixIndex {
         }
       }
     }
-    const out: StreamMatch[] = [];
+    // output order (most blocks first, then streamId): a numeric sort of (n - matched, rank)
+    if (this.ranksDirty) this.rankStreams();
+    const order = this.mOrder;
+    const rankOf = this.rankOf;
     for (let k = 0; k < nc; k++) {
       const s = cands[k];
+      const matched = (any[s >>> 5] & (1 << (s & 31))) !== 0 ? stop : ends[s * 4];
+      order[k] = (n - matched) * RANK_SPAN + rankOf[s];
+    }
+    if (nc > 1) order.subarray(0, nc).sort();
+    const out: StreamMatch[] = new Array(nc);
+    for (let k = 0; k < nc; k++) {
+      const key = order[k];
+      const s = this.byRank[key % RANK_SPAN];
+      const matched = n - Math.floor(key / RANK_SPAN);
       const ref = this.streams[s]!.ref;
       const w = s >>> 5;
       const bit = 1 << (s & 31);
       const e4 = s * 4;
-      const matched = (any[w] & bit) !== 0 ? stop : ends[e4];
-      out.push({
+      out[k] = {
         streamId: ref.streamId,
         pod: ref.pod,
         rank: ref.rank,
@@ -1287,9 +1308,21 @@ export class SyncPrefixIndex implements PrefixIndex {
           CPU: (alive[W + w] & bit) !== 0 ? stop : ends[e4 + 2],
           STORAGE: (alive[2 * W + w] & bit) !== 0 ? stop : ends[e4 + 3],
         },
-      });
+      };
     }
-    return sortMatches(out);
+    return out;
+  }
+
+  /** rankOf[s] / byRank: the live streams ordered by streamId (UTF-16 code units, as sortMatches). */
+  private rankStreams(): void {
+    const live: number[] = [...this.streamIdx.values()];
+    const streams = this.streams;
+    live.sort((a, b) => (streams[a]!.ref.streamId < streams[b]!.ref.streamId ? -1 : 1));
+    for (let r = 0; r < live.length; r++) {
+      this.rankOf[live[r]] = r;
+      this.byRank[r] = live[r];
+    }
+    this.ranksDirty = false;
   }
 
   // ---------------------------------------------------------------- introspection
