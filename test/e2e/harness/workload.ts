@@ -1,4 +1,5 @@
 import { readFileSync } from "node:fs";
+import { seededRandom } from "../../../src/util/rng.ts";
 
 /**
  * Deterministic prompts for the scenarios: seeded pseudo-random English-like text, so every run
@@ -19,16 +20,8 @@ const WORDS = (
   "add food between own below country plant last school father keep tree never start city earth eye light"
 ).split(" ");
 
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Seeded PRNG (the project's mulberry32). */
+export const rng = seededRandom;
 
 export function words(seed: number, count: number): string {
   const r = rng(seed);
