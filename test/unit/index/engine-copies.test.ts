@@ -93,6 +93,5 @@ for (const [removedEvents, copies] of [
     if (copies === "count")
       assert.ok((st.duplicateStores ?? 0) > 0, `no duplicate copies: ${JSON.stringify(st)}`);
     assert.ok(evictionsSeen > 0, "the engine never evicted");
-    assert.equal(svc.manager.status("pod-c")?.gaps ?? 0, 0);
   });
 }
