@@ -204,7 +204,7 @@ export function register(program: Command): void {
     .addOption(
       opt(
         "--removed-events <mode>",
-        "BlockRemoved for duplicate copies of a hash: last-copy (exact) | per-copy (as vLLM)",
+        "BlockRemoved for duplicate copies of a hash: per-copy (as vLLM) | last-copy (one per hash)",
         "KVSYNC_REMOVED_EVENTS",
         D.removedEvents,
       ).argParser(choice(["last-copy", "per-copy"])),

@@ -71,7 +71,7 @@ export const DEFAULT_ENGINE_OPTIONS: EngineOptions = {
   eventsEndpoint: "tcp://*:5557",
   replayEndpoint: "tcp://*:5558",
   eventsBind: null,
-  removedEvents: "last-copy",
+  removedEvents: "per-copy",
   topic: "",
   replayBufferSteps: 10_000,
   dataParallelSize: 1,

@@ -139,7 +139,7 @@ export class ReferenceIndex implements PrefixIndex {
       let e = st.entries.get(h);
       if (e) {
         if (e.tiers & bit) {
-          if (this.opts.copies === "count") {
+          if (this.opts.copies !== "set") {
             const t = bit >>> 1;
             e.copies[t] = Math.min(MAX_EXTRA_COPIES, e.copies[t] + 1);
             this.counters.duplicateStores++;

@@ -100,11 +100,12 @@ export interface IndexOptions {
   /**
    * Several physical copies of one hash on one tier (vLLM: two requests computed the same
    * prefix concurrently; a BlockStored per copy, a BlockRemoved per evicted copy).
-   * "count": the claim goes with the last copy's BlockRemoved (exact for vLLM, and for the mock
-   * engine's `--removed-events per-copy`); copies are counted per (block, stream, tier) up to
-   * 1 + MAX_EXTRA_COPIES, beyond which a removal may drop the claim early.
-   * "set" (default, as long as the mock engine's default is `--removed-events last-copy`, one
-   * BlockRemoved per hash): the first BlockRemoved drops it; a re-store is idempotent.
+   * "count" (default): the claim goes with the last copy's BlockRemoved (exact for vLLM, and for
+   * the mock engine, whose default `--removed-events per-copy` does the same); copies are counted
+   * per (block, stream, tier) up to 1 + MAX_EXTRA_COPIES, beyond which a removal may drop the
+   * claim early.
+   * "set": for engines that send one BlockRemoved per hash (the mock engine's `--removed-events
+   * last-copy`): the first BlockRemoved drops the claim; a re-store is idempotent.
    */
   copies?: "count" | "set";
   /** called once per evicted entry (metrics hook) */

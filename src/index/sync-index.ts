@@ -219,7 +219,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     this.maxEntries = c.maxEntries;
     this.maxPerStream = c.maxPerStream;
     this.onEvict = opts.onEvict;
-    this.countCopies = opts.copies === "count";
+    this.countCopies = opts.copies !== "set";
     const init = Math.max(16, Math.min(opts.initialCapacity ?? 1024, this.maxEntries));
     this.eCap = init;
     this.e = new Int32Array(init * ES);

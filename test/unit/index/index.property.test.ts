@@ -275,10 +275,10 @@ test("random histories: index == reference model == engine caches (no caps)", ()
   );
 });
 
-test('random histories with the default copies: "set" (first BlockRemoved drops the claim): fast == reference', () => {
+test('random histories with copies: "set" (first BlockRemoved drops the claim): fast == reference', () => {
   fc.assert(
     fc.property(promptsArb, fc.array(cmdArb, { maxLength: 80, size: "max" }), (prompts, cmds) =>
-      run(prompts, cmds, {}),
+      run(prompts, cmds, { copies: "set" }),
     ),
     { numRuns: 150 },
   );

@@ -246,14 +246,14 @@ for (const backend of ["sync", "reference"] as IndexBackend[]) {
       assert.equal(ix.stats().entries, 0);
     });
 
-    test('copies saturate at 1 + MAX_EXTRA_COPIES; the default ("set") drops on the first removal', () => {
+    test('copies saturate at 1 + MAX_EXTRA_COPIES; copies "set" drops on the first removal', () => {
       const ix = mk({ copies: "count" });
       for (let i = 0; i < MAX_EXTRA_COPIES + 4; i++) apply(ix, A, stored([hk(1)], null, toks([1])));
       for (let i = 0; i < MAX_EXTRA_COPIES; i++) apply(ix, A, removed([hk(1)]));
       assert.deepEqual(claims(ix, "a"), { [hk(1)]: "GPU" });
       apply(ix, A, removed([hk(1)]));
       assert.deepEqual(claims(ix, "a"), {});
-      const set = mk();
+      const set = mk({ copies: "set" });
       apply(set, A, stored([hk(1)], null, toks([1])), stored([hk(1)], null, toks([1])));
       assert.equal(set.stats().duplicateStores, 0);
       apply(set, A, removed([hk(1)]));
