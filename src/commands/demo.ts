@@ -2,7 +2,7 @@ import { type Command, InvalidArgumentError } from "commander";
 import { formatTable } from "../demo/report.ts";
 import { DEMO_DEFAULTS as D, runDemo } from "../demo/run.ts";
 import { POLICY_NAMES, type PolicyName } from "../routing/types.ts";
-import { opt, parseFloatArg, parseIntArg } from "../util/cli-options.ts";
+import { flagOpt, opt, parseFloatArg, parseIntArg } from "../util/cli-options.ts";
 
 function parsePolicies(v: string): PolicyName[] {
   const list = v
@@ -16,10 +16,6 @@ function parsePolicies(v: string): PolicyName[] {
   }
   return list as PolicyName[];
 }
-
-/** `--json` gives true; `KVSYNC_DEMO_JSON=0|false|no|off` false, any other value true. */
-const bool = (v: string | undefined): boolean =>
-  v === undefined || !["0", "false", "no", "off", ""].includes(v.toLowerCase());
 
 export function register(program: Command): void {
   program
@@ -75,7 +71,7 @@ export function register(program: Command): void {
         "KVSYNC_DEMO_PROGRESS_EVERY",
       ).argParser(parseIntArg),
     )
-    .addOption(opt("--json [bool]", "also print the result as JSON", "KVSYNC_DEMO_JSON").argParser(bool))
+    .addOption(flagOpt("--json", "also print the result as JSON", "KVSYNC_DEMO_JSON"))
     .action(async (a: Record<string, unknown>) => {
       const requests = a.requests as number;
       const policiesRaw = a.policies;

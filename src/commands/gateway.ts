@@ -5,7 +5,7 @@ import { GATEWAY_DEFAULTS } from "../gateway/server.ts";
 import { KV_AWARE_DEFAULTS } from "../routing/kv-aware.ts";
 import { PREFIX_APPROX_DEFAULTS } from "../routing/prefix-approx.ts";
 import { POLICY_NAMES, type PolicyName } from "../routing/types.ts";
-import { collect, opt, parseFloatArg, parseIntArg } from "../util/cli-options.ts";
+import { collect, flagOpt, opt, parseFloatArg, parseIntArg } from "../util/cli-options.ts";
 import { createLogger } from "../util/log.ts";
 
 function parsePolicy(v: string): PolicyName {
@@ -87,7 +87,12 @@ export function register(program: Command): void {
       ).argParser(parseList),
     )
     .addOption(
-      opt("--no-tokenizer-pool", "tokenize on the main thread (no worker pool)", "KVSYNC_NO_TOKENIZER_POOL"),
+      flagOpt(
+        "--tokenizer-pool",
+        "tokenize long prompts in a worker pool (false: on the main thread)",
+        "KVSYNC_TOKENIZER_POOL",
+        true,
+      ),
     )
     .addOption(
       opt(
@@ -138,7 +143,7 @@ export function register(program: Command): void {
       ).argParser(parseIntArg),
     )
     .addOption(
-      opt(
+      flagOpt(
         "--scrape-engine-metrics",
         "poll engines' /metrics (queue, running, KV usage) for kv-aware",
         "KVSYNC_SCRAPE_ENGINE_METRICS",

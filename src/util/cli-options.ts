@@ -23,3 +23,18 @@ export function parseFloatArg(value: string): number {
 export function collect(value: string, previous: string[] | undefined): string[] {
   return [...(previous ?? []), value];
 }
+
+/** Parses a boolean flag value: 0/false/no/off/"" are false, anything else true. */
+export function parseBoolArg(value: string | boolean | undefined): boolean {
+  if (typeof value === "boolean") return value; // commander passes the preset through the parser
+  return value === undefined || !["0", "false", "no", "off", ""].includes(value.trim().toLowerCase());
+}
+
+/**
+ * A boolean flag with an env-var twin that honours the variable's value (`KVSYNC_X=false` is
+ * off): commander's plain boolean flags turn on whenever the variable is set, whatever it says.
+ * `--x` alone is true, `--x false` is false.
+ */
+export function flagOpt(flag: string, description: string, env: string, defaultValue = false): Option {
+  return opt(`${flag} [bool]`, description, env, defaultValue).argParser(parseBoolArg).preset(true);
+}
