@@ -546,7 +546,7 @@ class Reader {
   }
 
   /** Skip one value of any type without materialising it. */
-  skip(depth: number): void {
+  skipValue(depth: number): void {
     this.need(1);
     const buf = this.buf;
     const b = buf[this.pos]!;
@@ -566,13 +566,13 @@ class Reader {
       if (depth > this.lim.maxDepth) overLimit("maxDepth", depth, this.lim.maxDepth);
       const n = this.arrayHeader();
       this.fits(n);
-      for (let i = 0; i < n; i++) this.skip(depth + 1);
+      for (let i = 0; i < n; i++) this.skipValue(depth + 1);
       return;
     }
     if ((b >= 0x80 && b <= 0x8f) || b === 0xde || b === 0xdf) {
       if (depth > this.lim.maxDepth) overLimit("maxDepth", depth, this.lim.maxDepth);
       const n = this.mapHeader();
-      for (let i = 0; i < 2 * n; i++) this.skip(depth + 1);
+      for (let i = 0; i < 2 * n; i++) this.skipValue(depth + 1);
       return;
     }
     let size: number;
@@ -757,7 +757,7 @@ class Reader {
       }
     }
     this.unknownKeys++;
-    this.skip(depth);
+    this.skipValue(depth);
     return 0;
   }
 
@@ -785,7 +785,7 @@ class Reader {
       if (type === 0 || type === T_CLEARED) {
         for (let i = 1; i < n; i++) {
           if (type === T_CLEARED) this.unknownKeys++;
-          this.skip(depth + 1);
+          this.skipValue(depth + 1);
         }
         if (type === 0) {
           this.unknownEvents++;
@@ -801,7 +801,7 @@ class Reader {
         if (i <= order.length) this.field(ev, type, order[i - 1]!, depth + 1);
         else {
           this.unknownKeys++;
-          this.skip(depth + 1);
+          this.skipValue(depth + 1);
         }
       }
       return ev;
@@ -821,14 +821,14 @@ class Reader {
         else this.pos = start;
         break;
       }
-      this.skip(depth + 1);
+      this.skipValue(depth + 1);
     }
     if (type < 0) this.bad("event map without a string 'type' key");
     if (type === 0 || type === T_CLEARED) {
       for (let i = from; i < n; i++) {
         const key = this.match(EVENT_KEY_TABLE, this.key());
         if (key !== K_TYPE && type === T_CLEARED) this.unknownKeys++;
-        this.skip(depth + 1);
+        this.skipValue(depth + 1);
       }
       if (type === 0) {
         this.unknownEvents++;
@@ -841,7 +841,7 @@ class Reader {
     for (let i = from; i < n; i++) {
       const key = this.match(EVENT_KEY_TABLE, this.key());
       if (key === K_TYPE) {
-        this.skip(depth + 1);
+        this.skipValue(depth + 1);
         continue;
       }
       seen |= this.field(ev, type, key, depth + 1);
@@ -876,7 +876,7 @@ class Reader {
       const dpRank = n >= 3 ? this.intOrNil("data_parallel_rank") : null;
       for (let i = 3; i < n; i++) {
         this.unknownKeys++;
-        this.skip(2);
+        this.skipValue(2);
       }
       return { ts, events, dpRank };
     }
@@ -892,7 +892,7 @@ class Reader {
       else if (key === K_DP_RANK) dpRank = this.intOrNil("data_parallel_rank");
       else {
         this.unknownKeys++;
-        this.skip(2);
+        this.skipValue(2);
       }
     }
     if (ts === null || events === null) this.bad("batch map without 'ts' or 'events'");
