@@ -206,6 +206,8 @@ export class SubscriberManager
             const t0 = performance.now();
             index.applyBatch(ref, batch);
             m.applySeconds.observe((performance.now() - t0) / 1000);
+            // live batches only: those applied during a replay are as old as the gap they fill
+            if (run.sub.state() === "live") m.lagSeconds.observe(Math.max(0, Date.now() / 1000 - batch.ts));
             m.batchesApplied.inc({ stream: id });
             m.eventsApplied.inc({ stream: id }, batch.events.length);
           } else {

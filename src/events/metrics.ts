@@ -19,6 +19,8 @@ export interface SubscriberMetrics {
   resyncs: Counter<"stream">;
   restarts: Counter<"stream">;
   applySeconds: Histogram<string>;
+  /** engine batch timestamp → applied in the index, for batches applied while the stream is live */
+  lagSeconds: Histogram<string>;
   /** forget a stream's labelled series */
   removeStream(streamId: string): void;
 }
@@ -55,6 +57,12 @@ export function createSubscriberMetrics(
       name: "kvsync_index_apply_duration_seconds",
       help: "time to apply one decoded event batch to the index",
       buckets: [1e-6, 5e-6, 2e-5, 1e-4, 5e-4, 2e-3, 1e-2, 5e-2, 0.25],
+      registers: [registry],
+    }),
+    lagSeconds: new Histogram({
+      name: "kvsync_subscriber_event_lag_seconds",
+      help: "time from an engine's batch timestamp to the batch applied in the index (live streams only; replayed batches are old by design; engine and router clocks must agree)",
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
       registers: [registry],
     }),
     removeStream(streamId: string): void {

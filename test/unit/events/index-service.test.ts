@@ -222,6 +222,8 @@ describe("kvsync index: admin API over real engines", () => {
       assert.ok(text.includes(name), `metrics lack ${name}`);
     }
     assert.match(text, /kvsync_subscriber_events_applied_total\{stream="pod-a"\} [1-9]/);
+    // live batches were timed from the engine's batch timestamp to their application
+    assert.match(text, /kvsync_subscriber_event_lag_seconds_count [1-9]/);
     svc.admin.route("POST", "/admin/route/explain", (_req, res) => {
       res.writeHead(200, { "content-type": "application/json" });
       res.end(JSON.stringify({ explained: true }));
