@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-// Runs Node's built-in test runner over every *.test.ts below the given folders (Node 20's
-// `--test` takes no globs). Extra args after `--` go to node (e.g. --test-name-pattern).
+// Runs Node's built-in test runner over every *.test.ts below the given folders, or the given
+// test files (Node 20's `--test` takes no globs). Extra args after `--` go to node (e.g. --test-name-pattern).
 import { spawnSync } from "node:child_process";
 import { readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
@@ -16,7 +16,10 @@ const walk = (d) => {
     else if (name.endsWith(".test.ts")) files.push(p);
   }
 };
-for (const d of dirs) walk(d);
+for (const d of dirs) {
+  if (statSync(d).isDirectory()) walk(d);
+  else files.push(d);
+}
 if (files.length === 0) {
   console.error(`no test files under ${dirs.join(", ")}`);
   process.exit(1);
