@@ -162,6 +162,10 @@ export class SyncPrefixIndex implements PrefixIndex {
   private readonly strHashes = new Map<number, string>();
   private eSlots: Int32Array;
   private eTombs = 0;
+  /** bumped by every change of eSlots but a hinted insert's own; eHint valid while eHintVer = eVer */
+  private eVer = 0;
+  private eHint = 0;
+  private eHintVer = -1;
 
   // blocks
   private b: Int32Array;
@@ -171,6 +175,9 @@ export class SyncPrefixIndex implements PrefixIndex {
   private blockCount = 0;
   private bSlots: Int32Array;
   private bTombs = 0;
+  private bVer = 0;
+  private bHint = 0;
+  private bHintVer = -1;
 
   // claims arena (vectors of stream << 3 | tiers)
   private cv = new Int32Array(1024);
@@ -361,10 +368,18 @@ export class SyncPrefixIndex implements PrefixIndex {
     const hh = mixHash(hi, lo, s);
     const fp = hh & 31;
     let i = home(hh, size) | 0;
+    let free = -1;
     for (;;) {
       const v = slots[i];
-      if (v === 0) return -1;
-      if (v >>> 27 === fp && v !== TOMB) {
+      if (v === 0) {
+        // where an insert of this key goes (first tombstone on the way, else this empty slot)
+        this.eHint = free === -1 ? i : free;
+        this.eHintVer = this.eVer;
+        return -1;
+      }
+      if (v === TOMB) {
+        if (free === -1) free = i;
+      } else if (v >>> 27 === fp) {
         const x = (v & IDX) - 1;
         const o = x * ES;
         if (e[o + HHI] === hi && e[o + HLO] === lo && (e[o + META] & ID_MASK) === meta) {
@@ -375,12 +390,22 @@ export class SyncPrefixIndex implements PrefixIndex {
     }
   }
 
-  /** Insert a new entry (not present); rebuilds the table when it gets too full. */
-  private insertSlot(ent: number): void {
+  /**
+   * Insert a new entry (not present); rebuilds the table when it gets too full. `hinted`: the
+   * last findEntry missed this very key, so its slot is reused unless the table changed since.
+   */
+  private insertSlot(ent: number, hinted: boolean): void {
     if (this.count + this.eTombs > this.eSlots.length * MAX_LOAD) this.rebuildEntryTable(ent);
     const slots = this.eSlots;
     const size = slots.length;
     const hh = this.entryHash(ent);
+    if (hinted && this.eHintVer === this.eVer) {
+      const i = this.eHint;
+      if (slots[i] === TOMB) this.eTombs--;
+      slots[i] = (ent + 1) | ((hh & 31) << 27);
+      this.eVer++;
+      return;
+    }
     let i = home(hh, size) | 0;
     for (;;) {
       const v = slots[i];
@@ -392,6 +417,7 @@ export class SyncPrefixIndex implements PrefixIndex {
       if (++i === size) i = 0;
     }
     slots[i] = (ent + 1) | ((hh & 31) << 27);
+    this.eVer++;
   }
 
   private deleteSlot(ent: number): void {
@@ -400,6 +426,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     let i = home(this.entryHash(ent), size) | 0;
     while ((slots[i] & IDX) !== ent + 1 || slots[i] === TOMB) if (++i === size) i = 0;
     this.eTombs += clearSlot(slots, i);
+    this.eVer++;
   }
 
   /** Fresh table with every live entry except `pending` (being inserted by the caller). */
@@ -417,6 +444,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     }
     this.eSlots = slots;
     this.eTombs = 0;
+    this.eVer++;
   }
 
   private allocEntry(): number {
@@ -444,10 +472,17 @@ export class SyncPrefixIndex implements PrefixIndex {
     const hh = mixHash(hi, lo, 0);
     const fp = hh & 31;
     let i = home(hh, size) | 0;
+    let free = -1;
     for (;;) {
       const v = slots[i];
-      if (v === 0) return -1;
-      if (v >>> 27 === fp && v !== TOMB) {
+      if (v === 0) {
+        this.bHint = free === -1 ? i : free;
+        this.bHintVer = this.bVer;
+        return -1;
+      }
+      if (v === TOMB) {
+        if (free === -1) free = i;
+      } else if (v >>> 27 === fp) {
         const o = ((v & IDX) - 1) * BS;
         if (b[o + KHI] === hi && b[o + KLO] === lo) return (v & IDX) - 1;
       }
@@ -478,7 +513,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     this.b[o + VEC] = 0;
     this.b[o + LC] = 0;
     this.blockCount++;
-    this.insertBlockSlot(x);
+    this.insertBlockSlot(x, true);
     return x;
   }
 
@@ -486,11 +521,19 @@ export class SyncPrefixIndex implements PrefixIndex {
     return mixHash(this.b[x * BS + KHI], this.b[x * BS + KLO], 0);
   }
 
-  private insertBlockSlot(x: number): void {
+  /** Insert a new block; `hinted` as for insertSlot (the last findBlock missed this key). */
+  private insertBlockSlot(x: number, hinted: boolean): void {
     if (this.blockCount + this.bTombs > this.bSlots.length * MAX_LOAD) this.rebuildBlockTable(x);
     const slots = this.bSlots;
     const size = slots.length;
     const hh = this.blockHash(x);
+    if (hinted && this.bHintVer === this.bVer) {
+      const i = this.bHint;
+      if (slots[i] === TOMB) this.bTombs--;
+      slots[i] = (x + 1) | ((hh & 31) << 27);
+      this.bVer++;
+      return;
+    }
     let i = home(hh, size) | 0;
     for (;;) {
       const v = slots[i];
@@ -502,6 +545,7 @@ export class SyncPrefixIndex implements PrefixIndex {
       if (++i === size) i = 0;
     }
     slots[i] = (x + 1) | ((hh & 31) << 27);
+    this.bVer++;
   }
 
   /** Fresh table with every live block except `pending` (being inserted by the caller). */
@@ -519,6 +563,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     }
     this.bSlots = slots;
     this.bTombs = 0;
+    this.bVer++;
   }
 
   private freeBlock(x: number): void {
@@ -527,6 +572,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     let i = home(this.blockHash(x), size) | 0;
     while ((slots[i] & IDX) !== x + 1 || slots[i] === TOMB) if (++i === size) i = 0;
     this.bTombs += clearSlot(slots, i);
+    this.bVer++;
     this.b[x * BS + LC] = 0;
     this.b[x * BS + KHI] = this.bFree;
     this.bFree = x;
@@ -986,7 +1032,7 @@ export class SyncPrefixIndex implements PrefixIndex {
         if (kind === KIND_STR) this.strHashes.set(ent, h);
         this.count++;
         this.sCount[s]++;
-        this.insertSlot(ent);
+        this.insertSlot(ent, true);
         this.linkHead(ent, s);
         if (have) {
           this.claim(ent, this.blockOf(k2[0], k2[1]));
