@@ -15,11 +15,13 @@
  *
  *   npm run bench:index        (KVSYNC_BENCH_QUICK=1 skips the 10M-entry memory run)
  */
+
 import { mkdirSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { unpack } from "msgpackr";
 import { createIndex, type PrefixIndex, type StreamRef } from "../src/index/index.ts";
+import { hashFromUint64Parts } from "../src/protocol/hash.ts";
 import {
   type BlockRemoved,
   type BlockStored,
@@ -55,17 +57,7 @@ const u32 = () => (r() * 4294967296) >>> 0;
 function randHash(): HashKey {
   const hi = u32();
   const lo = u32();
-  return String.fromCharCode(
-    0x75,
-    hi >>> 24,
-    (hi >>> 16) & 255,
-    (hi >>> 8) & 255,
-    hi & 255,
-    lo >>> 24,
-    (lo >>> 16) & 255,
-    (lo >>> 8) & 255,
-    lo & 255,
-  );
+  return hashFromUint64Parts(hi, lo);
 }
 function randTokens(n: number): number[] {
   const t = new Array<number>(n);

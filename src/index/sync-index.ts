@@ -24,6 +24,7 @@
  * rebuilt from the records at 85% (live + tombstones) to 50% live (25% below 256k live records).
  * Record arrays grow x2 up to 1M records, then x1.25, then x1.125 above 8M (bounded by the caps).
  */
+import { hashFromInt64NegParts, hashFromUint64Parts } from "../protocol/hash.ts";
 import type { BlockRemoved, BlockStored, EventBatch, HashKey } from "../protocol/types.ts";
 import { chainHash, namespaceKey, stringHash64 } from "./chain-hash.ts";
 import {
@@ -335,19 +336,9 @@ export class SyncPrefixIndex implements PrefixIndex {
     const o = ent * ES;
     const kind = (e[o + META] >>> 3) & 3;
     if (kind === KIND_STR) return this.strHashes.get(ent)!;
-    const hi = e[o + HHI];
-    const lo = e[o + HLO];
-    return String.fromCharCode(
-      kind === KIND_U ? 0x75 : 0x6e,
-      hi >>> 24,
-      (hi >>> 16) & 255,
-      (hi >>> 8) & 255,
-      hi & 255,
-      lo >>> 24,
-      (lo >>> 16) & 255,
-      (lo >>> 8) & 255,
-      lo & 255,
-    );
+    const hi = e[o + HHI] >>> 0;
+    const lo = e[o + HLO] >>> 0;
+    return kind === KIND_U ? hashFromUint64Parts(hi, lo) : hashFromInt64NegParts(hi, lo);
   }
 
   // ---------------------------------------------------------------- entry table

@@ -1,4 +1,5 @@
 import type { StreamRef } from "../../../src/index/types.ts";
+import { hashFromInt } from "../../../src/protocol/hash.ts";
 import type {
   AllBlocksCleared,
   BlockRemoved,
@@ -9,19 +10,7 @@ import type {
 
 /** HashKey of a non-negative integer (< 2^53): "u" + 8 big-endian bytes. */
 export function hk(n: number): HashKey {
-  const hi = Math.floor(n / 2 ** 32);
-  const lo = n >>> 0;
-  return String.fromCharCode(
-    0x75,
-    hi >>> 24,
-    (hi >>> 16) & 255,
-    (hi >>> 8) & 255,
-    hi & 255,
-    lo >>> 24,
-    (lo >>> 16) & 255,
-    (lo >>> 8) & 255,
-    lo & 255,
-  );
+  return hashFromInt(n);
 }
 
 export function stream(streamId: string, model = "m", pod?: string, rank: number | null = null): StreamRef {
