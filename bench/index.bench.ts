@@ -30,6 +30,7 @@ import {
   encodeBatch,
   type HashKey,
 } from "../src/protocol/index.ts";
+import { seededRandom } from "../src/util/rng.ts";
 
 const QUICK = process.env.KVSYNC_BENCH_QUICK === "1";
 const PODS = 100;
@@ -42,17 +43,7 @@ if (!maybeGc) {
 }
 const gc: () => void = maybeGc;
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-const r = rng(42);
+const r = seededRandom(42);
 const u32 = () => (r() * 4294967296) >>> 0;
 function randHash(): HashKey {
   const hi = u32();
