@@ -28,6 +28,7 @@ import { hashToText } from "../protocol/hash.ts";
 import type { Tokenizer } from "../tokenize/types.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
 import { badRequest, GatewayError, sendError, sendJson } from "./errors.ts";
+import { readBody } from "./request.ts";
 
 export const DEFAULT_BLOCK_SIZE = 16;
 
@@ -87,25 +88,6 @@ export interface AdminPodEntry {
 const methodNotAllowed = (allow: string) =>
   new GatewayError(405, "invalid_request_error", "method_not_allowed", `use ${allow}`);
 const notFoundError = (what: string) => new GatewayError(404, "invalid_request_error", "not_found", what);
-
-async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let n = 0;
-  for await (const c of req) {
-    n += (c as Buffer).length;
-    if (n > limit) {
-      req.resume();
-      throw new GatewayError(
-        413,
-        "invalid_request_error",
-        "request_too_large",
-        `request body exceeds ${limit} bytes`,
-      );
-    }
-    chunks.push(c as Buffer);
-  }
-  return Buffer.concat(chunks);
-}
 
 function isTokenIds(v: unknown): v is number[] {
   if (!Array.isArray(v)) return false;
