@@ -12,7 +12,7 @@ import {
 export { estimateTtft, KV_AWARE_DEFAULTS, KvAwarePolicy, reusableBlocks, savedTokens } from "./kv-aware.ts";
 export { LoadTracker } from "./load.ts";
 export { PREFIX_APPROX_DEFAULTS, PrefixApproxPolicy } from "./prefix-approx.ts";
-export { LeastRequestPolicy, RandomPolicy, RoundRobinPolicy, seededRandom } from "./simple.ts";
+export { LeastRequestPolicy, RandomPolicy, RoundRobinPolicy } from "./simple.ts";
 export * from "./types.ts";
 
 export interface PolicyDeps {

@@ -1,7 +1,6 @@
 import { seededRandom } from "../util/rng.ts";
+import { rankByScore } from "./kv-aware.ts";
 import type { LoadSource, RouteRequest, RoutingDecision, RoutingPolicy, ScoredCandidate } from "./types.ts";
-
-export { seededRandom };
 
 const NO_TIERS = { GPU: 0, CPU: 0, STORAGE: 0 };
 
@@ -28,13 +27,8 @@ export class LeastRequestPolicy implements RoutingPolicy {
   constructor(private readonly loads: LoadSource) {}
 
   route(req: RouteRequest): RoutingDecision {
-    const n = req.candidates.length;
-    const rot = n === 0 ? 0 : (req.dryRun ? this.rotation : this.rotation++) % n;
     const scored = plain(req, this.loads, (_i, s) => s.load.inflightRequests);
-    const ranked = scored
-      .map((s, i) => ({ s, tie: (i - rot + n) % n }))
-      .sort((a, b) => a.s.score - b.s.score || a.tie - b.tie)
-      .map((x) => x.s);
+    const ranked = rankByScore(scored, req.dryRun ? this.rotation : this.rotation++);
     return { policy: this.name, ranked };
   }
 }
