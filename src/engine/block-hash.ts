@@ -66,7 +66,3 @@ export function digestUint64Parts(d: Digest): { hi: number; lo: number } {
   const lo = ((byte(n - 4) << 24) | (byte(n - 3) << 16) | (byte(n - 2) << 8) | byte(n - 1)) >>> 0;
   return { hi, lo };
 }
-
-export function digestBytes(d: Digest): Uint8Array {
-  return Buffer.from(d, "latin1");
-}

@@ -358,9 +358,4 @@ export class Scheduler {
     }
     if (generated > 0) this.obs.onGenerated?.(generated);
   }
-
-  /** for `busy` bookkeeping in idle() */
-  get stepping(): boolean {
-    return this.busy;
-  }
 }
