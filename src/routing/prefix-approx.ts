@@ -57,6 +57,8 @@ export class PrefixApproxPolicy implements RoutingPolicy {
   private readonly now: () => number;
   private rotation = 0;
   private evictions = 0;
+  /** keys computed in `route`, reused by `onDispatched` for the same request */
+  private readonly keyCache = new WeakMap<RouteRequest, number[]>();
 
   constructor(
     private readonly loads: LoadSource,
@@ -78,8 +80,17 @@ export class PrefixApproxPolicy implements RoutingPolicy {
     return this.o.blockSize ?? req.ns.blockSize;
   }
 
-  /** Chained keys of the prompt's full blocks. */
+  /** Chained keys of the prompt's full blocks (hashed once per request). */
   private keys(req: RouteRequest): number[] {
+    let out = this.keyCache.get(req);
+    if (out === undefined) {
+      out = this.hashKeys(req);
+      this.keyCache.set(req, out);
+    }
+    return out;
+  }
+
+  private hashKeys(req: RouteRequest): number[] {
     const bs = this.blockSize(req);
     const t = req.tokenIds;
     const blocks = bs > 0 ? Math.floor(t.length / bs) : 0;
