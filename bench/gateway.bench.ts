@@ -23,7 +23,7 @@ import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { Pool } from "undici";
 import { createIndex, type PrefixIndex, type StreamRef } from "../src/index/index.ts";
-import { type BlockStored, type HashKey, hashFromUint64Parts } from "../src/protocol/index.ts";
+import { type BlockStored, type HashKey, hashFromInt } from "../src/protocol/index.ts";
 import { createPolicy, LoadTracker } from "../src/routing/index.ts";
 import type { Candidate, RouteRequest } from "../src/routing/types.ts";
 import { seededRandom } from "../src/util/rng.ts";
@@ -386,7 +386,7 @@ function routingBench(): {
   let hashCounter = 1_000_000;
   const freshHash = (): HashKey => {
     hashCounter++;
-    return hashFromUint64Parts(Math.floor(hashCounter / 4294967296), hashCounter >>> 0);
+    return hashFromInt(hashCounter);
   };
   const stored = (hashes: HashKey[], parent: HashKey | null, tokenIds: number[]): BlockStored => ({
     type: "BlockStored",

@@ -18,6 +18,7 @@ import {
   encodeBatch,
   hashFromBigInt,
   hashFromBytes,
+  hashFromUint64Parts,
   type KvEvent,
   type WireEra,
 } from "../src/protocol/index.ts";
@@ -44,7 +45,7 @@ function makeDataset(name: string, era: WireEra, bytesHashes: boolean, seed: num
       return hashFromBytes(b);
     }
     // sha256-derived uint64: uniformly distributed, so mostly >= 2^63 half the time
-    return hashFromBigInt((BigInt(Math.floor(r() * 2 ** 32)) << 32n) | BigInt(Math.floor(r() * 2 ** 32)));
+    return hashFromUint64Parts(Math.floor(r() * 2 ** 32), Math.floor(r() * 2 ** 32));
   };
   const payloads: Buffer[] = [];
   let hashes = 0;
