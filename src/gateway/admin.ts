@@ -22,6 +22,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Registry } from "prom-client";
 import type { PodInfo } from "../discovery/types.ts";
+import { streamIdOf } from "../events/manager.ts";
 import type { StreamStatus, SubscriberManagerLike } from "../events/types.ts";
 import type { PrefixIndex } from "../index/types.ts";
 import { hashToText } from "../protocol/hash.ts";
@@ -212,11 +213,11 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
       } else {
         if (pod && r >= pod.dataParallelSize)
           throw notFoundError(`pod ${JSON.stringify(name)} has no rank ${r}`);
-        streams = [{ id: `${name}#${r}`, rank: r }];
+        streams = [{ id: streamIdOf(name, r), rank: r }];
       }
     } else if (dp) {
       const n = pod?.dataParallelSize ?? statuses.length;
-      streams = Array.from({ length: n }, (_, r) => ({ id: `${name}#${r}`, rank: r }));
+      streams = Array.from({ length: n }, (_, r) => ({ id: streamIdOf(name, r), rank: r }));
     } else {
       streams = [{ id: name, rank: null }];
     }
