@@ -1,7 +1,8 @@
 import { type Command, InvalidArgumentError } from "commander";
 import { addDiscoveryOptions, discoveryOptionsFrom } from "../discovery/index.ts";
 import { startGateway } from "../gateway/gateway.ts";
-import { GATEWAY_DEFAULTS } from "../gateway/server.ts";
+import { DEFAULT_BLOCK_SIZE, GATEWAY_DEFAULTS } from "../gateway/server.ts";
+import { isPolicyName } from "../routing/index.ts";
 import { KV_AWARE_DEFAULTS } from "../routing/kv-aware.ts";
 import { PREFIX_APPROX_DEFAULTS } from "../routing/prefix-approx.ts";
 import { POLICY_NAMES, type PolicyName } from "../routing/types.ts";
@@ -9,7 +10,7 @@ import { collect, flagOpt, opt, parseFloatArg, parseIntArg } from "../util/cli-o
 import { createLogger } from "../util/log.ts";
 
 function parsePolicy(v: string): PolicyName {
-  if ((POLICY_NAMES as readonly string[]).includes(v)) return v as PolicyName;
+  if (isPolicyName(v)) return v;
   throw new InvalidArgumentError(`expected one of ${POLICY_NAMES.join(", ")}, got ${v}`);
 }
 
@@ -99,7 +100,7 @@ export function register(program: Command): void {
         "--block-size <n>",
         "engine block size when a pod does not declare one",
         "KVSYNC_BLOCK_SIZE",
-        16,
+        DEFAULT_BLOCK_SIZE,
       ).argParser(parseIntArg),
     )
     .addOption(

@@ -25,6 +25,7 @@ import type {
 import { isTokenizerError } from "../tokenize/errors.ts";
 import type { Tokenizer } from "../tokenize/types.ts";
 import { createLogger, type Logger } from "../util/log.ts";
+import { DEFAULT_BLOCK_SIZE } from "./admin.ts";
 import {
   GatewayError,
   noReadyPod,
@@ -39,7 +40,7 @@ import { type ParsedRequest, parseJsonBody, readBody, validateExplain, validateR
 import { eventData, SseSplitter } from "./sse.ts";
 import { classifyUpstreamError, isRetryableBeforeResponse, UpstreamPools } from "./upstream.ts";
 
-export const DEFAULT_BLOCK_SIZE = 16;
+export { DEFAULT_BLOCK_SIZE };
 /** non-streaming responses are buffered (to read their usage): at most this much */
 export const MAX_RESPONSE_BYTES = 256 * 1024 * 1024;
 
