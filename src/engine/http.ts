@@ -2,6 +2,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from "node:ht
 import type { AddressInfo } from "node:net";
 import { isTokenizerError, type TokenizerError } from "../tokenize/errors.ts";
 import type { ChatRequestLike } from "../tokenize/types.ts";
+import { sendJson } from "../util/http-json.ts";
 import type { MockEngine, Rank } from "./engine.ts";
 import { EngineRequest, type FinishReason, SchedulerFullError } from "./scheduler.ts";
 
@@ -38,12 +39,6 @@ export class HttpError extends Error {
 }
 
 type Json = Record<string, unknown>;
-
-function sendJson(res: ServerResponse, status: number, body: unknown): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text) });
-  res.end(text);
-}
 
 function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
@@ -604,10 +599,7 @@ export async function startHttpServer(
           { event: "http.client_error", path: url.pathname, status: e.status, msg: e.message },
           "bad request",
         );
-      if (res.headersSent) {
-        res.end();
-        return;
-      }
+      // after headers went out (a failing stream) sendJson only ends the response
       sendJson(res, e.status, {
         error: { message: e.message, type: e.type, param: e.param, code: e.status },
       });

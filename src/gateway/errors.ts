@@ -1,4 +1,7 @@
 import type { ServerResponse } from "node:http";
+import { sendJson } from "../util/http-json.ts";
+
+export { sendJson };
 
 /** OpenAI's error body: `{"error":{"message","type","param","code"}}`. */
 export interface OpenAiErrorBody {
@@ -39,25 +42,6 @@ export const upstreamFailed = (message: string) =>
   new GatewayError(502, "upstream_error", "upstream_error", message);
 export const upstreamTimeout = (message: string) =>
   new GatewayError(504, "upstream_error", "upstream_timeout", message);
-
-export function sendJson(
-  res: ServerResponse,
-  status: number,
-  body: unknown,
-  headers: Record<string, string> = {},
-): void {
-  if (res.headersSent) {
-    if (!res.writableEnded) res.end();
-    return;
-  }
-  const text = JSON.stringify(body);
-  res.writeHead(status, {
-    "content-type": "application/json",
-    "content-length": Buffer.byteLength(text),
-    ...headers,
-  });
-  res.end(text);
-}
 
 export function sendError(
   res: ServerResponse,
