@@ -18,13 +18,6 @@ export async function waitFor(cond: () => boolean, what: string, timeoutMs = 10_
   }
 }
 
-export interface ReplayMessage {
-  seq: number | null;
-  topic: string | null;
-  batch: EventBatch | null;
-  frames: number;
-}
-
 export class MirrorSubscriber {
   /** hash text -> tiers */
   readonly blocks = new Map<string, Set<string>>();
