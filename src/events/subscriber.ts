@@ -223,13 +223,12 @@ export class StreamSubscriber {
     this.sub = sub;
     const up = () => {
       if (this.closed || this.sub !== sub || this.connected) return;
-      this.connected = true;
       this.attempt = 0;
-      const first = !this.everConnected;
-      this.everConnected = true;
-      this.log.info({ event: "subscriber.connected", ...this.ctx(), first }, "connected");
-      if (first) this.tracker.start(this.opts.fromSeq, this.opts.initialReplay ?? true);
-      else this.tracker.reconnected();
+      this.log.info(
+        { event: "subscriber.connected", ...this.ctx(), first: !this.everConnected },
+        "connected",
+      );
+      this.markConnected();
       this.emitState();
     };
     sub.events.on("connect", up);
@@ -249,6 +248,15 @@ export class StreamSubscriber {
       return;
     }
     this.track(this.receiveLoop(sub));
+  }
+
+  /** The stream is up: start the tracker on the first connection, tell it about a reconnect after. */
+  private markConnected(): void {
+    this.connected = true;
+    const first = !this.everConnected;
+    this.everConnected = true;
+    if (first) this.tracker.start(this.opts.fromSeq, this.opts.initialReplay ?? true);
+    else this.tracker.reconnected();
   }
 
   /** Replace a broken SUB after a jittered, capped backoff. */
@@ -296,16 +304,7 @@ export class StreamSubscriber {
       return;
     }
     // a message proves the connection even if the monitor event is late
-    if (!this.connected) {
-      if (!this.everConnected) {
-        this.connected = true;
-        this.everConnected = true;
-        this.tracker.start(this.opts.fromSeq, this.opts.initialReplay ?? true);
-      } else {
-        this.connected = true;
-        this.tracker.reconnected();
-      }
-    }
+    if (!this.connected) this.markConnected();
     this.lastActivity = Date.now();
     this.tracker.onLive(seq, payload);
     this.emitState();
