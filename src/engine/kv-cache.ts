@@ -35,7 +35,6 @@ export class Block {
   digest: Digest | null = null;
   prev: Block | null = null;
   next: Block | null = null;
-  inFree = false;
   constructor(id: number) {
     this.id = id;
   }
@@ -196,7 +195,7 @@ export class KvCache {
   }
 
   /** Registers the request's blocks that are full once `computedTokens` tokens are computed. */
-  cacheFullBlocks(req: CacheRequest, computedTokens: number): void {
+  private cacheFullBlocks(req: CacheRequest, computedTokens: number): void {
     const full = Math.min(Math.floor(computedTokens / this.blockSize), req.digests.length, req.blocks.length);
     if (full <= req.numCachedBlocks) return;
     const first = req.numCachedBlocks;
@@ -227,7 +226,7 @@ export class KvCache {
     };
     this.events.push(stored);
     req.numCachedBlocks = full;
-    if (this.numCpuBlocks > 0) this.cpuStore(req.digests.slice(first, full), req.loraId, req.loraName);
+    if (this.numCpuBlocks > 0) this.cpuStore(req.digests, first, hashes, req.loraId, req.loraName);
   }
 
   /** Releases the request's blocks (reverse order: its tail is evicted first). */
@@ -297,7 +296,6 @@ export class KvCache {
     b.prev = last;
     b.next = this.tail;
     this.tail.prev = b;
-    b.inFree = true;
     this.numFree++;
   }
 
@@ -306,7 +304,6 @@ export class KvCache {
     b.next!.prev = b.prev;
     b.prev = null;
     b.next = null;
-    b.inFree = false;
     this.numFree--;
   }
 
@@ -342,10 +339,18 @@ export class KvCache {
     if (this.cpu.delete(d)) this.cpu.set(d, true);
   }
 
-  private cpuStore(digests: Digest[], loraId: number | null, loraName: string | null): void {
+  /** `digests[first + i]` for each published `hashes[i]` (those of the GPU BlockStored). */
+  private cpuStore(
+    digests: Digest[],
+    first: number,
+    hashes: HashKey[],
+    loraId: number | null,
+    loraName: string | null,
+  ): void {
     const stored: HashKey[] = [];
     const removed: HashKey[] = [];
-    for (const d of digests) {
+    for (let i = 0; i < hashes.length; i++) {
+      const d = digests[first + i];
       if (this.cpu.has(d)) {
         this.cpuTouch(d);
         continue;
@@ -361,7 +366,7 @@ export class KvCache {
         else removed.push(k);
       }
       this.cpu.set(d, true);
-      stored.push(this.hashOf(d));
+      stored.push(hashes[i]);
     }
     if (removed.length > 0) {
       this.events.push({
