@@ -358,16 +358,21 @@ export class HfTokenizer implements Tokenizer {
     this.core.cache.set(segment, ids);
   }
 
-  encodeTextSync(text: string, addSpecialTokens: boolean): number[] {
-    if (typeof text !== "string") throw new TokenizerError("bad_request", "prompt must be a string");
-    const segs = this.segmentsOf(text, addSpecialTokens);
-    if (segs === null) return this.encodeRaw(text, addSpecialTokens);
-    const { ids, missing } = this.lookup(segs);
+  /** Encode the `missing` segments here (no special tokens), add them to `ids` and the cache. */
+  encodeMissing(missing: string[], ids: Map<string, ArrayLike<number>>): void {
     for (const s of missing) {
       const enc = this.encodeRaw(s, false);
       ids.set(s, enc);
       this.remember(s, enc);
     }
+  }
+
+  encodeTextSync(text: string, addSpecialTokens: boolean): number[] {
+    if (typeof text !== "string") throw new TokenizerError("bad_request", "prompt must be a string");
+    const segs = this.segmentsOf(text, addSpecialTokens);
+    if (segs === null) return this.encodeRaw(text, addSpecialTokens);
+    const { ids, missing } = this.lookup(segs);
+    this.encodeMissing(missing, ids);
     return this.assemble(segs, ids);
   }
 

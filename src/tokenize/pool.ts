@@ -218,11 +218,7 @@ export class TokenizerPool implements Tokenizer {
     if (missChars <= this.inlineMaxChars) {
       this.counters.inline++;
       this.count("inline");
-      for (const s of missing) {
-        const enc = this.base.encodeRaw(s, false);
-        ids.set(s, enc);
-        this.base.remember(s, enc);
-      }
+      this.base.encodeMissing(missing, ids);
     } else {
       const encoded = await this.offload(missing, false);
       missing.forEach((s, i) => {
