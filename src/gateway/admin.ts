@@ -138,6 +138,25 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
     return [...seen.values()];
   };
 
+  /** One row of /admin/pods: a pod's stream, or the pod alone (`s` null) when it has none. */
+  const podEntry = (p: PodInfo, s: StreamStatus | null): AdminPodEntry => ({
+    name: p.name,
+    rank: s ? s.rank : null,
+    stream: s ? s.streamId : null,
+    model: p.model,
+    lora: [...p.loras],
+    ready: p.ready,
+    state: s ? s.state : null,
+    lastSeq: s ? s.lastSeq : null,
+    eventsApplied: s ? s.eventsApplied : 0,
+    blocks: s ? entryCount(s.streamId) : 0,
+    decodeErrors: s ? s.decodeErrors : 0,
+    gaps: s ? s.gaps : 0,
+    replays: s ? s.replays : 0,
+    resyncs: s ? s.resyncs : 0,
+    restarts: s ? (s.restarts ?? 0) : 0,
+  });
+
   const podsBody = (): AdminPodEntry[] => {
     const statuses = manager?.statuses() ?? [];
     const byPod = new Map<string, StreamStatus[]>();
@@ -150,45 +169,8 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
     const pods = podList().sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     for (const p of pods) {
       const streams = byPod.get(p.name) ?? [];
-      if (streams.length === 0) {
-        out.push({
-          name: p.name,
-          rank: null,
-          stream: null,
-          model: p.model,
-          lora: [...p.loras],
-          ready: p.ready,
-          state: null,
-          lastSeq: null,
-          eventsApplied: 0,
-          blocks: 0,
-          decodeErrors: 0,
-          gaps: 0,
-          replays: 0,
-          resyncs: 0,
-          restarts: 0,
-        });
-        continue;
-      }
-      for (const s of streams.sort((a, b) => (a.rank ?? -1) - (b.rank ?? -1))) {
-        out.push({
-          name: p.name,
-          rank: s.rank,
-          stream: s.streamId,
-          model: p.model,
-          lora: [...p.loras],
-          ready: p.ready,
-          state: s.state,
-          lastSeq: s.lastSeq,
-          eventsApplied: s.eventsApplied,
-          blocks: entryCount(s.streamId),
-          decodeErrors: s.decodeErrors,
-          gaps: s.gaps,
-          replays: s.replays,
-          resyncs: s.resyncs,
-          restarts: s.restarts ?? 0,
-        });
-      }
+      if (streams.length === 0) out.push(podEntry(p, null));
+      for (const s of streams.sort((a, b) => (a.rank ?? -1) - (b.rank ?? -1))) out.push(podEntry(p, s));
     }
     return out;
   };
