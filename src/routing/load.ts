@@ -33,15 +33,8 @@ export interface LoadTicket {
  */
 export class LoadTracker implements LoadSource {
   private readonly streams = new Map<string, StreamLoad>();
-  private engine: EngineLoadSource | null;
 
-  constructor(engine: EngineLoadSource | null = null) {
-    this.engine = engine;
-  }
-
-  setEngineSource(engine: EngineLoadSource | null): void {
-    this.engine = engine;
-  }
+  constructor(private readonly engine: EngineLoadSource | null = null) {}
 
   begin(streamId: string, prefillTokens: number): LoadTicket {
     let s = this.streams.get(streamId);

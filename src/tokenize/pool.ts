@@ -11,7 +11,7 @@ import { Worker } from "node:worker_threads";
 import type { Registry } from "prom-client";
 import { createLogger, type Logger } from "../util/log.ts";
 import { TokenizerError, type TokenizerErrorCode } from "./errors.ts";
-import { type HfTokenizer, type LoadOptions, loadTokenizer } from "./hf-tokenizer.ts";
+import type { HfTokenizer } from "./hf-tokenizer.ts";
 import { type TokenizerMetrics, tokenizerMetrics } from "./metrics.ts";
 import type { ChatRequestLike, Tokenizer } from "./types.ts";
 import type { WorkerRequest, WorkerResponse } from "./worker.ts";
@@ -122,14 +122,6 @@ export class TokenizerPool implements Tokenizer {
 
   private count(path: "inline" | "worker" | "fallback" | "rejected"): void {
     this.metrics?.encodes.inc({ model: this.base.model, path });
-  }
-
-  static async create(
-    model: string,
-    dir?: string,
-    opts: TokenizerPoolOptions & { load?: LoadOptions } = {},
-  ): Promise<TokenizerPool> {
-    return new TokenizerPool(await loadTokenizer(model, dir, opts.load), opts);
   }
 
   get model(): string {
