@@ -167,7 +167,7 @@ export async function startHttpServer(
   /** A request that could not run even alone in the whole cache is refused up front. */
   const checkFits = (promptLen: number, maxTokens: number | null): void => {
     const out = maxTokens ?? Math.min(o.maxOutputTokens, o.maxModelLen - promptLen);
-    const need = Math.ceil((promptLen + Math.max(0, out - 1)) / o.blockSize);
+    const need = engine.ranks[0].scheduler.blocksNeeded(promptLen, out); // same cache shape on every rank
     if (need > o.numGpuBlocks) {
       throw new HttpError(
         400,
@@ -300,7 +300,7 @@ export async function startHttpServer(
 
   const decodeText = (ids: number[]) => tok.decode(ids, true);
 
-  const watchClose = (req: IncomingMessage, res: ServerResponse) => {
+  const watchClose = (res: ServerResponse) => {
     const sig: AbortHooks = { aborted: false, onAborts: [] };
     res.on("close", () => {
       if (!res.writableFinished) {
@@ -308,7 +308,6 @@ export async function startHttpServer(
         for (const f of sig.onAborts) f();
       }
     });
-    void req;
     return sig;
   };
 
@@ -345,7 +344,7 @@ export async function startHttpServer(
     const rank = pickRank(req);
     const id = engine.nextId(chat ? "chatcmpl" : "cmpl");
     const created = Math.floor(Date.now() / 1000);
-    const sig = watchClose(req, res);
+    const sig = watchClose(res);
     const object = chat ? "chat.completion" : "text_completion";
 
     if (!stream) {
