@@ -1,4 +1,4 @@
-import { definedOnly } from "./kv-aware.ts";
+import { definedOnly, rankByScore } from "./kv-aware.ts";
 import type { LoadSource, RouteRequest, RoutingDecision, RoutingPolicy, ScoredCandidate } from "./types.ts";
 
 /** Knobs of prefix-approx (see docs/routing.md). */
@@ -131,7 +131,6 @@ export class PrefixApproxPolicy implements RoutingPolicy {
   }
 
   route(req: RouteRequest): RoutingDecision {
-    const n = req.candidates.length;
     const bs = this.blockSize(req);
     const keys = this.keys(req);
     const counts = this.matches(keys, new Set(req.candidates.map((c) => c.streamId)));
@@ -165,12 +164,8 @@ export class PrefixApproxPolicy implements RoutingPolicy {
         : s.load.inflightRequests * 1e6 - s.matchedBlocks;
       s.terms = { cacheMode: cacheMode ? 1 : 0, imbalanced: imbalanced ? 1 : 0 };
     }
-    const rot = n === 0 ? 0 : (req.dryRun ? this.rotation : this.rotation++) % n;
+    const ranked = rankByScore(scored, req.dryRun ? this.rotation : this.rotation++);
     if (this.rotation > 1e9) this.rotation = 0;
-    const ranked = scored
-      .map((s, i) => ({ s, tie: (i - rot + n) % n }))
-      .sort((a, b) => a.s.score - b.s.score || a.tie - b.tie)
-      .map((x) => x.s);
     return { policy: this.name, ranked };
   }
 
