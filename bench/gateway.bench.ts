@@ -27,6 +27,7 @@ import { type BlockStored, type HashKey, hashFromInt } from "../src/protocol/ind
 import { createPolicy, LoadTracker } from "../src/routing/index.ts";
 import type { Candidate, RouteRequest } from "../src/routing/types.ts";
 import { seededRandom } from "../src/util/rng.ts";
+import { pollUntil } from "../test/helpers/wait.ts";
 
 const QUICK = process.env.KVSYNC_BENCH_QUICK === "1";
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -126,12 +127,12 @@ function freePort(): Promise<number> {
 }
 
 async function waitUntil(what: string, cond: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await cond().catch(() => false)) return;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for: ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  await pollUntil(
+    () => cond().catch(() => false),
+    timeoutMs,
+    50,
+    () => new Error(`timed out after ${timeoutMs} ms waiting for: ${what}`),
+  );
 }
 
 function which(cmd: string): string | null {

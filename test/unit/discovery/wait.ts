@@ -1,3 +1,5 @@
+import { pollUntil } from "../../helpers/wait.ts";
+
 /**
  * Wait until `cond()` is truthy (polling every `intervalMs`), or fail after `timeoutMs` with a
  * message naming what did not happen (and the last value seen, when `describe` is given).
@@ -8,21 +10,18 @@ export async function waitFor<T>(
   opts: { timeoutMs?: number; intervalMs?: number; describe?: () => unknown } = {},
 ): Promise<T> {
   const timeoutMs = opts.timeoutMs ?? 5000;
-  const intervalMs = opts.intervalMs ?? 10;
-  const deadline = Date.now() + timeoutMs;
   let lastErr: unknown;
-  for (;;) {
+  const attempt = async (): Promise<T | undefined> => {
     try {
-      const v = await cond();
-      if (v) return v;
+      return await cond();
     } catch (err) {
       lastErr = err;
+      return undefined;
     }
-    if (Date.now() > deadline) {
-      const state = opts.describe ? ` (last state: ${JSON.stringify(opts.describe())})` : "";
-      const err = lastErr ? ` (last error: ${(lastErr as Error).message})` : "";
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${state}${err}`);
-    }
-    await new Promise((r) => setTimeout(r, intervalMs));
-  }
+  };
+  return pollUntil(attempt, timeoutMs, opts.intervalMs ?? 10, () => {
+    const state = opts.describe ? ` (last state: ${JSON.stringify(opts.describe())})` : "";
+    const err = lastErr ? ` (last error: ${(lastErr as Error).message})` : "";
+    return new Error(`timed out after ${timeoutMs} ms waiting for ${what}${state}${err}`);
+  }) as Promise<T>;
 }

@@ -9,13 +9,10 @@ import { decodePubMessage } from "../../../src/protocol/frames.ts";
 import { hashToText } from "../../../src/protocol/hash.ts";
 import { decodeReplayResponse, encodeReplayRequest } from "../../../src/protocol/replay.ts";
 import { type EventBatch, tierOf } from "../../../src/protocol/types.ts";
+import { pollUntil } from "../../helpers/wait.ts";
 
 export async function waitFor(cond: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
+  await pollUntil(cond, timeoutMs, 5, () => new Error(`timed out after ${timeoutMs} ms waiting for ${what}`));
 }
 
 export class MirrorSubscriber {

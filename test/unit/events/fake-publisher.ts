@@ -7,6 +7,7 @@
 import * as zmq from "zeromq";
 import { encodePubMessage } from "../../../src/protocol/frames.ts";
 import { decodeReplayRequest, encodeReplayEnd, encodeReplayResponse } from "../../../src/protocol/replay.ts";
+import { pollUntil } from "../../helpers/wait.ts";
 
 export interface FakePublisherOptions {
   topic?: string;
@@ -150,9 +151,10 @@ export async function waitFor(
   timeoutMs = 5000,
   detail: () => unknown = () => undefined,
 ): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(detail())}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
+  await pollUntil(
+    cond,
+    timeoutMs,
+    10,
+    () => new Error(`timed out waiting for ${what}: ${JSON.stringify(detail())}`),
+  );
 }

@@ -5,6 +5,7 @@ import type { PodInfo } from "../../../src/discovery/types.ts";
 import { type RunningEngine, type StartOptions, startEngine } from "../../../src/engine/engine.ts";
 import { type RunningGateway, type StartGatewayOptions, startGateway } from "../../../src/gateway/gateway.ts";
 import { silentLogger } from "../../../src/util/log.ts";
+import { pollUntil } from "../../helpers/wait.ts";
 
 export const MODEL = "Qwen/Qwen3-0.6B";
 
@@ -91,12 +92,12 @@ export async function waitFor(
   cond: () => boolean | Promise<boolean>,
   timeoutMs = 10_000,
 ): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await cond()) return;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for: ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  await pollUntil(
+    cond,
+    timeoutMs,
+    20,
+    () => new Error(`timed out after ${timeoutMs} ms waiting for: ${what}`),
+  );
 }
 
 /** A scripted HTTP "pod" for failure tests; `handler` decides what each request gets. */
