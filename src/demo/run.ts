@@ -132,7 +132,7 @@ async function startFleet(
       replay: e.replayEndpoint,
       dataParallelSize: 1,
       ready: true,
-      blockSize: 16,
+      blockSize: e.engine.o.blockSize,
     }));
     gw = await startGateway({
       pods,
