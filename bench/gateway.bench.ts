@@ -28,6 +28,7 @@ import { createPolicy, LoadTracker } from "../src/routing/index.ts";
 import type { Candidate, RouteRequest } from "../src/routing/types.ts";
 import { seededRandom } from "../src/util/rng.ts";
 import { pollUntil } from "../test/helpers/wait.ts";
+import { stored as storedEvent } from "../test/unit/index/helpers.ts";
 
 const QUICK = process.env.KVSYNC_BENCH_QUICK === "1";
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -389,21 +390,8 @@ function routingBench(): {
     hashCounter++;
     return hashFromInt(hashCounter);
   };
-  const stored = (hashes: HashKey[], parent: HashKey | null, tokenIds: number[]): BlockStored => ({
-    type: "BlockStored",
-    blockHashes: hashes,
-    parentBlockHash: parent,
-    tokenIds,
-    blockSize: BS,
-    loraId: null,
-    medium: "GPU",
-    loraName: null,
-    extraKeys: null,
-    groupIdx: null,
-    kvCacheSpecKind: null,
-    kvCacheSpecSlidingWindow: null,
-    locality: null,
-  });
+  const stored = (hashes: HashKey[], parent: HashKey | null, tokenIds: number[]): BlockStored =>
+    storedEvent(hashes, parent, tokenIds, { blockSize: BS });
   const index: PrefixIndex = createIndex({});
   const streams: StreamRef[] = Array.from({ length: PODS }, (_, i) => ({
     streamId: `pod-${i}`,

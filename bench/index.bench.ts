@@ -31,6 +31,7 @@ import {
   type HashKey,
 } from "../src/protocol/index.ts";
 import { seededRandom } from "../src/util/rng.ts";
+import { stored } from "../test/unit/index/helpers.ts";
 
 const QUICK = process.env.KVSYNC_BENCH_QUICK === "1";
 const PODS = 100;
@@ -68,21 +69,7 @@ function storedEv(
   tokenIds: number[],
   medium = "GPU",
 ): BlockStored {
-  return {
-    type: "BlockStored",
-    blockHashes: hashes,
-    parentBlockHash: parent,
-    tokenIds,
-    blockSize: BS,
-    loraId: null,
-    medium,
-    loraName: null,
-    extraKeys: null,
-    groupIdx: null,
-    kvCacheSpecKind: null,
-    kvCacheSpecSlidingWindow: null,
-    locality: null,
-  };
+  return stored(hashes, parent, tokenIds, { blockSize: BS, medium });
 }
 function removedEv(hashes: HashKey[]): BlockRemoved {
   return { type: "BlockRemoved", blockHashes: hashes, medium: "GPU", groupIdx: null, locality: null };
