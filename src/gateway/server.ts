@@ -329,17 +329,16 @@ export class GatewayCore {
     const blockSize = first.blockSize ?? this.o.defaultBlockSize;
     const candidates: Candidate[] = [];
     for (const p of pods) {
-      const dp = Math.max(1, Math.floor(p.dataParallelSize || 1));
-      for (let r = 0; r < dp; r++) {
-        const streamId = dp > 1 ? `${p.name}#${r}` : p.name;
+      const ids = streamIds(p);
+      ids.forEach((streamId, r) => {
         candidates.push({
           streamId,
           pod: p.name,
-          rank: dp > 1 ? r : null,
+          rank: ids.length > 1 ? r : null,
           http: p.http,
           live: this.opts.streamState(streamId) === "live",
         });
-      }
+      });
     }
     return { ns: { model: base, lora: isBase ? null : model, blockSize }, candidates };
   }
@@ -714,6 +713,7 @@ export class GatewayCore {
   }
 }
 
+/** A pod's event streams: "<pod>", or "<pod>#<rank>" per data-parallel rank. */
 function streamIds(p: PodInfo): string[] {
   const dp = Math.max(1, Math.floor(p.dataParallelSize || 1));
   if (dp === 1) return [p.name];
