@@ -56,9 +56,7 @@ function checkUrl(value: string, protocols: string[]): string | null {
     return `expected a ${protocols.map((p) => `${p}//`).join(" or ")} URL, got ${JSON.stringify(value)}`;
   }
   if (u.protocol !== "ipc:" && u.hostname === "") return `no host in ${JSON.stringify(value)}`;
-  if ((u.protocol === "tcp:" || u.protocol === "http:" || u.protocol === "https:") && u.port === "") {
-    if (u.protocol === "tcp:") return `no port in ${JSON.stringify(value)}`;
-  }
+  if (u.protocol === "tcp:" && u.port === "") return `no port in ${JSON.stringify(value)}`;
   return null;
 }
 
