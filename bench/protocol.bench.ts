@@ -23,6 +23,7 @@ import {
   type WireEra,
 } from "../src/protocol/index.ts";
 import { seededRandom } from "../src/util/rng.ts";
+import { stored } from "../test/unit/index/helpers.ts";
 
 const ROUNDS = Number(process.env.KVSYNC_BENCH_ROUNDS ?? 9);
 const BATCHES = Number(process.env.KVSYNC_BENCH_BATCHES ?? 2000);
@@ -55,21 +56,14 @@ function makeDataset(name: string, era: WireEra, bytesHashes: boolean, seed: num
     const blocks = 1 + Math.floor(r() * 32);
     const tokenIds: number[] = [];
     for (let t = 0; t < blocks * 16; t++) tokenIds.push(Math.floor(r() * 151_000));
-    const ev: BlockStored = {
-      type: "BlockStored",
-      blockHashes: Array.from({ length: blocks }, hash),
-      parentBlockHash: r() < 0.3 ? null : hash(),
+    const ev: BlockStored = stored(
+      Array.from({ length: blocks }, hash),
+      r() < 0.3 ? null : hash(),
       tokenIds,
-      blockSize: 16,
-      loraId: null,
-      medium: "GPU",
-      loraName: null,
-      extraKeys: null,
-      groupIdx: null,
-      kvCacheSpecKind: null,
-      kvCacheSpecSlidingWindow: null,
-      locality: null,
-    };
+      {
+        blockSize: 16,
+      },
+    );
     events.push(ev);
     hashes += blocks;
     if (r() < 0.2) {
