@@ -175,8 +175,8 @@ function parseEntry(raw: unknown, i: number, file: string, seen: Map<string, num
   return pod;
 }
 
-/** Read and validate an engines file. */
-export async function loadEnginesFile(path: string): Promise<PodInfo[]> {
+/** The text of an engines file; a missing, unreadable or oversized file is an `EnginesFileError`. */
+async function readEnginesText(path: string): Promise<string> {
   let buf: Buffer;
   try {
     buf = await readFile(path);
@@ -186,7 +186,12 @@ export async function loadEnginesFile(path: string): Promise<PodInfo[]> {
   }
   if (buf.length > MAX_FILE_BYTES)
     throw new EnginesFileError(path, `file larger than ${MAX_FILE_BYTES} bytes`);
-  return parseEnginesFile(buf.toString("utf8"), path);
+  return buf.toString("utf8");
+}
+
+/** Read and validate an engines file. */
+export async function loadEnginesFile(path: string): Promise<PodInfo[]> {
+  return parseEnginesFile(await readEnginesText(path), path);
 }
 
 export interface StaticFileSourceOptions {
@@ -265,7 +270,7 @@ export class StaticFileSource implements DiscoverySource {
     if (this.onEvent) throw new Error("StaticFileSource already started");
     this.onEvent = onEvent;
     this.stopped = false;
-    const text = await this.readText();
+    const text = await readEnginesText(this.file);
     const pods = parseEnginesFile(text, this.file);
     this.lastText = text;
     this.accept(pods);
@@ -337,26 +342,9 @@ export class StaticFileSource implements DiscoverySource {
     }, delay);
   }
 
-  private async readText(): Promise<string> {
-    let buf: Buffer;
-    try {
-      buf = await readFile(this.file);
-    } catch (err) {
-      const e = err as NodeJS.ErrnoException;
-      throw new EnginesFileError(
-        this.file,
-        e.code === "ENOENT" ? "file not found" : `cannot read: ${e.message}`,
-      );
-    }
-    if (buf.length > MAX_FILE_BYTES) {
-      throw new EnginesFileError(this.file, `file larger than ${MAX_FILE_BYTES} bytes`);
-    }
-    return buf.toString("utf8");
-  }
-
   private async reloadOnce(): Promise<void> {
     try {
-      const text = await this.readText();
+      const text = await readEnginesText(this.file);
       if (this.stopped) return;
       if (text === this.lastText && !this.bad) return;
       const pods = parseEnginesFile(text, this.file);
