@@ -1,15 +1,8 @@
 import type { Command } from "commander";
 import { startEngines } from "../engine/engine.ts";
 import { DEFAULT_ENGINE_OPTIONS as D } from "../engine/options.ts";
-import { collect, opt, parseFloatArg, parseIntArg } from "../util/cli-options.ts";
+import { collect, opt, parseChoice, parseFloatArg, parseIntArg } from "../util/cli-options.ts";
 import { createLogger } from "../util/log.ts";
-
-const choice =
-  <T extends string>(values: readonly T[]) =>
-  (v: string): T => {
-    if (!values.includes(v as T)) throw new Error(`expected one of ${values.join(", ")}, got ${v}`);
-    return v as T;
-  };
 
 const nullable = (v: string): string | null => (v === "" || v === "none" ? null : v);
 
@@ -90,12 +83,12 @@ export function register(program: Command): void {
     )
     .addOption(
       opt("--hash-format <f>", "int | bytes", "KVSYNC_HASH_FORMAT", D.hashFormat).argParser(
-        choice(["int", "bytes"]),
+        parseChoice(["int", "bytes"]),
       ),
     )
     .addOption(
       opt("--event-format <f>", "map (newest era) | array", "KVSYNC_EVENT_FORMAT", D.eventFormat).argParser(
-        choice(["map", "array"]),
+        parseChoice(["map", "array"]),
       ),
     )
     .addOption(
@@ -137,7 +130,7 @@ export function register(program: Command): void {
         "rank for requests without X-data-parallel-rank: least-loaded | round-robin",
         "KVSYNC_DP_ROUTING",
         D.dpRouting,
-      ).argParser(choice(["least-loaded", "round-robin"])),
+      ).argParser(parseChoice(["least-loaded", "round-robin"])),
     )
     .addOption(
       opt("--speed <x>", "timing-model speed-up factor", "KVSYNC_SPEED", D.speed).argParser(parseFloatArg),
@@ -207,7 +200,7 @@ export function register(program: Command): void {
         "BlockRemoved for duplicate copies of a hash: per-copy (as vLLM) | last-copy (one per hash)",
         "KVSYNC_REMOVED_EVENTS",
         D.removedEvents,
-      ).argParser(choice(["last-copy", "per-copy"])),
+      ).argParser(parseChoice(["last-copy", "per-copy"])),
     )
     .addOption(
       opt("--seed <n>", "seed of fault injection and synthetic output", "KVSYNC_SEED", D.seed).argParser(

@@ -38,3 +38,12 @@ export function parseBoolArg(value: string | boolean | undefined): boolean {
 export function flagOpt(flag: string, description: string, env: string, defaultValue = false): Option {
   return opt(`${flag} [bool]`, description, env, defaultValue).argParser(parseBoolArg).preset(true);
 }
+
+/** Parser for a flag taking one of `values` (a clean commander usage error otherwise). */
+export function parseChoice<T extends string>(values: readonly T[]): (value: string) => T {
+  return (value) => {
+    if (!(values as readonly string[]).includes(value))
+      throw new InvalidArgumentError(`expected one of ${values.join(", ")}, got ${value}`);
+    return value as T;
+  };
+}
