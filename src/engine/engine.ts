@@ -41,6 +41,33 @@ const WORDS =
     " ",
   );
 
+const vocabs = new WeakMap<Tokenizer, Promise<number[]>>();
+
+/** Token ids of the synthetic output: computed once per tokenizer, shared by every engine/replica. */
+function outputVocab(tokenizer: Tokenizer): Promise<number[]> {
+  let v = vocabs.get(tokenizer);
+  if (v === undefined) {
+    v = buildVocab(tokenizer);
+    vocabs.set(tokenizer, v);
+    v.catch(() => vocabs.delete(tokenizer));
+  }
+  return v;
+}
+
+async function buildVocab(tokenizer: Tokenizer): Promise<number[]> {
+  const ids: number[] = [];
+  for (const w of WORDS) {
+    const enc = await tokenizer.encodePrompt(` ${w}`, false);
+    if (enc.length === 1 && !ids.includes(enc[0])) ids.push(enc[0]);
+  }
+  if (ids.length < 8) {
+    // an unusual tokenizer: fall back to whatever a plain sentence encodes to
+    const enc = await tokenizer.encodePrompt(` ${WORDS.join(" ")}`, false);
+    for (const id of enc) if (!ids.includes(id) && !tokenizer.eosTokenIds.includes(id)) ids.push(id);
+  }
+  return ids;
+}
+
 export class MockEngine {
   readonly o: EngineOptions;
   readonly tokenizer: Tokenizer;
@@ -144,17 +171,7 @@ export class MockEngine {
   }
 
   async init(): Promise<void> {
-    const ids: number[] = [];
-    for (const w of WORDS) {
-      const enc = await this.tokenizer.encodePrompt(` ${w}`, false);
-      if (enc.length === 1 && !ids.includes(enc[0])) ids.push(enc[0]);
-    }
-    if (ids.length < 8) {
-      // an unusual tokenizer: fall back to whatever a plain sentence encodes to
-      const enc = await this.tokenizer.encodePrompt(` ${WORDS.join(" ")}`, false);
-      for (const id of enc) if (!ids.includes(id) && !this.tokenizer.eosTokenIds.includes(id)) ids.push(id);
-    }
-    this.vocab = ids;
+    this.vocab = await outputVocab(this.tokenizer);
     for (const r of this.ranks) await r.publisher?.start();
   }
 
