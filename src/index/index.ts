@@ -36,7 +36,7 @@ export type IndexBackend = "sync" | "reference";
 
 /** The production index (typed arrays); `backend: "reference"` gives the Map-based oracle. */
 export function createIndex(
-  opts: IndexOptions & { backend?: IndexBackend; initialCapacity?: number } = {},
+  opts: IndexOptions & { backend?: IndexBackend; initialCapacity?: number; pageBits?: number } = {},
 ): PrefixIndex {
   return opts.backend === "reference" ? new ReferenceIndex(opts) : new SyncPrefixIndex(opts);
 }

@@ -22,7 +22,11 @@
  * 27 bits and a 5-bit fingerprint of the hash above them (probes rarely touch a record that is
  * not the one looked for), deletions leave tombstones (none at a cluster's end), and a table is
  * rebuilt from the records at 85% (live + tombstones) to 50% live (25% below 256k live records).
- * Record arrays grow x2 up to 1M records, then x1.25, then x1.125 above 8M (bounded by the caps).
+ * Records live in pages of 2^16 (entries 2 MiB, blocks 1 MiB): the first page grows x4 by
+ * copying until it is full, then growth adds a page. Nothing is copied or reallocated as a large
+ * index grows (no event-loop stall at 10M entries, and the process's external memory grows by
+ * the index's own size only, which keeps V8 from starting full GCs for allocations it made and
+ * dropped). Record x of a kind: page x >>> pageBits, offset (x & pageMask) * stride.
  */
 import { hashFromInt64NegParts, hashFromUint64Parts } from "../protocol/hash.ts";
 import type { BlockRemoved, BlockStored, EventBatch, HashKey } from "../protocol/types.ts";
@@ -91,11 +95,33 @@ const KIND_U = 0;
 const KIND_N = 1;
 const KIND_STR = 2;
 
-function grownCapacity(cur: number, need: number, max: number): number {
-  let c = Math.max(cur, 1024);
-  while (c < need)
-    c = c < 1 << 18 ? c * 4 : c < 1 << 20 ? c * 2 : c < 1 << 23 ? Math.ceil(c * 1.25) : Math.ceil(c * 1.125);
-  return Math.max(need, Math.min(c, max));
+/** records per page (default): 2 MiB of entries, 1 MiB of blocks */
+const PAGE_BITS = 16;
+
+/** the first page's next capacity: x4, up to a full page and at most `max` (the caps + 1) */
+function grownFirstPage(cur: number, page: number, max: number): number {
+  return Math.max(cur + 1, Math.min(Math.max(cur, 1024) * 4, page, max));
+}
+
+/** pages for `cap` records: one of min(cap, page) records, or full pages */
+function newPages(cap: number, stride: number, bits: number): Int32Array[] {
+  const page = 1 << bits;
+  if (cap <= page) return [new Int32Array(cap * stride)];
+  return Array.from({ length: Math.ceil(cap / page) }, () => new Int32Array(page * stride));
+}
+
+/** add room for at least one record: grow the first page by copying, or add a full page */
+function growPages(pages: Int32Array[], cap: number, stride: number, bits: number, max: number): number {
+  const page = 1 << bits;
+  if (cap < page) {
+    const n = grownFirstPage(cap, page, max);
+    const a = new Int32Array(n * stride);
+    a.set(pages[0]);
+    pages[0] = a;
+    return n;
+  }
+  pages.push(new Int32Array(page * stride));
+  return cap + page;
 }
 
 /** home slot of a hash in a table of `size` slots (any size < 2^27: multiply-shift, exact in doubles) */
@@ -152,8 +178,12 @@ export class SyncPrefixIndex implements PrefixIndex {
   private readonly countCopies: boolean;
   private readonly counters: IndexCounters = newCounters();
 
+  /** records per page = 1 << pb; pm = that - 1 */
+  private readonly pb: number;
+  private readonly pm: number;
+
   // entries
-  private e: Int32Array;
+  private readonly ep: Int32Array[];
   private eCap: number;
   private eUsed = 0;
   private eFree = -1;
@@ -169,7 +199,7 @@ export class SyncPrefixIndex implements PrefixIndex {
   private eHintVer = -1;
 
   // blocks
-  private b: Int32Array;
+  private readonly bp: Int32Array[];
   private bCap: number;
   private bUsed = 0;
   private bFree = -1;
@@ -228,7 +258,11 @@ export class SyncPrefixIndex implements PrefixIndex {
   private readonly mKeys = new Int32Array(CHUNK * 2);
   private readonly mBlks = new Int32Array(CHUNK);
 
-  constructor(opts: IndexOptions & { initialCapacity?: number } = {}) {
+  /**
+   * `initialCapacity`: records to allocate up front (no growth until then); `pageBits`: records
+   * per page as a power of two (default 16; tests use small pages to cross page boundaries).
+   */
+  constructor(opts: IndexOptions & { initialCapacity?: number; pageBits?: number } = {}) {
     const c = resolveCaps(opts);
     if (c.maxEntries > MAX_RECORDS) throw new RangeError(`maxEntries must be <= ${MAX_RECORDS}`);
     this.maxEntries = c.maxEntries;
@@ -236,10 +270,15 @@ export class SyncPrefixIndex implements PrefixIndex {
     this.onEvict = opts.onEvict;
     this.countCopies = opts.copies !== "set";
     const init = Math.max(16, Math.min(opts.initialCapacity ?? 1024, this.maxEntries));
-    this.eCap = init;
-    this.e = new Int32Array(init * ES);
-    this.bCap = init;
-    this.b = new Int32Array(init * BS);
+    const pb = opts.pageBits ?? PAGE_BITS;
+    if (!Number.isInteger(pb) || pb < 2 || pb > 24)
+      throw new RangeError("pageBits must be an integer in 2..24");
+    this.pb = pb;
+    this.pm = (1 << pb) - 1;
+    this.ep = newPages(init, ES, pb);
+    this.eCap = this.ep.length === 1 ? init : this.ep.length << pb;
+    this.bp = newPages(init, BS, pb);
+    this.bCap = this.eCap;
     this.eSlots = new Int32Array(tableSize(init));
     this.bSlots = new Int32Array(tableSize(init));
   }
@@ -332,8 +371,8 @@ export class SyncPrefixIndex implements PrefixIndex {
   }
 
   private hashKeyOf(ent: number): HashKey {
-    const e = this.e;
-    const o = ent * ES;
+    const e = this.ep[ent >>> this.pb];
+    const o = (ent & this.pm) * ES;
     const kind = (e[o + META] >>> 3) & 3;
     if (kind === KIND_STR) return this.strHashes.get(ent)!;
     const hi = e[o + HHI] >>> 0;
@@ -344,15 +383,18 @@ export class SyncPrefixIndex implements PrefixIndex {
   // ---------------------------------------------------------------- entry table
 
   private entryHash(ent: number): number {
-    const o = ent * ES;
-    return mixHash(this.e[o + HHI], this.e[o + HLO], this.e[o + META] >>> S_SHIFT);
+    const e = this.ep[ent >>> this.pb];
+    const o = (ent & this.pm) * ES;
+    return mixHash(e[o + HHI], e[o + HLO], e[o + META] >>> S_SHIFT);
   }
 
   /** Entry of (stream, hash) whose parsed form is in h2/kind, or -1. */
   private findEntry(s: number, kind: number, h: string): number {
     const hi = this.h2[0];
     const lo = this.h2[1];
-    const e = this.e;
+    const ep = this.ep;
+    const pb = this.pb;
+    const pm = this.pm;
     const slots = this.eSlots;
     const size = slots.length;
     const meta = (s << S_SHIFT) | (kind << 3);
@@ -372,7 +414,8 @@ export class SyncPrefixIndex implements PrefixIndex {
         if (free === -1) free = i;
       } else if (v >>> 27 === fp) {
         const x = (v & IDX) - 1;
-        const o = x * ES;
+        const e = ep[x >>> pb];
+        const o = (x & pm) * ES;
         if (e[o + HHI] === hi && e[o + HLO] === lo && (e[o + META] & ID_MASK) === meta) {
           if (kind !== KIND_STR || this.strHashes.get(x) === h) return x;
         }
@@ -424,14 +467,20 @@ export class SyncPrefixIndex implements PrefixIndex {
   private rebuildEntryTable(pending: number): void {
     const size = tableSize(this.count);
     const slots = new Int32Array(size);
-    const e = this.e;
-    for (let x = 0; x < this.eUsed; x++) {
-      const o = x * ES;
-      if (e[o + META] === 0 || x === pending) continue; // free records have no tier bit
-      const hh = mixHash(e[o + HHI], e[o + HLO], e[o + META] >>> S_SHIFT);
-      let i = home(hh, size) | 0;
-      while (slots[i] !== 0) if (++i === size) i = 0;
-      slots[i] = (x + 1) | ((hh & 31) << 27);
+    const pb = this.pb;
+    for (let p = 0; p << pb < this.eUsed; p++) {
+      const e = this.ep[p];
+      const first = p << pb;
+      const n = Math.min(this.eUsed - first, 1 << pb);
+      for (let r = 0; r < n; r++) {
+        const o = r * ES;
+        const x = first + r;
+        if (e[o + META] === 0 || x === pending) continue; // free records have no tier bit
+        const hh = mixHash(e[o + HHI], e[o + HLO], e[o + META] >>> S_SHIFT);
+        let i = home(hh, size) | 0;
+        while (slots[i] !== 0) if (++i === size) i = 0;
+        slots[i] = (x + 1) | ((hh & 31) << 27);
+      }
     }
     this.eSlots = slots;
     this.eTombs = 0;
@@ -441,16 +490,10 @@ export class SyncPrefixIndex implements PrefixIndex {
   private allocEntry(): number {
     if (this.eFree !== -1) {
       const x = this.eFree;
-      this.eFree = this.e[x * ES + BLOCK];
+      this.eFree = this.ep[x >>> this.pb][(x & this.pm) * ES + BLOCK];
       return x;
     }
-    if (this.eUsed === this.eCap) {
-      const cap = grownCapacity(this.eCap, this.eCap + 1, this.maxEntries + 1);
-      const a = new Int32Array(cap * ES);
-      a.set(this.e);
-      this.e = a;
-      this.eCap = cap;
-    }
+    if (this.eUsed === this.eCap) this.eCap = growPages(this.ep, this.eCap, ES, this.pb, this.maxEntries + 1);
     return this.eUsed++;
   }
 
@@ -459,7 +502,9 @@ export class SyncPrefixIndex implements PrefixIndex {
   private findBlock(hi: number, lo: number): number {
     const slots = this.bSlots;
     const size = slots.length;
-    const b = this.b;
+    const bp = this.bp;
+    const pb = this.pb;
+    const pm = this.pm;
     const hh = mixHash(hi, lo, 0);
     const fp = hh & 31;
     let i = home(hh, size) | 0;
@@ -474,8 +519,10 @@ export class SyncPrefixIndex implements PrefixIndex {
       if (v === TOMB) {
         if (free === -1) free = i;
       } else if (v >>> 27 === fp) {
-        const o = ((v & IDX) - 1) * BS;
-        if (b[o + KHI] === hi && b[o + KLO] === lo) return (v & IDX) - 1;
+        const x = (v & IDX) - 1;
+        const b = bp[x >>> pb];
+        const o = (x & pm) * BS;
+        if (b[o + KHI] === hi && b[o + KLO] === lo) return x;
       }
       if (++i === size) i = 0;
     }
@@ -487,29 +534,27 @@ export class SyncPrefixIndex implements PrefixIndex {
     let x: number;
     if (this.bFree !== -1) {
       x = this.bFree;
-      this.bFree = this.b[x * BS + KHI];
+      this.bFree = this.bp[x >>> this.pb][(x & this.pm) * BS + KHI];
     } else {
-      if (this.bUsed === this.bCap) {
-        const cap = grownCapacity(this.bCap, this.bCap + 1, this.maxEntries + 1);
-        const a = new Int32Array(cap * BS);
-        a.set(this.b);
-        this.b = a;
-        this.bCap = cap;
-      }
+      if (this.bUsed === this.bCap)
+        this.bCap = growPages(this.bp, this.bCap, BS, this.pb, this.maxEntries + 1);
       x = this.bUsed++;
     }
-    const o = x * BS;
-    this.b[o + KHI] = hi;
-    this.b[o + KLO] = lo;
-    this.b[o + VEC] = 0;
-    this.b[o + LC] = 0;
+    const b = this.bp[x >>> this.pb];
+    const o = (x & this.pm) * BS;
+    b[o + KHI] = hi;
+    b[o + KLO] = lo;
+    b[o + VEC] = 0;
+    b[o + LC] = 0;
     this.blockCount++;
     this.insertBlockSlot(x, true);
     return x;
   }
 
   private blockHash(x: number): number {
-    return mixHash(this.b[x * BS + KHI], this.b[x * BS + KLO], 0);
+    const b = this.bp[x >>> this.pb];
+    const o = (x & this.pm) * BS;
+    return mixHash(b[o + KHI], b[o + KLO], 0);
   }
 
   /** Insert a new block; `hinted` as for insertSlot (the last findBlock missed this key). */
@@ -543,14 +588,21 @@ export class SyncPrefixIndex implements PrefixIndex {
   private rebuildBlockTable(pending: number): void {
     const size = tableSize(this.blockCount);
     const slots = new Int32Array(size);
-    const b = this.b;
-    for (let x = 0; x < this.bUsed; x++) {
-      // live blocks always have at least one claim; free ones have none
-      if (b[x * BS + LC] === 0 || x === pending) continue;
-      const hh = mixHash(b[x * BS + KHI], b[x * BS + KLO], 0);
-      let i = home(hh, size) | 0;
-      while (slots[i] !== 0) if (++i === size) i = 0;
-      slots[i] = (x + 1) | ((hh & 31) << 27);
+    const pb = this.pb;
+    for (let p = 0; p << pb < this.bUsed; p++) {
+      const b = this.bp[p];
+      const first = p << pb;
+      const n = Math.min(this.bUsed - first, 1 << pb);
+      for (let r = 0; r < n; r++) {
+        const o = r * BS;
+        const x = first + r;
+        // live blocks always have at least one claim; free ones have none
+        if (b[o + LC] === 0 || x === pending) continue;
+        const hh = mixHash(b[o + KHI], b[o + KLO], 0);
+        let i = home(hh, size) | 0;
+        while (slots[i] !== 0) if (++i === size) i = 0;
+        slots[i] = (x + 1) | ((hh & 31) << 27);
+      }
     }
     this.bSlots = slots;
     this.bTombs = 0;
@@ -564,8 +616,10 @@ export class SyncPrefixIndex implements PrefixIndex {
     while ((slots[i] & IDX) !== x + 1 || slots[i] === TOMB) if (++i === size) i = 0;
     this.bTombs += clearSlot(slots, i);
     this.bVer++;
-    this.b[x * BS + LC] = 0;
-    this.b[x * BS + KHI] = this.bFree;
+    const b = this.bp[x >>> this.pb];
+    const o = (x & this.pm) * BS;
+    b[o + LC] = 0;
+    b[o + KHI] = this.bFree;
     this.bFree = x;
     this.blockCount--;
   }
@@ -643,9 +697,9 @@ export class SyncPrefixIndex implements PrefixIndex {
     this.cv = new Int32Array(Math.max(1024, this.cvUsed + 64));
     this.cvUsed = 0;
     this.cvFree.length = 0;
-    const b = this.b;
     for (let x = 0; x < this.bUsed; x++) {
-      const o = x * BS;
+      const b = this.bp[x >>> this.pb];
+      const o = (x & this.pm) * BS;
       const lc = b[o + LC];
       const cls = lc & 31;
       if (lc === 0 || cls === 0) continue;
@@ -659,8 +713,8 @@ export class SyncPrefixIndex implements PrefixIndex {
 
   /** Add one claim value to block x. */
   private vecPush(x: number, val: number): void {
-    const b = this.b;
-    const o = x * BS;
+    const b = this.bp[x >>> this.pb];
+    const o = (x & this.pm) * BS;
     const lc = b[o + LC];
     const len = lc >>> 5;
     let cls = lc & 31;
@@ -706,8 +760,8 @@ export class SyncPrefixIndex implements PrefixIndex {
 
   /** Remove one claim value from block x; frees the block when no claim is left. */
   private vecRemove(x: number, val: number): void {
-    const b = this.b;
-    const o = x * BS;
+    const b = this.bp[x >>> this.pb];
+    const o = (x & this.pm) * BS;
     const lc = b[o + LC];
     const len = lc >>> 5;
     const cls = lc & 31;
@@ -755,8 +809,8 @@ export class SyncPrefixIndex implements PrefixIndex {
 
   /** Replace one claim value of block x (tier change of one entry). */
   private vecReplace(x: number, oldVal: number, newVal: number): void {
-    const b = this.b;
-    const o = x * BS;
+    const b = this.bp[x >>> this.pb];
+    const o = (x & this.pm) * BS;
     const lc = b[o + LC];
     if ((lc & 31) === 0) {
       b[o + VEC] = newVal;
@@ -773,27 +827,31 @@ export class SyncPrefixIndex implements PrefixIndex {
   }
 
   private claim(ent: number, x: number): void {
-    const m = this.e[ent * ES + META];
-    this.e[ent * ES + BLOCK] = x;
+    const e = this.ep[ent >>> this.pb];
+    const o = (ent & this.pm) * ES;
+    const m = e[o + META];
+    e[o + BLOCK] = x;
     this.vecPush(x, ((m >>> S_SHIFT) << 3) | (m & 7));
   }
 
   private unclaim(ent: number): void {
-    const o = ent * ES;
-    const x = this.e[o + BLOCK];
+    const e = this.ep[ent >>> this.pb];
+    const o = (ent & this.pm) * ES;
+    const x = e[o + BLOCK];
     if (x < 0) return;
-    const m = this.e[o + META];
-    this.e[o + BLOCK] = -1;
+    const m = e[o + META];
+    e[o + BLOCK] = -1;
     this.vecRemove(x, ((m >>> S_SHIFT) << 3) | (m & 7));
   }
 
   /** Set an entry's tier bits, keeping its block claim in step. */
   private setTiers(ent: number, tiers: number): void {
-    const o = ent * ES;
-    const m = this.e[o + META];
+    const e = this.ep[ent >>> this.pb];
+    const o = (ent & this.pm) * ES;
+    const m = e[o + META];
     if ((m & 7) === tiers) return;
-    this.e[o + META] = (m & ~7) | tiers;
-    const x = this.e[o + BLOCK];
+    e[o + META] = (m & ~7) | tiers;
+    const x = e[o + BLOCK];
     if (x >= 0 && tiers !== 0) {
       const sv = (m >>> S_SHIFT) << 3;
       this.vecReplace(x, sv | (m & 7), sv | tiers);
@@ -803,34 +861,42 @@ export class SyncPrefixIndex implements PrefixIndex {
   // ---------------------------------------------------------------- LRU lists
 
   private linkHead(ent: number, s: number): void {
-    const e = this.e;
-    const o = ent * ES;
+    const ep = this.ep;
+    const pb = this.pb;
+    const pm = this.pm;
+    const e = ep[ent >>> pb];
+    const o = (ent & pm) * ES;
+    const sh = this.sHead[s];
     e[o + SPREV] = -1;
-    e[o + SNEXT] = this.sHead[s];
-    if (this.sHead[s] !== -1) e[this.sHead[s] * ES + SPREV] = ent;
+    e[o + SNEXT] = sh;
+    if (sh !== -1) ep[sh >>> pb][(sh & pm) * ES + SPREV] = ent;
     else this.sTail[s] = ent;
     this.sHead[s] = ent;
+    const gh = this.gHead;
     e[o + GPREV] = -1;
-    e[o + GNEXT] = this.gHead;
-    if (this.gHead !== -1) e[this.gHead * ES + GPREV] = ent;
+    e[o + GNEXT] = gh;
+    if (gh !== -1) ep[gh >>> pb][(gh & pm) * ES + GPREV] = ent;
     else this.gTail = ent;
     this.gHead = ent;
   }
 
   private unlink(ent: number, s: number): void {
-    const e = this.e;
-    const o = ent * ES;
+    const ep = this.ep;
+    const pb = this.pb;
+    const pm = this.pm;
+    const e = ep[ent >>> pb];
+    const o = (ent & pm) * ES;
     const sp = e[o + SPREV];
     const sn = e[o + SNEXT];
-    if (sp !== -1) e[sp * ES + SNEXT] = sn;
+    if (sp !== -1) ep[sp >>> pb][(sp & pm) * ES + SNEXT] = sn;
     else this.sHead[s] = sn;
-    if (sn !== -1) e[sn * ES + SPREV] = sp;
+    if (sn !== -1) ep[sn >>> pb][(sn & pm) * ES + SPREV] = sp;
     else this.sTail[s] = sp;
     const gp = e[o + GPREV];
     const gn = e[o + GNEXT];
-    if (gp !== -1) e[gp * ES + GNEXT] = gn;
+    if (gp !== -1) ep[gp >>> pb][(gp & pm) * ES + GNEXT] = gn;
     else this.gHead = gn;
-    if (gn !== -1) e[gn * ES + GPREV] = gp;
+    if (gn !== -1) ep[gn >>> pb][(gn & pm) * ES + GPREV] = gp;
     else this.gTail = gp;
   }
 
@@ -841,14 +907,15 @@ export class SyncPrefixIndex implements PrefixIndex {
   }
 
   private freeEntry(ent: number): void {
-    const o = ent * ES;
-    const s = this.e[o + META] >>> S_SHIFT;
+    const e = this.ep[ent >>> this.pb];
+    const o = (ent & this.pm) * ES;
+    const s = e[o + META] >>> S_SHIFT;
     this.deleteSlot(ent);
     this.unlink(ent, s);
     this.unclaim(ent);
-    if (((this.e[o + META] >>> 3) & 3) === KIND_STR) this.strHashes.delete(ent);
-    this.e[o + META] = 0;
-    this.e[o + BLOCK] = this.eFree;
+    if (((e[o + META] >>> 3) & 3) === KIND_STR) this.strHashes.delete(ent);
+    e[o + META] = 0;
+    e[o + BLOCK] = this.eFree;
     this.eFree = ent;
     this.count--;
     this.sCount[s]--;
@@ -862,7 +929,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     }
     if (this.count >= this.maxEntries) {
       const v = this.gTail;
-      const vs = this.e[v * ES + META] >>> S_SHIFT;
+      const vs = this.ep[v >>> this.pb][(v & this.pm) * ES + META] >>> S_SHIFT;
       this.freeEntry(v);
       this.counters.evictionsGlobal++;
       this.onEvict?.(this.streams[vs]!.ref.streamId, "global");
@@ -923,7 +990,10 @@ export class SyncPrefixIndex implements PrefixIndex {
     }
     const seedHi = this.nsSeeds[ns * 2];
     const seedLo = this.nsSeeds[ns * 2 + 1];
-    const e = this.e;
+    const ep = this.ep;
+    const bp = this.bp;
+    const pb = this.pb;
+    const pm = this.pm;
     let prevOk = true;
     let prevHi = 0;
     let prevLo = 0;
@@ -935,11 +1005,11 @@ export class SyncPrefixIndex implements PrefixIndex {
         const pe = this.findEntry(s, kind, parent);
         if (pe === -1) this.counters.orphanStores++;
         else {
-          const px = e[pe * ES + BLOCK];
+          const px = ep[pe >>> pb][(pe & pm) * ES + BLOCK];
           if (px !== -1) {
             prevOk = true;
-            prevHi = this.b[px * BS + KHI];
-            prevLo = this.b[px * BS + KLO];
+            prevHi = bp[px >>> pb][(px & pm) * BS + KHI];
+            prevLo = bp[px >>> pb][(px & pm) * BS + KLO];
           }
         }
       } else this.counters.orphanStores++;
@@ -992,18 +1062,23 @@ export class SyncPrefixIndex implements PrefixIndex {
       } else kind = this.parseHash(h);
       let ent = this.findEntry(s, kind, h);
       if (ent !== -1) {
-        const o = ent * ES;
-        const m = this.e[o + META];
+        const e = ep[ent >>> pb];
+        const o = (ent & pm) * ES;
+        const m = e[o + META];
         if ((m & bit) === 0) this.setTiers(ent, (m & 7) | bit);
         else if (this.countCopies) {
           // another physical copy of a hash the stream already holds on this tier
           const sh = 5 + 3 * (bit >>> 1);
-          if (((m >>> sh) & 7) < MAX_EXTRA) this.e[o + META] = m + (1 << sh);
+          if (((m >>> sh) & 7) < MAX_EXTRA) e[o + META] = m + (1 << sh);
           this.counters.duplicateStores++;
         }
         if (have) {
-          const x = this.e[o + BLOCK];
-          if (x === -1 || this.b[x * BS + KHI] !== k2[0] || this.b[x * BS + KLO] !== k2[1]) {
+          const x = e[o + BLOCK];
+          if (
+            x === -1 ||
+            bp[x >>> pb][(x & pm) * BS + KHI] !== k2[0] ||
+            bp[x >>> pb][(x & pm) * BS + KLO] !== k2[1]
+          ) {
             this.unclaim(ent);
             this.claim(ent, this.blockOf(k2[0], k2[1]));
           }
@@ -1014,8 +1089,8 @@ export class SyncPrefixIndex implements PrefixIndex {
         const hi = this.h2[0];
         const lo = this.h2[1];
         ent = this.allocEntry();
-        const a = this.e;
-        const o = ent * ES;
+        const a = ep[ent >>> pb];
+        const o = (ent & pm) * ES;
         a[o + META] = (s << S_SHIFT) | (kind << 3) | bit;
         a[o + BLOCK] = -1;
         a[o + HHI] = hi;
@@ -1029,11 +1104,13 @@ export class SyncPrefixIndex implements PrefixIndex {
           this.claim(ent, this.blockOf(k2[0], k2[1]));
         }
       }
-      const x = this.e[ent * ES + BLOCK];
+      const x = ep[ent >>> pb][(ent & pm) * ES + BLOCK];
       if (x !== -1) {
+        const b = bp[x >>> pb];
+        const o = (x & pm) * BS;
         prevOk = true;
-        prevHi = this.b[x * BS + KHI];
-        prevLo = this.b[x * BS + KLO];
+        prevHi = b[o + KHI];
+        prevLo = b[o + KLO];
       } else prevOk = false;
     }
   }
@@ -1099,15 +1176,21 @@ export class SyncPrefixIndex implements PrefixIndex {
         this.h2[1] = this.pHash[i * 3 + 1];
       } else kind = this.parseHash(h);
       const ent = this.findEntry(s, kind, h);
-      if (ent === -1 || (this.e[ent * ES + META] & bit) === 0) {
+      if (ent === -1) {
         this.counters.unknownRemovals++;
         continue;
       }
-      const m = this.e[ent * ES + META];
+      const e = this.ep[ent >>> this.pb];
+      const o = (ent & this.pm) * ES;
+      const m = e[o + META];
+      if ((m & bit) === 0) {
+        this.counters.unknownRemovals++;
+        continue;
+      }
       const sh = 5 + 3 * (bit >>> 1);
       if (((m >>> sh) & 7) !== 0) {
         // one of several copies removed: the stream still holds the hash on this tier
-        this.e[ent * ES + META] = m - (1 << sh);
+        e[o + META] = m - (1 << sh);
         continue;
       }
       const left = m & 7 & ~bit;
@@ -1119,7 +1202,7 @@ export class SyncPrefixIndex implements PrefixIndex {
   private clearStream(s: number): void {
     let x = this.sHead[s];
     while (x !== -1) {
-      const nx = this.e[x * ES + SNEXT];
+      const nx = this.ep[x >>> this.pb][(x & this.pm) * ES + SNEXT];
       this.freeEntry(x);
       x = nx;
     }
@@ -1144,7 +1227,9 @@ export class SyncPrefixIndex implements PrefixIndex {
     const seedHi = this.nsSeeds[nsId * 2];
     const seedLo = this.nsSeeds[nsId * 2 + 1];
     const n = Math.floor(tokenIds.length / bs);
-    const b = this.b;
+    const bp = this.bp;
+    const pb = this.pb;
+    const pm = this.pm;
     const cv = this.cv;
     // State as bitmaps over stream indexes, so a block held by many streams costs a few word
     // operations per 32 streams instead of a visit per (stream, block): alive[k * W + w] = the
@@ -1183,7 +1268,11 @@ export class SyncPrefixIndex implements PrefixIndex {
       for (let j = 0; j < m; j++) {
         const x = this.findBlock(keys[j * 2], keys[j * 2 + 1]);
         blks[j] = x;
-        if (x !== -1 && (b[x * BS + LC] & 31) !== 0) acc ^= cv[b[x * BS + VEC]];
+        if (x !== -1) {
+          const b = bp[x >>> pb];
+          const o = (x & pm) * BS;
+          if ((b[o + LC] & 31) !== 0) acc ^= cv[b[o + VEC]];
+        }
       }
       this.sink ^= acc;
       for (let j = 0; j < m; j++) {
@@ -1194,7 +1283,8 @@ export class SyncPrefixIndex implements PrefixIndex {
           done = true;
           break;
         }
-        const o = x * BS;
+        const b = bp[x >>> pb];
+        const o = (x & pm) * BS;
         const lc = b[o + LC];
         const inline = (lc & 31) === 0;
         const arr = inline ? b : cv;
@@ -1375,8 +1465,12 @@ export class SyncPrefixIndex implements PrefixIndex {
     const s = this.streamIdx.get(streamId);
     if (s === undefined) return [];
     const out: BlockClaim[] = [];
-    for (let x = this.sHead[s]; x !== -1; x = this.e[x * ES + SNEXT]) {
-      out.push({ hash: this.hashKeyOf(x), tiers: tiersFromBits(this.e[x * ES + META] & 7) });
+    const ep = this.ep;
+    for (let x = this.sHead[s]; x !== -1; x = ep[x >>> this.pb][(x & this.pm) * ES + SNEXT]) {
+      out.push({
+        hash: this.hashKeyOf(x),
+        tiers: tiersFromBits(ep[x >>> this.pb][(x & this.pm) * ES + META] & 7),
+      });
     }
     return out;
   }
@@ -1388,9 +1482,11 @@ export class SyncPrefixIndex implements PrefixIndex {
 
   stats(): IndexStats {
     const c = this.counters;
+    let pages = 0;
+    for (const p of this.ep) pages += p.byteLength;
+    for (const p of this.bp) pages += p.byteLength;
     const approxBytes =
-      this.e.byteLength +
-      this.b.byteLength +
+      pages +
       this.cv.byteLength +
       this.eSlots.byteLength +
       this.bSlots.byteLength +

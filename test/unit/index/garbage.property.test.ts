@@ -58,7 +58,7 @@ test("malformed events never throw; fast index == reference", () => {
       fc.array(fc.tuple(fc.nat(2), fc.array(evArb, { maxLength: 3 })), { maxLength: 40, size: "max" }),
       fc.integer({ min: 2, max: 30 }),
       (batches, cap) => {
-        const fast = createIndex({ backend: "sync", initialCapacity: 16, maxEntries: cap });
+        const fast = createIndex({ backend: "sync", initialCapacity: 16, pageBits: 2, maxEntries: cap });
         const ref = createIndex({ backend: "reference", maxEntries: cap });
         const ss = [stream("a"), stream("b"), stream("c", "m2")];
         for (const [s, evs] of batches) {

@@ -119,7 +119,7 @@ function run(
   cmds: Cmd[],
   caps: { maxEntries?: number; maxEntriesPerStream?: number; copies?: "count" | "set" },
 ) {
-  const fast = createIndex({ backend: "sync", initialCapacity: 16, ...caps });
+  const fast = createIndex({ backend: "sync", initialCapacity: 16, pageBits: 5, ...caps });
   const ref = createIndex({ backend: "reference", ...caps });
   const ids = new Map<string, number>();
   const engines = STREAMS.map((_, i) => new Engine(i, ids));
@@ -315,7 +315,7 @@ test("many streams (bitmaps of widely shared blocks, > 32 streams): fast == refe
   });
   fc.assert(
     fc.property(fc.array(opArb, { minLength: 50, maxLength: 400 }), (ops) => {
-      const fast = createIndex({ backend: "sync", initialCapacity: 16, copies: "count" });
+      const fast = createIndex({ backend: "sync", initialCapacity: 16, pageBits: 5, copies: "count" });
       const ref = createIndex({ backend: "reference", copies: "count" });
       const prompts = [0, 1, 2].map((p) => Array.from({ length: 20 }, (_, i) => (i < 4 ? i : p * 50 + i)));
       // engine hash of (stream, prompt, block); alt = a second engine hash for the same block
@@ -350,7 +350,7 @@ test("many streams (bitmaps of widely shared blocks, > 32 streams): fast == refe
 });
 
 test("past 2048 streams the claim vectors are re-laid out without bitmaps: fast == reference", () => {
-  const fast = createIndex({ backend: "sync", initialCapacity: 16 });
+  const fast = createIndex({ backend: "sync", initialCapacity: 16, pageBits: 6 });
   const ref = createIndex({ backend: "reference" });
   const ns = { model: "m", lora: null, blockSize: BS };
   const tokens = toks([1, 2, 3], BS);

@@ -478,76 +478,80 @@ for (const backend of ["sync", "reference"] as IndexBackend[]) {
   });
 }
 
-test("churn: 60k stores/removals over 8 streams (tombstones, table rebuilds, vector classes) agree with the reference", () => {
-  const fast = createIndex({
-    backend: "sync",
-    initialCapacity: 16,
-    maxEntries: 3000,
-    maxEntriesPerStream: 900,
-  });
-  const ref = createIndex({ backend: "reference", maxEntries: 3000, maxEntriesPerStream: 900 });
-  let x = 7;
-  const rnd = (n: number) => {
-    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
-    return (x >>> 8) % n;
-  };
-  const ss = Array.from({ length: 8 }, (_, i) => stream(`s${i}`));
-  let nonEmpty = 0;
-  for (let k = 0; k < 6000; k++) {
-    const s = ss[rnd(8)];
-    const si = Number(s.streamId.slice(1));
-    const chain = rnd(300);
-    const len = 1 + rnd(10);
-    const base = 1_000_000 * si + chain * 100;
-    const ids = Array.from({ length: len }, (_, j) => (chain % 40) * 100 + j);
-    const evs =
-      rnd(3) === 0
-        ? [
-            removed(
-              Array.from({ length: len }, (_, j) => hk(base + j)),
-              rnd(4) === 0 ? "CPU" : "GPU",
-            ),
-          ]
-        : rnd(5) === 0
-          ? [stored([hk(base + rnd(len))], null, [], { medium: "CPU" })]
-          : [
-              stored(
+// pageBits 16 (one page, grown by copying), 7 (first page grown, then 128-record pages), 2 (4-record pages)
+for (const pageBits of [16, 7, 2]) {
+  test(`churn: 60k stores/removals over 8 streams (tombstones, table rebuilds, vector classes, pages of 2^${pageBits}) agree with the reference`, () => {
+    const fast = createIndex({
+      backend: "sync",
+      initialCapacity: 16,
+      pageBits,
+      maxEntries: 3000,
+      maxEntriesPerStream: 900,
+    });
+    const ref = createIndex({ backend: "reference", maxEntries: 3000, maxEntriesPerStream: 900 });
+    let x = 7;
+    const rnd = (n: number) => {
+      x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+      return (x >>> 8) % n;
+    };
+    const ss = Array.from({ length: 8 }, (_, i) => stream(`s${i}`));
+    let nonEmpty = 0;
+    for (let k = 0; k < 6000; k++) {
+      const s = ss[rnd(8)];
+      const si = Number(s.streamId.slice(1));
+      const chain = rnd(300);
+      const len = 1 + rnd(10);
+      const base = 1_000_000 * si + chain * 100;
+      const ids = Array.from({ length: len }, (_, j) => (chain % 40) * 100 + j);
+      const evs =
+        rnd(3) === 0
+          ? [
+              removed(
                 Array.from({ length: len }, (_, j) => hk(base + j)),
-                null,
-                toks(ids),
+                rnd(4) === 0 ? "CPU" : "GPU",
               ),
-            ];
-    fast.applyBatch(s, batch(...evs));
-    ref.applyBatch(s, batch(...evs));
-    if (k % 1000 === 999) {
-      for (const t of ss) {
-        const a = fast
-          .streamBlocks(t.streamId)
-          .map((c) => `${c.hash}${c.tiers}`)
-          .sort();
-        const b = ref
-          .streamBlocks(t.streamId)
-          .map((c) => `${c.hash}${c.tiers}`)
-          .sort();
-        assert.deepEqual(a, b);
-      }
-      for (let c = 0; c < 40; c++) {
-        const q = toks(Array.from({ length: 10 }, (_, j) => c * 100 + j));
-        const m = fast.match(NS, q);
-        assert.deepEqual(m, ref.match(NS, q));
-        nonEmpty += m.length;
+            ]
+          : rnd(5) === 0
+            ? [stored([hk(base + rnd(len))], null, [], { medium: "CPU" })]
+            : [
+                stored(
+                  Array.from({ length: len }, (_, j) => hk(base + j)),
+                  null,
+                  toks(ids),
+                ),
+              ];
+      fast.applyBatch(s, batch(...evs));
+      ref.applyBatch(s, batch(...evs));
+      if (k % 1000 === 999) {
+        for (const t of ss) {
+          const a = fast
+            .streamBlocks(t.streamId)
+            .map((c) => `${c.hash}${c.tiers}`)
+            .sort();
+          const b = ref
+            .streamBlocks(t.streamId)
+            .map((c) => `${c.hash}${c.tiers}`)
+            .sort();
+          assert.deepEqual(a, b);
+        }
+        for (let c = 0; c < 40; c++) {
+          const q = toks(Array.from({ length: 10 }, (_, j) => c * 100 + j));
+          const m = fast.match(NS, q);
+          assert.deepEqual(m, ref.match(NS, q));
+          nonEmpty += m.length;
+        }
       }
     }
-  }
-  const fs = fast.stats();
-  const rs = ref.stats();
-  assert.deepEqual(
-    [fs.entries, fs.evictions, fs.unknownRemovals],
-    [rs.entries, rs.evictions, rs.unknownRemovals],
-  );
-  assert.ok((fs.evictions ?? 0) > 0);
-  assert.ok(nonEmpty > 100, `matches seen ${nonEmpty}`);
-});
+    const fs = fast.stats();
+    const rs = ref.stats();
+    assert.deepEqual(
+      [fs.entries, fs.evictions, fs.unknownRemovals],
+      [rs.entries, rs.evictions, rs.unknownRemovals],
+    );
+    assert.ok((fs.evictions ?? 0) > 0);
+    assert.ok(nonEmpty > 100, `matches seen ${nonEmpty}`);
+  });
+}
 
 test("inserts right after an eviction (the missed lookup's slot may be stale) stay findable", () => {
   // a full index: every new hash first evicts the least recently stored one, whose slot can be
@@ -578,4 +582,19 @@ test("inserts right after an eviction (the missed lookup's slot may be stale) st
   assert.equal(st.entries, 0);
   assert.equal(st.blocks, 0);
   assert.equal(st.evictions, n - cap);
+});
+
+test("paged records: growth adds pages without moving records; stats count every page", () => {
+  // 2^5-record pages: the first page grows 16 -> 32 by copying, then each growth adds a page
+  const ix = createIndex({ backend: "sync", initialCapacity: 16, pageBits: 5 });
+  const s = stream("a");
+  const n = 1000;
+  for (let k = 0; k < n; k++) ix.applyBatch(s, batch(stored([hk(k)], k === 0 ? null : hk(k - 1), toks([k]))));
+  const prompt = toks(Array.from({ length: n }, (_, k) => k));
+  assert.deepEqual(matched(ix, prompt), { a: n });
+  const st = ix.stats();
+  assert.equal(st.entries, n);
+  // 32 pages of entries (32 B each record) and of blocks (16 B): at least their bytes
+  assert.ok(st.approxBytes >= 32 * 32 * 48, `approxBytes ${st.approxBytes}`);
+  assert.throws(() => createIndex({ backend: "sync", pageBits: 1 }), /pageBits/);
 });
