@@ -124,10 +124,25 @@ function growPages(pages: Int32Array[], cap: number, stride: number, bits: numbe
   return cap + page;
 }
 
-/** home slot of a hash in a table of `size` slots (any size < 2^27: multiply-shift, exact in doubles) */
-const INV_2_26 = 1 / 67108864;
+/**
+ * Each table is split into SHARDS independent open-addressing tables by the top SHARD_BITS of
+ * the hash, each rebuilt on its own: a rebuild re-inserts 1/64 of the table, so no single event
+ * pays for the whole table (a 10M-entry index would otherwise stall its event loop for most of a
+ * second), and the shards, filling at the same rate, rebuild at different events.
+ * Hash bits: 0-4 fingerprint, 5-25 home within the shard, 26-31 shard.
+ */
+const SHARD_BITS = 6;
+const SHARDS = 1 << SHARD_BITS;
+const SHARD_SHIFT = 32 - SHARD_BITS;
+/**
+ * Below this many live records a full shard triggers a rebuild of every shard in one sequential
+ * pass over the records (at most ~30 ms here); above it only that shard is rebuilt.
+ */
+const WHOLE_REBUILD = 1 << 19;
+/** home slot of a hash in a shard of `size` slots (multiply-shift over 21 bits, exact in doubles) */
+const INV_2_21 = 1 / 2097152;
 function home(hh: number, size: number): number {
-  return (hh >>> 6) * size * INV_2_26;
+  return ((hh >>> 5) & 0x1fffff) * size * INV_2_21;
 }
 
 /**
@@ -151,8 +166,15 @@ function clearSlot(slots: Int32Array, i: number): number {
   return -freed;
 }
 
+/** slots for a shard with `live` records (SMALL_TABLE is for the whole table: all shards) */
 function tableSize(live: number): number {
-  return Math.max(64, Math.ceil(live / (live < SMALL_TABLE ? SMALL_LOAD : REBUILD_LOAD)));
+  return Math.max(64, Math.ceil(live / (live < SMALL_TABLE >> SHARD_BITS ? SMALL_LOAD : REBUILD_LOAD)));
+}
+
+/** SHARDS empty tables sized for `records` in all */
+function newShards(records: number): Int32Array[] {
+  const per = tableSize(Math.ceil(records / SHARDS));
+  return Array.from({ length: SHARDS }, () => new Int32Array(per));
 }
 
 function mixHash(a: number, b: number, c: number): number {
@@ -191,9 +213,11 @@ export class SyncPrefixIndex implements PrefixIndex {
   private gHead = -1;
   private gTail = -1;
   private readonly strHashes = new Map<number, string>();
-  private eSlots: Int32Array;
-  private eTombs = 0;
-  /** bumped by every change of eSlots but a hinted insert's own; eHint valid while eHintVer = eVer */
+  /** (stream, engine hash) -> entry: SHARDS tables, their live and tombstone counts */
+  private readonly eTabs: Int32Array[];
+  private readonly eLive = new Int32Array(SHARDS);
+  private readonly eTombs = new Int32Array(SHARDS);
+  /** bumped by every change of eTabs but a hinted insert's own; eHint valid while eHintVer = eVer */
   private eVer = 0;
   private eHint = 0;
   private eHintVer = -1;
@@ -204,8 +228,10 @@ export class SyncPrefixIndex implements PrefixIndex {
   private bUsed = 0;
   private bFree = -1;
   private blockCount = 0;
-  private bSlots: Int32Array;
-  private bTombs = 0;
+  /** (key hi, key lo) -> block */
+  private readonly bTabs: Int32Array[];
+  private readonly bLive = new Int32Array(SHARDS);
+  private readonly bTombs = new Int32Array(SHARDS);
   private bVer = 0;
   private bHint = 0;
   private bHintVer = -1;
@@ -279,8 +305,8 @@ export class SyncPrefixIndex implements PrefixIndex {
     this.eCap = this.ep.length === 1 ? init : this.ep.length << pb;
     this.bp = newPages(init, BS, pb);
     this.bCap = this.eCap;
-    this.eSlots = new Int32Array(tableSize(init));
-    this.bSlots = new Int32Array(tableSize(init));
+    this.eTabs = newShards(init);
+    this.bTabs = newShards(init);
   }
 
   // ---------------------------------------------------------------- streams / namespaces
@@ -395,10 +421,10 @@ export class SyncPrefixIndex implements PrefixIndex {
     const ep = this.ep;
     const pb = this.pb;
     const pm = this.pm;
-    const slots = this.eSlots;
-    const size = slots.length;
     const meta = (s << S_SHIFT) | (kind << 3);
     const hh = mixHash(hi, lo, s);
+    const slots = this.eTabs[hh >>> SHARD_SHIFT];
+    const size = slots.length;
     const fp = hh & 31;
     let i = home(hh, size) | 0;
     let free = -1;
@@ -429,13 +455,18 @@ export class SyncPrefixIndex implements PrefixIndex {
    * last findEntry missed this very key, so its slot is reused unless the table changed since.
    */
   private insertSlot(ent: number, hinted: boolean): void {
-    if (this.count + this.eTombs > this.eSlots.length * MAX_LOAD) this.rebuildEntryTable(ent);
-    const slots = this.eSlots;
-    const size = slots.length;
     const hh = this.entryHash(ent);
+    const k = hh >>> SHARD_SHIFT;
+    const live = ++this.eLive[k];
+    if (live + this.eTombs[k] > this.eTabs[k].length * MAX_LOAD) {
+      if (this.count < WHOLE_REBUILD) this.rebuildEntryTables(ent);
+      else this.rebuildEntryShard(k);
+    }
+    const slots = this.eTabs[k];
+    const size = slots.length;
     if (hinted && this.eHintVer === this.eVer) {
       const i = this.eHint;
-      if (slots[i] === TOMB) this.eTombs--;
+      if (slots[i] === TOMB) this.eTombs[k]--;
       slots[i] = (ent + 1) | ((hh & 31) << 27);
       this.eVer++;
       return;
@@ -445,7 +476,7 @@ export class SyncPrefixIndex implements PrefixIndex {
       const v = slots[i];
       if (v === 0) break;
       if (v === TOMB) {
-        this.eTombs--;
+        this.eTombs[k]--;
         break;
       }
       if (++i === size) i = 0;
@@ -455,18 +486,32 @@ export class SyncPrefixIndex implements PrefixIndex {
   }
 
   private deleteSlot(ent: number): void {
-    const slots = this.eSlots;
+    const hh = this.entryHash(ent);
+    const k = hh >>> SHARD_SHIFT;
+    const slots = this.eTabs[k];
     const size = slots.length;
-    let i = home(this.entryHash(ent), size) | 0;
+    let i = home(hh, size) | 0;
     while ((slots[i] & IDX) !== ent + 1 || slots[i] === TOMB) if (++i === size) i = 0;
-    this.eTombs += clearSlot(slots, i);
+    this.eTombs[k] += clearSlot(slots, i);
+    this.eLive[k]--;
     this.eVer++;
   }
 
-  /** Fresh table with every live entry except `pending` (being inserted by the caller). */
-  private rebuildEntryTable(pending: number): void {
-    const size = tableSize(this.count);
-    const slots = new Int32Array(size);
+  /**
+   * Shard k re-laid out for its live count (which includes an entry being inserted): its slots
+   * move to a fresh table (a slot keeps its fingerprint; the record is read for its home).
+   */
+  /**
+   * Every shard re-laid out for its live count, from one sequential pass over the records (cheaper
+   * per entry than a shard's rebuild, which reads its records at random), skipping `pending`
+   * (being inserted by the caller). Used while the index is small (WHOLE_REBUILD).
+   */
+  private rebuildEntryTables(pending: number): void {
+    const tabs = this.eTabs;
+    for (let k = 0; k < SHARDS; k++) {
+      tabs[k] = new Int32Array(tableSize(this.eLive[k]));
+      this.eTombs[k] = 0;
+    }
     const pb = this.pb;
     for (let p = 0; p << pb < this.eUsed; p++) {
       const e = this.ep[p];
@@ -477,13 +522,35 @@ export class SyncPrefixIndex implements PrefixIndex {
         const x = first + r;
         if (e[o + META] === 0 || x === pending) continue; // free records have no tier bit
         const hh = mixHash(e[o + HHI], e[o + HLO], e[o + META] >>> S_SHIFT);
+        const slots = tabs[hh >>> SHARD_SHIFT];
+        const size = slots.length;
         let i = home(hh, size) | 0;
         while (slots[i] !== 0) if (++i === size) i = 0;
         slots[i] = (x + 1) | ((hh & 31) << 27);
       }
     }
-    this.eSlots = slots;
-    this.eTombs = 0;
+    this.eVer++;
+  }
+
+  private rebuildEntryShard(k: number): void {
+    const old = this.eTabs[k];
+    const size = tableSize(this.eLive[k]);
+    const slots = new Int32Array(size);
+    const ep = this.ep;
+    const pb = this.pb;
+    const pm = this.pm;
+    for (let j = 0; j < old.length; j++) {
+      const v = old[j];
+      if (v === 0 || v === TOMB) continue;
+      const x = (v & IDX) - 1;
+      const e = ep[x >>> pb];
+      const o = (x & pm) * ES;
+      let i = home(mixHash(e[o + HHI], e[o + HLO], e[o + META] >>> S_SHIFT), size) | 0;
+      while (slots[i] !== 0) if (++i === size) i = 0;
+      slots[i] = v;
+    }
+    this.eTabs[k] = slots;
+    this.eTombs[k] = 0;
     this.eVer++;
   }
 
@@ -500,12 +567,12 @@ export class SyncPrefixIndex implements PrefixIndex {
   // ---------------------------------------------------------------- blocks
 
   private findBlock(hi: number, lo: number): number {
-    const slots = this.bSlots;
-    const size = slots.length;
     const bp = this.bp;
     const pb = this.pb;
     const pm = this.pm;
     const hh = mixHash(hi, lo, 0);
+    const slots = this.bTabs[hh >>> SHARD_SHIFT];
+    const size = slots.length;
     const fp = hh & 31;
     let i = home(hh, size) | 0;
     let free = -1;
@@ -559,13 +626,18 @@ export class SyncPrefixIndex implements PrefixIndex {
 
   /** Insert a new block; `hinted` as for insertSlot (the last findBlock missed this key). */
   private insertBlockSlot(x: number, hinted: boolean): void {
-    if (this.blockCount + this.bTombs > this.bSlots.length * MAX_LOAD) this.rebuildBlockTable(x);
-    const slots = this.bSlots;
-    const size = slots.length;
     const hh = this.blockHash(x);
+    const k = hh >>> SHARD_SHIFT;
+    const live = ++this.bLive[k];
+    if (live + this.bTombs[k] > this.bTabs[k].length * MAX_LOAD) {
+      if (this.blockCount < WHOLE_REBUILD) this.rebuildBlockTables(x);
+      else this.rebuildBlockShard(k);
+    }
+    const slots = this.bTabs[k];
+    const size = slots.length;
     if (hinted && this.bHintVer === this.bVer) {
       const i = this.bHint;
-      if (slots[i] === TOMB) this.bTombs--;
+      if (slots[i] === TOMB) this.bTombs[k]--;
       slots[i] = (x + 1) | ((hh & 31) << 27);
       this.bVer++;
       return;
@@ -575,7 +647,7 @@ export class SyncPrefixIndex implements PrefixIndex {
       const v = slots[i];
       if (v === 0) break;
       if (v === TOMB) {
-        this.bTombs--;
+        this.bTombs[k]--;
         break;
       }
       if (++i === size) i = 0;
@@ -584,10 +656,14 @@ export class SyncPrefixIndex implements PrefixIndex {
     this.bVer++;
   }
 
-  /** Fresh table with every live block except `pending` (being inserted by the caller). */
-  private rebuildBlockTable(pending: number): void {
-    const size = tableSize(this.blockCount);
-    const slots = new Int32Array(size);
+  /** Shard k of the block table re-laid out for its live count (as rebuildEntryShard). */
+  /** Every block shard re-laid out (as rebuildEntryTables). */
+  private rebuildBlockTables(pending: number): void {
+    const tabs = this.bTabs;
+    for (let k = 0; k < SHARDS; k++) {
+      tabs[k] = new Int32Array(tableSize(this.bLive[k]));
+      this.bTombs[k] = 0;
+    }
     const pb = this.pb;
     for (let p = 0; p << pb < this.bUsed; p++) {
       const b = this.bp[p];
@@ -599,22 +675,47 @@ export class SyncPrefixIndex implements PrefixIndex {
         // live blocks always have at least one claim; free ones have none
         if (b[o + LC] === 0 || x === pending) continue;
         const hh = mixHash(b[o + KHI], b[o + KLO], 0);
+        const slots = tabs[hh >>> SHARD_SHIFT];
+        const size = slots.length;
         let i = home(hh, size) | 0;
         while (slots[i] !== 0) if (++i === size) i = 0;
         slots[i] = (x + 1) | ((hh & 31) << 27);
       }
     }
-    this.bSlots = slots;
-    this.bTombs = 0;
+    this.bVer++;
+  }
+
+  private rebuildBlockShard(k: number): void {
+    const old = this.bTabs[k];
+    const size = tableSize(this.bLive[k]);
+    const slots = new Int32Array(size);
+    const bp = this.bp;
+    const pb = this.pb;
+    const pm = this.pm;
+    for (let j = 0; j < old.length; j++) {
+      const v = old[j];
+      if (v === 0 || v === TOMB) continue;
+      const x = (v & IDX) - 1;
+      const b = bp[x >>> pb];
+      const o = (x & pm) * BS;
+      let i = home(mixHash(b[o + KHI], b[o + KLO], 0), size) | 0;
+      while (slots[i] !== 0) if (++i === size) i = 0;
+      slots[i] = v;
+    }
+    this.bTabs[k] = slots;
+    this.bTombs[k] = 0;
     this.bVer++;
   }
 
   private freeBlock(x: number): void {
-    const slots = this.bSlots;
+    const hh = this.blockHash(x);
+    const k = hh >>> SHARD_SHIFT;
+    const slots = this.bTabs[k];
     const size = slots.length;
-    let i = home(this.blockHash(x), size) | 0;
+    let i = home(hh, size) | 0;
     while ((slots[i] & IDX) !== x + 1 || slots[i] === TOMB) if (++i === size) i = 0;
-    this.bTombs += clearSlot(slots, i);
+    this.bTombs[k] += clearSlot(slots, i);
+    this.bLive[k]--;
     this.bVer++;
     const b = this.bp[x >>> this.pb];
     const o = (x & this.pm) * BS;
@@ -1122,8 +1223,7 @@ export class SyncPrefixIndex implements PrefixIndex {
    */
   private touchSlots(s: number, hashes: HashKey[], keys: Int32Array, nKeys: number): void {
     let acc = 0;
-    const es = this.eSlots;
-    const esize = es.length;
+    const et = this.eTabs;
     let ph = this.pHash;
     if (ph.length < hashes.length * 3) {
       ph = new Int32Array(hashes.length * 3 + 192);
@@ -1139,14 +1239,15 @@ export class SyncPrefixIndex implements PrefixIndex {
       ph[i * 3] = hi;
       ph[i * 3 + 1] = lo;
       ph[i * 3 + 2] = kind;
-      const v = es[home(mixHash(hi, lo, s), esize) | 0];
-      acc ^= v;
+      const hh = mixHash(hi, lo, s);
+      const es = et[hh >>> SHARD_SHIFT];
+      acc ^= es[home(hh, es.length) | 0];
     }
-    const bsl = this.bSlots;
-    const bsize = bsl.length;
+    const bt = this.bTabs;
     for (let i = 0; i < nKeys; i++) {
-      const v = bsl[home(mixHash(keys[i * 2], keys[i * 2 + 1], 0), bsize) | 0];
-      acc ^= v;
+      const hh = mixHash(keys[i * 2], keys[i * 2 + 1], 0);
+      const bsl = bt[hh >>> SHARD_SHIFT];
+      acc ^= bsl[home(hh, bsl.length) | 0];
     }
     this.sink ^= acc;
   }
@@ -1485,13 +1586,9 @@ export class SyncPrefixIndex implements PrefixIndex {
     let pages = 0;
     for (const p of this.ep) pages += p.byteLength;
     for (const p of this.bp) pages += p.byteLength;
-    const approxBytes =
-      pages +
-      this.cv.byteLength +
-      this.eSlots.byteLength +
-      this.bSlots.byteLength +
-      this.strHashes.size * 96 +
-      this.streamIdx.size * 200;
+    for (const t of this.eTabs) pages += t.byteLength;
+    for (const t of this.bTabs) pages += t.byteLength;
+    const approxBytes = pages + this.cv.byteLength + this.strHashes.size * 96 + this.streamIdx.size * 200;
     return {
       entries: this.count,
       blocks: this.blockCount,
