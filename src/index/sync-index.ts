@@ -1224,6 +1224,9 @@ export class SyncPrefixIndex implements PrefixIndex {
   private touchSlots(s: number, hashes: HashKey[], keys: Int32Array, nKeys: number): void {
     let acc = 0;
     const et = this.eTabs;
+    const ep = this.ep;
+    const pb = this.pb;
+    const pm = this.pm;
     let ph = this.pHash;
     if (ph.length < hashes.length * 3) {
       ph = new Int32Array(hashes.length * 3 + 192);
@@ -1241,7 +1244,12 @@ export class SyncPrefixIndex implements PrefixIndex {
       ph[i * 3 + 2] = kind;
       const hh = mixHash(hi, lo, s);
       const es = et[hh >>> SHARD_SHIFT];
-      acc ^= es[home(hh, es.length) | 0];
+      const v = es[home(hh, es.length) | 0];
+      if (v !== 0 && v !== TOMB && v >>> 27 === (hh & 31)) {
+        // most likely this very entry (a re-store or a removal): its record too
+        const x = (v & IDX) - 1;
+        acc ^= ep[x >>> pb][(x & pm) * ES + META];
+      } else acc ^= v;
     }
     const bt = this.bTabs;
     for (let i = 0; i < nKeys; i++) {
