@@ -425,12 +425,23 @@ function memUsed(): number {
 function memoryPerEntry(
   target: number,
   podsPerChain: () => number,
-): { bytes: number; entries: number; blocks: number; sec: number } {
+): {
+  bytes: number;
+  entries: number;
+  blocks: number;
+  sec: number;
+  batchP50Ms: number;
+  batchP999Ms: number;
+  batchMaxMs: number;
+} {
   const t = performance.now();
   const before = memUsed();
   const mx = createIndex({ maxEntries: target + 1_000_000, maxEntriesPerStream: target });
   const CHAIN = 64;
   let entries = 0;
+  // the longest applyBatch: how long the event loop of a process embedding the index can stall
+  // while it grows (table rebuilds, record growth)
+  const batchMs: number[] = [];
   while (entries < target) {
     const tokens = randTokens(CHAIN * BS);
     const k = Math.min(podsPerChain(), Math.ceil((target - entries) / CHAIN));
@@ -439,22 +450,25 @@ function memoryPerEntry(
       const n = Math.min(CHAIN, target - entries);
       const hs = new Array<HashKey>(n);
       for (let i = 0; i < n; i++) hs[i] = randHash();
-      mx.applyBatch(streams[(start + j * 7) % PODS], {
-        ts: 0,
-        events: [storedEv(hs, null, tokens.slice(0, n * BS))],
-        dpRank: 0,
-      });
+      const evs = [storedEv(hs, null, tokens.slice(0, n * BS))];
+      const t0 = performance.now();
+      mx.applyBatch(streams[(start + j * 7) % PODS], { ts: 0, events: evs, dpRank: 0 });
+      batchMs.push(performance.now() - t0);
       entries += n;
     }
   }
   const after = memUsed();
   const s = mx.stats();
   if (s.entries !== target) throw new Error(`expected ${target} entries, index has ${s.entries}`);
+  batchMs.sort((a, b) => a - b);
   return {
     bytes: (after - before) / s.entries,
     entries: s.entries,
     blocks: s.blocks,
     sec: (performance.now() - t) / 1000,
+    batchP50Ms: batchMs[Math.floor(batchMs.length * 0.5)],
+    batchP999Ms: batchMs[Math.floor(batchMs.length * 0.999)],
+    batchMaxMs: batchMs[batchMs.length - 1],
   };
 }
 // drop the apply/match state first so it doesn't pollute the measurements
@@ -480,6 +494,10 @@ for (const [name, m] of [
   );
 }
 console.log("  target: <= 64 B/entry");
+const stallRun = mem10 ?? mem1;
+console.log(
+  `\nlongest applyBatch (64-block BlockStored) while building the ${stallRun === mem10 ? "10M" : "1M"}-entry index, wall: ${stallRun.batchMaxMs.toFixed(1)} ms (${(stallRun.batchMaxMs / stallRun.batchP50Ms).toFixed(0)}x the median batch, ${stallRun.batchP50Ms.toFixed(3)} ms; p99.9 ${stallRun.batchP999Ms.toFixed(2)} ms)`,
+);
 
 const result = {
   bench: "index",
@@ -506,6 +524,9 @@ const result = {
   bytesPerEntry1M: +mem1.bytes.toFixed(1),
   bytesPerEntry1MUnshared: +mem1u.bytes.toFixed(1),
   bytesPerEntry10M: mem10 ? +mem10.bytes.toFixed(1) : null,
+  growthMaxBatchMs: +stallRun.batchMaxMs.toFixed(2),
+  growthP999BatchMs: +stallRun.batchP999Ms.toFixed(3),
+  growthMedianBatchMs: +stallRun.batchP50Ms.toFixed(4),
   wireBytesPerBlockEvent: +bytesPerBlockOnWire.toFixed(1),
   targets: {
     apply: applyRate.cpu >= 2.5e6,

@@ -727,9 +727,13 @@ export class SyncPrefixIndex implements PrefixIndex {
 
   // ---------------------------------------------------------------- claim vectors
 
-  /** ints of a class-cls chunk: the vector, then for cls >= BM_CLS the holders' bitmaps */
+  /**
+   * ints of a class-cls chunk: the vector, then for cls >= BM_CLS the holders' bitmaps and a
+   * "shared" word: non-zero once some stream has had two claims in the vector at once (then a
+   * removal must rescan that stream's other claims for its bits; while zero it just clears them)
+   */
   private chunkSize(cls: number): number {
-    return (1 << cls) + (cls >= this.bmCls ? 3 * this.mW : 0);
+    return (1 << cls) + (cls >= this.bmCls ? 3 * this.mW + 1 : 0);
   }
 
   private cvAlloc(cls: number): number {
@@ -765,16 +769,19 @@ export class SyncPrefixIndex implements PrefixIndex {
     const cv = this.cv;
     const W = this.mW;
     const bm = off + (1 << cls);
-    cv.fill(0, bm, bm + 3 * W);
+    cv.fill(0, bm, bm + 3 * W + 1);
+    let shared = 0;
     for (let c = off; c < off + len; c++) {
       const v = cv[c];
       const s = v >>> 3;
       const bit = 1 << (s & 31);
       const w = bm + (s >>> 5);
+      if (((cv[w] | cv[w + W] | cv[w + 2 * W]) & bit) !== 0) shared = 1;
       if (v & 1) cv[w] |= bit;
       if (v & 2) cv[w + W] |= bit;
       if (v & 4) cv[w + 2 * W] |= bit;
     }
+    cv[bm + 3 * W] = shared;
   }
 
   /** Stream s's bits in the bitmaps of a class >= BM_CLS vector: the union of its claims' tiers. */
@@ -853,6 +860,7 @@ export class SyncPrefixIndex implements PrefixIndex {
       const W = this.mW;
       const w = off + (1 << cls) + (s >>> 5);
       const bit = 1 << (s & 31);
+      if (((cv[w] | cv[w + W] | cv[w + 2 * W]) & bit) !== 0) cv[off + (1 << cls) + 3 * W] = 1;
       if (val & 1) cv[w] |= bit;
       if (val & 2) cv[w + W] |= bit;
       if (val & 4) cv[w + 2 * W] |= bit;
@@ -872,6 +880,22 @@ export class SyncPrefixIndex implements PrefixIndex {
     }
     const cv = this.cv;
     const off = b[o + VEC];
+    if (cls >= this.bmCls && len > 2 && cv[off + (1 << cls) + 3 * this.mW] === 0) {
+      // no stream has two claims here: find the value, and the stream's bits just go
+      const last = off + len - 1;
+      let at = off;
+      while (at < last && cv[at] !== val) at++;
+      cv[at] = cv[last];
+      b[o + LC] = ((len - 1) << 5) | cls;
+      const s = val >>> 3;
+      const W = this.mW;
+      const w = off + (1 << cls) + (s >>> 5);
+      const bit = ~(1 << (s & 31));
+      cv[w] &= bit;
+      cv[w + W] &= bit;
+      cv[w + 2 * W] &= bit;
+      return;
+    }
     if (cls >= this.bmCls && len > 2) {
       // one pass: find the value, and the union of the stream's other claims for its bits
       const s = val >>> 3;

@@ -598,3 +598,30 @@ test("paged records: growth adds pages without moving records; stats count every
   assert.ok(st.approxBytes >= 32 * 32 * 48, `approxBytes ${st.approxBytes}`);
   assert.throws(() => createIndex({ backend: "sync", pageBits: 1 }), /pageBits/);
 });
+
+test("a block held by 20 streams (bitmap vector) where one stream holds it under two engine hashes: removals keep that stream's other claim", () => {
+  const fast = createIndex({ backend: "sync" });
+  const ref = createIndex({ backend: "reference" });
+  const ss = Array.from({ length: 20 }, (_, i) => stream(`s${String(i).padStart(2, "0")}`));
+  const both = (s: ReturnType<typeof stream>, ...evs: KvEvent[]) => {
+    fast.applyBatch(s, batch(...evs));
+    ref.applyBatch(s, batch(...evs));
+  };
+  const q = toks([1, 2]);
+  for (const [i, s] of ss.entries()) both(s, stored([hk(100 + i), hk(200 + i)], null, q));
+  // s00 also holds the same token blocks under other engine hashes, on CPU
+  both(ss[0], stored([hk(900), hk(901)], null, q, { medium: "CPU" }));
+  assert.deepEqual(fast.match(NS, q), ref.match(NS, q));
+  // its GPU copies go: it still holds both blocks on CPU
+  both(ss[0], removed([hk(100), hk(200)]));
+  // another stream's removal takes only that stream
+  both(ss[5], removed([hk(205)]));
+  const m = fast.match(NS, q);
+  assert.deepEqual(m, ref.match(NS, q));
+  const s00 = m.find((x) => x.streamId === "s00");
+  assert.deepEqual(s00?.tiers, { GPU: 0, CPU: 2, STORAGE: 0 });
+  assert.equal(m.find((x) => x.streamId === "s05")?.matchedBlocks, 1);
+  for (let i = 1; i < 20; i++) both(ss[i], removed([hk(100 + i), hk(200 + i)]));
+  assert.deepEqual(fast.match(NS, q), ref.match(NS, q));
+  assert.deepEqual(matched(fast, q), { s00: 2 });
+});
