@@ -401,10 +401,8 @@ interface Lat {
   cpuP99: number;
   streams: number;
 }
-function latencies(prompts: number[][], n: number): Lat {
-  for (let i = 0; i < 300; i++) ix.match(ns, prompts[i % prompts.length]);
-  const lat = new Float64Array(n);
-  const cpu = new Float64Array(n);
+/** per-call wall (µs) and CPU (µs) of n matches cycling through the prompts */
+function timeMatches(prompts: number[][], n: number, lat: Float64Array, cpu: Float64Array): number {
   let streamsMatched = 0;
   for (let i = 0; i < n; i++) {
     const p = prompts[i % prompts.length];
@@ -416,6 +414,15 @@ function latencies(prompts: number[][], n: number): Lat {
     cpu[i] = cu.user + cu.system;
     streamsMatched += m.length;
   }
+  return streamsMatched;
+}
+function latencies(prompts: number[][], n: number): Lat {
+  const lat = new Float64Array(n);
+  const cpu = new Float64Array(n);
+  // warm-up through the same timing loop: its first iterations (interpreted, then compiled on
+  // the fly) would otherwise put their own overhead into the tail
+  timeMatches(prompts, Math.min(n, 1000), lat, cpu);
+  const streamsMatched = timeMatches(prompts, n, lat, cpu);
   lat.sort();
   cpu.sort();
   const q = (a: Float64Array, f: number) => a[Math.floor(a.length * f)];
