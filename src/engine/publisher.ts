@@ -1,5 +1,6 @@
 import * as zmq from "zeromq";
 import { encodeBatch, type WireEra } from "../protocol/encode.ts";
+import { dataParallelEndpoint } from "../protocol/endpoints.ts";
 import { encodePubMessage } from "../protocol/frames.ts";
 import { decodeReplayRequest, encodeReplayResponse } from "../protocol/replay.ts";
 import type { KvEvent } from "../protocol/types.ts";
@@ -34,13 +35,12 @@ export function pubShouldBind(endpoint: string): boolean {
   );
 }
 
-/** Endpoint of data-parallel rank r (vLLM: tcp port + r; ipc/inproc get a suffix). */
+/**
+ * Endpoint the publisher of data-parallel rank r binds / connects (dataParallelEndpoint); a tcp
+ * endpoint without a numeric port ("*": ephemeral) stays as given, every rank gets its own port.
+ */
 export function offsetEndpoint(endpoint: string, offset: number): string {
-  if (offset === 0) return endpoint;
-  const m = /^(tcp:\/\/.*):(\d+)$/.exec(endpoint);
-  if (m !== null) return `${m[1]}:${Number(m[2]) + offset}`;
-  if (endpoint.startsWith("tcp://")) return endpoint; // "*" port: every rank gets its own ephemeral port
-  return `${endpoint}_dp${offset}`;
+  return dataParallelEndpoint(endpoint, offset) ?? endpoint;
 }
 
 /** Replace the host of a tcp endpoint (for `--hosts`). */

@@ -14,6 +14,7 @@ import { performance } from "node:perf_hooks";
 import type { Registry } from "prom-client";
 import type { PodInfo } from "../discovery/types.ts";
 import type { PrefixIndex, StreamRef } from "../index/types.ts";
+import { dataParallelEndpoint } from "../protocol/endpoints.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
 import { createSubscriberMetrics, type SubscriberMetrics } from "./metrics.ts";
 import { StreamSubscriber, type SubscriberOptions } from "./subscriber.ts";
@@ -38,18 +39,8 @@ export interface StreamSpec {
   replay: string | null;
 }
 
-/**
- * Endpoint of rank r: the TCP port + r (rank 0 keeps the endpoint as given); ipc/inproc paths get
- * a `_dp<r>` suffix (the mock engine's convention). null when there is no such endpoint.
- */
-export function rankEndpoint(endpoint: string, rank: number): string | null {
-  if (rank === 0) return endpoint;
-  const m = /^(tcp:\/\/.+:)(\d+)$/.exec(endpoint);
-  if (!m) return /^(ipc|inproc):\/\/./.test(endpoint) ? `${endpoint}_dp${rank}` : null;
-  const port = Number(m[2]) + rank;
-  if (port > 65535) return null;
-  return `${m[1]}${port}`;
-}
+/** Endpoint of rank r (vLLM's data-parallel rule); null when there is no such endpoint. */
+export const rankEndpoint = dataParallelEndpoint;
 
 export function streamIdOf(pod: string, rank: number | null): string {
   return rank === null ? pod : `${pod}#${rank}`;

@@ -4,6 +4,7 @@ import type { EventBatch, KvEvent } from "./types.ts";
 
 export { DEFAULT_DECODE_LIMITS, type DecodeLimits, type DecodeResult, decodeBatch } from "./decode.ts";
 export { encodeBatch, eraFields, WIRE_ERAS, type WireEra } from "./encode.ts";
+export { dataParallelEndpoint } from "./endpoints.ts";
 export { isProtocolError, ProtocolError, type ProtocolErrorCode } from "./errors.ts";
 export { decodePubMessage, decodeSeq, encodePubMessage, encodeSeq } from "./frames.ts";
 export {
