@@ -498,10 +498,6 @@ export class SyncPrefixIndex implements PrefixIndex {
   }
 
   /**
-   * Shard k re-laid out for its live count (which includes an entry being inserted): its slots
-   * move to a fresh table (a slot keeps its fingerprint; the record is read for its home).
-   */
-  /**
    * Every shard re-laid out for its live count, from one sequential pass over the records (cheaper
    * per entry than a shard's rebuild, which reads its records at random), skipping `pending`
    * (being inserted by the caller). Used while the index is small (WHOLE_REBUILD).
@@ -532,6 +528,10 @@ export class SyncPrefixIndex implements PrefixIndex {
     this.eVer++;
   }
 
+  /**
+   * Shard k re-laid out for its live count (which includes an entry being inserted): its slots
+   * move to a fresh table (a slot keeps its fingerprint; the record is read for its home).
+   */
   private rebuildEntryShard(k: number): void {
     const old = this.eTabs[k];
     const size = tableSize(this.eLive[k]);
@@ -656,7 +656,6 @@ export class SyncPrefixIndex implements PrefixIndex {
     this.bVer++;
   }
 
-  /** Shard k of the block table re-laid out for its live count (as rebuildEntryShard). */
   /** Every block shard re-laid out (as rebuildEntryTables). */
   private rebuildBlockTables(pending: number): void {
     const tabs = this.bTabs;
@@ -685,6 +684,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     this.bVer++;
   }
 
+  /** Shard k of the block table re-laid out for its live count (as rebuildEntryShard). */
   private rebuildBlockShard(k: number): void {
     const old = this.bTabs[k];
     const size = tableSize(this.bLive[k]);
