@@ -27,6 +27,7 @@ import { type BlockStored, type HashKey, hashFromInt } from "../src/protocol/ind
 import { createPolicy, LoadTracker } from "../src/routing/index.ts";
 import type { Candidate, RouteRequest } from "../src/routing/types.ts";
 import { seededRandom } from "../src/util/rng.ts";
+import { percentileSorted } from "../src/util/stats.ts";
 import { pollUntil } from "../test/helpers/wait.ts";
 import { stored as storedEvent } from "../test/unit/index/helpers.ts";
 
@@ -268,11 +269,6 @@ interface Phase {
   seconds: number;
 }
 
-function pct(sorted: Float64Array, q: number): number {
-  if (sorted.length === 0) return Number.NaN;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
-}
-
 /** Closed loop: CONCURRENCY workers, each sends the next request when its previous one is done. */
 async function closedLoop(origins: string[], maxRequests: number, maxMs: number): Promise<Phase> {
   const pools = origins.map((o) => new Pool(o, { connections: CONCURRENCY, pipelining: 1 }));
@@ -332,8 +328,8 @@ function combine(phases: Phase[]): LoadResult {
     errors: phases.reduce((a, p) => a + p.errors, 0),
     seconds: round(seconds, 2),
     rps: round(n / seconds, 1),
-    p50Ms: round(pct(all, 0.5), 3),
-    p99Ms: round(pct(all, 0.99), 3),
+    p50Ms: round(percentileSorted(all, 0.5), 3),
+    p99Ms: round(percentileSorted(all, 0.99), 3),
     meanMs: round(n ? sum / n : Number.NaN, 3),
   };
 }
@@ -351,7 +347,7 @@ async function measureAll(targets: Array<[string, string[]]>): Promise<Map<strin
       phases.get(name)!.push(ph);
       log(
         `  round ${round_ + 1} ${name.padEnd(8)} ${String(ph.done).padStart(5)} req in ${ph.seconds.toFixed(1)} s: ` +
-          `${(ph.done / ph.seconds).toFixed(0)} req/s, p50 ${pct(ph.lat.sort(), 0.5).toFixed(2)} ms`,
+          `${(ph.done / ph.seconds).toFixed(0)} req/s, p50 ${percentileSorted(ph.lat.sort(), 0.5).toFixed(2)} ms`,
       );
     }
   }
@@ -469,14 +465,14 @@ function routingBench(): {
   let sum = 0;
   for (const x of sorted) sum += x;
   return {
-    cpuP50Us: pct(cpu, 0.5),
-    cpuP99Us: pct(cpu, 0.99),
+    cpuP50Us: percentileSorted(cpu, 0.5),
+    cpuP99Us: percentileSorted(cpu, 0.99),
     pods: PODS,
     promptTokens: PROMPT_BLOCKS * BS,
     indexEntries: index.stats().entries,
     decisions: N,
-    p50Us: round(pct(sorted, 0.5), 1),
-    p99Us: round(pct(sorted, 0.99), 1),
+    p50Us: round(percentileSorted(sorted, 0.5), 1),
+    p99Us: round(percentileSorted(sorted, 0.99), 1),
     meanUs: round(sum / N, 1),
     avgMatchedBlocks: round(matched / N, 1),
   };

@@ -35,6 +35,7 @@ import {
   type HashKey,
 } from "../src/protocol/index.ts";
 import { seededRandom } from "../src/util/rng.ts";
+import { percentileSorted } from "../src/util/stats.ts";
 import { stored } from "../test/unit/index/helpers.ts";
 
 const QUICK = process.env.KVSYNC_BENCH_QUICK === "1";
@@ -425,12 +426,11 @@ function latencies(prompts: number[][], n: number): Lat {
   const streamsMatched = timeMatches(prompts, n, lat, cpu);
   lat.sort();
   cpu.sort();
-  const q = (a: Float64Array, f: number) => a[Math.floor(a.length * f)];
   return {
-    p50: q(lat, 0.5),
-    p99: q(lat, 0.99),
-    cpuP50: q(cpu, 0.5),
-    cpuP99: q(cpu, 0.99),
+    p50: percentileSorted(lat, 0.5),
+    p99: percentileSorted(lat, 0.99),
+    cpuP50: percentileSorted(cpu, 0.5),
+    cpuP99: percentileSorted(cpu, 0.99),
     streams: streamsMatched / n,
   };
 }
@@ -519,8 +519,8 @@ function memoryPerEntry(
     entries: s.entries,
     blocks: s.blocks,
     sec: (performance.now() - t) / 1000,
-    batchP50Ms: batchMs[Math.floor(batchMs.length * 0.5)],
-    batchP999Ms: batchMs[Math.floor(batchMs.length * 0.999)],
+    batchP50Ms: percentileSorted(batchMs, 0.5),
+    batchP999Ms: percentileSorted(batchMs, 0.999),
     batchMaxMs: batchMs[batchMs.length - 1],
   };
 }

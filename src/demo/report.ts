@@ -1,4 +1,7 @@
 /** Per-policy results of a demo run and the comparison table. */
+import { percentile } from "../util/stats.ts";
+
+export { percentile };
 
 export interface RequestOutcome {
   ok: boolean;
@@ -35,14 +38,6 @@ export interface PolicyResult {
   requestsPerSecond: number;
   /** successful requests per pod (x-kvsync-pod), every pod listed */
   perPod: Record<string, number>;
-}
-
-/** Nearest-rank percentile (q in [0, 1]) of unsorted values; NaN for none. */
-export function percentile(values: readonly number[], q: number): number {
-  if (values.length === 0) return Number.NaN;
-  const s = [...values].sort((a, b) => a - b);
-  const i = Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1));
-  return s[i];
 }
 
 export function summarize(

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { percentile } from "../../src/util/stats.ts";
 import { DEFAULT_MODEL, type Pod, REPO_ROOT } from "./harness/cluster.ts";
 import { parseMetrics } from "./harness/gateway.ts";
 import { LagSampler } from "./harness/lag.ts";
@@ -47,12 +48,6 @@ interface Row {
   /** pods that served at least one request / most requests served by one pod */
   podsUsed: number;
   maxPodShare: number;
-}
-
-function pct(xs: number[], p: number): number {
-  if (xs.length === 0) return Number.NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
 }
 
 /** Quantile from a Prometheus histogram's cumulative buckets (delta between two scrapes). */
@@ -216,13 +211,13 @@ describe("e2e large scale: 10, 50, 100 pods", { timeout: scaled(420_000) }, () =
         requestsPerSec: Math.round((requests / loadMs) * 1000),
         eventsApplied: applied1 - applied0,
         eventsPerSec: Math.round(((applied1 - applied0) / (loadMs + convergeMs)) * 1000),
-        lagP50Ms: Math.round(pct(lag.lagsMs, 50)),
-        lagP99Ms: Math.round(pct(lag.lagsMs, 99)),
+        lagP50Ms: Math.round(percentile(lag.lagsMs, 0.5)),
+        lagP99Ms: Math.round(percentile(lag.lagsMs, 0.99)),
         lagSamples: lag.lagsMs.length,
         metricLagP50Ms: p50 === null ? null : Math.round(p50 * 10000) / 10,
         metricLagP99Ms: p99 === null ? null : Math.round(p99 * 10000) / 10,
-        probeLagP50Ms: Math.round(pct(probeLags, 50)),
-        probeLagP99Ms: Math.round(pct(probeLags, 99)),
+        probeLagP50Ms: Math.round(percentile(probeLags, 0.5)),
+        probeLagP99Ms: Math.round(percentile(probeLags, 0.99)),
         convergeMs: Math.round(convergeMs),
         indexBlocks,
         hitPct: Math.round((1000 * cachedTokens) / Math.max(1, promptTokens)) / 10,
