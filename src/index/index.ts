@@ -16,8 +16,7 @@
  * - match(): per stream, leading full blocks held on any tier and per tier (leading run).
  */
 import { ReferenceIndex } from "./reference.ts";
-import type { IndexOptions } from "./rules.ts";
-import { SyncPrefixIndex } from "./sync-index.ts";
+import { type SyncIndexOptions, SyncPrefixIndex } from "./sync-index.ts";
 import type { PrefixIndex } from "./types.ts";
 
 export { blockKeys, chainHash, namespaceKey, namespaceSeed, stringHash64 } from "./chain-hash.ts";
@@ -29,14 +28,12 @@ export {
   type IndexOptions,
   MAX_EXTRA_COPIES,
 } from "./rules.ts";
-export { SyncPrefixIndex } from "./sync-index.ts";
+export { type SyncIndexOptions, SyncPrefixIndex } from "./sync-index.ts";
 export type * from "./types.ts";
 
 export type IndexBackend = "sync" | "reference";
 
 /** The production index (typed arrays); `backend: "reference"` gives the Map-based oracle. */
-export function createIndex(
-  opts: IndexOptions & { backend?: IndexBackend; initialCapacity?: number; pageBits?: number } = {},
-): PrefixIndex {
+export function createIndex(opts: SyncIndexOptions & { backend?: IndexBackend } = {}): PrefixIndex {
   return opts.backend === "reference" ? new ReferenceIndex(opts) : new SyncPrefixIndex(opts);
 }

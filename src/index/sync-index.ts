@@ -139,6 +139,19 @@ const SHARD_SHIFT = 32 - SHARD_BITS;
  * pass over the records (at most ~30 ms here); above it only that shard is rebuilt.
  */
 const WHOLE_REBUILD = 1 << 19;
+
+/** Options of the typed-array backend beyond the rules' (sizing and test knobs). */
+export interface SyncIndexOptions extends IndexOptions {
+  /** records to allocate up front (no growth until then) */
+  initialCapacity?: number;
+  /** records per page as a power of two (default 16; tests use small pages to cross page boundaries) */
+  pageBits?: number;
+  /**
+   * below this many records a full shard rebuilds every shard (default 2^19; tests set 0 to
+   * exercise the per-shard rebuilds a large index uses)
+   */
+  wholeRebuildBelow?: number;
+}
 /** home slot of a hash in a shard of `size` slots (multiply-shift over 21 bits, exact in doubles) */
 const INV_2_21 = 1 / 2097152;
 function home(hh: number, size: number): number {
@@ -203,6 +216,8 @@ export class SyncPrefixIndex implements PrefixIndex {
   /** records per page = 1 << pb; pm = that - 1 */
   private readonly pb: number;
   private readonly pm: number;
+  /** below this many records a full shard rebuilds every shard */
+  private readonly wholeRebuild: number;
 
   // entries
   private readonly ep: Int32Array[];
@@ -284,11 +299,7 @@ export class SyncPrefixIndex implements PrefixIndex {
   private readonly mKeys = new Int32Array(CHUNK * 2);
   private readonly mBlks = new Int32Array(CHUNK);
 
-  /**
-   * `initialCapacity`: records to allocate up front (no growth until then); `pageBits`: records
-   * per page as a power of two (default 16; tests use small pages to cross page boundaries).
-   */
-  constructor(opts: IndexOptions & { initialCapacity?: number; pageBits?: number } = {}) {
+  constructor(opts: SyncIndexOptions = {}) {
     const c = resolveCaps(opts);
     if (c.maxEntries > MAX_RECORDS) throw new RangeError(`maxEntries must be <= ${MAX_RECORDS}`);
     this.maxEntries = c.maxEntries;
@@ -301,6 +312,7 @@ export class SyncPrefixIndex implements PrefixIndex {
       throw new RangeError("pageBits must be an integer in 2..24");
     this.pb = pb;
     this.pm = (1 << pb) - 1;
+    this.wholeRebuild = opts.wholeRebuildBelow ?? WHOLE_REBUILD;
     this.ep = newPages(init, ES, pb);
     this.eCap = this.ep.length === 1 ? init : this.ep.length << pb;
     this.bp = newPages(init, BS, pb);
@@ -459,7 +471,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     const k = hh >>> SHARD_SHIFT;
     const live = ++this.eLive[k];
     if (live + this.eTombs[k] > this.eTabs[k].length * MAX_LOAD) {
-      if (this.count < WHOLE_REBUILD) this.rebuildEntryTables(ent);
+      if (this.count < this.wholeRebuild) this.rebuildEntryTables(ent);
       else this.rebuildEntryShard(k);
     }
     const slots = this.eTabs[k];
@@ -500,7 +512,7 @@ export class SyncPrefixIndex implements PrefixIndex {
   /**
    * Every shard re-laid out for its live count, from one sequential pass over the records (cheaper
    * per entry than a shard's rebuild, which reads its records at random), skipping `pending`
-   * (being inserted by the caller). Used while the index is small (WHOLE_REBUILD).
+   * (being inserted by the caller). Used while the index is small (wholeRebuild).
    */
   private rebuildEntryTables(pending: number): void {
     const tabs = this.eTabs;
@@ -630,7 +642,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     const k = hh >>> SHARD_SHIFT;
     const live = ++this.bLive[k];
     if (live + this.bTombs[k] > this.bTabs[k].length * MAX_LOAD) {
-      if (this.blockCount < WHOLE_REBUILD) this.rebuildBlockTables(x);
+      if (this.blockCount < this.wholeRebuild) this.rebuildBlockTables(x);
       else this.rebuildBlockShard(k);
     }
     const slots = this.bTabs[k];

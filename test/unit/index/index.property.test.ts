@@ -119,7 +119,14 @@ function run(
   cmds: Cmd[],
   caps: { maxEntries?: number; maxEntriesPerStream?: number; copies?: "count" | "set" },
 ) {
-  const fast = createIndex({ backend: "sync", initialCapacity: 16, pageBits: 5, ...caps });
+  // small pages and per-shard table rebuilds: the paths a large index takes, at test sizes
+  const fast = createIndex({
+    backend: "sync",
+    initialCapacity: 16,
+    pageBits: 5,
+    wholeRebuildBelow: 0,
+    ...caps,
+  });
   const ref = createIndex({ backend: "reference", ...caps });
   const ids = new Map<string, number>();
   const engines = STREAMS.map((_, i) => new Engine(i, ids));
@@ -315,7 +322,13 @@ test("many streams (bitmaps of widely shared blocks, > 32 streams): fast == refe
   });
   fc.assert(
     fc.property(fc.array(opArb, { minLength: 50, maxLength: 400 }), (ops) => {
-      const fast = createIndex({ backend: "sync", initialCapacity: 16, pageBits: 5, copies: "count" });
+      const fast = createIndex({
+        backend: "sync",
+        initialCapacity: 16,
+        pageBits: 5,
+        wholeRebuildBelow: 0,
+        copies: "count",
+      });
       const ref = createIndex({ backend: "reference", copies: "count" });
       const prompts = [0, 1, 2].map((p) => Array.from({ length: 20 }, (_, i) => (i < 4 ? i : p * 50 + i)));
       // engine hash of (stream, prompt, block); alt = a second engine hash for the same block

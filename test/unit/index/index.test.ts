@@ -478,13 +478,21 @@ for (const backend of ["sync", "reference"] as IndexBackend[]) {
   });
 }
 
-// pageBits 16 (one page, grown by copying), 7 (first page grown, then 128-record pages), 2 (4-record pages)
-for (const pageBits of [16, 7, 2]) {
-  test(`churn: 60k stores/removals over 8 streams (tombstones, table rebuilds, vector classes, pages of 2^${pageBits}) agree with the reference`, () => {
+// pageBits 16 (one page, grown by copying), 7 (first page grown, then 128-record pages), 2 (4-record
+// pages); table rebuilds of every shard at once (the default below 512k records) or per shard
+// (wholeRebuildBelow 0: what a large index does)
+for (const [pageBits, wholeRebuildBelow] of [
+  [16, undefined],
+  [7, 0],
+  [2, undefined],
+  [16, 0],
+] as const) {
+  test(`churn: 60k stores/removals over 8 streams (tombstones, table rebuilds ${wholeRebuildBelow === 0 ? "per shard" : "whole"}, vector classes, pages of 2^${pageBits}) agree with the reference`, () => {
     const fast = createIndex({
       backend: "sync",
       initialCapacity: 16,
       pageBits,
+      wholeRebuildBelow,
       maxEntries: 3000,
       maxEntriesPerStream: 900,
     });
