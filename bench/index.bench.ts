@@ -248,7 +248,7 @@ function applyFresh(ix: PrefixIndex): Took {
   return { wall: wall / 1000, cpu };
 }
 // warm-up (JIT) then the best of 5 fresh runs: the fastest run is the one least disturbed by the
-// machine's other tenants (they share the cores' caches, and this workload is cache-miss bound)
+// machine's other tenants (they share the last-level cache, and this workload misses it often)
 applyFresh(createIndex());
 let applyT = INF;
 let lastIndex: PrefixIndex = createIndex();
@@ -259,8 +259,8 @@ for (let i = 0; i < 5; i++) {
   lastIndex = ix;
 }
 
-// the same from an index created with room for the run's peak (initialCapacity): no record
-// growth or table rebuilds, whose large allocations also trigger full GCs of this process's heap
+// the same from an index created with room for the run's peak (initialCapacity): no page
+// allocations and no table rebuilds for growth (tombstones still cause some)
 const peak = lastIndex.stats().entries;
 let sizedT = INF;
 for (let i = 0; i < 3; i++) {
