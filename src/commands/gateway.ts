@@ -55,6 +55,7 @@ interface GatewayCliOptions {
   seed: number;
   maxEntries?: number;
   maxEntriesPerStream?: number;
+  indexInitialEntries?: number;
   topic: string;
   replayTimeoutMs: number;
 }
@@ -276,6 +277,13 @@ export function register(program: Command): void {
         "KVSYNC_MAX_ENTRIES_PER_STREAM",
       ).argParser(parseIntArg),
     )
+    .addOption(
+      opt(
+        "--index-initial-entries <n>",
+        "index: entries to allocate up front (a fleet's expected size: no growth until then)",
+        "KVSYNC_INDEX_INITIAL_ENTRIES",
+      ).argParser(parseIntArg),
+    )
     .addOption(opt("--topic <topic>", 'KV-event topic prefix ("" = all)', "KVSYNC_TOPIC", ""))
     .addOption(
       opt(
@@ -327,6 +335,7 @@ export function register(program: Command): void {
           indexOptions: {
             ...(o.maxEntries !== undefined ? { maxEntries: o.maxEntries } : {}),
             ...(o.maxEntriesPerStream !== undefined ? { maxEntriesPerStream: o.maxEntriesPerStream } : {}),
+            ...(o.indexInitialEntries !== undefined ? { initialCapacity: o.indexInitialEntries } : {}),
           },
           topic: o.topic,
           subscriber: { replayTimeoutMs: o.replayTimeoutMs },

@@ -20,7 +20,7 @@ import { PodSet } from "../discovery/pod-set.ts";
 import type { DiscoverySource } from "../discovery/types.ts";
 import { SubscriberManager, type SubscriberManagerOptions } from "../events/manager.ts";
 import { type AdminHandler, createAdminHandler } from "../gateway/admin.ts";
-import { createIndex, type IndexOptions } from "../index/index.ts";
+import { createIndex, type SyncIndexOptions } from "../index/index.ts";
 import type { PrefixIndex } from "../index/types.ts";
 import { TokenizerRegistry } from "../tokenize/registry.ts";
 import { collect, opt, parseIntArg } from "../util/cli-options.ts";
@@ -32,7 +32,7 @@ export interface IndexServiceOptions {
   adminHost?: string;
   /** 0 = ephemeral */
   adminPort?: number;
-  index?: IndexOptions;
+  index?: SyncIndexOptions;
   subscriber?: SubscriberManagerOptions["subscriber"];
   topic?: string;
   /** `--tokenizer` specs (the default model's bundled tokenizer is always there), or false */
@@ -171,6 +171,13 @@ export function register(program: Command): void {
     )
     .addOption(
       opt(
+        "--index-initial-entries <n>",
+        "index entries to allocate up front (a fleet's expected size: no growth until then)",
+        "KVSYNC_INDEX_INITIAL_ENTRIES",
+      ).argParser(positive),
+    )
+    .addOption(
+      opt(
         "--replay-timeout-ms <ms>",
         "replay idle timeout before a gap counts as lost",
         "KVSYNC_REPLAY_TIMEOUT_MS",
@@ -200,6 +207,7 @@ export function register(program: Command): void {
         index: {
           maxEntries: o.maxEntries as number | undefined,
           maxEntriesPerStream: o.maxEntriesPerStream as number | undefined,
+          initialCapacity: o.indexInitialEntries as number | undefined,
         },
         subscriber: { replayTimeoutMs: o.replayTimeoutMs as number },
         tokenizers: Array.isArray(tok) ? tok : typeof tok === "string" ? [tok] : [],

@@ -5,7 +5,7 @@ import { PodSet } from "../discovery/pod-set.ts";
 import type { DiscoverySource, PodInfo } from "../discovery/types.ts";
 import { SubscriberManager, type SubscriberManagerOptions } from "../events/manager.ts";
 import type { StreamState } from "../events/types.ts";
-import { createIndex, type IndexOptions } from "../index/index.ts";
+import { createIndex, type SyncIndexOptions } from "../index/index.ts";
 import type { PrefixIndex } from "../index/types.ts";
 import { TokenizerRegistry } from "../tokenize/registry.ts";
 import { createLogger, type Logger } from "../util/log.ts";
@@ -35,7 +35,7 @@ export interface StartGatewayOptions
   engines?: string;
   /** the sync prefix index (default: createIndex(indexOptions)) */
   index?: PrefixIndex;
-  indexOptions?: IndexOptions;
+  indexOptions?: SyncIndexOptions;
   /** run KV-event subscribers for the pods (default true) */
   subscribe?: boolean;
   /** KV-event topic prefix to subscribe to ("" = all) */

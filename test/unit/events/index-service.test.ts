@@ -251,6 +251,8 @@ describe("kvsync index (child process)", () => {
         KVSYNC_ADMIN_PORT: "0",
         KVSYNC_ADMIN_HOST: "127.0.0.1",
         KVSYNC_LOG_LEVEL: "warn",
+        // room for 200k entries up front: pages and tables are allocated at start
+        KVSYNC_INDEX_INITIAL_ENTRIES: "200000",
       },
     });
     const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
@@ -316,6 +318,10 @@ describe("kvsync index (child process)", () => {
       if (Date.now() > d2) assert.fail(`blocks: ${JSON.stringify(blocks)}`);
       blocks = await (await fetch(`${url}/admin/pods/pod-y/blocks`)).json();
     }
+    // --index-initial-entries: 200k entry (32 B) and block (16 B) records held from the start
+    const metrics = await (await fetch(`${url}/metrics`)).text();
+    const bytes = Number(/^kvsync_index_bytes (\S+)$/m.exec(metrics)?.[1]);
+    assert.ok(bytes >= 200_000 * 48, `kvsync_index_bytes ${bytes}`);
     child.kill("SIGTERM");
     assert.equal(await exited, 0);
   });

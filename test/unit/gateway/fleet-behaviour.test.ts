@@ -317,6 +317,7 @@ describe("proxy", () => {
           KVSYNC_ADMIN_PORT: String(adminPort),
           KVSYNC_POLICY: "least-request",
           KVSYNC_LOG_LEVEL: "warn",
+          KVSYNC_INDEX_INITIAL_ENTRIES: "200000",
         },
         stdio: ["ignore", "pipe", "pipe"],
       },
@@ -344,6 +345,10 @@ describe("proxy", () => {
     assert.equal(r.headers.get("x-kvsync-policy"), "least-request");
     const health = await fetch(`http://127.0.0.1:${adminPort}/healthz`);
     assert.equal(health.status, 200);
+    // --index-initial-entries: the embedded index holds 200k entry and block records from the start
+    const metrics = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
+    const bytes = Number(/^kvsync_index_bytes (\S+)$/m.exec(metrics)?.[1]);
+    assert.ok(bytes >= 200_000 * 48, `kvsync_index_bytes ${bytes}`);
     child.kill("SIGTERM");
     const [code] = await exited;
     assert.equal(code, 0);
