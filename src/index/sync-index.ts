@@ -1144,9 +1144,11 @@ export class SyncPrefixIndex implements PrefixIndex {
         else {
           const px = ep[pe >>> pb][(pe & pm) * ES + BLOCK];
           if (px !== -1) {
+            const b = bp[px >>> pb];
+            const o = (px & pm) * BS;
             prevOk = true;
-            prevHi = bp[px >>> pb][(px & pm) * BS + KHI];
-            prevLo = bp[px >>> pb][(px & pm) * BS + KLO];
+            prevHi = b[o + KHI];
+            prevLo = b[o + KLO];
           }
         }
       } else this.counters.orphanStores++;

@@ -4,7 +4,8 @@
  * Why hand-written rather than msgpackr + a schema pass over the resulting objects:
  *  - exactness without BigInt: block hashes are uint64 (often >= 2^63) or negative int64; a
  *    general decoder either rounds them to doubles or (with int64AsType "bigint") allocates a
- *    BigInt per hash. Here the 8 wire bytes become the HashKey directly ("u"/"n" and the 8 bytes as one 9-char string).
+ *    BigInt per hash. Here the 8 wire bytes become the HashKey directly: "u"/"n" and the 8
+ *    bytes as one 9-char string.
  *  - limits before allocation: every array/map/str/bin length is checked against `DecodeLimits`
  *    and against the bytes that remain before anything is allocated, so a 5-byte frame claiming
  *    2^32 events costs nothing. msgpackr allocates first and only lets us validate afterwards.

@@ -3,11 +3,12 @@
  *
  * Chat rendering, segment splitting and the segment cache stay on the calling thread; only the
  * text that is not cached is encoded, inline when it is short (≤ `inlineMaxChars`), else in a
- * `worker_threads` worker that loads the same tokenizer.json. (Rendering is not free: ~60 µs for
- * a 1k-token two-message Qwen3 chat, about a fifth of the gateway's CPU per request in
- * bench:gateway; rendering in the workers too is the next lever for the gateway's overhead.) Workers start lazily, a job
- * waits in a bounded queue when all workers are busy; when the queue is full the job is encoded
- * inline (`onFull: "inline"`, default) or rejected with a TokenizerError "overloaded".
+ * `worker_threads` worker that loads the same tokenizer.json. Workers start lazily, a job waits
+ * in a bounded queue when all workers are busy; when the queue is full the job is encoded inline
+ * (`onFull: "inline"`, default) or rejected with a TokenizerError "overloaded".
+ * Rendering is not free: ~60 µs for a 1k-token two-message Qwen3 chat, about a fifth of the
+ * gateway's CPU per request in bench:gateway; rendering in the workers too is the next lever for
+ * the gateway's overhead.
  */
 import { Worker } from "node:worker_threads";
 import type { Registry } from "prom-client";
