@@ -25,151 +25,29 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { unpack } from "msgpackr";
 import { createIndex, type PrefixIndex, type StreamRef } from "../src/index/index.ts";
-import { hashFromUint64Parts } from "../src/protocol/hash.ts";
-import {
-  type BlockRemoved,
-  type BlockStored,
-  decodeBatch,
-  type EventBatch,
-  encodeBatch,
-  type HashKey,
-} from "../src/protocol/index.ts";
-import { seededRandom } from "../src/util/rng.ts";
+import { decodeBatch, type EventBatch, encodeBatch, type HashKey } from "../src/protocol/index.ts";
 import { percentileSorted } from "../src/util/stats.ts";
-import { stored } from "../test/unit/index/helpers.ts";
+import {
+  addMatchPrompts,
+  BS,
+  MODEL,
+  makeWorkload,
+  PODS,
+  PROMPT_BLOCKS,
+  r,
+  randHash,
+  randTokens,
+  storedEv,
+  streams,
+} from "./fleet-workload.ts";
 
 const QUICK = process.env.KVSYNC_BENCH_QUICK === "1";
-const PODS = 100;
-const BS = 16;
-const MODEL = "Qwen/Qwen3-8B";
 const maybeGc = (globalThis as { gc?: () => void }).gc;
 if (!maybeGc) {
   console.error("run with --expose-gc (npm run bench:index)");
   process.exit(2);
 }
 const gc: () => void = maybeGc;
-
-const r = seededRandom(42);
-const u32 = () => (r() * 4294967296) >>> 0;
-function randHash(): HashKey {
-  const hi = u32();
-  const lo = u32();
-  return hashFromUint64Parts(hi, lo);
-}
-function randTokens(n: number): number[] {
-  const t = new Array<number>(n);
-  for (let i = 0; i < n; i++) t[i] = (r() * 151_000) | 0;
-  return t;
-}
-const streams: StreamRef[] = Array.from({ length: PODS }, (_, i) => ({
-  streamId: `pod-${i}`,
-  pod: `pod-${i}`,
-  rank: null,
-  model: MODEL,
-}));
-
-function storedEv(
-  hashes: HashKey[],
-  parent: HashKey | null,
-  tokenIds: number[],
-  medium = "GPU",
-): BlockStored {
-  return stored(hashes, parent, tokenIds, { blockSize: BS, medium });
-}
-function removedEv(hashes: HashKey[]): BlockRemoved {
-  return { type: "BlockRemoved", blockHashes: hashes, medium: "GPU", groupIdx: null, locality: null };
-}
-
-// ------------------------------------------------------------------ workload: fleet of engines
-
-const TEMPLATES = 24;
-const TEMPLATE_BLOCKS = 32;
-const templateTokens = Array.from({ length: TEMPLATES }, () => randTokens(TEMPLATE_BLOCKS * BS));
-const ENGINE_CAPACITY = QUICK ? 2000 : 6000; // quick runs still reach steady state (removals)
-
-class EngineSim {
-  /** engine hash -> true, in LRU order */
-  lru = new Map<HashKey, true>();
-  templateHashes = new Map<number, HashKey[]>();
-  constructor(readonly pod: number) {}
-  tmplHashes(t: number): HashKey[] {
-    let h = this.templateHashes.get(t);
-    if (!h) {
-      h = Array.from({ length: TEMPLATE_BLOCKS }, randHash);
-      this.templateHashes.set(t, h);
-    }
-    return h;
-  }
-  /** one request: template + unique continuation; returns its events */
-  request(): { events: (BlockStored | BlockRemoved)[]; blockEvents: number } {
-    const t = Math.min(TEMPLATES - 1, Math.floor(-Math.log(1 - r()) * 4)); // skewed template popularity
-    const th = this.tmplHashes(t);
-    const events: (BlockStored | BlockRemoved)[] = [];
-    let blockEvents = 0;
-    let start = 0;
-    while (start < th.length && this.lru.has(th[start])) {
-      this.lru.delete(th[start]);
-      this.lru.set(th[start], true);
-      start++;
-    }
-    if (start < th.length) {
-      const hs = th.slice(start);
-      events.push(storedEv(hs, start === 0 ? null : th[start - 1], templateTokens[t].slice(start * BS)));
-      for (const h of hs) this.lru.set(h, true);
-      blockEvents += hs.length;
-    }
-    const n = 4 + Math.floor(r() * 28);
-    const hs = Array.from({ length: n }, randHash);
-    events.push(storedEv(hs, th[th.length - 1], randTokens(n * BS)));
-    for (const h of hs) this.lru.set(h, true);
-    blockEvents += n;
-    if (this.lru.size > ENGINE_CAPACITY) {
-      const victims: HashKey[] = [];
-      for (const h of this.lru.keys()) {
-        if (this.lru.size - victims.length <= ENGINE_CAPACITY) break;
-        victims.push(h);
-      }
-      for (const h of victims) this.lru.delete(h);
-      events.push(removedEv(victims));
-      blockEvents += victims.length;
-    }
-    return { events, blockEvents };
-  }
-}
-
-interface Step {
-  stream: StreamRef;
-  payload: Buffer;
-}
-
-function makeWorkload(targetBlockEvents: number): {
-  steps: Step[];
-  blockEvents: number;
-  bytes: number;
-  engines: EngineSim[];
-} {
-  const engines = streams.map((_, i) => new EngineSim(i));
-  const steps: Step[] = [];
-  let blockEvents = 0;
-  let bytes = 0;
-  let ts = 1_700_000_000;
-  while (blockEvents < targetBlockEvents) {
-    for (let p = 0; p < PODS; p++) {
-      // one scheduler step: 1-3 requests' worth of events
-      const events: (BlockStored | BlockRemoved)[] = [];
-      const k = 1 + Math.floor(r() * 3);
-      for (let j = 0; j < k; j++) {
-        const q = engines[p].request();
-        events.push(...q.events);
-        blockEvents += q.blockEvents;
-      }
-      const payload = encodeBatch({ ts: ts++, events, dpRank: 0 }, "2026-07");
-      bytes += payload.length;
-      steps.push({ stream: streams[p], payload });
-    }
-  }
-  return { steps, blockEvents, bytes, engines };
-}
 
 /** CPU seconds used by this process (all threads: includes GC helpers) */
 function cpuNow(): number {
@@ -214,7 +92,8 @@ console.log(
     .join(" ")} on 2 cores`,
 );
 const t0 = performance.now();
-const wl = makeWorkload(QUICK ? 400_000 : 1_500_000);
+// quick runs still reach steady state (removals): smaller engines
+const wl = makeWorkload(QUICK ? 400_000 : 1_500_000, QUICK ? 2000 : 6000);
 console.log(
   `workload: ${wl.steps.length} batches, ${fmt(wl.blockEvents)} block events, ${(wl.bytes / 1e6).toFixed(1)} MB msgpack (2026-07 map era), generated in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
 );
@@ -359,41 +238,8 @@ console.log(`  index after apply: ${st.entries} entries, ${st.blocks} blocks, ${
 // ------------------------------------------------------------------ 2. match latency
 
 const ix = lastIndex;
-const PROMPT_BLOCKS = 512;
 const ns = { model: MODEL, lora: null, blockSize: BS };
-/** a pod stores `blocks` blocks of a conversation: its template blocks under the pod's own engine
- * hashes for them (a re-store), then fresh hashes for the history */
-function holdPrefix(pod: number, template: number, tokens: number[], blocks: number): void {
-  const th = wl.engines[pod].tmplHashes(template);
-  const hs = Array.from({ length: blocks - TEMPLATE_BLOCKS }, randHash);
-  ix.applyBatch(streams[pod], {
-    ts: 0,
-    events: [
-      storedEv(th, null, tokens.slice(0, TEMPLATE_BLOCKS * BS)),
-      storedEv(hs, th[TEMPLATE_BLOCKS - 1], tokens.slice(TEMPLATE_BLOCKS * BS, blocks * BS)),
-    ],
-    dpRank: 0,
-  });
-}
-// realistic: 50 conversations = template + 480 history blocks; full on 2 pods, half on 3, 1/8 on 5
-const convs: number[][] = [];
-for (let c = 0; c < 50; c++) {
-  const t = c % TEMPLATES;
-  const tokens = templateTokens[t].concat(randTokens((PROMPT_BLOCKS - TEMPLATE_BLOCKS) * BS));
-  convs.push(tokens);
-  const pods = new Set<number>();
-  while (pods.size < 10) pods.add(Math.floor(r() * PODS));
-  const list = [...pods];
-  for (const [i, p] of list.entries()) {
-    holdPrefix(p, t, tokens, i < 2 ? PROMPT_BLOCKS : i < 5 ? PROMPT_BLOCKS / 2 : PROMPT_BLOCKS / 8);
-  }
-}
-// worst case: every pod holds the whole prompt
-const worst = randTokens(PROMPT_BLOCKS * BS);
-for (let p = 0; p < PODS; p++) {
-  const hs = Array.from({ length: PROMPT_BLOCKS }, randHash);
-  ix.applyBatch(streams[p], { ts: 0, events: [storedEv(hs, null, worst)], dpRank: 0 });
-}
+const { convs, worst } = addMatchPrompts(ix, wl.engines);
 
 interface Lat {
   p50: number;

@@ -1,0 +1,190 @@
+/**
+ * The index benchmarks' workload: a fleet of simulated engines (shared system-prompt templates
+ * with skewed popularity, unique continuations, engine-side LRU eviction), each scheduler step
+ * encoded as one msgpack batch as vLLM's publisher would send it. Seeded: the same bytes every run.
+ * Used by index.bench.ts and by the process-isolated A/B runner (bench/ab/).
+ */
+
+import type { PrefixIndex, StreamRef } from "../src/index/index.ts";
+import { hashFromUint64Parts } from "../src/protocol/hash.ts";
+import { type BlockRemoved, type BlockStored, encodeBatch, type HashKey } from "../src/protocol/index.ts";
+import { seededRandom } from "../src/util/rng.ts";
+import { stored } from "../test/unit/index/helpers.ts";
+
+export const PODS = 100;
+export const BS = 16;
+export const MODEL = "Qwen/Qwen3-8B";
+
+/** the workload's random stream (the bench draws its prompts from it too) */
+export const r = seededRandom(42);
+const u32 = () => (r() * 4294967296) >>> 0;
+export function randHash(): HashKey {
+  const hi = u32();
+  const lo = u32();
+  return hashFromUint64Parts(hi, lo);
+}
+export function randTokens(n: number): number[] {
+  const t = new Array<number>(n);
+  for (let i = 0; i < n; i++) t[i] = (r() * 151_000) | 0;
+  return t;
+}
+export const streams: StreamRef[] = Array.from({ length: PODS }, (_, i) => ({
+  streamId: `pod-${i}`,
+  pod: `pod-${i}`,
+  rank: null,
+  model: MODEL,
+}));
+
+export function storedEv(
+  hashes: HashKey[],
+  parent: HashKey | null,
+  tokenIds: number[],
+  medium = "GPU",
+): BlockStored {
+  return stored(hashes, parent, tokenIds, { blockSize: BS, medium });
+}
+export function removedEv(hashes: HashKey[]): BlockRemoved {
+  return { type: "BlockRemoved", blockHashes: hashes, medium: "GPU", groupIdx: null, locality: null };
+}
+
+// ------------------------------------------------------------------ workload: fleet of engines
+
+export const TEMPLATES = 24;
+export const TEMPLATE_BLOCKS = 32;
+export const templateTokens = Array.from({ length: TEMPLATES }, () => randTokens(TEMPLATE_BLOCKS * BS));
+
+export class EngineSim {
+  /** engine hash -> true, in LRU order */
+  lru = new Map<HashKey, true>();
+  templateHashes = new Map<number, HashKey[]>();
+  /** `capacity`: the engine's cache in blocks (LRU eviction beyond it) */
+  constructor(
+    readonly pod: number,
+    readonly capacity: number,
+  ) {}
+  tmplHashes(t: number): HashKey[] {
+    let h = this.templateHashes.get(t);
+    if (!h) {
+      h = Array.from({ length: TEMPLATE_BLOCKS }, randHash);
+      this.templateHashes.set(t, h);
+    }
+    return h;
+  }
+  /** one request: template + unique continuation; returns its events */
+  request(): { events: (BlockStored | BlockRemoved)[]; blockEvents: number } {
+    const t = Math.min(TEMPLATES - 1, Math.floor(-Math.log(1 - r()) * 4)); // skewed template popularity
+    const th = this.tmplHashes(t);
+    const events: (BlockStored | BlockRemoved)[] = [];
+    let blockEvents = 0;
+    let start = 0;
+    while (start < th.length && this.lru.has(th[start])) {
+      this.lru.delete(th[start]);
+      this.lru.set(th[start], true);
+      start++;
+    }
+    if (start < th.length) {
+      const hs = th.slice(start);
+      events.push(storedEv(hs, start === 0 ? null : th[start - 1], templateTokens[t].slice(start * BS)));
+      for (const h of hs) this.lru.set(h, true);
+      blockEvents += hs.length;
+    }
+    const n = 4 + Math.floor(r() * 28);
+    const hs = Array.from({ length: n }, randHash);
+    events.push(storedEv(hs, th[th.length - 1], randTokens(n * BS)));
+    for (const h of hs) this.lru.set(h, true);
+    blockEvents += n;
+    if (this.lru.size > this.capacity) {
+      const victims: HashKey[] = [];
+      for (const h of this.lru.keys()) {
+        if (this.lru.size - victims.length <= this.capacity) break;
+        victims.push(h);
+      }
+      for (const h of victims) this.lru.delete(h);
+      events.push(removedEv(victims));
+      blockEvents += victims.length;
+    }
+    return { events, blockEvents };
+  }
+}
+
+export interface Step {
+  stream: StreamRef;
+  payload: Buffer;
+}
+
+/** batches until `targetBlockEvents` block events, from PODS engines of `engineCapacity` blocks each */
+export function makeWorkload(
+  targetBlockEvents: number,
+  engineCapacity: number,
+): {
+  steps: Step[];
+  blockEvents: number;
+  bytes: number;
+  engines: EngineSim[];
+} {
+  const engines = streams.map((_, i) => new EngineSim(i, engineCapacity));
+  const steps: Step[] = [];
+  let blockEvents = 0;
+  let bytes = 0;
+  let ts = 1_700_000_000;
+  while (blockEvents < targetBlockEvents) {
+    for (let p = 0; p < PODS; p++) {
+      // one scheduler step: 1-3 requests' worth of events
+      const events: (BlockStored | BlockRemoved)[] = [];
+      const k = 1 + Math.floor(r() * 3);
+      for (let j = 0; j < k; j++) {
+        const q = engines[p].request();
+        events.push(...q.events);
+        blockEvents += q.blockEvents;
+      }
+      const payload = encodeBatch({ ts: ts++, events, dpRank: 0 }, "2026-07");
+      bytes += payload.length;
+      steps.push({ stream: streams[p], payload });
+    }
+  }
+  return { steps, blockEvents, bytes, engines };
+}
+
+/** tokens per match prompt: 8k (512 blocks of 16) */
+export const PROMPT_BLOCKS = 512;
+
+/**
+ * The match benchmark's prompts, stored into `ix` (left by applying the workload of `engines`):
+ * realistic, 50 conversations (a template + 480 history blocks) each held in full by 2 pods, half
+ * by 3 and 1/8 by 5 (the template under each pod's own engine hashes: a re-store); worst, one
+ * prompt every pod holds in full.
+ */
+export function addMatchPrompts(
+  ix: PrefixIndex,
+  engines: EngineSim[],
+): { convs: number[][]; worst: number[] } {
+  const holdPrefix = (pod: number, template: number, tokens: number[], blocks: number): void => {
+    const th = engines[pod].tmplHashes(template);
+    const hs = Array.from({ length: blocks - TEMPLATE_BLOCKS }, randHash);
+    ix.applyBatch(streams[pod], {
+      ts: 0,
+      events: [
+        storedEv(th, null, tokens.slice(0, TEMPLATE_BLOCKS * BS)),
+        storedEv(hs, th[TEMPLATE_BLOCKS - 1], tokens.slice(TEMPLATE_BLOCKS * BS, blocks * BS)),
+      ],
+      dpRank: 0,
+    });
+  };
+  const convs: number[][] = [];
+  for (let c = 0; c < 50; c++) {
+    const t = c % TEMPLATES;
+    const tokens = templateTokens[t].concat(randTokens((PROMPT_BLOCKS - TEMPLATE_BLOCKS) * BS));
+    convs.push(tokens);
+    const pods = new Set<number>();
+    while (pods.size < 10) pods.add(Math.floor(r() * PODS));
+    for (const [i, p] of [...pods].entries()) {
+      holdPrefix(p, t, tokens, i < 2 ? PROMPT_BLOCKS : i < 5 ? PROMPT_BLOCKS / 2 : PROMPT_BLOCKS / 8);
+    }
+  }
+  const worst = randTokens(PROMPT_BLOCKS * BS);
+  for (let p = 0; p < PODS; p++) {
+    const hs = Array.from({ length: PROMPT_BLOCKS }, randHash);
+    ix.applyBatch(streams[p], { ts: 0, events: [storedEv(hs, null, worst)], dpRank: 0 });
+  }
+  return { convs, worst };
+}
