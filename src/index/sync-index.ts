@@ -20,8 +20,10 @@
  * Two open-addressing tables, (stream, engine hash) -> entry and (key hi, key lo) -> block:
  * linear probing over any table size (multiply-shift home), a slot holds index + 1 in its low
  * 27 bits and a 5-bit fingerprint of the hash above them (probes rarely touch a record that is
- * not the one looked for), deletions leave tombstones (none at a cluster's end), and a table is
- * rebuilt from the records at 85% (live + tombstones) to 50% live (25% below 256k live records).
+ * not the one looked for), deletions leave tombstones (none at a cluster's end). Each table is
+ * 64 shards (by the hash's top bits); a shard is rebuilt at 85% (live + tombstones) to 50% live
+ * (25% below 256k live records): all shards from one pass over the records while the index is
+ * small, else that shard alone from its own slots.
  * Records live in pages of 2^16 (entries 2 MiB, blocks 1 MiB): the first page grows x4 by
  * copying until it is full, then growth adds a page. Nothing is copied or reallocated as a large
  * index grows (no event-loop stall at 10M entries, and the process's external memory grows by
@@ -77,7 +79,7 @@ const MAX_LOAD = 0.85;
 /** claim vectors of this class and up (capacity >= 16) carry their holders' bitmaps */
 const BM_CLS = 4;
 /** match output order keys: (n - matched) * RANK_SPAN + the stream's rank (< MAX_STREAMS) */
-const RANK_SPAN = 1 << 18;
+const RANK_SPAN = MAX_STREAMS;
 /** no stored bitmaps above this many words (32 streams each): 3 x 64 ints per shared block at most */
 const BM_MAX_W = 64;
 /** match: blocks hashed and looked up per chunk */
@@ -237,10 +239,15 @@ export class SyncPrefixIndex implements PrefixIndex {
   private readonly eTabs: Int32Array[];
   private readonly eLive = new Int32Array(SHARDS);
   private readonly eTombs = new Int32Array(SHARDS);
-  /** bumped by every change of eTabs but a hinted insert's own; eHint valid while eHintVer = eVer */
+  /**
+   * bumped by every change of eTabs. A findEntry that misses keeps its key's hash (eMissHash)
+   * and the slot where the key would go (eHint, valid while eHintVer = eVer) for the insert that
+   * follows
+   */
   private eVer = 0;
   private eHint = 0;
   private eHintVer = -1;
+  private eMissHash = 0;
 
   // blocks
   private readonly bp: Int32Array[];
@@ -255,6 +262,7 @@ export class SyncPrefixIndex implements PrefixIndex {
   private bVer = 0;
   private bHint = 0;
   private bHintVer = -1;
+  private bMissHash = 0;
 
   // claims arena (vectors of stream << 3 | tiers)
   private cv = new Int32Array(1024);
@@ -355,17 +363,18 @@ export class SyncPrefixIndex implements PrefixIndex {
       this.sTail = grow(this.sTail, -1);
       this.sCount = grow(this.sCount, 0);
       const w = Math.ceil(n / 32);
-      if (w !== this.mW) this.relayoutClaims(w);
-      this.mW = w;
-      this.mAny = new Int32Array(w);
-      this.mAlive = new Int32Array(w * 3);
-      this.mBlk = new Int32Array(w * 3);
-      this.mActive = new Int32Array(w);
-      this.mCands = new Int32Array(w * 32);
-      this.rankOf = new Int32Array(w * 32);
-      this.byRank = new Int32Array(w * 32);
-      this.mOrder = new Float64Array(w * 32);
-      this.mEnd = new Int32Array(w * 32 * 4);
+      if (w !== this.mW) {
+        this.relayoutClaims(w); // sets mW
+        this.mAny = new Int32Array(w);
+        this.mAlive = new Int32Array(w * 3);
+        this.mBlk = new Int32Array(w * 3);
+        this.mActive = new Int32Array(w);
+        this.mCands = new Int32Array(w * 32);
+        this.rankOf = new Int32Array(w * 32);
+        this.byRank = new Int32Array(w * 32);
+        this.mOrder = new Float64Array(w * 32);
+        this.mEnd = new Int32Array(w * 32 * 4);
+      }
     }
     this.sHead[s] = -1;
     this.sTail[s] = -1;
@@ -451,6 +460,7 @@ export class SyncPrefixIndex implements PrefixIndex {
         // where an insert of this key goes (first tombstone on the way, else this empty slot)
         this.eHint = free === -1 ? i : free;
         this.eHintVer = this.eVer;
+        this.eMissHash = hh;
         return -1;
       }
       if (v === TOMB) {
@@ -468,11 +478,12 @@ export class SyncPrefixIndex implements PrefixIndex {
   }
 
   /**
-   * Insert a new entry (not present); rebuilds the table when it gets too full. `hinted`: the
-   * last findEntry missed this very key, so its slot is reused unless the table changed since.
+   * Insert entry `ent`, whose key the last findEntry looked up and missed: its hash is that
+   * lookup's, and its slot is reused unless the table changed since. Rebuilds the table when it
+   * gets too full.
    */
-  private insertSlot(ent: number, hinted: boolean): void {
-    const hh = this.entryHash(ent);
+  private insertSlot(ent: number): void {
+    const hh = this.eMissHash;
     const k = hh >>> SHARD_SHIFT;
     const live = ++this.eLive[k];
     if (live + this.eTombs[k] > this.eTabs[k].length * MAX_LOAD) {
@@ -481,7 +492,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     }
     const slots = this.eTabs[k];
     const size = slots.length;
-    if (hinted && this.eHintVer === this.eVer) {
+    if (this.eHintVer === this.eVer) {
       const i = this.eHint;
       if (slots[i] === TOMB) this.eTombs[k]--;
       slots[i] = (ent + 1) | ((hh & 31) << 27);
@@ -611,6 +622,7 @@ export class SyncPrefixIndex implements PrefixIndex {
       if (v === 0) {
         this.bHint = free === -1 ? i : free;
         this.bHintVer = this.bVer;
+        this.bMissHash = hh;
         return -1;
       }
       if (v === TOMB) {
@@ -644,7 +656,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     b[o + VEC] = 0;
     b[o + LC] = 0;
     this.blockCount++;
-    this.insertBlockSlot(x, true);
+    this.insertBlockSlot(x);
     return x;
   }
 
@@ -654,9 +666,9 @@ export class SyncPrefixIndex implements PrefixIndex {
     return mixHash(b[o + KHI], b[o + KLO], 0);
   }
 
-  /** Insert a new block; `hinted` as for insertSlot (the last findBlock missed this key). */
-  private insertBlockSlot(x: number, hinted: boolean): void {
-    const hh = this.blockHash(x);
+  /** Insert block `x`, whose key the last findBlock missed (as insertSlot). */
+  private insertBlockSlot(x: number): void {
+    const hh = this.bMissHash;
     const k = hh >>> SHARD_SHIFT;
     const live = ++this.bLive[k];
     if (live + this.bTombs[k] > this.bTabs[k].length * MAX_LOAD) {
@@ -665,7 +677,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     }
     const slots = this.bTabs[k];
     const size = slots.length;
-    if (hinted && this.bHintVer === this.bVer) {
+    if (this.bHintVer === this.bVer) {
       const i = this.bHint;
       if (slots[i] === TOMB) this.bTombs[k]--;
       slots[i] = (x + 1) | ((hh & 31) << 27);
@@ -969,8 +981,8 @@ export class SyncPrefixIndex implements PrefixIndex {
       b[o + LC] = 1 << 5;
       this.cvRelease(off, cls);
     } else {
+      // (vectors that carry bitmaps took one of the branches above: here len - 1 >= 2)
       b[o + LC] = ((len - 1) << 5) | cls;
-      if (cls >= this.bmCls) this.refreshBits(off, cls, len - 1, val >>> 3);
     }
   }
 
@@ -1267,11 +1279,17 @@ export class SyncPrefixIndex implements PrefixIndex {
         if (kind === KIND_STR) this.strHashes.set(ent, h);
         this.count++;
         this.sCount[s]++;
-        this.insertSlot(ent, true);
+        this.insertSlot(ent);
         this.linkHead(ent, s);
         if (have) {
           this.claim(ent, this.blockOf(k2[0], k2[1]));
         }
+      }
+      if (have) {
+        // the entry's block is the one keyed k2 (checked, or just claimed)
+        prevHi = k2[0];
+        prevLo = k2[1];
+        continue;
       }
       const x = ep[ent >>> pb][(ent & pm) * ES + BLOCK];
       if (x !== -1) {
@@ -1410,8 +1428,8 @@ export class SyncPrefixIndex implements PrefixIndex {
     const cv = this.cv;
     // State as bitmaps over stream indexes, so a block held by many streams costs a few word
     // operations per 32 streams instead of a visit per (stream, block): alive[k * W + w] = the
-    // streams whose leading run on tier k (0 GPU, 1 CPU, 2 STORAGE) is still going; any = their
-    // union. A block's holders are gathered from its claims into blk (the same layout; several
+    // streams whose leading run on tier k (0 GPU, 1 CPU, 2 STORAGE) is still going; any = the
+    // streams whose leading run of blocks held on some tier is still going. A block's holders are gathered from its claims into blk (the same layout; several
     // entries of one stream on a block simply OR together). Bits that drop at block i record i
     // as that stream's run end. Only words with a live stream are visited (active list).
     const W = this.mW;
