@@ -1,6 +1,7 @@
 import { type Command, InvalidArgumentError } from "commander";
 import { formatTable } from "../demo/report.ts";
 import { DEMO_DEFAULTS as D, runDemo } from "../demo/run.ts";
+import { isPolicyName } from "../routing/index.ts";
 import { POLICY_NAMES, type PolicyName } from "../routing/types.ts";
 import { flagOpt, opt, parseFloatArg, parseIntArg } from "../util/cli-options.ts";
 
@@ -11,7 +12,7 @@ function parsePolicies(v: string): PolicyName[] {
     .filter(Boolean);
   if (list.length === 0) throw new InvalidArgumentError("at least one policy");
   for (const p of list) {
-    if (!(POLICY_NAMES as readonly string[]).includes(p))
+    if (!isPolicyName(p))
       throw new InvalidArgumentError(`unknown policy ${p} (expected ${POLICY_NAMES.join(", ")})`);
   }
   return list as PolicyName[];

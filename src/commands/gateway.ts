@@ -1,18 +1,14 @@
-import { type Command, InvalidArgumentError } from "commander";
+import type { Command } from "commander";
 import { addDiscoveryOptions, discoveryOptionsFrom } from "../discovery/index.ts";
 import { startGateway } from "../gateway/gateway.ts";
 import { DEFAULT_BLOCK_SIZE, GATEWAY_DEFAULTS } from "../gateway/server.ts";
-import { isPolicyName } from "../routing/index.ts";
 import { KV_AWARE_DEFAULTS } from "../routing/kv-aware.ts";
 import { PREFIX_APPROX_DEFAULTS } from "../routing/prefix-approx.ts";
 import { POLICY_NAMES, type PolicyName } from "../routing/types.ts";
-import { collect, flagOpt, opt, parseFloatArg, parseIntArg } from "../util/cli-options.ts";
+import { collect, flagOpt, opt, parseChoice, parseFloatArg, parseIntArg } from "../util/cli-options.ts";
 import { createLogger } from "../util/log.ts";
 
-function parsePolicy(v: string): PolicyName {
-  if (isPolicyName(v)) return v;
-  throw new InvalidArgumentError(`expected one of ${POLICY_NAMES.join(", ")}, got ${v}`);
-}
+const parsePolicy = parseChoice(POLICY_NAMES);
 
 function parseList(v: string, prev: string[] | undefined): string[] {
   return collect(v, prev).flatMap((s) =>
@@ -37,7 +33,7 @@ interface GatewayCliOptions {
   bodyTimeoutMs: number;
   maxBodyBytes: number;
   connectionsPerPod: number;
-  scrapeEngineMetrics?: boolean;
+  scrapeEngineMetrics: boolean;
   scrapeIntervalMs: number;
   gpuWeight: number;
   cpuWeight: number;
@@ -312,7 +308,7 @@ export function register(program: Command): void {
           bodyTimeoutMs: o.bodyTimeoutMs,
           maxBodyBytes: o.maxBodyBytes,
           connectionsPerPod: o.connectionsPerPod,
-          scrapeEngineMetrics: o.scrapeEngineMetrics === true,
+          scrapeEngineMetrics: o.scrapeEngineMetrics,
           scrapeIntervalMs: o.scrapeIntervalMs,
           kvAware: {
             gpuWeight: o.gpuWeight,

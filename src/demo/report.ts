@@ -1,8 +1,6 @@
 /** Per-policy results of a demo run and the comparison table. */
 import { percentile } from "../util/stats.ts";
 
-export { percentile };
-
 export interface RequestOutcome {
   ok: boolean;
   /** HTTP status, or 0 when no response arrived */

@@ -37,10 +37,14 @@ export function pubShouldBind(endpoint: string): boolean {
 
 /**
  * Endpoint the publisher of data-parallel rank r binds / connects (dataParallelEndpoint); a tcp
- * endpoint without a numeric port ("*": ephemeral) stays as given, every rank gets its own port.
+ * endpoint without a numeric port ("*": ephemeral) stays as given, every rank gets its own port;
+ * a rank past port 65535 is an error (it would silently share rank 0's endpoint).
  */
 export function offsetEndpoint(endpoint: string, offset: number): string {
-  return dataParallelEndpoint(endpoint, offset) ?? endpoint;
+  if (endpoint.startsWith("tcp://") && !/:\d+$/.test(endpoint)) return endpoint;
+  const e = dataParallelEndpoint(endpoint, offset);
+  if (e === null) throw new RangeError(`no endpoint for data-parallel rank ${offset} of ${endpoint}`);
+  return e;
 }
 
 /** Replace the host of a tcp endpoint (for `--hosts`). */

@@ -18,7 +18,7 @@ import { dataParallelEndpoint } from "../protocol/endpoints.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
 import { createSubscriberMetrics, type SubscriberMetrics } from "./metrics.ts";
 import { StreamSubscriber, type SubscriberOptions } from "./subscriber.ts";
-import type { StreamState, StreamStatus, SubscriberManagerLike } from "./types.ts";
+import { type StreamState, type StreamStatus, type SubscriberManagerLike, streamIdOf } from "./types.ts";
 
 /** Most streams one manager runs (pods x ranks): bounded like everything else. */
 export const MAX_STREAMS = 20_000;
@@ -39,13 +39,6 @@ export interface StreamSpec {
   replay: string | null;
 }
 
-/** Endpoint of rank r (vLLM's data-parallel rule); null when there is no such endpoint. */
-export const rankEndpoint = dataParallelEndpoint;
-
-export function streamIdOf(pod: string, rank: number | null): string {
-  return rank === null ? pod : `${pod}#${rank}`;
-}
-
 /** The streams a pod has: one per data-parallel rank; none without an events endpoint. */
 export function streamsOf(pod: PodInfo): StreamSpec[] {
   if (pod.events === null) return [];
@@ -53,9 +46,9 @@ export function streamsOf(pod: PodInfo): StreamSpec[] {
   const out: StreamSpec[] = [];
   for (let r = 0; r < dp; r++) {
     const rank = dp === 1 ? null : r;
-    const events = rankEndpoint(pod.events, r);
+    const events = dataParallelEndpoint(pod.events, r);
     if (events === null) continue;
-    const replay = pod.replay === null ? null : rankEndpoint(pod.replay, r);
+    const replay = pod.replay === null ? null : dataParallelEndpoint(pod.replay, r);
     out.push({
       ref: { streamId: streamIdOf(pod.name, rank), pod: pod.name, rank, model: pod.model },
       events,

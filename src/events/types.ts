@@ -1,5 +1,10 @@
 import type { PodInfo } from "../discovery/types.ts";
 
+/** A stream's id: the pod's name, or "<pod>#<rank>" for a data-parallel rank. */
+export function streamIdOf(pod: string, rank: number | null): string {
+  return rank === null ? pod : `${pod}#${rank}`;
+}
+
 /** Per-stream state, driven by socket monitor events and sequence tracking. */
 export type StreamState = "connecting" | "live" | "replaying" | "resyncing" | "down";
 

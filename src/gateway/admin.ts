@@ -22,13 +22,13 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Registry } from "prom-client";
 import type { PodInfo } from "../discovery/types.ts";
-import { streamIdOf } from "../events/manager.ts";
-import type { StreamStatus, SubscriberManagerLike } from "../events/types.ts";
+import { type StreamStatus, type SubscriberManagerLike, streamIdOf } from "../events/types.ts";
 import type { PrefixIndex } from "../index/types.ts";
 import { hashToText } from "../protocol/hash.ts";
 import type { Tokenizer } from "../tokenize/types.ts";
+import { sendJson } from "../util/http-json.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
-import { badRequest, GatewayError, sendError, sendJson } from "./errors.ts";
+import { badRequest, GatewayError, sendError } from "./errors.ts";
 import { readBody } from "./request.ts";
 
 export const DEFAULT_BLOCK_SIZE = 16;

@@ -1,8 +1,6 @@
 import type { ServerResponse } from "node:http";
 import { sendJson } from "../util/http-json.ts";
 
-export { sendJson };
-
 /** OpenAI's error body: `{"error":{"message","type","param","code"}}`. */
 export interface OpenAiErrorBody {
   error: { message: string; type: string; param: string | null; code: string | null };

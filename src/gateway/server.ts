@@ -6,7 +6,7 @@ import { Registry } from "prom-client";
 import type { Dispatcher } from "undici";
 import type { PodSet } from "../discovery/pod-set.ts";
 import type { PodInfo } from "../discovery/types.ts";
-import type { StreamState } from "../events/types.ts";
+import { type StreamState, streamIdOf } from "../events/types.ts";
 import type { NamespaceRef, PrefixIndex } from "../index/types.ts";
 import { EngineMetricsScraper } from "../routing/engine-metrics.ts";
 import { FEEDBACK_DEFAULTS, type FeedbackOptions, PredictionFeedback } from "../routing/feedback.ts";
@@ -24,17 +24,10 @@ import type {
 } from "../routing/types.ts";
 import { isTokenizerError } from "../tokenize/errors.ts";
 import type { Tokenizer } from "../tokenize/types.ts";
+import { sendJson } from "../util/http-json.ts";
 import { createLogger, type Logger } from "../util/log.ts";
 import { DEFAULT_BLOCK_SIZE } from "./admin.ts";
-import {
-  GatewayError,
-  noReadyPod,
-  notFound,
-  sendError,
-  sendJson,
-  upstreamFailed,
-  upstreamTimeout,
-} from "./errors.ts";
+import { GatewayError, noReadyPod, notFound, sendError, upstreamFailed, upstreamTimeout } from "./errors.ts";
 import { GatewayMetrics } from "./metrics.ts";
 import { type ParsedRequest, parseJsonBody, readBody, validateExplain, validateRequest } from "./request.ts";
 import { eventData, SseSplitter } from "./sse.ts";
@@ -329,16 +322,17 @@ export class GatewayCore {
     const blockSize = first.blockSize ?? this.o.defaultBlockSize;
     const candidates: Candidate[] = [];
     for (const p of pods) {
-      const ids = streamIds(p);
-      ids.forEach((streamId, r) => {
+      const dp = dpSize(p);
+      for (let r = 0; r < dp; r++) {
+        const streamId = streamIdOf(p.name, dp > 1 ? r : null);
         candidates.push({
           streamId,
           pod: p.name,
-          rank: ids.length > 1 ? r : null,
+          rank: dp > 1 ? r : null,
           http: p.http,
           live: this.opts.streamState(streamId) === "live",
         });
-      });
+      }
     }
     return { ns: { model: base, lora: isBase ? null : model, blockSize }, candidates };
   }
@@ -713,11 +707,14 @@ export class GatewayCore {
   }
 }
 
+function dpSize(p: PodInfo): number {
+  return Math.max(1, Math.floor(p.dataParallelSize || 1));
+}
+
 /** A pod's event streams: "<pod>", or "<pod>#<rank>" per data-parallel rank. */
 function streamIds(p: PodInfo): string[] {
-  const dp = Math.max(1, Math.floor(p.dataParallelSize || 1));
-  if (dp === 1) return [p.name];
-  return Array.from({ length: dp }, (_, r) => `${p.name}#${r}`);
+  const dp = dpSize(p);
+  return Array.from({ length: dp }, (_, r) => streamIdOf(p.name, dp > 1 ? r : null));
 }
 
 function originOf(http: string): string {

@@ -1,5 +1,5 @@
 import type { Logger } from "../util/log.ts";
-import { definedOnly } from "./kv-aware.ts";
+import { definedOnly } from "./shared.ts";
 
 export interface FeedbackOptions {
   /** weight of the newest sample in the per-pod moving average */

@@ -1,4 +1,5 @@
 import type { StreamMatch, TierCounts } from "../index/types.ts";
+import { definedOnly, rankByScore } from "./shared.ts";
 import type {
   Candidate,
   LoadSource,
@@ -37,11 +38,6 @@ export const KV_AWARE_DEFAULTS: Readonly<KvAwareOptions> = Object.freeze({
 });
 
 const ZERO_TIERS: TierCounts = Object.freeze({ GPU: 0, CPU: 0, STORAGE: 0 }) as TierCounts;
-
-/** The entries of `o` whose value is not undefined (so they never hide a default). */
-export function definedOnly<T extends object>(o: T): Partial<T> {
-  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
-}
 
 /** Full blocks of a prompt of `n` tokens that an engine can reuse: it always computes the last token. */
 export function reusableBlocks(n: number, blockSize: number): number {
@@ -86,16 +82,6 @@ export function estimateTtft(
   // +1: the last prompt token is always computed, so a fully cached prompt still costs a step
   const score = (queued + uncached + 1 + running * o.runningRequestCost) * kvFactor;
   return { score, queued, uncached, running, kvFactor };
-}
-
-/** Ranking shared by load-based policies: score, then in-flight requests, then a rotating offset. */
-export function rankByScore(scored: ScoredCandidate[], rotation: number): ScoredCandidate[] {
-  const n = scored.length;
-  const order = scored.map((s, i) => ({ s, tie: (i - (rotation % n) + n) % n }));
-  order.sort(
-    (a, b) => a.s.score - b.s.score || a.s.load.inflightRequests - b.s.load.inflightRequests || a.tie - b.tie,
-  );
-  return order.map((x) => x.s);
 }
 
 /**

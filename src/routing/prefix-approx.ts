@@ -1,4 +1,4 @@
-import { definedOnly, rankByScore } from "./kv-aware.ts";
+import { definedOnly, rankByScore } from "./shared.ts";
 import type { LoadSource, RouteRequest, RoutingDecision, RoutingPolicy, ScoredCandidate } from "./types.ts";
 
 /** Knobs of prefix-approx (see docs/routing.md). */

@@ -1,5 +1,5 @@
 import { seededRandom } from "../util/rng.ts";
-import { rankByScore } from "./kv-aware.ts";
+import { rankByScore } from "./shared.ts";
 import type { LoadSource, RouteRequest, RoutingDecision, RoutingPolicy, ScoredCandidate } from "./types.ts";
 
 const NO_TIERS = { GPU: 0, CPU: 0, STORAGE: 0 };

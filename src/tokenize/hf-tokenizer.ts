@@ -354,16 +354,24 @@ export class HfTokenizer implements Tokenizer {
     return out;
   }
 
-  remember(segment: string, ids: ArrayLike<number>): void {
+  private remember(segment: string, ids: ArrayLike<number>): void {
     this.core.cache.set(segment, ids);
   }
 
   /** Encode the `missing` segments here (no special tokens), add them to `ids` and the cache. */
   encodeMissing(missing: string[], ids: Map<string, ArrayLike<number>>): void {
-    for (const s of missing) {
-      const enc = this.encodeRaw(s, false);
-      ids.set(s, enc);
-      this.remember(s, enc);
+    this.addEncoded(
+      missing,
+      missing.map((s) => this.encodeRaw(s, false)),
+      ids,
+    );
+  }
+
+  /** Segments encoded elsewhere (a worker): into `ids` for this prompt and into the cache. */
+  addEncoded(segs: string[], encoded: ArrayLike<number>[], ids: Map<string, ArrayLike<number>>): void {
+    for (let i = 0; i < segs.length; i++) {
+      ids.set(segs[i], encoded[i]);
+      this.remember(segs[i], encoded[i]);
     }
   }
 

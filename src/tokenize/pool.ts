@@ -215,11 +215,7 @@ export class TokenizerPool implements Tokenizer {
       this.count("inline");
       this.base.encodeMissing(missing, ids);
     } else {
-      const encoded = await this.offload(missing, false);
-      missing.forEach((s, i) => {
-        ids.set(s, encoded[i]);
-        this.base.remember(s, encoded[i]);
-      });
+      this.base.addEncoded(missing, await this.offload(missing, false), ids);
     }
     return this.base.assemble(segs, ids);
   }

@@ -6,9 +6,10 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { formatTable, percentile, type RequestOutcome, summarize } from "../../../src/demo/report.ts";
+import { formatTable, type RequestOutcome, summarize } from "../../../src/demo/report.ts";
 import { type DemoResult, runDemo } from "../../../src/demo/run.ts";
 import { generateWorkload } from "../../../src/demo/workload.ts";
+import { percentile } from "../../../src/util/stats.ts";
 
 const SMALL = {
   systemPromptWords: 220,

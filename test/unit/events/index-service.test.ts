@@ -8,6 +8,7 @@ import { type IndexService, startIndexService } from "../../../src/commands/inde
 import { encodeBatch } from "../../../src/protocol/encode.ts";
 import { hashFromInt } from "../../../src/protocol/hash.ts";
 import { silentLogger } from "../../../src/util/log.ts";
+import { parseMetrics } from "../../helpers/metrics.ts";
 import { complete, engineTruth, startTestEngine, type TestEngine, writeEngines } from "./engines.ts";
 import { FakePublisher, waitFor } from "./fake-publisher.ts";
 
@@ -320,7 +321,7 @@ describe("kvsync index (child process)", () => {
     }
     // --index-initial-entries: 200k entry (32 B) and block (16 B) records held from the start
     const metrics = await (await fetch(`${url}/metrics`)).text();
-    const bytes = Number(/^kvsync_index_bytes (\S+)$/m.exec(metrics)?.[1]);
+    const bytes = Number(parseMetrics(metrics).get("kvsync_index_bytes"));
     assert.ok(bytes >= 200_000 * 48, `kvsync_index_bytes ${bytes}`);
     child.kill("SIGTERM");
     assert.equal(await exited, 0);

@@ -1,9 +1,10 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { rankEndpoint, streamsOf } from "../../../src/events/manager.ts";
+import { streamsOf } from "../../../src/events/manager.ts";
 import { type DropReason, type SeqSink, SeqTracker } from "../../../src/events/seq-tracker.ts";
 import { backoffDelay } from "../../../src/events/subscriber.ts";
+import { dataParallelEndpoint as rankEndpoint } from "../../../src/protocol/endpoints.ts";
 
 /**
  * A simulated engine (epochs = process lifetimes, a bounded replay buffer) and a lossy network

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { offsetEndpoint } from "../../../src/engine/publisher.ts";
-import { rankEndpoint } from "../../../src/events/manager.ts";
+import { dataParallelEndpoint as rankEndpoint } from "../../../src/protocol/endpoints.ts";
 import { dataParallelEndpoint } from "../../../src/protocol/index.ts";
 
 test("dataParallelEndpoint: vLLM's rank r = port + r; ipc/inproc suffixed; null when not derivable", () => {
