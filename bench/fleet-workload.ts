@@ -7,7 +7,14 @@
 
 import type { PrefixIndex, StreamRef } from "../src/index/index.ts";
 import { hashFromUint64Parts } from "../src/protocol/hash.ts";
-import { type BlockRemoved, type BlockStored, encodeBatch, type HashKey } from "../src/protocol/index.ts";
+import {
+  type BlockRemoved,
+  type BlockStored,
+  type DecodeResult,
+  type EventBatch,
+  encodeBatch,
+  type HashKey,
+} from "../src/protocol/index.ts";
 import { seededRandom } from "../src/util/rng.ts";
 import { stored } from "../test/unit/index/helpers.ts";
 
@@ -43,25 +50,22 @@ export function storedEv(
 ): BlockStored {
   return stored(hashes, parent, tokenIds, { blockSize: BS, medium });
 }
-export function removedEv(hashes: HashKey[]): BlockRemoved {
+function removedEv(hashes: HashKey[]): BlockRemoved {
   return { type: "BlockRemoved", blockHashes: hashes, medium: "GPU", groupIdx: null, locality: null };
 }
 
 // ------------------------------------------------------------------ workload: fleet of engines
 
-export const TEMPLATES = 24;
-export const TEMPLATE_BLOCKS = 32;
-export const templateTokens = Array.from({ length: TEMPLATES }, () => randTokens(TEMPLATE_BLOCKS * BS));
+const TEMPLATES = 24;
+const TEMPLATE_BLOCKS = 32;
+const templateTokens = Array.from({ length: TEMPLATES }, () => randTokens(TEMPLATE_BLOCKS * BS));
 
 export class EngineSim {
   /** engine hash -> true, in LRU order */
   lru = new Map<HashKey, true>();
   templateHashes = new Map<number, HashKey[]>();
   /** `capacity`: the engine's cache in blocks (LRU eviction beyond it) */
-  constructor(
-    readonly pod: number,
-    readonly capacity: number,
-  ) {}
+  constructor(readonly capacity: number) {}
   tmplHashes(t: number): HashKey[] {
     let h = this.templateHashes.get(t);
     if (!h) {
@@ -122,7 +126,7 @@ export function makeWorkload(
   bytes: number;
   engines: EngineSim[];
 } {
-  const engines = streams.map((_, i) => new EngineSim(i, engineCapacity));
+  const engines = streams.map(() => new EngineSim(engineCapacity));
   const steps: Step[] = [];
   let blockEvents = 0;
   let bytes = 0;
@@ -187,4 +191,52 @@ export function addMatchPrompts(
     ix.applyBatch(streams[p], { ts: 0, events: [storedEv(hs, null, worst)], dpRank: 0 });
   }
   return { convs, worst };
+}
+
+/** CPU seconds used by this process (all threads: includes GC helpers) */
+export function cpuNow(): number {
+  const c = process.cpuUsage();
+  return (c.user + c.system) / 1e6;
+}
+
+/**
+ * Apply `steps` to `ix` as a subscriber does: batches decoded (by `decode`, untimed) 32 at a time
+ * right before they are applied (timed), so apply reads event objects still in cache. Returns the
+ * wall and CPU seconds of applying the steps from index `from` on.
+ */
+export function applyChunked(
+  ix: PrefixIndex,
+  steps: Step[],
+  decode: (payload: Uint8Array) => DecodeResult,
+  from = 0,
+): { wall: number; cpu: number } {
+  let wall = 0;
+  let cpu = 0;
+  const chunk: EventBatch[] = [];
+  for (let i = 0; i < steps.length; i += 32) {
+    const end = Math.min(i + 32, steps.length);
+    chunk.length = 0;
+    for (let j = i; j < end; j++) chunk.push(decode(steps[j].payload).batch);
+    const c0 = cpuNow();
+    const t0 = performance.now();
+    for (let j = i; j < end; j++) ix.applyBatch(steps[j].stream, chunk[j - i]);
+    if (i >= from) {
+      wall += performance.now() - t0;
+      cpu += cpuNow() - c0;
+    }
+  }
+  return { wall: wall / 1000, cpu };
+}
+
+/** Block events (stored or removed hashes) in steps[from ..] */
+export function blockEventsOf(
+  steps: Step[],
+  decode: (payload: Uint8Array) => DecodeResult,
+  from = 0,
+): number {
+  let n = 0;
+  for (let i = from; i < steps.length; i++)
+    for (const e of decode(steps[i].payload).batch.events)
+      if (e.type !== "AllBlocksCleared") n += e.blockHashes.length;
+  return n;
 }

@@ -29,7 +29,9 @@ import { decodeBatch, type EventBatch, encodeBatch, type HashKey } from "../src/
 import { percentileSorted } from "../src/util/stats.ts";
 import {
   addMatchPrompts,
+  applyChunked,
   BS,
+  cpuNow,
   MODEL,
   makeWorkload,
   PODS,
@@ -49,11 +51,6 @@ if (!maybeGc) {
 }
 const gc: () => void = maybeGc;
 
-/** CPU seconds used by this process (all threads: includes GC helpers) */
-function cpuNow(): number {
-  const c = process.cpuUsage();
-  return (c.user + c.system) / 1e6;
-}
 interface Took {
   wall: number;
   cpu: number;
@@ -106,41 +103,24 @@ const decodeT = timeIt(() => {
 });
 
 // "apply only" applies what the subscriber hands the index, decodeBatch's output, as it does:
-// right after decoding. The batches are decoded 32 at a time (not timed) and then applied (timed),
-// so apply reads event objects that are still in cache. (The generator's own objects, of other
-// shapes, would make apply look slower.)
-const FRESH = 32;
-function applyFresh(ix: PrefixIndex): Took {
-  let wall = 0;
-  let cpu = 0;
-  const chunk: EventBatch[] = [];
-  for (let i = 0; i < wl.steps.length; i += FRESH) {
-    const end = Math.min(i + FRESH, wl.steps.length);
-    chunk.length = 0;
-    for (let j = i; j < end; j++) chunk.push(decodeBatch(wl.steps[j].payload).batch);
-    const c0 = cpuNow();
-    const t0 = performance.now();
-    for (let j = i; j < end; j++) ix.applyBatch(wl.steps[j].stream, chunk[j - i]);
-    wall += performance.now() - t0;
-    cpu += cpuNow() - c0;
-  }
-  return { wall: wall / 1000, cpu };
-}
+// right after decoding (applyChunked). (The generator's own objects, of other shapes, would make
+// apply look slower.)
+const applyFresh = (ix: PrefixIndex): Took => applyChunked(ix, wl.steps, decodeBatch);
 // warm-up (JIT) then the best of 5 fresh runs: the fastest run is the one least disturbed by the
 // machine's other tenants (they share the last-level cache, and this workload misses it often)
 applyFresh(createIndex());
 let applyT = INF;
-let lastIndex: PrefixIndex = createIndex();
+let lastIndex = createIndex();
 for (let i = 0; i < 5; i++) {
-  const ix = createIndex();
+  lastIndex = createIndex();
   gc();
-  applyT = best(applyT, applyFresh(ix));
-  lastIndex = ix;
+  applyT = best(applyT, applyFresh(lastIndex));
 }
+const st = lastIndex.stats();
 
-// the same from an index created with room for the run's peak (initialCapacity): no page
+// the same from an index created with room for the run's end size (initialCapacity): no page
 // allocations and no table rebuilds for growth (tombstones still cause some)
-const peak = lastIndex.stats().entries;
+const peak = st.entries;
 let sizedT = INF;
 for (let i = 0; i < 3; i++) {
   const ix = createIndex({ initialCapacity: Math.ceil(peak * 1.25) });
@@ -197,7 +177,6 @@ function referenceRun(): { wall: number; cpu: number } {
   return { wall: refEvents / refT.wall, cpu: refEvents / refT.cpu };
 }
 const refRate = referenceRun();
-const st = lastIndex.stats();
 decoded = [];
 
 let decApplyT = INF;

@@ -10,7 +10,7 @@
  */
 import { join } from "node:path";
 import { percentileSorted } from "../../src/util/stats.ts";
-import { addMatchPrompts, BS, MODEL, makeWorkload } from "../fleet-workload.ts";
+import { addMatchPrompts, applyChunked, BS, blockEventsOf, MODEL, makeWorkload } from "../fleet-workload.ts";
 
 const [dir, mode, runsArg, eventsArg] = process.argv.slice(2);
 const gc = (globalThis as { gc?: () => void }).gc;
@@ -18,43 +18,21 @@ if (!dir || !mode || !gc) {
   console.error("usage: node --expose-gc --import tsx index-ab-child.ts <dir> <mode> <runs> <events>");
   process.exit(2);
 }
-type Index = import("../../src/index/index.ts").PrefixIndex;
 const ixMod = (await import(join(dir, "src/index/index.ts"))) as typeof import("../../src/index/index.ts");
 const protoMod = (await import(
   join(dir, "src/protocol/index.ts")
 )) as typeof import("../../src/protocol/index.ts");
 const runs = Number(runsArg);
 const wl = makeWorkload(Number(eventsArg), 6000);
-const from = mode === "steady" ? Math.floor((wl.steps.length * 2) / 3) : 0;
-
-function cpuNow(): number {
-  const c = process.cpuUsage();
-  return (c.user + c.system) / 1e6;
-}
-/** apply every batch (decoded 32 at a time, untimed, as the subscriber does); CPU s of steps >= from */
-function applyRun(ix: Index): { cpu: number; events: number } {
-  let cpu = 0;
-  let events = 0;
-  const chunk: import("../../src/protocol/index.ts").EventBatch[] = [];
-  for (let i = 0; i < wl.steps.length; i += 32) {
-    const end = Math.min(i + 32, wl.steps.length);
-    chunk.length = 0;
-    for (let j = i; j < end; j++) chunk.push(protoMod.decodeBatch(wl.steps[j].payload).batch);
-    const c0 = cpuNow();
-    for (let j = i; j < end; j++) ix.applyBatch(wl.steps[j].stream, chunk[j - i]);
-    if (i >= from) {
-      cpu += cpuNow() - c0;
-      for (const b of chunk)
-        for (const e of b.events) if (e.type !== "AllBlocksCleared") events += e.blockHashes.length;
-    }
-  }
-  return { cpu, events };
-}
+const decode = protoMod.decodeBatch;
+// steady: the last third, from a chunk boundary (applyChunked times whole chunks of 32 batches)
+const from = mode === "steady" ? Math.ceil((wl.steps.length * 2) / 3 / 32) * 32 : 0;
+const events = blockEventsOf(wl.steps, decode, from);
 
 const figures: number[] = [];
 if (mode === "match") {
   const ix = ixMod.createIndex();
-  applyRun(ix);
+  applyChunked(ix, wl.steps, decode);
   const { convs } = addMatchPrompts(ix, wl.engines);
   const ns = { model: MODEL, lora: null, blockSize: BS };
   const cpu = new Float64Array(5000);
@@ -65,24 +43,18 @@ if (mode === "match") {
       const u = process.cpuUsage(c);
       cpu[i] = u.user + u.system;
     }
-    return Float64Array.from(cpu).sort();
+    return cpu.sort();
   };
   time();
-  const p50: number[] = [];
-  for (let k = 0; k < runs; k++) {
-    const s = time();
-    p50.push(percentileSorted(s, 0.5));
-    figures.push(percentileSorted(s, 0.99));
-  }
-  console.log(JSON.stringify({ p99: figures, p50 }));
+  for (let k = 0; k < runs; k++) figures.push(percentileSorted(time(), 0.99));
+  console.log(JSON.stringify({ p99: figures }));
 } else {
   const opts = mode === "sized" ? { initialCapacity: 1_000_000 } : {};
-  applyRun(ixMod.createIndex(opts)); // warm-up (JIT)
+  applyChunked(ixMod.createIndex(opts), wl.steps, decode); // warm-up (JIT)
   for (let k = 0; k < runs; k++) {
     const ix = ixMod.createIndex(opts);
     gc();
-    const r = applyRun(ix);
-    figures.push(r.events / r.cpu);
+    figures.push(events / applyChunked(ix, wl.steps, decode, from).cpu);
   }
   console.log(JSON.stringify({ rate: figures }));
 }

@@ -2,14 +2,15 @@ import assert from "node:assert/strict";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { seededRandom } from "../../src/util/rng.ts";
 import { percentile } from "../../src/util/stats.ts";
+import { parseMetrics } from "../helpers/metrics.ts";
 import { DEFAULT_MODEL, type Pod, REPO_ROOT } from "./harness/cluster.ts";
-import { parseMetrics } from "./harness/gateway.ts";
 import { LagSampler } from "./harness/lag.ts";
 import { completeDirect, gatewayOf, useCluster, waitLive } from "./harness/suite.ts";
 import { compareAllWithTruth } from "./harness/truth.ts";
 import { scaled, waitFor } from "./harness/wait.ts";
-import { loadTrace, prefix, prompt, rng, tracePrompt } from "./harness/workload.ts";
+import { loadTrace, prefix, prompt, tracePrompt } from "./harness/workload.ts";
 
 // 10, 50 and 100 pods (10 engines per process, one namespace per process, one address per pod)
 // under a closed-loop workload through the gateway. Measures events applied per second, the
@@ -130,7 +131,7 @@ describe("e2e large scale: 10, 50, 100 pods", { timeout: scaled(420_000) }, () =
       const errorSamples: string[] = [];
       const probeLags: number[] = [];
       try {
-        const r = rng(size);
+        const r = seededRandom(size);
         let cursor = 0;
         const start = performance.now();
         const deadline = start + LOAD_MS;

@@ -20,11 +20,8 @@ const WORDS = (
   "add food between own below country plant last school father keep tree never start city earth eye light"
 ).split(" ");
 
-/** Seeded PRNG (the project's mulberry32). */
-export const rng = seededRandom;
-
 export function words(seed: number, count: number): string {
-  const r = rng(seed);
+  const r = seededRandom(seed);
   const out: string[] = [];
   for (let i = 0; i < count; i++) out.push(WORDS[Math.floor(r() * WORDS.length)]);
   return out.join(" ");

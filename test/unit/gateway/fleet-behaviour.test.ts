@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import { startGateway } from "../../../src/gateway/gateway.ts";
 import { silentLogger } from "../../../src/util/log.ts";
+import { parseMetrics } from "../../helpers/metrics.ts";
 import {
   deadPort,
   fakePodInfo,
@@ -347,7 +348,7 @@ describe("proxy", () => {
     assert.equal(health.status, 200);
     // --index-initial-entries: the embedded index holds 200k entry and block records from the start
     const metrics = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
-    const bytes = Number(/^kvsync_index_bytes (\S+)$/m.exec(metrics)?.[1]);
+    const bytes = Number(parseMetrics(metrics).get("kvsync_index_bytes"));
     assert.ok(bytes >= 200_000 * 48, `kvsync_index_bytes ${bytes}`);
     child.kill("SIGTERM");
     const [code] = await exited;

@@ -16,7 +16,7 @@ import fc from "fast-check";
 import { createIndex, MAX_EXTRA_COPIES, type PrefixIndex } from "../../../src/index/index.ts";
 import type { NamespaceRef, StreamRef } from "../../../src/index/types.ts";
 import type { EventBatch, HashKey, KvEvent } from "../../../src/protocol/types.ts";
-import { hk, removed, stored, toks } from "./helpers.ts";
+import { batch, cleared, hk, removed, stored, stream, toks } from "./helpers.ts";
 
 const BS = 4;
 const STREAMS: StreamRef[] = [
@@ -114,19 +114,15 @@ const promptsArb = fc.array(fc.array(fc.nat(2), { minLength: 6, maxLength: 6 }),
   maxLength: 6,
 });
 
+/** small pages and per-shard table rebuilds: the paths a large index takes, at test sizes */
+const SMALL_SYNC = { backend: "sync", initialCapacity: 16, pageBits: 5, wholeRebuildBelow: 0 } as const;
+
 function run(
   prompts: number[][],
   cmds: Cmd[],
   caps: { maxEntries?: number; maxEntriesPerStream?: number; copies?: "count" | "set" },
 ) {
-  // small pages and per-shard table rebuilds: the paths a large index takes, at test sizes
-  const fast = createIndex({
-    backend: "sync",
-    initialCapacity: 16,
-    pageBits: 5,
-    wholeRebuildBelow: 0,
-    ...caps,
-  });
+  const fast = createIndex({ ...SMALL_SYNC, ...caps });
   const ref = createIndex({ backend: "reference", ...caps });
   const ids = new Map<string, number>();
   const engines = STREAMS.map((_, i) => new Engine(i, ids));
@@ -306,12 +302,7 @@ test("random histories under tiny caps: LRU evictions identical to the reference
 });
 
 test("many streams (bitmaps of widely shared blocks, > 32 streams): fast == reference", () => {
-  const many: StreamRef[] = Array.from({ length: 90 }, (_, i) => ({
-    streamId: `p${i}`,
-    pod: `p${i}`,
-    rank: null,
-    model: "m",
-  }));
+  const many: StreamRef[] = Array.from({ length: 90 }, (_, i) => stream(`p${i}`));
   const opArb = fc.record({
     s: fc.nat(many.length - 1),
     k: fc.constantFrom("store", "store", "store", "offload", "remove", "remove", "clear", "drop"),
@@ -322,13 +313,7 @@ test("many streams (bitmaps of widely shared blocks, > 32 streams): fast == refe
   });
   fc.assert(
     fc.property(fc.array(opArb, { minLength: 50, maxLength: 400 }), (ops) => {
-      const fast = createIndex({
-        backend: "sync",
-        initialCapacity: 16,
-        pageBits: 5,
-        wholeRebuildBelow: 0,
-        copies: "count",
-      });
+      const fast = createIndex({ ...SMALL_SYNC, copies: "count" });
       const ref = createIndex({ backend: "reference", copies: "count" });
       const prompts = [0, 1, 2].map((p) => Array.from({ length: 20 }, (_, i) => (i < 4 ? i : p * 50 + i)));
       // engine hash of (stream, prompt, block); alt = a second engine hash for the same block
@@ -342,19 +327,20 @@ test("many streams (bitmaps of widely shared blocks, > 32 streams): fast == refe
         } else if (o.k === "offload")
           ev = stored([h(o.s, o.prompt, o.at, o.alt)], null, [], { blockSize: BS, medium: "CPU" });
         else if (o.k === "remove") ev = removed([h(o.s, o.prompt, o.at, o.alt)], o.alt ? "CPU" : "GPU");
-        else if (o.k === "clear") ev = { type: "AllBlocksCleared" };
+        else if (o.k === "clear") ev = cleared();
         else {
           fast.dropStream(many[o.s].streamId);
           ref.dropStream(many[o.s].streamId);
           continue;
         }
-        const b: EventBatch = { ts: 0, events: [ev], dpRank: null };
+        const b = batch(ev);
         fast.applyBatch(many[o.s], b);
         ref.applyBatch(many[o.s], b);
       }
+      const ns = { model: "m", lora: null, blockSize: BS };
       for (const p of prompts) {
-        const ns = { model: "m", lora: null, blockSize: BS };
-        assert.deepEqual(fast.match(ns, toks(p, BS)), ref.match(ns, toks(p, BS)));
+        const t = toks(p, BS);
+        assert.deepEqual(fast.match(ns, t), ref.match(ns, t));
       }
       assert.equal(fast.stats().entries, ref.stats().entries);
     }),
@@ -369,12 +355,12 @@ test("past 2048 streams the claim vectors are re-laid out without bitmaps: fast 
   const tokens = toks([1, 2, 3], BS);
   const run = (from: number, to: number) => {
     for (let i = from; i < to; i++) {
-      const st: StreamRef = { streamId: `q${i}`, pod: `q${i}`, rank: null, model: "m" };
+      const st = stream(`q${i}`);
       const hs = [hk(i * 4 + 1), hk(i * 4 + 2), hk(i * 4 + 3)].slice(0, 1 + (i % 3));
       const evs: KvEvent[] = [stored(hs, null, tokens.slice(0, hs.length * BS), { blockSize: BS })];
       if (i % 7 === 0) evs.push(removed([hs[0]]));
       if (i % 5 === 0) evs.push(stored([hs[hs.length - 1]], null, [], { blockSize: BS, medium: "CPU" }));
-      const b: EventBatch = { ts: 0, events: evs, dpRank: null };
+      const b = batch(...evs);
       fast.applyBatch(st, b);
       ref.applyBatch(st, b);
     }
