@@ -11,7 +11,8 @@
  *   HHI/HLO engine hash: the 8 bytes of a "u"/"n" HashKey; for other forms a 64-bit digest
  *          of the string, which is kept verbatim in a side Map (kind 2)
  *   SPREV/SNEXT  the stream's LRU list (head = most recently touched): clear/drop walk it
- *   GPREV/GNEXT  the global LRU list
+ *   THI/TLO  the entry's touch stamp (a 53-bit counter): the global LRU order; the global
+ *          least recently touched entry is the oldest of the streams' LRU tails
  * Blocks, stride 4 int32 = 16 B: key hi, key lo, claims, len << 5 | class.
  *   A block's claims are a small multiset of (stream << 3 | tiers) values, contiguous so match
  *   reads them sequentially (no pointer chasing): class 0 = one value inline in the block;
@@ -61,8 +62,9 @@ const HHI = 2;
 const HLO = 3;
 const SPREV = 4;
 const SNEXT = 5;
-const GPREV = 6;
-const GNEXT = 7;
+const THI = 6;
+const TLO = 7;
+const TWO_32 = 4294967296;
 
 const BS = 4;
 const KHI = 0;
@@ -232,8 +234,18 @@ export class SyncPrefixIndex implements PrefixIndex {
   private eUsed = 0;
   private eFree = -1;
   private count = 0;
-  private gHead = -1;
-  private gTail = -1;
+  /** touch stamps handed out so far (stamp of the next touch) */
+  private clock = 0;
+  /**
+   * Global eviction: a min-heap of streams by their LRU tail's stamp, built at the first global
+   * eviction. Keys go stale when a tail changes, but only ever upwards (a new tail was touched
+   * later), so the top is checked against its stream's tail when popped and re-keyed if stale.
+   */
+  private heapOn = false;
+  private hStream = new Int32Array(16);
+  private hKey = new Float64Array(16);
+  private hLen = 0;
+  private inHeap = new Uint8Array(16);
   private readonly strHashes = new Map<number, string>();
   /** (stream, engine hash) -> entry: SHARDS tables, their live and tombstone counts */
   private readonly eTabs: Int32Array[];
@@ -362,6 +374,9 @@ export class SyncPrefixIndex implements PrefixIndex {
       this.sHead = grow(this.sHead, -1);
       this.sTail = grow(this.sTail, -1);
       this.sCount = grow(this.sCount, 0);
+      const ih = new Uint8Array(n);
+      ih.set(this.inHeap);
+      this.inHeap = ih;
       const w = Math.ceil(n / 32);
       if (w !== this.mW) {
         this.relayoutClaims(w); // sets mW
@@ -1051,12 +1066,20 @@ export class SyncPrefixIndex implements PrefixIndex {
     if (sh !== -1) ep[sh >>> pb][(sh & pm) * ES + SPREV] = ent;
     else this.sTail[s] = ent;
     this.sHead[s] = ent;
-    const gh = this.gHead;
-    e[o + GPREV] = -1;
-    e[o + GNEXT] = gh;
-    if (gh !== -1) ep[gh >>> pb][(gh & pm) * ES + GPREV] = ent;
-    else this.gTail = ent;
-    this.gHead = ent;
+    this.stamp(e, o);
+    if (sh === -1 && this.heapOn && this.inHeap[s] === 0) this.heapPush(s, this.stampOf(ent));
+  }
+
+  private stamp(e: Int32Array, o: number): void {
+    const c = this.clock++;
+    e[o + THI] = (c / TWO_32) | 0;
+    e[o + TLO] = c | 0;
+  }
+
+  private stampOf(ent: number): number {
+    const e = this.ep[ent >>> this.pb];
+    const o = (ent & this.pm) * ES;
+    return e[o + THI] * TWO_32 + (e[o + TLO] >>> 0);
   }
 
   private unlink(ent: number, s: number): void {
@@ -1071,18 +1094,86 @@ export class SyncPrefixIndex implements PrefixIndex {
     else this.sHead[s] = sn;
     if (sn !== -1) ep[sn >>> pb][(sn & pm) * ES + SPREV] = sp;
     else this.sTail[s] = sp;
-    const gp = e[o + GPREV];
-    const gn = e[o + GNEXT];
-    if (gp !== -1) ep[gp >>> pb][(gp & pm) * ES + GNEXT] = gn;
-    else this.gHead = gn;
-    if (gn !== -1) ep[gn >>> pb][(gn & pm) * ES + GPREV] = gp;
-    else this.gTail = gp;
   }
 
   private touch(ent: number, s: number): void {
-    if (this.sHead[s] === ent && this.gHead === ent) return;
+    if (this.sHead[s] === ent) {
+      this.stamp(this.ep[ent >>> this.pb], (ent & this.pm) * ES);
+      return;
+    }
     this.unlink(ent, s);
     this.linkHead(ent, s);
+  }
+
+  // ---------------------------------------------------------------- global eviction heap
+
+  /** The globally least recently touched entry (the index holds at least one). */
+  private globalLru(): number {
+    if (!this.heapOn) {
+      this.heapOn = true;
+      for (let s = 0; s < this.streams.length; s++)
+        if (this.sCount[s] > 0 && this.inHeap[s] === 0) this.heapPush(s, this.stampOf(this.sTail[s]));
+    }
+    for (;;) {
+      const s = this.hStream[0];
+      if (this.sCount[s] === 0) {
+        // emptied since: out of the heap until it holds an entry again (linkHead)
+        this.inHeap[s] = 0;
+        this.hLen--;
+        this.hStream[0] = this.hStream[this.hLen];
+        this.hKey[0] = this.hKey[this.hLen];
+        this.siftDown();
+        continue;
+      }
+      const tail = this.sTail[s];
+      const k = this.stampOf(tail);
+      if (k === this.hKey[0]) return tail;
+      this.hKey[0] = k;
+      this.siftDown();
+    }
+  }
+
+  private heapPush(s: number, key: number): void {
+    if (this.hLen === this.hStream.length) {
+      const hs = new Int32Array(this.hLen * 2);
+      hs.set(this.hStream);
+      this.hStream = hs;
+      const hk = new Float64Array(this.hLen * 2);
+      hk.set(this.hKey);
+      this.hKey = hk;
+    }
+    this.inHeap[s] = 1;
+    let i = this.hLen++;
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (this.hKey[p] <= key) break;
+      this.hStream[i] = this.hStream[p];
+      this.hKey[i] = this.hKey[p];
+      i = p;
+    }
+    this.hStream[i] = s;
+    this.hKey[i] = key;
+  }
+
+  /** Restore the heap order below the top after its key grew (or it was replaced). */
+  private siftDown(): void {
+    const n = this.hLen;
+    const hs = this.hStream;
+    const hk = this.hKey;
+    const s = hs[0];
+    const key = hk[0];
+    let i = 0;
+    for (;;) {
+      let c = 2 * i + 1;
+      if (c >= n) break;
+      if (c + 1 < n && hk[c + 1] < hk[c]) c++;
+      if (hk[c] >= key) break;
+      hs[i] = hs[c];
+      hk[i] = hk[c];
+      i = c;
+    }
+    hs[i] = s;
+    hk[i] = key;
   }
 
   private freeEntry(ent: number): void {
@@ -1107,7 +1198,7 @@ export class SyncPrefixIndex implements PrefixIndex {
       this.onEvict?.(this.streams[s]!.ref.streamId, "stream");
     }
     if (this.count >= this.maxEntries) {
-      const v = this.gTail;
+      const v = this.globalLru();
       const vs = this.ep[v >>> this.pb][(v & this.pm) * ES + META] >>> S_SHIFT;
       this.freeEntry(v);
       this.counters.evictionsGlobal++;

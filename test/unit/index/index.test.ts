@@ -8,6 +8,7 @@ import {
 } from "../../../src/index/index.ts";
 import type { BlockClaim, NamespaceRef, StreamMatch } from "../../../src/index/types.ts";
 import type { KvEvent } from "../../../src/protocol/types.ts";
+import { seededRandom } from "../../../src/util/rng.ts";
 import { batch, cleared, hk, removed, stored, stream, toks } from "./helpers.ts";
 
 const NS: NamespaceRef = { model: "m", lora: null, blockSize: 4 };
@@ -632,4 +633,41 @@ test("a block held by 20 streams (bitmap vector) where one stream holds it under
   for (let i = 1; i < 20; i++) both(ss[i], removed([hk(100 + i), hk(200 + i)]));
   assert.deepEqual(fast.match(NS, q), ref.match(NS, q));
   assert.deepEqual(matched(fast, q), { s00: 2 });
+});
+
+test("global cap over 40 streams (re-stores, removals, clears, streams dropped and re-added): the same entries evicted as the reference", () => {
+  // the fast index finds the globally least recently touched entry as the oldest stream LRU tail
+  // (a heap of streams by tail stamp, re-keyed lazily); the reference keeps one global LRU order
+  const cap = 300;
+  const fast = createIndex({ backend: "sync", initialCapacity: 16, maxEntries: cap });
+  const ref = createIndex({ backend: "reference", maxEntries: cap });
+  const r = seededRandom(7);
+  const ss = Array.from({ length: 40 }, (_, i) => stream(`s${i}`));
+  for (let k = 0; k < 30_000; k++) {
+    const s = ss[Math.floor(r() * r() * ss.length)]; // skewed: some streams much busier
+    const x = r();
+    const id = Math.floor(r() * 400);
+    if (x < 0.002) {
+      fast.dropStream(s.streamId);
+      ref.dropStream(s.streamId);
+      continue;
+    }
+    const ev: KvEvent =
+      x < 0.004 ? cleared() : x < 0.25 ? removed([hk(id)]) : stored([hk(id)], null, toks([id]));
+    fast.applyBatch(s, batch(ev));
+    ref.applyBatch(s, batch(ev));
+    if (k % 1000 === 999) {
+      for (const st of ss) {
+        const held = (ix: typeof fast) =>
+          ix
+            .streamBlocks(st.streamId)
+            .map((c) => c.hash)
+            .sort();
+        assert.deepEqual(held(fast), held(ref), `${st.streamId} after ${k + 1} events`);
+      }
+      assert.equal(fast.stats().evictionsGlobal, ref.stats().evictionsGlobal);
+    }
+  }
+  const evicted = fast.stats().evictionsGlobal ?? 0;
+  assert.ok(evicted > 1000, `global evictions ${evicted}`);
 });
