@@ -157,37 +157,65 @@ export function makeWorkload(
 export const PROMPT_BLOCKS = 512;
 
 /**
- * The match benchmark's prompts, stored into `ix` (left by applying the workload of `engines`):
- * realistic, 50 conversations (a template + 480 history blocks) each held in full by 2 pods, half
- * by 3 and 1/8 by 5 (the template under each pod's own engine hashes: a re-store); worst, one
- * prompt every pod holds in full.
+ * The match benchmark's index: `steps` applied as applyChunked does, with the match prompts
+ * stored in between, turn by turn, so their blocks get records the way a live index hands them
+ * out (from the free list the churn refills, and from the end), not all from one fresh run.
+ * Realistic prompts: 50 conversations (a template + 480 history blocks, arriving in turns of 8 to
+ * 56 blocks spread over the workload) each held in full by 2 pods, half by 3 and 1/8 by 5 (the
+ * template under each pod's own engine hashes: a re-store); worst: one prompt every pod holds
+ * in full, stored at the end.
  */
-export function addMatchPrompts(
+export function buildMatchIndex(
   ix: PrefixIndex,
+  steps: Step[],
+  decode: (payload: Uint8Array) => DecodeResult,
   engines: EngineSim[],
 ): { convs: number[][]; worst: number[] } {
-  const holdPrefix = (pod: number, template: number, tokens: number[], blocks: number): void => {
-    const th = engines[pod].tmplHashes(template);
-    const hs = Array.from({ length: blocks - TEMPLATE_BLOCKS }, randHash);
-    ix.applyBatch(streams[pod], {
-      ts: 0,
-      events: [
-        storedEv(th, null, tokens.slice(0, TEMPLATE_BLOCKS * BS)),
-        storedEv(hs, th[TEMPLATE_BLOCKS - 1], tokens.slice(TEMPLATE_BLOCKS * BS, blocks * BS)),
-      ],
-      dpRank: 0,
-    });
-  };
+  interface Holder {
+    pod: number;
+    blocks: number;
+    hashes: HashKey[];
+  }
   const convs: number[][] = [];
+  const holders: Holder[][] = [];
+  const turns: number[][] = []; // per conversation: the block index where each turn ends
   for (let c = 0; c < 50; c++) {
     const t = c % TEMPLATES;
-    const tokens = templateTokens[t].concat(randTokens((PROMPT_BLOCKS - TEMPLATE_BLOCKS) * BS));
-    convs.push(tokens);
+    convs.push(templateTokens[t].concat(randTokens((PROMPT_BLOCKS - TEMPLATE_BLOCKS) * BS)));
     const pods = new Set<number>();
     while (pods.size < 10) pods.add(Math.floor(r() * PODS));
-    for (const [i, p] of [...pods].entries()) {
-      holdPrefix(p, t, tokens, i < 2 ? PROMPT_BLOCKS : i < 5 ? PROMPT_BLOCKS / 2 : PROMPT_BLOCKS / 8);
+    holders.push(
+      [...pods].map((pod, i) => {
+        const blocks = i < 2 ? PROMPT_BLOCKS : i < 5 ? PROMPT_BLOCKS / 2 : PROMPT_BLOCKS / 8;
+        const own = Array.from({ length: PROMPT_BLOCKS - TEMPLATE_BLOCKS }, randHash);
+        return { pod, blocks, hashes: engines[pod].tmplHashes(t).concat(own) };
+      }),
+    );
+    const ends = [TEMPLATE_BLOCKS];
+    while (ends[ends.length - 1] < PROMPT_BLOCKS)
+      ends.push(Math.min(PROMPT_BLOCKS, ends[ends.length - 1] + 8 + Math.floor(r() * 49)));
+    turns.push(ends);
+  }
+  const rounds = Math.max(...turns.map((e) => e.length));
+  const slice = Math.ceil(steps.length / (rounds + 1));
+  applyChunked(ix, steps.slice(0, slice), decode);
+  for (let k = 0; k < rounds; k++) {
+    for (let c = 0; c < convs.length; c++) {
+      const end = turns[c][k];
+      if (end === undefined) continue;
+      const start = k === 0 ? 0 : turns[c][k - 1];
+      for (const h of holders[c]) {
+        const stop = Math.min(end, h.blocks);
+        if (stop <= start) continue;
+        const ev = storedEv(
+          h.hashes.slice(start, stop),
+          start === 0 ? null : h.hashes[start - 1],
+          convs[c].slice(start * BS, stop * BS),
+        );
+        ix.applyBatch(streams[h.pod], { ts: 0, events: [ev], dpRank: 0 });
+      }
     }
+    applyChunked(ix, steps.slice((k + 1) * slice, (k + 2) * slice), decode);
   }
   const worst = randTokens(PROMPT_BLOCKS * BS);
   for (let p = 0; p < PODS; p++) {

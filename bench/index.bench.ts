@@ -28,9 +28,9 @@ import { createIndex, type PrefixIndex, type StreamRef } from "../src/index/inde
 import { decodeBatch, type EventBatch, encodeBatch, type HashKey } from "../src/protocol/index.ts";
 import { percentileSorted } from "../src/util/stats.ts";
 import {
-  addMatchPrompts,
   applyChunked,
   BS,
+  buildMatchIndex,
   cpuNow,
   MODEL,
   makeWorkload,
@@ -216,9 +216,10 @@ console.log(`  index after apply: ${st.entries} entries, ${st.blocks} blocks, ${
 
 // ------------------------------------------------------------------ 2. match latency
 
-const ix = lastIndex;
+// its own index: the workload with the prompts' turns stored in between (buildMatchIndex)
+const ix = createIndex();
 const ns = { model: MODEL, lora: null, blockSize: BS };
-const { convs, worst } = addMatchPrompts(ix, wl.engines);
+const { convs, worst } = buildMatchIndex(ix, wl.steps, decodeBatch, wl.engines);
 
 interface Lat {
   p50: number;

@@ -10,7 +10,7 @@
  */
 import { join } from "node:path";
 import { percentileSorted } from "../../src/util/stats.ts";
-import { addMatchPrompts, applyChunked, BS, blockEventsOf, MODEL, makeWorkload } from "../fleet-workload.ts";
+import { applyChunked, BS, blockEventsOf, buildMatchIndex, MODEL, makeWorkload } from "../fleet-workload.ts";
 
 const [dir, mode, runsArg, eventsArg] = process.argv.slice(2);
 const gc = (globalThis as { gc?: () => void }).gc;
@@ -32,8 +32,7 @@ const events = blockEventsOf(wl.steps, decode, from);
 const figures: number[] = [];
 if (mode === "match") {
   const ix = ixMod.createIndex();
-  applyChunked(ix, wl.steps, decode);
-  const { convs } = addMatchPrompts(ix, wl.engines);
+  const { convs } = buildMatchIndex(ix, wl.steps, decode, wl.engines);
   const ns = { model: MODEL, lora: null, blockSize: BS };
   const cpu = new Float64Array(5000);
   const time = () => {
