@@ -652,6 +652,33 @@ export class SyncPrefixIndex implements PrefixIndex {
     }
   }
 
+  /**
+   * The block keyed (hi, lo) if it is the record just after or just before block `x`, else -1.
+   * A chain stored by one event gets its new blocks from consecutive allocations: from the end
+   * of the records (ascending), or from the free list, which hands out the records of blocks
+   * freed together, as they usually are (an engine evicts a request's blocks in chain order,
+   * or in reverse), in the reverse order of their freeing: adjacent again. Exact: a live
+   * block's key is unique and its LC word is never 0 (a freed record's is).
+   */
+  private nextInChain(x: number, hi: number, lo: number): number {
+    const bp = this.bp;
+    const pb = this.pb;
+    const pm = this.pm;
+    let y = x + 1;
+    if (y < this.bUsed) {
+      const b = bp[y >>> pb];
+      const o = (y & pm) * BS;
+      if (b[o + KLO] === lo && b[o + KHI] === hi && b[o + LC] !== 0) return y;
+    }
+    y = x - 1;
+    if (y >= 0) {
+      const b = bp[y >>> pb];
+      const o = (y & pm) * BS;
+      if (b[o + KLO] === lo && b[o + KHI] === hi && b[o + LC] !== 0) return y;
+    }
+    return -1;
+  }
+
   private blockOf(hi: number, lo: number): number {
     const found = this.findBlock(hi, lo);
     if (found !== -1) return found;
@@ -1539,6 +1566,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     const blks = this.mBlks;
     let prevHi = 0;
     let prevLo = 0;
+    let prevX = -1;
     let done = false;
     for (let base = 0; base < n && !done; base += CHUNK) {
       // hash and look up a chunk at a time: the lookups are independent memory accesses the
@@ -1549,11 +1577,16 @@ export class SyncPrefixIndex implements PrefixIndex {
         prevHi = keys[j * 2];
         prevLo = keys[j * 2 + 1];
       }
-      // lookups, then a read of each found block's claims: independent loads that overlap
+      // lookups, then a read of each found block's claims: independent loads that overlap.
+      // A chain's blocks usually sit in adjacent records (see nextInChain): those skip the table.
       let acc = 0;
       for (let j = 0; j < m; j++) {
-        const x = this.findBlock(keys[j * 2], keys[j * 2 + 1]);
+        const hi = keys[j * 2];
+        const lo = keys[j * 2 + 1];
+        let x = prevX === -1 ? -1 : this.nextInChain(prevX, hi, lo);
+        if (x === -1) x = this.findBlock(hi, lo);
         blks[j] = x;
+        prevX = x;
         if (x !== -1) {
           const b = bp[x >>> pb];
           const o = (x & pm) * BS;

@@ -593,6 +593,37 @@ test("inserts right after an eviction (the missed lookup's slot may be stale) st
   assert.equal(st.evictions, n - cap);
 });
 
+test("match through adjacent records: freed and reused neighbours are never taken for the next block", () => {
+  // chains stored in one event sit in adjacent block records; match tries the neighbours of the
+  // previous block first. Freeing records and reusing them (descending, from the free list) for
+  // other chains must not let a stale or foreign neighbour stand in for the next block
+  const ix = createIndex({ backend: "sync" });
+  const a = stream("a");
+  const b = stream("b");
+  const ids = (from: number, n: number) => Array.from({ length: n }, (_, i) => from + i);
+  const chain = (s: typeof a, hashFrom: number, blockIds: number[]) =>
+    ix.applyBatch(s, batch(stored(blockIds.map((_, i) => hk(hashFrom + i)), null, toks(blockIds))));
+  chain(a, 0, ids(1, 8)); // blocks 1..8 in records 0..7
+  assert.deepEqual(matched(ix, toks(ids(1, 8))), { a: 8 });
+  // a drops the chain's second half: records 4..7 freed (7 first on the free list after 4)
+  ix.applyBatch(a, batch(removed(ids(4, 4).map(hk))));
+  assert.deepEqual(matched(ix, toks(ids(1, 8))), { a: 4 });
+  // b stores another chain: it takes records 7, 6, 5, 4 (descending), then new ones
+  chain(b, 100, ids(50, 6));
+  assert.deepEqual(matched(ix, toks(ids(50, 6))), { b: 6 });
+  assert.deepEqual(matched(ix, toks(ids(1, 8))), { a: 4 });
+  // the same content as a's lost half, re-stored by b under its own chain: a still stops at 4
+  chain(b, 200, ids(1, 8));
+  assert.deepEqual(matched(ix, toks(ids(1, 8))), { b: 8, a: 4 });
+  // a chain whose middle block goes: the match stops there even though its neighbours are live
+  chain(a, 300, ids(70, 6));
+  ix.applyBatch(a, batch(removed([hk(302)])));
+  assert.deepEqual(matched(ix, toks(ids(70, 6))), { a: 2 });
+  chain(b, 400, ids(90, 3)); // reuses the freed middle record
+  assert.deepEqual(matched(ix, toks(ids(70, 6))), { a: 2 });
+  assert.deepEqual(matched(ix, toks(ids(90, 3))), { b: 3 });
+});
+
 test("paged records: growth adds pages without moving records; stats count every page", () => {
   // 2^5-record pages: the first page grows 16 -> 32 by copying, then each growth adds a page
   const ix = createIndex({ backend: "sync", initialCapacity: 16, pageBits: 5 });
