@@ -602,7 +602,16 @@ test("match through adjacent records: freed and reused neighbours are never take
   const b = stream("b");
   const ids = (from: number, n: number) => Array.from({ length: n }, (_, i) => from + i);
   const chain = (s: typeof a, hashFrom: number, blockIds: number[]) =>
-    ix.applyBatch(s, batch(stored(blockIds.map((_, i) => hk(hashFrom + i)), null, toks(blockIds))));
+    ix.applyBatch(
+      s,
+      batch(
+        stored(
+          blockIds.map((_, i) => hk(hashFrom + i)),
+          null,
+          toks(blockIds),
+        ),
+      ),
+    );
   chain(a, 0, ids(1, 8)); // blocks 1..8 in records 0..7
   assert.deepEqual(matched(ix, toks(ids(1, 8))), { a: 8 });
   // a drops the chain's second half: records 4..7 freed (7 first on the free list after 4)
