@@ -75,8 +75,6 @@ export class MockEngine {
   readonly metrics: EngineMetrics;
   readonly log: Logger;
   readonly root: Digest;
-  /** published form of a digest (per --hash-format) */
-  private readonly hashOf: (d: Digest) => HashKey;
   private readonly rng: () => number;
   private vocab: number[] = [];
   private rr = 0;
@@ -90,7 +88,6 @@ export class MockEngine {
     this.rng = seededRandom(o.seed * 7919 + replicaIndex);
     this.root = rootDigest(o.hashSeed);
     const hashOf = o.hashFormat === "int" ? intHash : bytesHash;
-    this.hashOf = hashOf;
     this.ranks = [];
     for (let r = 0; r < o.dataParallelSize; r++) {
       const cache = new KvCache({
@@ -240,7 +237,9 @@ export class MockEngine {
   /** Ground truth of one rank's cache: one entry per cached hash with every tier holding it. */
   kvCacheSnapshot(rank: Rank): { blocks: Array<{ hash: string; tiers: string[] }> } {
     return {
-      blocks: rank.cache.snapshot().map((b) => ({ hash: hashToText(this.hashOf(b.digest)), tiers: b.tiers })),
+      blocks: rank.cache
+        .snapshot()
+        .map((b) => ({ hash: hashToText(rank.cache.hashOf(b.digest)), tiers: b.tiers })),
     };
   }
 

@@ -2,6 +2,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from "node:ht
 import type { AddressInfo } from "node:net";
 import { isTokenizerError, type TokenizerError } from "../tokenize/errors.ts";
 import type { ChatRequestLike } from "../tokenize/types.ts";
+import { readBody as readBodyWithin } from "../util/http-body.ts";
 import { sendJson } from "../util/http-json.ts";
 import type { MockEngine, Rank } from "./engine.ts";
 import { EngineRequest, type FinishReason, SchedulerFullError } from "./scheduler.ts";
@@ -41,32 +42,9 @@ export class HttpError extends Error {
 type Json = Record<string, unknown>;
 
 function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const declared = Number(req.headers["content-length"]);
-    if (Number.isFinite(declared) && declared > limit) {
-      reject(new HttpError(413, `request body exceeds ${limit} bytes`));
-      req.resume();
-      return;
-    }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    let failed = false;
-    req.on("data", (c: Buffer) => {
-      if (failed) return;
-      size += c.length;
-      if (size > limit) {
-        failed = true;
-        reject(new HttpError(413, `request body exceeds ${limit} bytes`));
-        return;
-      }
-      chunks.push(c);
-    });
-    req.on("end", () => {
-      if (!failed) resolve(Buffer.concat(chunks));
-    });
-    req.on("error", (e) => {
-      if (!failed) reject(e);
-    });
+  return readBodyWithin(req, limit, {
+    tooLarge: () => new HttpError(413, `request body exceeds ${limit} bytes`),
+    closed: () => new HttpError(499, "client closed the request"),
   });
 }
 

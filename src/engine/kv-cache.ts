@@ -89,7 +89,8 @@ export class KvCache {
   readonly blockSize: number;
   readonly numGpuBlocks: number;
   readonly numCpuBlocks: number;
-  private readonly hashOf: (d: Digest) => HashKey;
+  /** published form of a digest (the engine's --hash-format) */
+  readonly hashOf: (d: Digest) => HashKey;
   private readonly perCopyRemovals: boolean;
   private readonly blocks: Block[] = [];
   /** free queue: sentinel-based doubly linked list, head = LRU */

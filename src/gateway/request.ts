@@ -1,45 +1,15 @@
 import type { IncomingMessage } from "node:http";
 import type { ChatRequestLike } from "../tokenize/types.ts";
+import { readBody as readBodyWithin } from "../util/http-body.ts";
 import { badRequest, GatewayError, tooLarge } from "./errors.ts";
 
 export type RequestKind = "chat" | "completion";
 
 /** Read the whole body, refusing more than `maxBytes` (413) before buffering it. */
 export function readBody(req: IncomingMessage, maxBytes: number): Promise<Buffer> {
-  const declared = Number(req.headers["content-length"]);
-  if (Number.isFinite(declared) && declared > maxBytes) return Promise.reject(tooLarge(maxBytes));
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    let done = false;
-    const finish = (err: Error | null) => {
-      if (done) return;
-      done = true;
-      req.off("data", onData);
-      req.off("end", onEnd);
-      req.off("error", onError);
-      req.off("close", onClose);
-      if (err) reject(err);
-      else resolve(Buffer.concat(chunks, size));
-    };
-    const onData = (c: Buffer) => {
-      size += c.length;
-      if (size > maxBytes) {
-        chunks.length = 0;
-        finish(tooLarge(maxBytes));
-        req.resume(); // discard the rest; the response closes the connection
-        return;
-      }
-      chunks.push(c);
-    };
-    const onEnd = () => finish(null);
-    const onError = (e: Error) => finish(e);
-    const onClose = () =>
-      finish(new GatewayError(499, "client_closed", "client_closed", "client closed the request"));
-    req.on("data", onData);
-    req.on("end", onEnd);
-    req.on("error", onError);
-    req.on("close", onClose);
+  return readBodyWithin(req, maxBytes, {
+    tooLarge: () => tooLarge(maxBytes),
+    closed: () => new GatewayError(499, "client_closed", "client_closed", "client closed the request"),
   });
 }
 
