@@ -205,6 +205,24 @@ test("property: the cache rebuilt from events equals /debug/kv-cache (eviction, 
             ],
           },
         ],
+        [
+          {
+            // found by a random run: the same prompt computed by two requests at once (two copies
+            // of its blocks, a BlockStored each), then one copy evicted (its own BlockRemoved)
+            cpu: 0,
+            dp: 1,
+            hashFormat: "int",
+            eventFormat: "map",
+            waves: [
+              [
+                { kind: "req", prefix: 0, suffixLen: 10, suffixSeed: 0, maxTokens: 6, lora: 0, rank: 0 },
+                { kind: "req", prefix: 2, suffixLen: 0, suffixSeed: 0, maxTokens: 1, lora: 0, rank: 0 },
+                { kind: "req", prefix: 2, suffixLen: 0, suffixSeed: 0, maxTokens: 6, lora: 0, rank: 0 },
+                { kind: "req", prefix: 0, suffixLen: 3, suffixSeed: 0, maxTokens: 5, lora: 1, rank: 0 },
+              ],
+            ],
+          },
+        ],
       ],
     },
   );

@@ -16,8 +16,12 @@ export async function waitFor(cond: () => boolean, what: string, timeoutMs = 10_
 }
 
 export class MirrorSubscriber {
-  /** hash text -> tiers */
-  readonly blocks = new Map<string, Set<string>>();
+  /**
+   * hash text -> tier -> copies held. The engine (as vLLM) sends a BlockStored per physical copy
+   * of a hash (two requests that computed one prefix at once) and a BlockRemoved per evicted copy,
+   * so a tier goes only with its last copy.
+   */
+  readonly blocks = new Map<string, Map<string, number>>();
   /** seqs received live on the SUB socket, in arrival order */
   readonly liveSeqs: number[] = [];
   /** seqs applied (live or replayed), in order */
@@ -108,12 +112,14 @@ export class MirrorSubscriber {
         let tiers = this.blocks.get(key);
         if (ev.type === "BlockStored") {
           if (tiers === undefined) {
-            tiers = new Set();
+            tiers = new Map();
             this.blocks.set(key, tiers);
           }
-          tiers.add(tier);
+          tiers.set(tier, (tiers.get(tier) ?? 0) + 1);
         } else if (tiers !== undefined) {
-          tiers.delete(tier);
+          const left = (tiers.get(tier) ?? 0) - 1;
+          if (left > 0) tiers.set(tier, left);
+          else tiers.delete(tier);
           if (tiers.size === 0) this.blocks.delete(key);
         }
       }
@@ -160,7 +166,7 @@ export class MirrorSubscriber {
 
   /** The rebuilt cache in /debug/kv-cache's shape, sorted. */
   snapshot(): Array<{ hash: string; tiers: string[] }> {
-    return normalize([...this.blocks].map(([hash, tiers]) => ({ hash, tiers: [...tiers] })));
+    return normalize([...this.blocks].map(([hash, tiers]) => ({ hash, tiers: [...tiers.keys()] })));
   }
 
   async close(): Promise<void> {
