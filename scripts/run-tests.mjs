@@ -3,7 +3,8 @@
 // test files (Node 20's `--test` takes no globs). Extra args after `--` go to node (e.g. --test-name-pattern).
 import { spawnSync } from "node:child_process";
 import { readdirSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
 
 const sep = process.argv.indexOf("--");
 const dirs = process.argv.slice(2, sep === -1 ? undefined : sep);
@@ -27,7 +28,18 @@ if (files.length === 0) {
 const concurrency = process.env.KVSYNC_TEST_CONCURRENCY ?? "1";
 const r = spawnSync(
   process.execPath,
-  ["--import", "tsx", "--test", `--test-concurrency=${concurrency}`, ...extra, ...files],
+  [
+    "--import",
+    "tsx",
+    "--import",
+    pathToFileURL(
+      join(dirname(fileURLToPath(import.meta.url)), "..", "test", "helpers", "fast-check-setup.ts"),
+    ).href,
+    "--test",
+    `--test-concurrency=${concurrency}`,
+    ...extra,
+    ...files,
+  ],
   { stdio: "inherit" },
 );
 process.exit(r.status ?? 1);
