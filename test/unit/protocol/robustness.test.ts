@@ -104,6 +104,12 @@ const mutationArb = fc.record({
   len: fc.integer({ min: 1, max: 16 }),
 }) as fc.Arbitrary<Mutation>;
 
+function hasRecordHeader(b: Uint8Array): boolean {
+  for (let i = 0; i + 1 < b.length; i++)
+    if ((b[i] === 0xd4 || b[i] === 0xd5) && b[i + 1] === 0x72) return true;
+  return false;
+}
+
 function mutate(src: Buffer, muts: Mutation[]): Buffer {
   let b = Buffer.from(src);
   for (const m of muts) {
@@ -134,15 +140,10 @@ test("mutated conformance payloads: ProtocolError or a batch msgpackr's reading 
           return;
         }
         decoded++;
-        let ref: EventBatch;
-        try {
-          ref = referenceDecode(bytes);
-        } catch (e) {
-          // msgpackr refuses ext types it has no extension for; we skip them inside unknown fields
-          if (/Unknown extension/.test((e as Error).message)) return;
-          throw e;
-        }
-        assert.deepStrictEqual(ref, r);
+        // msgpackr reads a fixext 1 / fixext 2 of type 0x72 as a record definition of its own,
+        // whatever its options: no reference for such bytes (a rare mutation)
+        if (hasRecordHeader(bytes)) return;
+        assert.deepStrictEqual(referenceDecode(bytes), r);
       },
     ),
     { numRuns: 10000 },
