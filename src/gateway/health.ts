@@ -129,6 +129,8 @@ export class PodHealth {
     this.o = { ...HEALTH_DEFAULTS, ...opts };
     if (!(this.o.probeIntervalMs > 0) || !(this.o.probeTimeoutMs > 0))
       throw new Error("health probe interval and timeout must be > 0 ms");
+    if (!(this.o.unhealthyAfterProbes >= 1) || !(this.o.unhealthyAfterFailures >= 1))
+      throw new Error("health thresholds (failed probes, failed requests) must be >= 1");
     // probes get their own connections: a request pool saturated by a slow pod must not fail them
     this.agent = new Agent({
       connections: 1,
@@ -243,7 +245,11 @@ export class PodHealth {
         if (failure === null) this.probeOk(s);
         else {
           s.probeFailures++;
-          if (s.healthy && s.probeFailures >= this.o.unhealthyAfterProbes) this.eject(s, failure);
+          if (!s.healthy) return;
+          if (s.probeFailures >= this.o.unhealthyAfterProbes) this.eject(s, failure);
+          // confirm at once rather than a period later: a stopped pod is out within
+          // interval + unhealthyAfterProbes × timeout (a bounded burst: the pod is out after it)
+          else this.probe(s);
         }
       });
   }
