@@ -576,7 +576,8 @@ export class GatewayCore {
         this.metrics.upstreamErrors.inc({ pod: cand.pod, kind });
         const firstByte = kind === "headers_timeout" && parsed.stream;
         if (firstByte) this.metrics.upstreamAborts.inc({ reason: "first_byte_timeout" });
-        if (kind === "connect" || kind === "reset" || kind === "headers_timeout")
+        // a non-streaming request's long wait is generation time, not evidence against the pod
+        if (kind === "connect" || kind === "reset" || firstByte)
           this.health?.requestFailed(cand.pod, firstByte ? "first_byte_timeout" : kind);
         const n = next();
         // not after a first-byte timeout: the client has already waited the whole budget once
