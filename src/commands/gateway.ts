@@ -1,6 +1,7 @@
 import type { Command } from "commander";
 import { addDiscoveryOptions, discoveryOptionsFrom } from "../discovery/index.ts";
 import { startGateway } from "../gateway/gateway.ts";
+import { HEALTH_DEFAULTS } from "../gateway/health.ts";
 import { DEFAULT_BLOCK_SIZE, GATEWAY_DEFAULTS } from "../gateway/server.ts";
 import { KV_AWARE_DEFAULTS } from "../routing/kv-aware.ts";
 import { PREFIX_APPROX_DEFAULTS } from "../routing/prefix-approx.ts";
@@ -30,7 +31,13 @@ interface GatewayCliOptions {
   blockSize: number;
   connectTimeoutMs: number;
   headersTimeoutMs: number;
+  firstByteTimeoutMs: number;
   bodyTimeoutMs: number;
+  healthChecks: boolean;
+  healthProbeIntervalMs: number;
+  healthProbeTimeoutMs: number;
+  healthUnhealthyProbes: number;
+  healthUnhealthyFailures: number;
   maxBodyBytes: number;
   connectionsPerPod: number;
   scrapeEngineMetrics: boolean;
@@ -60,6 +67,7 @@ export function register(program: Command): void {
   const K = KV_AWARE_DEFAULTS;
   const P = PREFIX_APPROX_DEFAULTS;
   const G = GATEWAY_DEFAULTS;
+  const H = HEALTH_DEFAULTS;
   const cmd = program
     .command("gateway")
     .description("KV-cache-aware OpenAI-compatible gateway in front of vLLM engines");
@@ -114,6 +122,54 @@ export function register(program: Command): void {
         "upstream response-headers timeout (504 beyond)",
         "KVSYNC_HEADERS_TIMEOUT_MS",
         G.headersTimeoutMs,
+      ).argParser(parseIntArg),
+    )
+    .addOption(
+      opt(
+        "--first-byte-timeout-ms <n>",
+        "streaming requests: upstream response-headers timeout (504 beyond; engines answer them at once)",
+        "KVSYNC_FIRST_BYTE_TIMEOUT_MS",
+        G.firstByteTimeoutMs,
+      ).argParser(parseIntArg),
+    )
+    .addOption(
+      flagOpt(
+        "--health-checks",
+        "per-pod health signal: probes and request failures take pods out of rotation",
+        "KVSYNC_HEALTH_CHECKS",
+        true,
+      ),
+    )
+    .addOption(
+      opt(
+        "--health-probe-interval-ms <n>",
+        "period of the GET /health probe of every pod",
+        "KVSYNC_HEALTH_PROBE_INTERVAL_MS",
+        H.probeIntervalMs,
+      ).argParser(parseIntArg),
+    )
+    .addOption(
+      opt(
+        "--health-probe-timeout-ms <n>",
+        "a probe unanswered after this long failed",
+        "KVSYNC_HEALTH_PROBE_TIMEOUT_MS",
+        H.probeTimeoutMs,
+      ).argParser(parseIntArg),
+    )
+    .addOption(
+      opt(
+        "--health-unhealthy-probes <n>",
+        "consecutive failed probes that take a pod out of rotation",
+        "KVSYNC_HEALTH_UNHEALTHY_PROBES",
+        H.unhealthyAfterProbes,
+      ).argParser(parseIntArg),
+    )
+    .addOption(
+      opt(
+        "--health-unhealthy-failures <n>",
+        "consecutive failed requests (connect, reset, first-byte timeout) that take a pod out",
+        "KVSYNC_HEALTH_UNHEALTHY_FAILURES",
+        H.unhealthyAfterFailures,
       ).argParser(parseIntArg),
     )
     .addOption(
@@ -305,6 +361,15 @@ export function register(program: Command): void {
           defaultBlockSize: o.blockSize,
           connectTimeoutMs: o.connectTimeoutMs,
           headersTimeoutMs: o.headersTimeoutMs,
+          firstByteTimeoutMs: o.firstByteTimeoutMs,
+          health: o.healthChecks
+            ? {
+                probeIntervalMs: o.healthProbeIntervalMs,
+                probeTimeoutMs: o.healthProbeTimeoutMs,
+                unhealthyAfterProbes: o.healthUnhealthyProbes,
+                unhealthyAfterFailures: o.healthUnhealthyFailures,
+              }
+            : false,
           bodyTimeoutMs: o.bodyTimeoutMs,
           maxBodyBytes: o.maxBodyBytes,
           connectionsPerPod: o.connectionsPerPod,

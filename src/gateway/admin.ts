@@ -5,7 +5,7 @@
  *   GET  /readyz                        200 {"status":"ready"} | 503 {"status":"not ready"}
  *   GET  /metrics                       Prometheus text of the registry
  *   GET  /admin/pods                    one entry per stream (pod, or pod and DP rank):
- *        [{name, rank, stream, model, lora, ready, state, lastSeq, eventsApplied, blocks,
+ *        [{name, rank, stream, model, lora, ready, healthy, healthReason, state, lastSeq, eventsApplied, blocks,
  *          decodeErrors, gaps, replays, resyncs, restarts}]   (`lora`: the adapters the pod serves;
  *        a pod without an events endpoint appears once with stream/state null)
  *   GET  /admin/pods/<name>/blocks[?rank=N]
@@ -49,6 +49,8 @@ export interface AdminDeps {
   /** for `"prompt"` in match requests (`tokenizer` is accepted as an alias) */
   tokenizers?: AdminTokenizers;
   tokenizer?: AdminTokenizers;
+  /** a pod's health signal for /admin/pods (the gateway's); absent: `healthy` is null */
+  health?: (pod: string) => { healthy: boolean; reason: string | null } | null;
   /** readiness for /readyz (default: always ready) */
   ready?: () => boolean;
   /** block size when neither the request nor the model's pods name one */
@@ -75,6 +77,10 @@ export interface AdminPodEntry {
   model: string;
   lora: string[];
   ready: boolean;
+  /** in rotation by the gateway's health signal (null: not watched) */
+  healthy: boolean | null;
+  /** why the pod is out of rotation (probe_timeout, connect, ...), null while healthy */
+  healthReason: string | null;
   state: StreamStatus["state"] | null;
   lastSeq: number | null;
   eventsApplied: number;
@@ -139,13 +145,19 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
   };
 
   /** One row of /admin/pods: a pod's stream, or the pod alone (`s` null) when it has none. */
-  const podEntry = (p: PodInfo, s: StreamStatus | null): AdminPodEntry => ({
+  const podEntry = (
+    p: PodInfo,
+    s: StreamStatus | null,
+    h = deps.health?.(p.name) ?? null,
+  ): AdminPodEntry => ({
     name: p.name,
     rank: s ? s.rank : null,
     stream: s ? s.streamId : null,
     model: p.model,
     lora: [...p.loras],
     ready: p.ready,
+    healthy: h?.healthy ?? null,
+    healthReason: h?.reason ?? null,
     state: s ? s.state : null,
     lastSeq: s ? s.lastSeq : null,
     eventsApplied: s ? s.eventsApplied : 0,

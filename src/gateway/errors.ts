@@ -36,6 +36,13 @@ export const noReadyPod = (model: string) =>
     "no_ready_pod",
     `no ready pod serves model ${JSON.stringify(model)}`,
   );
+export const noHealthyPod = (model: string, pods: number) =>
+  new GatewayError(
+    503,
+    "service_unavailable",
+    "no_healthy_pod",
+    `every pod serving model ${JSON.stringify(model)} (${pods}) is out of rotation: failing health checks`,
+  );
 export const upstreamFailed = (message: string) =>
   new GatewayError(502, "upstream_error", "upstream_error", message);
 export const upstreamTimeout = (message: string) =>

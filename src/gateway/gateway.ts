@@ -165,6 +165,7 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
         subscribers,
         registry,
         tokenizer,
+        health: core.health === null ? undefined : (pod) => core.health?.status(pod) ?? null,
         ready: () => pods.routable().length > 0,
         defaultBlockSize: opts.defaultBlockSize ?? DEFAULT_BLOCK_SIZE,
         maxBodyBytes: opts.maxBodyBytes ?? GATEWAY_DEFAULTS.maxBodyBytes,

@@ -8,6 +8,8 @@ const TOKEN_BUCKETS = [0, 16, 64, 256, 1024, 4096, 16384, 65536];
 export interface MetricSources {
   streamInflight(): Array<{ stream: string; requests: number }>;
   predictionErrors(): Array<{ pod: string; meanRelError: number }>;
+  /** each watched pod's health (absent when health checks are off) */
+  podHealth?(): Array<{ pod: string; healthy: boolean }>;
 }
 
 /** The gateway's Prometheus metrics, on a Registry of its own (several gateways per process in tests). */
@@ -29,6 +31,10 @@ export class GatewayMetrics {
   readonly firstByteSeconds: Histogram<"policy">;
   readonly durationSeconds: Histogram<"policy">;
   readonly engineScrapes: Counter<"result">;
+  readonly podHealthy: Gauge<"pod">;
+  readonly podEjections: Counter<"reason">;
+  readonly healthProbes: Counter<"result">;
+  readonly upstreamAborts: Counter<"reason">;
   /** read at scrape time by the per-stream and per-pod gauges */
   sources: MetricSources | null = null;
 
@@ -146,6 +152,36 @@ export class GatewayMetrics {
       name: "kvsync_gateway_engine_metrics_scrapes_total",
       help: "Engine /metrics scrapes (--scrape-engine-metrics) by result",
       labelNames: ["result"],
+      registers,
+    });
+    this.podHealthy = new Gauge({
+      name: "kvsync_gateway_pod_healthy",
+      help: "1 while a pod is in rotation by the health signal, 0 while it is out",
+      labelNames: ["pod"],
+      registers,
+      collect: () => {
+        const src = this.sources?.podHealth;
+        if (src === undefined) return;
+        this.podHealthy.reset();
+        for (const h of src()) this.podHealthy.set({ pod: h.pod }, h.healthy ? 1 : 0);
+      },
+    });
+    this.podEjections = new Counter({
+      name: "kvsync_gateway_pod_ejections_total",
+      help: "Pods taken out of rotation by the health signal, by reason (probe_timeout, connect, ...)",
+      labelNames: ["reason"],
+      registers,
+    });
+    this.healthProbes = new Counter({
+      name: "kvsync_gateway_health_probes_total",
+      help: "Active health probes of the pods' /health, by result (ok, probe_timeout, probe_error, probe_status_N)",
+      labelNames: ["result"],
+      registers,
+    });
+    this.upstreamAborts = new Counter({
+      name: "kvsync_gateway_upstream_aborts_total",
+      help: "Upstream requests the gateway cut, by reason (pod_unhealthy, first_byte_timeout)",
+      labelNames: ["reason"],
       registers,
     });
   }

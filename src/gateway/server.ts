@@ -27,7 +27,22 @@ import type { Tokenizer } from "../tokenize/types.ts";
 import { sendJson } from "../util/http-json.ts";
 import { createLogger, type Logger } from "../util/log.ts";
 import { DEFAULT_BLOCK_SIZE } from "./admin.ts";
-import { GatewayError, noReadyPod, notFound, sendError, upstreamFailed, upstreamTimeout } from "./errors.ts";
+import {
+  GatewayError,
+  noHealthyPod,
+  noReadyPod,
+  notFound,
+  sendError,
+  upstreamFailed,
+  upstreamTimeout,
+} from "./errors.ts";
+import {
+  type HealthOptions,
+  originOf,
+  PodHealth,
+  type PodUnhealthyError,
+  type TrackedRequest,
+} from "./health.ts";
 import { GatewayMetrics } from "./metrics.ts";
 import { type ParsedRequest, parseJsonBody, readBody, validateExplain, validateRequest } from "./request.ts";
 import { eventData, SseSplitter } from "./sse.ts";
@@ -61,6 +76,10 @@ export interface GatewayCoreOptions {
   defaultBlockSize?: number;
   connectTimeoutMs?: number;
   headersTimeoutMs?: number;
+  /** streaming requests: request sent → response headers (ms); the engine answers them at once */
+  firstByteTimeoutMs?: number;
+  /** the per-pod health signal (probes + passive failures); false = every ready pod is in rotation */
+  health?: Partial<HealthOptions> | false;
   bodyTimeoutMs?: number;
   maxBodyBytes?: number;
   /** max connections per pod */
@@ -75,6 +94,7 @@ export const GATEWAY_DEFAULTS = Object.freeze({
   policy: "kv-aware" as PolicyName,
   connectTimeoutMs: 2_000,
   headersTimeoutMs: 300_000,
+  firstByteTimeoutMs: 30_000,
   bodyTimeoutMs: 300_000,
   maxBodyBytes: 16 * 1024 * 1024,
   connectionsPerPod: 256,
@@ -86,6 +106,8 @@ export interface ExplainCandidate {
   rank: number | null;
   streamId: string;
   live: boolean;
+  /** in rotation by the health signal (pods out of rotation are listed in `outOfRotation`) */
+  healthy: boolean;
   matchedBlocks: number;
   matchedTokens: number;
   tiers: ScoredCandidate["tiers"];
@@ -105,6 +127,8 @@ export interface ExplainResult {
   tokenized: boolean;
   choice: { pod: string; rank: number | null; streamId: string } | null;
   candidates: ExplainCandidate[];
+  /** ready pods serving the model that the health signal keeps out of rotation */
+  outOfRotation: Array<{ pod: string; reason: string | null; since: number }>;
 }
 
 interface Plan {
@@ -112,6 +136,7 @@ interface Plan {
   route: RouteRequest;
   decision: RoutingDecision;
   tokenized: boolean;
+  outOfRotation: PodInfo[];
   /** load claim on the top candidate, taken in the same tick as the decision (null for explain) */
   ticket: LoadTicket | null;
 }
@@ -136,11 +161,14 @@ export class GatewayCore {
   readonly log: Logger;
   private readonly pools: UpstreamPools;
   private readonly scraper: EngineMetricsScraper | null;
+  /** null when health checks are off */
+  readonly health: PodHealth | null;
   private readonly o: Required<
     Pick<
       GatewayCoreOptions,
       | "connectTimeoutMs"
       | "headersTimeoutMs"
+      | "firstByteTimeoutMs"
       | "bodyTimeoutMs"
       | "maxBodyBytes"
       | "connectionsPerPod"
@@ -156,6 +184,7 @@ export class GatewayCore {
     this.o = {
       connectTimeoutMs: opts.connectTimeoutMs ?? GATEWAY_DEFAULTS.connectTimeoutMs,
       headersTimeoutMs: opts.headersTimeoutMs ?? GATEWAY_DEFAULTS.headersTimeoutMs,
+      firstByteTimeoutMs: opts.firstByteTimeoutMs ?? GATEWAY_DEFAULTS.firstByteTimeoutMs,
       bodyTimeoutMs: opts.bodyTimeoutMs ?? GATEWAY_DEFAULTS.bodyTimeoutMs,
       maxBodyBytes: opts.maxBodyBytes ?? GATEWAY_DEFAULTS.maxBodyBytes,
       connectionsPerPod: opts.connectionsPerPod ?? GATEWAY_DEFAULTS.connectionsPerPod,
@@ -190,6 +219,9 @@ export class GatewayCore {
       streamInflight: () => this.loads.snapshot().map((x) => ({ stream: x.streamId, requests: x.requests })),
       predictionErrors: () => this.feedback.errors(),
     };
+    this.health = opts.health === false ? null : new PodHealth(opts.health ?? {}, this.metrics, this.log);
+    const health = this.health;
+    if (health !== null) this.metrics.sources.podHealth = () => health.snapshot();
     this.unsubscribe = opts.pods.onChange((pods, changes) => {
       for (const c of changes) {
         if (c.type === "removed") {
@@ -202,6 +234,7 @@ export class GatewayCore {
     });
     this.syncPods(new Map(opts.pods.pods().map((p) => [p.name, p])));
     this.scraper?.start();
+    this.health?.start();
   }
 
   get pods(): PodSet {
@@ -212,7 +245,9 @@ export class GatewayCore {
     const origins = new Set<string>();
     for (const p of pods.values()) origins.add(originOf(p.http));
     this.pools.retain(origins);
-    this.scraper?.setPods([...pods.values()].filter((p) => p.ready));
+    const ready = [...pods.values()].filter((p) => p.ready);
+    this.scraper?.setPods(ready);
+    this.health?.setPods(ready);
   }
 
   /** node:http request listener for the OpenAI API port. */
@@ -307,7 +342,7 @@ export class GatewayCore {
   }
 
   /** Which ready candidates serve the request's model (404 / 503 otherwise) and the namespace. */
-  private candidatesFor(model: string): { ns: NamespaceRef; candidates: Candidate[] } {
+  private candidatesFor(model: string): { ns: NamespaceRef; candidates: Candidate[]; out: PodInfo[] } {
     const all = this.opts.pods.pods();
     const serving = all.filter((p) => p.model === model || p.loras.includes(model));
     if (serving.length === 0) throw notFound(`The model \`${model}\` does not exist.`);
@@ -316,9 +351,14 @@ export class GatewayCore {
     const first = ready[0]!;
     const isBase = first.model === model;
     const base = isBase ? model : first.model;
-    const pods = ready.filter((p) =>
+    const serves = ready.filter((p) =>
       isBase ? p.model === model : p.model === base && p.loras.includes(model),
     );
+    // pods out of rotation get nothing while another pod can answer; none left is a quick 503
+    const h = this.health;
+    const pods = h === null ? serves : serves.filter((p) => h.isHealthy(p.name));
+    const out = h === null ? [] : serves.filter((p) => !h.isHealthy(p.name));
+    if (pods.length === 0) throw noHealthyPod(model, serves.length);
     const blockSize = first.blockSize ?? this.o.defaultBlockSize;
     const candidates: Candidate[] = [];
     for (const p of pods) {
@@ -334,7 +374,7 @@ export class GatewayCore {
         });
       }
     }
-    return { ns: { model: base, lora: isBase ? null : model, blockSize }, candidates };
+    return { ns: { model: base, lora: isBase ? null : model, blockSize }, candidates, out };
   }
 
   private async tokenize(
@@ -385,7 +425,7 @@ export class GatewayCore {
     const top = decision.ranked[0];
     const ticket =
       claim && top ? this.loads.begin(top.candidate.streamId, route.tokenIds.length - top.savedTokens) : null;
-    return { parsed, route, decision, tokenized: ids !== null, ticket };
+    return { parsed, route, decision, tokenized: ids !== null, outOfRotation: fresh.out, ticket };
   }
 
   /** `POST /admin/route/explain`: every candidate's match, load and score, and the choice. */
@@ -411,6 +451,7 @@ export class GatewayCore {
         rank: s.candidate.rank,
         streamId: s.candidate.streamId,
         live: s.candidate.live,
+        healthy: this.health?.isHealthy(s.candidate.pod) ?? true,
         matchedBlocks: s.matchedBlocks,
         matchedTokens: s.matchedTokens,
         tiers: s.tiers,
@@ -420,6 +461,10 @@ export class GatewayCore {
         terms: s.terms,
         chosen: i === 0,
       })),
+      outOfRotation: plan.outOfRotation.map((p) => {
+        const h = this.health?.status(p.name);
+        return { pod: p.name, reason: h?.reason ?? null, since: h?.since ?? 0 };
+      }),
     };
   }
 
@@ -483,14 +528,18 @@ export class GatewayCore {
     });
     const promptTokens = route.tokenIds.length;
     const order = decision.ranked;
-    for (let attempt = 0; attempt < 2 && attempt < order.length; attempt++) {
-      const sc = order[attempt]!;
+    let sc = order[0];
+    for (let attempt = 0; attempt < 2 && sc !== undefined; attempt++) {
       const cand = sc.candidate;
       ctx.pod = cand.pod;
       const ticket =
         attempt === 0 && plan.ticket !== null
           ? plan.ticket
           : this.loads.begin(cand.streamId, promptTokens - sc.savedTokens);
+      // the health signal can cut this attempt (its pod went out of rotation) apart from the client
+      const tracked = this.health?.track(cand.pod, ac.signal) ?? null;
+      // an attempt that sent the client nothing can go to the next healthy pod once
+      const next = () => (attempt === 0 ? this.retryTarget(order, cand.pod) : undefined);
       let up: Dispatcher.ResponseData;
       try {
         const headers: Record<string, string> = {
@@ -507,11 +556,17 @@ export class GatewayCore {
           method: "POST",
           headers,
           body: payload,
-          signal: ac.signal,
+          signal: tracked?.signal ?? ac.signal,
+          // a streaming engine answers headers at once: waiting longer means it is stuck
+          headersTimeout: parsed.stream
+            ? Math.min(this.o.firstByteTimeoutMs, this.o.headersTimeoutMs)
+            : this.o.headersTimeoutMs,
         });
       } catch (err) {
         ticket.done();
-        const kind = classifyUpstreamError(err);
+        tracked?.release();
+        const cut = tracked?.abortedBy ?? null;
+        const kind = cut !== null ? "pod_unhealthy" : classifyUpstreamError(err);
         if (clientGone || kind === "aborted") {
           ctx.status = "client_closed";
           this.metrics.clientAborts.inc({ pod: cand.pod });
@@ -519,30 +574,61 @@ export class GatewayCore {
           return;
         }
         this.metrics.upstreamErrors.inc({ pod: cand.pod, kind });
-        if (attempt === 0 && order.length > 1 && isRetryableBeforeResponse(err)) {
+        const firstByte = kind === "headers_timeout" && parsed.stream;
+        if (firstByte) this.metrics.upstreamAborts.inc({ reason: "first_byte_timeout" });
+        // a non-streaming request's long wait is generation time, not evidence against the pod
+        if (kind === "connect" || kind === "reset" || firstByte)
+          this.health?.requestFailed(cand.pod, firstByte ? "first_byte_timeout" : kind);
+        const n = next();
+        // not after a first-byte timeout: the client has already waited the whole budget once
+        if (n !== undefined && (isRetryableBeforeResponse(err) || cut !== null)) {
           this.metrics.retries.inc({ reason: kind });
           this.log.warn(
-            { event: "gateway.retry", pod: cand.pod, next: order[1]!.candidate.pod, kind, err: String(err) },
-            "connection to pod failed before any byte; retrying on the next-best pod",
+            { event: "gateway.retry", pod: cand.pod, next: n.candidate.pod, kind, err: String(err) },
+            "pod failed before any byte; retrying on the next-best pod",
           );
+          sc = n;
           continue;
         }
+        if (cut !== null) throw cutError(cut, "before answering");
         if (kind === "headers_timeout") throw upstreamTimeout(`pod ${cand.pod} did not answer in time`);
         throw upstreamFailed(`pod ${cand.pod} failed: ${(err as Error)?.message ?? String(err)}`);
       }
+      this.health?.requestSucceeded(cand.pod);
+      tracked?.touch();
       this.policy.onDispatched?.(route, sc);
       this.metrics.matchedRatio.observe(
         { policy: this.policy.name },
         promptTokens > 0 ? Math.min(1, sc.matchedTokens / promptTokens) : 0,
       );
       try {
-        await this.relay(res, ctx, up, sc, plan, inject, () => clientGone, ticket);
+        await this.relay(res, ctx, up, sc, plan, inject, () => clientGone, ticket, tracked);
+      } catch (err) {
+        const n = next();
+        if (tracked?.abortedBy && !res.headersSent && n !== undefined) {
+          this.metrics.retries.inc({ reason: "pod_unhealthy" });
+          this.log.warn(
+            { event: "gateway.retry", pod: cand.pod, next: n.candidate.pod, kind: "pod_unhealthy" },
+            "pod went out of rotation before the response; retrying on the next-best pod",
+          );
+          sc = n;
+          continue;
+        }
+        throw err;
       } finally {
         ticket.done();
+        tracked?.release();
       }
       return;
     }
     throw noReadyPod(parsed.model);
+  }
+
+  /** The best-ranked candidate on another pod that is in rotation, for a retry. */
+  private retryTarget(order: ScoredCandidate[], failedPod: string): ScoredCandidate | undefined {
+    return order.find(
+      (x) => x.candidate.pod !== failedPod && (this.health?.isHealthy(x.candidate.pod) ?? true),
+    );
   }
 
   private async relay(
@@ -554,6 +640,7 @@ export class GatewayCore {
     injected: boolean,
     clientGone: () => boolean,
     ticket: { prefillDone(): void },
+    tracked: TrackedRequest | null,
   ): Promise<void> {
     const pod = sc.candidate.pod;
     const ctype = String(up.headers["content-type"] ?? "application/json");
@@ -570,6 +657,7 @@ export class GatewayCore {
       let size = 0;
       try {
         for await (const c of up.body) {
+          tracked?.touch();
           if (size === 0) {
             ticket.prefillDone();
             this.metrics.firstByteSeconds.observe(
@@ -591,6 +679,10 @@ export class GatewayCore {
           ctx.status = "client_closed";
           this.metrics.clientAborts.inc({ pod });
           return;
+        }
+        if (tracked?.abortedBy) {
+          this.metrics.upstreamErrors.inc({ pod, kind: "pod_unhealthy" });
+          throw cutError(tracked.abortedBy, "before finishing its response");
         }
         const kind = classifyUpstreamError(err);
         this.metrics.upstreamErrors.inc({ pod, kind });
@@ -619,6 +711,7 @@ export class GatewayCore {
     let first = true;
     try {
       for await (const c of up.body) {
+        tracked?.touch();
         if (first) {
           first = false;
           ticket.prefillDone();
@@ -646,15 +739,18 @@ export class GatewayCore {
         this.metrics.clientAborts.inc({ pod });
         return;
       }
-      const kind = classifyUpstreamError(err);
+      const cut = tracked?.abortedBy ?? null;
+      const kind = cut !== null ? "pod_unhealthy" : classifyUpstreamError(err);
       this.metrics.upstreamErrors.inc({ pod, kind });
       this.metrics.streamErrors.inc({ pod, reason: kind });
       ctx.status = "stream_error";
       this.log.warn({ event: "gateway.stream_error", pod, kind, err: String(err) }, "pod failed mid-stream");
       const e =
-        kind === "body_timeout"
-          ? upstreamTimeout(`pod ${pod} stalled mid-stream`)
-          : upstreamFailed(`pod ${pod} failed mid-stream: ${(err as Error)?.message ?? String(err)}`);
+        cut !== null
+          ? cutError(cut, "mid-stream")
+          : kind === "body_timeout"
+            ? upstreamTimeout(`pod ${pod} stalled mid-stream`)
+            : upstreamFailed(`pod ${pod} failed mid-stream: ${(err as Error)?.message ?? String(err)}`);
       // end the client's stream with an error event, then close: never leave it hanging
       res.end(`data: ${JSON.stringify(e.body())}\n\n`);
     }
@@ -703,6 +799,7 @@ export class GatewayCore {
     this.unsubscribe();
     this.scraper?.stop();
     this.policy.close?.();
+    await this.health?.close();
     await this.pools.close();
   }
 }
@@ -717,12 +814,11 @@ function streamIds(p: PodInfo): string[] {
   return Array.from({ length: dp }, (_, r) => streamIdOf(p.name, dp > 1 ? r : null));
 }
 
-function originOf(http: string): string {
-  try {
-    return new URL(http).origin;
-  } catch {
-    return http;
-  }
+/** The client's error for a request cut because its pod went out of rotation. */
+function cutError(cut: PodUnhealthyError, where: string): GatewayError {
+  const m = `pod ${cut.pod} stopped answering ${where}: out of rotation (${cut.reason}), request aborted`;
+  // a pod that stopped answering is a timeout; one that refuses or resets has failed
+  return cut.reason.includes("timeout") ? upstreamTimeout(m) : upstreamFailed(m);
 }
 
 /** Write with backpressure; false when the client went away. */

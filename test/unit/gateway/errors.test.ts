@@ -155,8 +155,11 @@ describe("gateway failure handling with scripted pods", () => {
     cleanups.push(() => good.close());
     const dead = `http://127.0.0.1:${await deadPort()}`;
     // round-robin's first choice is the first pod by name: the dead one
+    // no health signal: its probes would take the dead pod out before the request; this is the
+    // path of a pod that dies between two probes
     const gw = await gateway([fakePodInfo("a-dead", dead), fakePodInfo("b-good", good.url)], {
       policy: "round-robin",
+      health: false,
     });
     const r = await post(`${gw.url}/v1/completions`, { model: MODEL, prompt: "hi" });
     assert.equal(r.status, 200, r.text);
@@ -167,11 +170,14 @@ describe("gateway failure handling with scripted pods", () => {
   });
 
   test("every pod refusing connections → 502 after one retry", async () => {
-    const gw = await gateway([
-      fakePodInfo("a", `http://127.0.0.1:${await deadPort()}`),
-      fakePodInfo("b", `http://127.0.0.1:${await deadPort()}`),
-      fakePodInfo("c", `http://127.0.0.1:${await deadPort()}`),
-    ]);
+    const gw = await gateway(
+      [
+        fakePodInfo("a", `http://127.0.0.1:${await deadPort()}`),
+        fakePodInfo("b", `http://127.0.0.1:${await deadPort()}`),
+        fakePodInfo("c", `http://127.0.0.1:${await deadPort()}`),
+      ],
+      { health: false },
+    ); // as above: pods that die between probes (health.test.ts: the probed case)
     const r = await post(`${gw.url}/v1/completions`, { model: MODEL, prompt: "hi" });
     assertOpenAiError(r, 502, "upstream_error");
     assert.equal(await metricValue(gw, "kvsync_gateway_upstream_retries_total"), 1);

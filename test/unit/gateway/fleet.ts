@@ -100,12 +100,20 @@ export async function waitFor(
   );
 }
 
-/** A scripted HTTP "pod" for failure tests; `handler` decides what each request gets. */
+/**
+ * A scripted HTTP "pod" for failure tests; `handler` decides what each request gets, except the
+ * gateway's `GET /health` probes, which it answers 200 like a live engine.
+ */
 export async function startFakePod(
   handler: (req: IncomingMessage, res: ServerResponse) => void,
 ): Promise<{ url: string; server: Server; requests: number; close(): Promise<void> }> {
   const state = { requests: 0 };
   const server = createServer((req, res) => {
+    // the gateway's health probe: answered like an engine's, not counted, never scripted
+    if (req.method === "GET" && req.url === "/health") {
+      res.writeHead(200).end();
+      return;
+    }
     state.requests++;
     handler(req, res);
   });
