@@ -5,6 +5,7 @@ import { answers } from "../e2e/harness/http.ts";
 import { useCluster } from "../e2e/harness/suite.ts";
 import { scaled } from "../e2e/harness/wait.ts";
 import { FaultNotInEffect, netTarget, tcpProbe } from "./faults/fault.ts";
+import { KubeApiDelay } from "./faults/kube-delay.ts";
 import { Partition } from "./faults/partition.ts";
 import { PortBlock } from "./faults/port-block.ts";
 
@@ -18,7 +19,7 @@ describe("chaos fault injectors", { timeout: scaled(240_000) }, () => {
   before(
     async () => {
       c = cluster();
-      [pod] = await c.createPods(["victim"]);
+      pod = await c.createPod("victim");
     },
     { timeout: scaled(60_000) },
   );
@@ -54,6 +55,20 @@ describe("chaos fault injectors", { timeout: scaled(240_000) }, () => {
     }
     assert.equal((await tcpProbe(pod.ip, 5557, 2000)).outcome, "open");
     assert.equal((await tcpProbe(pod.ip, 5558, 2000)).outcome, "open");
+    await assert.rejects(f.verify(), FaultNotInEffect);
+  });
+
+  it("kube api delay: a GET takes >= 2 s; removed, it is fast again", async () => {
+    const f = new KubeApiDelay(c.kube, 2000);
+    assert.ok((await f.probe()) < 1000);
+    await f.apply();
+    try {
+      const ev = await f.verify();
+      assert.ok(ev.probeMs >= 2000, `${ev.probeMs} ms`);
+    } finally {
+      await f.remove();
+    }
+    assert.ok((await f.probe()) < 1000);
     await assert.rejects(f.verify(), FaultNotInEffect);
   });
 });
