@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { before, describe, it } from "node:test";
@@ -7,7 +8,7 @@ import { type Cluster, EVENTS_PORT, type Pod } from "../e2e/harness/cluster.ts";
 import { GatewayProcess } from "../e2e/harness/gateway.ts";
 import { answers } from "../e2e/harness/http.ts";
 import { RUN_ENV } from "../e2e/harness/netns.ts";
-import { childEnv, ManagedProcess } from "../e2e/harness/proc.ts";
+import { childEnv, isAlive, ManagedProcess, run } from "../e2e/harness/proc.ts";
 import { useCluster } from "../e2e/harness/suite.ts";
 import { scaled, waitFor } from "../e2e/harness/wait.ts";
 import { Bandwidth } from "./faults/bandwidth.ts";
@@ -320,5 +321,70 @@ describe("chaos fault injectors", { timeout: scaled(240_000) }, () => {
       await gw.stop();
       await pipe.stop();
     }
+  });
+
+  it("a crashed run leaves no fault behind (stress workers, relay, slow pipe, nft table, qdisc)", async () => {
+    const here = (f: string) => JSON.stringify(new URL(f, import.meta.url).pathname);
+    const script = `
+      import { TestNetwork } from ${here("../e2e/harness/netns.ts")};
+      import { netTarget } from ${here("./faults/fault.ts")};
+      import { Partition } from ${here("./faults/partition.ts")};
+      import { Bandwidth } from ${here("./faults/bandwidth.ts")};
+      import { Stress } from ${here("./faults/stress.ts")};
+      import { SlowPipe } from ${here("./faults/slow-pipe.ts")};
+      import { RelaySidecar } from ${here("./faults/relay.ts")};
+      import { descendants } from ${here("./faults/stress.ts")};
+      const logDir = ${JSON.stringify(c.logDir)};
+      const net = await TestNetwork.create();
+      const node = await net.addNode(1);
+      const t = netTarget(net, node);
+      await new Partition(t).apply();
+      await new Bandwidth(t, { logDir }).apply();
+      const stress = Stress.cpu({ logDir, workers: 1, loadPercent: 10 });
+      await stress.apply();
+      const pipe = await SlowPipe.start({ logDir, logFile: logDir + "/crash-pipe.log" });
+      await pipe.apply();
+      const relay = await RelaySidecar.start({ ns: node.ns, ip: node.ips[0], logDir });
+      await new Promise((r) => setTimeout(r, 500));
+      const pids = [stress.pid, ...descendants(stress.pid), pipe.reader.pid, relay.process.pid];
+      console.log(JSON.stringify({ prefix: net.prefix, hostLink: t.hostLink, pids, fifo: pipe.fifo }));
+      setTimeout(() => { throw new Error("simulated crash"); }, 100);
+    `;
+    const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stderr = "";
+    child.stderr.on("data", (d) => {
+      stderr += d;
+    });
+    const exited = new Promise<number | null>((r) => child.once("exit", r));
+    let out = "";
+    child.stdout.on("data", (d) => {
+      out += d;
+    });
+    const code = await exited;
+    assert.equal(code, 1, stderr.slice(-2000));
+    assert.match(stderr, /simulated crash/);
+    const info = JSON.parse(out.split("\n").find((l) => l.startsWith("{")) ?? "null") as {
+      prefix: string;
+      hostLink: string;
+      pids: number[];
+      fifo: string;
+    } | null;
+    assert.ok(info, `child printed no state: ${out} ${stderr.slice(-1000)}`);
+    assert.ok(info.pids.length >= 4, `${info.pids}`);
+    await waitFor(
+      "every fault process killed",
+      () => {
+        const alive = info.pids.filter(isAlive);
+        return alive.length === 0 ? true : `alive: ${alive}`;
+      },
+      { timeoutMs: scaled(5000) },
+    );
+    assert.equal(existsSync(info.fifo), false, "FIFO removed");
+    const nsList = await run("ip", ["netns", "list"]);
+    assert.ok(!nsList.includes(`${info.prefix}-`), nsList);
+    const links = await run("ip", ["-o", "link", "show"]);
+    assert.ok(!links.includes(info.hostLink), "host veth (and its qdisc) removed");
   });
 });

@@ -7,7 +7,7 @@
  * How traffic reaches it: a sidecar per pod, Toxiproxy-style. `RelaySidecar.start` runs
  * relay-main.ts inside the pod's network namespace, listening on the pod's address at
  * `listenPort`s (default 18000 / 15557 / 15558) and forwarding to the engine's ports (8000 /
- * 5557 / 5558); `annotations()` gives the Pod annotations (kvsync.io/http-port,
+ * 5557 / 5558); `relayAnnotations()` gives the Pod annotations (kvsync.io/http-port,
  * kvsync.io/kv-events-port, kvsync.io/kv-replay-port) that point kvsync at the relay. Create the
  * pods with those annotations, then start the sidecars: the gateway's connects are refused until
  * the relay listens, and then go through it for the pod's whole life. The relay is always in
