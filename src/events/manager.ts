@@ -205,6 +205,7 @@ export class SubscriberManager
           else m?.resyncs.inc({ stream: id });
         },
         gap: () => m?.gaps.inc({ stream: id }),
+        stale: () => m?.staleBatches.inc({ stream: id }),
         replayRequested: () => m?.replays.inc({ stream: id }),
         replayFailed: () => m?.replayFailures.inc({ stream: id }),
         stateChanged: (state, prev) => {

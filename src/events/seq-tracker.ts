@@ -10,8 +10,10 @@
  * - A replay that can't cover the gap (its first seq is beyond the requested one, a hole inside
  *   it, a failure or timeout) drops the stream's entries and rebuilds from what the stream still
  *   delivers (state `resyncing` until the stream is contiguous and nothing waits).
- * - A seq <= last whose payload equals the one seen for that seq is a duplicate (ignored); any
- *   other backward seq means the engine restarted: drop and start over (replay from 0).
+ * - A seq <= last whose payload equals the one seen for that seq is a duplicate (ignored); a
+ *   remembered seq with another payload means the engine restarted: drop and start over (replay
+ *   from 0). A backward seq too old to be remembered is verified first: a replay from `last`
+ *   that still shows our last batch proves the same process (the late message was stale).
  * - After a reconnect the tracker asks for a replay from `last` and checks that the engine still
  *   has the same batch there: otherwise it restarted while we were away.
  */
@@ -30,6 +32,8 @@ export interface SeqSink {
   /** A gap was detected between two seqs (inclusive range of missing seqs). */
   gap?(from: number, to: number, recoverable: boolean): void;
   duplicate?(seq: number): void;
+  /** A late backward seq turned out stale: the engine still holds our last batch. */
+  stale?(seq: number): void;
   /** A live message could not be queued during a replay (queue full); it shows up as a gap later. */
   overflow?(seq: number): void;
 }
@@ -82,6 +86,8 @@ export class SeqTracker {
   private replayFirst = true;
   private replayAbandon = false;
   private replayIgnore = false;
+  /** the late backward seq a running verify replay was started for (null: a reconnect check) */
+  private lateSeq: number | null = null;
   /** live messages dropped because the queue was full */
   overflowed = 0;
 
@@ -162,7 +168,7 @@ export class SeqTracker {
   private checkAfterReconnect(): void {
     const last = this.last;
     if (last === null || last < 0) this.beginReplay("initial", 0);
-    else if (this.recentSeq[last % this.recentSeq.length] === last) this.beginReplay("verify", last);
+    else if (this.remembers(last)) this.beginReplay("verify", last);
     // nothing applied at `last` yet (a start from --from-seq): resume the pick-up
     else this.beginReplay("gap", last + 1);
   }
@@ -194,7 +200,11 @@ export class SeqTracker {
       this.replayFirst = false;
       if (this.replayKind === "verify") {
         const last = this.last as number;
-        if (seq === last && this.recentMatches(seq, payload) === true) return; // same engine
+        if (seq === last && this.recentMatches(seq, payload) === true) {
+          // same engine: a late message that started this check was stale
+          if (this.lateSeq !== null) this.sink.stale?.(this.lateSeq);
+          return;
+        }
         if (seq <= last) {
           // a different batch at a seq we have seen: the engine restarted while we were away
           this.replayAbandon = true;
@@ -298,6 +308,13 @@ export class SeqTracker {
         this.sink.duplicate?.(seq);
         return true;
       }
+      if (m === null && this.hasReplay && this.remembers(last)) {
+        // too old for the ring: a late copy (stale) or a new process; the engine's batch at
+        // `last` tells which, so ask for it before dropping anything
+        this.beginReplay("verify", last);
+        this.lateSeq = seq;
+        return true;
+      }
       this.restart();
       // with a replay, the new process's buffer (asked from 0) brings this batch again
       if (this.phase !== "replaying") this.applyMsg(seq, payload);
@@ -331,6 +348,7 @@ export class SeqTracker {
     this.replayFirst = true;
     this.replayAbandon = false;
     this.replayIgnore = false;
+    this.lateSeq = null;
     this.sink.requestReplay(from);
   }
 
@@ -364,6 +382,10 @@ export class SeqTracker {
     this.recentFp[i] = fingerprint(payload);
     this.recentLen[i] = payload.length;
     this.sink.apply(seq, payload);
+  }
+
+  private remembers(seq: number): boolean {
+    return this.recentSeq[seq % this.recentSeq.length] === seq;
   }
 
   /** true: seen with the same payload; false: seen with another payload; null: not remembered. */

@@ -33,6 +33,8 @@ export interface StreamConsumer {
   /** Every entry of the stream must be forgotten. */
   drop(reason: DropReason): void;
   gap?(from: number, to: number, recoverable: boolean): void;
+  /** a late copy of an old batch, verified stale and ignored */
+  stale?(seq: number): void;
   replayRequested?(fromSeq: number): void;
   /** a replay could not be completed (timeout, socket error) */
   replayFailed?(fromSeq: number, err: Error): void;
@@ -112,6 +114,8 @@ export class StreamSubscriber {
   resyncs = 0;
   restarts = 0;
   duplicates = 0;
+  /** late backward seqs verified stale (not restarts) */
+  staleBatches = 0;
   /** idle tail checks sent (not counted as replays) */
   probes = 0;
 
@@ -143,6 +147,14 @@ export class StreamSubscriber {
       },
       duplicate: () => {
         this.duplicates++;
+      },
+      stale: (seq) => {
+        this.staleBatches++;
+        this.log.info(
+          { event: "subscriber.stale_batch", ...this.ctx(), seq, last: this.tracker.lastSeq() },
+          "late copy of an old batch: the engine still holds our last batch, ignored",
+        );
+        this.consumer.stale?.(seq);
       },
       overflow: (seq) => {
         this.log.warn({ event: "subscriber.pending_overflow", ...this.ctx(), seq }, "pending queue full");
