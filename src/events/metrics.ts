@@ -19,6 +19,8 @@ export interface SubscriberMetrics {
   resyncs: Counter<"stream">;
   restarts: Counter<"stream">;
   staleBatches: Counter<"stream">;
+  bogusSeqs: Counter<"stream">;
+  replaysThrottled: Counter<"stream">;
   applySeconds: Histogram<string>;
   /** engine batch timestamp → applied in the index, for batches applied while the stream is live */
   lagSeconds: Histogram<string>;
@@ -58,6 +60,14 @@ export function createSubscriberMetrics(
       "kvsync_subscriber_stale_batches_total",
       "late copies of old batches verified stale (the engine still holds our last batch) and ignored",
     ),
+    bogusSeqs: perStream(
+      "kvsync_subscriber_bogus_seqs_total",
+      "live seqs beyond everything the engine's replay buffer holds (corrupt or jumped), discarded",
+    ),
+    replaysThrottled: perStream(
+      "kvsync_subscriber_replays_throttled_total",
+      "replays held back by the per-stream replay rate bound",
+    ),
     applySeconds: new Histogram({
       name: "kvsync_index_apply_duration_seconds",
       help: "time to apply one decoded event batch to the index",
@@ -81,6 +91,8 @@ export function createSubscriberMetrics(
         m.resyncs,
         m.restarts,
         m.staleBatches,
+        m.bogusSeqs,
+        m.replaysThrottled,
       ]) {
         c.remove({ stream: streamId });
       }

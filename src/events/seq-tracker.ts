@@ -14,6 +14,9 @@
  *   remembered seq with another payload means the engine restarted: drop and start over (replay
  *   from 0). A backward seq too old to be remembered is verified first: a replay from `last`
  *   that still shows our last batch proves the same process (the late message was stale).
+ * - A gap replay that ends short of the queued live batch it was asked for (a corrupted seq, an
+ *   engine that jumped) is retried (`attempt` > 0 lets the caller back off); after
+ *   `maxGapRetries` such replays that batch is bogus: reported, discarded, and the queue goes on.
  * - After a reconnect the tracker asks for a replay from `last` and checks that the engine still
  *   has the same batch there: otherwise it restarted while we were away.
  */
@@ -27,13 +30,18 @@ export interface SeqSink {
   apply(seq: number, payload: Uint8Array): void;
   /** Forget every entry of the stream. */
   drop(reason: DropReason): void;
-  /** Ask the engine for its buffered batches with seq >= fromSeq (one replay at a time). */
-  requestReplay(fromSeq: number): void;
+  /**
+   * Ask the engine for its buffered batches with seq >= fromSeq (one replay at a time). `attempt`
+   * counts the replays already asked for the same queued batch that they did not reach.
+   */
+  requestReplay(fromSeq: number, attempt: number): void;
   /** A gap was detected between two seqs (inclusive range of missing seqs). */
   gap?(from: number, to: number, recoverable: boolean): void;
   duplicate?(seq: number): void;
   /** A late backward seq turned out stale: the engine still holds our last batch. */
   stale?(seq: number): void;
+  /** A live seq beyond everything the engine's buffer holds, discarded after the retries. */
+  bogus?(seq: number): void;
   /** A live message could not be queued during a replay (queue full); it shows up as a gap later. */
   overflow?(seq: number): void;
 }
@@ -45,6 +53,8 @@ export interface SeqTrackerOptions {
   maxPending?: number;
   /** Recent payload fingerprints kept to tell duplicates from restarts. */
   recentSize?: number;
+  /** Gap replays that end short of the same queued batch before it counts as bogus. */
+  maxGapRetries?: number;
 }
 
 type ReplayKind = "initial" | "gap" | "verify" | "probe";
@@ -88,6 +98,10 @@ export class SeqTracker {
   private replayIgnore = false;
   /** the late backward seq a running verify replay was started for (null: a reconnect check) */
   private lateSeq: number | null = null;
+  /** the queued live seq the gap replays did not reach, and how many did not */
+  private shortSeq = -1;
+  private shortCount = 0;
+  private readonly maxGapRetries: number;
   /** live messages dropped because the queue was full */
   overflowed = 0;
 
@@ -97,6 +111,7 @@ export class SeqTracker {
   ) {
     this.hasReplay = opts.replay;
     this.maxPending = Math.max(1, opts.maxPending ?? 10_000);
+    this.maxGapRetries = Math.max(1, opts.maxGapRetries ?? 3);
     const n = Math.max(2, opts.recentSize ?? 64);
     this.recentSeq = new Float64Array(n).fill(-1);
     this.recentFp = new Int32Array(n);
@@ -251,6 +266,7 @@ export class SeqTracker {
     // an empty first pick-up: the engine has published nothing yet, so its next seq is 0
     if (this.replayKind === "initial" && this.replayFirst && this.last === null) this.last = -1;
     this.phase = "live";
+    if (this.replayKind === "gap") this.checkShort();
     this.drain();
   }
 
@@ -322,14 +338,40 @@ export class SeqTracker {
     }
     // gap
     if (this.hasReplay) {
-      this.sink.gap?.(last + 1, seq - 1, true);
-      this.beginReplay("gap", last + 1);
+      const retry = seq === this.shortSeq ? this.shortCount : 0;
+      // a retry for the same batch is the same gap, reported once
+      if (retry === 0) this.sink.gap?.(last + 1, seq - 1, true);
+      this.beginReplay("gap", last + 1, retry);
       return false;
     }
     this.sink.gap?.(last + 1, seq - 1, false);
     this.unrecoverable();
     this.applyMsg(seq, payload);
     return true;
+  }
+
+  /**
+   * After a gap replay: the engine answered with everything it had, so a queued head still beyond
+   * `last + 1` was never published by it. Count such replays; past the bound discard the head.
+   */
+  private checkShort(): void {
+    const head = this.pending[0];
+    const last = this.last;
+    if (head === undefined || last === null || head.seq <= last + 1) {
+      this.shortSeq = -1;
+      this.shortCount = 0;
+      return;
+    }
+    if (head.seq === this.shortSeq) this.shortCount++;
+    else {
+      this.shortSeq = head.seq;
+      this.shortCount = 1;
+    }
+    if (this.shortCount < this.maxGapRetries) return;
+    this.pending.shift();
+    this.shortSeq = -1;
+    this.shortCount = 0;
+    this.sink.bogus?.(head.seq);
   }
 
   private drain(): void {
@@ -341,7 +383,7 @@ export class SeqTracker {
     if (this.phase === "live" && this.pending.length === 0) this.resyncing = false;
   }
 
-  private beginReplay(kind: ReplayKind, from: number): void {
+  private beginReplay(kind: ReplayKind, from: number, attempt = 0): void {
     this.phase = "replaying";
     this.replayKind = kind;
     this.replayFrom = from;
@@ -349,7 +391,7 @@ export class SeqTracker {
     this.replayAbandon = false;
     this.replayIgnore = false;
     this.lateSeq = null;
-    this.sink.requestReplay(from);
+    this.sink.requestReplay(from, attempt);
   }
 
   /** The engine restarted: its entries are stale; pick up its new buffer from 0. */
@@ -364,6 +406,8 @@ export class SeqTracker {
 
   private forget(): void {
     this.last = null;
+    this.shortSeq = -1;
+    this.shortCount = 0;
     this.recentSeq.fill(-1);
     this.pending.length = 0;
   }

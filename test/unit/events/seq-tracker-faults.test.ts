@@ -43,8 +43,9 @@ function sinkOf(s: Sink): SeqSink {
   return {
     apply: (seq, p) => s.apply(seq, p),
     drop: (r) => s.drop(r),
-    requestReplay: (f) => s.requestReplay(f, 0),
+    requestReplay: (f, a) => s.requestReplay(f, a),
     stale: (seq) => s.stale.push(seq),
+    bogus: (seq) => s.bogus.push(seq),
   };
 }
 
@@ -106,5 +107,37 @@ describe("SeqTracker: late batches the ring no longer remembers", () => {
     t.onLive(15, pl(1, 15));
     assert.deepEqual(s.drops, ["restart"]);
     assert.deepEqual(s.replays.slice(before), [{ from: 0, attempt: 0 }]);
+  });
+});
+
+describe("SeqTracker: a live seq beyond the engine's newest", () => {
+  it("retries the gap replay with rising attempts, then discards the seq and goes on", () => {
+    const { t, s, buffer } = liveTracker(5);
+    t.onLive(1_000_000, pl(0, 1_000_000));
+    for (let i = 0; i < 10 && s.bogus.length === 0; i++) answer(t, s, buffer);
+    assert.deepEqual(s.bogus, [1_000_000]);
+    assert.deepEqual(
+      s.replays.slice(1).map((r) => [r.from, r.attempt]),
+      [
+        [5, 0],
+        [5, 1],
+        [5, 2],
+      ],
+    );
+    assert.equal(t.state(), "live");
+    t.onLive(5, pl(0, 5));
+    assert.equal(s.applied.at(-1), "0:5");
+    assert.deepEqual(s.drops, []);
+  });
+
+  it("a gap replay that reaches the queued seq is no retry", () => {
+    const { t, s, buffer } = liveTracker(5);
+    buffer.set(5, pl(0, 5));
+    buffer.set(6, pl(0, 6));
+    t.onLive(6, pl(0, 6));
+    answer(t, s, buffer);
+    assert.deepEqual(s.bogus, []);
+    assert.equal(t.last, 6);
+    assert.equal(s.replays.length, 2);
   });
 });
