@@ -19,6 +19,9 @@ export interface SubscriberMetrics {
   resyncs: Counter<"stream">;
   restarts: Counter<"stream">;
   staleBatches: Counter<"stream">;
+  stalls: Counter<"stream">;
+  reconnects: Counter<"stream">;
+  socketReplacements: Counter<"stream">;
   bogusSeqs: Counter<"stream">;
   decodeRepairs: Counter<"stream">;
   replaysThrottled: Counter<"stream">;
@@ -56,6 +59,18 @@ export function createSubscriberMetrics(
     restarts: perStream(
       "kvsync_subscriber_restarts_total",
       "engine restarts detected (seq went backwards): the stream's entries were dropped",
+    ),
+    stalls: perStream(
+      "kvsync_subscriber_stalls_total",
+      "connections dropped because ZMTP heartbeats went unanswered (partition, stopped engine)",
+    ),
+    reconnects: perStream(
+      "kvsync_subscriber_reconnects_total",
+      "connections re-established after being down",
+    ),
+    socketReplacements: perStream(
+      "kvsync_subscriber_socket_replacements_total",
+      "SUB sockets replaced (session ended for good on a protocol error, watchdog, socket failure)",
     ),
     staleBatches: perStream(
       "kvsync_subscriber_stale_batches_total",
@@ -96,6 +111,9 @@ export function createSubscriberMetrics(
         m.resyncs,
         m.restarts,
         m.staleBatches,
+        m.stalls,
+        m.reconnects,
+        m.socketReplacements,
         m.bogusSeqs,
         m.replaysThrottled,
       ]) {

@@ -14,6 +14,7 @@ import { decodeReplayResponse, encodeReplayRequest } from "../protocol/replay.ts
 import type { EventBatch } from "../protocol/types.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
 import { type DropReason, type SeqSink, SeqTracker } from "./seq-tracker.ts";
+import { backoffDelay, type DownCause, SubSocket } from "./sub-socket.ts";
 import type { StreamState } from "./types.ts";
 
 export interface StreamEndpoints {
@@ -33,6 +34,12 @@ export interface StreamConsumer {
   /** Every entry of the stream must be forgotten. */
   drop(reason: DropReason): void;
   gap?(from: number, to: number, recoverable: boolean): void;
+  /** the connection went silent past the heartbeat timeout */
+  stalled?(): void;
+  /** connected again after being down */
+  reconnected?(): void;
+  /** the SUB socket was replaced (its session ended for good) */
+  socketReplaced?(): void;
   /** an undecodable batch was applied from a good copy */
   decodeRepaired?(seq: number): void;
   /** a live seq beyond the engine's newest, discarded */
@@ -58,6 +65,14 @@ export interface SubscriberOptions {
   /** First reconnect delay (ms); zmq doubles it up to `reconnectMaxMs`, jittered per socket. */
   reconnectMs?: number;
   reconnectMaxMs?: number;
+  /** ZMTP heartbeat PING period (ms; 0 = no heartbeats). */
+  heartbeatIntervalMs?: number;
+  /** No answer to a PING for this long takes the connection (and the stream) down (ms). */
+  heartbeatTimeoutMs?: number;
+  /** A TCP connect attempt taking longer is abandoned and retried (ms). */
+  connectTimeoutMs?: number;
+  /** A down SUB with no reconnect attempt for this long is replaced (ms). */
+  watchdogMs?: number;
   /** Receive high-water mark of the SUB socket (messages). */
   receiveHighWaterMark?: number;
   /** Replay from this seq on first connect instead of the engine's whole buffer. */
@@ -86,35 +101,29 @@ const DEFAULTS = {
   maxPending: 10_000,
   maxReplayBatches: 200_000,
   reconnectMs: 100,
-  reconnectMaxMs: 5000,
+  reconnectMaxMs: 1000,
+  heartbeatIntervalMs: 1000,
+  heartbeatTimeoutMs: 3000,
+  connectTimeoutMs: 1000,
+  watchdogMs: 5000,
   receiveHighWaterMark: 100_000,
   tailCheckMs: 10_000,
   maxReplaysPerSecond: 10,
   replayRetryMs: 100,
 };
 
-/** `delay * [0.5, 1)`: spreads reconnects of many subscribers after a shared outage. */
-export function jitter(delayMs: number, rand: () => number = Math.random): number {
-  return Math.max(1, Math.round(delayMs * (0.5 + rand() * 0.5)));
-}
-
-/** Capped exponential backoff with jitter for the n-th (0-based) retry. */
-export function backoffDelay(attempt: number, baseMs: number, maxMs: number, rand?: () => number): number {
-  return jitter(Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 30)), rand);
-}
+export { backoffDelay, jitter } from "./sub-socket.ts";
 
 export class StreamSubscriber {
   private readonly tracker: SeqTracker;
   private readonly opts: typeof DEFAULTS & SubscriberOptions;
   private readonly log: Logger;
-  private sub: zmq.Subscriber | null = null;
+  private readonly socket: SubSocket;
   private dealer: zmq.Dealer | null = null;
   private connected = false;
   private everConnected = false;
   private closed = false;
   private started = false;
-  private attempt = 0;
-  private retryTimer: NodeJS.Timeout | null = null;
   private lastState: StreamState = "connecting";
   private tailTimer: NodeJS.Timeout | null = null;
   private lastActivity = Date.now();
@@ -136,6 +145,11 @@ export class StreamSubscriber {
   /** undecodable batches applied from a good copy, and those without one */
   decodeRepairs = 0;
   decodeLosses = 0;
+  /** connections lost to the heartbeat (no answer within the timeout) */
+  stalls = 0;
+  reconnects = 0;
+  socketReplacements = 0;
+  private downSince = Date.now();
   /** live seqs beyond the engine's buffer, discarded */
   bogusSeqs = 0;
   /** replays held back by the per-stream rate bound */
@@ -214,6 +228,32 @@ export class StreamSubscriber {
       replay: endpoints.replay !== null,
       maxPending: this.opts.maxPending,
     });
+    const o = this.opts;
+    this.socket = new SubSocket(
+      endpoints.events,
+      endpoints.topic,
+      {
+        reconnectMs: o.reconnectMs,
+        reconnectMaxMs: o.reconnectMaxMs,
+        receiveHighWaterMark: o.receiveHighWaterMark,
+        heartbeatIntervalMs: o.heartbeatIntervalMs,
+        heartbeatTimeoutMs: o.heartbeatTimeoutMs,
+        connectTimeoutMs: o.connectTimeoutMs,
+        watchdogMs: o.watchdogMs,
+        retryGraceMs: Math.max(500, o.reconnectMaxMs),
+      },
+      {
+        up: () => this.onUp(),
+        down: (cause, silentMs) => this.onDown(cause, silentMs),
+        frames: (frames) => this.onFrames(frames),
+        replaced: () => {
+          this.socketReplacements++;
+          this.consumer.socketReplaced?.();
+        },
+      },
+      this.log,
+      () => this.ctx(),
+    );
   }
 
   get lastSeq(): number | null {
@@ -229,7 +269,7 @@ export class StreamSubscriber {
   start(): void {
     if (this.started || this.closed) return;
     this.started = true;
-    this.openSub();
+    this.socket.start();
     const every = this.opts.tailCheckMs;
     if (every > 0 && this.endpoints.replay !== null) {
       this.tailTimer = setInterval(() => this.maybeProbe(), Math.max(10, Math.floor(every / 2)));
@@ -252,12 +292,9 @@ export class StreamSubscriber {
     if (this.closed) return;
     this.closed = true;
     this.connected = false;
-    if (this.retryTimer) clearTimeout(this.retryTimer);
-    this.retryTimer = null;
     if (this.tailTimer) clearInterval(this.tailTimer);
     this.tailTimer = null;
-    this.sub?.close();
-    this.sub = null;
+    await this.socket.close();
     this.dealer?.close();
     this.dealer = null;
     for (const wake of [...this.sleeps]) wake();
@@ -276,42 +313,42 @@ export class StreamSubscriber {
     return this.opts.logContext ?? { endpoint: this.endpoints.events };
   }
 
-  private openSub(): void {
-    if (this.closed) return;
-    const sub = new zmq.Subscriber({
-      linger: 0,
-      reconnectInterval: jitter(this.opts.reconnectMs * 2),
-      reconnectMaxInterval: this.opts.reconnectMaxMs,
-      receiveHighWaterMark: this.opts.receiveHighWaterMark,
-    });
-    this.sub = sub;
-    const up = () => {
-      if (this.closed || this.sub !== sub || this.connected) return;
-      this.attempt = 0;
+  private onUp(): void {
+    if (this.closed || this.connected) return;
+    const first = !this.everConnected;
+    if (first) this.log.info({ event: "subscriber.connected", ...this.ctx() }, "connected");
+    else {
+      this.reconnects++;
       this.log.info(
-        { event: "subscriber.connected", ...this.ctx(), first: !this.everConnected },
-        "connected",
+        { event: "subscriber.reconnected", ...this.ctx(), downMs: Date.now() - this.downSince },
+        "reconnected",
       );
-      this.markConnected();
-      this.emitState();
-    };
-    sub.events.on("connect", up);
-    sub.events.on("handshake", up);
-    sub.events.on("disconnect", () => {
-      if (this.closed || this.sub !== sub || !this.connected) return;
-      this.connected = false;
-      this.log.warn({ event: "subscriber.disconnected", ...this.ctx() }, "disconnected");
-      this.emitState();
-    });
-    try {
-      sub.subscribe(this.endpoints.topic);
-      sub.connect(this.endpoints.events);
-    } catch (err) {
-      this.log.error({ event: "subscriber.connect_error", ...this.ctx(), err }, "cannot connect");
-      this.retrySub(sub);
-      return;
+      this.consumer.reconnected?.();
     }
-    this.track(this.receiveLoop(sub));
+    this.markConnected();
+    this.emitState();
+  }
+
+  private onDown(cause: DownCause, silentMs: number): void {
+    if (this.closed || !this.connected) return;
+    this.connected = false;
+    this.downSince = Date.now();
+    if (cause === "stalled") {
+      this.stalls++;
+      this.log.warn(
+        {
+          event: "subscriber.stalled",
+          ...this.ctx(),
+          silentMs,
+          heartbeatTimeoutMs: this.opts.heartbeatTimeoutMs,
+        },
+        "no answer to ZMTP heartbeats: stream down (partition, stopped engine, or an idle engine gone)",
+      );
+      this.consumer.stalled?.();
+    } else {
+      this.log.warn({ event: "subscriber.disconnected", ...this.ctx(), cause }, "disconnected");
+    }
+    this.emitState();
   }
 
   /** The stream is up: start the tracker on the first connection, tell it about a reconnect after. */
@@ -321,39 +358,6 @@ export class StreamSubscriber {
     this.everConnected = true;
     if (first) this.tracker.start(this.opts.fromSeq, this.opts.initialReplay ?? true);
     else this.tracker.reconnected();
-  }
-
-  /** Replace a broken SUB after a jittered, capped backoff. */
-  private retrySub(sub: zmq.Subscriber): void {
-    if (this.sub === sub) this.sub = null;
-    try {
-      sub.close();
-    } catch {
-      // already closed
-    }
-    if (this.connected) {
-      this.connected = false;
-      this.emitState();
-    }
-    if (this.closed) return;
-    const delay = backoffDelay(this.attempt++, this.opts.reconnectMs, this.opts.reconnectMaxMs);
-    this.retryTimer = setTimeout(() => {
-      this.retryTimer = null;
-      this.openSub();
-    }, delay);
-  }
-
-  private async receiveLoop(sub: zmq.Subscriber): Promise<void> {
-    try {
-      for await (const frames of sub) {
-        if (this.closed || this.sub !== sub) return;
-        this.onFrames(frames);
-      }
-    } catch (err) {
-      if (this.closed || this.sub !== sub) return;
-      this.log.error({ event: "subscriber.socket_error", ...this.ctx(), err }, "SUB socket failed");
-      this.retrySub(sub);
-    }
   }
 
   private onFrames(frames: Buffer[]): void {
@@ -367,8 +371,6 @@ export class StreamSubscriber {
       this.countDecodeError(null, err as Error);
       return;
     }
-    // a message proves the connection even if the monitor event is late
-    if (!this.connected) this.markConnected();
     this.lastActivity = Date.now();
     this.tracker.onLive(seq, payload);
     this.emitState();
