@@ -3,10 +3,15 @@
  * undecodable batches the engine's buffer still holds, corruption windows.
  */
 import assert from "node:assert/strict";
+import { createServer, type Server, type Socket } from "node:net";
 import { after, describe, it } from "node:test";
+import { Registry } from "prom-client";
+import { SubscriberManager } from "../../../src/events/manager.ts";
+import { createIndex } from "../../../src/index/index.ts";
 import { encodePubMessage } from "../../../src/protocol/frames.ts";
 import { pollUntil } from "../../helpers/wait.ts";
-import { waitFor } from "./fake-publisher.ts";
+import { freePorts } from "./engines.ts";
+import { FakePublisher, waitFor } from "./fake-publisher.ts";
 import { held, metric, podOf, type Rig, rig, storeBatch } from "./rig.ts";
 
 const rigs: Rig[] = [];
@@ -87,5 +92,80 @@ describe("subscriber: undecodable batches", () => {
     assert.equal(st?.resyncs, 0);
     assert.deepEqual(pub.requests.slice(1), [1]);
     assert.equal(await metric(registry, "kvsync_subscriber_decode_repairs_total", { stream: "p" }), 1);
+  });
+});
+
+/** A ZMTP 3.0 greeting with a mechanism nobody speaks: libzmq ends the session for good. */
+function badGreeting(): Buffer {
+  const g = Buffer.alloc(64);
+  g[0] = 0xff;
+  g[9] = 0x7f;
+  g[10] = 3;
+  g[11] = 0;
+  g.write("BOGUS", 12, "ascii");
+  return g;
+}
+
+describe("subscriber: a ZMTP protocol error", () => {
+  it("replaces the SUB whose session libzmq ended, and the stream comes back live", async () => {
+    const [events, replay] = [await freePorts(1), await freePorts(1)];
+    const seen: Socket[] = [];
+    const server: Server = createServer((sock) => {
+      seen.push(sock);
+      sock.on("error", () => undefined);
+      sock.write(badGreeting());
+    });
+    await new Promise<void>((res) => server.listen(events, "127.0.0.1", res));
+    const index = createIndex();
+    const registry = new Registry();
+    const manager = new SubscriberManager({
+      index,
+      registry,
+      subscriber: { replayTimeoutMs: 2000, reconnectMs: 50, reconnectMaxMs: 300 },
+    });
+    let pub: FakePublisher | null = null;
+    rigs.push({
+      close: async () => {
+        await manager.close();
+        await pub?.close();
+        server.close();
+      },
+    } as Rig);
+    manager.setPods([
+      podOf("p", { events: `tcp://127.0.0.1:${events}`, replay: `tcp://127.0.0.1:${replay}` }),
+    ]);
+    // the fault took effect: the subscriber reached the bad server and got no stream
+    await waitFor("a connection to the bad server", () => seen.length >= 1);
+    await until(
+      "a replaced socket",
+      async () =>
+        (await metric(registry, "kvsync_subscriber_socket_replacements_total", { stream: "p" })) >= 1,
+    );
+    assert.notEqual(manager.status("p")?.state, "live");
+    // the port turns into a real engine
+    for (const sock of seen) sock.destroy();
+    await new Promise<void>((res) => server.close(() => res()));
+    const bound = Date.now() + 10_000;
+    for (;;) {
+      try {
+        pub = await new FakePublisher({
+          pubEndpoint: `tcp://127.0.0.1:${events}`,
+          replayEndpoint: `tcp://127.0.0.1:${replay}`,
+        }).start();
+        break;
+      } catch (err) {
+        if (Date.now() > bound) throw err;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+    await waitFor(
+      "live on the real publisher",
+      () => manager.status("p")?.state === "live",
+      10_000,
+      () => manager.status("p"),
+    );
+    await pub.publish(0, storeBatch(5));
+    await waitFor("seq 0", () => manager.status("p")?.lastSeq === 0);
+    assert.deepEqual(held(index, "p"), ["5"]);
   });
 });
