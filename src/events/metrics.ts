@@ -7,7 +7,14 @@ import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 import type { PrefixIndex } from "../index/types.ts";
 import type { StreamState, StreamStatus } from "./types.ts";
 
-export const STREAM_STATES: readonly StreamState[] = ["connecting", "live", "replaying", "resyncing", "down"];
+export const STREAM_STATES: readonly StreamState[] = [
+  "connecting",
+  "live",
+  "replaying",
+  "resyncing",
+  "suspect",
+  "down",
+];
 
 export interface SubscriberMetrics {
   eventsApplied: Counter<"stream">;
@@ -20,6 +27,8 @@ export interface SubscriberMetrics {
   restarts: Counter<"stream">;
   staleBatches: Counter<"stream">;
   stalls: Counter<"stream">;
+  suspects: Counter<"stream">;
+  rebuilds: Counter<"stream">;
   reconnects: Counter<"stream">;
   socketReplacements: Counter<"stream">;
   bogusSeqs: Counter<"stream">;
@@ -59,6 +68,14 @@ export function createSubscriberMetrics(
     restarts: perStream(
       "kvsync_subscriber_restarts_total",
       "engine restarts detected (seq went backwards): the stream's entries were dropped",
+    ),
+    suspects: perStream(
+      "kvsync_subscriber_suspects_total",
+      "times a stream became suspect (garbled frames, repaired batches, bogus seqs, protocol errors)",
+    ),
+    rebuilds: perStream(
+      "kvsync_subscriber_rebuilds_total",
+      "suspect streams dropped and rebuilt from the engine's replay buffer once clean",
     ),
     stalls: perStream(
       "kvsync_subscriber_stalls_total",
@@ -112,6 +129,8 @@ export function createSubscriberMetrics(
         m.restarts,
         m.staleBatches,
         m.stalls,
+        m.suspects,
+        m.rebuilds,
         m.reconnects,
         m.socketReplacements,
         m.bogusSeqs,

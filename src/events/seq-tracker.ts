@@ -26,7 +26,7 @@
 
 export type TrackerState = "live" | "replaying" | "resyncing";
 
-export type DropReason = "restart" | "gap";
+export type DropReason = "restart" | "gap" | "rebuild";
 
 export interface SeqSink {
   /** Apply a message, in seq order; false: its payload does not decode (nothing applied). */
@@ -171,6 +171,20 @@ export class SeqTracker {
     } else {
       this.phase = "live";
     }
+  }
+
+  /**
+   * Forget everything and take the engine's replay buffer again from its oldest batch (a stream
+   * that may hold garbage). Only when live and idle; without a replay endpoint the stream
+   * rebuilds from the live batches that follow. Returns whether it started.
+   */
+  rebuild(): boolean {
+    if (this.phase !== "live") return false;
+    this.sink.drop("rebuild");
+    this.forget();
+    this.resyncing = !this.hasReplay;
+    if (this.hasReplay) this.beginReplay("initial", 0);
+    return true;
   }
 
   /** The live connection came back after a disconnect: verify the engine is the same process. */

@@ -15,6 +15,7 @@ import type { EventBatch } from "../protocol/types.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
 import { type DropReason, type SeqSink, SeqTracker } from "./seq-tracker.ts";
 import { backoffDelay, type DownCause, SubSocket } from "./sub-socket.ts";
+import { Suspicion } from "./suspicion.ts";
 import type { StreamState } from "./types.ts";
 
 export interface StreamEndpoints {
@@ -34,6 +35,8 @@ export interface StreamConsumer {
   /** Every entry of the stream must be forgotten. */
   drop(reason: DropReason): void;
   gap?(from: number, to: number, recoverable: boolean): void;
+  /** the stream became suspect (signs of garbling) */
+  suspected?(): void;
   /** the connection went silent past the heartbeat timeout */
   stalled?(): void;
   /** connected again after being down */
@@ -73,6 +76,8 @@ export interface SubscriberOptions {
   connectTimeoutMs?: number;
   /** A down SUB with no reconnect attempt for this long is replaced (ms). */
   watchdogMs?: number;
+  /** A suspect stream (signs of garbling) is rebuilt once clean for this long (ms; suspicion.ts). */
+  suspectCleanMs?: number;
   /** Receive high-water mark of the SUB socket (messages). */
   receiveHighWaterMark?: number;
   /** Replay from this seq on first connect instead of the engine's whole buffer. */
@@ -106,6 +111,7 @@ const DEFAULTS = {
   heartbeatTimeoutMs: 3000,
   connectTimeoutMs: 1000,
   watchdogMs: 5000,
+  suspectCleanMs: 1000,
   receiveHighWaterMark: 100_000,
   tailCheckMs: 10_000,
   maxReplaysPerSecond: 10,
@@ -119,6 +125,7 @@ export class StreamSubscriber {
   private readonly opts: typeof DEFAULTS & SubscriberOptions;
   private readonly log: Logger;
   private readonly socket: SubSocket;
+  private readonly suspicion: Suspicion;
   private dealer: zmq.Dealer | null = null;
   private connected = false;
   private everConnected = false;
@@ -145,6 +152,9 @@ export class StreamSubscriber {
   /** undecodable batches applied from a good copy, and those without one */
   decodeRepairs = 0;
   decodeLosses = 0;
+  /** times the stream became suspect, and rebuilds from the engine's buffer */
+  suspects = 0;
+  rebuilds = 0;
   /** connections lost to the heartbeat (no answer within the timeout) */
   stalls = 0;
   reconnects = 0;
@@ -170,6 +180,11 @@ export class StreamSubscriber {
     const sink: SeqSink = {
       apply: (seq, payload) => this.applyPayload(seq, payload),
       drop: (reason) => {
+        if (reason === "rebuild") {
+          this.rebuilds++;
+          this.consumer.drop(reason);
+          return;
+        }
         if (reason === "restart") this.restarts++;
         else this.resyncs++;
         this.log.warn(
@@ -183,6 +198,8 @@ export class StreamSubscriber {
       requestReplay: (fromSeq, attempt) => this.requestReplay(fromSeq, attempt),
       repaired: (seq) => {
         this.decodeRepairs++;
+        // the engine's copy decodes, so the wire garbled ours: what else did it garble?
+        this.suspicion.fault("repaired");
         this.log.info(
           { event: "subscriber.decode_repaired", ...this.ctx(), seq },
           "undecodable batch applied from the engine's good copy",
@@ -198,6 +215,7 @@ export class StreamSubscriber {
       },
       bogus: (seq) => {
         this.bogusSeqs++;
+        this.suspicion.fault("bogus_seq");
         this.log.warn(
           { event: "subscriber.bogus_seq", ...this.ctx(), seq, last: this.tracker.lastSeq() },
           "live seq beyond everything the engine holds: discarded",
@@ -246,7 +264,8 @@ export class StreamSubscriber {
         up: () => this.onUp(),
         down: (cause, silentMs) => this.onDown(cause, silentMs),
         frames: (frames) => this.onFrames(frames),
-        replaced: () => {
+        replaced: (cause) => {
+          if (cause === "protocol_error") this.suspicion.fault("protocol_error");
           this.socketReplacements++;
           this.consumer.socketReplaced?.();
         },
@@ -254,6 +273,36 @@ export class StreamSubscriber {
       this.log,
       () => this.ctx(),
     );
+    this.suspicion = new Suspicion(o.suspectCleanMs, {
+      rebuild: () => this.connected && this.tracker.rebuild(),
+      settled: () =>
+        this.connected &&
+        this.tracker.state() === "live" &&
+        !this.tracker.replaying() &&
+        this.tracker.pendingCount() === 0,
+      changed: () => this.emitState(),
+      suspected: (cause, first) => {
+        if (!first) return;
+        this.suspects++;
+        this.log.warn(
+          { event: "subscriber.suspect", ...this.ctx(), cause, lastSeq: this.tracker.lastSeq() },
+          "signs of a garbling transport: the stream's claims do not count until it is rebuilt",
+        );
+        this.consumer.suspected?.();
+      },
+      rebuilding: () =>
+        this.log.warn(
+          { event: "subscriber.rebuild", ...this.ctx(), cleanMs: o.suspectCleanMs },
+          "suspect stream clean again: dropping it and replaying the engine's buffer",
+        ),
+      trusted: () => {
+        this.log.info(
+          { event: "subscriber.trusted", ...this.ctx(), lastSeq: this.tracker.lastSeq() },
+          "rebuilt cleanly: the stream counts again",
+        );
+        this.emitState();
+      },
+    });
   }
 
   get lastSeq(): number | null {
@@ -263,6 +312,7 @@ export class StreamSubscriber {
   state(): StreamState {
     if (this.closed) return "down";
     if (!this.connected) return this.everConnected ? "down" : "connecting";
+    if (this.suspicion.isSuspect()) return "suspect";
     return this.tracker.state();
   }
 
@@ -292,6 +342,7 @@ export class StreamSubscriber {
     if (this.closed) return;
     this.closed = true;
     this.connected = false;
+    this.suspicion.close();
     if (this.tailTimer) clearInterval(this.tailTimer);
     this.tailTimer = null;
     await this.socket.close();
@@ -507,6 +558,8 @@ export class StreamSubscriber {
 
   private countDecodeError(seq: number | null, err: Error): void {
     this.decodeErrors++;
+    // no valid framing: the transport garbles (a bad payload at a known seq is asked again first)
+    if (seq === null) this.suspicion.fault("framing");
     this.log.warn(
       { event: "subscriber.decode_error", ...this.ctx(), seq, err: err.message },
       "cannot decode message",
@@ -515,6 +568,7 @@ export class StreamSubscriber {
   }
 
   private emitState(): void {
+    this.suspicion?.check();
     const s = this.state();
     if (s === this.lastState) return;
     const prev = this.lastState;

