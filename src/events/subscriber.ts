@@ -7,14 +7,13 @@
  * connection, `down` after a disconnect until the next one; while connected the tracker's state
  * (`live | replaying | resyncing`) applies.
  */
-import * as zmq from "zeromq";
 import { type DecodeLimits, decodeBatch } from "../protocol/decode.ts";
 import { decodePubMessage } from "../protocol/frames.ts";
-import { decodeReplayResponse, encodeReplayRequest } from "../protocol/replay.ts";
 import type { EventBatch } from "../protocol/types.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
+import { ReplayClient } from "./replay-client.ts";
 import { type DropReason, type SeqSink, SeqTracker } from "./seq-tracker.ts";
-import { backoffDelay, type DownCause, SubSocket } from "./sub-socket.ts";
+import { type DownCause, SubSocket } from "./sub-socket.ts";
 import { Suspicion } from "./suspicion.ts";
 import type { StreamState } from "./types.ts";
 
@@ -126,7 +125,7 @@ export class StreamSubscriber {
   private readonly log: Logger;
   private readonly socket: SubSocket;
   private readonly suspicion: Suspicion;
-  private dealer: zmq.Dealer | null = null;
+  private readonly replay: ReplayClient | null;
   private connected = false;
   private everConnected = false;
   private closed = false;
@@ -135,11 +134,6 @@ export class StreamSubscriber {
   private tailTimer: NodeJS.Timeout | null = null;
   private lastActivity = Date.now();
   private probing = false;
-  private readonly loops = new Set<Promise<void>>();
-  private readonly sleeps = new Set<() => void>();
-  private tokens: number;
-  private tokensAt = Date.now();
-  private throttleLoggedAt = 0;
   // counters (the manager turns them into metrics)
   eventsApplied = 0;
   batchesApplied = 0;
@@ -176,7 +170,6 @@ export class StreamSubscriber {
   ) {
     this.opts = { ...DEFAULTS, ...stripUndefined(options) };
     this.log = options.log ?? silentLogger();
-    this.tokens = this.opts.maxReplaysPerSecond;
     const sink: SeqSink = {
       apply: (seq, payload) => this.applyPayload(seq, payload),
       drop: (reason) => {
@@ -247,6 +240,39 @@ export class StreamSubscriber {
       maxPending: this.opts.maxPending,
     });
     const o = this.opts;
+    this.replay =
+      endpoints.replay === null
+        ? null
+        : new ReplayClient(
+            endpoints.replay,
+            {
+              replayTimeoutMs: o.replayTimeoutMs,
+              maxReplayBatches: o.maxReplayBatches,
+              maxReplaysPerSecond: o.maxReplaysPerSecond,
+              replayRetryMs: o.replayRetryMs,
+              retryMaxMs: o.reconnectMaxMs,
+            },
+            {
+              message: (seq, payload) => this.tracker.onReplayMessage(seq, payload),
+              end: () => this.tracker.onReplayEnd(),
+              failed: (fromSeq, err) => {
+                this.consumer.replayFailed?.(fromSeq, err);
+                this.tracker.onReplayFailed();
+              },
+              // a broken frame of the answer: the tracker sees the hole in the seqs that follow
+              badFrame: (err) => this.countDecodeError(null, err),
+              throttled: (delayMs) => {
+                this.replaysThrottled++;
+                this.consumer.replayThrottled?.(delayMs);
+              },
+              settled: () => {
+                this.lastActivity = Date.now();
+                this.emitState();
+              },
+            },
+            this.log,
+            () => this.ctx(),
+          );
     this.socket = new SubSocket(
       endpoints.events,
       endpoints.topic,
@@ -345,17 +371,7 @@ export class StreamSubscriber {
     this.suspicion.close();
     if (this.tailTimer) clearInterval(this.tailTimer);
     this.tailTimer = null;
-    await this.socket.close();
-    this.dealer?.close();
-    this.dealer = null;
-    for (const wake of [...this.sleeps]) wake();
-    this.sleeps.clear();
-    await Promise.allSettled([...this.loops]);
-  }
-
-  private track(p: Promise<void>): void {
-    this.loops.add(p);
-    p.finally(() => this.loops.delete(p));
+    await Promise.all([this.socket.close(), this.replay?.close()]);
   }
 
   // --- sockets --------------------------------------------------------------------------
@@ -427,16 +443,6 @@ export class StreamSubscriber {
     this.emitState();
   }
 
-  /** ms to wait before the next replay may start (token bucket), taking a token. */
-  private replayToken(): number {
-    const rate = Math.max(0.1, this.opts.maxReplaysPerSecond);
-    const now = Date.now();
-    this.tokens = Math.min(rate, this.tokens + ((now - this.tokensAt) / 1000) * rate);
-    this.tokensAt = now;
-    this.tokens -= 1;
-    return this.tokens >= 0 ? 0 : Math.ceil((-this.tokens / rate) * 1000);
-  }
-
   private requestReplay(fromSeq: number, attempt: number): void {
     if (this.probing) {
       this.probes++;
@@ -449,96 +455,8 @@ export class StreamSubscriber {
       this.log.info({ event: "subscriber.replay", ...this.ctx(), fromSeq }, "requesting replay");
       this.consumer.replayRequested?.(fromSeq);
     }
-    const retryWait =
-      attempt > 0 ? backoffDelay(attempt - 1, this.opts.replayRetryMs, this.opts.reconnectMaxMs) : 0;
-    const bucketWait = this.replayToken();
-    if (bucketWait > 0) {
-      this.replaysThrottled++;
-      this.consumer.replayThrottled?.(bucketWait);
-      // one line per burst, not per replay: the bound exists because replays can come in floods
-      if (Date.now() - this.throttleLoggedAt > 5000) {
-        this.throttleLoggedAt = Date.now();
-        this.log.warn(
-          { event: "subscriber.replay_throttled", ...this.ctx(), fromSeq, delayMs: bucketWait },
-          "replay rate bound reached: replays held back",
-        );
-      }
-    }
-    if (attempt > 0)
-      this.log.info(
-        { event: "subscriber.replay_retry", ...this.ctx(), fromSeq, attempt },
-        "the last replay ended short of the queued batch: retrying",
-      );
-    this.track(this.runReplay(fromSeq, Math.max(retryWait, bucketWait)));
+    this.replay?.request(fromSeq, attempt);
     this.emitState();
-  }
-
-  /** A timer that close() cuts short. */
-  private sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const t = setTimeout(() => {
-        this.sleeps.delete(done);
-        resolve();
-      }, ms);
-      const done = () => {
-        clearTimeout(t);
-        resolve();
-      };
-      this.sleeps.add(done);
-    });
-  }
-
-  /** One replay: a fresh DEALER (so no late answer of an earlier request can mix in). */
-  private async runReplay(fromSeq: number, delayMs: number): Promise<void> {
-    // let the caller finish its synchronous step first: the tracker expects answers later
-    await Promise.resolve();
-    if (delayMs > 0) await this.sleep(delayMs);
-    if (this.closed) return;
-    const endpoint = this.endpoints.replay as string;
-    const dealer = new zmq.Dealer({
-      linger: 0,
-      receiveTimeout: this.opts.replayTimeoutMs,
-      sendTimeout: this.opts.replayTimeoutMs,
-      receiveHighWaterMark: 10_000,
-    });
-    this.dealer = dealer;
-    let count = 0;
-    try {
-      dealer.connect(endpoint);
-      await dealer.send(encodeReplayRequest(fromSeq));
-      for (;;) {
-        const frames = await dealer.receive();
-        if (this.closed) return;
-        let r: ReturnType<typeof decodeReplayResponse>;
-        try {
-          r = decodeReplayResponse(frames);
-        } catch (err) {
-          // a broken frame of the answer: the tracker sees the hole in the seqs that follow
-          this.countDecodeError(null, err as Error);
-          continue;
-        }
-        if (r.seq === null) {
-          this.tracker.onReplayEnd();
-          break;
-        }
-        if (++count > this.opts.maxReplayBatches)
-          throw new Error(`replay exceeded ${this.opts.maxReplayBatches} batches`);
-        this.tracker.onReplayMessage(r.seq, r.payload);
-      }
-    } catch (err) {
-      if (this.closed) return;
-      this.log.warn(
-        { event: "subscriber.replay_failed", ...this.ctx(), fromSeq, received: count, err },
-        "replay failed",
-      );
-      this.consumer.replayFailed?.(fromSeq, err as Error);
-      this.tracker.onReplayFailed();
-    } finally {
-      if (this.dealer === dealer) this.dealer = null;
-      dealer.close();
-      this.lastActivity = Date.now();
-      if (!this.closed) this.emitState();
-    }
   }
 
   /** false: the payload does not decode (the tracker then asks the engine for a good copy). */
