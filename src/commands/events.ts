@@ -14,8 +14,12 @@ import { StreamSubscriber } from "../events/subscriber.ts";
 import { batchToJson } from "../protocol/index.ts";
 import { opt, parseIntArg } from "../util/cli-options.ts";
 import { createLogger } from "../util/log.ts";
+import { addStreamHealthOptions, streamHealthFrom } from "./stream-options.ts";
 
 interface TailOptions {
+  heartbeatIntervalMs?: number;
+  heartbeatTimeoutMs?: number;
+  reconnectMaxMs?: number;
   replay?: string;
   fromSeq?: number;
   topic: string;
@@ -57,6 +61,7 @@ export async function tail(endpoint: string, o: TailOptions): Promise<void> {
       fromSeq: o.fromSeq,
       initialReplay: false,
       replayTimeoutMs: o.replayTimeoutMs,
+      ...streamHealthFrom(o as unknown as Record<string, unknown>),
       logContext: { endpoint },
     },
   );
@@ -75,7 +80,7 @@ export async function tail(endpoint: string, o: TailOptions): Promise<void> {
 
 export function register(program: Command): void {
   const events = program.command("events").description("inspect engine KV-event streams");
-  events
+  const tailCmd = events
     .command("tail")
     .description("print an engine's KV-event batches as JSON lines, in seq order")
     .argument("<pub-endpoint>", "the engine's PUB endpoint, e.g. tcp://127.0.0.1:5557", parseEndpoint)
@@ -99,10 +104,11 @@ export function register(program: Command): void {
         "KVSYNC_EVENTS_REPLAY_TIMEOUT_MS",
         3000,
       ).argParser(nonNegative),
-    )
-    .action(async (endpoint: string, o: TailOptions, cmd: Command) => {
-      if (o.fromSeq !== undefined && !o.replay) cmd.error("error: --from-seq needs --replay <endpoint>");
-      await tail(endpoint, o);
-      process.exit(0);
-    });
+    );
+  addStreamHealthOptions(tailCmd, "KVSYNC_EVENTS_");
+  tailCmd.action(async (endpoint: string, o: TailOptions, cmd: Command) => {
+    if (o.fromSeq !== undefined && !o.replay) cmd.error("error: --from-seq needs --replay <endpoint>");
+    await tail(endpoint, o);
+    process.exit(0);
+  });
 }

@@ -25,6 +25,7 @@ import type { PrefixIndex } from "../index/types.ts";
 import { TokenizerRegistry } from "../tokenize/registry.ts";
 import { collect, opt, parseIntArg } from "../util/cli-options.ts";
 import { createLogger, type Logger } from "../util/log.ts";
+import { addStreamHealthOptions, streamHealthFrom } from "./stream-options.ts";
 
 export interface IndexServiceOptions {
   /** a discovery source, or options for one (`engines` = the engines file) */
@@ -151,6 +152,7 @@ export function register(program: Command): void {
     .command("index")
     .description("run the sync prefix index: subscribe to every engine's KV events, serve the admin API");
   addDiscoveryOptions(cmd);
+  addStreamHealthOptions(cmd);
   cmd
     .addOption(
       opt("--admin-port <port>", "admin API port (0 = ephemeral)", "KVSYNC_ADMIN_PORT", 8081).argParser(port),
@@ -209,7 +211,7 @@ export function register(program: Command): void {
           maxEntriesPerStream: o.maxEntriesPerStream as number | undefined,
           initialCapacity: o.indexInitialEntries as number | undefined,
         },
-        subscriber: { replayTimeoutMs: o.replayTimeoutMs as number },
+        subscriber: { replayTimeoutMs: o.replayTimeoutMs as number, ...streamHealthFrom(o) },
         tokenizers: Array.isArray(tok) ? tok : typeof tok === "string" ? [tok] : [],
         defaultBlockSize: o.blockSize as number,
         log,

@@ -202,9 +202,18 @@ export class SubscriberManager
         drop: (reason) => {
           index.dropStream(id);
           if (reason === "restart") m?.restarts.inc({ stream: id });
+          else if (reason === "rebuild") m?.rebuilds.inc({ stream: id });
           else m?.resyncs.inc({ stream: id });
         },
         gap: () => m?.gaps.inc({ stream: id }),
+        stale: () => m?.staleBatches.inc({ stream: id }),
+        stalled: () => m?.stalls.inc({ stream: id }),
+        suspected: () => m?.suspects.inc({ stream: id }),
+        reconnected: () => m?.reconnects.inc({ stream: id }),
+        socketReplaced: () => m?.socketReplacements.inc({ stream: id }),
+        bogus: () => m?.bogusSeqs.inc({ stream: id }),
+        decodeRepaired: () => m?.decodeRepairs.inc({ stream: id }),
+        replayThrottled: () => m?.replaysThrottled.inc({ stream: id }),
         replayRequested: () => m?.replays.inc({ stream: id }),
         replayFailed: () => m?.replayFailures.inc({ stream: id }),
         stateChanged: (state, prev) => {

@@ -7,7 +7,14 @@ import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 import type { PrefixIndex } from "../index/types.ts";
 import type { StreamState, StreamStatus } from "./types.ts";
 
-export const STREAM_STATES: readonly StreamState[] = ["connecting", "live", "replaying", "resyncing", "down"];
+export const STREAM_STATES: readonly StreamState[] = [
+  "connecting",
+  "live",
+  "replaying",
+  "resyncing",
+  "suspect",
+  "down",
+];
 
 export interface SubscriberMetrics {
   eventsApplied: Counter<"stream">;
@@ -18,6 +25,15 @@ export interface SubscriberMetrics {
   replayFailures: Counter<"stream">;
   resyncs: Counter<"stream">;
   restarts: Counter<"stream">;
+  staleBatches: Counter<"stream">;
+  stalls: Counter<"stream">;
+  suspects: Counter<"stream">;
+  rebuilds: Counter<"stream">;
+  reconnects: Counter<"stream">;
+  socketReplacements: Counter<"stream">;
+  bogusSeqs: Counter<"stream">;
+  decodeRepairs: Counter<"stream">;
+  replaysThrottled: Counter<"stream">;
   applySeconds: Histogram<string>;
   /** engine batch timestamp → applied in the index, for batches applied while the stream is live */
   lagSeconds: Histogram<string>;
@@ -40,7 +56,7 @@ export function createSubscriberMetrics(
     ),
     decodeErrors: perStream(
       "kvsync_subscriber_decode_errors_total",
-      "messages that could not be decoded (skipped; the stream goes on)",
+      "messages that could not be decoded (asked again from the replay buffer; none there: the stream is rebuilt)",
     ),
     gaps: perStream("kvsync_subscriber_gaps_total", "sequence gaps detected"),
     replays: perStream("kvsync_subscriber_replays_total", "replay requests sent to the engine"),
@@ -52,6 +68,42 @@ export function createSubscriberMetrics(
     restarts: perStream(
       "kvsync_subscriber_restarts_total",
       "engine restarts detected (seq went backwards): the stream's entries were dropped",
+    ),
+    suspects: perStream(
+      "kvsync_subscriber_suspects_total",
+      "times a stream became suspect (garbled frames, repaired batches, bogus seqs, protocol errors)",
+    ),
+    rebuilds: perStream(
+      "kvsync_subscriber_rebuilds_total",
+      "suspect streams dropped and rebuilt from the engine's replay buffer once clean",
+    ),
+    stalls: perStream(
+      "kvsync_subscriber_stalls_total",
+      "connections dropped because ZMTP heartbeats went unanswered (partition, stopped engine)",
+    ),
+    reconnects: perStream(
+      "kvsync_subscriber_reconnects_total",
+      "connections re-established after being down",
+    ),
+    socketReplacements: perStream(
+      "kvsync_subscriber_socket_replacements_total",
+      "SUB sockets replaced (session ended for good on a protocol error, watchdog, socket failure)",
+    ),
+    staleBatches: perStream(
+      "kvsync_subscriber_stale_batches_total",
+      "late copies of old batches verified stale (the engine still holds our last batch) and ignored",
+    ),
+    decodeRepairs: perStream(
+      "kvsync_subscriber_decode_repairs_total",
+      "undecodable batches applied from a good copy out of the engine's replay buffer",
+    ),
+    bogusSeqs: perStream(
+      "kvsync_subscriber_bogus_seqs_total",
+      "live seqs beyond everything the engine's replay buffer holds (corrupt or jumped), discarded",
+    ),
+    replaysThrottled: perStream(
+      "kvsync_subscriber_replays_throttled_total",
+      "replays held back by the per-stream replay rate bound",
     ),
     applySeconds: new Histogram({
       name: "kvsync_index_apply_duration_seconds",
@@ -75,6 +127,14 @@ export function createSubscriberMetrics(
         m.replayFailures,
         m.resyncs,
         m.restarts,
+        m.staleBatches,
+        m.stalls,
+        m.suspects,
+        m.rebuilds,
+        m.reconnects,
+        m.socketReplacements,
+        m.bogusSeqs,
+        m.replaysThrottled,
       ]) {
         c.remove({ stream: streamId });
       }

@@ -10,26 +10,45 @@
  * - A replay that can't cover the gap (its first seq is beyond the requested one, a hole inside
  *   it, a failure or timeout) drops the stream's entries and rebuilds from what the stream still
  *   delivers (state `resyncing` until the stream is contiguous and nothing waits).
- * - A seq <= last whose payload equals the one seen for that seq is a duplicate (ignored); any
- *   other backward seq means the engine restarted: drop and start over (replay from 0).
+ * - A seq <= last whose payload equals the one seen for that seq is a duplicate (ignored); a
+ *   remembered seq with another payload means the engine restarted: drop and start over (replay
+ *   from 0). A backward seq too old to be remembered is verified first: a replay from `last`
+ *   that still shows our last batch proves the same process (the late message was stale).
+ * - A gap replay that ends short of the queued live batch it was asked for (a corrupted seq, an
+ *   engine that jumped) is retried (`attempt` > 0 lets the caller back off); after
+ *   `maxGapRetries` such replays that batch is bogus: reported, discarded, and the queue goes on.
+ * - A batch whose payload does not decode is asked again from the replay endpoint (up to
+ *   `maxRepairs` times) and applied in order from a good copy; without one the stream's entries
+ *   are dropped and rebuilt from what follows, like an unrecoverable gap.
  * - After a reconnect the tracker asks for a replay from `last` and checks that the engine still
  *   has the same batch there: otherwise it restarted while we were away.
  */
 
 export type TrackerState = "live" | "replaying" | "resyncing";
 
-export type DropReason = "restart" | "gap";
+export type DropReason = "restart" | "gap" | "rebuild";
 
 export interface SeqSink {
-  /** Apply a message, in seq order. */
-  apply(seq: number, payload: Uint8Array): void;
+  /** Apply a message, in seq order; false: its payload does not decode (nothing applied). */
+  apply(seq: number, payload: Uint8Array): boolean;
   /** Forget every entry of the stream. */
   drop(reason: DropReason): void;
-  /** Ask the engine for its buffered batches with seq >= fromSeq (one replay at a time). */
-  requestReplay(fromSeq: number): void;
+  /**
+   * Ask the engine for its buffered batches with seq >= fromSeq (one replay at a time). `attempt`
+   * counts the replays already asked for the same queued batch that they did not reach.
+   */
+  requestReplay(fromSeq: number, attempt: number): void;
   /** A gap was detected between two seqs (inclusive range of missing seqs). */
   gap?(from: number, to: number, recoverable: boolean): void;
   duplicate?(seq: number): void;
+  /** A late backward seq turned out stale: the engine still holds our last batch. */
+  stale?(seq: number): void;
+  /** An undecodable batch with no good copy to be had: the stream is dropped and rebuilt. */
+  decodeLost?(seq: number): void;
+  /** A batch that failed to decode was applied from a good copy. */
+  repaired?(seq: number): void;
+  /** A live seq beyond everything the engine's buffer holds, discarded after the retries. */
+  bogus?(seq: number): void;
   /** A live message could not be queued during a replay (queue full); it shows up as a gap later. */
   overflow?(seq: number): void;
 }
@@ -41,6 +60,10 @@ export interface SeqTrackerOptions {
   maxPending?: number;
   /** Recent payload fingerprints kept to tell duplicates from restarts. */
   recentSize?: number;
+  /** Gap replays that end short of the same queued batch before it counts as bogus. */
+  maxGapRetries?: number;
+  /** Replays asked for one undecodable batch before it counts as lost. */
+  maxRepairs?: number;
 }
 
 type ReplayKind = "initial" | "gap" | "verify" | "probe";
@@ -82,6 +105,17 @@ export class SeqTracker {
   private replayFirst = true;
   private replayAbandon = false;
   private replayIgnore = false;
+  /** the late backward seq a running verify replay was started for (null: a reconnect check) */
+  private lateSeq: number | null = null;
+  /** the queued live seq the gap replays did not reach, and how many did not */
+  private shortSeq = -1;
+  private shortCount = 0;
+  private readonly maxGapRetries: number;
+  /** the undecodable seq being asked again, how often, and whether the running replay stops there */
+  private badSeq = -1;
+  private badCount = 0;
+  private replayCut = false;
+  private readonly maxRepairs: number;
   /** live messages dropped because the queue was full */
   overflowed = 0;
 
@@ -91,6 +125,8 @@ export class SeqTracker {
   ) {
     this.hasReplay = opts.replay;
     this.maxPending = Math.max(1, opts.maxPending ?? 10_000);
+    this.maxGapRetries = Math.max(1, opts.maxGapRetries ?? 3);
+    this.maxRepairs = Math.max(0, opts.maxRepairs ?? 3);
     const n = Math.max(2, opts.recentSize ?? 64);
     this.recentSeq = new Float64Array(n).fill(-1);
     this.recentFp = new Int32Array(n);
@@ -137,6 +173,20 @@ export class SeqTracker {
     }
   }
 
+  /**
+   * Forget everything and take the engine's replay buffer again from its oldest batch (a stream
+   * that may hold garbage). Only when live and idle; without a replay endpoint the stream
+   * rebuilds from the live batches that follow. Returns whether it started.
+   */
+  rebuild(): boolean {
+    if (this.phase !== "live") return false;
+    this.sink.drop("rebuild");
+    this.forget();
+    this.resyncing = !this.hasReplay;
+    if (this.hasReplay) this.beginReplay("initial", 0);
+    return true;
+  }
+
   /** The live connection came back after a disconnect: verify the engine is the same process. */
   reconnected(): void {
     if (this.phase === "idle") {
@@ -162,7 +212,7 @@ export class SeqTracker {
   private checkAfterReconnect(): void {
     const last = this.last;
     if (last === null || last < 0) this.beginReplay("initial", 0);
-    else if (this.recentSeq[last % this.recentSeq.length] === last) this.beginReplay("verify", last);
+    else if (this.remembers(last)) this.beginReplay("verify", last);
     // nothing applied at `last` yet (a start from --from-seq): resume the pick-up
     else this.beginReplay("gap", last + 1);
   }
@@ -189,12 +239,16 @@ export class SeqTracker {
   }
 
   onReplayMessage(seq: number, payload: Uint8Array): void {
-    if (this.phase !== "replaying" || this.replayAbandon || this.replayIgnore) return;
+    if (this.phase !== "replaying" || this.replayAbandon || this.replayIgnore || this.replayCut) return;
     if (this.replayFirst) {
       this.replayFirst = false;
       if (this.replayKind === "verify") {
         const last = this.last as number;
-        if (seq === last && this.recentMatches(seq, payload) === true) return; // same engine
+        if (seq === last && this.recentMatches(seq, payload) === true) {
+          // same engine: a late message that started this check was stale
+          if (this.lateSeq !== null) this.sink.stale?.(this.lateSeq);
+          return;
+        }
         if (seq <= last) {
           // a different batch at a seq we have seen: the engine restarted while we were away
           this.replayAbandon = true;
@@ -207,8 +261,10 @@ export class SeqTracker {
         return;
       }
       if ((this.replayKind === "gap" || this.replayKind === "probe") && seq > this.replayFrom) {
-        // the engine's buffer no longer holds the start of the gap (reported when detected)
-        this.unrecoverable();
+        // the engine's buffer no longer holds the start of the gap (reported when detected) or
+        // the undecodable batch asked again
+        if (this.badSeq === this.replayFrom) this.lostBad();
+        else this.unrecoverable();
         this.applyMsg(seq, payload);
         return;
       }
@@ -233,6 +289,12 @@ export class SeqTracker {
       this.checkAfterReconnect();
       return;
     }
+    if (this.replayCut) {
+      // an undecodable batch in this answer: ask again from it
+      this.phase = "live";
+      this.repair();
+      return;
+    }
     // a verify replay without our last batch: the engine's newest seq is below ours (restarted)
     if (this.replayAbandon || (this.replayKind === "verify" && this.replayFirst)) {
       this.restart();
@@ -241,6 +303,7 @@ export class SeqTracker {
     // an empty first pick-up: the engine has published nothing yet, so its next seq is 0
     if (this.replayKind === "initial" && this.replayFirst && this.last === null) this.last = -1;
     this.phase = "live";
+    if (this.replayKind === "gap") this.checkShort();
     this.drain();
   }
 
@@ -250,6 +313,13 @@ export class SeqTracker {
     if (this.replayIgnore) {
       // its answer no longer mattered; check the (re)connected engine instead
       this.onReplayEnd();
+      return;
+    }
+    if (this.replayCut || (this.badSeq >= 0 && this.replayFrom === this.badSeq)) {
+      // no good copy of the undecodable batch to be had
+      this.phase = "live";
+      this.lostBad();
+      this.drain();
       return;
     }
     if (this.replayAbandon) {
@@ -298,6 +368,13 @@ export class SeqTracker {
         this.sink.duplicate?.(seq);
         return true;
       }
+      if (m === null && this.hasReplay && this.remembers(last)) {
+        // too old for the ring: a late copy (stale) or a new process; the engine's batch at
+        // `last` tells which, so ask for it before dropping anything
+        this.beginReplay("verify", last);
+        this.lateSeq = seq;
+        return true;
+      }
       this.restart();
       // with a replay, the new process's buffer (asked from 0) brings this batch again
       if (this.phase !== "replaying") this.applyMsg(seq, payload);
@@ -305,14 +382,40 @@ export class SeqTracker {
     }
     // gap
     if (this.hasReplay) {
-      this.sink.gap?.(last + 1, seq - 1, true);
-      this.beginReplay("gap", last + 1);
+      const retry = seq === this.shortSeq ? this.shortCount : 0;
+      // a retry for the same batch is the same gap, reported once
+      if (retry === 0) this.sink.gap?.(last + 1, seq - 1, true);
+      this.beginReplay("gap", last + 1, retry);
       return false;
     }
     this.sink.gap?.(last + 1, seq - 1, false);
     this.unrecoverable();
     this.applyMsg(seq, payload);
     return true;
+  }
+
+  /**
+   * After a gap replay: the engine answered with everything it had, so a queued head still beyond
+   * `last + 1` was never published by it. Count such replays; past the bound discard the head.
+   */
+  private checkShort(): void {
+    const head = this.pending[0];
+    const last = this.last;
+    if (head === undefined || last === null || head.seq <= last + 1) {
+      this.shortSeq = -1;
+      this.shortCount = 0;
+      return;
+    }
+    if (head.seq === this.shortSeq) this.shortCount++;
+    else {
+      this.shortSeq = head.seq;
+      this.shortCount = 1;
+    }
+    if (this.shortCount < this.maxGapRetries) return;
+    this.pending.shift();
+    this.shortSeq = -1;
+    this.shortCount = 0;
+    this.sink.bogus?.(head.seq);
   }
 
   private drain(): void {
@@ -324,14 +427,16 @@ export class SeqTracker {
     if (this.phase === "live" && this.pending.length === 0) this.resyncing = false;
   }
 
-  private beginReplay(kind: ReplayKind, from: number): void {
+  private beginReplay(kind: ReplayKind, from: number, attempt = 0): void {
     this.phase = "replaying";
     this.replayKind = kind;
     this.replayFrom = from;
     this.replayFirst = true;
     this.replayAbandon = false;
     this.replayIgnore = false;
-    this.sink.requestReplay(from);
+    this.lateSeq = null;
+    this.replayCut = false;
+    this.sink.requestReplay(from, attempt);
   }
 
   /** The engine restarted: its entries are stale; pick up its new buffer from 0. */
@@ -346,6 +451,10 @@ export class SeqTracker {
 
   private forget(): void {
     this.last = null;
+    this.shortSeq = -1;
+    this.shortCount = 0;
+    this.badSeq = -1;
+    this.badCount = 0;
     this.recentSeq.fill(-1);
     this.pending.length = 0;
   }
@@ -358,12 +467,56 @@ export class SeqTracker {
   }
 
   private applyMsg(seq: number, payload: Uint8Array): void {
+    if (this.sink.apply(seq, payload) === false) {
+      this.undecodable(seq);
+      return;
+    }
     this.last = seq;
     const i = seq % this.recentSeq.length;
     this.recentSeq[i] = seq;
     this.recentFp[i] = fingerprint(payload);
     this.recentLen[i] = payload.length;
-    this.sink.apply(seq, payload);
+    if (seq === this.badSeq) {
+      this.badSeq = -1;
+      this.badCount = 0;
+      this.sink.repaired?.(seq);
+    }
+  }
+
+  /**
+   * `seq` did not decode and stays unapplied (`last` unchanged): ask the engine for it again, from
+   * the running replay's end or right away; past the bound (or without a replay) it is lost.
+   */
+  private undecodable(seq: number): void {
+    if (seq === this.badSeq) this.badCount++;
+    else {
+      this.badSeq = seq;
+      this.badCount = 1;
+    }
+    if (!this.hasReplay || this.badCount > this.maxRepairs) {
+      this.lostBad();
+      return;
+    }
+    // the rest of a running answer would show a hole at seq: stop using it
+    if (this.phase === "replaying") this.replayCut = true;
+    else this.repair();
+  }
+
+  private repair(): void {
+    this.beginReplay("gap", this.badSeq, this.badCount - 1);
+  }
+
+  /** No good copy of badSeq: what it changed is unknown, so drop and rebuild from what follows. */
+  private lostBad(): void {
+    const seq = this.badSeq;
+    this.badSeq = -1;
+    this.badCount = 0;
+    this.sink.decodeLost?.(seq);
+    this.unrecoverable();
+  }
+
+  private remembers(seq: number): boolean {
+    return this.recentSeq[seq % this.recentSeq.length] === seq;
   }
 
   /** true: seen with the same payload; false: seen with another payload; null: not remembered. */

@@ -7,13 +7,14 @@
  * connection, `down` after a disconnect until the next one; while connected the tracker's state
  * (`live | replaying | resyncing`) applies.
  */
-import * as zmq from "zeromq";
 import { type DecodeLimits, decodeBatch } from "../protocol/decode.ts";
 import { decodePubMessage } from "../protocol/frames.ts";
-import { decodeReplayResponse, encodeReplayRequest } from "../protocol/replay.ts";
 import type { EventBatch } from "../protocol/types.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
+import { ReplayClient } from "./replay-client.ts";
 import { type DropReason, type SeqSink, SeqTracker } from "./seq-tracker.ts";
+import { type DownCause, SubSocket } from "./sub-socket.ts";
+import { Suspicion } from "./suspicion.ts";
 import type { StreamState } from "./types.ts";
 
 export interface StreamEndpoints {
@@ -33,6 +34,22 @@ export interface StreamConsumer {
   /** Every entry of the stream must be forgotten. */
   drop(reason: DropReason): void;
   gap?(from: number, to: number, recoverable: boolean): void;
+  /** the stream became suspect (signs of garbling) */
+  suspected?(): void;
+  /** the connection went silent past the heartbeat timeout */
+  stalled?(): void;
+  /** connected again after being down */
+  reconnected?(): void;
+  /** the SUB socket was replaced (its session ended for good) */
+  socketReplaced?(): void;
+  /** an undecodable batch was applied from a good copy */
+  decodeRepaired?(seq: number): void;
+  /** a live seq beyond the engine's newest, discarded */
+  bogus?(seq: number): void;
+  /** a replay was held back by the per-stream rate bound */
+  replayThrottled?(delayMs: number): void;
+  /** a late copy of an old batch, verified stale and ignored */
+  stale?(seq: number): void;
   replayRequested?(fromSeq: number): void;
   /** a replay could not be completed (timeout, socket error) */
   replayFailed?(fromSeq: number, err: Error): void;
@@ -50,6 +67,16 @@ export interface SubscriberOptions {
   /** First reconnect delay (ms); zmq doubles it up to `reconnectMaxMs`, jittered per socket. */
   reconnectMs?: number;
   reconnectMaxMs?: number;
+  /** ZMTP heartbeat PING period (ms; 0 = no heartbeats). */
+  heartbeatIntervalMs?: number;
+  /** No answer to a PING for this long takes the connection (and the stream) down (ms). */
+  heartbeatTimeoutMs?: number;
+  /** A TCP connect attempt taking longer is abandoned and retried (ms). */
+  connectTimeoutMs?: number;
+  /** A down SUB with no reconnect attempt for this long is replaced (ms). */
+  watchdogMs?: number;
+  /** A suspect stream (signs of garbling) is rebuilt once clean for this long (ms; suspicion.ts). */
+  suspectCleanMs?: number;
   /** Receive high-water mark of the SUB socket (messages). */
   receiveHighWaterMark?: number;
   /** Replay from this seq on first connect instead of the engine's whole buffer. */
@@ -61,6 +88,13 @@ export interface SubscriberOptions {
    * so a lost final batch does not leave the index stale until the next one (ms; 0 = never).
    */
   tailCheckMs?: number;
+  /**
+   * Replays one stream may start per second on average (a token bucket with this many tokens):
+   * whatever goes wrong, a stream never asks its engine for replays in a tight loop.
+   */
+  maxReplaysPerSecond?: number;
+  /** First delay before a replay that retries one that fell short (ms; doubles per attempt). */
+  replayRetryMs?: number;
   log?: Logger;
   /** Log context (pod, stream). */
   logContext?: Record<string, unknown>;
@@ -71,38 +105,35 @@ const DEFAULTS = {
   maxPending: 10_000,
   maxReplayBatches: 200_000,
   reconnectMs: 100,
-  reconnectMaxMs: 5000,
+  reconnectMaxMs: 1000,
+  heartbeatIntervalMs: 1000,
+  heartbeatTimeoutMs: 3000,
+  connectTimeoutMs: 1000,
+  watchdogMs: 5000,
+  suspectCleanMs: 1000,
   receiveHighWaterMark: 100_000,
   tailCheckMs: 10_000,
+  maxReplaysPerSecond: 10,
+  replayRetryMs: 100,
 };
 
-/** `delay * [0.5, 1)`: spreads reconnects of many subscribers after a shared outage. */
-export function jitter(delayMs: number, rand: () => number = Math.random): number {
-  return Math.max(1, Math.round(delayMs * (0.5 + rand() * 0.5)));
-}
-
-/** Capped exponential backoff with jitter for the n-th (0-based) retry. */
-export function backoffDelay(attempt: number, baseMs: number, maxMs: number, rand?: () => number): number {
-  return jitter(Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 30)), rand);
-}
+export { backoffDelay, jitter } from "./sub-socket.ts";
 
 export class StreamSubscriber {
   private readonly tracker: SeqTracker;
   private readonly opts: typeof DEFAULTS & SubscriberOptions;
   private readonly log: Logger;
-  private sub: zmq.Subscriber | null = null;
-  private dealer: zmq.Dealer | null = null;
+  private readonly socket: SubSocket;
+  private readonly suspicion: Suspicion;
+  private readonly replay: ReplayClient | null;
   private connected = false;
   private everConnected = false;
   private closed = false;
   private started = false;
-  private attempt = 0;
-  private retryTimer: NodeJS.Timeout | null = null;
   private lastState: StreamState = "connecting";
   private tailTimer: NodeJS.Timeout | null = null;
   private lastActivity = Date.now();
   private probing = false;
-  private readonly loops = new Set<Promise<void>>();
   // counters (the manager turns them into metrics)
   eventsApplied = 0;
   batchesApplied = 0;
@@ -112,6 +143,23 @@ export class StreamSubscriber {
   resyncs = 0;
   restarts = 0;
   duplicates = 0;
+  /** undecodable batches applied from a good copy, and those without one */
+  decodeRepairs = 0;
+  decodeLosses = 0;
+  /** times the stream became suspect, and rebuilds from the engine's buffer */
+  suspects = 0;
+  rebuilds = 0;
+  /** connections lost to the heartbeat (no answer within the timeout) */
+  stalls = 0;
+  reconnects = 0;
+  socketReplacements = 0;
+  private downSince = Date.now();
+  /** live seqs beyond the engine's buffer, discarded */
+  bogusSeqs = 0;
+  /** replays held back by the per-stream rate bound */
+  replaysThrottled = 0;
+  /** late backward seqs verified stale (not restarts) */
+  staleBatches = 0;
   /** idle tail checks sent (not counted as replays) */
   probes = 0;
 
@@ -125,6 +173,11 @@ export class StreamSubscriber {
     const sink: SeqSink = {
       apply: (seq, payload) => this.applyPayload(seq, payload),
       drop: (reason) => {
+        if (reason === "rebuild") {
+          this.rebuilds++;
+          this.consumer.drop(reason);
+          return;
+        }
         if (reason === "restart") this.restarts++;
         else this.resyncs++;
         this.log.warn(
@@ -135,7 +188,33 @@ export class StreamSubscriber {
         );
         this.consumer.drop(reason);
       },
-      requestReplay: (fromSeq) => this.requestReplay(fromSeq),
+      requestReplay: (fromSeq, attempt) => this.requestReplay(fromSeq, attempt),
+      repaired: (seq) => {
+        this.decodeRepairs++;
+        // the engine's copy decodes, so the wire garbled ours: what else did it garble?
+        this.suspicion.fault("repaired");
+        this.log.info(
+          { event: "subscriber.decode_repaired", ...this.ctx(), seq },
+          "undecodable batch applied from the engine's good copy",
+        );
+        this.consumer.decodeRepaired?.(seq);
+      },
+      decodeLost: (seq) => {
+        this.decodeLosses++;
+        this.log.warn(
+          { event: "subscriber.decode_lost", ...this.ctx(), seq },
+          "no decodable copy of the batch: dropping the stream's entries and rebuilding",
+        );
+      },
+      bogus: (seq) => {
+        this.bogusSeqs++;
+        this.suspicion.fault("bogus_seq");
+        this.log.warn(
+          { event: "subscriber.bogus_seq", ...this.ctx(), seq, last: this.tracker.lastSeq() },
+          "live seq beyond everything the engine holds: discarded",
+        );
+        this.consumer.bogus?.(seq);
+      },
       gap: (from, to, recoverable) => {
         this.gaps++;
         this.log.warn({ event: "subscriber.gap", ...this.ctx(), from, to, recoverable }, "seq gap");
@@ -144,6 +223,14 @@ export class StreamSubscriber {
       duplicate: () => {
         this.duplicates++;
       },
+      stale: (seq) => {
+        this.staleBatches++;
+        this.log.info(
+          { event: "subscriber.stale_batch", ...this.ctx(), seq, last: this.tracker.lastSeq() },
+          "late copy of an old batch: the engine still holds our last batch, ignored",
+        );
+        this.consumer.stale?.(seq);
+      },
       overflow: (seq) => {
         this.log.warn({ event: "subscriber.pending_overflow", ...this.ctx(), seq }, "pending queue full");
       },
@@ -151,6 +238,96 @@ export class StreamSubscriber {
     this.tracker = new SeqTracker(sink, {
       replay: endpoints.replay !== null,
       maxPending: this.opts.maxPending,
+    });
+    const o = this.opts;
+    this.replay =
+      endpoints.replay === null
+        ? null
+        : new ReplayClient(
+            endpoints.replay,
+            {
+              replayTimeoutMs: o.replayTimeoutMs,
+              maxReplayBatches: o.maxReplayBatches,
+              maxReplaysPerSecond: o.maxReplaysPerSecond,
+              replayRetryMs: o.replayRetryMs,
+              retryMaxMs: o.reconnectMaxMs,
+            },
+            {
+              message: (seq, payload) => this.tracker.onReplayMessage(seq, payload),
+              end: () => this.tracker.onReplayEnd(),
+              failed: (fromSeq, err) => {
+                this.consumer.replayFailed?.(fromSeq, err);
+                this.tracker.onReplayFailed();
+              },
+              // a broken frame of the answer: the tracker sees the hole in the seqs that follow
+              badFrame: (err) => this.countDecodeError(null, err),
+              throttled: (delayMs) => {
+                this.replaysThrottled++;
+                this.consumer.replayThrottled?.(delayMs);
+              },
+              settled: () => {
+                this.lastActivity = Date.now();
+                this.emitState();
+              },
+            },
+            this.log,
+            () => this.ctx(),
+          );
+    this.socket = new SubSocket(
+      endpoints.events,
+      endpoints.topic,
+      {
+        reconnectMs: o.reconnectMs,
+        reconnectMaxMs: o.reconnectMaxMs,
+        receiveHighWaterMark: o.receiveHighWaterMark,
+        heartbeatIntervalMs: o.heartbeatIntervalMs,
+        heartbeatTimeoutMs: o.heartbeatTimeoutMs,
+        connectTimeoutMs: o.connectTimeoutMs,
+        watchdogMs: o.watchdogMs,
+        retryGraceMs: Math.max(500, o.reconnectMaxMs),
+      },
+      {
+        up: () => this.onUp(),
+        down: (cause, silentMs) => this.onDown(cause, silentMs),
+        frames: (frames) => this.onFrames(frames),
+        replaced: (cause) => {
+          if (cause === "protocol_error") this.suspicion.fault("protocol_error");
+          this.socketReplacements++;
+          this.consumer.socketReplaced?.();
+        },
+      },
+      this.log,
+      () => this.ctx(),
+    );
+    this.suspicion = new Suspicion(o.suspectCleanMs, {
+      rebuild: () => this.connected && this.tracker.rebuild(),
+      settled: () =>
+        this.connected &&
+        this.tracker.state() === "live" &&
+        !this.tracker.replaying() &&
+        this.tracker.pendingCount() === 0,
+      changed: () => this.emitState(),
+      suspected: (cause, first) => {
+        if (!first) return;
+        this.suspects++;
+        this.log.warn(
+          { event: "subscriber.suspect", ...this.ctx(), cause, lastSeq: this.tracker.lastSeq() },
+          "signs of a garbling transport: the stream's claims do not count until it is rebuilt",
+        );
+        this.consumer.suspected?.();
+      },
+      rebuilding: () =>
+        this.log.warn(
+          { event: "subscriber.rebuild", ...this.ctx(), cleanMs: o.suspectCleanMs },
+          "suspect stream clean again: dropping it and replaying the engine's buffer",
+        ),
+      trusted: () => {
+        this.log.info(
+          { event: "subscriber.trusted", ...this.ctx(), lastSeq: this.tracker.lastSeq() },
+          "rebuilt cleanly: the stream counts again",
+        );
+        this.emitState();
+      },
     });
   }
 
@@ -161,13 +338,14 @@ export class StreamSubscriber {
   state(): StreamState {
     if (this.closed) return "down";
     if (!this.connected) return this.everConnected ? "down" : "connecting";
+    if (this.suspicion.isSuspect()) return "suspect";
     return this.tracker.state();
   }
 
   start(): void {
     if (this.started || this.closed) return;
     this.started = true;
-    this.openSub();
+    this.socket.start();
     const every = this.opts.tailCheckMs;
     if (every > 0 && this.endpoints.replay !== null) {
       this.tailTimer = setInterval(() => this.maybeProbe(), Math.max(10, Math.floor(every / 2)));
@@ -190,20 +368,10 @@ export class StreamSubscriber {
     if (this.closed) return;
     this.closed = true;
     this.connected = false;
-    if (this.retryTimer) clearTimeout(this.retryTimer);
-    this.retryTimer = null;
+    this.suspicion.close();
     if (this.tailTimer) clearInterval(this.tailTimer);
     this.tailTimer = null;
-    this.sub?.close();
-    this.sub = null;
-    this.dealer?.close();
-    this.dealer = null;
-    await Promise.allSettled([...this.loops]);
-  }
-
-  private track(p: Promise<void>): void {
-    this.loops.add(p);
-    p.finally(() => this.loops.delete(p));
+    await Promise.all([this.socket.close(), this.replay?.close()]);
   }
 
   // --- sockets --------------------------------------------------------------------------
@@ -212,42 +380,42 @@ export class StreamSubscriber {
     return this.opts.logContext ?? { endpoint: this.endpoints.events };
   }
 
-  private openSub(): void {
-    if (this.closed) return;
-    const sub = new zmq.Subscriber({
-      linger: 0,
-      reconnectInterval: jitter(this.opts.reconnectMs * 2),
-      reconnectMaxInterval: this.opts.reconnectMaxMs,
-      receiveHighWaterMark: this.opts.receiveHighWaterMark,
-    });
-    this.sub = sub;
-    const up = () => {
-      if (this.closed || this.sub !== sub || this.connected) return;
-      this.attempt = 0;
+  private onUp(): void {
+    if (this.closed || this.connected) return;
+    const first = !this.everConnected;
+    if (first) this.log.info({ event: "subscriber.connected", ...this.ctx() }, "connected");
+    else {
+      this.reconnects++;
       this.log.info(
-        { event: "subscriber.connected", ...this.ctx(), first: !this.everConnected },
-        "connected",
+        { event: "subscriber.reconnected", ...this.ctx(), downMs: Date.now() - this.downSince },
+        "reconnected",
       );
-      this.markConnected();
-      this.emitState();
-    };
-    sub.events.on("connect", up);
-    sub.events.on("handshake", up);
-    sub.events.on("disconnect", () => {
-      if (this.closed || this.sub !== sub || !this.connected) return;
-      this.connected = false;
-      this.log.warn({ event: "subscriber.disconnected", ...this.ctx() }, "disconnected");
-      this.emitState();
-    });
-    try {
-      sub.subscribe(this.endpoints.topic);
-      sub.connect(this.endpoints.events);
-    } catch (err) {
-      this.log.error({ event: "subscriber.connect_error", ...this.ctx(), err }, "cannot connect");
-      this.retrySub(sub);
-      return;
+      this.consumer.reconnected?.();
     }
-    this.track(this.receiveLoop(sub));
+    this.markConnected();
+    this.emitState();
+  }
+
+  private onDown(cause: DownCause, silentMs: number): void {
+    if (this.closed || !this.connected) return;
+    this.connected = false;
+    this.downSince = Date.now();
+    if (cause === "stalled") {
+      this.stalls++;
+      this.log.warn(
+        {
+          event: "subscriber.stalled",
+          ...this.ctx(),
+          silentMs,
+          heartbeatTimeoutMs: this.opts.heartbeatTimeoutMs,
+        },
+        "no answer to ZMTP heartbeats: stream down (partition, stopped engine, or an idle engine gone)",
+      );
+      this.consumer.stalled?.();
+    } else {
+      this.log.warn({ event: "subscriber.disconnected", ...this.ctx(), cause }, "disconnected");
+    }
+    this.emitState();
   }
 
   /** The stream is up: start the tracker on the first connection, tell it about a reconnect after. */
@@ -257,39 +425,6 @@ export class StreamSubscriber {
     this.everConnected = true;
     if (first) this.tracker.start(this.opts.fromSeq, this.opts.initialReplay ?? true);
     else this.tracker.reconnected();
-  }
-
-  /** Replace a broken SUB after a jittered, capped backoff. */
-  private retrySub(sub: zmq.Subscriber): void {
-    if (this.sub === sub) this.sub = null;
-    try {
-      sub.close();
-    } catch {
-      // already closed
-    }
-    if (this.connected) {
-      this.connected = false;
-      this.emitState();
-    }
-    if (this.closed) return;
-    const delay = backoffDelay(this.attempt++, this.opts.reconnectMs, this.opts.reconnectMaxMs);
-    this.retryTimer = setTimeout(() => {
-      this.retryTimer = null;
-      this.openSub();
-    }, delay);
-  }
-
-  private async receiveLoop(sub: zmq.Subscriber): Promise<void> {
-    try {
-      for await (const frames of sub) {
-        if (this.closed || this.sub !== sub) return;
-        this.onFrames(frames);
-      }
-    } catch (err) {
-      if (this.closed || this.sub !== sub) return;
-      this.log.error({ event: "subscriber.socket_error", ...this.ctx(), err }, "SUB socket failed");
-      this.retrySub(sub);
-    }
   }
 
   private onFrames(frames: Buffer[]): void {
@@ -303,14 +438,12 @@ export class StreamSubscriber {
       this.countDecodeError(null, err as Error);
       return;
     }
-    // a message proves the connection even if the monitor event is late
-    if (!this.connected) this.markConnected();
     this.lastActivity = Date.now();
     this.tracker.onLive(seq, payload);
     this.emitState();
   }
 
-  private requestReplay(fromSeq: number): void {
+  private requestReplay(fromSeq: number, attempt: number): void {
     if (this.probing) {
       this.probes++;
       this.log.debug(
@@ -322,77 +455,29 @@ export class StreamSubscriber {
       this.log.info({ event: "subscriber.replay", ...this.ctx(), fromSeq }, "requesting replay");
       this.consumer.replayRequested?.(fromSeq);
     }
-    this.track(this.runReplay(fromSeq));
+    this.replay?.request(fromSeq, attempt);
     this.emitState();
   }
 
-  /** One replay: a fresh DEALER (so no late answer of an earlier request can mix in). */
-  private async runReplay(fromSeq: number): Promise<void> {
-    // let the caller finish its synchronous step first: the tracker expects answers later
-    await Promise.resolve();
-    if (this.closed) return;
-    const endpoint = this.endpoints.replay as string;
-    const dealer = new zmq.Dealer({
-      linger: 0,
-      receiveTimeout: this.opts.replayTimeoutMs,
-      sendTimeout: this.opts.replayTimeoutMs,
-      receiveHighWaterMark: 10_000,
-    });
-    this.dealer = dealer;
-    let count = 0;
-    try {
-      dealer.connect(endpoint);
-      await dealer.send(encodeReplayRequest(fromSeq));
-      for (;;) {
-        const frames = await dealer.receive();
-        if (this.closed) return;
-        let r: ReturnType<typeof decodeReplayResponse>;
-        try {
-          r = decodeReplayResponse(frames);
-        } catch (err) {
-          // a broken frame of the answer: the tracker sees the hole in the seqs that follow
-          this.countDecodeError(null, err as Error);
-          continue;
-        }
-        if (r.seq === null) {
-          this.tracker.onReplayEnd();
-          break;
-        }
-        if (++count > this.opts.maxReplayBatches)
-          throw new Error(`replay exceeded ${this.opts.maxReplayBatches} batches`);
-        this.tracker.onReplayMessage(r.seq, r.payload);
-      }
-    } catch (err) {
-      if (this.closed) return;
-      this.log.warn(
-        { event: "subscriber.replay_failed", ...this.ctx(), fromSeq, received: count, err },
-        "replay failed",
-      );
-      this.consumer.replayFailed?.(fromSeq, err as Error);
-      this.tracker.onReplayFailed();
-    } finally {
-      if (this.dealer === dealer) this.dealer = null;
-      dealer.close();
-      this.lastActivity = Date.now();
-      if (!this.closed) this.emitState();
-    }
-  }
-
-  private applyPayload(seq: number, payload: Uint8Array): void {
+  /** false: the payload does not decode (the tracker then asks the engine for a good copy). */
+  private applyPayload(seq: number, payload: Uint8Array): boolean {
     let r: ReturnType<typeof decodeBatch>;
     try {
       r = decodeBatch(payload, this.opts.decodeLimits);
     } catch (err) {
       this.countDecodeError(seq, err as Error);
-      return;
+      return false;
     }
     this.batchesApplied++;
     this.eventsApplied += r.batch.events.length;
     this.consumer.batch(seq, r.batch, r.unknownEvents);
+    return true;
   }
 
   private countDecodeError(seq: number | null, err: Error): void {
     this.decodeErrors++;
+    // no valid framing: the transport garbles (a bad payload at a known seq is asked again first)
+    if (seq === null) this.suspicion.fault("framing");
     this.log.warn(
       { event: "subscriber.decode_error", ...this.ctx(), seq, err: err.message },
       "cannot decode message",
@@ -401,6 +486,7 @@ export class StreamSubscriber {
   }
 
   private emitState(): void {
+    this.suspicion?.check();
     const s = this.state();
     if (s === this.lastState) return;
     const prev = this.lastState;

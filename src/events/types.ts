@@ -6,7 +6,8 @@ export function streamIdOf(pod: string, rank: number | null): string {
 }
 
 /** Per-stream state, driven by socket monitor events and sequence tracking. */
-export type StreamState = "connecting" | "live" | "replaying" | "resyncing" | "down";
+/** `suspect`: connected, but showed signs of garbling; rebuilt once clean (suspicion.ts). */
+export type StreamState = "connecting" | "live" | "replaying" | "resyncing" | "suspect" | "down";
 
 export interface StreamStatus {
   streamId: string;

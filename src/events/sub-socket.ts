@@ -1,0 +1,245 @@
+/**
+ * The transport of one event stream: a ZeroMQ SUB on the engine's PUB endpoint that notices a
+ * dead connection and never stays dead.
+ *
+ * - ZMTP heartbeats (PING every `heartbeatIntervalMs`, the connection is dropped when nothing
+ *   comes back within `heartbeatTimeoutMs`): libzmq answers PINGs in its I/O thread, so a
+ *   partitioned or SIGSTOPped engine goes silent and its stream goes down within seconds instead
+ *   of staying `live` until TCP gives up.
+ * - Connect attempts time out (`connectTimeoutMs`) and handshakes too, and the reconnect interval
+ *   is capped low (`reconnectMaxMs`): after a partition the stream is back within about a second.
+ * - libzmq ends a session for good on a ZMTP protocol error (a garbled greeting or frame) instead
+ *   of reconnecting. The monitor tells: a protocol handshake error, or a disconnect not followed
+ *   by a reconnect attempt (libzmq schedules one right away when it means to). Either replaces
+ *   the socket after a jittered, capped backoff; so does a socket that shows no connection
+ *   attempt for `watchdogMs` while down, and a receive loop that throws.
+ * - "up" means a completed ZMTP handshake (a TCP connect alone proves nothing: a stopped engine's
+ *   kernel still accepts connections) or a received message.
+ */
+import * as zmq from "zeromq";
+import type { Logger } from "../util/log.ts";
+
+export type DownCause = "closed" | "stalled" | "protocol_error" | "watchdog" | "socket_error";
+
+export interface SubSocketOptions {
+  reconnectMs: number;
+  reconnectMaxMs: number;
+  receiveHighWaterMark: number;
+  /** 0 disables heartbeats */
+  heartbeatIntervalMs: number;
+  heartbeatTimeoutMs: number;
+  connectTimeoutMs: number;
+  /** a down socket with no reconnect attempt for this long is replaced */
+  watchdogMs: number;
+  /** after a disconnect, how long to wait for libzmq's reconnect attempt before replacing */
+  retryGraceMs: number;
+}
+
+export interface SubSocketHandlers {
+  up(): void;
+  down(cause: DownCause, silentMs: number): void;
+  frames(frames: Buffer[]): void;
+  /** the socket is being replaced (its session ended for good or its loop failed) */
+  replaced?(cause: DownCause, delayMs: number): void;
+}
+
+/** `delay * [0.5, 1)`: spreads reconnects of many subscribers after a shared outage. */
+export function jitter(delayMs: number, rand: () => number = Math.random): number {
+  return Math.max(1, Math.round(delayMs * (0.5 + rand() * 0.5)));
+}
+
+/** Capped exponential backoff with jitter for the n-th (0-based) retry. */
+export function backoffDelay(attempt: number, baseMs: number, maxMs: number, rand?: () => number): number {
+  return jitter(Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 30)), rand);
+}
+
+export class SubSocket {
+  private sub: zmq.Subscriber | null = null;
+  private connected = false;
+  private closed = false;
+  private attempt = 0;
+  private retryTimer: NodeJS.Timeout | null = null;
+  private watchdog: NodeJS.Timeout | null = null;
+  /** last sign of libzmq trying to (re)connect, or of the connection itself */
+  private lastAttemptAt = Date.now();
+  /** set on a disconnect until libzmq shows a reconnect attempt */
+  private awaitingRetrySince = 0;
+  private lastTrafficAt = Date.now();
+  private readonly loops = new Set<Promise<void>>();
+  /** sockets replaced so far */
+  replacements = 0;
+
+  constructor(
+    private readonly endpoint: string,
+    private readonly topic: string,
+    private readonly opts: SubSocketOptions,
+    private readonly on: SubSocketHandlers,
+    private readonly log: Logger,
+    private readonly ctx: () => Record<string, unknown>,
+  ) {}
+
+  isConnected(): boolean {
+    return this.connected;
+  }
+
+  start(): void {
+    this.open();
+    const every = Math.max(20, Math.floor(Math.min(this.opts.watchdogMs, this.opts.retryGraceMs) / 4));
+    this.watchdog = setInterval(() => this.check(), every);
+    this.watchdog.unref();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.connected = false;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    if (this.watchdog) clearInterval(this.watchdog);
+    this.retryTimer = null;
+    this.watchdog = null;
+    this.sub?.close();
+    this.sub = null;
+    await Promise.allSettled([...this.loops]);
+  }
+
+  private open(): void {
+    if (this.closed) return;
+    const o = this.opts;
+    const hb =
+      o.heartbeatIntervalMs > 0
+        ? {
+            heartbeatInterval: o.heartbeatIntervalMs,
+            heartbeatTimeout: o.heartbeatTimeoutMs,
+            // the engine drops us too when our PINGs stop (deciseconds on the wire, > 0)
+            heartbeatTimeToLive: Math.max(100, Math.ceil(o.heartbeatTimeoutMs / 100) * 100),
+            handshakeInterval: o.heartbeatTimeoutMs,
+          }
+        : {};
+    const sub = new zmq.Subscriber({
+      linger: 0,
+      reconnectInterval: jitter(o.reconnectMs * 2),
+      reconnectMaxInterval: o.reconnectMaxMs,
+      receiveHighWaterMark: o.receiveHighWaterMark,
+      connectTimeout: o.connectTimeoutMs,
+      ...hb,
+    });
+    this.sub = sub;
+    this.lastAttemptAt = Date.now();
+    this.awaitingRetrySince = 0;
+    const attempting = () => {
+      if (this.sub !== sub) return;
+      this.lastAttemptAt = Date.now();
+      this.awaitingRetrySince = 0;
+    };
+    sub.events.on("connect", attempting);
+    sub.events.on("connect:delay", attempting);
+    sub.events.on("connect:retry", attempting);
+    sub.events.on("handshake", () => {
+      attempting();
+      this.markUp(sub);
+    });
+    sub.events.on("handshake:error:protocol", (ev) => {
+      if (this.sub !== sub || this.closed) return;
+      this.log.warn(
+        { event: "subscriber.protocol_error", ...this.ctx(), err: ev.error?.message },
+        "ZMTP protocol error: libzmq ends the session, replacing the socket",
+      );
+      this.replace(sub, "protocol_error");
+    });
+    sub.events.on("handshake:error:other", attempting);
+    sub.events.on("disconnect", () => {
+      if (this.sub !== sub || this.closed) return;
+      this.awaitingRetrySince = Date.now();
+      if (!this.connected) return;
+      this.connected = false;
+      const silentMs = Date.now() - this.lastTrafficAt;
+      const stalled = o.heartbeatIntervalMs > 0 && silentMs >= o.heartbeatTimeoutMs;
+      this.on.down(stalled ? "stalled" : "closed", silentMs);
+    });
+    try {
+      sub.subscribe(this.topic);
+      sub.connect(this.endpoint);
+    } catch (err) {
+      this.log.error({ event: "subscriber.connect_error", ...this.ctx(), err }, "cannot connect");
+      this.replace(sub, "socket_error");
+      return;
+    }
+    this.track(this.receiveLoop(sub));
+  }
+
+  private markUp(sub: zmq.Subscriber): void {
+    if (this.closed || this.sub !== sub || this.connected) return;
+    this.attempt = 0;
+    this.connected = true;
+    this.lastTrafficAt = Date.now();
+    this.on.up();
+  }
+
+  /** Watchdog tick: replace a socket whose session ended without a reconnect in sight. */
+  private check(): void {
+    const sub = this.sub;
+    if (this.closed || sub === null || this.connected) return;
+    const now = Date.now();
+    if (this.awaitingRetrySince > 0 && now - this.awaitingRetrySince >= this.opts.retryGraceMs) {
+      this.log.warn(
+        { event: "subscriber.session_ended", ...this.ctx(), graceMs: this.opts.retryGraceMs },
+        "disconnected without a reconnect attempt (protocol error?): replacing the socket",
+      );
+      this.replace(sub, "protocol_error");
+    } else if (now - this.lastAttemptAt >= this.opts.watchdogMs) {
+      this.log.warn(
+        { event: "subscriber.watchdog", ...this.ctx(), idleMs: now - this.lastAttemptAt },
+        "down with no reconnect attempt: replacing the socket",
+      );
+      this.replace(sub, "watchdog");
+    }
+  }
+
+  /** Close `sub` and open a new one after a jittered, capped backoff. */
+  private replace(sub: zmq.Subscriber, cause: DownCause): void {
+    if (this.sub !== sub) return;
+    this.sub = null;
+    this.awaitingRetrySince = 0;
+    try {
+      sub.close();
+    } catch {
+      // already closed
+    }
+    if (this.connected) {
+      this.connected = false;
+      this.on.down(cause, Date.now() - this.lastTrafficAt);
+    }
+    if (this.closed) return;
+    this.replacements++;
+    const delay = backoffDelay(this.attempt++, this.opts.reconnectMs, this.opts.reconnectMaxMs);
+    this.log.info(
+      { event: "subscriber.socket_replaced", ...this.ctx(), cause, delayMs: delay },
+      "replacing the SUB socket",
+    );
+    this.on.replaced?.(cause, delay);
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      this.open();
+    }, delay);
+  }
+
+  private track(p: Promise<void>): void {
+    this.loops.add(p);
+    p.finally(() => this.loops.delete(p));
+  }
+
+  private async receiveLoop(sub: zmq.Subscriber): Promise<void> {
+    try {
+      for await (const frames of sub) {
+        if (this.closed || this.sub !== sub) return;
+        this.lastTrafficAt = Date.now();
+        // a message proves the connection even if the monitor event is late
+        if (!this.connected) this.markUp(sub);
+        this.on.frames(frames);
+      }
+    } catch (err) {
+      if (this.closed || this.sub !== sub) return;
+      this.log.error({ event: "subscriber.socket_error", ...this.ctx(), err }, "SUB socket failed");
+      this.replace(sub, "socket_error");
+    }
+  }
+}
