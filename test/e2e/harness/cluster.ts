@@ -35,6 +35,8 @@ export interface EngineOptions {
   /** tokenizer directory for models the engine has no default for */
   tokenizer?: string;
   extraArgs: string[];
+  /** extra environment for the engine process (e.g. LD_PRELOAD=libfaketime for a skewed clock) */
+  env?: Record<string, string>;
 }
 
 export interface PodTemplate {
@@ -280,7 +282,7 @@ export class Cluster {
       label,
       ...this.net.execArgs(node, process.execPath, this.engineArgs(engine, node.ips)),
       join(this.logDir, `${label}-${this.seq++}.log`),
-      childEnv(RUN_ENV, String(process.pid)),
+      { ...childEnv(RUN_ENV, String(process.pid)), ...engine.env },
     );
   }
 

@@ -1,5 +1,6 @@
 import { createServer } from "node:net";
 import { join } from "node:path";
+import type { Writable } from "node:stream";
 import { CLI } from "./cluster.ts";
 import { answers, getJson, getText, postJson } from "./http.ts";
 import { RUN_ENV } from "./netns.ts";
@@ -14,6 +15,10 @@ export interface GatewayOptions {
   /** `--tokenizer <model>=<dir>` entries */
   tokenizers: Record<string, string>;
   extraArgs: string[];
+  /** extra environment for the gateway process (e.g. LD_PRELOAD=libfaketime for a skewed clock) */
+  env: Record<string, string>;
+  /** where its stdout/stderr (the pino log) go instead of the log file: a pipe's writable end */
+  output: Writable;
 }
 
 export interface AdminPod {
@@ -115,7 +120,8 @@ export class GatewayProcess implements IndexReader {
       process.execPath,
       args,
       join(o.logDir, `gateway-${port}.log`),
-      childEnv(RUN_ENV, String(process.pid)),
+      { ...childEnv(RUN_ENV, String(process.pid)), ...o.env },
+      { output: o.output },
     );
     const gw = new GatewayProcess(proc, port, adminPort);
     await waitFor(

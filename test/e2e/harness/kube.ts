@@ -19,6 +19,8 @@ export interface KubeBackend {
   markTerminating(namespace: string, name: string): Promise<void>;
   /** delete the Pod (watchers see DELETED) */
   deletePod(namespace: string, name: string): Promise<void>;
+  /** delay every API request (and each watch's start) by `ms` before answering; 0 = off */
+  setLatency(ms: number): void;
   close(): Promise<void>;
 }
 
@@ -53,6 +55,9 @@ export async function startKube(dir: string): Promise<KubeBackend> {
     async deletePod(namespace, name) {
       if (!api.deletePod(namespace, name))
         throw new Error(`fake kube api: no pod ${namespace}/${name} to delete`);
+    },
+    setLatency(ms) {
+      api.setLatency(ms);
     },
     close: () => {
       unregister();

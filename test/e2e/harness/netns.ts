@@ -223,6 +223,11 @@ export class TestNetwork {
     node.ips = node.ips.filter((x) => x !== ip);
   }
 
+  /** the root-namespace end of a node's veth pair (on the bridge) */
+  hostLink(node: NetNode): string {
+    return `${this.prefix}h${node.index}`;
+  }
+
   /** `ip netns exec` argv prefix for running a command inside a node. */
   execArgs(node: NetNode, cmd: string, args: string[]): [string, string[]] {
     return ["ip", ["netns", "exec", node.ns, cmd, ...args]];

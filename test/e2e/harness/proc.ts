@@ -1,5 +1,6 @@
 import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
 import { closeSync, openSync, readFileSync } from "node:fs";
+import type { Writable } from "node:stream";
 import { registerCleanup } from "./cleanup.ts";
 
 /**
@@ -55,6 +56,13 @@ function killGroup(pid: number, sig: NodeJS.Signals): void {
   }
 }
 
+export interface SpawnExtras {
+  /** where stdout and stderr go instead of `logFile` (a pipe's writable end, e.g. a slow reader's stdin) */
+  output?: Writable;
+  /** "pipe" gives the parent `child.stdin` (default: no stdin) */
+  stdin?: "ignore" | "pipe";
+}
+
 /**
  * A child process in its own process group (killed as a group), output to a log file. It is
  * registered for cleanup at once, so it never outlives the test process.
@@ -72,12 +80,18 @@ export class ManagedProcess {
     args: string[],
     readonly logFile: string,
     env: NodeJS.ProcessEnv = process.env,
+    extras: SpawnExtras = {},
   ) {
-    const fd = openSync(logFile, "a");
-    try {
-      this.child = spawn(cmd, args, { detached: true, stdio: ["ignore", fd, fd], env });
-    } finally {
-      closeSync(fd);
+    const stdin = extras.stdin ?? "ignore";
+    if (extras.output) {
+      this.child = spawn(cmd, args, { detached: true, stdio: [stdin, extras.output, extras.output], env });
+    } else {
+      const fd = openSync(logFile, "a");
+      try {
+        this.child = spawn(cmd, args, { detached: true, stdio: [stdin, fd, fd], env });
+      } finally {
+        closeSync(fd);
+      }
     }
     if (this.child.pid === undefined) throw new Error(`${label}: spawn ${cmd} failed`);
     this.pid = this.child.pid;

@@ -1,0 +1,59 @@
+import assert from "node:assert/strict";
+import { before, describe, it } from "node:test";
+import { type Cluster, EVENTS_PORT, type Pod } from "../e2e/harness/cluster.ts";
+import { answers } from "../e2e/harness/http.ts";
+import { useCluster } from "../e2e/harness/suite.ts";
+import { scaled } from "../e2e/harness/wait.ts";
+import { FaultNotInEffect, netTarget, tcpProbe } from "./faults/fault.ts";
+import { Partition } from "./faults/partition.ts";
+import { PortBlock } from "./faults/port-block.ts";
+
+// Each injector of test/chaos/faults/: applied, its effect measured, removed, normal behaviour
+// measured again. One cluster without a gateway; the faults target its pods' namespaces.
+
+describe("chaos fault injectors", { timeout: scaled(240_000) }, () => {
+  const cluster = useCluster({ gateway: false });
+  let c: Cluster;
+  let pod: Pod;
+  before(
+    async () => {
+      c = cluster();
+      [pod] = await c.createPods(["victim"]);
+    },
+    { timeout: scaled(60_000) },
+  );
+
+  it("partition: a TCP probe to the pod times out; removed, it connects again", async () => {
+    const f = new Partition(netTarget(c.net, pod.node, pod.ip));
+    await assert.rejects(f.verify(), FaultNotInEffect);
+    await f.apply();
+    try {
+      const ev = await f.verify();
+      assert.equal(ev.probe.outcome, "timeout");
+      assert.ok(ev.droppedIn > 0);
+      assert.equal((await tcpProbe(pod.ip, EVENTS_PORT, 1000)).outcome, "timeout");
+    } finally {
+      await f.remove();
+    }
+    assert.equal(f.active, false);
+    assert.equal((await tcpProbe(pod.ip, EVENTS_PORT, 2000)).outcome, "open");
+    assert.ok(await answers(`${pod.http}/health`, 2000));
+    await assert.rejects(f.verify(), FaultNotInEffect);
+  });
+
+  it("port block: events and replay ports time out while HTTP /health answers", async () => {
+    const f = new PortBlock(netTarget(c.net, pod.node, pod.ip));
+    await f.apply();
+    try {
+      const ev = await f.verify();
+      assert.equal(ev.blockedProbe.outcome, "timeout");
+      assert.equal(ev.health.status, 200);
+      assert.equal((await tcpProbe(pod.ip, 5558, 1000)).outcome, "timeout");
+    } finally {
+      await f.remove();
+    }
+    assert.equal((await tcpProbe(pod.ip, 5557, 2000)).outcome, "open");
+    assert.equal((await tcpProbe(pod.ip, 5558, 2000)).outcome, "open");
+    await assert.rejects(f.verify(), FaultNotInEffect);
+  });
+});
