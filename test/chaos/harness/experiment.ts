@@ -34,6 +34,10 @@ export interface Fault {
   /** polled until true: proof that the fault took effect (else the experiment fails) */
   verify(): Promise<true | string>;
   remove(): Promise<void>;
+  /** the affected pods still serve HTTP (e.g. only their ZMQ ports are cut): their requests must succeed */
+  servesHttp?: boolean;
+  /** what the injector's verify measured (kept in the results) */
+  evidence?: unknown;
   /** pods to compare with truth after recovery (default: the cluster's pods at that time) */
   pods?: () => Pod[];
 }
@@ -46,7 +50,10 @@ export interface ExperimentSpec {
   holdMs: number;
   /** kvsync's recovery target (reported) */
   targetMs: number;
-  /** gateway log events that must appear from the fault's start; the first one times detection */
+  /**
+   * gateway log events that must appear from the fault's start (`name` or `name[field=a|b]`; a
+   * line naming a pod must name an affected one); the first one times detection
+   */
   events: string[];
   /** metrics whose sum must grow across the experiment (`name` or `name{label="v"}`) */
   metrics: string[];
@@ -218,7 +225,8 @@ export async function runExperiment(ctx: ChaosContext, spec: ExperimentSpec): Pr
       failures.push(`${where}: took ${r.end - r.start} ms > ${MAX_REQUEST_MS} ms`);
     if (r.status !== 200 && r.status !== 0 && r.errorShape !== "openai")
       failures.push(`${where}: ${r.status} with a non-OpenAI error body: ${r.errorMessage}`);
-    if (r.status !== 200 && !r.clientError && (r.pod === null || !affected.has(r.pod)))
+    const mayFail = r.pod !== null && affected.has(r.pod) && !spec.fault.servesHttp;
+    if (r.status !== 200 && !r.clientError && !mayFail)
       failures.push(`${where}: ${r.status} ${r.errorCode} for a healthy pod: ${r.errorMessage}`);
   }
   if (spec.unroutableAfterMs !== undefined) {
@@ -233,7 +241,7 @@ export async function runExperiment(ctx: ChaosContext, spec: ExperimentSpec): Pr
     failures.push(`the gateway did not survive: ${gw().process.describeExit()}`);
 
   // clear messages: named log events and metrics
-  const found = firstEvents(gw().process.logFile, faultStart, spec.events);
+  const found = firstEvents(gw().process.logFile, faultStart, spec.events, affected);
   for (const e of spec.events) if (!found.has(e)) failures.push(`no "${e}" log event after the fault`);
   const detect = [...found.values()].map((l) => l.time).sort((a, b) => a - b)[0];
   const metricsAfter = await gw().metrics();
@@ -269,6 +277,7 @@ export async function runExperiment(ctx: ChaosContext, spec: ExperimentSpec): Pr
     passed: failures.length === 0,
     failures: dedupe(failures),
     holdMs: spec.holdMs,
+    evidence: spec.fault.evidence ?? null,
     at: new Date(faultStart).toISOString(),
   };
   saveResult(result, judged);

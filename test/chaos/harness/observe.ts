@@ -32,11 +32,28 @@ export function readLog(file: string, since = 0): LogLine[] {
   return out;
 }
 
-/** First time each of `events` was logged at or after `since` (absent when never). */
-export function firstEvents(file: string, since: number, events: string[]): Map<string, LogLine> {
+/**
+ * A log event matcher: `name`, or `name[field=a|b]` (the field's value one of those). When `pods`
+ * is given, a line naming a pod (`pod` field) must name one of them.
+ */
+export function matches(l: LogLine, matcher: string, pods?: Set<string>): boolean {
+  const m = matcher.match(/^([\w.]+)(?:\[(\w+)=([^\]]*)\])?$/);
+  if (!m || l.event !== m[1]) return false;
+  if (m[2] && !m[3].split("|").includes(String(l[m[2]]))) return false;
+  if (pods && pods.size > 0 && typeof l.pod === "string" && !pods.has(l.pod)) return false;
+  return true;
+}
+
+/** First line matching each of `matchers` at or after `since` (absent when never). */
+export function firstEvents(
+  file: string,
+  since: number,
+  matchers: string[],
+  pods?: Set<string>,
+): Map<string, LogLine> {
   const found = new Map<string, LogLine>();
   for (const l of readLog(file, since)) {
-    if (l.event && events.includes(l.event) && !found.has(l.event)) found.set(l.event, l);
+    for (const m of matchers) if (!found.has(m) && matches(l, m, pods)) found.set(m, l);
   }
   return found;
 }

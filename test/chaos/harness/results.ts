@@ -38,6 +38,8 @@ export interface ExperimentResult {
   passed: boolean;
   failures: string[];
   holdMs: number;
+  /** the injector's proof that the fault took effect */
+  evidence: unknown;
   at: string;
 }
 

@@ -1,0 +1,38 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { scaled } from "../e2e/harness/wait.ts";
+import { netTarget } from "./faults/fault.ts";
+import { PortBlock } from "./faults/port-block.ts";
+import { experimentFault } from "./harness/adapt.ts";
+import { runExperiment, useChaos } from "./harness/experiment.ts";
+import type { ExperimentResult } from "./harness/results.ts";
+
+// Chaos on the KV-event streams themselves: the ZMQ ports blocked while HTTP flows, bytes of
+// the stream corrupted, and clocks skewed (an engine's, the gateway's).
+describe("chaos: zmq", { timeout: scaled(600_000) }, () => {
+  const ctx = useChaos(4);
+  const judge = (r: ExperimentResult) =>
+    assert.deepEqual(r.failures, [], `${r.id}: ${r.failures.join("\n")}`);
+
+  it("setup: 4 engine pods, live streams, chat load ready", async () => {
+    assert.equal((await ctx.setup()).length, 4);
+  });
+
+  it("port block 5557 + 5558: the event stream is cut while HTTP and the cache keep changing", async () => {
+    const pod = ctx.pods()[2];
+    judge(
+      await runExperiment(ctx, {
+        id: "zmq-port-block",
+        group: "zmq",
+        title: "port block 5557 + 5558 (nftables on those ports only)",
+        fault: experimentFault(new PortBlock(netTarget(ctx.cluster().net, pod.node, pod.ip)), [pod], {
+          servesHttp: true,
+        }),
+        holdMs: scaled(10_000),
+        targetMs: 2_000,
+        events: ["subscriber.state[state=down|connecting]", "subscriber.replay"],
+        metrics: ["kvsync_subscriber_replays_total"],
+      }),
+    );
+  });
+});
