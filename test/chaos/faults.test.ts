@@ -5,8 +5,10 @@ import { answers } from "../e2e/harness/http.ts";
 import { useCluster } from "../e2e/harness/suite.ts";
 import { scaled } from "../e2e/harness/wait.ts";
 import { FaultNotInEffect, netTarget, tcpProbe } from "./faults/fault.ts";
+import { KubeApiDelay } from "./faults/kube-delay.ts";
 import { Partition } from "./faults/partition.ts";
 import { PortBlock } from "./faults/port-block.ts";
+import { TimeSkew } from "./faults/time-skew.ts";
 
 // Each injector of test/chaos/faults/: applied, its effect measured, removed, normal behaviour
 // measured again. One cluster without a gateway; the faults target its pods' namespaces.
@@ -15,10 +17,16 @@ describe("chaos fault injectors", { timeout: scaled(240_000) }, () => {
   const cluster = useCluster({ gateway: false });
   let c: Cluster;
   let pod: Pod;
+  let skewed: Pod;
+  const skew = new TimeSkew(30);
   before(
     async () => {
       c = cluster();
-      [pod] = await c.createPods(["victim"]);
+      [pod, skewed] = await Promise.all([
+        c.createPod("victim"),
+        c.createPod("skewed", { engine: { env: skew.env() } }),
+      ]);
+      skew.probeUrl = `${skewed.http}/health`;
     },
     { timeout: scaled(60_000) },
   );
@@ -56,4 +64,19 @@ describe("chaos fault injectors", { timeout: scaled(240_000) }, () => {
     assert.equal((await tcpProbe(pod.ip, 5558, 2000)).outcome, "open");
     await assert.rejects(f.verify(), FaultNotInEffect);
   });
+
+  it("kube api delay: a GET takes >= 2 s; removed, it is fast again", async () => {
+    const f = new KubeApiDelay(c.kube, 2000);
+    assert.ok((await f.probe()) < 1000);
+    await f.apply();
+    try {
+      const ev = await f.verify();
+      assert.ok(ev.probeMs >= 2000, `${ev.probeMs} ms`);
+    } finally {
+      await f.remove();
+    }
+    assert.ok((await f.probe()) < 1000);
+    await assert.rejects(f.verify(), FaultNotInEffect);
+  });
+
 });
