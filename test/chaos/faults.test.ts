@@ -3,7 +3,7 @@ import { before, describe, it } from "node:test";
 import { type Cluster, EVENTS_PORT, type Pod } from "../e2e/harness/cluster.ts";
 import { answers } from "../e2e/harness/http.ts";
 import { useCluster } from "../e2e/harness/suite.ts";
-import { scaled } from "../e2e/harness/wait.ts";
+import { scaled, waitFor } from "../e2e/harness/wait.ts";
 import { FaultNotInEffect, netTarget, tcpProbe } from "./faults/fault.ts";
 import { KubeApiDelay } from "./faults/kube-delay.ts";
 import { Partition } from "./faults/partition.ts";
@@ -77,6 +77,27 @@ describe("chaos fault injectors", { timeout: scaled(240_000) }, () => {
     }
     assert.ok((await f.probe()) < 1000);
     await assert.rejects(f.verify(), FaultNotInEffect);
+  });
+
+  it("time skew: the engine under libfaketime runs 30 s ahead, and back to 0 when removed", async () => {
+    assert.ok(Math.abs(await skew.measure()) <= 2, "starts unskewed");
+    await skew.apply();
+    try {
+      const ev = await skew.verify();
+      assert.ok(Math.abs(ev.aheadSeconds - 30) <= 2, `${ev.aheadSeconds}s`);
+      // monotonic time stays real: the engine's timers and HTTP keep working while skewed
+      assert.ok(await answers(`${skewed.http}/health`, 2000));
+    } finally {
+      await skew.remove();
+    }
+    await waitFor(
+      "skew gone",
+      async () => {
+        const a = await skew.measure();
+        return Math.abs(a) <= 2 ? true : `ahead ${a}s`;
+      },
+      { timeoutMs: scaled(5000), intervalMs: 250 },
+    );
   });
 
 });
