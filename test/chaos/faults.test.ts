@@ -7,6 +7,7 @@ import { scaled, waitFor } from "../e2e/harness/wait.ts";
 import { FaultNotInEffect, netTarget, tcpProbe } from "./faults/fault.ts";
 import { KubeApiDelay } from "./faults/kube-delay.ts";
 import { Partition } from "./faults/partition.ts";
+import { PodPause } from "./faults/pause.ts";
 import { PortBlock } from "./faults/port-block.ts";
 import { TimeSkew } from "./faults/time-skew.ts";
 
@@ -98,6 +99,21 @@ describe("chaos fault injectors", { timeout: scaled(240_000) }, () => {
       },
       { timeoutMs: scaled(5000), intervalMs: 250 },
     );
+  });
+
+  it("pod failure: a SIGSTOPped engine stops answering; SIGCONT brings it back", async () => {
+    const f = PodPause.half([pod, skewed]);
+    assert.deepEqual(f.pods, [pod]);
+    await f.apply();
+    try {
+      const ev = await f.verify();
+      assert.equal(ev.probes[0].ok, false);
+      assert.ok(await answers(`${skewed.http}/health`, 2000), "the other half keeps answering");
+    } finally {
+      await f.remove();
+    }
+    assert.ok(await answers(`${pod.http}/health`, 2000));
+    await assert.rejects(f.verify(), FaultNotInEffect);
   });
 
 });
