@@ -9,6 +9,7 @@ import { KubeApiDelay } from "./faults/kube-delay.ts";
 import { Partition } from "./faults/partition.ts";
 import { PodPause } from "./faults/pause.ts";
 import { PortBlock } from "./faults/port-block.ts";
+import { descendants, Stress } from "./faults/stress.ts";
 import { TimeSkew } from "./faults/time-skew.ts";
 
 // Each injector of test/chaos/faults/: applied, its effect measured, removed, normal behaviour
@@ -116,4 +117,31 @@ describe("chaos fault injectors", { timeout: scaled(240_000) }, () => {
     await assert.rejects(f.verify(), FaultNotInEffect);
   });
 
+  it("cpu stress: 2 stress-ng workers burn CPU until removed", async () => {
+    const f = Stress.cpu({ logDir: c.logDir, ns: pod.node.ns, timeoutSeconds: 60 });
+    await f.apply();
+    const pid = f.pid!;
+    try {
+      const ev = await f.verify();
+      assert.ok(ev.workers >= 2, `${ev.workers} workers`);
+      assert.ok(ev.cpuPerSecond! >= 0.15);
+    } finally {
+      await f.remove();
+    }
+    assert.deepEqual(descendants(pid), []);
+    await assert.rejects(f.verify(), FaultNotInEffect);
+  });
+
+  it("memory stress: a stress-ng worker holds >= 500 MB until removed", async () => {
+    const f = Stress.memory({ logDir: c.logDir, ns: pod.node.ns, timeoutSeconds: 60 });
+    await f.apply();
+    const pid = f.pid!;
+    try {
+      const ev = await f.verify();
+      assert.ok(ev.maxRssBytes! >= 500e6);
+    } finally {
+      await f.remove();
+    }
+    assert.deepEqual(descendants(pid), []);
+  });
 });
