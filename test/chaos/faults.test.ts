@@ -3,10 +3,14 @@ import { before, describe, it } from "node:test";
 import { type Cluster, EVENTS_PORT, type Pod } from "../e2e/harness/cluster.ts";
 import { answers } from "../e2e/harness/http.ts";
 import { useCluster } from "../e2e/harness/suite.ts";
-import { scaled } from "../e2e/harness/wait.ts";
+import { scaled, waitFor } from "../e2e/harness/wait.ts";
 import { FaultNotInEffect, netTarget, tcpProbe } from "./faults/fault.ts";
+import { KubeApiDelay } from "./faults/kube-delay.ts";
 import { Partition } from "./faults/partition.ts";
+import { PodPause } from "./faults/pause.ts";
 import { PortBlock } from "./faults/port-block.ts";
+import { descendants, Stress } from "./faults/stress.ts";
+import { TimeSkew } from "./faults/time-skew.ts";
 
 // Each injector of test/chaos/faults/: applied, its effect measured, removed, normal behaviour
 // measured again. One cluster without a gateway; the faults target its pods' namespaces.
@@ -15,10 +19,16 @@ describe("chaos fault injectors", { timeout: scaled(240_000) }, () => {
   const cluster = useCluster({ gateway: false });
   let c: Cluster;
   let pod: Pod;
+  let skewed: Pod;
+  const skew = new TimeSkew(30);
   before(
     async () => {
       c = cluster();
-      [pod] = await c.createPods(["victim"]);
+      [pod, skewed] = await Promise.all([
+        c.createPod("victim"),
+        c.createPod("skewed", { engine: { env: skew.env() } }),
+      ]);
+      skew.probeUrl = `${skewed.http}/health`;
     },
     { timeout: scaled(60_000) },
   );
@@ -55,5 +65,83 @@ describe("chaos fault injectors", { timeout: scaled(240_000) }, () => {
     assert.equal((await tcpProbe(pod.ip, 5557, 2000)).outcome, "open");
     assert.equal((await tcpProbe(pod.ip, 5558, 2000)).outcome, "open");
     await assert.rejects(f.verify(), FaultNotInEffect);
+  });
+
+  it("kube api delay: a GET takes >= 2 s; removed, it is fast again", async () => {
+    const f = new KubeApiDelay(c.kube, 2000);
+    assert.ok((await f.probe()) < 1000);
+    await f.apply();
+    try {
+      const ev = await f.verify();
+      assert.ok(ev.probeMs >= 2000, `${ev.probeMs} ms`);
+    } finally {
+      await f.remove();
+    }
+    assert.ok((await f.probe()) < 1000);
+    await assert.rejects(f.verify(), FaultNotInEffect);
+  });
+
+  it("time skew: the engine under libfaketime runs 30 s ahead, and back to 0 when removed", async () => {
+    assert.ok(Math.abs(await skew.measure()) <= 2, "starts unskewed");
+    await skew.apply();
+    try {
+      const ev = await skew.verify();
+      assert.ok(Math.abs(ev.aheadSeconds - 30) <= 2, `${ev.aheadSeconds}s`);
+      // monotonic time stays real: the engine's timers and HTTP keep working while skewed
+      assert.ok(await answers(`${skewed.http}/health`, 2000));
+    } finally {
+      await skew.remove();
+    }
+    await waitFor(
+      "skew gone",
+      async () => {
+        const a = await skew.measure();
+        return Math.abs(a) <= 2 ? true : `ahead ${a}s`;
+      },
+      { timeoutMs: scaled(5000), intervalMs: 250 },
+    );
+  });
+
+  it("pod failure: a SIGSTOPped engine stops answering; SIGCONT brings it back", async () => {
+    const f = PodPause.half([pod, skewed]);
+    assert.deepEqual(f.pods, [pod]);
+    await f.apply();
+    try {
+      const ev = await f.verify();
+      assert.equal(ev.probes[0].ok, false);
+      assert.ok(await answers(`${skewed.http}/health`, 2000), "the other half keeps answering");
+    } finally {
+      await f.remove();
+    }
+    assert.ok(await answers(`${pod.http}/health`, 2000));
+    await assert.rejects(f.verify(), FaultNotInEffect);
+  });
+
+  it("cpu stress: 2 stress-ng workers burn CPU until removed", async () => {
+    const f = Stress.cpu({ logDir: c.logDir, ns: pod.node.ns, timeoutSeconds: 60 });
+    await f.apply();
+    const pid = f.pid!;
+    try {
+      const ev = await f.verify();
+      assert.ok(ev.workers >= 2, `${ev.workers} workers`);
+      assert.ok(ev.cpuPerSecond! >= 0.15);
+    } finally {
+      await f.remove();
+    }
+    assert.deepEqual(descendants(pid), []);
+    await assert.rejects(f.verify(), FaultNotInEffect);
+  });
+
+  it("memory stress: a stress-ng worker holds >= 500 MB until removed", async () => {
+    const f = Stress.memory({ logDir: c.logDir, ns: pod.node.ns, timeoutSeconds: 60 });
+    await f.apply();
+    const pid = f.pid!;
+    try {
+      const ev = await f.verify();
+      assert.ok(ev.maxRssBytes! >= 500e6);
+    } finally {
+      await f.remove();
+    }
+    assert.deepEqual(descendants(pid), []);
   });
 });
