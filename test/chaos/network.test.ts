@@ -10,7 +10,7 @@ import type { ExperimentResult } from "./harness/results.ts";
 // Network chaos between the gateway and the engine pods: a partition, packet loss, delay and a
 // bandwidth cap, each on one pod's link while the chat load flows through the gateway.
 describe("chaos: network", { timeout: scaled(600_000) }, () => {
-  const ctx = useChaos(4);
+  const ctx = useChaos();
   const judge = (r: ExperimentResult) =>
     assert.deepEqual(r.failures, [], `${r.id}: ${r.failures.join("\n")}`);
   const target = (k: number) => {

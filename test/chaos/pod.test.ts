@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { scaled } from "../e2e/harness/wait.ts";
+import { Stress } from "./faults/stress.ts";
+import { experimentFault } from "./harness/adapt.ts";
 import { runExperiment, useChaos } from "./harness/experiment.ts";
 import { podFailure, podKill } from "./harness/pod-faults.ts";
 import type { ExperimentResult } from "./harness/results.ts";
@@ -8,7 +10,7 @@ import type { ExperimentResult } from "./harness/results.ts";
 // Pod chaos: an engine crashes and its container restarts (same or new address), half the
 // engines freeze, and the machine's CPU, memory and IO come under stress.
 describe("chaos: pod", { timeout: scaled(600_000) }, () => {
-  const ctx = useChaos(4);
+  const ctx = useChaos();
   const judge = (r: ExperimentResult) =>
     assert.deepEqual(r.failures, [], `${r.id}: ${r.failures.join("\n")}`);
 
@@ -64,4 +66,28 @@ describe("chaos: pod", { timeout: scaled(600_000) }, () => {
       }),
     );
   });
+
+  // stress has no error of its own to report: the judgement is degradation and recovery
+  for (const kind of ["cpu", "memory"] as const) {
+    it(`${kind} stress next to an engine (${kind === "cpu" ? "2 workers at 80 %" : "512 MB"})`, async () => {
+      const c = ctx.cluster();
+      const pod = ctx.pods()[0];
+      const o = { logDir: c.logDir, ns: pod.node.ns, timeoutSeconds: 90 };
+      judge(
+        await runExperiment(ctx, {
+          id: `pod-${kind}-stress`,
+          group: "pod",
+          title:
+            kind === "cpu"
+              ? "CPU stress, 2 workers at 80 % (stress-ng)"
+              : "memory stress, 512 MB (stress-ng --vm)",
+          fault: experimentFault(kind === "cpu" ? Stress.cpu(o) : Stress.memory(o), [], { servesHttp: true }),
+          holdMs: scaled(10_000),
+          targetMs: 5_000,
+          events: [],
+          metrics: [],
+        }),
+      );
+    });
+  }
 });

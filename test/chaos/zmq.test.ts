@@ -3,6 +3,7 @@ import { describe, it } from "node:test";
 import { scaled } from "../e2e/harness/wait.ts";
 import { netTarget } from "./faults/fault.ts";
 import { PortBlock } from "./faults/port-block.ts";
+import { TimeSkew } from "./faults/time-skew.ts";
 import { experimentFault } from "./harness/adapt.ts";
 import { runExperiment, useChaos } from "./harness/experiment.ts";
 import type { ExperimentResult } from "./harness/results.ts";
@@ -10,7 +11,13 @@ import type { ExperimentResult } from "./harness/results.ts";
 // Chaos on the KV-event streams themselves: the ZMQ ports blocked while HTTP flows, bytes of
 // the stream corrupted, and clocks skewed (an engine's, the gateway's).
 describe("chaos: zmq", { timeout: scaled(600_000) }, () => {
-  const ctx = useChaos(4);
+  // both clocks run under libfaketime from the start, at +0 until an experiment skews them
+  const engineSkew = new TimeSkew(30);
+  const gatewaySkew = new TimeSkew(30);
+  const ctx = useChaos({
+    gatewayEnv: gatewaySkew.env(),
+    engineEnv: (k) => (k === 3 ? engineSkew.env() : undefined),
+  });
   const judge = (r: ExperimentResult) =>
     assert.deepEqual(r.failures, [], `${r.id}: ${r.failures.join("\n")}`);
 
@@ -32,6 +39,39 @@ describe("chaos: zmq", { timeout: scaled(600_000) }, () => {
         targetMs: 2_000,
         events: ["subscriber.state[state=down|connecting]", "subscriber.replay"],
         metrics: ["kvsync_subscriber_replays_total"],
+      }),
+    );
+  });
+
+  it("time skew +30 s on one engine (libfaketime)", async () => {
+    const pod = ctx.pods()[3];
+    engineSkew.probeUrl = `${pod.http}/health`;
+    judge(
+      await runExperiment(ctx, {
+        id: "zmq-time-skew-engine",
+        group: "zmq",
+        title: "time skew +30 s, one engine (libfaketime)",
+        fault: experimentFault(engineSkew, [pod], { servesHttp: true }),
+        holdMs: scaled(10_000),
+        targetMs: 5_000,
+        events: [],
+        metrics: [],
+      }),
+    );
+  });
+
+  it("time skew +30 s on the gateway (libfaketime)", async () => {
+    gatewaySkew.probeUrl = `${ctx.cluster().gateway!.adminUrl}/healthz`;
+    judge(
+      await runExperiment(ctx, {
+        id: "zmq-time-skew-gateway",
+        group: "zmq",
+        title: "time skew +30 s, the gateway (libfaketime)",
+        fault: experimentFault(gatewaySkew, [], { servesHttp: true }),
+        holdMs: scaled(10_000),
+        targetMs: 5_000,
+        events: [],
+        metrics: [],
       }),
     );
   });

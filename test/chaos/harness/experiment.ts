@@ -79,7 +79,17 @@ const rows: ExperimentResult[] = [];
  * One cluster per experiment file: `podCount` engine pods (one process and namespace each), the
  * gateway with short upstream timeouts and info logs, a chat load. Rows are printed at the end.
  */
-export function useChaos(podCount = 4, gatewayArgs: string[] = []): ChaosContext {
+export interface ChaosOptions {
+  podCount?: number;
+  gatewayArgs?: string[];
+  /** extra environment of the gateway process (e.g. a skewable clock) */
+  gatewayEnv?: Record<string, string>;
+  /** extra environment of pod k's engine (e.g. a skewable clock) */
+  engineEnv?: (k: number) => Record<string, string> | undefined;
+}
+
+export function useChaos(opts: ChaosOptions = {}): ChaosContext {
+  const podCount = opts.podCount ?? 4;
   process.env.KVSYNC_E2E_LOG_LEVEL ??= "info";
   const cluster = useCluster({
     gateway: {
@@ -90,8 +100,9 @@ export function useChaos(podCount = 4, gatewayArgs: string[] = []): ChaosContext
         String(HEADERS_TIMEOUT_MS),
         "--body-timeout-ms",
         String(HEADERS_TIMEOUT_MS),
-        ...gatewayArgs,
+        ...(opts.gatewayArgs ?? []),
       ],
+      env: opts.gatewayEnv ?? {},
     },
   });
   let pods: Pod[] = [];
@@ -109,10 +120,11 @@ export function useChaos(podCount = 4, gatewayArgs: string[] = []): ChaosContext
     },
     async setup() {
       const c = cluster();
-      pods = await c.createPods(
-        Array.from({ length: podCount }, (_, i) => `engine-${i}`),
-        { engine: { numGpuBlocks: 768 } },
-        1,
+      pods = await Promise.all(
+        Array.from({ length: podCount }, (_, k) => {
+          const env = opts.engineEnv?.(k);
+          return c.createPod(`engine-${k}`, { engine: { numGpuBlocks: 768, ...(env ? { env } : {}) } });
+        }),
       );
       await waitLive(gatewayOf(c), pods);
       load = new ChatLoad(() => gatewayOf(c).url, { model: pods[0].model, concurrency: 4 });
