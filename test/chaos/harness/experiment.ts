@@ -86,6 +86,10 @@ export interface ChaosOptions {
   gatewayEnv?: Record<string, string>;
   /** extra environment of pod k's engine (e.g. a skewable clock) */
   engineEnv?: (k: number) => Record<string, string> | undefined;
+  /** extra annotations of pod k (e.g. ports of a relay sidecar in front of its engine) */
+  podAnnotations?: (k: number) => Record<string, string> | undefined;
+  /** runs once the pods are up, before their streams must be live (e.g. start sidecars) */
+  afterPods?: (pods: Pod[]) => Promise<void>;
 }
 
 export function useChaos(opts: ChaosOptions = {}): ChaosContext {
@@ -123,9 +127,13 @@ export function useChaos(opts: ChaosOptions = {}): ChaosContext {
       pods = await Promise.all(
         Array.from({ length: podCount }, (_, k) => {
           const env = opts.engineEnv?.(k);
-          return c.createPod(`engine-${k}`, { engine: { numGpuBlocks: 768, ...(env ? { env } : {}) } });
+          return c.createPod(`engine-${k}`, {
+            engine: { numGpuBlocks: 768, ...(env ? { env } : {}) },
+            annotations: opts.podAnnotations?.(k),
+          });
         }),
       );
+      await opts.afterPods?.(pods);
       await waitLive(gatewayOf(c), pods);
       load = new ChatLoad(() => gatewayOf(c).url, { model: pods[0].model, concurrency: 4 });
       return pods;
