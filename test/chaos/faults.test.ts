@@ -6,6 +6,7 @@ import { useCluster } from "../e2e/harness/suite.ts";
 import { scaled, waitFor } from "../e2e/harness/wait.ts";
 import { FaultNotInEffect, netTarget, tcpProbe } from "./faults/fault.ts";
 import { KubeApiDelay } from "./faults/kube-delay.ts";
+import { PacketLoss } from "./faults/packet-loss.ts";
 import { Partition } from "./faults/partition.ts";
 import { PodPause } from "./faults/pause.ts";
 import { PortBlock } from "./faults/port-block.ts";
@@ -144,4 +145,30 @@ describe("chaos fault injectors", { timeout: scaled(240_000) }, () => {
     }
     assert.deepEqual(descendants(pid), []);
   });
+
+  it("packet loss: 50 % with 25 % correlation, measured both ways; removed, nothing is lost", async () => {
+    const f = new PacketLoss(netTarget(c.net, pod.node, pod.ip), {
+      directions: "both",
+      hostIp: c.net.hostIp,
+      logDir: c.logDir,
+    });
+    assert.deepEqual(f.thresholds, { afterDrop: 625, afterPass: 375 });
+    await f.apply();
+    try {
+      const ev = await f.verify();
+      for (const s of [ev.egress, ev.ingress!]) {
+        assert.ok(Math.abs(s.lossRatio - 0.5) <= 0.1, JSON.stringify(s));
+        assert.ok(s.afterLoss > s.afterDelivery + 0.1, `correlated: ${JSON.stringify(s)}`);
+      }
+      process.stderr.write(`packet loss measured: ${JSON.stringify(ev)}\n`);
+      // TCP still gets through, slowly
+      assert.ok(await answers(`${pod.http}/health`, 15_000));
+    } finally {
+      await f.remove();
+    }
+    const after = await f.measure();
+    assert.equal(after.egress.lost, 0, JSON.stringify(after));
+    assert.equal(after.ingress!.lost, 0, JSON.stringify(after));
+  });
+
 });
