@@ -4,6 +4,7 @@ import { type Cluster, EVENTS_PORT, type Pod } from "../e2e/harness/cluster.ts";
 import { answers } from "../e2e/harness/http.ts";
 import { useCluster } from "../e2e/harness/suite.ts";
 import { scaled, waitFor } from "../e2e/harness/wait.ts";
+import { Bandwidth } from "./faults/bandwidth.ts";
 import { FaultNotInEffect, netTarget, tcpProbe } from "./faults/fault.ts";
 import { KubeApiDelay } from "./faults/kube-delay.ts";
 import { PacketLoss } from "./faults/packet-loss.ts";
@@ -171,4 +172,20 @@ describe("chaos fault injectors", { timeout: scaled(240_000) }, () => {
     assert.equal(after.ingress!.lost, 0, JSON.stringify(after));
   });
 
+  it("bandwidth: transfers both ways run at ~1 Mbit/s; removed, at full speed", async () => {
+    const f = new Bandwidth(netTarget(c.net, pod.node, pod.ip), { logDir: c.logDir });
+    const before = await f.measure();
+    await f.apply();
+    try {
+      const ev = await f.verify();
+      process.stderr.write(`bandwidth measured: ${JSON.stringify({ before, during: ev })}\n`);
+      assert.ok(ev.downloadMbit <= 1.5 && ev.downloadMbit >= 0.3, `${ev.downloadMbit}`);
+      assert.ok(ev.uploadMbit <= 1.5 && ev.uploadMbit >= 0.3, `${ev.uploadMbit}`);
+    } finally {
+      await f.remove();
+    }
+    const after = await f.measure();
+    assert.ok(after.downloadMbit > 5 && after.uploadMbit > 5, JSON.stringify(after));
+    await assert.rejects(f.verify(), FaultNotInEffect);
+  });
 });
