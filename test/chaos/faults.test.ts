@@ -1,7 +1,11 @@
 import assert from "node:assert/strict";
+import { connect } from "node:net";
+import { join } from "node:path";
 import { before, describe, it } from "node:test";
 import { type Cluster, EVENTS_PORT, type Pod } from "../e2e/harness/cluster.ts";
 import { answers } from "../e2e/harness/http.ts";
+import { RUN_ENV } from "../e2e/harness/netns.ts";
+import { childEnv, ManagedProcess } from "../e2e/harness/proc.ts";
 import { useCluster } from "../e2e/harness/suite.ts";
 import { scaled, waitFor } from "../e2e/harness/wait.ts";
 import { Bandwidth } from "./faults/bandwidth.ts";
@@ -11,6 +15,7 @@ import { PacketLoss } from "./faults/packet-loss.ts";
 import { Partition } from "./faults/partition.ts";
 import { PodPause } from "./faults/pause.ts";
 import { PortBlock } from "./faults/port-block.ts";
+import { DEFAULT_ROUTES, RelayCorruption, RelayDelay, RelaySidecar } from "./faults/relay.ts";
 import { descendants, Stress } from "./faults/stress.ts";
 import { TimeSkew } from "./faults/time-skew.ts";
 
@@ -187,5 +192,92 @@ describe("chaos fault injectors", { timeout: scaled(240_000) }, () => {
     const after = await f.measure();
     assert.ok(after.downloadMbit > 5 && after.uploadMbit > 5, JSON.stringify(after));
     await assert.rejects(f.verify(), FaultNotInEffect);
+  });
+
+  describe("relay sidecar", () => {
+    const BLOB = 256 * 1024;
+    let relay: RelaySidecar;
+    // a server whose every connection gets BLOB bytes of a known pattern (byte i = i % 251)
+    const pattern = (i: number) => i % 251;
+    const readBlob = (port: number): Promise<Buffer> =>
+      new Promise((resolve, reject) => {
+        const parts: Buffer[] = [];
+        const s = connect({ host: pod.ip, port });
+        s.on("data", (d) => parts.push(d));
+        s.on("end", () => resolve(Buffer.concat(parts)));
+        s.on("error", reject);
+        s.setTimeout(30_000, () => s.destroy(new Error("blob read timed out")));
+      });
+    const mismatches = (b: Buffer) => {
+      let n = 0;
+      for (let i = 0; i < b.length; i++) if (b[i] !== pattern(i)) n++;
+      return n;
+    };
+
+    before(async () => {
+      new ManagedProcess(
+        "blob-server",
+        ...c.net.execArgs(pod.node, process.execPath, [
+          "-e",
+          `const b = Buffer.alloc(${BLOB}); for (let i = 0; i < b.length; i++) b[i] = i % 251;
+           require("node:net").createServer((s) => s.end(b)).listen(19001, "${pod.ip}")`,
+        ]),
+        join(c.logDir, "blob-server.log"),
+        childEnv(RUN_ENV, String(process.pid)),
+      );
+      relay = await RelaySidecar.start({
+        ns: pod.node.ns,
+        ip: pod.ip,
+        logDir: c.logDir,
+        routes: [...DEFAULT_ROUTES, { name: "blob", listenPort: 19000, targetPort: 19001 }],
+      });
+      await waitFor(
+        "blob through the relay",
+        async () => ((await readBlob(19000).catch(() => Buffer.alloc(0))).length === BLOB ? true : "short"),
+        { timeoutMs: scaled(15_000), intervalMs: 100 },
+      );
+    });
+
+    it("delay: RTT through the relay is 500 ± 100 ms, bytes in order; removed, fast again", async () => {
+      const f = new RelayDelay(relay);
+      const base = await f.measure(3);
+      assert.ok(Math.max(...base) < 200, `passthrough RTT ${base}`);
+      await assert.rejects(f.verify(), FaultNotInEffect);
+      await f.apply();
+      try {
+        const ev = await f.verify();
+        process.stderr.write(`relay delay measured: ${JSON.stringify(ev)}\n`);
+        for (const ms of ev.rttMs) assert.ok(ms >= 400 && ms <= 800, `${ev.rttMs}`);
+        const blob = await readBlob(19000);
+        assert.equal(blob.length, BLOB);
+        assert.equal(mismatches(blob), 0, "jittered chunks stay in order");
+        assert.ok((await relay.stats()).delayedChunks > 0);
+      } finally {
+        await f.remove();
+      }
+      const after = await f.measure(3);
+      assert.ok(Math.max(...after) < 200, `passthrough RTT ${after}`);
+    });
+
+    it("corruption: about half the chunks reach the reader with flipped bytes; removed, clean", async () => {
+      const f = new RelayCorruption(relay, { routes: ["blob"] });
+      assert.equal(mismatches(await readBlob(19000)), 0);
+      await f.apply();
+      let observed = 0;
+      try {
+        for (let i = 0; i < 8; i++) observed += mismatches(await readBlob(19000));
+        const ev = await f.verify();
+        process.stderr.write(`relay corruption measured: ${JSON.stringify({ ...ev, observed })}\n`);
+        assert.ok(observed > 0, "the reader sees corrupted bytes");
+        assert.ok(observed <= ev.corruptedBytes, `${observed} > ${ev.corruptedBytes}`);
+        assert.ok(ev.chunks >= 8, `${ev.chunks} chunks`);
+        const ratio = ev.corruptedChunks / ev.chunks;
+        assert.ok(ratio > 0.2 && ratio < 0.8, `corrupted ${ev.corruptedChunks}/${ev.chunks}`);
+      } finally {
+        await f.remove();
+      }
+      assert.equal(mismatches(await readBlob(19000)), 0);
+      await assert.rejects(f.verify(), FaultNotInEffect);
+    });
   });
 });
