@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { before, describe, it } from "node:test";
 import { type Cluster, EVENTS_PORT, type Pod } from "../e2e/harness/cluster.ts";
+import { GatewayProcess } from "../e2e/harness/gateway.ts";
 import { answers } from "../e2e/harness/http.ts";
 import { RUN_ENV } from "../e2e/harness/netns.ts";
 import { childEnv, ManagedProcess } from "../e2e/harness/proc.ts";
@@ -16,6 +18,7 @@ import { Partition } from "./faults/partition.ts";
 import { PodPause } from "./faults/pause.ts";
 import { PortBlock } from "./faults/port-block.ts";
 import { DEFAULT_ROUTES, RelayCorruption, RelayDelay, RelaySidecar } from "./faults/relay.ts";
+import { SlowPipe } from "./faults/slow-pipe.ts";
 import { descendants, Stress } from "./faults/stress.ts";
 import { TimeSkew } from "./faults/time-skew.ts";
 
@@ -279,5 +282,43 @@ describe("chaos fault injectors", { timeout: scaled(240_000) }, () => {
       assert.equal(mismatches(await readBlob(19000)), 0);
       await assert.rejects(f.verify(), FaultNotInEffect);
     });
+  });
+
+  it("io stress: the gateway's log goes through a pipe whose reader sleeps 100 ms before half its reads", async () => {
+    const logFile = join(c.logDir, "gateway-slow-pipe.log");
+    const pipe = await SlowPipe.start({ logDir: c.logDir, logFile });
+    const gw = await GatewayProcess.start({
+      kubeconfig: c.kube.kubeconfigPath,
+      logDir: c.logDir,
+      output: pipe.fd,
+      env: { KVSYNC_LOG_LEVEL: "info" },
+    });
+    try {
+      await waitFor(
+        "gateway log lines drained into the log file",
+        () => (readFileSync(logFile, "utf8").includes('"component"') ? true : "nothing yet"),
+        { timeoutMs: scaled(10_000), intervalMs: 100 },
+      );
+      const before = await pipe.probeWrite();
+      await pipe.apply();
+      let ev: Awaited<ReturnType<SlowPipe["verify"]>>;
+      try {
+        ev = await pipe.verify();
+        process.stderr.write(`slow pipe measured: ${JSON.stringify({ before, ...ev })}\n`);
+        assert.ok(ev.probeWriteMs >= 300 && ev.probeWriteMs > 3 * before, `${before} -> ${ev.probeWriteMs}`);
+        const ratio = ev.delayedReads / ev.reads;
+        // the reader's coin (about half); the slowdown above is what the writer feels
+        assert.ok(ratio > 0.1 && ratio < 0.9, `${ev.delayedReads}/${ev.reads} reads delayed`);
+        assert.ok(gw.process.running);
+      } finally {
+        await pipe.remove();
+      }
+      const after = await pipe.probeWrite();
+      assert.ok(after < ev.probeWriteMs / 3, `after removal ${after} ms`);
+      assert.match(readFileSync(logFile, "utf8"), /chaos_io_probe/);
+    } finally {
+      await gw.stop();
+      await pipe.stop();
+    }
   });
 });
