@@ -1,14 +1,24 @@
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { connect } from "node:net";
+import { join } from "node:path";
 import { before, describe, it } from "node:test";
 import { type Cluster, EVENTS_PORT, type Pod } from "../e2e/harness/cluster.ts";
+import { GatewayProcess } from "../e2e/harness/gateway.ts";
 import { answers } from "../e2e/harness/http.ts";
+import { RUN_ENV } from "../e2e/harness/netns.ts";
+import { childEnv, ManagedProcess } from "../e2e/harness/proc.ts";
 import { useCluster } from "../e2e/harness/suite.ts";
 import { scaled, waitFor } from "../e2e/harness/wait.ts";
+import { Bandwidth } from "./faults/bandwidth.ts";
 import { FaultNotInEffect, netTarget, tcpProbe } from "./faults/fault.ts";
 import { KubeApiDelay } from "./faults/kube-delay.ts";
+import { PacketLoss } from "./faults/packet-loss.ts";
 import { Partition } from "./faults/partition.ts";
 import { PodPause } from "./faults/pause.ts";
 import { PortBlock } from "./faults/port-block.ts";
+import { DEFAULT_ROUTES, RelayCorruption, RelayDelay, RelaySidecar } from "./faults/relay.ts";
+import { SlowPipe } from "./faults/slow-pipe.ts";
 import { descendants, Stress } from "./faults/stress.ts";
 import { TimeSkew } from "./faults/time-skew.ts";
 
@@ -143,5 +153,172 @@ describe("chaos fault injectors", { timeout: scaled(240_000) }, () => {
       await f.remove();
     }
     assert.deepEqual(descendants(pid), []);
+  });
+
+  it("packet loss: 50 % with 25 % correlation, measured both ways; removed, nothing is lost", async () => {
+    const f = new PacketLoss(netTarget(c.net, pod.node, pod.ip), {
+      directions: "both",
+      hostIp: c.net.hostIp,
+      logDir: c.logDir,
+    });
+    assert.deepEqual(f.thresholds, { afterDrop: 625, afterPass: 375 });
+    await f.apply();
+    try {
+      const ev = await f.verify();
+      for (const s of [ev.egress, ev.ingress!]) {
+        assert.ok(Math.abs(s.lossRatio - 0.5) <= 0.1, JSON.stringify(s));
+        assert.ok(s.afterLoss > s.afterDelivery + 0.1, `correlated: ${JSON.stringify(s)}`);
+      }
+      process.stderr.write(`packet loss measured: ${JSON.stringify(ev)}\n`);
+      // TCP still gets through, slowly
+      assert.ok(await answers(`${pod.http}/health`, 15_000));
+    } finally {
+      await f.remove();
+    }
+    const after = await f.measure();
+    assert.equal(after.egress.lost, 0, JSON.stringify(after));
+    assert.equal(after.ingress!.lost, 0, JSON.stringify(after));
+  });
+
+  it("bandwidth: transfers both ways run at ~1 Mbit/s; removed, at full speed", async () => {
+    const f = new Bandwidth(netTarget(c.net, pod.node, pod.ip), { logDir: c.logDir });
+    const before = await f.measure();
+    await f.apply();
+    try {
+      const ev = await f.verify();
+      process.stderr.write(`bandwidth measured: ${JSON.stringify({ before, during: ev })}\n`);
+      assert.ok(ev.downloadMbit <= 1.5 && ev.downloadMbit >= 0.3, `${ev.downloadMbit}`);
+      assert.ok(ev.uploadMbit <= 1.5 && ev.uploadMbit >= 0.3, `${ev.uploadMbit}`);
+    } finally {
+      await f.remove();
+    }
+    const after = await f.measure();
+    assert.ok(after.downloadMbit > 5 && after.uploadMbit > 5, JSON.stringify(after));
+    await assert.rejects(f.verify(), FaultNotInEffect);
+  });
+
+  describe("relay sidecar", () => {
+    const BLOB = 256 * 1024;
+    let relay: RelaySidecar;
+    // a server whose every connection gets BLOB bytes of a known pattern (byte i = i % 251)
+    const pattern = (i: number) => i % 251;
+    const readBlob = (port: number): Promise<Buffer> =>
+      new Promise((resolve, reject) => {
+        const parts: Buffer[] = [];
+        const s = connect({ host: pod.ip, port });
+        s.on("data", (d) => parts.push(d));
+        s.on("end", () => resolve(Buffer.concat(parts)));
+        s.on("error", reject);
+        s.setTimeout(30_000, () => s.destroy(new Error("blob read timed out")));
+      });
+    const mismatches = (b: Buffer) => {
+      let n = 0;
+      for (let i = 0; i < b.length; i++) if (b[i] !== pattern(i)) n++;
+      return n;
+    };
+
+    before(async () => {
+      new ManagedProcess(
+        "blob-server",
+        ...c.net.execArgs(pod.node, process.execPath, [
+          "-e",
+          `const b = Buffer.alloc(${BLOB}); for (let i = 0; i < b.length; i++) b[i] = i % 251;
+           require("node:net").createServer((s) => s.end(b)).listen(19001, "${pod.ip}")`,
+        ]),
+        join(c.logDir, "blob-server.log"),
+        childEnv(RUN_ENV, String(process.pid)),
+      );
+      relay = await RelaySidecar.start({
+        ns: pod.node.ns,
+        ip: pod.ip,
+        logDir: c.logDir,
+        routes: [...DEFAULT_ROUTES, { name: "blob", listenPort: 19000, targetPort: 19001 }],
+      });
+      await waitFor(
+        "blob through the relay",
+        async () => ((await readBlob(19000).catch(() => Buffer.alloc(0))).length === BLOB ? true : "short"),
+        { timeoutMs: scaled(15_000), intervalMs: 100 },
+      );
+    });
+
+    it("delay: RTT through the relay is 500 ± 100 ms, bytes in order; removed, fast again", async () => {
+      const f = new RelayDelay(relay);
+      const base = await f.measure(3);
+      assert.ok(Math.max(...base) < 200, `passthrough RTT ${base}`);
+      await assert.rejects(f.verify(), FaultNotInEffect);
+      await f.apply();
+      try {
+        const ev = await f.verify();
+        process.stderr.write(`relay delay measured: ${JSON.stringify(ev)}\n`);
+        for (const ms of ev.rttMs) assert.ok(ms >= 400 && ms <= 800, `${ev.rttMs}`);
+        const blob = await readBlob(19000);
+        assert.equal(blob.length, BLOB);
+        assert.equal(mismatches(blob), 0, "jittered chunks stay in order");
+        assert.ok((await relay.stats()).delayedChunks > 0);
+      } finally {
+        await f.remove();
+      }
+      const after = await f.measure(3);
+      assert.ok(Math.max(...after) < 200, `passthrough RTT ${after}`);
+    });
+
+    it("corruption: about half the chunks reach the reader with flipped bytes; removed, clean", async () => {
+      const f = new RelayCorruption(relay, { routes: ["blob"] });
+      assert.equal(mismatches(await readBlob(19000)), 0);
+      await f.apply();
+      let observed = 0;
+      try {
+        for (let i = 0; i < 8; i++) observed += mismatches(await readBlob(19000));
+        const ev = await f.verify();
+        process.stderr.write(`relay corruption measured: ${JSON.stringify({ ...ev, observed })}\n`);
+        assert.ok(observed > 0, "the reader sees corrupted bytes");
+        assert.ok(observed <= ev.corruptedBytes, `${observed} > ${ev.corruptedBytes}`);
+        assert.ok(ev.chunks >= 8, `${ev.chunks} chunks`);
+        const ratio = ev.corruptedChunks / ev.chunks;
+        assert.ok(ratio > 0.2 && ratio < 0.8, `corrupted ${ev.corruptedChunks}/${ev.chunks}`);
+      } finally {
+        await f.remove();
+      }
+      assert.equal(mismatches(await readBlob(19000)), 0);
+      await assert.rejects(f.verify(), FaultNotInEffect);
+    });
+  });
+
+  it("io stress: the gateway's log goes through a pipe whose reader sleeps 100 ms before half its reads", async () => {
+    const logFile = join(c.logDir, "gateway-slow-pipe.log");
+    const pipe = await SlowPipe.start({ logDir: c.logDir, logFile });
+    const gw = await GatewayProcess.start({
+      kubeconfig: c.kube.kubeconfigPath,
+      logDir: c.logDir,
+      output: pipe.fd,
+      env: { KVSYNC_LOG_LEVEL: "info" },
+    });
+    try {
+      await waitFor(
+        "gateway log lines drained into the log file",
+        () => (readFileSync(logFile, "utf8").includes('"component"') ? true : "nothing yet"),
+        { timeoutMs: scaled(10_000), intervalMs: 100 },
+      );
+      const before = await pipe.probeWrite();
+      await pipe.apply();
+      let ev: Awaited<ReturnType<SlowPipe["verify"]>>;
+      try {
+        ev = await pipe.verify();
+        process.stderr.write(`slow pipe measured: ${JSON.stringify({ before, ...ev })}\n`);
+        assert.ok(ev.probeWriteMs >= 300 && ev.probeWriteMs > 3 * before, `${before} -> ${ev.probeWriteMs}`);
+        const ratio = ev.delayedReads / ev.reads;
+        // the reader's coin (about half); the slowdown above is what the writer feels
+        assert.ok(ratio > 0.1 && ratio < 0.9, `${ev.delayedReads}/${ev.reads} reads delayed`);
+        assert.ok(gw.process.running);
+      } finally {
+        await pipe.remove();
+      }
+      const after = await pipe.probeWrite();
+      assert.ok(after < ev.probeWriteMs / 3, `after removal ${after} ms`);
+      assert.match(readFileSync(logFile, "utf8"), /chaos_io_probe/);
+    } finally {
+      await gw.stop();
+      await pipe.stop();
+    }
   });
 });

@@ -17,8 +17,8 @@ export interface GatewayOptions {
   extraArgs: string[];
   /** extra environment for the gateway process (e.g. LD_PRELOAD=libfaketime for a skewed clock) */
   env: Record<string, string>;
-  /** where its stdout/stderr (the pino log) go instead of the log file: a pipe's writable end */
-  output: Writable;
+  /** where its stdout/stderr (the pino log) go instead of the log file: an fd or stream (a pipe's writable end) */
+  output: number | Writable;
 }
 
 export interface AdminPod {

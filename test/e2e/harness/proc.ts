@@ -57,8 +57,8 @@ function killGroup(pid: number, sig: NodeJS.Signals): void {
 }
 
 export interface SpawnExtras {
-  /** where stdout and stderr go instead of `logFile` (a pipe's writable end, e.g. a slow reader's stdin) */
-  output?: Writable;
+  /** where stdout and stderr go instead of `logFile`: an fd or stream (e.g. a FIFO a slow reader drains) */
+  output?: number | Writable;
   /** "pipe" gives the parent `child.stdin` (default: no stdin) */
   stdin?: "ignore" | "pipe";
 }
