@@ -1,6 +1,6 @@
-import { after } from "node:test";
+import { after, before } from "node:test";
 import type { Cluster, Pod } from "../../e2e/harness/cluster.ts";
-import type { GatewayProcess } from "../../e2e/harness/gateway.ts";
+import type { GatewayOptions, GatewayProcess } from "../../e2e/harness/gateway.ts";
 import { getJson } from "../../e2e/harness/http.ts";
 import { gatewayOf, useCluster, waitLive } from "../../e2e/harness/suite.ts";
 import type { BlocksDoc } from "../../e2e/harness/truth.ts";
@@ -68,6 +68,8 @@ export interface ChaosContext {
   cluster: () => Cluster;
   pods: () => Pod[];
   load: () => ChatLoad;
+  /** the gateway's log file (JSON lines) */
+  gatewayLog: () => string;
   /** start the pods and the load's client (call from the file's first test) */
   setup(): Promise<Pod[]>;
 }
@@ -90,25 +92,38 @@ export interface ChaosOptions {
   podAnnotations?: (k: number) => Record<string, string> | undefined;
   /** runs once the pods are up, before their streams must be live (e.g. start sidecars) */
   afterPods?: (pods: Pod[]) => Promise<void>;
+  /**
+   * runs before the gateway starts: where its output goes (an fd, e.g. a slow pipe's) and the
+   * file its log lines end up in
+   */
+  gatewayOutput?: () => Promise<{ output: number; logFile: string }>;
 }
 
 export function useChaos(opts: ChaosOptions = {}): ChaosContext {
   const podCount = opts.podCount ?? 4;
   process.env.KVSYNC_E2E_LOG_LEVEL ??= "info";
-  const cluster = useCluster({
-    gateway: {
-      extraArgs: [
-        "--connect-timeout-ms",
-        String(CONNECT_TIMEOUT_MS),
-        "--headers-timeout-ms",
-        String(HEADERS_TIMEOUT_MS),
-        "--body-timeout-ms",
-        String(HEADERS_TIMEOUT_MS),
-        ...(opts.gatewayArgs ?? []),
-      ],
-      env: opts.gatewayEnv ?? {},
-    },
-  });
+  let logOverride: string | null = null;
+  const gateway: Partial<GatewayOptions> = {
+    extraArgs: [
+      "--connect-timeout-ms",
+      String(CONNECT_TIMEOUT_MS),
+      "--headers-timeout-ms",
+      String(HEADERS_TIMEOUT_MS),
+      "--body-timeout-ms",
+      String(HEADERS_TIMEOUT_MS),
+      ...(opts.gatewayArgs ?? []),
+    ],
+    env: opts.gatewayEnv ?? {},
+  };
+  if (opts.gatewayOutput) {
+    // registered before the cluster's hook, so it runs first; the cluster reads `gateway` then
+    before(async () => {
+      const o = await opts.gatewayOutput!();
+      gateway.output = o.output;
+      logOverride = o.logFile;
+    });
+  }
+  const cluster = useCluster({ gateway });
   let pods: Pod[] = [];
   let load: ChatLoad | null = null;
   after(async () => {
@@ -118,6 +133,7 @@ export function useChaos(opts: ChaosOptions = {}): ChaosContext {
   return {
     cluster,
     pods: () => pods,
+    gatewayLog: () => logOverride ?? gatewayOf(cluster()).process.logFile,
     load: () => {
       if (!load) throw new Error("chaos cluster not set up");
       return load;
@@ -153,8 +169,13 @@ export async function runExperiment(ctx: ChaosContext, spec: ExperimentSpec): Pr
   const gwAtStart = gw();
   const pods = () => spec.fault.pods?.() ?? c.list();
 
-  // warm up until every pod is live and the load has run a while, then the baseline
-  await waitLive(gw(), pods());
+  // start from a converged index: an earlier experiment's damage must not be taken for this one's
+  await waitLive(gw(), pods()).catch((e: Error) => failures.push(`precondition: ${e.message}`));
+  await waitFor("index == truth before the fault", () => compareAllWithTruth(gw(), pods()), {
+    timeoutMs: scaled(10_000),
+    intervalMs: 200,
+  }).catch((e: Error) => failures.push(`precondition (left by an earlier experiment?): ${e.message}`));
+  // warm up, then the baseline
   load.start();
   await sleep(scaled(3_000));
   const b0 = Date.now();
@@ -261,7 +282,7 @@ export async function runExperiment(ctx: ChaosContext, spec: ExperimentSpec): Pr
     failures.push(`the gateway did not survive: ${gw().process.describeExit()}`);
 
   // clear messages: named log events and metrics
-  const found = firstEvents(gw().process.logFile, faultStart, spec.events, affected);
+  const found = firstEvents(ctx.gatewayLog(), faultStart, spec.events, affected);
   for (const e of spec.events) if (!found.has(e)) failures.push(`no "${e}" log event after the fault`);
   const detect = [...found.values()].map((l) => l.time).sort((a, b) => a - b)[0];
   const metricsAfter = await gw().metrics();
