@@ -1,0 +1,93 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { scaled } from "../e2e/harness/wait.ts";
+import { Stress } from "./faults/stress.ts";
+import { experimentFault } from "./harness/adapt.ts";
+import { runExperiment, useChaos } from "./harness/experiment.ts";
+import { podFailure, podKill } from "./harness/pod-faults.ts";
+import type { ExperimentResult } from "./harness/results.ts";
+
+// Pod chaos: an engine crashes and its container restarts (same or new address), half the
+// engines freeze, and the machine's CPU, memory and IO come under stress.
+describe("chaos: pod", { timeout: scaled(600_000) }, () => {
+  const ctx = useChaos();
+  const judge = (r: ExperimentResult) =>
+    assert.deepEqual(r.failures, [], `${r.id}: ${r.failures.join("\n")}`);
+
+  it("setup: 4 engine pods, live streams, chat load ready", async () => {
+    assert.equal((await ctx.setup()).length, 4);
+  });
+
+  it("pod kill, restarted at the same address (seq from 0, empty cache)", async () => {
+    const victim = ctx.pods()[1];
+    judge(
+      await runExperiment(ctx, {
+        id: "pod-kill-same-address",
+        group: "pod",
+        title: "pod kill (SIGKILL one engine; restarted in place)",
+        fault: podKill(ctx.cluster(), victim),
+        holdMs: scaled(10_000),
+        targetMs: 5_000,
+        events: ["subscriber.disconnected", "subscriber.restart"],
+        metrics: ["kvsync_subscriber_restarts_total"],
+      }),
+    );
+  });
+
+  it("pod kill, restarted at a new address (the Pod's IP changes)", async () => {
+    const victim = ctx.pods()[2];
+    judge(
+      await runExperiment(ctx, {
+        id: "pod-kill-new-address",
+        group: "pod",
+        title: "pod kill (SIGKILL one engine; restarted at a new address)",
+        fault: podKill(ctx.cluster(), victim, { newAddress: true }),
+        holdMs: scaled(10_000),
+        targetMs: 5_000,
+        events: ["subscriber.disconnected", "subscriber.stop", "subscriber.start"],
+        metrics: [],
+      }),
+    );
+  });
+
+  it("pod failure: half the engines SIGSTOPped for the window, then SIGCONT", async () => {
+    const pods = ctx.pods();
+    judge(
+      await runExperiment(ctx, {
+        id: "pod-failure-50pct",
+        group: "pod",
+        title: "pod failure, 50 % of pods (SIGSTOP / SIGCONT)",
+        fault: podFailure([pods[0], pods[3]]),
+        holdMs: scaled(12_000),
+        targetMs: 5_000,
+        events: ["gateway.pod_unhealthy", "gateway.pod_healthy"],
+        metrics: ["kvsync_gateway_pod_ejections_total"],
+        unroutableAfterMs: 5_000,
+      }),
+    );
+  });
+
+  // stress has no error of its own to report: the judgement is degradation and recovery
+  for (const kind of ["cpu", "memory"] as const) {
+    it(`${kind} stress next to an engine (${kind === "cpu" ? "2 workers at 80 %" : "512 MB"})`, async () => {
+      const c = ctx.cluster();
+      const pod = ctx.pods()[0];
+      const o = { logDir: c.logDir, ns: pod.node.ns, timeoutSeconds: 90 };
+      judge(
+        await runExperiment(ctx, {
+          id: `pod-${kind}-stress`,
+          group: "pod",
+          title:
+            kind === "cpu"
+              ? "CPU stress, 2 workers at 80 % (stress-ng)"
+              : "memory stress, 512 MB (stress-ng --vm)",
+          fault: experimentFault(kind === "cpu" ? Stress.cpu(o) : Stress.memory(o), [], { servesHttp: true }),
+          holdMs: scaled(10_000),
+          targetMs: 5_000,
+          events: [],
+          metrics: [],
+        }),
+      );
+    });
+  }
+});
