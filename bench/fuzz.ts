@@ -47,9 +47,9 @@ if (!Number.isSafeInteger(SEED)) throw new Error(`--seed: not an integer: ${args
 /** Live-stream faults, as expected messages per valid batch. */
 const LIVE_RATES: Record<string, number> = {
   // framing: rejected before any seq logic
-  "frame-count": 0.6,
-  "seq-length": 0.5,
-  "seq-huge": 0.4,
+  "frame-count": 1.5,
+  "seq-length": 1.2,
+  "seq-huge": 1.0,
   // seq logic: an applied seq carrying garbage, or an exact copy of an old batch
   "stale-recent": 0.04,
   "stale-old": 0.04,
@@ -113,7 +113,7 @@ let lastProgress = Date.now();
 let wake: (() => void) | null = null;
 let dumpWaiter: ((m: Extract<FromSubscriber, { t: "dump" }>) => void) | null = null;
 const child: ChildProcess = fork(join(HERE, "fuzz", "subscriber.ts"), [], {
-  execArgv: ["--expose-gc", "--import", "tsx"],
+  execArgv: ["--expose-gc", "--import", "tsx", ...(process.env.KVSYNC_FUZZ_CHILD_NODE_ARGS ?? "").split(" ").filter(Boolean)],
   env: {
     ...process.env,
     KVSYNC_FUZZ_PODS: JSON.stringify(

@@ -48,7 +48,7 @@ export class EngineWorkload {
   ) {
     this.o = { ...DEFAULTS, ...options };
     this.templateChains = [];
-    for (let t = 0; t < this.o.templates; t++) this.templateChains.push(this.chain(8 + this.int(25)));
+    for (let t = 0; t < this.o.templates; t++) this.templateChains.push(this.chain(4 + this.int(29)));
   }
 
   private int(n: number): number {
@@ -71,7 +71,7 @@ export class EngineWorkload {
 
   /** Token ids of every template and of the last 64 requests (the soak's match probes). */
   probes(): number[][] {
-    return [...this.templateChains.map((c) => c.flatMap((b) => b.tokens)), ...this.recent];
+    return [...this.templateChains.map(concatTokens), ...this.recent];
   }
 
   /** The next scheduler step's batch (1-4 requests, plus evictions and offloads). */
@@ -83,7 +83,7 @@ export class EngineWorkload {
       this.cpu.clear();
       events.push({ type: "AllBlocksCleared" });
     }
-    const requests = 1 + this.int(4);
+    const requests = 1 + this.int(2);
     for (let r = 0; r < requests; r++) this.request(events);
     if (this.rand() < 0.1) this.offload(events);
     this.evict(events);
@@ -94,10 +94,12 @@ export class EngineWorkload {
     // template popularity falls off exponentially; some requests share no template at all
     const t = Math.floor(-Math.log(1 - this.rand()) * 6);
     const prefix = t < this.templateChains.length ? this.templateChains[t] : [];
-    const blocks = prefix.concat(this.chain(1 + this.int(24)));
-    const tokens = blocks.flatMap((b) => b.tokens);
-    if (this.recent.length < 64) this.recent.push(tokens);
-    else this.recent[this.recentAt++ % 64] = tokens;
+    const blocks = prefix.concat(this.chain(1 + this.int(8)));
+    if (this.rand() < 0.05) {
+      const tokens = concatTokens(blocks);
+      if (this.recent.length < 64) this.recent.push(tokens);
+      else this.recent[this.recentAt++ % 64] = tokens;
+    }
     let i = 0;
     while (i < blocks.length && this.gpu.has(blocks[i].hash)) {
       // a prefix hit refreshes the block's place in the LRU
@@ -112,7 +114,7 @@ export class EngineWorkload {
       type: "BlockStored",
       blockHashes: stored.map((b) => b.hash),
       parentBlockHash: i === 0 ? null : blocks[i - 1].hash,
-      tokenIds: stored.flatMap((b) => b.tokens),
+      tokenIds: concatTokens(stored),
       blockSize: BLOCK_SIZE,
       loraId: null,
       medium: "GPU",
@@ -174,6 +176,13 @@ export class EngineWorkload {
     for (const h of gone) this.gpu.delete(h);
     events.push(removed(gone, "GPU"));
   }
+}
+
+function concatTokens(blocks: readonly Block[]): number[] {
+  const out = new Array<number>(blocks.length * BLOCK_SIZE);
+  let n = 0;
+  for (const b of blocks) for (let k = 0; k < BLOCK_SIZE; k++) out[n++] = b.tokens[k];
+  return out;
 }
 
 function removed(hashes: HashKey[], medium: string): BlockRemoved {
