@@ -205,6 +205,9 @@ export class SubscriberManager
           else m?.resyncs.inc({ stream: id });
         },
         gap: () => m?.gaps.inc({ stream: id }),
+        stale: () => m?.staleBatches.inc({ stream: id }),
+        bogus: () => m?.bogusSeqs.inc({ stream: id }),
+        replayThrottled: () => m?.replaysThrottled.inc({ stream: id }),
         replayRequested: () => m?.replays.inc({ stream: id }),
         replayFailed: () => m?.replayFailures.inc({ stream: id }),
         stateChanged: (state, prev) => {

@@ -18,6 +18,9 @@ export interface SubscriberMetrics {
   replayFailures: Counter<"stream">;
   resyncs: Counter<"stream">;
   restarts: Counter<"stream">;
+  staleBatches: Counter<"stream">;
+  bogusSeqs: Counter<"stream">;
+  replaysThrottled: Counter<"stream">;
   applySeconds: Histogram<string>;
   /** engine batch timestamp → applied in the index, for batches applied while the stream is live */
   lagSeconds: Histogram<string>;
@@ -53,6 +56,18 @@ export function createSubscriberMetrics(
       "kvsync_subscriber_restarts_total",
       "engine restarts detected (seq went backwards): the stream's entries were dropped",
     ),
+    staleBatches: perStream(
+      "kvsync_subscriber_stale_batches_total",
+      "late copies of old batches verified stale (the engine still holds our last batch) and ignored",
+    ),
+    bogusSeqs: perStream(
+      "kvsync_subscriber_bogus_seqs_total",
+      "live seqs beyond everything the engine's replay buffer holds (corrupt or jumped), discarded",
+    ),
+    replaysThrottled: perStream(
+      "kvsync_subscriber_replays_throttled_total",
+      "replays held back by the per-stream replay rate bound",
+    ),
     applySeconds: new Histogram({
       name: "kvsync_index_apply_duration_seconds",
       help: "time to apply one decoded event batch to the index",
@@ -75,6 +90,9 @@ export function createSubscriberMetrics(
         m.replayFailures,
         m.resyncs,
         m.restarts,
+        m.staleBatches,
+        m.bogusSeqs,
+        m.replaysThrottled,
       ]) {
         c.remove({ stream: streamId });
       }

@@ -10,8 +10,13 @@
  * - A replay that can't cover the gap (its first seq is beyond the requested one, a hole inside
  *   it, a failure or timeout) drops the stream's entries and rebuilds from what the stream still
  *   delivers (state `resyncing` until the stream is contiguous and nothing waits).
- * - A seq <= last whose payload equals the one seen for that seq is a duplicate (ignored); any
- *   other backward seq means the engine restarted: drop and start over (replay from 0).
+ * - A seq <= last whose payload equals the one seen for that seq is a duplicate (ignored); a
+ *   remembered seq with another payload means the engine restarted: drop and start over (replay
+ *   from 0). A backward seq too old to be remembered is verified first: a replay from `last`
+ *   that still shows our last batch proves the same process (the late message was stale).
+ * - A gap replay that ends short of the queued live batch it was asked for (a corrupted seq, an
+ *   engine that jumped) is retried (`attempt` > 0 lets the caller back off); after
+ *   `maxGapRetries` such replays that batch is bogus: reported, discarded, and the queue goes on.
  * - After a reconnect the tracker asks for a replay from `last` and checks that the engine still
  *   has the same batch there: otherwise it restarted while we were away.
  */
@@ -25,11 +30,18 @@ export interface SeqSink {
   apply(seq: number, payload: Uint8Array): void;
   /** Forget every entry of the stream. */
   drop(reason: DropReason): void;
-  /** Ask the engine for its buffered batches with seq >= fromSeq (one replay at a time). */
-  requestReplay(fromSeq: number): void;
+  /**
+   * Ask the engine for its buffered batches with seq >= fromSeq (one replay at a time). `attempt`
+   * counts the replays already asked for the same queued batch that they did not reach.
+   */
+  requestReplay(fromSeq: number, attempt: number): void;
   /** A gap was detected between two seqs (inclusive range of missing seqs). */
   gap?(from: number, to: number, recoverable: boolean): void;
   duplicate?(seq: number): void;
+  /** A late backward seq turned out stale: the engine still holds our last batch. */
+  stale?(seq: number): void;
+  /** A live seq beyond everything the engine's buffer holds, discarded after the retries. */
+  bogus?(seq: number): void;
   /** A live message could not be queued during a replay (queue full); it shows up as a gap later. */
   overflow?(seq: number): void;
 }
@@ -41,6 +53,8 @@ export interface SeqTrackerOptions {
   maxPending?: number;
   /** Recent payload fingerprints kept to tell duplicates from restarts. */
   recentSize?: number;
+  /** Gap replays that end short of the same queued batch before it counts as bogus. */
+  maxGapRetries?: number;
 }
 
 type ReplayKind = "initial" | "gap" | "verify" | "probe";
@@ -82,6 +96,12 @@ export class SeqTracker {
   private replayFirst = true;
   private replayAbandon = false;
   private replayIgnore = false;
+  /** the late backward seq a running verify replay was started for (null: a reconnect check) */
+  private lateSeq: number | null = null;
+  /** the queued live seq the gap replays did not reach, and how many did not */
+  private shortSeq = -1;
+  private shortCount = 0;
+  private readonly maxGapRetries: number;
   /** live messages dropped because the queue was full */
   overflowed = 0;
 
@@ -91,6 +111,7 @@ export class SeqTracker {
   ) {
     this.hasReplay = opts.replay;
     this.maxPending = Math.max(1, opts.maxPending ?? 10_000);
+    this.maxGapRetries = Math.max(1, opts.maxGapRetries ?? 3);
     const n = Math.max(2, opts.recentSize ?? 64);
     this.recentSeq = new Float64Array(n).fill(-1);
     this.recentFp = new Int32Array(n);
@@ -162,7 +183,7 @@ export class SeqTracker {
   private checkAfterReconnect(): void {
     const last = this.last;
     if (last === null || last < 0) this.beginReplay("initial", 0);
-    else if (this.recentSeq[last % this.recentSeq.length] === last) this.beginReplay("verify", last);
+    else if (this.remembers(last)) this.beginReplay("verify", last);
     // nothing applied at `last` yet (a start from --from-seq): resume the pick-up
     else this.beginReplay("gap", last + 1);
   }
@@ -194,7 +215,11 @@ export class SeqTracker {
       this.replayFirst = false;
       if (this.replayKind === "verify") {
         const last = this.last as number;
-        if (seq === last && this.recentMatches(seq, payload) === true) return; // same engine
+        if (seq === last && this.recentMatches(seq, payload) === true) {
+          // same engine: a late message that started this check was stale
+          if (this.lateSeq !== null) this.sink.stale?.(this.lateSeq);
+          return;
+        }
         if (seq <= last) {
           // a different batch at a seq we have seen: the engine restarted while we were away
           this.replayAbandon = true;
@@ -241,6 +266,7 @@ export class SeqTracker {
     // an empty first pick-up: the engine has published nothing yet, so its next seq is 0
     if (this.replayKind === "initial" && this.replayFirst && this.last === null) this.last = -1;
     this.phase = "live";
+    if (this.replayKind === "gap") this.checkShort();
     this.drain();
   }
 
@@ -298,6 +324,13 @@ export class SeqTracker {
         this.sink.duplicate?.(seq);
         return true;
       }
+      if (m === null && this.hasReplay && this.remembers(last)) {
+        // too old for the ring: a late copy (stale) or a new process; the engine's batch at
+        // `last` tells which, so ask for it before dropping anything
+        this.beginReplay("verify", last);
+        this.lateSeq = seq;
+        return true;
+      }
       this.restart();
       // with a replay, the new process's buffer (asked from 0) brings this batch again
       if (this.phase !== "replaying") this.applyMsg(seq, payload);
@@ -305,14 +338,40 @@ export class SeqTracker {
     }
     // gap
     if (this.hasReplay) {
-      this.sink.gap?.(last + 1, seq - 1, true);
-      this.beginReplay("gap", last + 1);
+      const retry = seq === this.shortSeq ? this.shortCount : 0;
+      // a retry for the same batch is the same gap, reported once
+      if (retry === 0) this.sink.gap?.(last + 1, seq - 1, true);
+      this.beginReplay("gap", last + 1, retry);
       return false;
     }
     this.sink.gap?.(last + 1, seq - 1, false);
     this.unrecoverable();
     this.applyMsg(seq, payload);
     return true;
+  }
+
+  /**
+   * After a gap replay: the engine answered with everything it had, so a queued head still beyond
+   * `last + 1` was never published by it. Count such replays; past the bound discard the head.
+   */
+  private checkShort(): void {
+    const head = this.pending[0];
+    const last = this.last;
+    if (head === undefined || last === null || head.seq <= last + 1) {
+      this.shortSeq = -1;
+      this.shortCount = 0;
+      return;
+    }
+    if (head.seq === this.shortSeq) this.shortCount++;
+    else {
+      this.shortSeq = head.seq;
+      this.shortCount = 1;
+    }
+    if (this.shortCount < this.maxGapRetries) return;
+    this.pending.shift();
+    this.shortSeq = -1;
+    this.shortCount = 0;
+    this.sink.bogus?.(head.seq);
   }
 
   private drain(): void {
@@ -324,14 +383,15 @@ export class SeqTracker {
     if (this.phase === "live" && this.pending.length === 0) this.resyncing = false;
   }
 
-  private beginReplay(kind: ReplayKind, from: number): void {
+  private beginReplay(kind: ReplayKind, from: number, attempt = 0): void {
     this.phase = "replaying";
     this.replayKind = kind;
     this.replayFrom = from;
     this.replayFirst = true;
     this.replayAbandon = false;
     this.replayIgnore = false;
-    this.sink.requestReplay(from);
+    this.lateSeq = null;
+    this.sink.requestReplay(from, attempt);
   }
 
   /** The engine restarted: its entries are stale; pick up its new buffer from 0. */
@@ -346,6 +406,8 @@ export class SeqTracker {
 
   private forget(): void {
     this.last = null;
+    this.shortSeq = -1;
+    this.shortCount = 0;
     this.recentSeq.fill(-1);
     this.pending.length = 0;
   }
@@ -364,6 +426,10 @@ export class SeqTracker {
     this.recentFp[i] = fingerprint(payload);
     this.recentLen[i] = payload.length;
     this.sink.apply(seq, payload);
+  }
+
+  private remembers(seq: number): boolean {
+    return this.recentSeq[seq % this.recentSeq.length] === seq;
   }
 
   /** true: seen with the same payload; false: seen with another payload; null: not remembered. */

@@ -33,6 +33,12 @@ export interface StreamConsumer {
   /** Every entry of the stream must be forgotten. */
   drop(reason: DropReason): void;
   gap?(from: number, to: number, recoverable: boolean): void;
+  /** a live seq beyond the engine's newest, discarded */
+  bogus?(seq: number): void;
+  /** a replay was held back by the per-stream rate bound */
+  replayThrottled?(delayMs: number): void;
+  /** a late copy of an old batch, verified stale and ignored */
+  stale?(seq: number): void;
   replayRequested?(fromSeq: number): void;
   /** a replay could not be completed (timeout, socket error) */
   replayFailed?(fromSeq: number, err: Error): void;
@@ -61,6 +67,13 @@ export interface SubscriberOptions {
    * so a lost final batch does not leave the index stale until the next one (ms; 0 = never).
    */
   tailCheckMs?: number;
+  /**
+   * Replays one stream may start per second on average (a token bucket with this many tokens):
+   * whatever goes wrong, a stream never asks its engine for replays in a tight loop.
+   */
+  maxReplaysPerSecond?: number;
+  /** First delay before a replay that retries one that fell short (ms; doubles per attempt). */
+  replayRetryMs?: number;
   log?: Logger;
   /** Log context (pod, stream). */
   logContext?: Record<string, unknown>;
@@ -74,6 +87,8 @@ const DEFAULTS = {
   reconnectMaxMs: 5000,
   receiveHighWaterMark: 100_000,
   tailCheckMs: 10_000,
+  maxReplaysPerSecond: 10,
+  replayRetryMs: 100,
 };
 
 /** `delay * [0.5, 1)`: spreads reconnects of many subscribers after a shared outage. */
@@ -103,6 +118,10 @@ export class StreamSubscriber {
   private lastActivity = Date.now();
   private probing = false;
   private readonly loops = new Set<Promise<void>>();
+  private readonly sleeps = new Set<() => void>();
+  private tokens: number;
+  private tokensAt = Date.now();
+  private throttleLoggedAt = 0;
   // counters (the manager turns them into metrics)
   eventsApplied = 0;
   batchesApplied = 0;
@@ -112,6 +131,12 @@ export class StreamSubscriber {
   resyncs = 0;
   restarts = 0;
   duplicates = 0;
+  /** live seqs beyond the engine's buffer, discarded */
+  bogusSeqs = 0;
+  /** replays held back by the per-stream rate bound */
+  replaysThrottled = 0;
+  /** late backward seqs verified stale (not restarts) */
+  staleBatches = 0;
   /** idle tail checks sent (not counted as replays) */
   probes = 0;
 
@@ -122,6 +147,7 @@ export class StreamSubscriber {
   ) {
     this.opts = { ...DEFAULTS, ...stripUndefined(options) };
     this.log = options.log ?? silentLogger();
+    this.tokens = this.opts.maxReplaysPerSecond;
     const sink: SeqSink = {
       apply: (seq, payload) => this.applyPayload(seq, payload),
       drop: (reason) => {
@@ -135,7 +161,15 @@ export class StreamSubscriber {
         );
         this.consumer.drop(reason);
       },
-      requestReplay: (fromSeq) => this.requestReplay(fromSeq),
+      requestReplay: (fromSeq, attempt) => this.requestReplay(fromSeq, attempt),
+      bogus: (seq) => {
+        this.bogusSeqs++;
+        this.log.warn(
+          { event: "subscriber.bogus_seq", ...this.ctx(), seq, last: this.tracker.lastSeq() },
+          "live seq beyond everything the engine holds: discarded",
+        );
+        this.consumer.bogus?.(seq);
+      },
       gap: (from, to, recoverable) => {
         this.gaps++;
         this.log.warn({ event: "subscriber.gap", ...this.ctx(), from, to, recoverable }, "seq gap");
@@ -143,6 +177,14 @@ export class StreamSubscriber {
       },
       duplicate: () => {
         this.duplicates++;
+      },
+      stale: (seq) => {
+        this.staleBatches++;
+        this.log.info(
+          { event: "subscriber.stale_batch", ...this.ctx(), seq, last: this.tracker.lastSeq() },
+          "late copy of an old batch: the engine still holds our last batch, ignored",
+        );
+        this.consumer.stale?.(seq);
       },
       overflow: (seq) => {
         this.log.warn({ event: "subscriber.pending_overflow", ...this.ctx(), seq }, "pending queue full");
@@ -198,6 +240,8 @@ export class StreamSubscriber {
     this.sub = null;
     this.dealer?.close();
     this.dealer = null;
+    for (const wake of [...this.sleeps]) wake();
+    this.sleeps.clear();
     await Promise.allSettled([...this.loops]);
   }
 
@@ -310,7 +354,17 @@ export class StreamSubscriber {
     this.emitState();
   }
 
-  private requestReplay(fromSeq: number): void {
+  /** ms to wait before the next replay may start (token bucket), taking a token. */
+  private replayToken(): number {
+    const rate = Math.max(0.1, this.opts.maxReplaysPerSecond);
+    const now = Date.now();
+    this.tokens = Math.min(rate, this.tokens + ((now - this.tokensAt) / 1000) * rate);
+    this.tokensAt = now;
+    this.tokens -= 1;
+    return this.tokens >= 0 ? 0 : Math.ceil((-this.tokens / rate) * 1000);
+  }
+
+  private requestReplay(fromSeq: number, attempt: number): void {
     if (this.probing) {
       this.probes++;
       this.log.debug(
@@ -322,14 +376,50 @@ export class StreamSubscriber {
       this.log.info({ event: "subscriber.replay", ...this.ctx(), fromSeq }, "requesting replay");
       this.consumer.replayRequested?.(fromSeq);
     }
-    this.track(this.runReplay(fromSeq));
+    const retryWait =
+      attempt > 0 ? backoffDelay(attempt - 1, this.opts.replayRetryMs, this.opts.reconnectMaxMs) : 0;
+    const bucketWait = this.replayToken();
+    if (bucketWait > 0) {
+      this.replaysThrottled++;
+      this.consumer.replayThrottled?.(bucketWait);
+      // one line per burst, not per replay: the bound exists because replays can come in floods
+      if (Date.now() - this.throttleLoggedAt > 5000) {
+        this.throttleLoggedAt = Date.now();
+        this.log.warn(
+          { event: "subscriber.replay_throttled", ...this.ctx(), fromSeq, delayMs: bucketWait },
+          "replay rate bound reached: replays held back",
+        );
+      }
+    }
+    if (attempt > 0)
+      this.log.info(
+        { event: "subscriber.replay_retry", ...this.ctx(), fromSeq, attempt },
+        "the last replay ended short of the queued batch: retrying",
+      );
+    this.track(this.runReplay(fromSeq, Math.max(retryWait, bucketWait)));
     this.emitState();
   }
 
+  /** A timer that close() cuts short. */
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(() => {
+        this.sleeps.delete(done);
+        resolve();
+      }, ms);
+      const done = () => {
+        clearTimeout(t);
+        resolve();
+      };
+      this.sleeps.add(done);
+    });
+  }
+
   /** One replay: a fresh DEALER (so no late answer of an earlier request can mix in). */
-  private async runReplay(fromSeq: number): Promise<void> {
+  private async runReplay(fromSeq: number, delayMs: number): Promise<void> {
     // let the caller finish its synchronous step first: the tracker expects answers later
     await Promise.resolve();
+    if (delayMs > 0) await this.sleep(delayMs);
     if (this.closed) return;
     const endpoint = this.endpoints.replay as string;
     const dealer = new zmq.Dealer({

@@ -1,0 +1,143 @@
+/**
+ * The tracker's answers to the faults of issue 13 (late batches the ring forgot, seqs beyond the
+ * engine's newest, undecodable batches, rebuilds), driven step by step through its sink.
+ */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { type DropReason, type SeqSink, SeqTracker } from "../../../src/events/seq-tracker.ts";
+
+/** A payload naming its engine process (epoch) and seq; `bad` ones fail to decode. */
+function pl(epoch: number, seq: number, bad = false): Uint8Array {
+  const b = new Uint8Array(9);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, epoch);
+  v.setUint32(4, seq);
+  b[8] = bad ? 1 : 0;
+  return b;
+}
+
+class Sink {
+  applied: string[] = [];
+  drops: DropReason[] = [];
+  replays: Array<{ from: number; attempt: number }> = [];
+  stale: number[] = [];
+  bogus: number[] = [];
+  lost: number[] = [];
+  apply(seq: number, p: Uint8Array): boolean {
+    if (p[8] === 1) return false;
+    const v = new DataView(p.buffer, p.byteOffset, p.byteLength);
+    assert.equal(v.getUint32(4), seq);
+    this.applied.push(`${v.getUint32(0)}:${seq}`);
+    return true;
+  }
+  drop(reason: DropReason): void {
+    this.drops.push(reason);
+    this.applied = [];
+  }
+  requestReplay(from: number, attempt = 0): void {
+    this.replays.push({ from, attempt });
+  }
+}
+
+function sinkOf(s: Sink): SeqSink {
+  return {
+    apply: (seq, p) => s.apply(seq, p),
+    drop: (r) => s.drop(r),
+    requestReplay: (f, a) => s.requestReplay(f, a),
+    stale: (seq) => s.stale.push(seq),
+    bogus: (seq) => s.bogus.push(seq),
+  };
+}
+
+/** Answer the last replay request from `buffer` (seq -> payload). */
+function answer(t: SeqTracker, s: Sink, buffer: Map<number, Uint8Array>): void {
+  const from = s.replays[s.replays.length - 1].from;
+  for (const seq of [...buffer.keys()].sort((a, b) => a - b))
+    if (seq >= from) t.onReplayMessage(seq, buffer.get(seq) as Uint8Array);
+  t.onReplayEnd();
+}
+
+function liveTracker(n: number): { t: SeqTracker; s: Sink; buffer: Map<number, Uint8Array> } {
+  const s = new Sink();
+  const t = new SeqTracker(sinkOf(s), { replay: true, recentSize: 64 });
+  const buffer = new Map<number, Uint8Array>();
+  for (let i = 0; i < n; i++) buffer.set(i, pl(0, i));
+  t.start();
+  answer(t, s, buffer);
+  assert.equal(t.state(), "live");
+  assert.equal(t.last, n - 1);
+  return { t, s, buffer };
+}
+
+describe("SeqTracker: late batches the ring no longer remembers", () => {
+  it("a late copy of an old batch is verified stale: nothing is dropped", () => {
+    const { t, s, buffer } = liveTracker(200);
+    t.onLive(10, pl(0, 10)); // 190 batches later: out of the 64-entry ring
+    assert.deepEqual(s.drops, []);
+    assert.deepEqual(s.replays.at(-1), { from: 199, attempt: 0 }, "a verify replay from last");
+    t.onLive(200, pl(0, 200)); // queued meanwhile
+    buffer.set(200, pl(0, 200));
+    answer(t, s, buffer);
+    assert.deepEqual(s.drops, []);
+    assert.deepEqual(s.stale, [10]);
+    assert.equal(s.applied.length, 201);
+    assert.equal(s.applied.at(-1), "0:200");
+    assert.equal(t.state(), "live");
+  });
+
+  it("an unremembered backward seq from a new process is still a restart", () => {
+    const { t, s } = liveTracker(200);
+    // the engine restarted and got to seq 10 before we heard from it
+    const fresh = new Map<number, Uint8Array>();
+    for (let i = 0; i <= 10; i++) fresh.set(i, pl(1, i));
+    t.onLive(10, pl(1, 10));
+    answer(t, s, fresh); // from 199: the new process has nothing there
+    assert.deepEqual(s.drops, ["restart"]);
+    answer(t, s, fresh); // the pick-up from 0
+    assert.deepEqual(
+      s.applied,
+      [...fresh.keys()].map((i) => `1:${i}`),
+    );
+    assert.deepEqual(s.stale, []);
+  });
+
+  it("a remembered seq with another payload stays a restart without asking", () => {
+    const { t, s } = liveTracker(20);
+    const before = s.replays.length;
+    t.onLive(15, pl(1, 15));
+    assert.deepEqual(s.drops, ["restart"]);
+    assert.deepEqual(s.replays.slice(before), [{ from: 0, attempt: 0 }]);
+  });
+});
+
+describe("SeqTracker: a live seq beyond the engine's newest", () => {
+  it("retries the gap replay with rising attempts, then discards the seq and goes on", () => {
+    const { t, s, buffer } = liveTracker(5);
+    t.onLive(1_000_000, pl(0, 1_000_000));
+    for (let i = 0; i < 10 && s.bogus.length === 0; i++) answer(t, s, buffer);
+    assert.deepEqual(s.bogus, [1_000_000]);
+    assert.deepEqual(
+      s.replays.slice(1).map((r) => [r.from, r.attempt]),
+      [
+        [5, 0],
+        [5, 1],
+        [5, 2],
+      ],
+    );
+    assert.equal(t.state(), "live");
+    t.onLive(5, pl(0, 5));
+    assert.equal(s.applied.at(-1), "0:5");
+    assert.deepEqual(s.drops, []);
+  });
+
+  it("a gap replay that reaches the queued seq is no retry", () => {
+    const { t, s, buffer } = liveTracker(5);
+    buffer.set(5, pl(0, 5));
+    buffer.set(6, pl(0, 6));
+    t.onLive(6, pl(0, 6));
+    answer(t, s, buffer);
+    assert.deepEqual(s.bogus, []);
+    assert.equal(t.last, 6);
+    assert.equal(s.replays.length, 2);
+  });
+});
