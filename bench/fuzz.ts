@@ -51,14 +51,17 @@ const LIVE_RATES: Record<string, number> = {
   "seq-length": 1.2,
   "seq-huge": 1.0,
   // seq logic: an applied seq carrying garbage, or an exact copy of an old batch
-  "stale-recent": 0.04,
-  "stale-old": 0.04,
-  "stale-dup": 0.02,
+  "stale-recent": 0.01,
+  "stale-old": 0.005,
+  "stale-dup": 0.003,
   // a seq no engine will reach for years
-  future: 0.002,
+  future: 0.0005,
 };
-/** Instead of the valid message of a batch (probabilities per batch). */
-const HEAD_RATES = { "head-payload": 0.05, "odd-topic": 0.05, withheld: 0.01 };
+/**
+ * Instead of the valid message of a batch (probabilities per batch). Kinds that make a correct
+ * subscriber ask for a replay are rare: it rate-limits its replays (10/s per stream).
+ */
+const HEAD_RATES = { "head-payload": 0.01, "odd-topic": 0.05, withheld: 0.003 };
 const REPLAY_FAULTS = { frames: 0.05, payload: 0.03, dup: 0.05 };
 const KINDS = [...Object.keys(LIVE_RATES), ...Object.keys(HEAD_RATES), "replay-frames", "replay-payload", "replay-dup"];
 const skip = new Set(args.skip.split(",").filter((s) => s !== ""));
