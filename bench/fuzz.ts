@@ -41,7 +41,8 @@ const { values: args } = parseArgs({
 });
 const FRAMES = Number(args.frames);
 const SEED = Number(args.seed);
-if (!Number.isSafeInteger(FRAMES) || FRAMES < 1) throw new Error(`--frames: not a positive integer: ${args.frames}`);
+if (!Number.isSafeInteger(FRAMES) || FRAMES < 1)
+  throw new Error(`--frames: not a positive integer: ${args.frames}`);
 if (!Number.isSafeInteger(SEED)) throw new Error(`--seed: not an integer: ${args.seed}`);
 
 /** Live-stream faults, as expected messages per valid batch. */
@@ -63,9 +64,16 @@ const LIVE_RATES: Record<string, number> = {
  */
 const HEAD_RATES = { "head-payload": 0.01, "odd-topic": 0.05, withheld: 0.003 };
 const REPLAY_FAULTS = { frames: 0.05, payload: 0.03, dup: 0.05 };
-const KINDS = [...Object.keys(LIVE_RATES), ...Object.keys(HEAD_RATES), "replay-frames", "replay-payload", "replay-dup"];
+const KINDS = [
+  ...Object.keys(LIVE_RATES),
+  ...Object.keys(HEAD_RATES),
+  "replay-frames",
+  "replay-payload",
+  "replay-dup",
+];
 const skip = new Set(args.skip.split(",").filter((s) => s !== ""));
-for (const k of skip) if (!KINDS.includes(k)) throw new Error(`--skip: unknown kind ${k} (kinds: ${KINDS.join(", ")})`);
+for (const k of skip)
+  if (!KINDS.includes(k)) throw new Error(`--skip: unknown kind ${k} (kinds: ${KINDS.join(", ")})`);
 for (const k of skip) {
   if (k in LIVE_RATES) LIVE_RATES[k] = 0;
   if (k in HEAD_RATES) HEAD_RATES[k as keyof typeof HEAD_RATES] = 0;
@@ -116,7 +124,12 @@ let lastProgress = Date.now();
 let wake: (() => void) | null = null;
 let dumpWaiter: ((m: Extract<FromSubscriber, { t: "dump" }>) => void) | null = null;
 const child: ChildProcess = fork(join(HERE, "fuzz", "subscriber.ts"), [], {
-  execArgv: ["--expose-gc", "--import", "tsx", ...(process.env.KVSYNC_FUZZ_CHILD_NODE_ARGS ?? "").split(" ").filter(Boolean)],
+  execArgv: [
+    "--expose-gc",
+    "--import",
+    "tsx",
+    ...(process.env.KVSYNC_FUZZ_CHILD_NODE_ARGS ?? "").split(" ").filter(Boolean),
+  ],
   env: {
     ...process.env,
     KVSYNC_FUZZ_PODS: JSON.stringify(
@@ -249,16 +262,17 @@ for (let tail = 0; tail < 32 && exited === null && !stalled; step++) {
     validSent++;
     continue;
   }
-  let r = rand();
-  if ((r -= HEAD_RATES["head-payload"]) < 0) {
+  const r = rand();
+  const h = HEAD_RATES;
+  if (r < h["head-payload"]) {
     const { kind, payload: g } = mut.anyGarbage(payload);
     headPayloadKinds[kind] = (headPayloadKinds[kind] ?? 0) + 1;
     await e.send(e.frames(seq, g));
     count("head-payload");
-  } else if ((r -= HEAD_RATES["odd-topic"]) < 0) {
+  } else if (r < h["head-payload"] + h["odd-topic"]) {
     await e.send(e.frames(seq, payload, mut.oddTopic()));
     count("odd-topic");
-  } else if ((r -= HEAD_RATES.withheld) < 0) {
+  } else if (r < h["head-payload"] + h["odd-topic"] + h.withheld) {
     sent.withheld++;
   } else {
     await e.send(e.frames(seq, payload));
@@ -304,7 +318,15 @@ if (exited === null) {
 }
 const crashed = exited;
 
-const index = { entries: 0, referenceEntries: 0, missing: 0, stale: 0, tierDiffs: 0, matchDiffs: 0, probes: 0 };
+const index = {
+  entries: 0,
+  referenceEntries: 0,
+  missing: 0,
+  stale: 0,
+  tierDiffs: 0,
+  matchDiffs: 0,
+  probes: 0,
+};
 if (dump !== null) {
   for (const p of pods) {
     const want = new Map(
@@ -336,13 +358,17 @@ const subscriber = Object.fromEntries(
   ]),
 );
 const indexEqual = index.missing + index.stale + index.tierDiffs + index.matchDiffs === 0 && dump !== null;
-if (crashed !== null) findings.push(`the subscriber process died: ${crashed}; stderr: ${stderrTail.slice(-1500)}`);
+if (crashed !== null)
+  findings.push(`the subscriber process died: ${crashed}; stderr: ${stderrTail.slice(-1500)}`);
 if (!indexEqual) findings.push(`index differs from the reference: ${JSON.stringify(index)}`);
-if (!(memory.heapGrowthPct < 10)) findings.push(`heap grew ${memory.heapGrowthPct.toFixed(1)} % (limit 10 %)`);
-if (dump !== null && dump.logProblems.length > 0) findings.push(`decode errors logged without pod/seq: ${dump.logProblems[0]}`);
+if (!(memory.heapGrowthPct < 10))
+  findings.push(`heap grew ${memory.heapGrowthPct.toFixed(1)} % (limit 10 %)`);
+if (dump !== null && dump.logProblems.length > 0)
+  findings.push(`decode errors logged without pod/seq: ${dump.logProblems[0]}`);
 for (const [kind, st] of Object.entries(mut.payloadStats))
   for (const code of Object.keys(st.codes))
-    if (code.startsWith("NOT_A_PROTOCOL_ERROR")) findings.push(`decoder threw a non-protocol error on ${kind}: ${code}`);
+    if (code.startsWith("NOT_A_PROTOCOL_ERROR"))
+      findings.push(`decoder threw a non-protocol error on ${kind}: ${code}`);
 
 const pass = crashed === null && !stalled && indexEqual && memory.heapGrowthPct < 10 && findings.length === 0;
 const result = {
@@ -422,4 +448,3 @@ function summary(): string {
     pass ? "PASS" : "FAIL",
   ].join("\n");
 }
-

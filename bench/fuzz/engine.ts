@@ -130,7 +130,10 @@ export class FuzzEngine {
           if (e.seq >= from) out.push(e);
         }
         for (const e of out) await this.answer(id, e.seq, e.payload, topic);
-        await this.router.send([id, ...encodeReplayResponse(null, Buffer.alloc(0), topic === null ? null : "")]);
+        await this.router.send([
+          id,
+          ...encodeReplayResponse(null, Buffer.alloc(0), topic === null ? null : ""),
+        ]);
       }
     } catch (err) {
       if (!this.closed) throw err;

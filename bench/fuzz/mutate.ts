@@ -29,7 +29,10 @@ const packr = new Packr({ useRecords: false, variableMapSize: true });
 
 export class Mutator {
   readonly payloadStats = Object.fromEntries(
-    PAYLOAD_KINDS.map((k) => [k, { generated: 0, rejected: 0, decodedSame: 0, decodedDifferent: 0, codes: {} }]),
+    PAYLOAD_KINDS.map((k) => [
+      k,
+      { generated: 0, rejected: 0, decodedSame: 0, decodedDifferent: 0, codes: {} },
+    ]),
   ) as Record<PayloadKind, PayloadStats>;
 
   constructor(readonly rand: () => number) {}
@@ -65,7 +68,13 @@ export class Mutator {
         return packr.pack(this.rand() < 0.5 ? this.batchShaped() : this.value(0)) as Buffer;
       case "lenbomb": {
         // a container or string header claiming ~4 GB / 4 G elements, inserted anywhere
-        const header = Buffer.from([this.pick([0xdd, 0xdf, 0xc6, 0xdb]), 0xff, 0xff, 0xff, 0xf0 | this.int(16)]);
+        const header = Buffer.from([
+          this.pick([0xdd, 0xdf, 0xc6, 0xdb]),
+          0xff,
+          0xff,
+          0xff,
+          0xf0 | this.int(16),
+        ]);
         const at = this.int(p.length + 1);
         return Buffer.concat([p.subarray(0, at), header, p.subarray(at)]);
       }
@@ -136,9 +145,8 @@ export class Mutator {
         const o: Record<string, unknown> = {};
         const n = this.int(5);
         for (let i = 0; i < n; i++)
-          o[this.pick(["type", "block_hashes", "token_ids", "medium", "parent_block_hash", "x"])] = this.value(
-            depth + 1,
-          );
+          o[this.pick(["type", "block_hashes", "token_ids", "medium", "parent_block_hash", "x"])] =
+            this.value(depth + 1);
         return o;
       }
     }

@@ -7,8 +7,9 @@
  * dropped from it; rarely the whole cache is reset (AllBlocksCleared). The cache is bounded, so
  * the index the soak builds reaches a steady size early and memory can be judged flat.
  */
-import { hashFromUint64Parts } from "../../src/protocol/hash.ts";
+
 import type { StreamMatch } from "../../src/index/types.ts";
+import { hashFromUint64Parts } from "../../src/protocol/hash.ts";
 import type { BlockRemoved, BlockStored, EventBatch, HashKey, KvEvent } from "../../src/protocol/types.ts";
 
 export const BLOCK_SIZE = 16;
