@@ -207,6 +207,7 @@ export class SubscriberManager
         gap: () => m?.gaps.inc({ stream: id }),
         stale: () => m?.staleBatches.inc({ stream: id }),
         bogus: () => m?.bogusSeqs.inc({ stream: id }),
+        decodeRepaired: () => m?.decodeRepairs.inc({ stream: id }),
         replayThrottled: () => m?.replaysThrottled.inc({ stream: id }),
         replayRequested: () => m?.replays.inc({ stream: id }),
         replayFailed: () => m?.replayFailures.inc({ stream: id }),

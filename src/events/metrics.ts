@@ -20,6 +20,7 @@ export interface SubscriberMetrics {
   restarts: Counter<"stream">;
   staleBatches: Counter<"stream">;
   bogusSeqs: Counter<"stream">;
+  decodeRepairs: Counter<"stream">;
   replaysThrottled: Counter<"stream">;
   applySeconds: Histogram<string>;
   /** engine batch timestamp → applied in the index, for batches applied while the stream is live */
@@ -43,7 +44,7 @@ export function createSubscriberMetrics(
     ),
     decodeErrors: perStream(
       "kvsync_subscriber_decode_errors_total",
-      "messages that could not be decoded (skipped; the stream goes on)",
+      "messages that could not be decoded (asked again from the replay buffer; none there: the stream is rebuilt)",
     ),
     gaps: perStream("kvsync_subscriber_gaps_total", "sequence gaps detected"),
     replays: perStream("kvsync_subscriber_replays_total", "replay requests sent to the engine"),
@@ -59,6 +60,10 @@ export function createSubscriberMetrics(
     staleBatches: perStream(
       "kvsync_subscriber_stale_batches_total",
       "late copies of old batches verified stale (the engine still holds our last batch) and ignored",
+    ),
+    decodeRepairs: perStream(
+      "kvsync_subscriber_decode_repairs_total",
+      "undecodable batches applied from a good copy out of the engine's replay buffer",
     ),
     bogusSeqs: perStream(
       "kvsync_subscriber_bogus_seqs_total",

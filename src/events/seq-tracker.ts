@@ -17,6 +17,9 @@
  * - A gap replay that ends short of the queued live batch it was asked for (a corrupted seq, an
  *   engine that jumped) is retried (`attempt` > 0 lets the caller back off); after
  *   `maxGapRetries` such replays that batch is bogus: reported, discarded, and the queue goes on.
+ * - A batch whose payload does not decode is asked again from the replay endpoint (up to
+ *   `maxRepairs` times) and applied in order from a good copy; without one the stream's entries
+ *   are dropped and rebuilt from what follows, like an unrecoverable gap.
  * - After a reconnect the tracker asks for a replay from `last` and checks that the engine still
  *   has the same batch there: otherwise it restarted while we were away.
  */
@@ -26,8 +29,8 @@ export type TrackerState = "live" | "replaying" | "resyncing";
 export type DropReason = "restart" | "gap";
 
 export interface SeqSink {
-  /** Apply a message, in seq order. */
-  apply(seq: number, payload: Uint8Array): void;
+  /** Apply a message, in seq order; false: its payload does not decode (nothing applied). */
+  apply(seq: number, payload: Uint8Array): boolean;
   /** Forget every entry of the stream. */
   drop(reason: DropReason): void;
   /**
@@ -40,6 +43,10 @@ export interface SeqSink {
   duplicate?(seq: number): void;
   /** A late backward seq turned out stale: the engine still holds our last batch. */
   stale?(seq: number): void;
+  /** An undecodable batch with no good copy to be had: the stream is dropped and rebuilt. */
+  decodeLost?(seq: number): void;
+  /** A batch that failed to decode was applied from a good copy. */
+  repaired?(seq: number): void;
   /** A live seq beyond everything the engine's buffer holds, discarded after the retries. */
   bogus?(seq: number): void;
   /** A live message could not be queued during a replay (queue full); it shows up as a gap later. */
@@ -55,6 +62,8 @@ export interface SeqTrackerOptions {
   recentSize?: number;
   /** Gap replays that end short of the same queued batch before it counts as bogus. */
   maxGapRetries?: number;
+  /** Replays asked for one undecodable batch before it counts as lost. */
+  maxRepairs?: number;
 }
 
 type ReplayKind = "initial" | "gap" | "verify" | "probe";
@@ -102,6 +111,11 @@ export class SeqTracker {
   private shortSeq = -1;
   private shortCount = 0;
   private readonly maxGapRetries: number;
+  /** the undecodable seq being asked again, how often, and whether the running replay stops there */
+  private badSeq = -1;
+  private badCount = 0;
+  private replayCut = false;
+  private readonly maxRepairs: number;
   /** live messages dropped because the queue was full */
   overflowed = 0;
 
@@ -112,6 +126,7 @@ export class SeqTracker {
     this.hasReplay = opts.replay;
     this.maxPending = Math.max(1, opts.maxPending ?? 10_000);
     this.maxGapRetries = Math.max(1, opts.maxGapRetries ?? 3);
+    this.maxRepairs = Math.max(0, opts.maxRepairs ?? 3);
     const n = Math.max(2, opts.recentSize ?? 64);
     this.recentSeq = new Float64Array(n).fill(-1);
     this.recentFp = new Int32Array(n);
@@ -210,7 +225,7 @@ export class SeqTracker {
   }
 
   onReplayMessage(seq: number, payload: Uint8Array): void {
-    if (this.phase !== "replaying" || this.replayAbandon || this.replayIgnore) return;
+    if (this.phase !== "replaying" || this.replayAbandon || this.replayIgnore || this.replayCut) return;
     if (this.replayFirst) {
       this.replayFirst = false;
       if (this.replayKind === "verify") {
@@ -232,8 +247,10 @@ export class SeqTracker {
         return;
       }
       if ((this.replayKind === "gap" || this.replayKind === "probe") && seq > this.replayFrom) {
-        // the engine's buffer no longer holds the start of the gap (reported when detected)
-        this.unrecoverable();
+        // the engine's buffer no longer holds the start of the gap (reported when detected) or
+        // the undecodable batch asked again
+        if (this.badSeq === this.replayFrom) this.lostBad();
+        else this.unrecoverable();
         this.applyMsg(seq, payload);
         return;
       }
@@ -258,6 +275,12 @@ export class SeqTracker {
       this.checkAfterReconnect();
       return;
     }
+    if (this.replayCut) {
+      // an undecodable batch in this answer: ask again from it
+      this.phase = "live";
+      this.repair();
+      return;
+    }
     // a verify replay without our last batch: the engine's newest seq is below ours (restarted)
     if (this.replayAbandon || (this.replayKind === "verify" && this.replayFirst)) {
       this.restart();
@@ -276,6 +299,13 @@ export class SeqTracker {
     if (this.replayIgnore) {
       // its answer no longer mattered; check the (re)connected engine instead
       this.onReplayEnd();
+      return;
+    }
+    if (this.replayCut || (this.badSeq >= 0 && this.replayFrom === this.badSeq)) {
+      // no good copy of the undecodable batch to be had
+      this.phase = "live";
+      this.lostBad();
+      this.drain();
       return;
     }
     if (this.replayAbandon) {
@@ -391,6 +421,7 @@ export class SeqTracker {
     this.replayAbandon = false;
     this.replayIgnore = false;
     this.lateSeq = null;
+    this.replayCut = false;
     this.sink.requestReplay(from, attempt);
   }
 
@@ -408,6 +439,8 @@ export class SeqTracker {
     this.last = null;
     this.shortSeq = -1;
     this.shortCount = 0;
+    this.badSeq = -1;
+    this.badCount = 0;
     this.recentSeq.fill(-1);
     this.pending.length = 0;
   }
@@ -420,12 +453,52 @@ export class SeqTracker {
   }
 
   private applyMsg(seq: number, payload: Uint8Array): void {
+    if (this.sink.apply(seq, payload) === false) {
+      this.undecodable(seq);
+      return;
+    }
     this.last = seq;
     const i = seq % this.recentSeq.length;
     this.recentSeq[i] = seq;
     this.recentFp[i] = fingerprint(payload);
     this.recentLen[i] = payload.length;
-    this.sink.apply(seq, payload);
+    if (seq === this.badSeq) {
+      this.badSeq = -1;
+      this.badCount = 0;
+      this.sink.repaired?.(seq);
+    }
+  }
+
+  /**
+   * `seq` did not decode and stays unapplied (`last` unchanged): ask the engine for it again, from
+   * the running replay's end or right away; past the bound (or without a replay) it is lost.
+   */
+  private undecodable(seq: number): void {
+    if (seq === this.badSeq) this.badCount++;
+    else {
+      this.badSeq = seq;
+      this.badCount = 1;
+    }
+    if (!this.hasReplay || this.badCount > this.maxRepairs) {
+      this.lostBad();
+      return;
+    }
+    // the rest of a running answer would show a hole at seq: stop using it
+    if (this.phase === "replaying") this.replayCut = true;
+    else this.repair();
+  }
+
+  private repair(): void {
+    this.beginReplay("gap", this.badSeq, this.badCount - 1);
+  }
+
+  /** No good copy of badSeq: what it changed is unknown, so drop and rebuild from what follows. */
+  private lostBad(): void {
+    const seq = this.badSeq;
+    this.badSeq = -1;
+    this.badCount = 0;
+    this.sink.decodeLost?.(seq);
+    this.unrecoverable();
   }
 
   private remembers(seq: number): boolean {

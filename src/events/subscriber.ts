@@ -33,6 +33,8 @@ export interface StreamConsumer {
   /** Every entry of the stream must be forgotten. */
   drop(reason: DropReason): void;
   gap?(from: number, to: number, recoverable: boolean): void;
+  /** an undecodable batch was applied from a good copy */
+  decodeRepaired?(seq: number): void;
   /** a live seq beyond the engine's newest, discarded */
   bogus?(seq: number): void;
   /** a replay was held back by the per-stream rate bound */
@@ -131,6 +133,9 @@ export class StreamSubscriber {
   resyncs = 0;
   restarts = 0;
   duplicates = 0;
+  /** undecodable batches applied from a good copy, and those without one */
+  decodeRepairs = 0;
+  decodeLosses = 0;
   /** live seqs beyond the engine's buffer, discarded */
   bogusSeqs = 0;
   /** replays held back by the per-stream rate bound */
@@ -162,6 +167,21 @@ export class StreamSubscriber {
         this.consumer.drop(reason);
       },
       requestReplay: (fromSeq, attempt) => this.requestReplay(fromSeq, attempt),
+      repaired: (seq) => {
+        this.decodeRepairs++;
+        this.log.info(
+          { event: "subscriber.decode_repaired", ...this.ctx(), seq },
+          "undecodable batch applied from the engine's good copy",
+        );
+        this.consumer.decodeRepaired?.(seq);
+      },
+      decodeLost: (seq) => {
+        this.decodeLosses++;
+        this.log.warn(
+          { event: "subscriber.decode_lost", ...this.ctx(), seq },
+          "no decodable copy of the batch: dropping the stream's entries and rebuilding",
+        );
+      },
       bogus: (seq) => {
         this.bogusSeqs++;
         this.log.warn(
@@ -468,17 +488,19 @@ export class StreamSubscriber {
     }
   }
 
-  private applyPayload(seq: number, payload: Uint8Array): void {
+  /** false: the payload does not decode (the tracker then asks the engine for a good copy). */
+  private applyPayload(seq: number, payload: Uint8Array): boolean {
     let r: ReturnType<typeof decodeBatch>;
     try {
       r = decodeBatch(payload, this.opts.decodeLimits);
     } catch (err) {
       this.countDecodeError(seq, err as Error);
-      return;
+      return false;
     }
     this.batchesApplied++;
     this.eventsApplied += r.batch.events.length;
     this.consumer.batch(seq, r.batch, r.unknownEvents);
+    return true;
   }
 
   private countDecodeError(seq: number | null, err: Error): void {

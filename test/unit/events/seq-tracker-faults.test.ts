@@ -46,6 +46,7 @@ function sinkOf(s: Sink): SeqSink {
     requestReplay: (f, a) => s.requestReplay(f, a),
     stale: (seq) => s.stale.push(seq),
     bogus: (seq) => s.bogus.push(seq),
+    decodeLost: (seq) => s.lost.push(seq),
   };
 }
 
@@ -139,5 +140,63 @@ describe("SeqTracker: a live seq beyond the engine's newest", () => {
     assert.deepEqual(s.bogus, []);
     assert.equal(t.last, 6);
     assert.equal(s.replays.length, 2);
+  });
+});
+
+describe("SeqTracker: undecodable batches", () => {
+  it("a live batch that does not decode is applied in order from the engine's good copy", () => {
+    const { t, s, buffer } = liveTracker(3);
+    buffer.set(3, pl(0, 3));
+    buffer.set(4, pl(0, 4));
+    t.onLive(3, pl(0, 3, true)); // flipped bytes on the way
+    assert.deepEqual(s.replays.at(-1), { from: 3, attempt: 0 });
+    t.onLive(4, pl(0, 4));
+    answer(t, s, buffer);
+    assert.deepEqual(s.applied, ["0:0", "0:1", "0:2", "0:3", "0:4"]);
+    assert.deepEqual(s.drops, []);
+    assert.equal(t.state(), "live");
+  });
+
+  it("a replayed batch that does not decode cuts the answer and is asked again", () => {
+    const { t, s, buffer } = liveTracker(3);
+    for (let i = 3; i < 7; i++) buffer.set(i, pl(0, i));
+    t.onLive(6, pl(0, 6)); // gap 3..5
+    const good = buffer.get(4) as Uint8Array;
+    buffer.set(4, pl(0, 4, true));
+    answer(t, s, buffer);
+    assert.deepEqual(s.replays.at(-1), { from: 4, attempt: 0 });
+    buffer.set(4, good);
+    answer(t, s, buffer);
+    assert.deepEqual(
+      s.applied.map((a) => a.split(":")[1]),
+      ["0", "1", "2", "3", "4", "5", "6"],
+    );
+    assert.deepEqual(s.drops, []);
+  });
+
+  it("without a good copy the stream is dropped and rebuilt from what follows", () => {
+    const { t, s, buffer } = liveTracker(3);
+    buffer.set(3, pl(0, 3, true)); // the engine's own copy is bad too
+    t.onLive(3, pl(0, 3, true));
+    for (let i = 0; i < 10 && s.lost.length === 0; i++) answer(t, s, buffer);
+    assert.deepEqual(s.lost, [3]);
+    assert.deepEqual(s.drops, ["gap"]);
+    assert.ok(s.replays.length <= 1 + 4, `${s.replays.length} replays`);
+    t.onLive(4, pl(0, 4));
+    t.onLive(5, pl(0, 5));
+    assert.deepEqual(s.applied, ["0:4", "0:5"]);
+    assert.equal(t.state(), "live");
+  });
+
+  it("without a replay endpoint an undecodable batch drops the stream at once", () => {
+    const s = new Sink();
+    const t = new SeqTracker(sinkOf(s), { replay: false });
+    t.start();
+    t.onLive(0, pl(0, 0));
+    t.onLive(1, pl(0, 1, true));
+    assert.deepEqual(s.lost, [1]);
+    assert.deepEqual(s.drops, ["gap"]);
+    t.onLive(2, pl(0, 2));
+    assert.deepEqual(s.applied, ["0:2"]);
   });
 });

@@ -27,7 +27,7 @@ class Recorder implements SeqSink {
   drops: DropReason[] = [];
   replayRequests: number[] = [];
   violations: string[] = [];
-  apply(seq: number, payload: Uint8Array): void {
+  apply(seq: number, payload: Uint8Array): boolean {
     const m = decode(payload);
     if (m.seq !== seq) this.violations.push(`apply seq ${seq} carries ${m.seq}`);
     const prev = this.applied[this.applied.length - 1];
@@ -35,6 +35,7 @@ class Recorder implements SeqSink {
       this.violations.push(`non-contiguous apply ${JSON.stringify(prev)} -> ${JSON.stringify(m)}`);
     }
     this.applied.push(m);
+    return true;
   }
   drop(reason: DropReason): void {
     this.drops.push(reason);

@@ -65,3 +65,27 @@ describe("subscriber: a live seq beyond the engine's newest", () => {
     assert.equal(manager.status("p")?.restarts, 0);
   });
 });
+
+describe("subscriber: undecodable batches", () => {
+  it("a live batch garbled on the way is applied from the engine's replay buffer, in order", async () => {
+    const { pub, manager, index, registry } = await liveRig();
+    await pub.publish(0, storeBatch(1));
+    await waitFor("seq 0", () => manager.status("p")?.lastSeq === 0);
+    // the engine's buffer holds the good batch; the wire delivered garbage for it
+    await pub.publish(1, storeBatch(2), false);
+    await pub.sendRaw(encodePubMessage(pub.topic, 1, Buffer.from([0xc1, 0xc1, 0xc1])));
+    await pub.publish(2, storeBatch(3));
+    await waitFor(
+      "seq 2, live",
+      () => manager.status("p")?.lastSeq === 2 && manager.status("p")?.state !== "replaying",
+      10_000,
+      () => manager.status("p"),
+    );
+    assert.deepEqual(held(index, "p"), ["1", "2", "3"]);
+    const st = manager.status("p");
+    assert.equal(st?.decodeErrors, 1);
+    assert.equal(st?.resyncs, 0);
+    assert.deepEqual(pub.requests.slice(1), [1]);
+    assert.equal(await metric(registry, "kvsync_subscriber_decode_repairs_total", { stream: "p" }), 1);
+  });
+});

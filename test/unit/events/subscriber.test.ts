@@ -271,7 +271,7 @@ describe("subscriber: faults", () => {
     assert.equal(await metric(registry, "kvsync_subscriber_replay_failures_total", { stream: "p" }), 1);
   });
 
-  it("decode errors are counted, never stop the stream and never touch the index", async () => {
+  it("decode errors are counted and never stop the stream; a batch bad in the engine too rebuilds", async () => {
     const { pub, index, manager, registry } = await rig();
     manager.setPods([pod("p", pub)]);
     await pub.waitSubscribed();
@@ -292,11 +292,15 @@ describe("subscriber: faults", () => {
       () => manager.status("p"),
     );
     const st = manager.status("p");
-    assert.equal(st?.decodeErrors, 3);
-    assert.equal(st?.resyncs, 0);
-    assert.equal(st?.gaps, 0, "a payload that fails to decode still consumes its seq");
+    // seq 1 is bad in the engine's buffer too: asked again (3 times), then the stream is rebuilt
+    assert.ok((st?.decodeErrors ?? 0) >= 3 + 2, `decode errors ${st?.decodeErrors}`);
+    assert.equal(st?.resyncs, 1, "no good copy of seq 1: dropped and rebuilt");
+    assert.equal(st?.gaps, 0);
     assert.deepEqual(held(index, "p"), ["7", "8"]);
-    assert.equal(await metric(registry, "kvsync_subscriber_decode_errors_total", { stream: "p" }), 3);
+    assert.equal(
+      await metric(registry, "kvsync_subscriber_decode_errors_total", { stream: "p" }),
+      st?.decodeErrors,
+    );
   });
 
   it("reconnects after the publisher goes away and comes back, without losing the entries", async () => {
