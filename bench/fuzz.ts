@@ -360,6 +360,19 @@ const subscriber = Object.fromEntries(
 const indexEqual = index.missing + index.stale + index.tierDiffs + index.matchDiffs === 0 && dump !== null;
 if (crashed !== null)
   findings.push(`the subscriber process died: ${crashed}; stderr: ${stderrTail.slice(-1500)}`);
+// nothing in the soak restarts an engine or loses a batch for good: any drop is a false one
+// (invisible to the index check while the replay buffer still holds the whole history)
+const drops = (subscriber.restarts ?? 0) + (subscriber.resyncs ?? 0);
+if (dump !== null && drops > 0)
+  findings.push(
+    `${subscriber.restarts} false restarts and ${subscriber.resyncs} false resyncs (stream dropped)`,
+  );
+// every badly framed message is rejected before any seq logic: one decode error each, at least
+const framing = sent["frame-count"] + sent["seq-length"] + sent["seq-huge"] + sent["replay-frames"];
+if (dump !== null && (subscriber.decodeErrors ?? 0) < framing)
+  findings.push(
+    `${framing} badly framed messages sent but only ${subscriber.decodeErrors} decode errors counted`,
+  );
 if (!indexEqual) findings.push(`index differs from the reference: ${JSON.stringify(index)}`);
 if (!(memory.heapGrowthPct < 10))
   findings.push(`heap grew ${memory.heapGrowthPct.toFixed(1)} % (limit 10 %)`);
@@ -370,7 +383,13 @@ for (const [kind, st] of Object.entries(mut.payloadStats))
     if (code.startsWith("NOT_A_PROTOCOL_ERROR"))
       findings.push(`decoder threw a non-protocol error on ${kind}: ${code}`);
 
-const pass = crashed === null && !stalled && indexEqual && memory.heapGrowthPct < 10 && findings.length === 0;
+const pass =
+  crashed === null &&
+  !stalled &&
+  indexEqual &&
+  drops === 0 &&
+  memory.heapGrowthPct < 10 &&
+  findings.length === 0;
 const result = {
   bench: "fuzz",
   node: process.version,
@@ -390,6 +409,7 @@ const result = {
   payloadKinds: mut.payloadStats,
   replay: pods.map((p) => ({ pod: p.name, era: p.engine.era, ...p.engine.stats })),
   subscriber,
+  framingGarbage: framing,
   logEvents: dump?.logEvents ?? {},
   index: { ...index, stats: dump?.indexStats ?? null },
   memory,
