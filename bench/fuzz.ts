@@ -62,8 +62,10 @@ const LIVE_RATES: Record<string, number> = {
  * Instead of the valid message of a batch (probabilities per batch). Kinds that make a correct
  * subscriber ask for a replay are rare: it rate-limits its replays (10/s per stream).
  */
-const HEAD_RATES = { "head-payload": 0.01, "odd-topic": 0.05, withheld: 0.003 };
-const REPLAY_FAULTS = { frames: 0.05, payload: 0.03, dup: 0.05 };
+const HEAD_RATES = { "head-payload": 0.005, "odd-topic": 0.05, withheld: 0.003 };
+// per replayed message; an answer holds the ~100 batches the subscriber lags by, and each rejected
+// payload costs a replay of its own (the subscriber re-fetches it), so payload faults are rarest
+const REPLAY_FAULTS = { frames: 0.02, payload: 0.002, dup: 0.02 };
 const KINDS = [
   ...Object.keys(LIVE_RATES),
   ...Object.keys(HEAD_RATES),
