@@ -97,6 +97,9 @@ export class EngineModel {
   epoch = 0;
   steps = 0;
   evictions = 0;
+  /** simulated ms spent in steps (for utilization) */
+  busyMs = 0;
+  private stepStart = 0;
   served = 0;
 
   constructor(
@@ -171,6 +174,7 @@ export class EngineModel {
 
   /** The step in flight ended at `now`: apply it, emit its events, start the next. */
   stepEnd(now: number): number | null {
+    this.busyMs += now - this.stepStart;
     if (this.run !== null) {
       const k = this.run.k;
       this.run = null;
@@ -226,6 +230,7 @@ export class EngineModel {
       return null;
     }
     this.steps++;
+    this.stepStart = now;
     const t = this.o.timing;
     const d = t.stepMs + t.prefillMsPerToken * prefillTokens + t.decodeMsPerSeq * decodeSeqs;
     this.epoch++;

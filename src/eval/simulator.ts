@@ -80,6 +80,8 @@ export interface PolicyResult {
   /** blocks the policy expected to hit (its chosen candidate's match) / prompt blocks */
   predictedHitRate: number;
   evictions: number;
+  /** share of simulated time the engines spent in steps (mean over pods) */
+  utilization: number;
   eventsApplied: number;
   simulatedMs: number;
   wallMs: number;
@@ -175,6 +177,8 @@ export function simulate(
     tokenBudget: f.tokenBudget,
     timing: { stepMs: f.stepMs, prefillMsPerToken: f.prefillMsPerToken, decodeMsPerSeq: f.decodeMsPerSeq },
   };
+  // only kv-aware reads the index: the others skip applying events (same results, less time)
+  const feedIndex = policyName === "kv-aware";
   const deliver = (ref: StreamRef, events: KvEvent[], t: number) => {
     index.applyBatch(ref, { ts: t / 1000, events, dpRank: null });
     eventsApplied += events.length;
@@ -190,6 +194,7 @@ export function simulate(
           tickets[r.id] = null;
         },
         onEvents: (ev, t) => {
+          if (!feedIndex) return;
           // removals happened when the step was planned, stores when it ended
           const events: KvEvent[] = [];
           if (ev.removed.length > 0) events.push(removedEvent(ev.removed));
@@ -304,6 +309,8 @@ function summarize(
     requestsPerPod: perPod,
     predictedHitRate: blocks > 0 ? predictedBlocks / blocks : 0,
     evictions: engines.reduce((x, e) => x + e.evictions, 0),
+    utilization:
+      simulatedMs > 0 ? engines.reduce((x, e) => x + e.busyMs, 0) / (engines.length * simulatedMs) : 0,
     eventsApplied,
     simulatedMs,
     wallMs,
