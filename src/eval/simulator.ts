@@ -150,12 +150,26 @@ const EV_ARRIVAL = 0;
 const EV_STEP = 1;
 const EV_DELIVER = 2;
 
+/** A policy built by the caller (tests compare against routers that are not gateway policies). */
+export type PolicyFactory = (deps: { index: PrefixIndex; loads: LoadTracker }) => RoutingPolicy;
+
 /** Replay `reqs` (sorted by timestamp) through `policy` on a fresh fleet. */
 export function simulate(
   reqs: readonly TraceRequest[],
   policyName: EvalPolicy,
   f: FleetOptions,
+  custom?: PolicyFactory,
 ): PolicyResult {
+  return simulateDetailed(reqs, policyName, f, custom).result;
+}
+
+/** simulate(), also returning every request's outcome (arrival, hit blocks, first token, finish). */
+export function simulateDetailed(
+  reqs: readonly TraceRequest[],
+  policyName: EvalPolicy,
+  f: FleetOptions,
+  custom?: PolicyFactory,
+): { result: PolicyResult; requests: SimRequest[]; index: PrefixIndex } {
   const wall0 = performance.now();
   const bs = f.blockTokens;
   const ns: NamespaceRef = { model: "trace", lora: null, blockSize: bs };
@@ -178,7 +192,7 @@ export function simulate(
     timing: { stepMs: f.stepMs, prefillMsPerToken: f.prefillMsPerToken, decodeMsPerSeq: f.decodeMsPerSeq },
   };
   // only kv-aware reads the index: the others skip applying events (same results, less time)
-  const feedIndex = policyName === "kv-aware";
+  const feedIndex = policyName === "kv-aware" || custom !== undefined;
   const deliver = (ref: StreamRef, events: KvEvent[], t: number) => {
     index.applyBatch(ref, { ts: t / 1000, events, dpRank: null });
     eventsApplied += events.length;
@@ -217,15 +231,17 @@ export function simulate(
   }));
   const podIndex = new Map(refs.map((r, i) => [r.streamId, i]));
   const policy: RoutingPolicy | OraclePolicy =
-    policyName === "oracle"
-      ? new OraclePolicy(engines, eo, () => now)
-      : createPolicy(policyName, {
-          index,
-          loads,
-          seed: f.seed,
-          kvAware: f.kvAware,
-          prefixApprox: { now: () => now, blockSize: bs },
-        });
+    custom !== undefined
+      ? custom({ index, loads })
+      : policyName === "oracle"
+        ? new OraclePolicy(engines, eo, () => now)
+        : createPolicy(policyName, {
+            index,
+            loads,
+            seed: f.seed,
+            kvAware: f.kvAware,
+            prefixApprox: { now: () => now, blockSize: bs },
+          });
 
   const schedule = (p: number, t: number | null) => {
     if (t !== null) heap.push(t, EV_STEP, p, engines[p].epoch);
@@ -268,7 +284,16 @@ export function simulate(
       deliver(b.ref, b.events, now);
     }
   }
-  return summarize(policyName, sim, engines, predictedBlocks, eventsApplied, now, performance.now() - wall0);
+  const result = summarize(
+    policyName,
+    sim,
+    engines,
+    predictedBlocks,
+    eventsApplied,
+    now,
+    performance.now() - wall0,
+  );
+  return { result, requests: sim, index };
 }
 
 function summarize(
