@@ -174,9 +174,9 @@ export function simulateDetailed(
   const bs = f.blockTokens;
   const ns: NamespaceRef = { model: "trace", lora: null, blockSize: bs };
   const index: PrefixIndex = createIndex();
-  const loads = new LoadTracker();
-  const heap = new EventHeap();
   let now = 0;
+  const loads = new LoadTracker(null, { now: () => now });
+  const heap = new EventHeap();
   const sim = reqs.map((r, i) => toSimRequest(r, i, bs));
   const tickets: Array<LoadTicket | null> = new Array(sim.length).fill(null);
   let eventsApplied = 0;
