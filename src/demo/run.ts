@@ -6,7 +6,7 @@
 import { performance } from "node:perf_hooks";
 import { Agent, request } from "undici";
 import type { PodInfo } from "../discovery/types.ts";
-import { type RunningEngine, startEngine } from "../engine/engine.ts";
+import { type RunningEngine, startEngine } from "../engine/start.ts";
 import { type RunningGateway, startGateway } from "../gateway/gateway.ts";
 import { isPolicyName, type PolicyName } from "../routing/index.ts";
 import { TokenizerPool } from "../tokenize/pool.ts";

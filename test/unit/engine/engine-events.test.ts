@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
 import fc from "fast-check";
-import { type RunningEngine, type StartOptions, startEngine } from "../../../src/engine/engine.ts";
+import { type RunningEngine, type StartOptions, startEngine } from "../../../src/engine/start.ts";
 import { decodeBatch } from "../../../src/protocol/decode.ts";
 import { silentLogger } from "../../../src/util/log.ts";
 import { getJson, MirrorSubscriber, normalize, postJson, waitFor } from "./mirror.ts";

@@ -7,14 +7,14 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { after, test } from "node:test";
 import OpenAI from "openai";
+import { offsetEndpoint, pubShouldBind, withHost } from "../../../src/engine/publisher.ts";
 import {
   type RunningEngine,
   replicaOptions,
   type StartOptions,
   startEngine,
   startEngines,
-} from "../../../src/engine/engine.ts";
-import { offsetEndpoint, pubShouldBind, withHost } from "../../../src/engine/publisher.ts";
+} from "../../../src/engine/start.ts";
 import { decodeBatch } from "../../../src/protocol/decode.ts";
 import { loadTokenizer } from "../../../src/tokenize/hf-tokenizer.ts";
 import { silentLogger } from "../../../src/util/log.ts";

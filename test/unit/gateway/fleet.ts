@@ -2,7 +2,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { PodInfo } from "../../../src/discovery/types.ts";
-import { type RunningEngine, type StartOptions, startEngine } from "../../../src/engine/engine.ts";
+import { type RunningEngine, type StartOptions, startEngine } from "../../../src/engine/start.ts";
 import { type RunningGateway, type StartGatewayOptions, startGateway } from "../../../src/gateway/gateway.ts";
 import { silentLogger } from "../../../src/util/log.ts";
 import { pollUntil } from "../../helpers/wait.ts";
