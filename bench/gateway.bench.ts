@@ -23,13 +23,12 @@ import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { Pool } from "undici";
 import { createIndex, type PrefixIndex, type StreamRef } from "../src/index/index.ts";
-import { type BlockStored, type HashKey, hashFromInt } from "../src/protocol/index.ts";
+import { type BlockStored, blockStored, type HashKey, hashFromInt } from "../src/protocol/index.ts";
 import { createPolicy, LoadTracker } from "../src/routing/index.ts";
 import type { Candidate, RouteRequest } from "../src/routing/types.ts";
 import { seededRandom } from "../src/util/rng.ts";
 import { percentileSorted } from "../src/util/stats.ts";
 import { pollUntil } from "../test/helpers/wait.ts";
-import { stored as storedEvent } from "../test/unit/index/helpers.ts";
 
 const QUICK = process.env.KVSYNC_BENCH_QUICK === "1";
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -387,7 +386,7 @@ function routingBench(): {
     return hashFromInt(hashCounter);
   };
   const stored = (hashes: HashKey[], parent: HashKey | null, tokenIds: number[]): BlockStored =>
-    storedEvent(hashes, parent, tokenIds, { blockSize: BS });
+    blockStored(hashes, parent, tokenIds, BS, { medium: "GPU" });
   const index: PrefixIndex = createIndex({});
   const streams: StreamRef[] = Array.from({ length: PODS }, (_, i) => ({
     streamId: `pod-${i}`,

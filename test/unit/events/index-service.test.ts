@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { type IndexService, startIndexService } from "../../../src/commands/index.ts";
+import { blockStored } from "../../../src/protocol/build.ts";
 import { encodeBatch } from "../../../src/protocol/encode.ts";
 import { hashFromInt } from "../../../src/protocol/hash.ts";
 import { silentLogger } from "../../../src/util/log.ts";
@@ -292,21 +293,13 @@ describe("kvsync index (child process)", () => {
         {
           ts: 1,
           events: [
-            {
-              type: "BlockStored",
-              blockHashes: [hashFromInt(77)],
-              parentBlockHash: null,
-              tokenIds: Array.from({ length: 16 }, (_, i) => i),
-              blockSize: 16,
-              loraId: null,
-              medium: "CPU",
-              loraName: null,
-              extraKeys: null,
-              groupIdx: null,
-              kvCacheSpecKind: null,
-              kvCacheSpecSlidingWindow: null,
-              locality: null,
-            },
+            blockStored(
+              [hashFromInt(77)],
+              null,
+              Array.from({ length: 16 }, (_, i) => i),
+              16,
+              { medium: "CPU" },
+            ),
           ],
           dpRank: 0,
         },

@@ -7,6 +7,7 @@ import type { PodInfo } from "../../../src/discovery/types.ts";
 import { SubscriberManager } from "../../../src/events/manager.ts";
 import { createIndex } from "../../../src/index/index.ts";
 import type { PrefixIndex } from "../../../src/index/types.ts";
+import { blockStored } from "../../../src/protocol/build.ts";
 import { encodeBatch } from "../../../src/protocol/encode.ts";
 import { hashFromInt, hashToText } from "../../../src/protocol/hash.ts";
 import type { BlockStored, EventBatch } from "../../../src/protocol/types.ts";
@@ -35,21 +36,7 @@ function tokensOf(h: number): number[] {
 }
 
 function stored(h: number): BlockStored {
-  return {
-    type: "BlockStored",
-    blockHashes: [hashFromInt(h)],
-    parentBlockHash: null,
-    tokenIds: tokensOf(h),
-    blockSize: BS,
-    loraId: null,
-    medium: "GPU",
-    loraName: null,
-    extraKeys: null,
-    groupIdx: null,
-    kvCacheSpecKind: null,
-    kvCacheSpecSlidingWindow: null,
-    locality: null,
-  };
+  return blockStored([hashFromInt(h)], null, tokensOf(h), BS, { medium: "GPU" });
 }
 
 /** One batch storing root block `h`, as a vLLM of 2025-09 encodes it. */

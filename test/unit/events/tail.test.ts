@@ -3,6 +3,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
+import { blockRemoved } from "../../../src/protocol/build.ts";
 import { decodeBatch } from "../../../src/protocol/decode.ts";
 import { encodeBatch } from "../../../src/protocol/encode.ts";
 import { hashFromInt } from "../../../src/protocol/hash.ts";
@@ -140,15 +141,7 @@ describe("kvsync events tail (child process, real publisher)", () => {
       encodeBatch(
         {
           ts: h,
-          events: [
-            {
-              type: "BlockRemoved",
-              blockHashes: [hashFromInt(h)],
-              medium: null,
-              groupIdx: null,
-              locality: null,
-            },
-          ],
+          events: [blockRemoved([hashFromInt(h)])],
           dpRank: null,
         },
         "2025-04",
