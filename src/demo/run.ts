@@ -12,6 +12,7 @@ import { isPolicyName, type PolicyName } from "../routing/index.ts";
 import { TokenizerPool } from "../tokenize/pool.ts";
 import { TokenizerRegistry } from "../tokenize/registry.ts";
 import { createLogger, type Logger } from "../util/log.ts";
+import { waitFor } from "../util/wait.ts";
 import { type PolicyResult, type RequestOutcome, summarize } from "./report.ts";
 import { type Conversation, generateWorkload, type Workload, type WorkloadOptions } from "./workload.ts";
 
@@ -204,14 +205,6 @@ async function warmUp(o: DemoOptions, engines: RunningEngine[], gw: RunningGatew
     () => gw.index.stats().entries === 0,
     10_000,
   );
-}
-
-async function waitFor(what: string, cond: () => boolean, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for: ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 interface ChatMsg {
