@@ -6,7 +6,6 @@
  * `startIndexService()` is the same thing as a function (tests, embedding).
  */
 import { createServer, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
 import type { Command } from "commander";
 import { InvalidArgumentError } from "commander";
 import { Registry } from "prom-client";
@@ -24,6 +23,7 @@ import { createIndex, type SyncIndexOptions } from "../index/index.ts";
 import type { PrefixIndex } from "../index/types.ts";
 import { TokenizerRegistry } from "../tokenize/registry.ts";
 import { collect, opt, parseIntArg } from "../util/cli-options.ts";
+import { closeServer, httpUrl, listen } from "../util/http-server.ts";
 import { createLogger, type Logger } from "../util/log.ts";
 
 export interface IndexServiceOptions {
@@ -90,10 +90,7 @@ export async function startIndexService(opts: IndexServiceOptions): Promise<Inde
   });
   const cleanup = async () => {
     closing = true;
-    await new Promise<void>((resolve) => {
-      server.close(() => resolve());
-      server.closeAllConnections();
-    });
+    await closeServer(server);
     await source.stop();
     await manager.close();
     await tokenizers?.close();
@@ -102,17 +99,8 @@ export async function startIndexService(opts: IndexServiceOptions): Promise<Inde
     await source.start(pods.handler);
     started = true;
     const host = opts.adminHost ?? "127.0.0.1";
-    await new Promise<void>((resolve, reject) => {
-      server.once("error", reject);
-      server.listen(opts.adminPort ?? 0, host, () => {
-        server.off("error", reject);
-        resolve();
-      });
-    });
-    const port = (server.address() as AddressInfo).port;
-    const urlHost =
-      host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host.includes(":") ? `[${host}]` : host;
-    const url = `http://${urlHost}:${port}`;
+    const port = await listen(server, opts.adminPort ?? 0, host);
+    const url = httpUrl(host, port);
     log.info({ event: "index.started", url, discovery: source.kind }, "index admin API listening");
     let closed: Promise<void> | null = null;
     return {

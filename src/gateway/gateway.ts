@@ -8,6 +8,7 @@ import type { StreamState } from "../events/types.ts";
 import { createIndex, type SyncIndexOptions } from "../index/index.ts";
 import type { PrefixIndex } from "../index/types.ts";
 import { TokenizerRegistry } from "../tokenize/registry.ts";
+import { closeServer, httpUrl, listen } from "../util/http-server.ts";
 import { createLogger, type Logger } from "../util/log.ts";
 import { createAdminHandler } from "./admin.ts";
 import { GatewayError, sendError } from "./errors.ts";
@@ -16,7 +17,6 @@ import {
   GATEWAY_DEFAULTS,
   GatewayCore,
   type GatewayCoreOptions,
-  listen,
   type TokenizerLookup,
 } from "./server.ts";
 
@@ -66,11 +66,6 @@ export interface RunningGateway {
   subscribers: SubscriberManager | null;
   registry: Registry;
   close(): Promise<void>;
-}
-
-function hostForUrl(host: string): string {
-  if (host === "0.0.0.0" || host === "::") return "127.0.0.1";
-  return host.includes(":") ? `[${host}]` : host;
 }
 
 /**
@@ -180,10 +175,10 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
       });
       const ah = opts.adminHost ?? "127.0.0.1";
       adminPort = await listen(admin, opts.adminPort ?? 0, ah);
-      adminUrl = `http://${hostForUrl(ah)}:${adminPort}`;
+      adminUrl = httpUrl(ah, adminPort);
       cleanups.push(() => closeServer(admin));
     }
-    const url = `http://${hostForUrl(opts.host ?? "127.0.0.1")}:${port}`;
+    const url = httpUrl(opts.host ?? "127.0.0.1", port);
     log.info({ event: "gateway.started", url, adminUrl, policy: core.policy.name }, "gateway listening");
     let closing: Promise<void> | null = null;
     return {
@@ -205,11 +200,4 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
     await cleanup();
     throw err;
   }
-}
-
-function closeServer(s: Server): Promise<void> {
-  return new Promise((resolve) => {
-    s.close(() => resolve());
-    s.closeAllConnections();
-  });
 }

@@ -1,6 +1,5 @@
 import { once } from "node:events";
-import type { IncomingMessage, Server, ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import { performance } from "node:perf_hooks";
 import { Registry } from "prom-client";
 import type { Dispatcher } from "undici";
@@ -837,11 +836,4 @@ async function write(res: ServerResponse, s: string): Promise<boolean> {
     ac.abort();
   }
   return !res.destroyed && !res.writableEnded;
-}
-
-/** Listen on host:port (0 = ephemeral); resolves with the bound port. */
-export async function listen(server: Server, port: number, host: string): Promise<number> {
-  server.listen(port, host);
-  await once(server, "listening");
-  return (server.address() as AddressInfo).port;
 }
