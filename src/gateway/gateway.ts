@@ -7,18 +7,13 @@ import { SubscriberManager, type SubscriberManagerOptions } from "../events/mana
 import type { StreamState } from "../events/types.ts";
 import { createIndex, type SyncIndexOptions } from "../index/index.ts";
 import type { PrefixIndex } from "../index/types.ts";
+import { registryLookup, type TokenizerLookup } from "../tokenize/lookup.ts";
 import { TokenizerRegistry } from "../tokenize/registry.ts";
 import { closeServer, httpUrl, listen } from "../util/http-server.ts";
 import { createLogger, type Logger } from "../util/log.ts";
 import { createAdminHandler } from "./admin.ts";
 import { GatewayError, sendError } from "./errors.ts";
-import {
-  DEFAULT_BLOCK_SIZE,
-  GATEWAY_DEFAULTS,
-  GatewayCore,
-  type GatewayCoreOptions,
-  type TokenizerLookup,
-} from "./server.ts";
+import { DEFAULT_BLOCK_SIZE, GATEWAY_DEFAULTS, GatewayCore, type GatewayCoreOptions } from "./server.ts";
 
 export interface StartGatewayOptions
   extends Omit<GatewayCoreOptions, "pods" | "index" | "streamState" | "tokenizer" | "registry" | "log"> {
@@ -117,7 +112,7 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
               pool: opts.tokenizerPool === false ? false : {},
             });
       if (!(t instanceof TokenizerRegistry)) cleanups.push(() => reg.close());
-      tokenizer = (model, baseUrl) => (reg.has(model) ? reg.get(model, baseUrl ? { baseUrl } : {}) : null);
+      tokenizer = registryLookup(reg);
     }
 
     const core = new GatewayCore({
