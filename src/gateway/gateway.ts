@@ -1,5 +1,7 @@
 import { createServer, type Server } from "node:http";
 import { Registry } from "prom-client";
+import { createAdminHandler } from "../admin/admin.ts";
+import { explainRoute } from "../admin/explain.ts";
 import type { DiscoveryOptions } from "../discovery/index.ts";
 import type { PodSet } from "../discovery/pod-set.ts";
 import type { DiscoverySource, PodInfo } from "../discovery/types.ts";
@@ -11,7 +13,6 @@ import { registryLookup, type TokenizerLookup } from "../tokenize/lookup.ts";
 import { TokenizerRegistry } from "../tokenize/registry.ts";
 import { closeServer, httpUrl, listen } from "../util/http-server.ts";
 import { createLogger, type Logger } from "../util/log.ts";
-import { createAdminHandler } from "./admin.ts";
 import { GatewayError, sendError } from "./errors.ts";
 import { DEFAULT_BLOCK_SIZE, GATEWAY_DEFAULTS, GatewayCore, type GatewayCoreOptions } from "./server.ts";
 
@@ -129,9 +130,11 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
         defaultBlockSize: opts.defaultBlockSize ?? DEFAULT_BLOCK_SIZE,
         maxBodyBytes: opts.maxBodyBytes ?? GATEWAY_DEFAULTS.maxBodyBytes,
         log,
-      }).route("POST", "/admin/route/explain", async (req, res) => {
-        await core.handleAdmin(req, res);
-      });
+      }).route(
+        "POST",
+        "/admin/route/explain",
+        explainRoute(core.planner, opts.maxBodyBytes ?? GATEWAY_DEFAULTS.maxBodyBytes),
+      );
       const admin = createServer((req, res) => {
         admin_(req, res).catch((err: unknown) =>
           sendError(res, new GatewayError(500, "server_error", "internal_error", String(err))),

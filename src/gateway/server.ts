@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { performance } from "node:perf_hooks";
 import { Registry } from "prom-client";
 import type { PodSet } from "../discovery/pod-set.ts";
-import type { PodInfo } from "../discovery/types.ts";
+import { DEFAULT_BLOCK_SIZE, type PodInfo } from "../discovery/types.ts";
 import { type StreamState, streamIdOf } from "../events/types.ts";
 import type { PrefixIndex } from "../index/types.ts";
 import { EngineMetricsScraper } from "../routing/engine-metrics.ts";
@@ -15,7 +15,6 @@ import type { PolicyName, RoutingPolicy } from "../routing/types.ts";
 import type { TokenizerLookup } from "../tokenize/lookup.ts";
 import { sendJson } from "../util/http-json.ts";
 import { createLogger, type Logger } from "../util/log.ts";
-import { DEFAULT_BLOCK_SIZE } from "./admin.ts";
 import { GatewayError, sendError } from "./errors.ts";
 import { type HealthOptions, originOf, PodHealth } from "./health.ts";
 import { GatewayMetrics } from "./metrics.ts";
@@ -276,24 +275,6 @@ export class GatewayCore {
   explain(body: Record<string, unknown>): Promise<ExplainResult> {
     return this.planner.explain(body);
   }
-
-  /** Admin-port handler for `POST /admin/route/explain`; returns false for other paths. */
-  readonly handleAdmin = async (req: IncomingMessage, res: ServerResponse): Promise<boolean> => {
-    const path = (req.url ?? "/").split("?")[0];
-    if (path !== "/admin/route/explain") return false;
-    try {
-      if (req.method !== "POST") {
-        req.resume();
-        throw new GatewayError(405, "invalid_request_error", "method_not_allowed", "use POST");
-      }
-      const body = parseJsonBody(await readBody(req, this.maxBodyBytes));
-      sendJson(res, 200, await this.explain(body));
-    } catch (err) {
-      if (err instanceof GatewayError) sendError(res, err);
-      else sendError(res, new GatewayError(500, "server_error", "internal_error", String(err)));
-    }
-    return true;
-  };
 
   async close(): Promise<void> {
     if (this.closed) return;

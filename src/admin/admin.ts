@@ -1,5 +1,5 @@
 /**
- * The admin HTTP API of `kvsync index` (and, embedded, of the gateway):
+ * The admin HTTP API of `kvsync index` and `kvsync gateway` (with its route explain, explain.ts):
  *
  *   GET  /healthz                       {"status":"ok"}
  *   GET  /readyz                        200 {"status":"ready"} | 503 {"status":"not ready"}
@@ -21,22 +21,16 @@
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Registry } from "prom-client";
-import type { PodInfo } from "../discovery/types.ts";
+import { DEFAULT_BLOCK_SIZE, type PodInfo } from "../discovery/types.ts";
 import { type StreamStatus, type SubscriberManagerLike, streamIdOf } from "../events/types.ts";
+import { badRequest, GatewayError, sendError } from "../gateway/errors.ts";
+import { readBody } from "../gateway/request.ts";
 import type { PrefixIndex } from "../index/types.ts";
 import { hashToText } from "../protocol/hash.ts";
+import type { TokenizerLookup } from "../tokenize/lookup.ts";
 import type { Tokenizer } from "../tokenize/types.ts";
 import { sendJson } from "../util/http-json.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
-import { badRequest, GatewayError, sendError } from "./errors.ts";
-import { readBody } from "./request.ts";
-
-export const DEFAULT_BLOCK_SIZE = 16;
-
-/** A tokenizer source: `TokenizerRegistry` (has/get) or a lookup function (the gateway's). */
-export type AdminTokenizers =
-  | { has(model: string): boolean; get(model: string, opts?: { baseUrl?: string }): Promise<Tokenizer> }
-  | ((model: string, baseUrl?: string) => Promise<Tokenizer | null> | Tokenizer | null);
 
 export interface AdminDeps {
   index: PrefixIndex;
@@ -47,8 +41,8 @@ export interface AdminDeps {
   /** the pods: a PodSet-like object or a function; default: the manager's `pods()` if it has one */
   pods?: { pods(): PodInfo[] } | (() => PodInfo[]);
   /** for `"prompt"` in match requests (`tokenizer` is accepted as an alias) */
-  tokenizers?: AdminTokenizers;
-  tokenizer?: AdminTokenizers;
+  tokenizers?: TokenizerLookup;
+  tokenizer?: TokenizerLookup;
   /** a pod's health signal for /admin/pods (the gateway's); absent: `healthy` is null */
   health?: (pod: string) => { healthy: boolean; reason: string | null } | null;
   /** readiness for /readyz (default: always ready) */
@@ -236,8 +230,7 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
     const baseUrl = podList().find((p) => p.model === model && p.http)?.http;
     let tok: Tokenizer | null;
     try {
-      if (typeof tokenizers === "function") tok = await tokenizers(model, baseUrl);
-      else tok = tokenizers.has(model) ? await tokenizers.get(model, baseUrl ? { baseUrl } : {}) : null;
+      tok = await tokenizers(model, baseUrl);
     } catch (err) {
       throw badRequest(
         "no_tokenizer",
