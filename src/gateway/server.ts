@@ -1,5 +1,6 @@
-import type { IncomingMessage, ServerResponse } from "node:http";
+import { type IncomingMessage, METHODS, type ServerResponse } from "node:http";
 import { performance } from "node:perf_hooks";
+import FindMyWay, { type HTTPMethod, type HTTPVersion, type Instance as Router } from "find-my-way";
 import { Registry } from "prom-client";
 import type { PodSet } from "../discovery/pod-set.ts";
 import { DEFAULT_BLOCK_SIZE, type PodInfo } from "../discovery/types.ts";
@@ -20,7 +21,7 @@ import { type HealthOptions, originOf, PodHealth } from "./health.ts";
 import { GatewayMetrics } from "./metrics.ts";
 import { type ExplainResult, Planner } from "./planner.ts";
 import { type RequestCtx, RequestProxy } from "./proxy.ts";
-import { parseJsonBody, readBody, validateRequest } from "./request.ts";
+import { parseJsonBody, type RequestKind, readBody, validateRequest } from "./request.ts";
 import { UpstreamPools } from "./upstream.ts";
 import { UsageAccounting } from "./usage.ts";
 
@@ -90,6 +91,7 @@ export class GatewayCore {
   private readonly pools: UpstreamPools;
   private readonly scraper: EngineMetricsScraper | null;
   private readonly maxBodyBytes: number;
+  private readonly routes = this.routeTable();
   private readonly unsubscribe: () => void;
   private closed = false;
 
@@ -221,31 +223,42 @@ export class GatewayCore {
     const url = req.url ?? "/";
     const q = url.indexOf("?");
     const path = q === -1 ? url : url.slice(0, q);
-    if (path === "/v1/chat/completions" || path === "/v1/completions") {
-      if (req.method !== "POST") {
-        req.resume();
-        res.setHeader("allow", "POST");
-        throw new GatewayError(405, "invalid_request_error", "method_not_allowed", `use POST for ${path}`);
-      }
-      const kind = path === "/v1/completions" ? "completion" : "chat";
-      const buf = await readBody(req, this.maxBodyBytes);
-      const body = parseJsonBody(buf);
-      const parsed = validateRequest(kind, body);
-      ctx.model = parsed.model;
-      const plan = await this.planner.plan(parsed, true);
-      await this.proxy.dispatch(req, res, ctx, path, body, buf, plan);
-      return;
+    const route = this.routes.find((req.method ?? "GET") as HTTPMethod, path);
+    if (route === null) {
+      req.resume();
+      throw new GatewayError(404, "invalid_request_error", "not_found", `no route for ${req.method} ${path}`);
     }
-    if (path === "/v1/models" && req.method === "GET") {
-      sendJson(res, 200, this.models());
-      return;
-    }
-    if ((path === "/health" || path === "/healthz") && req.method === "GET") {
+    await (route.store as Route)(req, res, ctx, path);
+  }
+
+  /** The OpenAI API's routes; completions answer 405 to other methods, the rest 404. */
+  private routeTable(): Router<HTTPVersion.V1> {
+    const r = FindMyWay();
+    const completions =
+      (kind: RequestKind): Route =>
+      async (req, res, ctx, path) => {
+        if (req.method !== "POST") {
+          req.resume();
+          res.setHeader("allow", "POST");
+          throw new GatewayError(405, "invalid_request_error", "method_not_allowed", `use POST for ${path}`);
+        }
+        const buf = await readBody(req, this.maxBodyBytes);
+        const body = parseJsonBody(buf);
+        const parsed = validateRequest(kind, body);
+        ctx.model = parsed.model;
+        const plan = await this.planner.plan(parsed, true);
+        await this.proxy.dispatch(req, res, ctx, path, body, buf, plan);
+      };
+    const ok: Route = async (_req, res) => {
       res.writeHead(200).end();
-      return;
-    }
-    req.resume();
-    throw new GatewayError(404, "invalid_request_error", "not_found", `no route for ${req.method} ${path}`);
+    };
+    const on = (method: HTTPMethod | HTTPMethod[], path: string, fn: Route) => r.on(method, path, noop, fn);
+    on(ALL_METHODS, "/v1/chat/completions", completions("chat"));
+    on(ALL_METHODS, "/v1/completions", completions("completion"));
+    on("GET", "/v1/models", async (_req, res) => sendJson(res, 200, this.models()));
+    on("GET", "/health", ok);
+    on("GET", "/healthz", ok);
+    return r;
   }
 
   /** `GET /v1/models`: base models and adapters of the discovered pods, OpenAI list shape. */
@@ -286,6 +299,12 @@ export class GatewayCore {
     await this.pools.close();
   }
 }
+
+/** A route: the store of its find-my-way entry (find-my-way only finds it; `serve` calls it). */
+type Route = (req: IncomingMessage, res: ServerResponse, ctx: RequestCtx, path: string) => Promise<void>;
+const noop = () => undefined;
+/** every method node:http parses, so a known path with another method gets its own answer */
+const ALL_METHODS = METHODS as HTTPMethod[];
 
 /** A pod's event streams: "<pod>", or "<pod>#<rank>" per data-parallel rank. */
 function streamIds(p: PodInfo): string[] {
