@@ -12,7 +12,7 @@ const commands: Array<() => Promise<{ register(p: Command): void }>> = [
   // sub-command modules are listed here, one line each
   () => import("./commands/mock-engine.ts"),
   () => import("./commands/events.ts"),
-  () => import("./commands/index.ts"),
+  () => import("./commands/index-service.ts"),
   () => import("./commands/gateway.ts"),
   () => import("./commands/demo.ts"),
   () => import("./commands/eval.ts"),

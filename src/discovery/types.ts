@@ -23,6 +23,9 @@ export interface PodInfo {
   blockSize?: number;
 }
 
+/** Block size (tokens) of an engine that does not declare one: vLLM's default. */
+export const DEFAULT_BLOCK_SIZE = 16;
+
 export type DiscoveryEvent =
   | { type: "upsert"; pod: PodInfo }
   | { type: "delete"; name: string }

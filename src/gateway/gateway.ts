@@ -1,24 +1,20 @@
 import { createServer, type Server } from "node:http";
 import { Registry } from "prom-client";
-import { createDiscoverySource, type DiscoveryOptions } from "../discovery/index.ts";
-import { PodSet } from "../discovery/pod-set.ts";
+import { createAdminHandler } from "../admin/admin.ts";
+import { explainRoute } from "../admin/explain.ts";
+import type { DiscoveryOptions } from "../discovery/index.ts";
+import type { PodSet } from "../discovery/pod-set.ts";
 import type { DiscoverySource, PodInfo } from "../discovery/types.ts";
-import { SubscriberManager, type SubscriberManagerOptions } from "../events/manager.ts";
-import type { StreamState } from "../events/types.ts";
-import { createIndex, type SyncIndexOptions } from "../index/index.ts";
+import { Fleet } from "../events/fleet.ts";
+import type { SubscriberManager, SubscriberManagerOptions } from "../events/manager.ts";
+import type { SyncIndexOptions } from "../index/index.ts";
 import type { PrefixIndex } from "../index/types.ts";
+import { registryLookup, type TokenizerLookup } from "../tokenize/lookup.ts";
 import { TokenizerRegistry } from "../tokenize/registry.ts";
+import { closeServer, httpUrl, listen } from "../util/http-server.ts";
 import { createLogger, type Logger } from "../util/log.ts";
-import { createAdminHandler } from "./admin.ts";
 import { GatewayError, sendError } from "./errors.ts";
-import {
-  DEFAULT_BLOCK_SIZE,
-  GATEWAY_DEFAULTS,
-  GatewayCore,
-  type GatewayCoreOptions,
-  listen,
-  type TokenizerLookup,
-} from "./server.ts";
+import { DEFAULT_BLOCK_SIZE, GATEWAY_DEFAULTS, GatewayCore, type GatewayCoreOptions } from "./server.ts";
 
 export interface StartGatewayOptions
   extends Omit<GatewayCoreOptions, "pods" | "index" | "streamState" | "tokenizer" | "registry" | "log"> {
@@ -68,11 +64,6 @@ export interface RunningGateway {
   close(): Promise<void>;
 }
 
-function hostForUrl(host: string): string {
-  if (host === "0.0.0.0" || host === "::") return "127.0.0.1";
-  return host.includes(":") ? `[${host}]` : host;
-}
-
 /**
  * Start the KV-aware gateway: discovery → PodSet → subscribers → index; the OpenAI API on
  * `port` and the admin API on `adminPort`. `close()` stops everything it started.
@@ -80,8 +71,6 @@ function hostForUrl(host: string): string {
 export async function startGateway(opts: StartGatewayOptions = {}): Promise<RunningGateway> {
   const log = opts.log ?? createLogger("gateway");
   const registry = opts.registry ?? new Registry();
-  const pods = new PodSet();
-  const index = opts.index ?? createIndex(opts.indexOptions ?? {});
   const cleanups: Array<() => Promise<void> | void> = [];
   const cleanup = async () => {
     for (const c of cleanups.reverse()) {
@@ -93,62 +82,33 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
     }
   };
   try {
-    // subscribers follow the pod set; only live streams' cache counts
-    let subscribers: SubscriberManager | null = null;
-    if (opts.subscribe ?? true) {
-      const subs = new SubscriberManager({
-        index,
-        registry,
-        log,
-        topic: opts.topic,
-        subscriber: opts.subscriber,
-      });
-      subscribers = subs;
-      cleanups.push(() => subs.close());
-      const off = pods.onChange((all) => subs.setPods([...all.values()]));
-      cleanups.push(off);
-    }
-    const streamState = (id: string): StreamState | undefined => subscribers?.status(id)?.state;
-
-    let tokenizer: TokenizerLookup | undefined;
-    const t = opts.tokenizers;
-    if (typeof t === "function") tokenizer = t;
-    else if (t !== false) {
-      const reg =
-        t instanceof TokenizerRegistry
-          ? t
-          : new TokenizerRegistry({
-              specs: Array.isArray(t) ? t : [],
-              pool: opts.tokenizerPool === false ? false : {},
-            });
-      if (!(t instanceof TokenizerRegistry)) cleanups.push(() => reg.close());
-      tokenizer = (model, baseUrl) => (reg.has(model) ? reg.get(model, baseUrl ? { baseUrl } : {}) : null);
-    }
-
+    const fleet = new Fleet({
+      pods: opts.pods,
+      discovery: opts.discovery ?? (opts.engines ? { engines: opts.engines } : undefined),
+      index: opts.index,
+      indexOptions: opts.indexOptions,
+      subscribe: opts.subscribe,
+      topic: opts.topic,
+      subscriber: opts.subscriber,
+      registry,
+      log,
+    });
+    cleanups.push(() => fleet.close());
+    const { pods, index, subscribers } = fleet;
+    const tokenizers = gatewayTokenizers(opts.tokenizers, opts.tokenizerPool);
+    cleanups.push(tokenizers.close);
+    const tokenizer = tokenizers.lookup;
     const core = new GatewayCore({
       ...opts,
       pods,
       index,
-      streamState,
+      streamState: fleet.streamState,
       tokenizer,
       registry,
       log,
     });
     cleanups.push(() => core.close());
-
-    // fleet
-    if (opts.pods) pods.apply({ type: "sync", pods: opts.pods });
-    const d = opts.discovery ?? (opts.engines ? { engines: opts.engines } : undefined);
-    let source: DiscoverySource | null = null;
-    if (d !== undefined) {
-      source =
-        "start" in d && typeof d.start === "function"
-          ? d
-          : await createDiscoverySource({ ...(d as DiscoveryOptions), registry, logger: log });
-      const src = source;
-      await src.start(pods.handler);
-      cleanups.push(() => src.stop());
-    }
+    await fleet.start();
 
     const server: Server = createServer(core.handle);
     server.keepAliveTimeout = 65_000;
@@ -170,9 +130,11 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
         defaultBlockSize: opts.defaultBlockSize ?? DEFAULT_BLOCK_SIZE,
         maxBodyBytes: opts.maxBodyBytes ?? GATEWAY_DEFAULTS.maxBodyBytes,
         log,
-      }).route("POST", "/admin/route/explain", async (req, res) => {
-        await core.handleAdmin(req, res);
-      });
+      }).route(
+        "POST",
+        "/admin/route/explain",
+        explainRoute(core.planner, opts.maxBodyBytes ?? GATEWAY_DEFAULTS.maxBodyBytes),
+      );
       const admin = createServer((req, res) => {
         admin_(req, res).catch((err: unknown) =>
           sendError(res, new GatewayError(500, "server_error", "internal_error", String(err))),
@@ -180,10 +142,10 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
       });
       const ah = opts.adminHost ?? "127.0.0.1";
       adminPort = await listen(admin, opts.adminPort ?? 0, ah);
-      adminUrl = `http://${hostForUrl(ah)}:${adminPort}`;
+      adminUrl = httpUrl(ah, adminPort);
       cleanups.push(() => closeServer(admin));
     }
-    const url = `http://${hostForUrl(opts.host ?? "127.0.0.1")}:${port}`;
+    const url = httpUrl(opts.host ?? "127.0.0.1", port);
     log.info({ event: "gateway.started", url, adminUrl, policy: core.policy.name }, "gateway listening");
     let closing: Promise<void> | null = null;
     return {
@@ -207,9 +169,14 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
   }
 }
 
-function closeServer(s: Server): Promise<void> {
-  return new Promise((resolve) => {
-    s.close(() => resolve());
-    s.closeAllConnections();
-  });
+/** The gateway's tokenizer lookup for its `tokenizers` option, and how to close what it opened. */
+export function gatewayTokenizers(
+  t: StartGatewayOptions["tokenizers"],
+  pool = true,
+): { lookup: TokenizerLookup | undefined; close: () => Promise<void> } {
+  if (t === false) return { lookup: undefined, close: async () => undefined };
+  if (typeof t === "function") return { lookup: t, close: async () => undefined };
+  if (t instanceof TokenizerRegistry) return { lookup: registryLookup(t), close: async () => undefined };
+  const reg = new TokenizerRegistry({ specs: t ?? [], pool: pool ? {} : false });
+  return { lookup: registryLookup(reg), close: () => reg.close() };
 }

@@ -2,6 +2,7 @@
 export { GatewayError, type OpenAiErrorBody } from "./errors.ts";
 export { type RunningGateway, type StartGatewayOptions, startGateway } from "./gateway.ts";
 export { GatewayMetrics } from "./metrics.ts";
+export { type Plan, Planner, type PlannerOptions } from "./planner.ts";
 export {
   DEFAULT_BLOCK_SIZE,
   type ExplainCandidate,

@@ -3,7 +3,9 @@ import { StringDecoder } from "node:string_decoder";
 /**
  * Incremental Server-Sent-Events splitter: feed raw chunks, get whole events (the text up to and
  * including the blank line that ends each). Bounded: an event larger than `maxEventBytes` is
- * passed through in pieces rather than buffered forever.
+ * passed through in pieces rather than buffered forever. Hand-written rather than
+ * eventsource-parser because the relay needs each event's bytes, not its parsed fields (README,
+ * dependency table).
  */
 export class SseSplitter {
   private readonly dec = new StringDecoder("utf8");

@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { type IndexService, startIndexService } from "../../../src/commands/index.ts";
+import { type IndexService, startIndexService } from "../../../src/commands/index-service.ts";
 import { blockStored } from "../../../src/protocol/build.ts";
 import { encodeBatch } from "../../../src/protocol/encode.ts";
 import { hashFromInt } from "../../../src/protocol/hash.ts";

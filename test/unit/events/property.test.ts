@@ -12,7 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { startIndexService } from "../../../src/commands/index.ts";
+import { startIndexService } from "../../../src/commands/index-service.ts";
 import { blockDigest, type Digest, digestUint64Parts, rootDigest } from "../../../src/engine/block-hash.ts";
 import { hashFromBytes, hashFromUint64Parts, hashToText } from "../../../src/protocol/hash.ts";
 import { silentLogger } from "../../../src/util/log.ts";

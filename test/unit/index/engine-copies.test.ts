@@ -11,7 +11,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { startIndexService } from "../../../src/commands/index.ts";
+import { startIndexService } from "../../../src/commands/index-service.ts";
 import { silentLogger } from "../../../src/util/log.ts";
 import { waitFor } from "../../../src/util/wait.ts";
 import { complete, engineTruth, startTestEngine, type TestEngine, writeEngines } from "../events/engines.ts";

@@ -1,5 +1,5 @@
 /**
- * The admin HTTP API of `kvsync index` (and, embedded, of the gateway):
+ * The admin HTTP API of `kvsync index` and `kvsync gateway` (with its route explain, explain.ts):
  *
  *   GET  /healthz                       {"status":"ok"}
  *   GET  /readyz                        200 {"status":"ready"} | 503 {"status":"not ready"}
@@ -19,24 +19,19 @@
  * returns the request handler; `.route(method, path, fn)` adds routes (e.g. the gateway's
  * `POST /admin/route/explain`), which take precedence over the built-in ones.
  */
-import type { IncomingMessage, ServerResponse } from "node:http";
+import { type IncomingMessage, METHODS, type ServerResponse } from "node:http";
+import FindMyWay, { type HTTPMethod } from "find-my-way";
 import type { Registry } from "prom-client";
-import type { PodInfo } from "../discovery/types.ts";
+import { DEFAULT_BLOCK_SIZE, type PodInfo } from "../discovery/types.ts";
 import { type StreamStatus, type SubscriberManagerLike, streamIdOf } from "../events/types.ts";
+import { badRequest, GatewayError, sendError } from "../gateway/errors.ts";
+import { readBody } from "../gateway/request.ts";
 import type { PrefixIndex } from "../index/types.ts";
 import { hashToText } from "../protocol/hash.ts";
+import type { TokenizerLookup } from "../tokenize/lookup.ts";
 import type { Tokenizer } from "../tokenize/types.ts";
 import { sendJson } from "../util/http-json.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
-import { badRequest, GatewayError, sendError } from "./errors.ts";
-import { readBody } from "./request.ts";
-
-export const DEFAULT_BLOCK_SIZE = 16;
-
-/** A tokenizer source: `TokenizerRegistry` (has/get) or a lookup function (the gateway's). */
-export type AdminTokenizers =
-  | { has(model: string): boolean; get(model: string, opts?: { baseUrl?: string }): Promise<Tokenizer> }
-  | ((model: string, baseUrl?: string) => Promise<Tokenizer | null> | Tokenizer | null);
 
 export interface AdminDeps {
   index: PrefixIndex;
@@ -47,8 +42,8 @@ export interface AdminDeps {
   /** the pods: a PodSet-like object or a function; default: the manager's `pods()` if it has one */
   pods?: { pods(): PodInfo[] } | (() => PodInfo[]);
   /** for `"prompt"` in match requests (`tokenizer` is accepted as an alias) */
-  tokenizers?: AdminTokenizers;
-  tokenizer?: AdminTokenizers;
+  tokenizers?: TokenizerLookup;
+  tokenizer?: TokenizerLookup;
   /** a pod's health signal for /admin/pods (the gateway's); absent: `healthy` is null */
   health?: (pod: string) => { healthy: boolean; reason: string | null } | null;
   /** readiness for /readyz (default: always ready) */
@@ -61,6 +56,10 @@ export interface AdminDeps {
 }
 
 export type AdminRouteHandler = (req: IncomingMessage, res: ServerResponse, url: URL) => void | Promise<void>;
+
+const noop = () => undefined;
+/** every method node:http parses, so a known path with another method gets its own answer */
+const ALL_METHODS = METHODS as HTTPMethod[];
 
 export interface AdminHandler {
   (req: IncomingMessage, res: ServerResponse): Promise<void>;
@@ -110,7 +109,6 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
   const log = deps.log ?? silentLogger();
   const maxBody = deps.maxBodyBytes ?? 8 * 1024 * 1024;
   const defaultBlockSize = deps.defaultBlockSize ?? DEFAULT_BLOCK_SIZE;
-  const extra = new Map<string, AdminRouteHandler>();
 
   // the sync backend counts a stream's entries without listing them
   const counting = index as PrefixIndex & { streamEntryCount?: (id: string) => number };
@@ -236,8 +234,7 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
     const baseUrl = podList().find((p) => p.model === model && p.http)?.http;
     let tok: Tokenizer | null;
     try {
-      if (typeof tokenizers === "function") tok = await tokenizers(model, baseUrl);
-      else tok = tokenizers.has(model) ? await tokenizers.get(model, baseUrl ? { baseUrl } : {}) : null;
+      tok = await tokenizers(model, baseUrl);
     } catch (err) {
       throw badRequest(
         "no_tokenizer",
@@ -302,71 +299,79 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
     return { blockSize, tokens: tokens.length, pods };
   };
 
-  const builtin = async (req: IncomingMessage, res: ServerResponse, url: URL): Promise<boolean> => {
-    const path = url.pathname;
-    const method = req.method ?? "GET";
-    const get = () => {
-      if (method !== "GET" && method !== "HEAD") throw methodNotAllowed("GET");
+  const get =
+    (fn: AdminRouteHandler): AdminRouteHandler =>
+    (req, res, url) => {
+      if (req.method !== "GET" && req.method !== "HEAD") throw methodNotAllowed("GET");
+      return fn(req, res, url);
     };
-    if (path === "/healthz") {
-      get();
-      sendJson(res, 200, { status: "ok" });
-      return true;
+  // `/admin/pods/<name>/blocks`: the name is one path segment or more ("<namespace>/<pod>")
+  const blocks: AdminRouteHandler = (req, res, url) => {
+    const path = url.pathname;
+    if (!path.endsWith("/blocks")) throw notFoundError(`no route for ${req.method} ${path}`);
+    if (req.method !== "GET" && req.method !== "HEAD") throw methodNotAllowed("GET");
+    const raw = path.slice("/admin/pods/".length, -"/blocks".length);
+    let name: string;
+    try {
+      name = decodeURIComponent(raw);
+    } catch {
+      throw badRequest("invalid_pod", "bad pod name encoding");
     }
-    if (path === "/readyz") {
-      get();
+    sendJson(res, 200, blocksBody(name, url));
+  };
+  // each path answers every method (405 for the wrong one); `route()` adds to `extra`, looked up first
+  const builtin = FindMyWay();
+  const extra = FindMyWay();
+  const on = (path: string, fn: AdminRouteHandler) => builtin.on(ALL_METHODS, path, noop, fn);
+  on(
+    "/healthz",
+    get((_req, res) => sendJson(res, 200, { status: "ok" })),
+  );
+  on(
+    "/readyz",
+    get((_req, res) => {
       const ok = deps.ready ? deps.ready() : true;
       sendJson(res, ok ? 200 : 503, { status: ok ? "ready" : "not ready" });
-      return true;
-    }
-    if (path === "/metrics") {
-      get();
+    }),
+  );
+  on(
+    "/metrics",
+    get(async (_req, res) => {
       const text = await registry.metrics();
       res.writeHead(200, { "content-type": registry.contentType, "content-length": Buffer.byteLength(text) });
       res.end(text);
-      return true;
+    }),
+  );
+  on(
+    "/admin/pods",
+    get((_req, res) => sendJson(res, 200, podsBody())),
+  );
+  on("/admin/pods/*", blocks);
+  on("/admin/index/match", async (req, res) => {
+    if (req.method !== "POST") throw methodNotAllowed("POST");
+    const raw = await readBody(req, maxBody);
+    let body: unknown;
+    try {
+      body = JSON.parse(raw.toString("utf8"));
+    } catch (err) {
+      throw badRequest("invalid_json", `request body is not valid JSON: ${(err as Error).message}`);
     }
-    if (path === "/admin/pods") {
-      get();
-      sendJson(res, 200, podsBody());
-      return true;
-    }
-    if (path.startsWith("/admin/pods/") && path.endsWith("/blocks")) {
-      get();
-      const raw = path.slice("/admin/pods/".length, -"/blocks".length);
-      let name: string;
-      try {
-        name = decodeURIComponent(raw);
-      } catch {
-        throw badRequest("invalid_pod", "bad pod name encoding");
-      }
-      sendJson(res, 200, blocksBody(name, url));
-      return true;
-    }
-    if (path === "/admin/index/match") {
-      if (method !== "POST") throw methodNotAllowed("POST");
-      const raw = await readBody(req, maxBody);
-      let body: unknown;
-      try {
-        body = JSON.parse(raw.toString("utf8"));
-      } catch (err) {
-        throw badRequest("invalid_json", `request body is not valid JSON: ${(err as Error).message}`);
-      }
-      sendJson(res, 200, await matchBody(body));
-      return true;
-    }
-    return false;
+    sendJson(res, 200, await matchBody(body));
+  });
+  const find = (method: string, path: string): AdminRouteHandler | undefined => {
+    const m = method as HTTPMethod;
+    const fn = (extra.find(m, path)?.store ?? builtin.find(m, path)?.store) as AdminRouteHandler | undefined;
+    // find-my-way finds no wildcard route for a broken percent-encoding: the blocks route answers it (400)
+    return fn ?? (path.startsWith("/admin/pods/") ? blocks : undefined);
   };
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<boolean> => {
     const url = new URL(req.url ?? "/", "http://admin.local");
     try {
-      const fn = extra.get(`${req.method ?? "GET"} ${url.pathname}`);
-      if (fn) {
-        await fn(req, res, url);
-        return true;
-      }
-      return await builtin(req, res, url);
+      const fn = find(req.method ?? "GET", url.pathname);
+      if (fn === undefined) return false;
+      await fn(req, res, url);
+      return true;
     } catch (err) {
       if (!(err instanceof GatewayError)) {
         log.error({ event: "admin.error", path: url.pathname, err: String(err) }, "admin request failed");
@@ -392,7 +397,9 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
   }) as AdminHandler;
   handler.handle = handle;
   handler.route = (method: string, path: string, fn: AdminRouteHandler): AdminHandler => {
-    extra.set(`${method.toUpperCase()} ${path}`, fn);
+    const m = method.toUpperCase() as HTTPMethod;
+    if (extra.hasRoute(m, path)) extra.off(m, path);
+    extra.on(m, path, noop, fn);
     return handler;
   };
   return handler;

@@ -1,29 +1,26 @@
 /**
  * `kvsync index --engines <file> --admin-port P [--admin-host 127.0.0.1]`: the standalone sync
  * prefix index. Discovery (the engines file, watched; or Kubernetes) → one subscriber per engine
- * stream → the index; the admin API (src/gateway/admin.ts) on host:port.
+ * stream → the index; the admin API on host:port.
  *
  * `startIndexService()` is the same thing as a function (tests, embedding).
  */
 import { createServer, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
 import type { Command } from "commander";
 import { InvalidArgumentError } from "commander";
 import { Registry } from "prom-client";
-import {
-  addDiscoveryOptions,
-  createDiscoverySource,
-  type DiscoveryOptions,
-  discoveryOptionsFrom,
-} from "../discovery/index.ts";
-import { PodSet } from "../discovery/pod-set.ts";
+import { type AdminHandler, createAdminHandler } from "../admin/admin.ts";
+import { addDiscoveryOptions, type DiscoveryOptions, discoveryOptionsFrom } from "../discovery/index.ts";
+import type { PodSet } from "../discovery/pod-set.ts";
 import type { DiscoverySource } from "../discovery/types.ts";
-import { SubscriberManager, type SubscriberManagerOptions } from "../events/manager.ts";
-import { type AdminHandler, createAdminHandler } from "../gateway/admin.ts";
-import { createIndex, type SyncIndexOptions } from "../index/index.ts";
+import { Fleet } from "../events/fleet.ts";
+import type { SubscriberManager, SubscriberManagerOptions } from "../events/manager.ts";
+import type { SyncIndexOptions } from "../index/index.ts";
 import type { PrefixIndex } from "../index/types.ts";
+import { registryLookup } from "../tokenize/lookup.ts";
 import { TokenizerRegistry } from "../tokenize/registry.ts";
 import { collect, opt, parseIntArg } from "../util/cli-options.ts";
+import { closeServer, httpUrl, listen } from "../util/http-server.ts";
 import { createLogger, type Logger } from "../util/log.ts";
 import { addStreamHealthOptions, streamHealthFrom } from "./stream-options.ts";
 
@@ -57,31 +54,26 @@ export interface IndexService {
 export async function startIndexService(opts: IndexServiceOptions): Promise<IndexService> {
   const log = opts.log ?? createLogger("index");
   const registry = opts.registry ?? new Registry();
-  const index = createIndex(opts.index ?? {});
-  const manager = new SubscriberManager({
-    index,
-    registry,
-    log,
+  const fleet = new Fleet({
+    discovery: opts.discovery,
+    indexOptions: opts.index,
     topic: opts.topic,
     subscriber: opts.subscriber,
+    registry,
+    log,
   });
-  const pods = new PodSet();
-  pods.onChange((all) => manager.setPods([...all.values()]));
+  const { index, pods } = fleet;
+  const manager = fleet.subscribers!;
   const tokenizers =
     opts.tokenizers === false ? undefined : TokenizerRegistry.fromSpecs(opts.tokenizers ?? []);
   let started = false;
   let closing = false;
-  const d = opts.discovery;
-  const source: DiscoverySource =
-    "start" in d && typeof d.start === "function"
-      ? d
-      : await createDiscoverySource({ ...(d as DiscoveryOptions), registry, logger: log });
   const admin = createAdminHandler({
     index,
     manager,
     registry,
     pods,
-    tokenizers,
+    tokenizer: tokenizers && registryLookup(tokenizers),
     ready: () => started && !closing,
     defaultBlockSize: opts.defaultBlockSize,
     log,
@@ -91,30 +83,17 @@ export async function startIndexService(opts: IndexServiceOptions): Promise<Inde
   });
   const cleanup = async () => {
     closing = true;
-    await new Promise<void>((resolve) => {
-      server.close(() => resolve());
-      server.closeAllConnections();
-    });
-    await source.stop();
-    await manager.close();
+    await closeServer(server);
+    await fleet.close();
     await tokenizers?.close();
   };
   try {
-    await source.start(pods.handler);
+    await fleet.start();
     started = true;
     const host = opts.adminHost ?? "127.0.0.1";
-    await new Promise<void>((resolve, reject) => {
-      server.once("error", reject);
-      server.listen(opts.adminPort ?? 0, host, () => {
-        server.off("error", reject);
-        resolve();
-      });
-    });
-    const port = (server.address() as AddressInfo).port;
-    const urlHost =
-      host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host.includes(":") ? `[${host}]` : host;
-    const url = `http://${urlHost}:${port}`;
-    log.info({ event: "index.started", url, discovery: source.kind }, "index admin API listening");
+    const port = await listen(server, opts.adminPort ?? 0, host);
+    const url = httpUrl(host, port);
+    log.info({ event: "index.started", url, discovery: fleet.discoveryKind }, "index admin API listening");
     let closed: Promise<void> | null = null;
     return {
       url,

@@ -1,0 +1,95 @@
+import type { Registry } from "prom-client";
+import { createDiscoverySource, type DiscoveryOptions } from "../discovery/index.ts";
+import { PodSet } from "../discovery/pod-set.ts";
+import type { DiscoverySource, PodInfo } from "../discovery/types.ts";
+import { createIndex, type SyncIndexOptions } from "../index/index.ts";
+import type { PrefixIndex } from "../index/types.ts";
+import type { Logger } from "../util/log.ts";
+import { SubscriberManager, type SubscriberManagerOptions } from "./manager.ts";
+import type { StreamState } from "./types.ts";
+
+export interface FleetOptions {
+  /** a fixed pod list, applied at start */
+  pods?: PodInfo[];
+  /** a discovery source, or options for one (`engines` = the engines file; kubernetes) */
+  discovery?: DiscoverySource | DiscoveryOptions;
+  /** the sync prefix index (default: createIndex(indexOptions)) */
+  index?: PrefixIndex;
+  indexOptions?: SyncIndexOptions;
+  /** run KV-event subscribers for the pods (default true) */
+  subscribe?: boolean;
+  /** KV-event topic prefix to subscribe to ("" = all) */
+  topic?: string;
+  /** options for every subscriber (e.g. replayTimeoutMs) */
+  subscriber?: SubscriberManagerOptions["subscriber"];
+  registry: Registry;
+  log: Logger;
+}
+
+/**
+ * The fleet as the services see it: discovery → pod set → one subscriber per engine stream →
+ * the index. Built in two steps so a service can follow the pod set before the first pods
+ * arrive: the constructor wires the pod set to the subscribers; `start()` starts discovery.
+ */
+export class Fleet {
+  readonly pods = new PodSet();
+  readonly index: PrefixIndex;
+  /** null when subscribing is off */
+  readonly subscribers: SubscriberManager | null;
+  private source: DiscoverySource | null = null;
+  private readonly offPods: () => void;
+  private closing: Promise<void> | null = null;
+
+  constructor(private readonly o: FleetOptions) {
+    this.index = o.index ?? createIndex(o.indexOptions ?? {});
+    const subs =
+      (o.subscribe ?? true)
+        ? new SubscriberManager({
+            index: this.index,
+            registry: o.registry,
+            log: o.log,
+            topic: o.topic,
+            subscriber: o.subscriber,
+          })
+        : null;
+    this.subscribers = subs;
+    this.offPods =
+      subs === null ? () => undefined : this.pods.onChange((all) => subs.setPods([...all.values()]));
+  }
+
+  /** State of an event stream; only `live` streams' cache counts for routing. */
+  readonly streamState = (streamId: string): StreamState | undefined =>
+    this.subscribers?.status(streamId)?.state;
+
+  /** The discovery source's kind once started (null: a fixed pod list only). */
+  get discoveryKind(): string | null {
+    return this.source?.kind ?? null;
+  }
+
+  /** Apply the fixed pods, then start discovery (its first snapshot is applied when this resolves). */
+  async start(): Promise<void> {
+    if (this.o.pods) this.pods.apply({ type: "sync", pods: this.o.pods });
+    const d = this.o.discovery;
+    if (d === undefined) return;
+    const source =
+      "start" in d && typeof d.start === "function"
+        ? d
+        : await createDiscoverySource({
+            ...(d as DiscoveryOptions),
+            registry: this.o.registry,
+            logger: this.o.log,
+          });
+    this.source = source;
+    await source.start(this.pods.handler);
+  }
+
+  /** Stop discovery, then the subscribers. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      await this.source?.stop();
+      this.offPods();
+      await this.subscribers?.close();
+    })();
+    return this.closing;
+  }
+}

@@ -1,0 +1,75 @@
+import { performance } from "node:perf_hooks";
+import type { PredictionFeedback } from "../routing/feedback.ts";
+import type { LoadTicket } from "../routing/load.ts";
+import type { PolicyName, ScoredCandidate } from "../routing/types.ts";
+import type { GatewayMetrics } from "./metrics.ts";
+import type { Plan } from "./planner.ts";
+import { eventData } from "./sse.ts";
+
+/**
+ * What a pod's response tells the router: its first byte ends the request's prefill (the load
+ * tracker counts it as decoding from then on), and its `usage` (the engine's cached-token count)
+ * is the prediction's truth for the feedback loop.
+ */
+export class UsageAccounting {
+  constructor(
+    private readonly feedback: PredictionFeedback,
+    private readonly metrics: GatewayMetrics,
+    private readonly policy: PolicyName,
+  ) {}
+
+  /** The response's first byte arrived `t0` (performance.now()) after the request did. */
+  firstByte(ticket: Pick<LoadTicket, "prefillDone">, t0: number): void {
+    ticket.prefillDone();
+    this.metrics.firstByteSeconds.observe({ policy: this.policy }, (performance.now() - t0) / 1000);
+  }
+
+  /** A whole non-streaming JSON body. */
+  observeBody(pod: string, sc: ScoredCandidate, plan: Plan, body: Buffer): void {
+    try {
+      this.observe(pod, sc, plan, (JSON.parse(body.toString("utf8")) as { usage?: unknown }).usage);
+    } catch {
+      // not JSON: nothing to learn
+    }
+  }
+
+  /**
+   * Look at one SSE event; returns false to drop it (the usage chunk the gateway asked for on
+   * the client's behalf: `injected`).
+   */
+  inspectEvent(ev: string, pod: string, sc: ScoredCandidate, plan: Plan, injected: boolean): boolean {
+    // only the chunk carrying a usage object matters ("usage":null rides on every other chunk)
+    if (!ev.includes('"usage":{') && !ev.includes('"usage": {')) return true;
+    const data = eventData(ev);
+    if (data === null || data === "[DONE]") return true;
+    let obj: { usage?: unknown; choices?: unknown };
+    try {
+      obj = JSON.parse(data);
+    } catch {
+      return true;
+    }
+    if (obj.usage === null || typeof obj.usage !== "object") return true;
+    const final = Array.isArray(obj.choices) && obj.choices.length === 0;
+    if (final) this.observe(pod, sc, plan, obj.usage);
+    return !(injected && final);
+  }
+
+  private observe(pod: string, sc: ScoredCandidate, plan: Plan, usage: unknown): void {
+    if (usage === null || typeof usage !== "object") return;
+    const u = usage as {
+      prompt_tokens?: unknown;
+      prompt_tokens_details?: { cached_tokens?: unknown } | null;
+    };
+    const cached = u.prompt_tokens_details?.cached_tokens;
+    if (typeof cached !== "number" || !plan.tokenized) return;
+    const promptTokens = typeof u.prompt_tokens === "number" ? u.prompt_tokens : plan.route.tokenIds.length;
+    const err = this.feedback.observe(
+      pod,
+      sc.matchedTokens,
+      cached,
+      promptTokens,
+      this.policy === "kv-aware",
+    );
+    this.metrics.predictionErrorTokens.observe({ policy: this.policy }, Math.abs(err));
+  }
+}
