@@ -30,6 +30,14 @@
  * index grows (no event-loop stall at 10M entries, and the process's external memory grows by
  * the index's own size only, which keeps V8 from starting full GCs for allocations it made and
  * dropped). Record x of a kind: page x >>> pageBits, offset (x & pageMask) * stride.
+ *
+ * Why one file over the ~500-line rule: everything below is one data structure. Apply (store,
+ * remove, evict) and match walk the same typed-array pages, hash tables and claim vectors, and
+ * every helper keeps an invariant of the others (a slot's fingerprint, a block's claim class, a
+ * stream's LRU links). Split across modules, the raw arrays and their counters would become
+ * shared mutable state with no single owner, passed into every helper on the hot paths. The rules
+ * (what an event means) are already apart in rules.ts and chain-hash.ts; what is left here is
+ * layout and speed.
  */
 import { hashFromInt64NegParts, hashFromUint64Parts } from "../protocol/hash.ts";
 import type { BlockRemoved, BlockStored, EventBatch, HashKey } from "../protocol/types.ts";

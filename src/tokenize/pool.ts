@@ -2,15 +2,18 @@
  * TokenizerPool: a Tokenizer that keeps long encodes off the event loop.
  *
  * Chat rendering, segment splitting and the segment cache stay on the calling thread; only the
- * text that is not cached is encoded, inline when it is short (≤ `inlineMaxChars`), else in a
- * `worker_threads` worker that loads the same tokenizer.json. Workers start lazily, a job waits
+ * text that is not cached is encoded, inline when it is short (≤ `inlineMaxChars`), else on a
+ * piscina worker thread that loads the same tokenizer.json. Workers start lazily, a job waits
  * in a bounded queue when all workers are busy; when the queue is full the job is encoded inline
- * (`onFull: "inline"`, default) or rejected with a TokenizerError "overloaded".
+ * (`onFull: "inline"`, default) or rejected with a TokenizerError "overloaded". Piscina runs the
+ * threads (start, task hand-off, transfer, replacing a thread that dies); this class decides
+ * what goes to them and what happens while none has loaded the tokenizer.
  * Rendering is not free: ~60 µs for a 1k-token two-message Qwen3 chat, about a fifth of the
  * gateway's CPU per request in bench:gateway; rendering in the workers too is the next lever for
  * the gateway's overhead.
  */
-import { Worker } from "node:worker_threads";
+import { fileURLToPath } from "node:url";
+import { Piscina } from "piscina";
 import type { Registry } from "prom-client";
 import { createLogger, type Logger } from "../util/log.ts";
 import { TokenizerError, type TokenizerErrorCode } from "./errors.ts";
@@ -46,47 +49,31 @@ export interface TokenizerPoolStats {
   workersDisabled: boolean;
 }
 
-interface Job {
-  req: WorkerRequest;
-  resolve: (ids: Uint32Array[]) => void;
-  reject: (e: Error) => void;
-}
-
-interface Slot {
-  worker: Worker;
-  job: Job | null;
-  /** the worker has loaded the tokenizer (answered its warm-up job) */
+/** one piscina pool and whether its threads have loaded the tokenizer */
+interface Workers {
+  pool: Piscina;
+  /** a warm-up task has answered since the pool started or last lost a thread */
   ready: boolean;
   warmed: Promise<void>;
+  /** destroyed by this class (close, load failure, given up): its rejections are not failures */
+  gone: boolean;
 }
 
 /** consecutive worker failures (without a success in between) after which workers are given up */
 const MAX_CONSECUTIVE_FAILURES = 3;
 
-/**
- * Worker bootstrap for running from .ts sources: on Node 20 `execArgv: ["--import", "tsx"]` does not
- * get tsx's loader hooks in place before a worker's entry module loads, so the worker registers tsx
- * itself and then imports worker.ts. From the built dist/ the .js worker is started directly.
- */
-const TS_BOOTSTRAP = `
-const { workerData } = require("node:worker_threads");
-import(workerData.tsxApi)
-  .then((m) => { m.register(); return import(workerData.entry); })
-  .catch((e) => { setImmediate(() => { throw e; }); });
-`;
+const WORKER_FILE = fileURLToPath(
+  new URL(import.meta.url.endsWith(".ts") ? "./worker.ts" : "./worker.js", import.meta.url),
+);
 
-function startWorker(): Worker {
-  if (import.meta.url.endsWith(".ts")) {
-    return new Worker(TS_BOOTSTRAP, {
-      eval: true,
-      workerData: {
-        tsxApi: import.meta.resolve("tsx/esm/api"),
-        entry: new URL("./worker.ts", import.meta.url).href,
-      },
-    });
-  }
-  return new Worker(new URL("./worker.js", import.meta.url));
-}
+/**
+ * Running from .ts sources, the threads load worker.ts through tsx and nothing else: on Node 20 a
+ * worker's second `--import` of a .ts file (a test's setup) runs before tsx's hooks are in place.
+ * From the built dist/, the threads get the process's own flags (piscina's default).
+ */
+const WORKER_EXEC_ARGV = import.meta.url.endsWith(".ts")
+  ? ["--import", import.meta.resolve("tsx")]
+  : undefined;
 
 export class TokenizerPool implements Tokenizer {
   readonly base: HfTokenizer;
@@ -94,9 +81,9 @@ export class TokenizerPool implements Tokenizer {
   private readonly maxQueue: number;
   private readonly inlineMaxChars: number;
   private readonly onFull: "inline" | "reject";
-  private readonly slots: Slot[] = [];
-  private readonly queue: Job[] = [];
-  private nextId = 1;
+  private workers: Workers | null = null;
+  /** offloaded jobs not yet answered: running (up to size) and queued */
+  private inFlight = 0;
   private closed = false;
   private readonly metrics: TokenizerMetrics | null;
   private readonly log: Logger;
@@ -136,7 +123,7 @@ export class TokenizerPool implements Tokenizer {
   }
 
   /**
-   * Start all workers and wait until each has loaded the tokenizer. Optional: workers also start
+   * Start all workers and wait until they have loaded the tokenizer. Optional: workers also start
    * on the first long encode, which is done inline while they load.
    */
   async warm(): Promise<void> {
@@ -144,8 +131,7 @@ export class TokenizerPool implements Tokenizer {
     if (this.workersDisabled) {
       throw new TokenizerError("internal", "tokenizer workers were given up after repeated failures");
     }
-    this.ensureWorkers();
-    await Promise.all(this.slots.map((s) => s.warmed));
+    await this.ensureWorkers().warmed;
   }
 
   async encodePrompt(prompt: string, addSpecialTokens = true): Promise<number[]> {
@@ -168,8 +154,8 @@ export class TokenizerPool implements Tokenizer {
   stats(): TokenizerPoolStats {
     return {
       ...this.counters,
-      queued: this.queue.length,
-      workers: this.slots.length,
+      queued: Math.max(0, this.inFlight - this.size),
+      workers: this.workers?.pool.threads.length ?? 0,
       workersDisabled: this.workersDisabled,
     };
   }
@@ -177,14 +163,7 @@ export class TokenizerPool implements Tokenizer {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    const err = new TokenizerError("closed", "tokenizer pool closed");
-    for (const job of this.queue.splice(0)) job.reject(err);
-    const slots = this.slots.splice(0);
-    for (const s of slots) {
-      s.job?.reject(err);
-      s.job = null;
-    }
-    await Promise.all(slots.map((s) => s.worker.terminate()));
+    await this.dropWorkers();
   }
 
   private assertOpen(): void {
@@ -229,14 +208,13 @@ export class TokenizerPool implements Tokenizer {
    * workers were given up; when the queue is full: inline or reject (`onFull`).
    */
   private async offload(texts: string[], addSpecialTokens: boolean): Promise<Uint32Array[]> {
-    if (this.workersDisabled || !this.slots.some((s) => s.ready)) {
-      this.ensureWorkers();
+    const w = this.workersDisabled ? null : this.ensureWorkers();
+    if (w === null || !w.ready) {
       this.counters.coldInline++;
       this.count("inline");
       return this.encodeInline(texts, addSpecialTokens);
     }
-    const idle = this.slots.some((s) => s.ready && s.job === null);
-    if (!idle && this.queue.length >= this.maxQueue) {
+    if (this.inFlight >= this.size + this.maxQueue) {
       if (this.onFull === "reject") {
         this.counters.rejected++;
         this.count("rejected");
@@ -248,120 +226,111 @@ export class TokenizerPool implements Tokenizer {
     }
     this.counters.offloaded++;
     this.count("worker");
-    return this.submit({ id: 0, dir: this.base.dir, texts, addSpecialTokens });
-  }
-
-  private submit(req: WorkerRequest): Promise<Uint32Array[]> {
-    return new Promise<Uint32Array[]>((resolve, reject) => {
-      req.id = this.nextId++;
-      this.queue.push({ req, resolve, reject });
-      this.pump();
-      this.metrics?.queueDepth.set({ model: this.base.model }, this.queue.length);
-    });
-  }
-
-  private ensureWorkers(): void {
-    while (!this.closed && !this.workersDisabled && this.slots.length < this.size) this.spawn();
-  }
-
-  private spawn(): Slot {
-    const worker = startWorker();
-    worker.unref();
-    let markReady!: () => void;
-    let markFailed!: (e: Error) => void;
-    const warmed = new Promise<void>((res, rej) => {
-      markReady = res;
-      markFailed = rej;
-    });
-    warmed.catch(() => {}); // observed via warm() when someone waits
-    const slot: Slot = { worker, job: null, ready: false, warmed };
-    // first job: load the tokenizer in the worker
-    slot.job = {
-      req: { id: this.nextId++, dir: this.base.dir, warm: true },
-      resolve: () => {
-        slot.ready = true;
-        markReady();
-      },
-      reject: markFailed,
-    };
-    worker.postMessage(slot.job.req);
-    const fail = (e: Error) => {
-      const i = this.slots.indexOf(slot);
-      if (i === -1) return; // already removed (close or earlier failure)
-      this.slots.splice(i, 1);
-      this.counters.workerFailures++;
-      this.consecutiveFailures++;
-      this.metrics?.workerFailures.inc({ model: this.base.model });
-      this.log.warn(
-        {
-          event: "tokenize.worker_failed",
-          model: this.base.model,
-          err: e.message,
-          inFlight: slot.job !== null,
-        },
-        "tokenizer worker failed; it is replaced on the next long encode",
-      );
-      const err = new TokenizerError("internal", `tokenizer worker failed: ${e.message}`, { cause: e });
-      const job = slot.job;
-      slot.job = null;
-      markFailed(err);
-      job?.reject(err);
-      void worker.terminate();
-      if (this.consecutiveFailures >= MAX_CONSECUTIVE_FAILURES && !this.workersDisabled) {
-        this.workersDisabled = true;
-        this.log.error(
-          { event: "tokenize.workers_disabled", model: this.base.model, failures: this.consecutiveFailures },
-          "tokenizer workers keep failing; encoding inline from now on",
-        );
-        const queued = this.queue.splice(0);
-        for (const q of queued)
-          q.resolve(this.encodeInline(q.req.texts ?? [], q.req.addSpecialTokens === true));
+    this.inFlight++;
+    this.setQueueDepth();
+    try {
+      const res = await this.run(w, { dir: this.base.dir, texts, addSpecialTokens });
+      if ("error" in res) throw new TokenizerError(res.error.code as TokenizerErrorCode, res.error.message);
+      return res.ids;
+    } catch (e) {
+      // the pool went away under the job because workers were given up: the job still gets its ids
+      if (e instanceof GoneError && this.workersDisabled && !this.closed) {
+        return this.encodeInline(texts, addSpecialTokens);
       }
-      this.pump();
-    };
-    worker.on("message", (m: WorkerResponse) => {
-      const job = slot.job;
-      if (job === null || job.req.id !== m.id) return;
-      if ("error" in m && job.req.warm) {
-        // could not even load the tokenizer: a failed worker
-        fail(new Error(`loading the tokenizer failed: ${m.error.message}`));
-        return;
-      }
-      slot.job = null;
-      worker.unref();
-      if ("error" in m) {
-        job.reject(new TokenizerError(m.error.code as TokenizerErrorCode, m.error.message));
-      } else {
-        this.consecutiveFailures = 0;
-        job.resolve(m.ids);
-      }
-      this.pump();
-    });
-    worker.on("error", fail);
-    worker.on("exit", (code) => fail(new Error(`worker exited with code ${code}`)));
-    this.slots.push(slot);
-    return slot;
-  }
-
-  private pump(): void {
-    if (this.closed) return;
-    while (this.queue.length > 0) {
-      const slot = this.slots.find((s) => s.ready && s.job === null);
-      if (slot === undefined) {
-        // nobody can take it now: make sure replacements are coming (they pump when ready)
-        this.ensureWorkers();
-        if (this.workersDisabled) {
-          for (const q of this.queue.splice(0)) {
-            q.resolve(this.encodeInline(q.req.texts ?? [], q.req.addSpecialTokens === true));
-          }
-        }
-        break;
-      }
-      const job = this.queue.shift()!;
-      slot.job = job;
-      slot.worker.ref();
-      slot.worker.postMessage(job.req);
+      throw e;
+    } finally {
+      this.inFlight--;
+      this.setQueueDepth();
     }
-    this.metrics?.queueDepth.set({ model: this.base.model }, this.queue.length);
+  }
+
+  private setQueueDepth(): void {
+    this.metrics?.queueDepth.set({ model: this.base.model }, Math.max(0, this.inFlight - this.size));
+  }
+
+  /** one task on `w`: a rejection is a thread failure, counted here, unless the pool was dropped */
+  private async run(w: Workers, task: WorkerRequest): Promise<WorkerResponse> {
+    try {
+      const res = (await w.pool.run(task)) as WorkerResponse;
+      if (!("error" in res) || !task.warm) this.consecutiveFailures = 0;
+      return res;
+    } catch (e) {
+      if (this.closed) throw new TokenizerError("closed", "tokenizer pool closed");
+      if (w.gone) throw new GoneError();
+      const err = new TokenizerError("internal", `tokenizer worker failed: ${(e as Error).message}`, {
+        cause: e,
+      });
+      this.workerFailed(w, err, true);
+      throw err;
+    }
+  }
+
+  /** the current pool, started (with its warm-up) if there is none */
+  private ensureWorkers(): Workers {
+    if (this.workers !== null) return this.workers;
+    const pool = new Piscina({
+      filename: WORKER_FILE,
+      minThreads: this.size,
+      maxThreads: this.size,
+      idleTimeout: Number.POSITIVE_INFINITY,
+      execArgv: WORKER_EXEC_ARGV,
+    });
+    const w: Workers = { pool, ready: false, warmed: Promise.resolve(), gone: false };
+    this.workers = w;
+    this.warmUp(w);
+    return w;
+  }
+
+  /** one warm-up task per thread: the pool is ready once they have loaded the tokenizer */
+  private warmUp(w: Workers): void {
+    w.ready = false;
+    const tasks = Array.from({ length: this.size }, () => this.run(w, { dir: this.base.dir, warm: true }));
+    w.warmed = Promise.all(tasks).then((answers) => {
+      const failed = answers.find((a) => "error" in a);
+      if (failed !== undefined && "error" in failed) {
+        // could not even load the tokenizer: a failed worker, replaced on the next long encode
+        const err = new TokenizerError("internal", `loading the tokenizer failed: ${failed.error.message}`);
+        this.workerFailed(w, err, false);
+        throw err;
+      }
+      if (!w.gone) w.ready = true;
+    });
+    w.warmed.catch(() => {}); // observed via warm() when someone waits
+  }
+
+  private workerFailed(w: Workers, err: Error, threadDied: boolean): void {
+    if (w.gone) return;
+    this.counters.workerFailures++;
+    this.consecutiveFailures++;
+    this.metrics?.workerFailures.inc({ model: this.base.model });
+    this.log.warn(
+      { event: "tokenize.worker_failed", model: this.base.model, err: err.message },
+      "tokenizer worker failed; it is replaced on the next long encode",
+    );
+    if (this.consecutiveFailures >= MAX_CONSECUTIVE_FAILURES) {
+      this.workersDisabled = true;
+      this.log.error(
+        { event: "tokenize.workers_disabled", model: this.base.model, failures: this.consecutiveFailures },
+        "tokenizer workers keep failing; encoding inline from now on",
+      );
+      void this.dropWorkers();
+    } else if (threadDied) {
+      // piscina has started a replacement thread: long encodes are inline until it has loaded
+      this.warmUp(w);
+    } else {
+      void this.dropWorkers();
+    }
+  }
+
+  private async dropWorkers(): Promise<void> {
+    const w = this.workers;
+    if (w === null) return;
+    this.workers = null;
+    w.gone = true;
+    w.ready = false;
+    await w.pool.destroy();
   }
 }
+
+/** a job's pool was destroyed by this class while the job waited or ran */
+class GoneError extends Error {}

@@ -122,8 +122,10 @@ describe("TokenizerPool", () => {
       (e: unknown) => e,
     );
     // kill the worker under the in-flight job
-    const slots = (p as unknown as { slots: Array<{ worker: { terminate(): Promise<number> } }> }).slots;
-    await slots[0].worker.terminate();
+    const { pool: threads } = (
+      p as unknown as { workers: { pool: { threads: Array<{ terminate(): Promise<number> }> } } }
+    ).workers;
+    await threads.threads[0].terminate();
     const err = await settled;
     assert.ok(err instanceof TokenizerError && err.code === "internal", String(err));
     assert.equal(p.stats().workerFailures, 1);

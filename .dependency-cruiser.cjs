@@ -1,0 +1,102 @@
+/**
+ * The architecture rule of src/, checked by `npm run lint:arch` (part of `npm test`).
+ *
+ * src/ is layered by folder. A module may import its own folder and the folders of lower layers,
+ * never a higher one, so a change low in the stack (the wire format, the index) never has to know
+ * about the HTTP side. A new folder under src/ fails this check until it is given a layer below.
+ *
+ * Type-only imports count: a type pulled from a higher layer couples the layers just as much.
+ */
+
+/** lowest first; within a layer, folders do not import each other unless the layer says so */
+const LAYERS = [
+  { folders: ["util"] },
+  { folders: ["protocol"] },
+  { folders: ["index", "tokenize", "discovery"] },
+  { folders: ["events", "routing"] },
+  // the gateway and the admin API both serve a fleet: they may share code, without cycles
+  { folders: ["gateway", "admin", "fleet"], siblings: true },
+  // the mock engine: a separate program that shares the wire format and the tokenizer
+  { folders: ["engine"] },
+  // programs that drive the stack: the demo (mock engines + gateway), the evaluator (index + routing)
+  { folders: ["demo", "eval"] },
+  { folders: ["commands"] },
+];
+
+const known = LAYERS.flatMap((l) => l.folders);
+const any = (folders) => `^src/(${folders.join("|")})/`;
+
+const layerRules = LAYERS.flatMap((layer, i) => {
+  const higher = LAYERS.slice(i + 1).flatMap((l) => l.folders);
+  return layer.folders.map((folder) => {
+    const forbiddenTo = [...higher, ...(layer.siblings ? [] : layer.folders.filter((f) => f !== folder))];
+    return {
+      name: `layer-${folder}`,
+      comment: `src/${folder}/ may import only its own folder and lower layers (.dependency-cruiser.cjs LAYERS)`,
+      severity: "error",
+      from: { path: `^src/${folder}/` },
+      to: { path: forbiddenTo.length > 0 ? any(forbiddenTo) : "^$" },
+    };
+  });
+});
+
+module.exports = {
+  forbidden: [
+    ...layerRules,
+    {
+      name: "engine-stands-apart",
+      comment: "the mock engine does not import the router side: it stands in for vLLM",
+      severity: "error",
+      from: { path: "^src/engine/" },
+      to: { path: any(["index", "discovery", "events", "routing"]) },
+    },
+    {
+      name: "unlayered-folder",
+      comment: "every folder of src/ has a layer: add it to LAYERS in .dependency-cruiser.cjs",
+      severity: "error",
+      from: { path: "^src/[^/]+/", pathNot: any(known) },
+      to: {},
+    },
+    {
+      name: "cli-on-top",
+      comment: "only src/cli.ts sits above src/commands/; nothing imports it",
+      severity: "error",
+      from: {},
+      to: { path: "^src/cli\\.ts$" },
+    },
+    {
+      name: "no-circular",
+      comment: "no import cycles, within a folder or across",
+      severity: "error",
+      from: { path: "^src/" },
+      to: { circular: true },
+    },
+    {
+      name: "not-to-test-or-bench",
+      comment: "src/ is shipped: it imports nothing from test/ or bench/",
+      severity: "error",
+      from: { path: "^src/" },
+      to: { path: "^(test|bench)/" },
+    },
+    {
+      name: "not-to-dev-dep",
+      comment: "src/ is shipped without devDependencies (npm prune --omit=dev in the image)",
+      severity: "error",
+      from: { path: "^src/" },
+      to: { dependencyTypes: ["npm-dev"], dependencyTypesNot: ["type-only"] },
+    },
+    {
+      name: "not-to-unresolvable",
+      comment: "every import resolves",
+      severity: "error",
+      from: { path: "^src/" },
+      to: { couldNotResolve: true },
+    },
+  ],
+  options: {
+    doNotFollow: { path: "node_modules" },
+    tsPreCompilationDeps: true,
+    tsConfig: { fileName: "tsconfig.json" },
+    enhancedResolveOptions: { exportsFields: ["exports"], conditionNames: ["import", "require", "node", "default"] },
+  },
+};
