@@ -48,8 +48,18 @@ describe("chaos: network", { timeout: scaled(600_000) }, () => {
         fault: experimentFault(new Partition(net), [pod]),
         holdMs: scaled(10_000),
         targetMs: 2_000,
-        events: ["subscriber.state[state=down|connecting]", "gateway.pod_unhealthy"],
-        metrics: ["kvsync_gateway_pod_ejections_total"],
+        events: [
+          "subscriber.stalled",
+          "subscriber.state[state=down|connecting]",
+          "gateway.pod_unhealthy",
+          "subscriber.reconnected",
+          "gateway.pod_healthy",
+        ],
+        metrics: [
+          "kvsync_subscriber_stalls_total",
+          "kvsync_subscriber_reconnects_total",
+          "kvsync_gateway_pod_ejections_total",
+        ],
         unroutableAfterMs: 5_000,
       }),
     );

@@ -28,8 +28,13 @@ describe("chaos: pod", { timeout: scaled(600_000) }, () => {
         fault: podKill(ctx.cluster(), victim),
         holdMs: scaled(10_000),
         targetMs: 5_000,
-        events: ["subscriber.disconnected", "subscriber.restart"],
-        metrics: ["kvsync_subscriber_restarts_total"],
+        events: [
+          "subscriber.disconnected",
+          "gateway.pod_unhealthy",
+          "subscriber.restart",
+          "gateway.pod_healthy",
+        ],
+        metrics: ["kvsync_subscriber_restarts_total", "kvsync_gateway_pod_ejections_total"],
       }),
     );
   });
@@ -60,8 +65,13 @@ describe("chaos: pod", { timeout: scaled(600_000) }, () => {
         fault: podFailure([pods[0], pods[3]]),
         holdMs: scaled(12_000),
         targetMs: 5_000,
-        events: ["gateway.pod_unhealthy", "gateway.pod_healthy"],
-        metrics: ["kvsync_gateway_pod_ejections_total"],
+        events: [
+          "subscriber.stalled",
+          "gateway.pod_unhealthy",
+          "subscriber.reconnected",
+          "gateway.pod_healthy",
+        ],
+        metrics: ["kvsync_subscriber_stalls_total", "kvsync_gateway_pod_ejections_total"],
         unroutableAfterMs: 5_000,
       }),
     );

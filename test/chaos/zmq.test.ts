@@ -45,8 +45,18 @@ describe("chaos: zmq", { timeout: scaled(600_000) }, () => {
         }),
         holdMs: scaled(10_000),
         targetMs: 2_000,
-        events: ["subscriber.state[state=down|connecting]", "subscriber.replay"],
-        metrics: ["kvsync_subscriber_replays_total"],
+        events: [
+          "subscriber.stalled",
+          "subscriber.state[state=down|connecting]",
+          "subscriber.reconnected",
+          "subscriber.gap",
+          "subscriber.replay",
+        ],
+        metrics: [
+          "kvsync_subscriber_stalls_total",
+          "kvsync_subscriber_gaps_total",
+          "kvsync_subscriber_replays_total",
+        ],
       }),
     );
   });
@@ -62,8 +72,17 @@ describe("chaos: zmq", { timeout: scaled(600_000) }, () => {
         fault: experimentFault(new RelayCorruption(sidecar), [pod], { servesHttp: true }),
         holdMs: scaled(10_000),
         targetMs: 5_000,
-        events: ["subscriber.decode_error"],
-        metrics: ["kvsync_subscriber_decode_errors_total"],
+        events: [
+          "subscriber.decode_error",
+          "subscriber.suspect",
+          "subscriber.state[state=suspect]",
+          "subscriber.rebuild",
+        ],
+        metrics: [
+          "kvsync_subscriber_decode_errors_total",
+          "kvsync_subscriber_suspects_total",
+          "kvsync_subscriber_rebuilds_total",
+        ],
       }),
     );
   });

@@ -211,7 +211,11 @@ export async function runExperiment(ctx: ChaosContext, spec: ExperimentSpec): Pr
   let lastIndex = "never compared";
   while (Date.now() < deadline + WINDOW_MS && (indexRecoveryMs === null || perfRecoveryMs === null)) {
     if (indexRecoveryMs === null && Date.now() < deadline) {
-      const r = await looseCompare(gw(), pods()).catch((e: Error) => `compare failed: ${e.message}`);
+      // recovered = the index matches the engines AND every stream is live again: a `suspect`
+      // (or down, replaying) stream's entries do not count for routing even when they match
+      const r = await streamsLive(gw(), pods())
+        .then((live) => (live === true ? looseCompare(gw(), pods()) : live))
+        .catch((e: Error) => `compare failed: ${e.message}`);
       if (r === true) indexRecoveryMs = Date.now() - faultEnd;
       else lastIndex = r;
     }
@@ -326,6 +330,15 @@ export async function runExperiment(ctx: ChaosContext, spec: ExperimentSpec): Pr
   // the next experiment starts from a full load again
   load.records.length = 0;
   return result;
+}
+
+/** Every pod's stream `live` at the gateway, or which are not (suspect, down, replaying...). */
+async function streamsLive(gw: GatewayProcess, pods: Pod[]): Promise<true | string> {
+  const listed = new Map((await gw.pods()).map((p) => [p.name, p.state]));
+  const not = pods.filter((p) => listed.get(p.name) !== "live");
+  return not.length === 0
+    ? true
+    : `not live: ${not.map((p) => `${p.name}=${listed.get(p.name) ?? "absent"}`).join(", ")}`;
 }
 
 /** Start of the first rolling window after `from` at >= 90 % of the baseline on both figures. */
