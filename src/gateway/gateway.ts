@@ -9,6 +9,7 @@ import { createIndex, type SyncIndexOptions } from "../index/index.ts";
 import type { PrefixIndex } from "../index/types.ts";
 import { TokenizerRegistry } from "../tokenize/registry.ts";
 import { createLogger, type Logger } from "../util/log.ts";
+import { type ProcessWatchOptions, startProcessWatch } from "../util/process-watch.ts";
 import { createAdminHandler } from "./admin.ts";
 import { GatewayError, sendError } from "./errors.ts";
 import {
@@ -42,6 +43,10 @@ export interface StartGatewayOptions
   topic?: string;
   /** options for every subscriber (e.g. replayTimeoutMs) */
   subscriber?: SubscriberManagerOptions["subscriber"];
+  /** event lag and clock skew thresholds of the streams */
+  lag?: SubscriberManagerOptions["lag"];
+  /** watch the process's event-loop delay and wall clock (the command turns it on) */
+  processWatch?: ProcessWatchOptions | false;
   /**
    * Tokenizers: `--tokenizer` specs (the default model's bundled tokenizer is always included),
    * a TokenizerRegistry, a lookup function, or false (route by load only).
@@ -93,6 +98,10 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
     }
   };
   try {
+    if (opts.processWatch) {
+      const pw = startProcessWatch(registry, log, opts.processWatch);
+      cleanups.push(() => pw.stop());
+    }
     // subscribers follow the pod set; only live streams' cache counts
     let subscribers: SubscriberManager | null = null;
     if (opts.subscribe ?? true) {
@@ -102,6 +111,7 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
         log,
         topic: opts.topic,
         subscriber: opts.subscriber,
+        lag: opts.lag,
       });
       subscribers = subs;
       cleanups.push(() => subs.close());
