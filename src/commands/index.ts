@@ -25,7 +25,13 @@ import type { PrefixIndex } from "../index/types.ts";
 import { TokenizerRegistry } from "../tokenize/registry.ts";
 import { collect, opt, parseIntArg } from "../util/cli-options.ts";
 import { createLogger, type Logger } from "../util/log.ts";
-import { addStreamHealthOptions, streamHealthFrom } from "./stream-options.ts";
+import { type ProcessWatchOptions, startProcessWatch } from "../util/process-watch.ts";
+import {
+  addSignalOptions,
+  addStreamHealthOptions,
+  signalOptionsFrom,
+  streamHealthFrom,
+} from "./stream-options.ts";
 
 export interface IndexServiceOptions {
   /** a discovery source, or options for one (`engines` = the engines file) */
@@ -35,6 +41,9 @@ export interface IndexServiceOptions {
   adminPort?: number;
   index?: SyncIndexOptions;
   subscriber?: SubscriberManagerOptions["subscriber"];
+  lag?: SubscriberManagerOptions["lag"];
+  /** watch the process's event-loop delay and wall clock */
+  processWatch?: ProcessWatchOptions | false;
   topic?: string;
   /** `--tokenizer` specs (the default model's bundled tokenizer is always there), or false */
   tokenizers?: string[] | false;
@@ -64,7 +73,9 @@ export async function startIndexService(opts: IndexServiceOptions): Promise<Inde
     log,
     topic: opts.topic,
     subscriber: opts.subscriber,
+    lag: opts.lag,
   });
+  const processWatch = opts.processWatch ? startProcessWatch(registry, log, opts.processWatch) : null;
   const pods = new PodSet();
   pods.onChange((all) => manager.setPods([...all.values()]));
   const tokenizers =
@@ -96,6 +107,7 @@ export async function startIndexService(opts: IndexServiceOptions): Promise<Inde
       server.closeAllConnections();
     });
     await source.stop();
+    processWatch?.stop();
     await manager.close();
     await tokenizers?.close();
   };
@@ -153,6 +165,7 @@ export function register(program: Command): void {
     .description("run the sync prefix index: subscribe to every engine's KV events, serve the admin API");
   addDiscoveryOptions(cmd);
   addStreamHealthOptions(cmd);
+  addSignalOptions(cmd);
   cmd
     .addOption(
       opt("--admin-port <port>", "admin API port (0 = ephemeral)", "KVSYNC_ADMIN_PORT", 8081).argParser(port),
@@ -212,6 +225,7 @@ export function register(program: Command): void {
           initialCapacity: o.indexInitialEntries as number | undefined,
         },
         subscriber: { replayTimeoutMs: o.replayTimeoutMs as number, ...streamHealthFrom(o) },
+        ...signalOptionsFrom(o),
         tokenizers: Array.isArray(tok) ? tok : typeof tok === "string" ? [tok] : [],
         defaultBlockSize: o.blockSize as number,
         log,
