@@ -76,8 +76,8 @@ describe("chaos: network", { timeout: scaled(600_000) }, () => {
         fault: experimentFault(new PacketLoss(net, { hostIp: c.net.hostIp, logDir: c.logDir }), [pod]),
         holdMs: scaled(10_000),
         targetMs: 5_000,
-        events: [],
-        metrics: [],
+        events: ["subscriber.lag_high"],
+        metrics: ["kvsync_subscriber_lag_high_total"],
       }),
     );
   });
@@ -92,8 +92,8 @@ describe("chaos: network", { timeout: scaled(600_000) }, () => {
         fault: experimentFault(new RelayDelay(relay()), [pod], { servesHttp: true }),
         holdMs: scaled(10_000),
         targetMs: 5_000,
-        events: [],
-        metrics: [],
+        events: ["subscriber.lag_high"],
+        metrics: ["kvsync_subscriber_lag_high_total"],
       }),
     );
   });
@@ -109,8 +109,8 @@ describe("chaos: network", { timeout: scaled(600_000) }, () => {
         fault: experimentFault(new Bandwidth(net, { logDir: c.logDir }), [pod], { servesHttp: true }),
         holdMs: scaled(10_000),
         targetMs: 5_000,
-        events: [],
-        metrics: [],
+        events: ["subscriber.lag_high"],
+        metrics: ["kvsync_subscriber_lag_high_total"],
       }),
     );
   });

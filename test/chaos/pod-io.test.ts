@@ -37,8 +37,9 @@ describe("chaos: pod IO", { timeout: scaled(300_000) }, () => {
         fault: experimentFault(pipe, [], { servesHttp: true }),
         holdMs: scaled(10_000),
         targetMs: 5_000,
-        events: [],
-        metrics: [],
+        // log writes block on the slow pipe: the event loop stalls with them
+        events: ["process.event_loop_blocked"],
+        metrics: ["kvsync_process_event_loop_blocked_total"],
       }),
     );
   });

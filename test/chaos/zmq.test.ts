@@ -98,8 +98,8 @@ describe("chaos: zmq", { timeout: scaled(600_000) }, () => {
         fault: experimentFault(engineSkew, [pod], { servesHttp: true }),
         holdMs: scaled(10_000),
         targetMs: 5_000,
-        events: [],
-        metrics: [],
+        events: ["subscriber.clock_skew"],
+        metrics: ["kvsync_subscriber_clock_skews_total"],
       }),
     );
   });
@@ -114,8 +114,8 @@ describe("chaos: zmq", { timeout: scaled(600_000) }, () => {
         fault: experimentFault(gatewaySkew, [], { servesHttp: true }),
         holdMs: scaled(10_000),
         targetMs: 5_000,
-        events: [],
-        metrics: [],
+        events: ["process.clock_jump"],
+        metrics: ["kvsync_process_clock_jumps_total"],
       }),
     );
   });

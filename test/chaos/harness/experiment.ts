@@ -7,7 +7,7 @@ import type { BlocksDoc } from "../../e2e/harness/truth.ts";
 import { compareAllWithTruth, describeDiff, diffBlocks } from "../../e2e/harness/truth.ts";
 import { scaled, waitFor } from "../../e2e/harness/wait.ts";
 import { ChatLoad, type RequestRecord, windowStats } from "./load.ts";
-import { firstEvents, looseCompare, metricSum } from "./observe.ts";
+import { firstEvents, looseCompare, metricSum, readLog } from "./observe.ts";
 import { type ExperimentResult, printTable, saveResult } from "./results.ts";
 
 /**
@@ -177,9 +177,9 @@ export async function runExperiment(ctx: ChaosContext, spec: ExperimentSpec): Pr
   }).catch((e: Error) => failures.push(`precondition (left by an earlier experiment?): ${e.message}`));
   // warm up, then the baseline
   load.start();
-  await sleep(scaled(3_000));
+  await sleep(scaled(2_000));
   const b0 = Date.now();
-  await sleep(scaled(5_000));
+  await sleep(scaled(4_000));
   const baseline = windowStats(load.records, b0, Date.now());
   if (baseline.ok === 0)
     failures.push(`no successful request in the baseline window: ${sample(load.records)}`);
@@ -322,6 +322,7 @@ export async function runExperiment(ctx: ChaosContext, spec: ExperimentSpec): Pr
     passed: failures.length === 0,
     failures: dedupe(failures),
     holdMs: spec.holdMs,
+    eventsSeen: warningsSeen(ctx.gatewayLog(), faultStart, recovered),
     evidence: spec.fault.evidence ?? null,
     at: new Date(faultStart).toISOString(),
   };
@@ -330,6 +331,14 @@ export async function runExperiment(ctx: ChaosContext, spec: ExperimentSpec): Pr
   // the next experiment starts from a full load again
   load.records.length = 0;
   return result;
+}
+
+/** Warn and error lines of the gateway's log in [from, to), counted by event name. */
+function warningsSeen(file: string, from: number, to: number): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const l of readLog(file, from))
+    if (l.time < to && l.level >= 40) out[l.event ?? "(no event)"] = (out[l.event ?? "(no event)"] ?? 0) + 1;
+  return out;
 }
 
 /** Every pod's stream `live` at the gateway, or which are not (suspect, down, replaying...). */
