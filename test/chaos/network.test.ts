@@ -76,8 +76,10 @@ describe("chaos: network", { timeout: scaled(600_000) }, () => {
         fault: experimentFault(new PacketLoss(net, { hostIp: c.net.hostIp, logDir: c.logDir }), [pod]),
         holdMs: scaled(10_000),
         targetMs: 5_000,
-        events: ["subscriber.lag_high"],
-        metrics: ["kvsync_subscriber_lag_high_total"],
+        // TCP retransmits delay some batches, never a whole 1 s window of them (the lag floor stays
+        // under --lag-warn-ms): no kvsync signal crosses a threshold; judged on degradation and recovery
+        events: [],
+        metrics: [],
       }),
     );
   });
@@ -109,8 +111,10 @@ describe("chaos: network", { timeout: scaled(600_000) }, () => {
         fault: experimentFault(new Bandwidth(net, { logDir: c.logDir }), [pod], { servesHttp: true }),
         holdMs: scaled(10_000),
         targetMs: 5_000,
-        events: ["subscriber.lag_high"],
-        metrics: ["kvsync_subscriber_lag_high_total"],
+        // the event stream and this load's small requests fit in 1 Mbit/s: nothing kvsync can see
+        // changes; judged on degradation and recovery
+        events: [],
+        metrics: [],
       }),
     );
   });

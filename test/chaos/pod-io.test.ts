@@ -37,9 +37,10 @@ describe("chaos: pod IO", { timeout: scaled(300_000) }, () => {
         fault: experimentFault(pipe, [], { servesHttp: true }),
         holdMs: scaled(10_000),
         targetMs: 5_000,
-        // log writes block on the slow pipe: the event loop stalls with them
-        events: ["process.event_loop_blocked"],
-        metrics: ["kvsync_process_event_loop_blocked_total"],
+        // the log's rate fits in what the slowed reader drains: writes rarely block, never for
+        // longer than --event-loop-warn-ms; judged on degradation and recovery
+        events: [],
+        metrics: [],
       }),
     );
   });

@@ -28,13 +28,9 @@ describe("chaos: pod", { timeout: scaled(600_000) }, () => {
         fault: podKill(ctx.cluster(), victim),
         holdMs: scaled(10_000),
         targetMs: 5_000,
-        events: [
-          "subscriber.disconnected",
-          "gateway.pod_unhealthy",
-          "subscriber.restart",
-          "gateway.pod_healthy",
-        ],
-        metrics: ["kvsync_subscriber_restarts_total", "kvsync_gateway_pod_ejections_total"],
+        // the killed Pod turns not ready: discovery takes it out of rotation, not the health probes
+        events: ["subscriber.disconnected", "subscriber.restart"],
+        metrics: ["kvsync_subscriber_restarts_total"],
       }),
     );
   });
@@ -77,8 +73,9 @@ describe("chaos: pod", { timeout: scaled(600_000) }, () => {
     );
   });
 
-  // CPU stress starves the gateway's event loop; memory stress (512 MB of a machine with room
-  // to spare) has no kvsync-visible effect: it is judged on degradation and recovery only
+  // neither stress crosses a kvsync signal's threshold here (CPU: 2 workers at 80 % leave the
+  // gateway's loop and the streams' lag under theirs; memory: 512 MB of a machine with room to
+  // spare): both are judged on degradation and recovery only
   for (const kind of ["cpu", "memory"] as const) {
     it(`${kind} stress next to an engine (${kind === "cpu" ? "2 workers at 80 %" : "512 MB"})`, async () => {
       const c = ctx.cluster();
@@ -95,8 +92,10 @@ describe("chaos: pod", { timeout: scaled(600_000) }, () => {
           fault: experimentFault(kind === "cpu" ? Stress.cpu(o) : Stress.memory(o), [], { servesHttp: true }),
           holdMs: scaled(10_000),
           targetMs: 5_000,
-          events: kind === "cpu" ? ["process.event_loop_blocked"] : [],
-          metrics: kind === "cpu" ? ["kvsync_process_event_loop_blocked_total"] : [],
+          // measured: neither the event loop (< --event-loop-warn-ms) nor the lag floor crosses
+          // its threshold under this stress; judged on degradation and recovery
+          events: [],
+          metrics: [],
         }),
       );
     });

@@ -49,14 +49,11 @@ describe("chaos: zmq", { timeout: scaled(600_000) }, () => {
           "subscriber.stalled",
           "subscriber.state[state=down|connecting]",
           "subscriber.reconnected",
-          "subscriber.gap",
+          // reconnected, the stream asks the engine for what it missed at once (no gap event:
+          // it does not wait for the next live batch to show one)
           "subscriber.replay",
         ],
-        metrics: [
-          "kvsync_subscriber_stalls_total",
-          "kvsync_subscriber_gaps_total",
-          "kvsync_subscriber_replays_total",
-        ],
+        metrics: ["kvsync_subscriber_stalls_total", "kvsync_subscriber_replays_total"],
       }),
     );
   });

@@ -177,7 +177,19 @@ export async function runExperiment(ctx: ChaosContext, spec: ExperimentSpec): Pr
   }).catch((e: Error) => failures.push(`precondition (left by an earlier experiment?): ${e.message}`));
   // warm up, then the baseline
   load.start();
-  await sleep(scaled(2_000));
+  // the first experiment of a file meets a cold gateway (tokenizer workers, connections): the
+  // warm-up lasts until requests complete, so the baseline is not taken on a cold start
+  const w0 = Date.now();
+  await waitFor(
+    "warm-up requests complete",
+    () => load.records.filter((r) => r.status === 200).length >= 20 || "not yet",
+    {
+      timeoutMs: scaled(30_000),
+      intervalMs: 100,
+    },
+  ).catch((e: Error) => failures.push(`warm-up: ${e.message}`));
+  const warmLeft = w0 + scaled(2_000) - Date.now();
+  if (warmLeft > 0) await sleep(warmLeft);
   const b0 = Date.now();
   await sleep(scaled(4_000));
   const baseline = windowStats(load.records, b0, Date.now());
