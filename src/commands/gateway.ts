@@ -8,7 +8,12 @@ import { PREFIX_APPROX_DEFAULTS } from "../routing/prefix-approx.ts";
 import { POLICY_NAMES, type PolicyName } from "../routing/types.ts";
 import { collect, flagOpt, opt, parseChoice, parseFloatArg, parseIntArg } from "../util/cli-options.ts";
 import { createLogger } from "../util/log.ts";
-import { addStreamHealthOptions, streamHealthFrom } from "./stream-options.ts";
+import {
+  addSignalOptions,
+  addStreamHealthOptions,
+  signalOptionsFrom,
+  streamHealthFrom,
+} from "./stream-options.ts";
 
 const parsePolicy = parseChoice(POLICY_NAMES);
 
@@ -74,6 +79,7 @@ export function register(program: Command): void {
     .description("KV-cache-aware OpenAI-compatible gateway in front of vLLM engines");
   addDiscoveryOptions(cmd);
   addStreamHealthOptions(cmd);
+  addSignalOptions(cmd);
   cmd
     .addOption(opt("--host <host>", "OpenAI API bind host", "KVSYNC_HOST", "0.0.0.0"))
     .addOption(opt("--port <n>", "OpenAI API port", "KVSYNC_PORT", 8080).argParser(parseIntArg))
@@ -402,6 +408,7 @@ export function register(program: Command): void {
           },
           topic: o.topic,
           subscriber: { replayTimeoutMs: o.replayTimeoutMs, ...streamHealthFrom(o) },
+          ...signalOptionsFrom(o),
           log,
         });
       } catch (err) {

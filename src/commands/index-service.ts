@@ -22,7 +22,13 @@ import { TokenizerRegistry } from "../tokenize/registry.ts";
 import { collect, opt, parseIntArg } from "../util/cli-options.ts";
 import { closeServer, httpUrl, listen } from "../util/http-server.ts";
 import { createLogger, type Logger } from "../util/log.ts";
-import { addStreamHealthOptions, streamHealthFrom } from "./stream-options.ts";
+import { type ProcessWatchOptions, startProcessWatch } from "../util/process-watch.ts";
+import {
+  addSignalOptions,
+  addStreamHealthOptions,
+  signalOptionsFrom,
+  streamHealthFrom,
+} from "./stream-options.ts";
 
 export interface IndexServiceOptions {
   /** a discovery source, or options for one (`engines` = the engines file) */
@@ -32,6 +38,9 @@ export interface IndexServiceOptions {
   adminPort?: number;
   index?: SyncIndexOptions;
   subscriber?: SubscriberManagerOptions["subscriber"];
+  lag?: SubscriberManagerOptions["lag"];
+  /** watch the process's event-loop delay and wall clock */
+  processWatch?: ProcessWatchOptions | false;
   topic?: string;
   /** `--tokenizer` specs (the default model's bundled tokenizer is always there), or false */
   tokenizers?: string[] | false;
@@ -59,11 +68,13 @@ export async function startIndexService(opts: IndexServiceOptions): Promise<Inde
     indexOptions: opts.index,
     topic: opts.topic,
     subscriber: opts.subscriber,
+    lag: opts.lag,
     registry,
     log,
   });
   const { index, pods } = fleet;
   const manager = fleet.subscribers!;
+  const processWatch = opts.processWatch ? startProcessWatch(registry, log, opts.processWatch) : null;
   const tokenizers =
     opts.tokenizers === false ? undefined : TokenizerRegistry.fromSpecs(opts.tokenizers ?? []);
   let started = false;
@@ -84,6 +95,7 @@ export async function startIndexService(opts: IndexServiceOptions): Promise<Inde
   const cleanup = async () => {
     closing = true;
     await closeServer(server);
+    processWatch?.stop();
     await fleet.close();
     await tokenizers?.close();
   };
@@ -132,6 +144,7 @@ export function register(program: Command): void {
     .description("run the sync prefix index: subscribe to every engine's KV events, serve the admin API");
   addDiscoveryOptions(cmd);
   addStreamHealthOptions(cmd);
+  addSignalOptions(cmd);
   cmd
     .addOption(
       opt("--admin-port <port>", "admin API port (0 = ephemeral)", "KVSYNC_ADMIN_PORT", 8081).argParser(port),
@@ -191,6 +204,7 @@ export function register(program: Command): void {
           initialCapacity: o.indexInitialEntries as number | undefined,
         },
         subscriber: { replayTimeoutMs: o.replayTimeoutMs as number, ...streamHealthFrom(o) },
+        ...signalOptionsFrom(o),
         tokenizers: Array.isArray(tok) ? tok : typeof tok === "string" ? [tok] : [],
         defaultBlockSize: o.blockSize as number,
         log,

@@ -3,8 +3,10 @@
  * ZMTP heartbeats and the reconnect backoff cap of every engine event stream (docs/events.md).
  */
 import { type Command, InvalidArgumentError } from "commander";
+import { LAG_WATCH_DEFAULTS, type LagWatchOptions } from "../events/lag-watch.ts";
 import type { SubscriberOptions } from "../events/subscriber.ts";
 import { opt, parseIntArg } from "../util/cli-options.ts";
+import { PROCESS_WATCH_DEFAULTS, type ProcessWatchOptions } from "../util/process-watch.ts";
 
 export const STREAM_HEALTH_DEFAULTS = {
   heartbeatIntervalMs: 1000,
@@ -61,5 +63,61 @@ export function streamHealthFrom(
     heartbeatIntervalMs: o.heartbeatIntervalMs as number,
     heartbeatTimeoutMs: o.heartbeatTimeoutMs as number,
     reconnectMaxMs: o.reconnectMaxMs as number,
+  };
+}
+
+/**
+ * The degradation signals' thresholds (`kvsync gateway`, `kvsync index`): event lag and clock
+ * skew per stream (events/lag-watch.ts), event-loop delay and wall-clock jumps of the process
+ * (util/process-watch.ts). 0 turns one off.
+ */
+export function addSignalOptions(cmd: Command): Command {
+  const L = LAG_WATCH_DEFAULTS;
+  const P = PROCESS_WATCH_DEFAULTS;
+  return cmd
+    .addOption(
+      opt(
+        "--lag-warn-ms <ms>",
+        "a live stream whose every batch of a 1 s window arrives later than this after the engine stamped it logs subscriber.lag_high",
+        "KVSYNC_LAG_WARN_MS",
+        L.lagWarnMs,
+      ).argParser(nonNegative),
+    )
+    .addOption(
+      opt(
+        "--clock-skew-warn-ms <ms>",
+        "a batch stamped further ahead of the local clock than this logs subscriber.clock_skew",
+        "KVSYNC_CLOCK_SKEW_WARN_MS",
+        L.clockSkewWarnMs,
+      ).argParser(nonNegative),
+    )
+    .addOption(
+      opt(
+        "--event-loop-warn-ms <ms>",
+        "an event-loop delay beyond this logs process.event_loop_blocked",
+        "KVSYNC_EVENT_LOOP_WARN_MS",
+        P.eventLoopWarnMs,
+      ).argParser(nonNegative),
+    )
+    .addOption(
+      opt(
+        "--clock-jump-warn-ms <ms>",
+        "a wall-clock step against the monotonic clock beyond this logs process.clock_jump",
+        "KVSYNC_CLOCK_JUMP_WARN_MS",
+        P.clockJumpWarnMs,
+      ).argParser(nonNegative),
+    );
+}
+
+export function signalOptionsFrom(o: Record<string, unknown>): {
+  lag: LagWatchOptions;
+  processWatch: ProcessWatchOptions;
+} {
+  return {
+    lag: { lagWarnMs: o.lagWarnMs as number, clockSkewWarnMs: o.clockSkewWarnMs as number },
+    processWatch: {
+      eventLoopWarnMs: o.eventLoopWarnMs as number,
+      clockJumpWarnMs: o.clockJumpWarnMs as number,
+    },
   };
 }

@@ -3,6 +3,7 @@ import { InvalidArgumentError } from "commander";
 import type { Registry } from "prom-client";
 import { collect, opt, parseIntArg } from "../util/cli-options.ts";
 import type { Logger } from "../util/log.ts";
+import { DISCOVERY_SLOW_DEFAULT_MS } from "./api-timing.ts";
 import { StaticFileSource } from "./static-file.ts";
 import type { DiscoverySource } from "./types.ts";
 
@@ -28,6 +29,8 @@ export interface DiscoveryOptions {
   debounceMs?: number;
   /** kubernetes source: full relist period (ms), 0 = never */
   resyncMs?: number;
+  /** kubernetes source: an API request slower than this is logged as `discovery.slow` (ms, 0 = off) */
+  slowRequestMs?: number;
   registry?: Registry;
   logger?: Logger;
 }
@@ -51,6 +54,7 @@ export async function createDiscoverySource(opts: DiscoveryOptions): Promise<Dis
       labelSelector: opts.labelSelector ?? DEFAULT_LABEL_SELECTOR,
       kubeconfig: opts.kubeconfig,
       resyncMs: opts.resyncMs,
+      slowRequestMs: opts.slowRequestMs,
       registry: opts.registry,
       logger: opts.logger,
     });
@@ -114,6 +118,14 @@ export function addDiscoveryOptions(cmd: Command): Command {
         "KVSYNC_RESYNC_SECONDS",
         300,
       ).argParser(parseIntArg),
+    )
+    .addOption(
+      opt(
+        "--discovery-slow-ms <ms>",
+        "a Kubernetes list, or a watch's response, slower than this is logged as discovery.slow (0 = off)",
+        "KVSYNC_DISCOVERY_SLOW_MS",
+        DISCOVERY_SLOW_DEFAULT_MS,
+      ).argParser(parseIntArg),
     );
 }
 
@@ -126,5 +138,6 @@ export function discoveryOptionsFrom(o: Record<string, unknown>): DiscoveryOptio
     labelSelector: o.labelSelector as string | undefined,
     kubeconfig: o.kubeconfig as string | undefined,
     resyncMs: typeof o.resyncSeconds === "number" ? o.resyncSeconds * 1000 : undefined,
+    slowRequestMs: typeof o.discoverySlowMs === "number" ? o.discoverySlowMs : undefined,
   };
 }

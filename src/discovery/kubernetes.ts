@@ -13,6 +13,7 @@ import {
 import type { Registry } from "prom-client";
 import { fetch } from "undici";
 import { createLogger, type Logger } from "../util/log.ts";
+import { type ApiTiming, apiTiming } from "./api-timing.ts";
 import { type DiscoveryMetrics, discoveryMetrics } from "./metrics.ts";
 import { samePod } from "./pod-set.ts";
 import type { DiscoveryEvent, DiscoverySource, PodInfo } from "./types.ts";
@@ -169,6 +170,8 @@ export interface KubernetesSourceOptions {
   backoffMaxMs?: number;
   /** how long `start` waits for the first list before resolving degraded. Default 10 s. */
   startTimeoutMs?: number;
+  /** a list, or a watch's response headers, slower than this is logged as `discovery.slow` (ms; 0 = off). Default 1 s. */
+  slowRequestMs?: number;
   registry?: Registry;
   logger?: Logger;
 }
@@ -203,6 +206,7 @@ class InformerWatch extends Watch {
     private readonly t: { timeoutSeconds: number; connectTimeoutMs: number; idleTimeoutMs: number },
     private readonly onActivity: () => void,
     private readonly live: () => boolean,
+    private readonly timing: ApiTiming,
   ) {
     super(config);
   }
@@ -254,12 +258,17 @@ class InformerWatch extends Watch {
       const ctx = new RequestContext(url.toString(), HttpMethod.GET);
       await this.config.applySecurityAuthentication(ctx);
       arm(this.t.connectTimeoutMs, "connect");
+      const t0 = performance.now();
       const res = await fetch(url, {
         method: "GET",
         headers: { ...ctx.getHeaders(), Accept: "application/json" },
         dispatcher: ctx.getDispatcher(),
         signal: controller.signal,
+      }).catch((err: unknown) => {
+        this.timing.record("watch", path, performance.now() - t0, false);
+        throw err;
       });
+      this.timing.record("watch", path, performance.now() - t0, res.status === 200);
       if (res.status !== 200) {
         const text = await res.text().catch(() => "");
         let msg = text.slice(0, 200);
@@ -337,6 +346,7 @@ export class KubernetesSource implements DiscoverySource {
   private readonly scopes: Scope[];
   private readonly log: Logger;
   private readonly metrics: DiscoveryMetrics | null;
+  private readonly timing: ApiTiming;
   private readonly opts: Required<
     Pick<
       KubernetesSourceOptions,
@@ -366,6 +376,7 @@ export class KubernetesSource implements DiscoverySource {
     this.labelSelector = opts.labelSelector ?? DEFAULT_LABEL_SELECTOR;
     this.log = opts.logger ?? createLogger("discovery");
     this.metrics = opts.registry ? discoveryMetrics(opts.registry) : null;
+    this.timing = apiTiming(opts.registry ?? null, this.log, opts.slowRequestMs);
     this.opts = {
       resyncMs: opts.resyncMs ?? 300_000,
       listTimeoutMs: opts.listTimeoutMs ?? 10_000,
@@ -491,6 +502,7 @@ export class KubernetesSource implements DiscoverySource {
         if (live()) this.healthy(s, true);
       },
       live,
+      this.timing,
     );
     const list = async (): Promise<KubernetesListObject<V1Pod>> => {
       const result = await this.list(s);
@@ -525,47 +537,54 @@ export class KubernetesSource implements DiscoverySource {
     let rv = "";
     const signal = AbortSignal.timeout(this.opts.listTimeoutMs);
     let pages = 0;
-    do {
-      const url = new URL(cluster.server.replace(/\/+$/, "") + s.path);
-      url.searchParams.set("labelSelector", this.labelSelector);
-      url.searchParams.set("limit", "500");
-      if (cont) url.searchParams.set("continue", cont);
-      const ctx = new RequestContext(url.toString(), HttpMethod.GET);
-      await this.kc.applySecurityAuthentication(ctx);
-      let res: Awaited<ReturnType<typeof fetch>>;
-      try {
-        res = await fetch(url, {
-          method: "GET",
-          headers: { ...ctx.getHeaders(), Accept: "application/json" },
-          dispatcher: ctx.getDispatcher(),
-          signal,
-        });
-      } catch (err) {
-        if ((err as Error).name === "TimeoutError" || signal.aborted) {
-          throw new Error(`list ${s.path} took longer than ${this.opts.listTimeoutMs} ms`);
+    const t0 = performance.now();
+    let ok = false;
+    try {
+      do {
+        const url = new URL(cluster.server.replace(/\/+$/, "") + s.path);
+        url.searchParams.set("labelSelector", this.labelSelector);
+        url.searchParams.set("limit", "500");
+        if (cont) url.searchParams.set("continue", cont);
+        const ctx = new RequestContext(url.toString(), HttpMethod.GET);
+        await this.kc.applySecurityAuthentication(ctx);
+        let res: Awaited<ReturnType<typeof fetch>>;
+        try {
+          res = await fetch(url, {
+            method: "GET",
+            headers: { ...ctx.getHeaders(), Accept: "application/json" },
+            dispatcher: ctx.getDispatcher(),
+            signal,
+          });
+        } catch (err) {
+          if ((err as Error).name === "TimeoutError" || signal.aborted) {
+            throw new Error(`list ${s.path} took longer than ${this.opts.listTimeoutMs} ms`);
+          }
+          throw new Error(`list ${s.path}: ${(err as Error).message}${causeOf(err)}`);
         }
-        throw new Error(`list ${s.path}: ${(err as Error).message}${causeOf(err)}`);
-      }
-      let body: unknown;
-      try {
-        body = await res.json();
-      } catch (err) {
-        throw new Error(`list ${s.path}: HTTP ${res.status}, unreadable body: ${(err as Error).message}`);
-      }
-      if (res.status !== 200) {
-        const msg = (body as { message?: string })?.message ?? "";
-        const e = new Error(`list ${s.path}: HTTP ${res.status} ${msg}`.trim()) as Error & {
-          statusCode: number;
-        };
-        e.statusCode = res.status;
-        throw e;
-      }
-      const page = body as KubernetesListObject<V1Pod>;
-      for (const it of page.items ?? []) items.push(it);
-      cont = page.metadata?._continue || undefined;
-      rv = page.metadata?.resourceVersion ?? rv;
-      if (++pages > 10_000) throw new Error(`list ${s.path}: too many pages`);
-    } while (cont);
+        let body: unknown;
+        try {
+          body = await res.json();
+        } catch (err) {
+          throw new Error(`list ${s.path}: HTTP ${res.status}, unreadable body: ${(err as Error).message}`);
+        }
+        if (res.status !== 200) {
+          const msg = (body as { message?: string })?.message ?? "";
+          const e = new Error(`list ${s.path}: HTTP ${res.status} ${msg}`.trim()) as Error & {
+            statusCode: number;
+          };
+          e.statusCode = res.status;
+          throw e;
+        }
+        const page = body as KubernetesListObject<V1Pod>;
+        for (const it of page.items ?? []) items.push(it);
+        cont = page.metadata?._continue || undefined;
+        rv = page.metadata?.resourceVersion ?? rv;
+        if (++pages > 10_000) throw new Error(`list ${s.path}: too many pages`);
+      } while (cont);
+      ok = true;
+    } finally {
+      this.timing.record("list", s.path, performance.now() - t0, ok);
+    }
     return { apiVersion: "v1", kind: "PodList", metadata: { resourceVersion: rv }, items };
   }
 

@@ -22,6 +22,8 @@ export interface FleetOptions {
   topic?: string;
   /** options for every subscriber (e.g. replayTimeoutMs) */
   subscriber?: SubscriberManagerOptions["subscriber"];
+  /** event lag and clock skew thresholds of the streams */
+  lag?: SubscriberManagerOptions["lag"];
   registry: Registry;
   log: Logger;
 }
@@ -50,6 +52,7 @@ export class Fleet {
             log: o.log,
             topic: o.topic,
             subscriber: o.subscriber,
+            lag: o.lag,
           })
         : null;
     this.subscribers = subs;

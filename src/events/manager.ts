@@ -16,6 +16,7 @@ import type { PodInfo } from "../discovery/types.ts";
 import type { PrefixIndex, StreamRef } from "../index/types.ts";
 import { dataParallelEndpoint } from "../protocol/endpoints.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
+import { LagWatch, type LagWatchOptions } from "./lag-watch.ts";
 import { createSubscriberMetrics, type SubscriberMetrics } from "./metrics.ts";
 import { StreamSubscriber, type SubscriberOptions } from "./subscriber.ts";
 import { type StreamState, type StreamStatus, type SubscriberManagerLike, streamIdOf } from "./types.ts";
@@ -31,6 +32,8 @@ export interface SubscriberManagerOptions {
   topic?: string;
   /** passed to every subscriber */
   subscriber?: Omit<SubscriberOptions, "log" | "logContext" | "fromSeq">;
+  /** event lag and clock skew thresholds (lag-watch.ts) */
+  lag?: LagWatchOptions;
 }
 
 export interface StreamSpec {
@@ -86,6 +89,7 @@ export class SubscriberManager
   private readonly metrics: SubscriberMetrics | null;
   private readonly topic: string;
   private readonly subOpts: SubscriberManagerOptions["subscriber"];
+  private readonly lagOpts: LagWatchOptions | undefined;
   private closed = false;
 
   constructor(opts: SubscriberManagerOptions) {
@@ -94,6 +98,7 @@ export class SubscriberManager
     this.log = opts.log ?? silentLogger();
     this.topic = opts.topic ?? "";
     this.subOpts = opts.subscriber;
+    this.lagOpts = opts.lag;
     this.metrics = opts.registry
       ? createSubscriberMetrics(opts.registry, () => this.statuses(), this.index)
       : null;
@@ -182,16 +187,32 @@ export class SubscriberManager
     const m = this.metrics;
     const log = this.log;
     const run: Running = { spec, blockSize, sub: undefined as unknown as StreamSubscriber };
+    const lag = new LagWatch(
+      {
+        lag: (sec) => m?.lagSeconds.observe(sec),
+        lagFloor: (sec) => m?.lagFloorSeconds.set({ stream: id }, sec),
+        lagHigh: () => m?.lagHigh.inc({ stream: id }),
+        skew: (sec) => {
+          m?.clockSkews.inc({ stream: id });
+          m?.clockSkewSeconds.set({ stream: id }, sec);
+        },
+        skewCleared: () => m?.clockSkewSeconds.set({ stream: id }, 0),
+      },
+      log,
+      { stream: id, pod: ref.pod, rank: ref.rank },
+      this.lagOpts,
+    );
     const sub = new StreamSubscriber(
       { events: spec.events, replay: spec.replay, topic: this.topic },
       {
-        batch: (_seq, batch) => {
+        batch: (seq, batch) => {
+          // live batches only: those applied during a replay are as old as the gap they fill
+          if (run.sub.state() === "live") lag.observe(batch.ts, seq);
+          else lag.reset();
           if (m) {
             const t0 = performance.now();
             index.applyBatch(ref, batch);
             m.applySeconds.observe((performance.now() - t0) / 1000);
-            // live batches only: those applied during a replay are as old as the gap they fill
-            if (run.sub.state() === "live") m.lagSeconds.observe(Math.max(0, Date.now() / 1000 - batch.ts));
             m.batchesApplied.inc({ stream: id });
             m.eventsApplied.inc({ stream: id }, batch.events.length);
           } else {

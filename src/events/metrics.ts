@@ -34,6 +34,12 @@ export interface SubscriberMetrics {
   bogusSeqs: Counter<"stream">;
   decodeRepairs: Counter<"stream">;
   replaysThrottled: Counter<"stream">;
+  lagHigh: Counter<"stream">;
+  clockSkews: Counter<"stream">;
+  /** smallest lag of the last closed window, per stream */
+  lagFloorSeconds: Gauge<"stream">;
+  /** how far ahead of our clock the stream's last skewed batch was stamped (0 when none) */
+  clockSkewSeconds: Gauge<"stream">;
   applySeconds: Histogram<string>;
   /** engine batch timestamp → applied in the index, for batches applied while the stream is live */
   lagSeconds: Histogram<string>;
@@ -105,6 +111,26 @@ export function createSubscriberMetrics(
       "kvsync_subscriber_replays_throttled_total",
       "replays held back by the per-stream replay rate bound",
     ),
+    lagHigh: perStream(
+      "kvsync_subscriber_lag_high_total",
+      "times a live stream's event lag stayed above the threshold for a whole window (delayed, lossy or throttled link; starved router)",
+    ),
+    clockSkews: perStream(
+      "kvsync_subscriber_clock_skews_total",
+      "batches stamped ahead of the local clock beyond the skew threshold (engine and router clocks disagree)",
+    ),
+    lagFloorSeconds: new Gauge({
+      name: "kvsync_subscriber_event_lag_floor_seconds",
+      help: "smallest event lag of the last window per live stream (engine batch timestamp to applied)",
+      labelNames: ["stream"] as const,
+      registers: [registry],
+    }),
+    clockSkewSeconds: new Gauge({
+      name: "kvsync_subscriber_clock_skew_seconds",
+      help: "how far ahead of the local clock the stream's batches are stamped, when beyond the skew threshold (0: clocks agree)",
+      labelNames: ["stream"] as const,
+      registers: [registry],
+    }),
     applySeconds: new Histogram({
       name: "kvsync_index_apply_duration_seconds",
       help: "time to apply one decoded event batch to the index",
@@ -113,7 +139,7 @@ export function createSubscriberMetrics(
     }),
     lagSeconds: new Histogram({
       name: "kvsync_subscriber_event_lag_seconds",
-      help: "time from an engine's batch timestamp to the batch applied in the index (live streams only; replayed batches are old by design; engine and router clocks must agree)",
+      help: "time from an engine's batch timestamp to the batch applied in the index (live streams only; replayed batches are old by design; batches stamped ahead of the local clock beyond the skew threshold are left out)",
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
       registers: [registry],
     }),
@@ -135,6 +161,10 @@ export function createSubscriberMetrics(
         m.socketReplacements,
         m.bogusSeqs,
         m.replaysThrottled,
+        m.lagHigh,
+        m.clockSkews,
+        m.lagFloorSeconds,
+        m.clockSkewSeconds,
       ]) {
         c.remove({ stream: streamId });
       }

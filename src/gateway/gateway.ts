@@ -13,6 +13,7 @@ import { registryLookup, type TokenizerLookup } from "../tokenize/lookup.ts";
 import { TokenizerRegistry } from "../tokenize/registry.ts";
 import { closeServer, httpUrl, listen } from "../util/http-server.ts";
 import { createLogger, type Logger } from "../util/log.ts";
+import { type ProcessWatchOptions, startProcessWatch } from "../util/process-watch.ts";
 import { GatewayError, sendError } from "./errors.ts";
 import { DEFAULT_BLOCK_SIZE, GATEWAY_DEFAULTS, GatewayCore, type GatewayCoreOptions } from "./server.ts";
 
@@ -38,6 +39,10 @@ export interface StartGatewayOptions
   topic?: string;
   /** options for every subscriber (e.g. replayTimeoutMs) */
   subscriber?: SubscriberManagerOptions["subscriber"];
+  /** event lag and clock skew thresholds of the streams */
+  lag?: SubscriberManagerOptions["lag"];
+  /** watch the process's event-loop delay and wall clock (the command turns it on) */
+  processWatch?: ProcessWatchOptions | false;
   /**
    * Tokenizers: `--tokenizer` specs (the default model's bundled tokenizer is always included),
    * a TokenizerRegistry, a lookup function, or false (route by load only).
@@ -82,6 +87,10 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
     }
   };
   try {
+    if (opts.processWatch) {
+      const pw = startProcessWatch(registry, log, opts.processWatch);
+      cleanups.push(() => pw.stop());
+    }
     const fleet = new Fleet({
       pods: opts.pods,
       discovery: opts.discovery ?? (opts.engines ? { engines: opts.engines } : undefined),
@@ -90,6 +99,7 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
       subscribe: opts.subscribe,
       topic: opts.topic,
       subscriber: opts.subscriber,
+      lag: opts.lag,
       registry,
       log,
     });

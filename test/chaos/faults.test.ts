@@ -171,8 +171,13 @@ describe("chaos fault injectors", { timeout: scaled(240_000) }, () => {
         assert.ok(s.afterLoss > s.afterDelivery + 0.1, `correlated: ${JSON.stringify(s)}`);
       }
       process.stderr.write(`packet loss measured: ${JSON.stringify(ev)}\n`);
-      // TCP still gets through, slowly
-      assert.ok(await answers(`${pod.http}/health`, 15_000));
+      // TCP still gets through, slowly: a handshake through 50 % loss both ways fails often (a
+      // SYN and its retransmits at 1, 3, 7 s, each with its SYN-ACK, all dropped), so a few
+      // fresh connections are tried; one answering proves TCP is degraded, not cut
+      let ok = false;
+      const until = Date.now() + scaled(60_000);
+      while (!ok && Date.now() < until) ok = await answers(`${pod.http}/health`, 10_000);
+      assert.ok(ok, "no /health answer through the lossy link in 60 s");
     } finally {
       await f.remove();
     }

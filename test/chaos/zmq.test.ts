@@ -45,8 +45,15 @@ describe("chaos: zmq", { timeout: scaled(600_000) }, () => {
         }),
         holdMs: scaled(10_000),
         targetMs: 2_000,
-        events: ["subscriber.state[state=down|connecting]", "subscriber.replay"],
-        metrics: ["kvsync_subscriber_replays_total"],
+        events: [
+          "subscriber.stalled",
+          "subscriber.state[state=down|connecting]",
+          "subscriber.reconnected",
+          // reconnected, the stream asks the engine for what it missed at once (no gap event:
+          // it does not wait for the next live batch to show one)
+          "subscriber.replay",
+        ],
+        metrics: ["kvsync_subscriber_stalls_total", "kvsync_subscriber_replays_total"],
       }),
     );
   });
@@ -62,8 +69,17 @@ describe("chaos: zmq", { timeout: scaled(600_000) }, () => {
         fault: experimentFault(new RelayCorruption(sidecar), [pod], { servesHttp: true }),
         holdMs: scaled(10_000),
         targetMs: 5_000,
-        events: ["subscriber.decode_error"],
-        metrics: ["kvsync_subscriber_decode_errors_total"],
+        events: [
+          "subscriber.decode_error",
+          "subscriber.suspect",
+          "subscriber.state[state=suspect]",
+          "subscriber.rebuild",
+        ],
+        metrics: [
+          "kvsync_subscriber_decode_errors_total",
+          "kvsync_subscriber_suspects_total",
+          "kvsync_subscriber_rebuilds_total",
+        ],
       }),
     );
   });
@@ -79,8 +95,8 @@ describe("chaos: zmq", { timeout: scaled(600_000) }, () => {
         fault: experimentFault(engineSkew, [pod], { servesHttp: true }),
         holdMs: scaled(10_000),
         targetMs: 5_000,
-        events: [],
-        metrics: [],
+        events: ["subscriber.clock_skew"],
+        metrics: ["kvsync_subscriber_clock_skews_total"],
       }),
     );
   });
@@ -95,8 +111,8 @@ describe("chaos: zmq", { timeout: scaled(600_000) }, () => {
         fault: experimentFault(gatewaySkew, [], { servesHttp: true }),
         holdMs: scaled(10_000),
         targetMs: 5_000,
-        events: [],
-        metrics: [],
+        events: ["process.clock_jump"],
+        metrics: ["kvsync_process_clock_jumps_total"],
       }),
     );
   });

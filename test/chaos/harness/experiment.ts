@@ -7,7 +7,7 @@ import type { BlocksDoc } from "../../e2e/harness/truth.ts";
 import { compareAllWithTruth, describeDiff, diffBlocks } from "../../e2e/harness/truth.ts";
 import { scaled, waitFor } from "../../e2e/harness/wait.ts";
 import { ChatLoad, type RequestRecord, windowStats } from "./load.ts";
-import { firstEvents, looseCompare, metricSum } from "./observe.ts";
+import { firstEvents, looseCompare, metricSum, readLog } from "./observe.ts";
 import { type ExperimentResult, printTable, saveResult } from "./results.ts";
 
 /**
@@ -177,9 +177,21 @@ export async function runExperiment(ctx: ChaosContext, spec: ExperimentSpec): Pr
   }).catch((e: Error) => failures.push(`precondition (left by an earlier experiment?): ${e.message}`));
   // warm up, then the baseline
   load.start();
-  await sleep(scaled(3_000));
+  // the first experiment of a file meets a cold gateway (tokenizer workers, connections): the
+  // warm-up lasts until requests complete, so the baseline is not taken on a cold start
+  const w0 = Date.now();
+  await waitFor(
+    "warm-up requests complete",
+    () => load.records.filter((r) => r.status === 200).length >= 20 || "not yet",
+    {
+      timeoutMs: scaled(30_000),
+      intervalMs: 100,
+    },
+  ).catch((e: Error) => failures.push(`warm-up: ${e.message}`));
+  const warmLeft = w0 + scaled(2_000) - Date.now();
+  if (warmLeft > 0) await sleep(warmLeft);
   const b0 = Date.now();
-  await sleep(scaled(5_000));
+  await sleep(scaled(4_000));
   const baseline = windowStats(load.records, b0, Date.now());
   if (baseline.ok === 0)
     failures.push(`no successful request in the baseline window: ${sample(load.records)}`);
@@ -211,7 +223,11 @@ export async function runExperiment(ctx: ChaosContext, spec: ExperimentSpec): Pr
   let lastIndex = "never compared";
   while (Date.now() < deadline + WINDOW_MS && (indexRecoveryMs === null || perfRecoveryMs === null)) {
     if (indexRecoveryMs === null && Date.now() < deadline) {
-      const r = await looseCompare(gw(), pods()).catch((e: Error) => `compare failed: ${e.message}`);
+      // recovered = the index matches the engines AND every stream is live again: a `suspect`
+      // (or down, replaying) stream's entries do not count for routing even when they match
+      const r = await streamsLive(gw(), pods())
+        .then((live) => (live === true ? looseCompare(gw(), pods()) : live))
+        .catch((e: Error) => `compare failed: ${e.message}`);
       if (r === true) indexRecoveryMs = Date.now() - faultEnd;
       else lastIndex = r;
     }
@@ -318,6 +334,7 @@ export async function runExperiment(ctx: ChaosContext, spec: ExperimentSpec): Pr
     passed: failures.length === 0,
     failures: dedupe(failures),
     holdMs: spec.holdMs,
+    eventsSeen: warningsSeen(ctx.gatewayLog(), faultStart, recovered),
     evidence: spec.fault.evidence ?? null,
     at: new Date(faultStart).toISOString(),
   };
@@ -326,6 +343,23 @@ export async function runExperiment(ctx: ChaosContext, spec: ExperimentSpec): Pr
   // the next experiment starts from a full load again
   load.records.length = 0;
   return result;
+}
+
+/** Warn and error lines of the gateway's log in [from, to), counted by event name. */
+function warningsSeen(file: string, from: number, to: number): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const l of readLog(file, from))
+    if (l.time < to && l.level >= 40) out[l.event ?? "(no event)"] = (out[l.event ?? "(no event)"] ?? 0) + 1;
+  return out;
+}
+
+/** Every pod's stream `live` at the gateway, or which are not (suspect, down, replaying...). */
+async function streamsLive(gw: GatewayProcess, pods: Pod[]): Promise<true | string> {
+  const listed = new Map((await gw.pods()).map((p) => [p.name, p.state]));
+  const not = pods.filter((p) => listed.get(p.name) !== "live");
+  return not.length === 0
+    ? true
+    : `not live: ${not.map((p) => `${p.name}=${listed.get(p.name) ?? "absent"}`).join(", ")}`;
 }
 
 /** Start of the first rolling window after `from` at >= 90 % of the baseline on both figures. */

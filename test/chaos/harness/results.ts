@@ -38,6 +38,8 @@ export interface ExperimentResult {
   passed: boolean;
   failures: string[];
   holdMs: number;
+  /** warnings and errors in the gateway's log from the fault's start to recovery: event → lines */
+  eventsSeen: Record<string, number>;
   /** the injector's proof that the fault took effect */
   evidence: unknown;
   at: string;

@@ -21,6 +21,8 @@ export interface KubeBackend {
   deletePod(namespace: string, name: string): Promise<void>;
   /** delay every API request (and each watch's start) by `ms` before answering; 0 = off */
   setLatency(ms: number): void;
+  /** end every open watch with 410 Gone (as an API server's compaction does): watchers relist */
+  expireWatches(): number;
   close(): Promise<void>;
 }
 
@@ -59,6 +61,7 @@ export async function startKube(dir: string): Promise<KubeBackend> {
     setLatency(ms) {
       api.setLatency(ms);
     },
+    expireWatches: () => api.expireWatches(),
     close: () => {
       unregister();
       return api.close();

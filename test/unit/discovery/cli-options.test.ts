@@ -26,6 +26,7 @@ test("discovery flags: defaults", () => {
   assert.equal(o.namespaces, undefined);
   assert.equal(o.labelSelector, DEFAULT_LABEL_SELECTOR);
   assert.equal(o.resyncMs, 300_000);
+  assert.equal(o.slowRequestMs, 1000);
 });
 
 test("discovery flags: namespaces repeatable and comma-separated, kubeconfig, resync", () => {
@@ -42,6 +43,8 @@ test("discovery flags: namespaces repeatable and comma-separated, kubeconfig, re
     "0",
     "--label-selector",
     "app=vllm",
+    "--discovery-slow-ms",
+    "2500",
   ]);
   assert.deepEqual(o, {
     discovery: "kubernetes",
@@ -50,6 +53,7 @@ test("discovery flags: namespaces repeatable and comma-separated, kubeconfig, re
     labelSelector: "app=vllm",
     kubeconfig: "/k",
     resyncMs: 0,
+    slowRequestMs: 2500,
   });
 });
 
@@ -58,7 +62,9 @@ test("discovery flags: environment twins", () => {
     KVSYNC_DISCOVERY: "static",
     KVSYNC_ENGINES: "/e.yaml",
     KVSYNC_NAMESPACE: "x, y",
+    KVSYNC_DISCOVERY_SLOW_MS: "0",
   });
+  assert.equal(o.slowRequestMs, 0);
   assert.equal(o.discovery, "static");
   assert.equal(o.engines, "/e.yaml");
   assert.deepEqual(o.namespaces, ["x", "y"]);
