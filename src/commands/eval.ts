@@ -1,10 +1,18 @@
 import { writeFileSync } from "node:fs";
 import { type Command, InvalidArgumentError } from "commander";
 import { writeCharts } from "../eval/charts.ts";
+import { evaluateLive, formatLiveTable } from "../eval/live.ts";
 import { describe, formatTable } from "../eval/report.ts";
-import { evaluate, sweep, WORKLOAD_KINDS, type WorkloadKind, type WorkloadSpec } from "../eval/run.ts";
+import {
+  buildWorkload,
+  evaluate,
+  sweep,
+  WORKLOAD_KINDS,
+  type WorkloadKind,
+  type WorkloadSpec,
+} from "../eval/run.ts";
 import { EVAL_POLICIES, type EvalPolicy, FLEET_DEFAULTS as F, type FleetOptions } from "../eval/simulator.ts";
-import { opt, parseChoice, parseFloatArg, parseIntArg } from "../util/cli-options.ts";
+import { flagOpt, opt, parseChoice, parseFloatArg, parseIntArg } from "../util/cli-options.ts";
 
 function parsePolicies(v: string): EvalPolicy[] {
   const list = v
@@ -177,6 +185,22 @@ export function register(program: Command): void {
         "0.5,1,1.5,2",
       ).argParser(parseLoads),
     )
+    .addOption(
+      flagOpt(
+        "--live",
+        "replay the first --live-requests requests through real mock engines and the real gateway on loopback " +
+          "(trace blocks become --block-tokens token blocks) and compare with the simulator on the same requests",
+        "KVSYNC_EVAL_LIVE",
+      ),
+    )
+    .addOption(
+      opt(
+        "--live-requests <n>",
+        "requests of the live replay (the workload's first n)",
+        "KVSYNC_EVAL_LIVE_REQUESTS",
+        300,
+      ).argParser(atLeast(1)),
+    )
     .action(async (a: Record<string, unknown>) => {
       try {
         const policies = Array.isArray(a.policies)
@@ -206,6 +230,24 @@ export function register(program: Command): void {
           decodeMsPerSeq: a.decodeMsPerSeq as number,
           seed: a.seed as number,
         };
+        if (a.live === true) {
+          const { reqs, source } = buildWorkload(w, fleet.blockTokens);
+          const slice = reqs.slice(0, a.liveRequests as number);
+          process.stderr.write(
+            `live replay: ${slice.length} requests of ${source} on ${fleet.pods} mock engines ` +
+              `(${fleet.cacheBlocks} blocks of ${fleet.blockTokens} tokens) behind the gateway\n`,
+          );
+          const r = await evaluateLive(slice, source, fleet, policies, {
+            onResult: (l, s) =>
+              process.stderr.write(
+                `[${s.policy}] ${l ? `live hit ${(l.hitRate * 100).toFixed(1)} %, ` : ""}sim hit ${(s.hitRate * 100).toFixed(1)} %\n`,
+              ),
+          });
+          process.stdout.write(`${formatLiveTable(r)}\n\n(${(r.wallMs / 1000).toFixed(1)} s)\n`);
+          if (typeof a.json === "string") writeFileSync(a.json, `${JSON.stringify(r, null, 2)}\n`);
+          process.exitCode = 0;
+          return;
+        }
         const r = evaluate(w, fleet, policies);
         process.stdout.write(`${describe(r)}\n\n${formatTable(r)}\n\n(${(r.wallMs / 1000).toFixed(1)} s)\n`);
         if (typeof a.json === "string") writeFileSync(a.json, `${JSON.stringify(r, null, 2)}\n`);
