@@ -169,6 +169,15 @@ export function register(program: Command): void {
         F.seed,
       ).argParser(parseIntArg),
     )
+    .addOption(
+      opt(
+        "--overhead-ms <ms>",
+        "request overhead outside the engine (network, gateway, client), half before admission, half after the " +
+          "first token (--live measures it on the live fleet and gives the simulator that figure)",
+        "KVSYNC_EVAL_OVERHEAD_MS",
+        F.overheadMs,
+      ).argParser(parseFloatArg),
+    )
     .addOption(opt("--json <file>", "write the result as JSON", "KVSYNC_EVAL_JSON"))
     .addOption(
       opt(
@@ -229,6 +238,7 @@ export function register(program: Command): void {
           prefillMsPerToken: a.prefillMsPerToken as number,
           decodeMsPerSeq: a.decodeMsPerSeq as number,
           seed: a.seed as number,
+          overheadMs: a.overheadMs as number,
         };
         if (a.live === true) {
           const { reqs, source } = buildWorkload(w, fleet.blockTokens);

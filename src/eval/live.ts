@@ -95,6 +95,11 @@ export interface LiveResult {
   /** busiest pod's requests over the mean */
   maxMeanLoad: number;
   requestsPerPod: number[];
+  /**
+   * request overhead outside the engine, measured on the idle fleet before the replay: median
+   * TTFT of lone one-block prompts minus their modelled step time
+   */
+  overheadMs: number;
   /** first send → last answer */
   wallMs: number;
 }
@@ -138,6 +143,7 @@ export async function runLive(reqs: readonly TraceRequest[], o: LiveOptions): Pr
       log,
     });
     await warmUp(fleet, agent, f.blockTokens, timeoutMs);
+    const overheadMs = await measureOverhead(fleet, agent, f, timeoutMs);
     const url = `${fleet.gw.url}/v1/completions`;
     const outcomes: RequestOutcome[] = new Array(reqs.length);
     const inflight: Array<Promise<void>> = [];
@@ -161,14 +167,17 @@ export async function runLive(reqs: readonly TraceRequest[], o: LiveOptions): Pr
     }
     await Promise.all(inflight);
     const wallMs = performance.now() - t0;
-    return summarizeLive(
-      o.policy,
-      reqs,
-      outcomes,
-      fleet.pods.map((p) => p.name),
-      f.blockTokens,
-      wallMs,
-    );
+    return {
+      ...summarizeLive(
+        o.policy,
+        reqs,
+        outcomes,
+        fleet.pods.map((p) => p.name),
+        f.blockTokens,
+        wallMs,
+      ),
+      overheadMs,
+    };
   } finally {
     await agent.close();
     await fleet?.close();
@@ -212,6 +221,40 @@ async function warmUp(
   await resetPrefixCaches(fleet);
 }
 
+/**
+ * The fleet's request overhead outside the engine model: lone requests (one block and one token of
+ * prompt, one output token, nothing else in flight) take one step of the model, so the rest of
+ * their TTFT is HTTP, the gateway, the event loop and the client. Median of a few, after warm-up.
+ */
+async function measureOverhead(
+  fleet: LocalFleet,
+  agent: Agent,
+  f: FleetOptions,
+  timeoutMs: number,
+): Promise<number> {
+  const url = `${fleet.gw.url}/v1/completions`;
+  const samples: number[] = [];
+  for (let i = 0; i < 9; i++) {
+    const prompt = Array.from(
+      { length: f.blockTokens + 1 },
+      (_, k) => WARM_TOKEN_BASE + ((i * 13 + k) % 600),
+    );
+    const r = await streamRequest(
+      agent,
+      url,
+      { model: LIVE_MODEL, prompt, max_tokens: 1, stream: true, stream_options: { include_usage: true } },
+      timeoutMs,
+    );
+    if (!r.ok || r.ttftMs === null)
+      throw new Error(`overhead probe failed: ${r.error ?? `HTTP ${r.status}`}`);
+    const modelled = f.stepMs + f.prefillMsPerToken * (prompt.length - r.cachedTokens);
+    samples.push(Math.max(0, r.ttftMs - modelled));
+  }
+  samples.sort((a, b) => a - b);
+  await resetPrefixCaches(fleet);
+  return samples[samples.length >> 1];
+}
+
 export function summarizeLive(
   policy: string,
   reqs: readonly TraceRequest[],
@@ -219,7 +262,7 @@ export function summarizeLive(
   pods: readonly string[],
   blockTokens: number,
   wallMs: number,
-): LiveResult {
+): Omit<LiveResult, "overheadMs"> {
   let blocks = 0;
   let hit = 0;
   let prompt = 0;
@@ -296,6 +339,7 @@ export async function evaluateLive(
   const live: Record<string, LiveResult> = {};
   const simulated: Record<string, PolicyResult> = {};
   const err: Record<string, number> = {};
+  let overheadMs = fleet.overheadMs;
   for (const p of policies) {
     let l: LiveResult | null = null;
     if ((LIVE_POLICIES as readonly string[]).includes(p)) {
@@ -307,7 +351,9 @@ export async function evaluateLive(
       });
       live[p] = l;
     }
-    simulated[p] = simulate(reqs, p, fleet);
+    // the simulator gets the live fleet's measured request overhead (the oracle: the last one seen)
+    if (l !== null) overheadMs = l.overheadMs;
+    simulated[p] = simulate(reqs, p, { ...fleet, overheadMs });
     if (l !== null)
       err[p] = l.hitRate > 0 ? Math.abs(simulated[p].hitRate - l.hitRate) / l.hitRate : Number.NaN;
     o.onResult?.(l, simulated[p]);
