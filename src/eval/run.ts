@@ -14,12 +14,12 @@ import {
 } from "./simulator.ts";
 import {
   loadMooncake,
-  MULTI_TURN_DEFAULTS,
   MOONCAKE_BLOCK_TOKENS,
+  MULTI_TURN_DEFAULTS,
   meanRate,
   multiTurnWorkload,
-  scaleBlocks,
   SHARED_PREFIX_DEFAULTS,
+  scaleBlocks,
   sharedPrefixWorkload,
   type TraceRequest,
   withArrivals,
