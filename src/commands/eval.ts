@@ -1,10 +1,18 @@
 import { writeFileSync } from "node:fs";
 import { type Command, InvalidArgumentError } from "commander";
 import { writeCharts } from "../eval/charts.ts";
+import { evaluateLive, formatLiveTable } from "../eval/live.ts";
 import { describe, formatTable } from "../eval/report.ts";
-import { evaluate, sweep, WORKLOAD_KINDS, type WorkloadKind, type WorkloadSpec } from "../eval/run.ts";
+import {
+  buildWorkload,
+  evaluate,
+  sweep,
+  WORKLOAD_KINDS,
+  type WorkloadKind,
+  type WorkloadSpec,
+} from "../eval/run.ts";
 import { EVAL_POLICIES, type EvalPolicy, FLEET_DEFAULTS as F, type FleetOptions } from "../eval/simulator.ts";
-import { opt, parseChoice, parseFloatArg, parseIntArg } from "../util/cli-options.ts";
+import { flagOpt, opt, parseChoice, parseFloatArg, parseIntArg } from "../util/cli-options.ts";
 
 function parsePolicies(v: string): EvalPolicy[] {
   const list = v
@@ -161,6 +169,15 @@ export function register(program: Command): void {
         F.seed,
       ).argParser(parseIntArg),
     )
+    .addOption(
+      opt(
+        "--overhead-ms <ms>",
+        "request overhead outside the engine (network, gateway, client), half before admission, half after the " +
+          "first token (--live measures it on the live fleet and gives the simulator that figure)",
+        "KVSYNC_EVAL_OVERHEAD_MS",
+        F.overheadMs,
+      ).argParser(parseFloatArg),
+    )
     .addOption(opt("--json <file>", "write the result as JSON", "KVSYNC_EVAL_JSON"))
     .addOption(
       opt(
@@ -176,6 +193,22 @@ export function register(program: Command): void {
         "KVSYNC_EVAL_LOADS",
         "0.5,1,1.5,2",
       ).argParser(parseLoads),
+    )
+    .addOption(
+      flagOpt(
+        "--live",
+        "replay the first --live-requests requests through real mock engines and the real gateway on loopback " +
+          "(trace blocks become --block-tokens token blocks) and compare with the simulator on the same requests",
+        "KVSYNC_EVAL_LIVE",
+      ),
+    )
+    .addOption(
+      opt(
+        "--live-requests <n>",
+        "requests of the live replay (the workload's first n)",
+        "KVSYNC_EVAL_LIVE_REQUESTS",
+        300,
+      ).argParser(atLeast(1)),
     )
     .action(async (a: Record<string, unknown>) => {
       try {
@@ -205,7 +238,26 @@ export function register(program: Command): void {
           prefillMsPerToken: a.prefillMsPerToken as number,
           decodeMsPerSeq: a.decodeMsPerSeq as number,
           seed: a.seed as number,
+          overheadMs: a.overheadMs as number,
         };
+        if (a.live === true) {
+          const { reqs, source } = buildWorkload(w, fleet.blockTokens);
+          const slice = reqs.slice(0, a.liveRequests as number);
+          process.stderr.write(
+            `live replay: ${slice.length} requests of ${source} on ${fleet.pods} mock engines ` +
+              `(${fleet.cacheBlocks} blocks of ${fleet.blockTokens} tokens) behind the gateway\n`,
+          );
+          const r = await evaluateLive(slice, source, fleet, policies, {
+            onResult: (l, s) =>
+              process.stderr.write(
+                `[${s.policy}] ${l ? `live hit ${(l.hitRate * 100).toFixed(1)} %, ` : ""}sim hit ${(s.hitRate * 100).toFixed(1)} %\n`,
+              ),
+          });
+          process.stdout.write(`${formatLiveTable(r)}\n\n(${(r.wallMs / 1000).toFixed(1)} s)\n`);
+          if (typeof a.json === "string") writeFileSync(a.json, `${JSON.stringify(r, null, 2)}\n`);
+          process.exitCode = 0;
+          return;
+        }
         const r = evaluate(w, fleet, policies);
         process.stdout.write(`${describe(r)}\n\n${formatTable(r)}\n\n(${(r.wallMs / 1000).toFixed(1)} s)\n`);
         if (typeof a.json === "string") writeFileSync(a.json, `${JSON.stringify(r, null, 2)}\n`);

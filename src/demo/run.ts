@@ -4,15 +4,12 @@
  * for each policy, and the same workload (same seed) every time.
  */
 import { performance } from "node:perf_hooks";
-import { Agent, request } from "undici";
-import type { PodInfo } from "../discovery/types.ts";
-import { type RunningEngine, startEngine } from "../engine/start.ts";
-import { type RunningGateway, startGateway } from "../gateway/gateway.ts";
+import { Agent } from "undici";
 import { isPolicyName, type PolicyName } from "../routing/index.ts";
 import { TokenizerPool } from "../tokenize/pool.ts";
 import { TokenizerRegistry } from "../tokenize/registry.ts";
 import { createLogger, type Logger } from "../util/log.ts";
-import { waitFor } from "../util/wait.ts";
+import { type LocalFleet, resetPrefixCaches, startLocalFleet, streamRequest } from "./fleet.ts";
 import { type PolicyResult, type RequestOutcome, summarize } from "./report.ts";
 import { type Conversation, generateWorkload, type Workload, type WorkloadOptions } from "./workload.ts";
 
@@ -88,82 +85,36 @@ export function validateDemo(o: DemoOptions): void {
   for (const p of o.policies) if (!isPolicyName(p)) throw new Error(`unknown policy ${p}`);
 }
 
-interface Fleet {
-  engines: RunningEngine[];
-  pods: PodInfo[];
-  gw: RunningGateway;
-  close(): Promise<void>;
-}
-
 async function startFleet(
   o: DemoOptions,
   policy: PolicyName,
   tokenizers: TokenizerRegistry,
   log: Logger,
-): Promise<Fleet> {
-  const engines: RunningEngine[] = [];
-  let gw: RunningGateway | null = null;
-  const close = async () => {
-    await gw?.close();
-    await Promise.allSettled(engines.map((e) => e.close()));
-  };
+): Promise<LocalFleet> {
+  const fleet = await startLocalFleet({
+    engines: o.engines,
+    model: DEMO_MODEL,
+    policy,
+    seed: o.seed,
+    engine: { numGpuBlocks: o.gpuBlocks, speed: o.speed },
+    tokenizers,
+    log,
+  });
   try {
-    for (let i = 0; i < o.engines; i++) {
-      engines.push(
-        await startEngine({
-          host: "127.0.0.1",
-          port: 0,
-          eventsEndpoint: "tcp://127.0.0.1:*",
-          replayEndpoint: "tcp://127.0.0.1:*",
-          model: DEMO_MODEL,
-          numGpuBlocks: o.gpuBlocks,
-          speed: o.speed,
-          seed: o.seed * 31 + i,
-          replicaIndex: i,
-          log: log.child({ engine: i }),
-        }),
-      );
-    }
-    const pods: PodInfo[] = engines.map((e, i) => ({
-      name: `pod-${i}`,
-      model: DEMO_MODEL,
-      loras: [],
-      http: e.httpUrl,
-      events: e.eventsEndpoint,
-      replay: e.replayEndpoint,
-      dataParallelSize: 1,
-      ready: true,
-      blockSize: e.engine.o.blockSize,
-    }));
-    gw = await startGateway({
-      pods,
-      policy,
-      seed: o.seed,
-      adminPort: null,
-      tokenizers,
-      log: log.child({ component: "gateway" }),
-    });
-    const g = gw;
-    await waitFor(
-      "every engine's KV event stream live at the gateway",
-      () => pods.every((p) => g.subscribers?.status(p.name)?.state === "live"),
-      15_000,
-    );
-    await warmUp(o, engines, g);
-    return { engines, pods, gw: g, close };
+    await warmUp(o, fleet);
+    return fleet;
   } catch (err) {
-    await close();
+    await fleet.close();
     throw err;
   }
 }
 
 /**
  * Warm the fleet up (JIT, chat template, the gateway's tokenizer workers) with short prompts that
- * share nothing with the workload, then empty every engine's prefix cache (`/reset_prefix_cache`)
- * and wait until the gateway's index has followed: each policy starts from cold caches but a warm
- * process, so the first policy run is not penalised.
+ * share nothing with the workload, then empty every engine's prefix cache: each policy starts
+ * from cold caches but a warm process, so the first policy run is not penalised.
  */
-async function warmUp(o: DemoOptions, engines: RunningEngine[], gw: RunningGateway): Promise<void> {
+async function warmUp(o: DemoOptions, fleet: LocalFleet): Promise<void> {
   const agent = new Agent({ connections: 8 });
   try {
     // first turns of another seed's conversations: as long as the workload's, sharing nothing with it
@@ -178,7 +129,7 @@ async function warmUp(o: DemoOptions, engines: RunningEngine[], gw: RunningGatew
       w.conversations.map((c) =>
         streamChat(
           agent,
-          gw.url,
+          fleet.gw.url,
           [
             { role: "system", content: c.system },
             { role: "user", content: c.turns[0].user },
@@ -190,21 +141,10 @@ async function warmUp(o: DemoOptions, engines: RunningEngine[], gw: RunningGatew
     );
     const bad = rs.find((r) => !r.ok);
     if (bad) throw new Error(`warm-up request failed: ${bad.error ?? `HTTP ${bad.status}`}`);
-    for (const e of engines) {
-      await e.engine.quiesce();
-      const r = await request(`${e.httpUrl}/reset_prefix_cache`, { method: "POST", dispatcher: agent });
-      const text = await r.body.text();
-      if (r.statusCode !== 200)
-        throw new Error(`reset_prefix_cache on ${e.httpUrl}: HTTP ${r.statusCode} ${text}`);
-    }
   } finally {
     await agent.close();
   }
-  await waitFor(
-    "the gateway's index to follow the cache resets",
-    () => gw.index.stats().entries === 0,
-    10_000,
-  );
+  await resetPrefixCaches(fleet);
 }
 
 interface ChatMsg {
@@ -213,99 +153,25 @@ interface ChatMsg {
 }
 
 /** One streaming chat request: TTFT = first chunk carrying content; usage from the final chunk. */
-export async function streamChat(
+export function streamChat(
   agent: Agent,
   baseUrl: string,
   messages: ChatMsg[],
   maxTokens: number,
   timeoutMs: number,
 ): Promise<RequestOutcome> {
-  const t0 = performance.now();
-  const out: RequestOutcome = {
-    ok: false,
-    status: 0,
-    pod: null,
-    ttftMs: null,
-    latencyMs: 0,
-    promptTokens: 0,
-    cachedTokens: 0,
-    content: "",
-  };
-  const ac = new AbortController();
-  const timer = setTimeout(() => ac.abort(new Error(`request timed out after ${timeoutMs} ms`)), timeoutMs);
-  try {
-    const res = await request(`${baseUrl}/v1/chat/completions`, {
-      method: "POST",
-      dispatcher: agent,
-      signal: ac.signal,
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({
-        model: DEMO_MODEL,
-        messages,
-        max_tokens: maxTokens,
-        stream: true,
-        stream_options: { include_usage: true },
-      }),
-    });
-    out.status = res.statusCode;
-    const pod = res.headers["x-kvsync-pod"];
-    out.pod = typeof pod === "string" ? pod : null;
-    if (res.statusCode !== 200) {
-      out.error = `HTTP ${res.statusCode}: ${(await res.body.text()).slice(0, 200)}`;
-      return out;
-    }
-    let buf = "";
-    let done = false;
-    let usageSeen = false;
-    const parts: string[] = [];
-    for await (const chunk of res.body) {
-      buf += chunk.toString("utf8");
-      let i = buf.indexOf("\n\n");
-      while (i !== -1) {
-        const ev = buf.slice(0, i);
-        buf = buf.slice(i + 2);
-        i = buf.indexOf("\n\n");
-        for (const line of ev.split("\n")) {
-          if (!line.startsWith("data:")) continue;
-          const data = line.slice(5).trim();
-          if (data === "[DONE]") {
-            done = true;
-            continue;
-          }
-          const j = JSON.parse(data) as {
-            choices?: Array<{ delta?: { content?: string | null } }>;
-            usage?: {
-              prompt_tokens?: number;
-              prompt_tokens_details?: { cached_tokens?: number } | null;
-            } | null;
-            error?: { message?: string };
-          };
-          if (j.error) throw new Error(`stream error: ${j.error.message ?? "unknown"}`);
-          const c = j.choices?.[0]?.delta?.content;
-          if (typeof c === "string" && c.length > 0) {
-            if (out.ttftMs === null) out.ttftMs = performance.now() - t0;
-            parts.push(c);
-          }
-          if (j.usage) {
-            usageSeen = true;
-            out.promptTokens = j.usage.prompt_tokens ?? 0;
-            out.cachedTokens = j.usage.prompt_tokens_details?.cached_tokens ?? 0;
-          }
-        }
-      }
-      if (buf.length > 1 << 20) throw new Error("SSE event larger than 1 MiB");
-    }
-    if (!done) throw new Error("stream ended without [DONE]");
-    if (!usageSeen) throw new Error("stream carried no usage chunk");
-    out.content = parts.join("");
-    out.ok = true;
-  } catch (err) {
-    out.error = err instanceof Error ? err.message : String(err);
-  } finally {
-    clearTimeout(timer);
-    out.latencyMs = performance.now() - t0;
-  }
-  return out;
+  return streamRequest(
+    agent,
+    `${baseUrl}/v1/chat/completions`,
+    {
+      model: DEMO_MODEL,
+      messages,
+      max_tokens: maxTokens,
+      stream: true,
+      stream_options: { include_usage: true },
+    },
+    timeoutMs,
+  );
 }
 
 /** Drive the workload through `baseUrl` with `concurrency` conversations in flight. */

@@ -78,11 +78,31 @@ export interface EngineHooks {
   onEvents(ev: EngineEvents, t: number): void;
 }
 
+interface CachedBlock {
+  id: number;
+  /** running requests holding it; 0 = in the free queue */
+  users: number;
+  prev: CachedBlock;
+  next: CachedBlock;
+}
+
+/** The free queue's sentinel: head.next is the least recently used block, head.prev the most. */
+function freeQueueHead(): CachedBlock {
+  const h = { id: -1, users: 0 } as CachedBlock;
+  h.prev = h;
+  h.next = h;
+  return h;
+}
+
 export class EngineModel {
-  /** cached block id → requests using it */
-  private readonly refs = new Map<number, number>();
-  /** cached blocks nobody uses, least recently used first (vLLM's free block queue) */
-  private readonly free = new Map<number, true>();
+  /** cached block id → its entry (users, place in the free queue) */
+  private readonly refs = new Map<number, CachedBlock>();
+  /**
+   * Cached blocks nobody uses, least recently used first (vLLM's free block queue): a list
+   * threaded through the entries, so taking the head and unlinking a reused block are O(1).
+   */
+  private readonly free: CachedBlock = freeQueueHead();
+  private freeSize = 0;
   private anonBlocks = 0;
   readonly waiting: SimRequest[] = [];
   private waitHead = 0;
@@ -250,13 +270,13 @@ export class EngineModel {
 
   /** Make room for `need` new blocks, evicting unused cached blocks LRU-first; false if it cannot fit. */
   private reserve(need: number): boolean {
-    const inUse = this.refs.size - this.free.size + this.anonBlocks;
+    const inUse = this.refs.size - this.freeSize + this.anonBlocks;
     if (inUse + need > this.o.cacheBlocks) return false;
     while (this.refs.size + this.anonBlocks + need > this.o.cacheBlocks) {
-      const victim = this.free.keys().next().value as number;
-      this.free.delete(victim);
-      this.refs.delete(victim);
-      this.removed.push(victim);
+      const victim = this.free.next;
+      this.unlink(victim);
+      this.refs.delete(victim.id);
+      this.removed.push(victim.id);
       this.evictions++;
     }
     this.anonBlocks += need;
@@ -264,15 +284,30 @@ export class EngineModel {
   }
 
   private pin(id: number): void {
-    const n = this.refs.get(id) ?? 0;
-    if (n === 0) this.free.delete(id);
-    this.refs.set(id, n + 1);
+    let b = this.refs.get(id);
+    if (b === undefined) {
+      b = { id, users: 0, prev: null as unknown as CachedBlock, next: null as unknown as CachedBlock };
+      this.refs.set(id, b);
+    } else if (b.users === 0) this.unlink(b);
+    b.users++;
   }
 
   private unpin(id: number): void {
-    const n = (this.refs.get(id) ?? 1) - 1;
-    this.refs.set(id, n);
-    if (n === 0) this.free.set(id, true);
+    const b = this.refs.get(id);
+    if (b === undefined || --b.users > 0) return;
+    // most recently used: appended at the tail
+    const tail = this.free.prev;
+    b.prev = tail;
+    b.next = this.free;
+    tail.next = b;
+    this.free.prev = b;
+    this.freeSize++;
+  }
+
+  private unlink(b: CachedBlock): void {
+    b.prev.next = b.next;
+    b.next.prev = b.prev;
+    this.freeSize--;
   }
 
   private applyStep(now: number): void {

@@ -14,10 +14,12 @@ import {
 } from "./simulator.ts";
 import {
   loadMooncake,
+  MOONCAKE_BLOCK_TOKENS,
   MULTI_TURN_DEFAULTS,
   meanRate,
   multiTurnWorkload,
   SHARED_PREFIX_DEFAULTS,
+  scaleBlocks,
   sharedPrefixWorkload,
   type TraceRequest,
   withArrivals,
@@ -56,7 +58,8 @@ export function buildWorkload(
   let source: string;
   if (w.kind === "trace") {
     if (w.trace === undefined) throw new Error("--trace <file> is required for a trace workload");
-    base = loadMooncake(w.trace, w.requests);
+    // the trace's blocks are 512 tokens; other --block-tokens replay the same blocks at that size
+    base = scaleBlocks(loadMooncake(w.trace, w.requests), MOONCAKE_BLOCK_TOKENS, blockTokens);
     source = w.trace;
   } else if (w.kind === "shared-prefix") {
     base = sharedPrefixWorkload({

@@ -47,6 +47,12 @@ export interface FleetOptions {
   prefillMsPerToken: number;
   decodeMsPerSeq: number;
   seed: number;
+  /**
+   * Request overhead outside the engine (client → gateway → engine, and the first byte back), ms:
+   * the engine admits a request half of it after dispatch, and its first byte reaches the gateway
+   * (load release, learned prefill rate) and the client half of it after the engine's first token.
+   */
+  overheadMs: number;
   /** kv-aware knobs (defaults: the gateway's) */
   kvAware?: Partial<KvAwareOptions>;
 }
@@ -62,6 +68,7 @@ export const FLEET_DEFAULTS: FleetOptions = {
   prefillMsPerToken: ENGINE_MODEL_DEFAULTS.timing.prefillMsPerToken,
   decodeMsPerSeq: ENGINE_MODEL_DEFAULTS.timing.decodeMsPerSeq,
   seed: 1,
+  overheadMs: 0,
 };
 
 export interface PolicyResult {
@@ -149,6 +156,10 @@ export function infiniteCacheHitRate(reqs: readonly TraceRequest[], blockTokens:
 const EV_ARRIVAL = 0;
 const EV_STEP = 1;
 const EV_DELIVER = 2;
+/** a dispatched request reaches its engine (a = request, b = pod) */
+const EV_SUBMIT = 3;
+/** the first byte (b = 0) or the end (b = 1) of request a reaches the gateway */
+const EV_REPLY = 4;
 
 /** A policy built by the caller (tests compare against routers that are not gateway policies). */
 export type PolicyFactory = (deps: { index: PrefixIndex; loads: LoadTracker }) => RoutingPolicy;
@@ -184,6 +195,7 @@ export function simulateDetailed(
 
   const refs: StreamRef[] = [];
   const engines: EngineModel[] = [];
+  const half = Math.max(0, f.overheadMs ?? 0) / 2;
   const eo: EngineModelOptions = {
     cacheBlocks: f.cacheBlocks,
     blockTokens: bs,
@@ -202,10 +214,16 @@ export function simulateDetailed(
     refs.push(ref);
     engines.push(
       new EngineModel(ref.pod, eo, {
-        onFirstToken: (r) => tickets[r.id]?.prefillDone(),
-        onFinish: (r) => {
-          tickets[r.id]?.done();
-          tickets[r.id] = null;
+        onFirstToken: (r, t) => {
+          if (half > 0) heap.push(t + half, EV_REPLY, r.id, 0);
+          else tickets[r.id]?.prefillDone();
+        },
+        onFinish: (r, t) => {
+          if (half > 0) heap.push(t + half, EV_REPLY, r.id, 1);
+          else {
+            tickets[r.id]?.done();
+            tickets[r.id] = null;
+          }
         },
         onEvents: (ev, t) => {
           if (!feedIndex) return;
@@ -273,7 +291,16 @@ export function simulateDetailed(
         predictedBlocks += top.matchedBlocks;
       }
       tickets[a] = loads.begin(refs[p].streamId, r.inputLength - saved);
-      schedule(p, engines[p].submit(r, now));
+      if (half > 0) heap.push(now + half, EV_SUBMIT, a, p);
+      else schedule(p, engines[p].submit(r, now));
+    } else if (heap.kind === EV_SUBMIT) {
+      schedule(heap.b, engines[heap.b].submit(sim[a], now));
+    } else if (heap.kind === EV_REPLY) {
+      if (heap.b === 0) tickets[a]?.prefillDone();
+      else {
+        tickets[a]?.done();
+        tickets[a] = null;
+      }
     } else if (heap.kind === EV_STEP) {
       const e = engines[a];
       if (heap.b !== e.epoch) continue; // replaced by an earlier step end
@@ -292,6 +319,7 @@ export function simulateDetailed(
     eventsApplied,
     now,
     performance.now() - wall0,
+    2 * half,
   );
   return { result, requests: sim, index };
 }
@@ -304,6 +332,7 @@ function summarize(
   eventsApplied: number,
   simulatedMs: number,
   wallMs: number,
+  overheadMs: number,
 ): PolicyResult {
   let hit = 0;
   let blocks = 0;
@@ -316,7 +345,7 @@ function summarize(
       continue;
     }
     hit += r.hitBlocks;
-    ttft.push(r.firstTokenAt - r.arrival);
+    ttft.push(r.firstTokenAt - r.arrival + overheadMs);
   }
   ttft.sort((x, y) => x - y);
   const perPod = engines.map((e) => e.served);

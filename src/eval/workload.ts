@@ -64,6 +64,29 @@ export function loadMooncake(path: string, limit?: number): TraceRequest[] {
   return limit !== undefined && limit > 0 ? all.slice(0, limit) : all;
 }
 
+/** Tokens per block of the Mooncake traces' hash_ids. */
+export const MOONCAKE_BLOCK_TOKENS = 512;
+
+/**
+ * The same workload with blocks of `to` tokens instead of `from`: each block id stays one block
+ * (so hits, the bound and the cache in blocks are unchanged), full blocks become `to` tokens, the
+ * partial last block keeps its share of a block (at least one token), and output lengths scale by
+ * to/from (at least one token). A replay on smaller blocks moves fewer tokens per request: that
+ * is what makes a live replay of a trace affordable (docs/routing-quality.md, "Live replay").
+ */
+export function scaleBlocks(reqs: readonly TraceRequest[], from: number, to: number): TraceRequest[] {
+  if (from === to) return reqs.slice();
+  return reqs.map((r) => {
+    const n = Math.max(1, r.hash_ids.length);
+    const last = Math.min(from, Math.max(1, r.input_length - (n - 1) * from));
+    return {
+      ...r,
+      input_length: (n - 1) * to + Math.max(1, Math.round((last * to) / from)),
+      output_length: r.output_length === 0 ? 0 : Math.max(1, Math.round((r.output_length * to) / from)),
+    };
+  });
+}
+
 export interface ArrivalOptions {
   /** multiply every timestamp by this (0.5 = the same requests in half the time: twice the load) */
   timeScale?: number;

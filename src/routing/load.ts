@@ -26,6 +26,11 @@ interface StreamLoad {
   prefillTokens: number;
   /** this gateway's requests still in prefill, in dispatch order */
   claims: Set<PrefillClaim>;
+  /**
+   * The fluid queue at the last claim's dispatch time under `rate` (drainedPrefillTokens' loop),
+   * kept so a route reads it in O(1): a new claim extends it, a release or a new rate voids it.
+   */
+  drain: { rate: number; backlog: number; last: number } | null;
 }
 
 /**
@@ -81,14 +86,20 @@ export class LoadTracker implements LoadSource {
     if (s === undefined) return 0;
     const rate = this.rates.get(streamId);
     if (rate === undefined) return s.prefillTokens;
-    let backlog = 0;
-    let last = Number.NEGATIVE_INFINITY;
-    for (const c of s.claims) {
-      if (last > Number.NEGATIVE_INFINITY) backlog = Math.max(0, backlog - rate * (c.t - last));
-      backlog += c.tokens;
-      last = c.t;
+    if (s.claims.size === 0) return 0;
+    let d = s.drain;
+    if (d === null || d.rate !== rate) {
+      let backlog = 0;
+      let last = Number.NEGATIVE_INFINITY;
+      for (const c of s.claims) {
+        if (last > Number.NEGATIVE_INFINITY) backlog = Math.max(0, backlog - rate * (c.t - last));
+        backlog += c.tokens;
+        last = c.t;
+      }
+      d = { rate, backlog, last };
+      s.drain = d;
     }
-    return last === Number.NEGATIVE_INFINITY ? 0 : Math.max(0, backlog - rate * (now - last));
+    return Math.max(0, d.backlog - rate * (now - d.last));
   }
 
   private learn(streamId: string, c: PrefillClaim, now: number): void {
@@ -106,13 +117,22 @@ export class LoadTracker implements LoadSource {
   begin(streamId: string, prefillTokens: number): LoadTicket {
     let s = this.streams.get(streamId);
     if (s === undefined) {
-      s = { requests: 0, prefillRequests: 0, prefillTokens: 0, claims: new Set() };
+      s = { requests: 0, prefillRequests: 0, prefillTokens: 0, claims: new Set(), drain: null };
       this.streams.set(streamId, s);
     }
     const tokens = Math.max(0, Math.floor(prefillTokens));
     const now = this.r.now();
     const claim: PrefillClaim = { t: now, tokens, ahead: this.drainedPrefillTokens(streamId, now) };
     s.claims.add(claim);
+    // the same step drainedPrefillTokens' loop takes for a claim appended last
+    const d = s.drain;
+    if (d !== null && s.claims.size > 1 && now >= d.last) {
+      s.drain = {
+        rate: d.rate,
+        backlog: Math.max(0, d.backlog - d.rate * (now - d.last)) + tokens,
+        last: now,
+      };
+    } else s.drain = null;
     s.requests++;
     s.prefillRequests++;
     s.prefillTokens += tokens;
@@ -123,6 +143,7 @@ export class LoadTracker implements LoadSource {
       if (cur === undefined) return;
       if (prefill) {
         cur.claims.delete(claim);
+        cur.drain = null;
         cur.prefillTokens = Math.max(0, cur.prefillTokens - tokens);
         cur.prefillRequests = Math.max(0, cur.prefillRequests - 1);
       }
@@ -153,12 +174,9 @@ export class LoadTracker implements LoadSource {
     const rank =
       rankSep > 0 && streamId.slice(0, rankSep) === pod ? Number(streamId.slice(rankSep + 1)) : null;
     const e = this.engine?.engineLoad(pod, rank);
-    // present only once the stream has a learned rate
-    const drained = this.rates.has(streamId)
-      ? { drainedPrefillTokens: this.drainedPrefillTokens(streamId) }
-      : {};
     return {
-      ...drained,
+      // null until the stream has a learned rate (a fixed shape: a spread object is slow on the hot path)
+      drainedPrefillTokens: this.rates.has(streamId) ? this.drainedPrefillTokens(streamId) : null,
       inflightRequests: s?.requests ?? 0,
       inflightPrefillRequests: s?.prefillRequests ?? 0,
       inflightPrefillTokens: s?.prefillTokens ?? 0,
@@ -176,6 +194,11 @@ export class LoadTracker implements LoadSource {
   }
 
   snapshot(): Array<{ streamId: string; requests: number; prefillRequests: number; prefillTokens: number }> {
-    return [...this.streams].map(([streamId, s]) => ({ streamId, ...s }));
+    return [...this.streams].map(([streamId, s]) => ({
+      streamId,
+      requests: s.requests,
+      prefillRequests: s.prefillRequests,
+      prefillTokens: s.prefillTokens,
+    }));
   }
 }

@@ -329,6 +329,7 @@ describe("load, engine metrics and feedback", () => {
     const l = new LoadTracker();
     const t = l.begin("p", 100);
     assert.deepEqual(l.load("p", "p"), {
+      drainedPrefillTokens: null,
       inflightRequests: 1,
       inflightPrefillRequests: 1,
       inflightPrefillTokens: 100,

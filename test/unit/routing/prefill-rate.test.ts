@@ -13,7 +13,7 @@ test("the rate is learned from time to first byte and drains the backlog like a 
   // no rate yet: the backlog is every in-prefill token, and the view has no drained figure
   const a = l.begin("p", 1000);
   assert.equal(l.drainedPrefillTokens("p"), 1000);
-  assert.equal(l.load("p", "p").drainedPrefillTokens, undefined);
+  assert.equal(l.load("p", "p").drainedPrefillTokens, null);
   now = 100;
   a.prefillDone(); // 1000 tokens, nothing ahead, 100 ms: 10 tokens/ms
   assert.equal(l.prefillRate("p"), 10);
