@@ -15,11 +15,13 @@ const LAYERS = [
   { folders: ["index", "tokenize", "discovery"] },
   { folders: ["events", "routing"] },
   // the gateway and the admin API both serve a fleet: they may share code, without cycles
-  { folders: ["gateway", "admin", "fleet"], siblings: true },
+  { folders: ["gateway", "admin"], siblings: true },
   // the mock engine: a separate program that shares the wire format and the tokenizer
   { folders: ["engine"] },
-  // programs that drive the stack: the demo (mock engines + gateway), the evaluator (index + routing)
-  { folders: ["demo", "eval"] },
+  // the demo: mock engines + gateway on loopback, and the workload that drives them
+  { folders: ["demo"] },
+  // the evaluator: the index and the policies in a simulator; its --live mode runs the demo's fleet
+  { folders: ["eval"] },
   { folders: ["commands"] },
 ];
 
