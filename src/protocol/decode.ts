@@ -27,6 +27,31 @@ import {
   overLimit,
   type ReaderLimits,
 } from "./msgpack-reader.ts";
+import {
+  BATCH_ORDER,
+  EVENT_TYPES,
+  F_BLOCK_SIZE,
+  F_DP_RANK,
+  F_EVENTS,
+  F_EXTRA,
+  F_GROUP,
+  F_HASHES,
+  F_LOCALITY,
+  F_LORA_ID,
+  F_LORA_NAME,
+  F_MEDIUM,
+  F_PARENT,
+  F_SPEC_KIND,
+  F_SPEC_SW,
+  F_TOKENS,
+  F_TS,
+  F_TYPE,
+  FIELD_NAMES,
+  REMOVED_ORDER,
+  STORED_ORDER,
+  T_CLEARED,
+  T_STORED,
+} from "./schema.ts";
 import type { AllBlocksCleared, BlockRemoved, BlockStored, EventBatch, HashKey, KvEvent } from "./types.ts";
 
 export interface DecodeLimits extends ReaderLimits {
@@ -97,76 +122,14 @@ function key9(kind: number, buf: Buffer, p: number): HashKey {
   );
 }
 
-// Field ids (map keys of events and of the batch map).
-const K_TYPE = 1;
-const K_HASHES = 2;
-const K_PARENT = 3;
-const K_TOKENS = 4;
-const K_BLOCK_SIZE = 5;
-const K_LORA_ID = 6;
-const K_MEDIUM = 7;
-const K_LORA_NAME = 8;
-const K_EXTRA = 9;
-const K_GROUP = 10;
-const K_SPEC_KIND = 11;
-const K_SPEC_SW = 12;
-const K_LOCALITY = 13;
-const K_TS = 14;
-const K_EVENTS = 15;
-const K_DP_RANK = 16;
-
-/** Positional field order of array-encoded events (after the type tag). */
-const STORED_ORDER = [
-  K_HASHES,
-  K_PARENT,
-  K_TOKENS,
-  K_BLOCK_SIZE,
-  K_LORA_ID,
-  K_MEDIUM,
-  K_LORA_NAME,
-  K_EXTRA,
-  K_GROUP,
-  K_SPEC_KIND,
-  K_SPEC_SW,
-  K_LOCALITY,
-];
-const REMOVED_ORDER = [K_HASHES, K_MEDIUM, K_GROUP, K_LOCALITY];
-
-const EVENT_KEYS: Array<[string, number]> = [
-  ["type", K_TYPE],
-  ["block_hashes", K_HASHES],
-  ["parent_block_hash", K_PARENT],
-  ["token_ids", K_TOKENS],
-  ["block_size", K_BLOCK_SIZE],
-  ["lora_id", K_LORA_ID],
-  ["medium", K_MEDIUM],
-  ["lora_name", K_LORA_NAME],
-  ["extra_keys", K_EXTRA],
-  ["group_idx", K_GROUP],
-  ["kv_cache_spec_kind", K_SPEC_KIND],
-  ["kv_cache_spec_sliding_window", K_SPEC_SW],
-  ["locality", K_LOCALITY],
-];
-const BATCH_KEYS: Array<[string, number]> = [
-  ["ts", K_TS],
-  ["events", K_EVENTS],
-  ["data_parallel_rank", K_DP_RANK],
-];
-
-const T_STORED = 1;
-const T_REMOVED = 2;
-const T_CLEARED = 3;
-const TYPE_TAGS: Array<[string, number]> = [
-  ["BlockStored", T_STORED],
-  ["BlockRemoved", T_REMOVED],
-  ["AllBlocksCleared", T_CLEARED],
-];
 /** Media strings shared instead of allocated per event. */
 const MEDIA = internTable(["GPU", "CPU", "STORAGE"]);
 
-const EVENT_KEY_TABLE = keyTable(EVENT_KEYS);
-const BATCH_KEY_TABLE = keyTable(BATCH_KEYS);
-const TYPE_TABLE = keyTable(TYPE_TAGS);
+const named = (ids: readonly number[]) => ids.map((id): [string, number] => [FIELD_NAMES[id]!, id]);
+/** Map keys of events: the tag and the fields of every event type (a field has one id in all). */
+const EVENT_KEY_TABLE = keyTable(named([F_TYPE, ...new Set([...STORED_ORDER, ...REMOVED_ORDER])]));
+const BATCH_KEY_TABLE = keyTable(named(BATCH_ORDER));
+const TYPE_TABLE = keyTable(EVENT_TYPES);
 
 function newStored(): BlockStored {
   return {
@@ -283,57 +246,57 @@ class KvEventReader extends MsgpackReader<DecodeLimits> {
     if (type === T_STORED) {
       const s = ev as BlockStored;
       switch (key) {
-        case K_HASHES:
+        case F_HASHES:
           s.blockHashes = this.hashList();
           return 1;
-        case K_PARENT:
+        case F_PARENT:
           s.parentBlockHash = this.hashOrNil();
           return 0;
-        case K_TOKENS:
+        case F_TOKENS:
           s.tokenIds = this.tokens();
           return 2;
-        case K_BLOCK_SIZE:
+        case F_BLOCK_SIZE:
           s.blockSize = this.int("block_size");
           if (s.blockSize <= 0) this.bad("block_size must be positive");
           return 4;
-        case K_LORA_ID:
+        case F_LORA_ID:
           s.loraId = this.intOrNil("lora_id");
           return 0;
-        case K_MEDIUM:
+        case F_MEDIUM:
           s.medium = this.strOrNil("medium", MEDIA);
           return 0;
-        case K_LORA_NAME:
+        case F_LORA_NAME:
           s.loraName = this.strOrNil("lora_name", MEDIA);
           return 0;
-        case K_EXTRA:
+        case F_EXTRA:
           s.extraKeys = this.extraKeys(depth);
           return 0;
-        case K_GROUP:
+        case F_GROUP:
           s.groupIdx = this.intOrNil("group_idx");
           return 0;
-        case K_SPEC_KIND:
+        case F_SPEC_KIND:
           s.kvCacheSpecKind = this.strOrNil("kv_cache_spec_kind", MEDIA);
           return 0;
-        case K_SPEC_SW:
+        case F_SPEC_SW:
           s.kvCacheSpecSlidingWindow = this.intOrNil("kv_cache_spec_sliding_window");
           return 0;
-        case K_LOCALITY:
+        case F_LOCALITY:
           s.locality = this.strOrNil("locality", MEDIA);
           return 0;
       }
     } else {
       const r = ev as BlockRemoved;
       switch (key) {
-        case K_HASHES:
+        case F_HASHES:
           r.blockHashes = this.hashList();
           return 1;
-        case K_MEDIUM:
+        case F_MEDIUM:
           r.medium = this.strOrNil("medium", MEDIA);
           return 0;
-        case K_GROUP:
+        case F_GROUP:
           r.groupIdx = this.intOrNil("group_idx");
           return 0;
-        case K_LOCALITY:
+        case F_LOCALITY:
           r.locality = this.strOrNil("locality", MEDIA);
           return 0;
       }
@@ -390,7 +353,7 @@ class KvEventReader extends MsgpackReader<DecodeLimits> {
     let from = 0;
     for (let i = 0; i < n; i++) {
       const kl = this.key();
-      if (this.match(EVENT_KEY_TABLE, kl) === K_TYPE) {
+      if (this.match(EVENT_KEY_TABLE, kl) === F_TYPE) {
         type = this.typeTag();
         if (i === 0) from = 1;
         else this.pos = start;
@@ -402,7 +365,7 @@ class KvEventReader extends MsgpackReader<DecodeLimits> {
     if (type === 0 || type === T_CLEARED) {
       for (let i = from; i < n; i++) {
         const key = this.match(EVENT_KEY_TABLE, this.key());
-        if (key !== K_TYPE && type === T_CLEARED) this.unknownKeys++;
+        if (key !== F_TYPE && type === T_CLEARED) this.unknownKeys++;
         this.skipValue(depth + 1);
       }
       if (type === 0) {
@@ -415,7 +378,7 @@ class KvEventReader extends MsgpackReader<DecodeLimits> {
     let seen = 0;
     for (let i = from; i < n; i++) {
       const key = this.match(EVENT_KEY_TABLE, this.key());
-      if (key === K_TYPE) {
+      if (key === F_TYPE) {
         this.skipValue(depth + 1);
         continue;
       }
@@ -441,30 +404,29 @@ class KvEventReader extends MsgpackReader<DecodeLimits> {
     return out;
   }
 
+  /** The batch: positional (BATCH_ORDER, every era) or a map of the same fields. */
   batch(): EventBatch {
     let n = this.arrayHeader();
-    if (n >= 0) {
+    const positional = n >= 0;
+    if (positional) {
       if (n < 2) this.bad(`batch: expected [ts, events, dp_rank?], got ${n} items`);
       this.fits(n);
-      const ts = this.float("ts");
-      const events = this.events(2);
-      const dpRank = n >= 3 ? this.intOrNil("data_parallel_rank") : null;
-      for (let i = 3; i < n; i++) {
-        this.unknownKeys++;
-        this.skipValue(2);
-      }
-      return { ts, events, dpRank };
+    } else {
+      n = this.mapHeader();
+      if (n < 0) this.bad("batch: expected an array or a map");
     }
-    n = this.mapHeader();
-    if (n < 0) this.bad("batch: expected an array or a map");
     let ts: number | null = null;
     let events: KvEvent[] | null = null;
     let dpRank: number | null = null;
     for (let i = 0; i < n; i++) {
-      const key = this.match(BATCH_KEY_TABLE, this.key());
-      if (key === K_TS) ts = this.float("ts");
-      else if (key === K_EVENTS) events = this.events(2);
-      else if (key === K_DP_RANK) dpRank = this.intOrNil("data_parallel_rank");
+      const key = positional
+        ? i < BATCH_ORDER.length
+          ? BATCH_ORDER[i]!
+          : 0
+        : this.match(BATCH_KEY_TABLE, this.key());
+      if (key === F_TS) ts = this.float("ts");
+      else if (key === F_EVENTS) events = this.events(2);
+      else if (key === F_DP_RANK) dpRank = this.intOrNil("data_parallel_rank");
       else {
         this.unknownKeys++;
         this.skipValue(2);
