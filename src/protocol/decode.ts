@@ -1,5 +1,6 @@
 /**
- * Schema-aware msgpack decoder for vLLM KV-event batches.
+ * Schema-aware decoder of vLLM KV-event batches (every era: array or map events, int or bytes
+ * hashes), reading through the bounded msgpack cursor of msgpack-reader.ts.
  *
  * Why hand-written rather than msgpackr + a schema pass over the resulting objects:
  *  - exactness without BigInt: block hashes are uint64 (often >= 2^63) or negative int64; a
@@ -12,15 +13,48 @@
  *  - one pass, no intermediate object graph: event objects are built straight from the buffer,
  *    map keys are matched as bytes (no string per key), unknown keys/values are skipped without
  *    materialising them, and "GPU"/"CPU" media are interned.
- *  - bounded everything: recursion only through `skip`/`generic` with a depth limit, every loop
- *    consumes >= 1 byte per iteration, so random input ends in a ProtocolError quickly.
+ *  - bounded everything: recursion only through `skipValue`/`value` with a depth limit, every
+ *    loop consumes >= 1 byte per iteration, so random input ends in a ProtocolError quickly.
  * msgpackr stays the baseline in bench/protocol.bench.ts and the oracle in the property tests.
  */
 import { ProtocolError } from "./errors.ts";
 import { hashFromInt64NegParts, hashFromUint64Parts } from "./hash.ts";
+import {
+  internTable,
+  keyTable,
+  MsgpackReader,
+  malformed,
+  overLimit,
+  type ReaderLimits,
+} from "./msgpack-reader.ts";
+import {
+  BATCH_ORDER,
+  EVENT_TYPES,
+  F_BLOCK_SIZE,
+  F_DP_RANK,
+  F_EVENTS,
+  F_EXTRA,
+  F_GROUP,
+  F_HASHES,
+  F_LOCALITY,
+  F_LORA_ID,
+  F_LORA_NAME,
+  F_MEDIUM,
+  F_PARENT,
+  F_SPEC_KIND,
+  F_SPEC_SW,
+  F_TOKENS,
+  F_TS,
+  F_TYPE,
+  FIELD_NAMES,
+  REMOVED_ORDER,
+  STORED_ORDER,
+  T_CLEARED,
+  T_STORED,
+} from "./schema.ts";
 import type { AllBlocksCleared, BlockRemoved, BlockStored, EventBatch, HashKey, KvEvent } from "./types.ts";
 
-export interface DecodeLimits {
+export interface DecodeLimits extends ReaderLimits {
   /** Whole payload size. */
   maxPayloadBytes: number;
   /** Events in one batch (known and unknown). */
@@ -61,8 +95,6 @@ export interface DecodeResult {
   unknownKeys: number;
 }
 
-const TWO32 = 0x1_0000_0000;
-
 interface Latin1Sliceable {
   latin1Slice(start: number, end: number): string;
 }
@@ -90,92 +122,14 @@ function key9(kind: number, buf: Buffer, p: number): HashKey {
   );
 }
 
-// Field ids (map keys of events and of the batch map).
-const K_TYPE = 1;
-const K_HASHES = 2;
-const K_PARENT = 3;
-const K_TOKENS = 4;
-const K_BLOCK_SIZE = 5;
-const K_LORA_ID = 6;
-const K_MEDIUM = 7;
-const K_LORA_NAME = 8;
-const K_EXTRA = 9;
-const K_GROUP = 10;
-const K_SPEC_KIND = 11;
-const K_SPEC_SW = 12;
-const K_LOCALITY = 13;
-const K_TS = 14;
-const K_EVENTS = 15;
-const K_DP_RANK = 16;
+/** Media strings shared instead of allocated per event. */
+const MEDIA = internTable(["GPU", "CPU", "STORAGE"]);
 
-/** Positional field order of array-encoded events (after the type tag). */
-const STORED_ORDER = [
-  K_HASHES,
-  K_PARENT,
-  K_TOKENS,
-  K_BLOCK_SIZE,
-  K_LORA_ID,
-  K_MEDIUM,
-  K_LORA_NAME,
-  K_EXTRA,
-  K_GROUP,
-  K_SPEC_KIND,
-  K_SPEC_SW,
-  K_LOCALITY,
-];
-const REMOVED_ORDER = [K_HASHES, K_MEDIUM, K_GROUP, K_LOCALITY];
-
-const EVENT_KEYS: Array<[string, number]> = [
-  ["type", K_TYPE],
-  ["block_hashes", K_HASHES],
-  ["parent_block_hash", K_PARENT],
-  ["token_ids", K_TOKENS],
-  ["block_size", K_BLOCK_SIZE],
-  ["lora_id", K_LORA_ID],
-  ["medium", K_MEDIUM],
-  ["lora_name", K_LORA_NAME],
-  ["extra_keys", K_EXTRA],
-  ["group_idx", K_GROUP],
-  ["kv_cache_spec_kind", K_SPEC_KIND],
-  ["kv_cache_spec_sliding_window", K_SPEC_SW],
-  ["locality", K_LOCALITY],
-];
-const BATCH_KEYS: Array<[string, number]> = [
-  ["ts", K_TS],
-  ["events", K_EVENTS],
-  ["data_parallel_rank", K_DP_RANK],
-];
-
-const T_STORED = 1;
-const T_REMOVED = 2;
-const T_CLEARED = 3;
-const TYPE_TAGS: Array<[string, number]> = [
-  ["BlockStored", T_STORED],
-  ["BlockRemoved", T_REMOVED],
-  ["AllBlocksCleared", T_CLEARED],
-];
-const INTERNED = ["GPU", "CPU", "STORAGE"];
-
-interface KeyEntry {
-  bytes: Uint8Array;
-  id: number;
-}
-/** Keys bucketed by byte length, matched against the wire bytes without building strings. */
-type KeyTable = Array<KeyEntry[] | undefined>;
-function keyTable(keys: Array<[string, number]>): KeyTable {
-  const t: KeyTable = [];
-  for (const [k, id] of keys) {
-    const bytes = Buffer.from(k, "utf8");
-    const bucket = t[bytes.length] ?? [];
-    bucket.push({ bytes, id });
-    t[bytes.length] = bucket;
-  }
-  return t;
-}
-const EVENT_KEY_TABLE = keyTable(EVENT_KEYS);
-const BATCH_KEY_TABLE = keyTable(BATCH_KEYS);
-const TYPE_TABLE = keyTable(TYPE_TAGS);
-const INTERN_TABLE = keyTable(INTERNED.map((s, i): [string, number] => [s, i + 1]));
+const named = (ids: readonly number[]) => ids.map((id): [string, number] => [FIELD_NAMES[id]!, id]);
+/** Map keys of events: the tag and the fields of every event type (a field has one id in all). */
+const EVENT_KEY_TABLE = keyTable(named([F_TYPE, ...new Set([...STORED_ORDER, ...REMOVED_ORDER])]));
+const BATCH_KEY_TABLE = keyTable(named(BATCH_ORDER));
+const TYPE_TABLE = keyTable(EVENT_TYPES);
 
 function newStored(): BlockStored {
   return {
@@ -199,268 +153,10 @@ function newRemoved(): BlockRemoved {
 }
 const CLEARED: AllBlocksCleared = Object.freeze({ type: "AllBlocksCleared" }) as AllBlocksCleared;
 
-function malformed(msg: string): never {
-  throw new ProtocolError("malformed_msgpack", msg);
-}
-function schema(msg: string): never {
-  throw new ProtocolError("bad_schema", msg);
-}
-function overLimit(limit: keyof DecodeLimits, got: number, max: number): never {
-  throw new ProtocolError("limit_exceeded", `${limit} exceeded: ${got} > ${max}`, limit);
-}
-
-class Reader {
-  buf: Buffer;
-  pos: number;
-  end: number;
-  lim: DecodeLimits;
+/** The vLLM KV-event schema read through the bounded msgpack cursor. */
+class KvEventReader extends MsgpackReader<DecodeLimits> {
   unknownEvents = 0;
   unknownKeys = 0;
-  /** Remaining values allowed in the current event's extra_keys. */
-  extraBudget = 0;
-  /** Set by `strHeader`: start of the string's bytes. */
-  strStart = 0;
-
-  constructor(buf: Buffer, lim: DecodeLimits) {
-    this.buf = buf;
-    this.pos = 0;
-    this.end = buf.length;
-    this.lim = lim;
-  }
-
-  /** Wrong type at `pos`: bad_schema, unless the byte is 0xc1, which is never valid msgpack. */
-  bad(msg: string): never {
-    if (this.pos < this.end && this.buf[this.pos] === 0xc1)
-      malformed(`reserved type byte 0xc1 at offset ${this.pos}`);
-    return schema(msg);
-  }
-
-  need(n: number): void {
-    if (this.pos + n > this.end) malformed(`truncated at offset ${this.pos}`);
-  }
-
-  /** Consume an array header and return its count, or -1 (nothing consumed) if not an array. */
-  arrayHeader(): number {
-    this.need(1);
-    const b = this.buf[this.pos]!;
-    let n: number;
-    if (b >= 0x90 && b <= 0x9f) {
-      n = b & 0x0f;
-      this.pos += 1;
-    } else if (b === 0xdc) {
-      this.need(3);
-      n = this.buf.readUInt16BE(this.pos + 1);
-      this.pos += 3;
-    } else if (b === 0xdd) {
-      this.need(5);
-      n = this.buf.readUInt32BE(this.pos + 1);
-      this.pos += 5;
-    } else return -1;
-    return n;
-  }
-
-  /** Consume a map header and return its entry count, or -1 (nothing consumed) if not a map. */
-  mapHeader(): number {
-    this.need(1);
-    const b = this.buf[this.pos]!;
-    let n: number;
-    if (b >= 0x80 && b <= 0x8f) {
-      n = b & 0x0f;
-      this.pos += 1;
-    } else if (b === 0xde) {
-      this.need(3);
-      n = this.buf.readUInt16BE(this.pos + 1);
-      this.pos += 3;
-    } else if (b === 0xdf) {
-      this.need(5);
-      n = this.buf.readUInt32BE(this.pos + 1);
-      this.pos += 5;
-    } else return -1;
-    if (n > this.lim.maxMapEntries) overLimit("maxMapEntries", n, this.lim.maxMapEntries);
-    if (n * 2 > this.end - this.pos) malformed(`map of ${n} entries exceeds the remaining bytes`);
-    return n;
-  }
-
-  /** Items of an array must fit in the remaining bytes (>= 1 byte each). */
-  fits(n: number): void {
-    if (n > this.end - this.pos) malformed(`array of ${n} items exceeds the remaining bytes`);
-  }
-
-  /** Consume a str header, set strStart, return the byte length; -1 (nothing consumed) if not a str. */
-  strHeader(): number {
-    this.need(1);
-    const b = this.buf[this.pos]!;
-    let n: number;
-    let h: number;
-    if (b >= 0xa0 && b <= 0xbf) {
-      n = b & 0x1f;
-      h = 1;
-    } else if (b === 0xd9) {
-      this.need(2);
-      n = this.buf[this.pos + 1]!;
-      h = 2;
-    } else if (b === 0xda) {
-      this.need(3);
-      n = this.buf.readUInt16BE(this.pos + 1);
-      h = 3;
-    } else if (b === 0xdb) {
-      this.need(5);
-      n = this.buf.readUInt32BE(this.pos + 1);
-      h = 5;
-    } else return -1;
-    this.pos += h;
-    this.need(n);
-    this.strStart = this.pos;
-    this.pos += n;
-    return n;
-  }
-
-  /** Consume a bin header, set strStart, return the byte length; -1 (nothing consumed) if not bin. */
-  binHeader(): number {
-    this.need(1);
-    const b = this.buf[this.pos]!;
-    let n: number;
-    let h: number;
-    if (b === 0xc4) {
-      this.need(2);
-      n = this.buf[this.pos + 1]!;
-      h = 2;
-    } else if (b === 0xc5) {
-      this.need(3);
-      n = this.buf.readUInt16BE(this.pos + 1);
-      h = 3;
-    } else if (b === 0xc6) {
-      this.need(5);
-      n = this.buf.readUInt32BE(this.pos + 1);
-      h = 5;
-    } else return -1;
-    this.pos += h;
-    this.need(n);
-    this.strStart = this.pos;
-    this.pos += n;
-    return n;
-  }
-
-  /** Look up the str just read (strStart, len) in a key table; 0 if unknown. */
-  match(table: KeyTable, len: number): number {
-    const bucket = table[len];
-    if (bucket === undefined) return 0;
-    const buf = this.buf;
-    const s = this.strStart;
-    for (let i = 0; i < bucket.length; i++) {
-      const e = bucket[i]!;
-      const k = e.bytes;
-      let j = 0;
-      while (j < len && buf[s + j] === k[j]) j++;
-      if (j === len) return e.id;
-    }
-    return 0;
-  }
-
-  nil(): boolean {
-    this.need(1);
-    if (this.buf[this.pos] === 0xc0) {
-      this.pos += 1;
-      return true;
-    }
-    return false;
-  }
-
-  /** Any msgpack integer that is a safe JS integer; else bad_schema. */
-  int(what: string): number {
-    this.need(1);
-    const buf = this.buf;
-    const p = this.pos;
-    const b = buf[p]!;
-    if (b <= 0x7f) {
-      this.pos = p + 1;
-      return b;
-    }
-    if (b >= 0xe0) {
-      this.pos = p + 1;
-      return b - 256;
-    }
-    switch (b) {
-      case 0xcc:
-        this.need(2);
-        this.pos = p + 2;
-        return buf[p + 1]!;
-      case 0xcd:
-        this.need(3);
-        this.pos = p + 3;
-        return (buf[p + 1]! << 8) | buf[p + 2]!;
-      case 0xce:
-        this.need(5);
-        this.pos = p + 5;
-        return buf.readUInt32BE(p + 1);
-      case 0xcf: {
-        this.need(9);
-        const hi = buf.readUInt32BE(p + 1);
-        if (hi >= 0x200000) this.bad(`${what}: integer beyond 2^53`);
-        this.pos = p + 9;
-        return hi * TWO32 + buf.readUInt32BE(p + 5);
-      }
-      case 0xd0:
-        this.need(2);
-        this.pos = p + 2;
-        return buf.readInt8(p + 1);
-      case 0xd1:
-        this.need(3);
-        this.pos = p + 3;
-        return buf.readInt16BE(p + 1);
-      case 0xd2:
-        this.need(5);
-        this.pos = p + 5;
-        return buf.readInt32BE(p + 1);
-      case 0xd3: {
-        this.need(9);
-        const hi = buf.readInt32BE(p + 1);
-        const v = hi * TWO32 + buf.readUInt32BE(p + 5);
-        if (hi >= 0x200000 || hi < -0x200000 || !Number.isSafeInteger(v)) {
-          this.bad(`${what}: integer beyond 2^53`);
-        }
-        this.pos = p + 9;
-        return v;
-      }
-    }
-    return this.bad(`${what}: expected an integer, got type byte 0x${b.toString(16)}`);
-  }
-
-  intOrNil(what: string): number | null {
-    return this.nil() ? null : this.int(what);
-  }
-
-  /** float64/float32/int → number (ts). */
-  float(what: string): number {
-    this.need(1);
-    const b = this.buf[this.pos]!;
-    if (b === 0xcb) {
-      this.need(9);
-      const v = this.buf.readDoubleBE(this.pos + 1);
-      this.pos += 9;
-      return v;
-    }
-    if (b === 0xca) {
-      this.need(5);
-      const v = this.buf.readFloatBE(this.pos + 1);
-      this.pos += 5;
-      return v;
-    }
-    return this.int(what);
-  }
-
-  str(what: string): string {
-    const n = this.strHeader();
-    if (n < 0) this.bad(`${what}: expected a string`);
-    if (n > this.lim.maxStringBytes) overLimit("maxStringBytes", n, this.lim.maxStringBytes);
-    const interned = this.match(INTERN_TABLE, n);
-    if (interned !== 0) return INTERNED[interned - 1]!;
-    return this.buf.toString("utf8", this.strStart, this.strStart + n);
-  }
-
-  strOrNil(what: string): string | null {
-    return this.nil() ? null : this.str(what);
-  }
 
   /** One block hash: msgpack int of any width or bin → HashKey. */
   hash(): HashKey {
@@ -534,183 +230,13 @@ class Reader {
     if (n < 0) this.bad("token_ids: expected an array");
     if (n > this.lim.maxTokensPerEvent) overLimit("maxTokensPerEvent", n, this.lim.maxTokensPerEvent);
     this.fits(n);
-    // Hot loop (most of a payload's bytes): inline the common widths, bounds-checked per item.
-    const out: number[] = new Array(n); // n <= limit and <= remaining bytes (checked above)
-    const buf = this.buf;
-    const end = this.end;
-    let p = this.pos;
-    for (let i = 0; i < n; i++) {
-      if (p >= end) malformed("token_ids truncated");
-      const b = buf[p]!;
-      if (b <= 0x7f) {
-        out[i] = b;
-        p += 1;
-      } else if (b === 0xcd && p + 3 <= end) {
-        out[i] = (buf[p + 1]! << 8) | buf[p + 2]!;
-        p += 3;
-      } else if (b === 0xce && p + 5 <= end) {
-        out[i] = buf[p + 1]! * 0x1000000 + ((buf[p + 2]! << 16) | (buf[p + 3]! << 8) | buf[p + 4]!);
-        p += 5;
-      } else if (b === 0xcc && p + 2 <= end) {
-        out[i] = buf[p + 1]!;
-        p += 2;
-      } else {
-        this.pos = p;
-        out[i] = this.int("token_ids");
-        p = this.pos;
-      }
-    }
-    this.pos = p;
-    return out;
-  }
-
-  /** Skip one value of any type without materialising it. */
-  skipValue(depth: number): void {
-    this.need(1);
-    const buf = this.buf;
-    const b = buf[this.pos]!;
-    if (b <= 0x7f || b >= 0xe0 || b === 0xc0 || b === 0xc2 || b === 0xc3) {
-      this.pos += 1;
-      return;
-    }
-    if ((b >= 0xa0 && b <= 0xbf) || b === 0xd9 || b === 0xda || b === 0xdb) {
-      this.strHeader();
-      return;
-    }
-    if (b === 0xc4 || b === 0xc5 || b === 0xc6) {
-      this.binHeader();
-      return;
-    }
-    if ((b >= 0x90 && b <= 0x9f) || b === 0xdc || b === 0xdd) {
-      if (depth > this.lim.maxDepth) overLimit("maxDepth", depth, this.lim.maxDepth);
-      const n = this.arrayHeader();
-      this.fits(n);
-      for (let i = 0; i < n; i++) this.skipValue(depth + 1);
-      return;
-    }
-    if ((b >= 0x80 && b <= 0x8f) || b === 0xde || b === 0xdf) {
-      if (depth > this.lim.maxDepth) overLimit("maxDepth", depth, this.lim.maxDepth);
-      const n = this.mapHeader();
-      for (let i = 0; i < 2 * n; i++) this.skipValue(depth + 1);
-      return;
-    }
-    let size: number;
-    switch (b) {
-      case 0xcc:
-      case 0xd0:
-        size = 2;
-        break;
-      case 0xcd:
-      case 0xd1:
-      case 0xd4:
-        size = 3;
-        break;
-      case 0xd5:
-        size = 4;
-        break;
-      case 0xce:
-      case 0xd2:
-      case 0xca:
-        size = 5;
-        break;
-      case 0xd6:
-        size = 6;
-        break;
-      case 0xcf:
-      case 0xd3:
-      case 0xcb:
-        size = 9;
-        break;
-      case 0xd7:
-        size = 10;
-        break;
-      case 0xd8:
-        size = 18;
-        break;
-      case 0xc7:
-        this.need(2);
-        size = 3 + buf[this.pos + 1]!;
-        break;
-      case 0xc8:
-        this.need(3);
-        size = 4 + buf.readUInt16BE(this.pos + 1);
-        break;
-      case 0xc9:
-        this.need(5);
-        size = 6 + buf.readUInt32BE(this.pos + 1);
-        break;
-      default:
-        malformed(`reserved type byte 0xc1 at offset ${this.pos}`);
-    }
-    this.need(size);
-    this.pos += size;
-  }
-
-  /** A generic value (extra_keys): nil/bool/number/string/bytes/array/map. Ints beyond 2^53 → bigint. */
-  generic(depth: number): unknown {
-    if (--this.extraBudget < 0) overLimit("maxExtraKeys", this.lim.maxExtraKeys + 1, this.lim.maxExtraKeys);
-    this.need(1);
-    const buf = this.buf;
-    const b = buf[this.pos]!;
-    if (b === 0xc0) {
-      this.pos += 1;
-      return null;
-    }
-    if (b === 0xc2 || b === 0xc3) {
-      this.pos += 1;
-      return b === 0xc3;
-    }
-    if (b === 0xca || b === 0xcb) return this.float("extra_keys");
-    if (b <= 0x7f || b >= 0xe0 || (b >= 0xcc && b <= 0xd3)) {
-      if (b === 0xcf || b === 0xd3) {
-        this.need(9);
-        const hi = b === 0xcf ? buf.readUInt32BE(this.pos + 1) : buf.readInt32BE(this.pos + 1);
-        const lo = buf.readUInt32BE(this.pos + 5);
-        if (hi >= 0x200000 || hi < -0x200000 || !Number.isSafeInteger(hi * TWO32 + lo)) {
-          const v = b === 0xcf ? buf.readBigUInt64BE(this.pos + 1) : buf.readBigInt64BE(this.pos + 1);
-          this.pos += 9;
-          return v;
-        }
-      }
-      return this.int("extra_keys");
-    }
-    let n = this.strHeader();
-    if (n >= 0) {
-      if (n > this.lim.maxStringBytes) overLimit("maxStringBytes", n, this.lim.maxStringBytes);
-      return buf.toString("utf8", this.strStart, this.strStart + n);
-    }
-    n = this.binHeader();
-    if (n >= 0) {
-      if (n > this.lim.maxStringBytes) overLimit("maxStringBytes", n, this.lim.maxStringBytes);
-      return new Uint8Array(buf.subarray(this.strStart, this.strStart + n));
-    }
-    if (depth > this.lim.maxDepth) overLimit("maxDepth", depth, this.lim.maxDepth);
-    n = this.arrayHeader();
-    if (n >= 0) {
-      if (n > this.extraBudget) overLimit("maxExtraKeys", n, this.lim.maxExtraKeys);
-      this.fits(n);
-      const out: unknown[] = [];
-      for (let i = 0; i < n; i++) out.push(this.generic(depth + 1));
-      return out;
-    }
-    n = this.mapHeader();
-    if (n >= 0) {
-      if (2 * n > this.extraBudget) overLimit("maxExtraKeys", 2 * n, this.lim.maxExtraKeys);
-      const out: Record<string, unknown> = {};
-      for (let i = 0; i < n; i++) {
-        const k = this.generic(depth + 1);
-        if (typeof k !== "string") this.bad("extra_keys: map key is not a string");
-        Object.defineProperty(out, k, { value: this.generic(depth + 1), enumerable: true, writable: true });
-      }
-      return out;
-    }
-    return this.bad(`extra_keys: unsupported msgpack type byte 0x${b.toString(16)}`);
+    return this.ints(n, "token_ids");
   }
 
   extraKeys(depth: number): unknown[] | null {
     if (this.nil()) return null;
-    this.extraBudget = this.lim.maxExtraKeys + 1; // +1: the list itself
-    const v = this.generic(depth);
+    this.startValues(this.lim.maxExtraKeys, "maxExtraKeys");
+    const v = this.value(depth, "extra_keys");
     if (!Array.isArray(v)) this.bad("extra_keys: expected an array or nil");
     return v;
   }
@@ -720,71 +246,64 @@ class Reader {
     if (type === T_STORED) {
       const s = ev as BlockStored;
       switch (key) {
-        case K_HASHES:
+        case F_HASHES:
           s.blockHashes = this.hashList();
           return 1;
-        case K_PARENT:
+        case F_PARENT:
           s.parentBlockHash = this.hashOrNil();
           return 0;
-        case K_TOKENS:
+        case F_TOKENS:
           s.tokenIds = this.tokens();
           return 2;
-        case K_BLOCK_SIZE:
+        case F_BLOCK_SIZE:
           s.blockSize = this.int("block_size");
           if (s.blockSize <= 0) this.bad("block_size must be positive");
           return 4;
-        case K_LORA_ID:
+        case F_LORA_ID:
           s.loraId = this.intOrNil("lora_id");
           return 0;
-        case K_MEDIUM:
-          s.medium = this.strOrNil("medium");
+        case F_MEDIUM:
+          s.medium = this.strOrNil("medium", MEDIA);
           return 0;
-        case K_LORA_NAME:
-          s.loraName = this.strOrNil("lora_name");
+        case F_LORA_NAME:
+          s.loraName = this.strOrNil("lora_name", MEDIA);
           return 0;
-        case K_EXTRA:
+        case F_EXTRA:
           s.extraKeys = this.extraKeys(depth);
           return 0;
-        case K_GROUP:
+        case F_GROUP:
           s.groupIdx = this.intOrNil("group_idx");
           return 0;
-        case K_SPEC_KIND:
-          s.kvCacheSpecKind = this.strOrNil("kv_cache_spec_kind");
+        case F_SPEC_KIND:
+          s.kvCacheSpecKind = this.strOrNil("kv_cache_spec_kind", MEDIA);
           return 0;
-        case K_SPEC_SW:
+        case F_SPEC_SW:
           s.kvCacheSpecSlidingWindow = this.intOrNil("kv_cache_spec_sliding_window");
           return 0;
-        case K_LOCALITY:
-          s.locality = this.strOrNil("locality");
+        case F_LOCALITY:
+          s.locality = this.strOrNil("locality", MEDIA);
           return 0;
       }
     } else {
       const r = ev as BlockRemoved;
       switch (key) {
-        case K_HASHES:
+        case F_HASHES:
           r.blockHashes = this.hashList();
           return 1;
-        case K_MEDIUM:
-          r.medium = this.strOrNil("medium");
+        case F_MEDIUM:
+          r.medium = this.strOrNil("medium", MEDIA);
           return 0;
-        case K_GROUP:
+        case F_GROUP:
           r.groupIdx = this.intOrNil("group_idx");
           return 0;
-        case K_LOCALITY:
-          r.locality = this.strOrNil("locality");
+        case F_LOCALITY:
+          r.locality = this.strOrNil("locality", MEDIA);
           return 0;
       }
     }
     this.unknownKeys++;
     this.skipValue(depth);
     return 0;
-  }
-
-  /** A struct map key: must be a string (as msgspec requires); returns its byte length. */
-  key(): number {
-    const n = this.strHeader();
-    if (n < 0) this.bad("map key is not a string");
-    return n;
   }
 
   /** Read a type tag string; returns T_* or 0 for an unknown type. */
@@ -834,7 +353,7 @@ class Reader {
     let from = 0;
     for (let i = 0; i < n; i++) {
       const kl = this.key();
-      if (this.match(EVENT_KEY_TABLE, kl) === K_TYPE) {
+      if (this.match(EVENT_KEY_TABLE, kl) === F_TYPE) {
         type = this.typeTag();
         if (i === 0) from = 1;
         else this.pos = start;
@@ -846,7 +365,7 @@ class Reader {
     if (type === 0 || type === T_CLEARED) {
       for (let i = from; i < n; i++) {
         const key = this.match(EVENT_KEY_TABLE, this.key());
-        if (key !== K_TYPE && type === T_CLEARED) this.unknownKeys++;
+        if (key !== F_TYPE && type === T_CLEARED) this.unknownKeys++;
         this.skipValue(depth + 1);
       }
       if (type === 0) {
@@ -859,7 +378,7 @@ class Reader {
     let seen = 0;
     for (let i = from; i < n; i++) {
       const key = this.match(EVENT_KEY_TABLE, this.key());
-      if (key === K_TYPE) {
+      if (key === F_TYPE) {
         this.skipValue(depth + 1);
         continue;
       }
@@ -885,30 +404,29 @@ class Reader {
     return out;
   }
 
+  /** The batch: positional (BATCH_ORDER, every era) or a map of the same fields. */
   batch(): EventBatch {
     let n = this.arrayHeader();
-    if (n >= 0) {
+    const positional = n >= 0;
+    if (positional) {
       if (n < 2) this.bad(`batch: expected [ts, events, dp_rank?], got ${n} items`);
       this.fits(n);
-      const ts = this.float("ts");
-      const events = this.events(2);
-      const dpRank = n >= 3 ? this.intOrNil("data_parallel_rank") : null;
-      for (let i = 3; i < n; i++) {
-        this.unknownKeys++;
-        this.skipValue(2);
-      }
-      return { ts, events, dpRank };
+    } else {
+      n = this.mapHeader();
+      if (n < 0) this.bad("batch: expected an array or a map");
     }
-    n = this.mapHeader();
-    if (n < 0) this.bad("batch: expected an array or a map");
     let ts: number | null = null;
     let events: KvEvent[] | null = null;
     let dpRank: number | null = null;
     for (let i = 0; i < n; i++) {
-      const key = this.match(BATCH_KEY_TABLE, this.key());
-      if (key === K_TS) ts = this.float("ts");
-      else if (key === K_EVENTS) events = this.events(2);
-      else if (key === K_DP_RANK) dpRank = this.intOrNil("data_parallel_rank");
+      const key = positional
+        ? i < BATCH_ORDER.length
+          ? BATCH_ORDER[i]!
+          : 0
+        : this.match(BATCH_KEY_TABLE, this.key());
+      if (key === F_TS) ts = this.float("ts");
+      else if (key === F_EVENTS) events = this.events(2);
+      else if (key === F_DP_RANK) dpRank = this.intOrNil("data_parallel_rank");
       else {
         this.unknownKeys++;
         this.skipValue(2);
@@ -941,7 +459,7 @@ export function decodeBatch(payload: Uint8Array, limits?: Partial<DecodeLimits>)
   const buf = Buffer.isBuffer(payload)
     ? payload
     : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
-  const r = new Reader(buf, lim);
+  const r = new KvEventReader(buf, lim);
   let batch: EventBatch;
   try {
     batch = r.batch();

@@ -10,22 +10,42 @@
  *    and omit fields equal to their default (None), fields without a default are always written.
  */
 import { hashKind } from "./hash.ts";
+import {
+  BATCH_ORDER,
+  F_BLOCK_SIZE,
+  F_DP_RANK,
+  F_EVENTS,
+  F_EXTRA,
+  F_GROUP,
+  F_HASHES,
+  F_LOCALITY,
+  F_LORA_ID,
+  F_LORA_NAME,
+  F_MEDIUM,
+  F_PARENT,
+  F_SPEC_KIND,
+  F_SPEC_SW,
+  F_TOKENS,
+  F_TS,
+  F_TYPE,
+  FIELD_NAMES,
+  REMOVED_FIRST_DEFAULTED,
+  REMOVED_ORDER,
+  STORED_FIRST_DEFAULTED,
+  STORED_ORDER,
+} from "./schema.ts";
 import type { BlockRemoved, BlockStored, EventBatch, HashKey, KvEvent } from "./types.ts";
 
 /**
- * Wire eras (named by the month of the vLLM commit whose bytes they reproduce):
- *  - "2025-04" (vLLM 0be6d05b5): batch [ts, events]; array events;
- *      BlockStored [tag, block_hashes, parent_block_hash, token_ids, block_size, lora_id];
- *      BlockRemoved [tag, block_hashes]; AllBlocksCleared [tag].
- *  - "2025-09" (82dfb12e5): batch [ts, events, data_parallel_rank]; array events;
- *      BlockStored + medium; BlockRemoved [tag, block_hashes, medium].
- *  - "2026-05" (bcb9c133b): as 2025-09 plus BlockStored lora_name, extra_keys, group_idx,
- *      kv_cache_spec_kind, kv_cache_spec_sliding_window; BlockRemoved + group_idx.
- *  - "2026-07" (48fc2e279): batch [ts, events, data_parallel_rank]; map events {"type": ...};
- *      BlockStored always has block_hashes, parent_block_hash, token_ids, block_size, lora_id,
- *      medium, lora_name; extra_keys, group_idx, kv_cache_spec_kind,
- *      kv_cache_spec_sliding_window, locality only when not null. BlockRemoved always has
- *      block_hashes, medium; group_idx, locality only when not null.
+ * Wire eras (named by the month of the vLLM commit whose bytes they reproduce). Each writes a
+ * prefix of the field orders in schema.ts (`ERAS` below gives the lengths):
+ *  - "2025-04" (vLLM 0be6d05b5): batch [ts, events]; array events; BlockStored up to lora_id,
+ *      BlockRemoved block_hashes only; AllBlocksCleared [tag].
+ *  - "2025-09" (82dfb12e5): + data_parallel_rank; BlockStored + medium; BlockRemoved + medium.
+ *  - "2026-05" (bcb9c133b): BlockStored up to kv_cache_spec_sliding_window; BlockRemoved up to
+ *      group_idx.
+ *  - "2026-07" (48fc2e279): map events {"type": ...}; both up to locality; fields declared with
+ *      a default (None) are left out when null, the others always written.
  * Event fields an era does not have are not written (an engine of that era did not know them).
  */
 export type WireEra = "2025-04" | "2025-09" | "2026-05" | "2026-07";
@@ -40,13 +60,15 @@ interface FieldSpec {
 }
 
 interface EraSpec {
-  dpRank: boolean;
+  /** Fields of BATCH_ORDER written. */
+  batchFields: number;
   mapEvents: boolean;
   stored: FieldSpec[];
   removed: FieldSpec[];
 }
 
 const TWO32 = 0x1_0000_0000;
+const TYPE_KEY = FIELD_NAMES[F_TYPE]!;
 
 class Writer {
   buf: Buffer;
@@ -246,127 +268,82 @@ class Writer {
 
 const S = (ev: KvEvent) => ev as BlockStored;
 const R = (ev: KvEvent) => ev as BlockRemoved;
-function f(
-  name: string,
-  optional: boolean,
-  write: (w: Writer, ev: KvEvent) => void,
-  isNull: (ev: KvEvent) => boolean,
-): FieldSpec {
-  return { name, optional, write, isNull };
-}
 const never = () => false;
+type FieldWriter = Pick<FieldSpec, "write" | "isNull">;
 
-const ST_HASHES = f("block_hashes", false, (w, e) => writeHashes(w, S(e).blockHashes), never);
-const ST_PARENT = f(
-  "parent_block_hash",
-  false,
-  (w, e) => w.hashOrNil(S(e).parentBlockHash),
-  (e) => S(e).parentBlockHash === null,
-);
-const ST_TOKENS = f(
-  "token_ids",
-  false,
-  (w, e) => {
-    const t = S(e).tokenIds;
-    w.arrayHeader(t.length);
-    for (let i = 0; i < t.length; i++) w.int(t[i]!);
+/** How each BlockStored field is written, and when it is null (its default, if it has one). */
+const STORED_WRITERS: Record<number, FieldWriter> = {
+  [F_HASHES]: { write: (w, e) => writeHashes(w, S(e).blockHashes), isNull: never },
+  [F_PARENT]: {
+    write: (w, e) => w.hashOrNil(S(e).parentBlockHash),
+    isNull: (e) => S(e).parentBlockHash === null,
   },
-  never,
-);
-const ST_BLOCK_SIZE = f("block_size", false, (w, e) => w.int(S(e).blockSize), never);
-const ST_LORA_ID = f(
-  "lora_id",
-  false,
-  (w, e) => w.intOrNil(S(e).loraId),
-  (e) => S(e).loraId === null,
-);
-const ST_MEDIUM = f(
-  "medium",
-  false,
-  (w, e) => w.strOrNil(S(e).medium),
-  (e) => S(e).medium === null,
-);
-const ST_LORA_NAME = f(
-  "lora_name",
-  false,
-  (w, e) => w.strOrNil(S(e).loraName),
-  (e) => S(e).loraName === null,
-);
-const ST_EXTRA = f(
-  "extra_keys",
-  true,
-  (w, e) => w.value(S(e).extraKeys),
-  (e) => S(e).extraKeys === null,
-);
-const ST_GROUP = f(
-  "group_idx",
-  true,
-  (w, e) => w.intOrNil(S(e).groupIdx),
-  (e) => S(e).groupIdx === null,
-);
-const ST_SPEC_KIND = f(
-  "kv_cache_spec_kind",
-  true,
-  (w, e) => w.strOrNil(S(e).kvCacheSpecKind),
-  (e) => S(e).kvCacheSpecKind === null,
-);
-const ST_SPEC_SW = f(
-  "kv_cache_spec_sliding_window",
-  true,
-  (w, e) => w.intOrNil(S(e).kvCacheSpecSlidingWindow),
-  (e) => S(e).kvCacheSpecSlidingWindow === null,
-);
-const ST_LOCALITY = f(
-  "locality",
-  true,
-  (w, e) => w.strOrNil(S(e).locality),
-  (e) => S(e).locality === null,
-);
-const RM_HASHES = f("block_hashes", false, (w, e) => writeHashes(w, R(e).blockHashes), never);
-const RM_MEDIUM = f(
-  "medium",
-  false,
-  (w, e) => w.strOrNil(R(e).medium),
-  (e) => R(e).medium === null,
-);
-const RM_GROUP = f(
-  "group_idx",
-  true,
-  (w, e) => w.intOrNil(R(e).groupIdx),
-  (e) => R(e).groupIdx === null,
-);
-const RM_LOCALITY = f(
-  "locality",
-  true,
-  (w, e) => w.strOrNil(R(e).locality),
-  (e) => R(e).locality === null,
-);
+  [F_TOKENS]: {
+    write: (w, e) => {
+      const t = S(e).tokenIds;
+      w.arrayHeader(t.length);
+      for (let i = 0; i < t.length; i++) w.int(t[i]!);
+    },
+    isNull: never,
+  },
+  [F_BLOCK_SIZE]: { write: (w, e) => w.int(S(e).blockSize), isNull: never },
+  [F_LORA_ID]: { write: (w, e) => w.intOrNil(S(e).loraId), isNull: (e) => S(e).loraId === null },
+  [F_MEDIUM]: { write: (w, e) => w.strOrNil(S(e).medium), isNull: (e) => S(e).medium === null },
+  [F_LORA_NAME]: { write: (w, e) => w.strOrNil(S(e).loraName), isNull: (e) => S(e).loraName === null },
+  [F_EXTRA]: { write: (w, e) => w.value(S(e).extraKeys), isNull: (e) => S(e).extraKeys === null },
+  [F_GROUP]: { write: (w, e) => w.intOrNil(S(e).groupIdx), isNull: (e) => S(e).groupIdx === null },
+  [F_SPEC_KIND]: {
+    write: (w, e) => w.strOrNil(S(e).kvCacheSpecKind),
+    isNull: (e) => S(e).kvCacheSpecKind === null,
+  },
+  [F_SPEC_SW]: {
+    write: (w, e) => w.intOrNil(S(e).kvCacheSpecSlidingWindow),
+    isNull: (e) => S(e).kvCacheSpecSlidingWindow === null,
+  },
+  [F_LOCALITY]: { write: (w, e) => w.strOrNil(S(e).locality), isNull: (e) => S(e).locality === null },
+};
+/** How each BlockRemoved field is written, and when it is null. */
+const REMOVED_WRITERS: Record<number, FieldWriter> = {
+  [F_HASHES]: { write: (w, e) => writeHashes(w, R(e).blockHashes), isNull: never },
+  [F_MEDIUM]: { write: (w, e) => w.strOrNil(R(e).medium), isNull: (e) => R(e).medium === null },
+  [F_GROUP]: { write: (w, e) => w.intOrNil(R(e).groupIdx), isNull: (e) => R(e).groupIdx === null },
+  [F_LOCALITY]: { write: (w, e) => w.strOrNil(R(e).locality), isNull: (e) => R(e).locality === null },
+};
 
 function writeHashes(w: Writer, hashes: HashKey[]): void {
   w.arrayHeader(hashes.length);
   for (let i = 0; i < hashes.length; i++) w.hash(hashes[i]!);
 }
 
-const STORED_2025_04 = [ST_HASHES, ST_PARENT, ST_TOKENS, ST_BLOCK_SIZE, ST_LORA_ID];
-const STORED_2025_09 = [...STORED_2025_04, ST_MEDIUM];
-const STORED_2026_05 = [...STORED_2025_09, ST_LORA_NAME, ST_EXTRA, ST_GROUP, ST_SPEC_KIND, ST_SPEC_SW];
-const STORED_2026_07 = [...STORED_2026_05, ST_LOCALITY];
+/** The first `count` fields of a schema order, as an era writes them. */
+function fieldSpecs(
+  order: readonly number[],
+  firstDefaulted: number,
+  count: number,
+  writers: Record<number, FieldWriter>,
+): FieldSpec[] {
+  return order.slice(0, count).map((id, i) => ({
+    name: FIELD_NAMES[id]!,
+    optional: i >= firstDefaulted,
+    ...writers[id]!,
+  }));
+}
+
+/** An era: how many fields of each schema order it writes, and whether events are maps. */
+function era(batchFields: number, mapEvents: boolean, storedFields: number, removedFields: number): EraSpec {
+  return {
+    batchFields,
+    mapEvents,
+    stored: fieldSpecs(STORED_ORDER, STORED_FIRST_DEFAULTED, storedFields, STORED_WRITERS),
+    removed: fieldSpecs(REMOVED_ORDER, REMOVED_FIRST_DEFAULTED, removedFields, REMOVED_WRITERS),
+  };
+}
 
 const ERAS: Record<WireEra, EraSpec> = {
-  "2025-04": { dpRank: false, mapEvents: false, stored: STORED_2025_04, removed: [RM_HASHES] },
-  "2025-09": { dpRank: true, mapEvents: false, stored: STORED_2025_09, removed: [RM_HASHES, RM_MEDIUM] },
-  "2026-05": {
-    dpRank: true,
-    mapEvents: false,
-    stored: STORED_2026_05,
-    removed: [RM_HASHES, RM_MEDIUM, RM_GROUP],
-  },
-  "2026-07": {
-    dpRank: true,
-    mapEvents: true,
-    stored: STORED_2026_07,
-    removed: [RM_HASHES, RM_MEDIUM, RM_GROUP, RM_LOCALITY],
-  },
+  "2025-04": era(2, false, 5, 1),
+  "2025-09": era(3, false, 6, 2),
+  "2026-05": era(3, false, 11, 3),
+  "2026-07": era(3, true, 12, 4),
 };
 
 /** Field names (wire, snake_case) an era writes for each event type, in wire order. */
@@ -381,7 +358,7 @@ function writeEvent(w: Writer, ev: KvEvent, spec: EraSpec): void {
     let n = 1;
     for (const fs of fields) if (!fs.optional || !fs.isNull(ev)) n++;
     w.mapHeader(n);
-    w.str("type");
+    w.str(TYPE_KEY);
     w.str(ev.type);
     for (const fs of fields) {
       if (fs.optional && fs.isNull(ev)) continue;
@@ -400,10 +377,14 @@ export function encodeBatch(batch: EventBatch, era: WireEra): Buffer {
   const spec = ERAS[era];
   if (spec === undefined) throw new RangeError(`unknown wire era: ${era}`);
   const w = new Writer(256);
-  w.arrayHeader(spec.dpRank ? 3 : 2);
-  w.f64(batch.ts);
-  w.arrayHeader(batch.events.length);
-  for (const ev of batch.events) writeEvent(w, ev, spec);
-  if (spec.dpRank) w.intOrNil(batch.dpRank);
+  w.arrayHeader(spec.batchFields);
+  for (let i = 0; i < spec.batchFields; i++) {
+    const id = BATCH_ORDER[i];
+    if (id === F_TS) w.f64(batch.ts);
+    else if (id === F_EVENTS) {
+      w.arrayHeader(batch.events.length);
+      for (const ev of batch.events) writeEvent(w, ev, spec);
+    } else if (id === F_DP_RANK) w.intOrNil(batch.dpRank);
+  }
   return w.finish();
 }
