@@ -10,10 +10,11 @@
  * - A replay that can't cover the gap (its first seq is beyond the requested one, a hole inside
  *   it, a failure or timeout) drops the stream's entries and rebuilds from what the stream still
  *   delivers (state `resyncing` until the stream is contiguous and nothing waits).
- * - A seq <= last whose payload equals the one seen for that seq is a duplicate (ignored); a
- *   remembered seq with another payload means the engine restarted: drop and start over (replay
- *   from 0). A backward seq too old to be remembered is verified first: a replay from `last`
- *   that still shows our last batch proves the same process (the late message was stale).
+ * - A seq <= last whose payload equals the one seen for that seq is a duplicate (ignored). Any
+ *   other backward seq (another payload at a remembered seq, or one too old to be remembered) is
+ *   verified: a replay from `last` that still shows our last batch proves the same process (the
+ *   message was garbage or stale: ignored); anything else means the engine restarted: drop and
+ *   start over (replay from 0).
  * - A gap replay that ends short of the queued live batch it was asked for (a corrupted seq, an
  *   engine that jumped) is retried (`attempt` > 0 lets the caller back off); after
  *   `maxGapRetries` such replays that batch is bogus: reported, discarded, and the queue goes on.
@@ -368,9 +369,10 @@ export class SeqTracker {
         this.sink.duplicate?.(seq);
         return true;
       }
-      if (m === null && this.hasReplay && this.remembers(last)) {
-        // too old for the ring: a late copy (stale) or a new process; the engine's batch at
-        // `last` tells which, so ask for it before dropping anything
+      if (this.hasReplay && this.remembers(last) && (m === null || !fromQueue)) {
+        // too old for the ring (a late copy or a new process), or another payload at a seq we
+        // applied (garbage on the wire or a new process): the engine's batch at `last` tells
+        // which, so ask for it before dropping anything (restarts are rare, verifies cheap)
         this.beginReplay("verify", last);
         this.lateSeq = seq;
         return true;

@@ -227,7 +227,7 @@ export class StreamSubscriber {
         this.staleBatches++;
         this.log.info(
           { event: "subscriber.stale_batch", ...this.ctx(), seq, last: this.tracker.lastSeq() },
-          "late copy of an old batch: the engine still holds our last batch, ignored",
+          "backward seq (garbage or a late copy): the engine still holds our last batch, ignored",
         );
         this.consumer.stale?.(seq);
       },

@@ -102,12 +102,33 @@ describe("SeqTracker: late batches the ring no longer remembers", () => {
     assert.deepEqual(s.stale, []);
   });
 
-  it("a remembered seq with another payload stays a restart without asking", () => {
+  it("a remembered seq with another payload from a new process is a restart, after asking", () => {
     const { t, s } = liveTracker(20);
     const before = s.replays.length;
+    const fresh = new Map<number, Uint8Array>();
+    for (let i = 0; i <= 19; i++) fresh.set(i, pl(1, i));
     t.onLive(15, pl(1, 15));
+    assert.deepEqual(s.drops, [], "a remembered seq is verified first");
+    assert.deepEqual(s.replays.slice(before), [{ from: 19, attempt: 0 }]);
+    answer(t, s, fresh); // the new process has another batch at 19
     assert.deepEqual(s.drops, ["restart"]);
-    assert.deepEqual(s.replays.slice(before), [{ from: 0, attempt: 0 }]);
+    assert.deepEqual(s.replays.at(-1), { from: 0, attempt: 0 });
+  });
+});
+
+describe("SeqTracker: garbage at an applied seq (fuzz findings)", () => {
+  it("garbage at a recently applied seq is verified and ignored, not taken for a restart", () => {
+    const { t, s, buffer } = liveTracker(101);
+    t.onLive(90, Uint8Array.of(0xc1));
+    assert.deepEqual(s.drops, []);
+    assert.deepEqual(s.replays.at(-1), { from: 100, attempt: 0 });
+    t.onLive(101, pl(0, 101)); // waits for the verify
+    buffer.set(101, pl(0, 101));
+    answer(t, s, buffer);
+    assert.deepEqual(s.drops, []);
+    assert.deepEqual(s.stale, [90]);
+    assert.equal(s.applied.length, 102);
+    assert.equal(t.state(), "live");
   });
 });
 
