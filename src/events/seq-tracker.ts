@@ -42,6 +42,11 @@ export interface SeqSink {
   /** A gap was detected between two seqs (inclusive range of missing seqs). */
   gap?(from: number, to: number, recoverable: boolean): void;
   duplicate?(seq: number): void;
+  /**
+   * Whether a payload decodes (checked only on a verify's answer at `last` that differs from what
+   * we applied: garbled in transit or another process's batch). Without it: it decodes.
+   */
+  decodes?(seq: number, payload: Uint8Array): boolean;
   /** A late backward seq turned out stale: the engine still holds our last batch. */
   stale?(seq: number): void;
   /** An undecodable batch with no good copy to be had: the stream is dropped and rebuilt. */
@@ -65,6 +70,8 @@ export interface SeqTrackerOptions {
   maxGapRetries?: number;
   /** Replays asked for one undecodable batch before it counts as lost. */
   maxRepairs?: number;
+  /** Verify replays retried after a garbled answer before the engine counts as restarted. */
+  maxVerifyRetries?: number;
 }
 
 type ReplayKind = "initial" | "gap" | "verify" | "probe";
@@ -117,6 +124,11 @@ export class SeqTracker {
   private badCount = 0;
   private replayCut = false;
   private readonly maxRepairs: number;
+  /** the running replay's answer had a broken frame, and a verify answer that proved nothing */
+  private replayGarbled = false;
+  private verifyFailed = false;
+  private verifyRetries = 0;
+  private readonly maxVerifyRetries: number;
   /** live messages dropped because the queue was full */
   overflowed = 0;
 
@@ -128,6 +140,7 @@ export class SeqTracker {
     this.maxPending = Math.max(1, opts.maxPending ?? 10_000);
     this.maxGapRetries = Math.max(1, opts.maxGapRetries ?? 3);
     this.maxRepairs = Math.max(0, opts.maxRepairs ?? 3);
+    this.maxVerifyRetries = Math.max(0, opts.maxVerifyRetries ?? 3);
     const n = Math.max(2, opts.recentSize ?? 64);
     this.recentSeq = new Float64Array(n).fill(-1);
     this.recentFp = new Int32Array(n);
@@ -239,22 +252,37 @@ export class SeqTracker {
     if (!this.processLive(seq, payload, false)) this.enqueue(seq, payload);
   }
 
+  /** A message of the running replay's answer was too broken to show a seq. */
+  onReplayGarbled(): void {
+    if (this.phase === "replaying") this.replayGarbled = true;
+  }
+
   onReplayMessage(seq: number, payload: Uint8Array): void {
     if (this.phase !== "replaying" || this.replayAbandon || this.replayIgnore || this.replayCut) return;
+    if (this.verifyFailed) return;
     if (this.replayFirst) {
       this.replayFirst = false;
       if (this.replayKind === "verify") {
         const last = this.last as number;
         if (seq === last && this.recentMatches(seq, payload) === true) {
-          // same engine: a late message that started this check was stale
+          // same engine: the backward message that started this check was garbage or stale
+          this.verifyRetries = 0;
           if (this.lateSeq !== null) this.sink.stale?.(this.lateSeq);
           return;
         }
-        if (seq <= last) {
+        // the engine never answers below the asked seq, and a batch at `last` that does not
+        // decode was garbled in transit: either way the answer proves nothing, ask again
+        if (seq < last || this.sink.decodes?.(seq, payload) === false) {
+          this.verifyFailed = true;
+          return;
+        }
+        if (seq === last) {
           // a different batch at a seq we have seen: the engine restarted while we were away
+          this.verifyRetries = 0;
           this.replayAbandon = true;
           return;
         }
+        this.verifyRetries = 0;
         // the buffer moved past our last batch: what happened in between is unknown
         this.sink.gap?.(last + 1, seq - 1, false);
         this.unrecoverable();
@@ -296,8 +324,13 @@ export class SeqTracker {
       this.repair();
       return;
     }
+    if (this.verifyFailed || (this.replayKind === "verify" && this.replayFirst && this.replayGarbled)) {
+      this.retryVerify();
+      return;
+    }
     // a verify replay without our last batch: the engine's newest seq is below ours (restarted)
     if (this.replayAbandon || (this.replayKind === "verify" && this.replayFirst)) {
+      this.verifyRetries = 0;
       this.restart();
       return;
     }
@@ -438,7 +471,22 @@ export class SeqTracker {
     this.replayIgnore = false;
     this.lateSeq = null;
     this.replayCut = false;
+    this.replayGarbled = false;
+    this.verifyFailed = false;
     this.sink.requestReplay(from, attempt);
+  }
+
+  /** A verify answer that proved nothing: ask again (bounded), then take it for a restart. */
+  private retryVerify(): void {
+    if (this.verifyRetries >= this.maxVerifyRetries) {
+      this.verifyRetries = 0;
+      this.restart();
+      return;
+    }
+    this.verifyRetries++;
+    const late = this.lateSeq;
+    this.beginReplay("verify", this.last as number, this.verifyRetries);
+    this.lateSeq = late;
   }
 
   /** The engine restarted: its entries are stale; pick up its new buffer from 0. */
@@ -453,6 +501,7 @@ export class SeqTracker {
 
   private forget(): void {
     this.last = null;
+    this.verifyRetries = 0;
     this.shortSeq = -1;
     this.shortCount = 0;
     this.badSeq = -1;

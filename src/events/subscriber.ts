@@ -189,6 +189,15 @@ export class StreamSubscriber {
         this.consumer.drop(reason);
       },
       requestReplay: (fromSeq, attempt) => this.requestReplay(fromSeq, attempt),
+      decodes: (seq, payload) => {
+        try {
+          decodeBatch(payload, this.opts.decodeLimits);
+          return true;
+        } catch (err) {
+          this.countDecodeError(seq, err as Error);
+          return false;
+        }
+      },
       repaired: (seq) => {
         this.decodeRepairs++;
         // the engine's copy decodes, so the wire garbled ours: what else did it garble?
@@ -259,8 +268,12 @@ export class StreamSubscriber {
                 this.consumer.replayFailed?.(fromSeq, err);
                 this.tracker.onReplayFailed();
               },
-              // a broken frame of the answer: the tracker sees the hole in the seqs that follow
-              badFrame: (err) => this.countDecodeError(null, err),
+              // a broken frame of the answer: the tracker sees the hole in the seqs that follow,
+              // and a verify that got nothing else is asked again
+              badFrame: (err) => {
+                this.countDecodeError(null, err);
+                this.tracker.onReplayGarbled();
+              },
               throttled: (delayMs) => {
                 this.replaysThrottled++;
                 this.consumer.replayThrottled?.(delayMs);

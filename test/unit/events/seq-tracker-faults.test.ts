@@ -47,6 +47,7 @@ function sinkOf(s: Sink): SeqSink {
     stale: (seq) => s.stale.push(seq),
     bogus: (seq) => s.bogus.push(seq),
     decodeLost: (seq) => s.lost.push(seq),
+    decodes: (_seq, p) => p.length === 9 && p[8] === 0,
   };
 }
 
@@ -129,6 +130,45 @@ describe("SeqTracker: garbage at an applied seq (fuzz findings)", () => {
     assert.deepEqual(s.stale, [90]);
     assert.equal(s.applied.length, 102);
     assert.equal(t.state(), "live");
+  });
+
+  it("a corrupted first answer to a verify is a failed verify, retried, not a restart", () => {
+    const { t, s, buffer } = liveTracker(101);
+    t.onLive(5, pl(0, 5)); // too old for the ring: verify from 100
+    assert.deepEqual(s.replays.at(-1), { from: 100, attempt: 0 });
+    t.onReplayMessage(100, Uint8Array.of(0xc1));
+    t.onReplayEnd();
+    assert.deepEqual(s.drops, []);
+    assert.deepEqual(s.replays.at(-1), { from: 100, attempt: 1 }, "the verify is asked again");
+    // an answer below the asked seq is mangled too, and so is an empty one with broken frames
+    t.onReplayMessage(42, pl(0, 42));
+    t.onReplayEnd();
+    assert.deepEqual(s.replays.at(-1), { from: 100, attempt: 2 });
+    t.onReplayGarbled();
+    t.onReplayEnd();
+    assert.deepEqual(s.replays.at(-1), { from: 100, attempt: 3 });
+    answer(t, s, buffer);
+    assert.deepEqual(s.drops, []);
+    assert.deepEqual(s.stale, [5]);
+    assert.equal(t.state(), "live");
+    t.onLive(101, pl(0, 101));
+    assert.equal(s.applied.at(-1), "0:101");
+  });
+
+  it("failed verifies are bounded; a decodable other batch at last is a restart at once", () => {
+    const { t, s } = liveTracker(101);
+    t.onLive(5, pl(0, 5));
+    for (let i = 0; i < 10 && s.drops.length === 0; i++) {
+      t.onReplayMessage(100, Uint8Array.of(0xc1));
+      t.onReplayEnd();
+    }
+    assert.deepEqual(s.drops, ["restart"], "a stream that never verifies is not trusted");
+    assert.equal(s.replays.filter((r) => r.from === 100).length, 4);
+    const b = liveTracker(101);
+    b.t.onLive(5, pl(0, 5));
+    b.t.onReplayMessage(100, pl(1, 100)); // decodes: another process's batch
+    b.t.onReplayEnd();
+    assert.deepEqual(b.s.drops, ["restart"]);
   });
 });
 
