@@ -402,10 +402,11 @@ export class SeqTracker {
         this.sink.duplicate?.(seq);
         return true;
       }
-      if (this.hasReplay && this.remembers(last) && (m === null || !fromQueue)) {
+      if (this.hasReplay && this.remembers(last)) {
         // too old for the ring (a late copy or a new process), or another payload at a seq we
-        // applied (garbage on the wire or a new process): the engine's batch at `last` tells
-        // which, so ask for it before dropping anything (restarts are rare, verifies cheap)
+        // applied (garbage on the wire or a new process; also a garbled live copy queued while
+        // a replay brought the good one): the engine's batch at `last` tells which, so ask for
+        // it before dropping anything (restarts are rare, verifies cheap)
         this.beginReplay("verify", last);
         this.lateSeq = seq;
         return true;

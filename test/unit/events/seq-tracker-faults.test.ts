@@ -170,6 +170,23 @@ describe("SeqTracker: garbage at an applied seq (fuzz findings)", () => {
     b.t.onReplayEnd();
     assert.deepEqual(b.s.drops, ["restart"]);
   });
+
+  it("a garbled live copy queued during a replay that brought the good one is no restart", () => {
+    const { t, s, buffer } = liveTracker(3);
+    for (let i = 3; i <= 6; i++) buffer.set(i, pl(0, i));
+    t.onLive(5, pl(0, 5)); // gap 3..4: a replay from 3 runs
+    t.onLive(6, pl(0, 6, true)); // garbled on the wire, queued; the engine's buffer has the good 6
+    answer(t, s, buffer); // brings 3..6; the queued garbage at 6 is checked against the engine
+    if (t.replaying()) answer(t, s, buffer);
+    assert.deepEqual(s.drops, []);
+    assert.deepEqual(
+      s.applied.map((a) => a.split(":")[1]),
+      ["0", "1", "2", "3", "4", "5", "6"],
+    );
+    assert.equal(t.state(), "live");
+    t.onLive(7, pl(0, 7));
+    assert.equal(s.applied.at(-1), "0:7");
+  });
 });
 
 describe("SeqTracker: a live seq beyond the engine's newest", () => {
