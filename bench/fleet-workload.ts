@@ -10,13 +10,14 @@ import { hashFromUint64Parts } from "../src/protocol/hash.ts";
 import {
   type BlockRemoved,
   type BlockStored,
+  blockRemoved,
+  blockStored,
   type DecodeResult,
   type EventBatch,
   encodeBatch,
   type HashKey,
 } from "../src/protocol/index.ts";
 import { seededRandom } from "../src/util/rng.ts";
-import { stored } from "../test/unit/index/helpers.ts";
 
 export const PODS = 100;
 export const BS = 16;
@@ -48,10 +49,10 @@ export function storedEv(
   tokenIds: number[],
   medium = "GPU",
 ): BlockStored {
-  return stored(hashes, parent, tokenIds, { blockSize: BS, medium });
+  return blockStored(hashes, parent, tokenIds, BS, { medium });
 }
 function removedEv(hashes: HashKey[]): BlockRemoved {
-  return { type: "BlockRemoved", blockHashes: hashes, medium: "GPU", groupIdx: null, locality: null };
+  return blockRemoved(hashes, { medium: "GPU" });
 }
 
 // ------------------------------------------------------------------ workload: fleet of engines

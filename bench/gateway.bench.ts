@@ -23,13 +23,12 @@ import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { Pool } from "undici";
 import { createIndex, type PrefixIndex, type StreamRef } from "../src/index/index.ts";
-import { type BlockStored, type HashKey, hashFromInt } from "../src/protocol/index.ts";
+import { type BlockStored, blockStored, type HashKey, hashFromInt } from "../src/protocol/index.ts";
 import { createPolicy, LoadTracker } from "../src/routing/index.ts";
 import type { Candidate, RouteRequest } from "../src/routing/types.ts";
 import { seededRandom } from "../src/util/rng.ts";
 import { percentileSorted } from "../src/util/stats.ts";
-import { pollUntil } from "../test/helpers/wait.ts";
-import { stored as storedEvent } from "../test/unit/index/helpers.ts";
+import { waitFor } from "../src/util/wait.ts";
 
 const QUICK = process.env.KVSYNC_BENCH_QUICK === "1";
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -39,6 +38,8 @@ const ENGINES = 4;
 const CONCURRENCY = 16;
 const MAX_REQUESTS = QUICK ? 3000 : 15_000;
 const MAX_MS = QUICK ? 10_000 : 30_000;
+/** how long the bench waits for nginx and the gateway's event streams to come up */
+const START_WAIT = { timeoutMs: 20_000, intervalMs: 50 };
 const WARMUP = QUICK ? 500 : 1500;
 const ROUNDS = 5;
 
@@ -128,15 +129,6 @@ function freePort(): Promise<number> {
   });
 }
 
-async function waitUntil(what: string, cond: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
-  await pollUntil(
-    () => cond().catch(() => false),
-    timeoutMs,
-    50,
-    () => new Error(`timed out after ${timeoutMs} ms waiting for: ${what}`),
-  );
-}
-
 function which(cmd: string): string | null {
   for (const dir of ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/sbin", "/usr/local/bin"]) {
     try {
@@ -224,12 +216,16 @@ ${servers}
     err = (err + d.toString()).slice(-2000);
   });
   const url = `http://127.0.0.1:${port}`;
-  await waitUntil(`nginx on ${url} (${err})`, async () => {
-    if (child.exitCode !== null) throw new Error(`nginx exited: ${err}`);
-    const r = await fetch(`${url}/health`);
-    await r.arrayBuffer();
-    return r.status === 200;
-  });
+  await waitFor(
+    `nginx on ${url} (${err})`,
+    async () => {
+      if (child.exitCode !== null) throw new Error(`nginx exited: ${err}`);
+      const r = await fetch(`${url}/health`);
+      await r.arrayBuffer();
+      return r.status === 200;
+    },
+    START_WAIT,
+  );
   return { url, version };
 }
 
@@ -387,7 +383,7 @@ function routingBench(): {
     return hashFromInt(hashCounter);
   };
   const stored = (hashes: HashKey[], parent: HashKey | null, tokenIds: number[]): BlockStored =>
-    storedEvent(hashes, parent, tokenIds, { blockSize: BS });
+    blockStored(hashes, parent, tokenIds, BS, { medium: "GPU" });
   const index: PrefixIndex = createIndex({});
   const streams: StreamRef[] = Array.from({ length: PODS }, (_, i) => ({
     streamId: `pod-${i}`,
@@ -544,10 +540,14 @@ async function main(): Promise<void> {
   );
   const gwUrl = gwStarted.url as string;
   const adminUrl = gwStarted.adminUrl as string;
-  await waitUntil("every engine's event stream live at the gateway", async () => {
-    const t = await (await fetch(`${adminUrl}/admin/pods`)).text();
-    return (t.match(/"state":"live"/g) ?? []).length >= ENGINES;
-  });
+  await waitFor(
+    "every engine's event stream live at the gateway",
+    async () => {
+      const t = await (await fetch(`${adminUrl}/admin/pods`)).text();
+      return (t.match(/"state":"live"/g) ?? []).length >= ENGINES;
+    },
+    START_WAIT,
+  );
   const nginx = await startNginx(direct);
   log(`  engines ${direct.join(" ")}; gateway ${gwUrl}; ${nginx.version} ${nginx.url}`);
 

@@ -13,6 +13,8 @@ import { fileURLToPath } from "node:url";
 import { Unpackr } from "msgpackr";
 import {
   type BlockStored,
+  blockRemoved,
+  blockStored,
   decodeBatch,
   type EventBatch,
   encodeBatch,
@@ -23,7 +25,6 @@ import {
   type WireEra,
 } from "../src/protocol/index.ts";
 import { seededRandom } from "../src/util/rng.ts";
-import { stored } from "../test/unit/index/helpers.ts";
 
 const ROUNDS = Number(process.env.KVSYNC_BENCH_ROUNDS ?? 9);
 const BATCHES = Number(process.env.KVSYNC_BENCH_BATCHES ?? 2000);
@@ -56,25 +57,18 @@ function makeDataset(name: string, era: WireEra, bytesHashes: boolean, seed: num
     const blocks = 1 + Math.floor(r() * 32);
     const tokenIds: number[] = [];
     for (let t = 0; t < blocks * 16; t++) tokenIds.push(Math.floor(r() * 151_000));
-    const ev: BlockStored = stored(
+    const ev: BlockStored = blockStored(
       Array.from({ length: blocks }, hash),
       r() < 0.3 ? null : hash(),
       tokenIds,
-      {
-        blockSize: 16,
-      },
+      16,
+      { medium: "GPU" },
     );
     events.push(ev);
     hashes += blocks;
     if (r() < 0.2) {
       const n = 1 + Math.floor(r() * 8);
-      events.push({
-        type: "BlockRemoved",
-        blockHashes: Array.from({ length: n }, hash),
-        medium: "GPU",
-        groupIdx: null,
-        locality: null,
-      });
+      events.push(blockRemoved(Array.from({ length: n }, hash), { medium: "GPU" }));
       hashes += n;
     }
     const batch: EventBatch = { ts: 1.7e9 + i * 0.01, events, dpRank: 0 };
@@ -106,29 +100,14 @@ function exactMsgpackr(p: Buffer): EventBatch {
         : e
     ) as Record<string, unknown>;
     if (f.type === "BlockRemoved") {
-      return {
-        type: "BlockRemoved",
-        blockHashes: (f.block_hashes as unknown[]).map(key),
-        medium: null,
-        groupIdx: null,
-        locality: null,
-      };
+      return blockRemoved((f.block_hashes as unknown[]).map(key));
     }
-    return {
-      type: "BlockStored",
-      blockHashes: (f.block_hashes as unknown[]).map(key),
-      parentBlockHash: f.parent_block_hash == null ? null : key(f.parent_block_hash),
-      tokenIds: f.token_ids as number[],
-      blockSize: Number(f.block_size),
-      loraId: null,
-      medium: null,
-      loraName: null,
-      extraKeys: null,
-      groupIdx: null,
-      kvCacheSpecKind: null,
-      kvCacheSpecSlidingWindow: null,
-      locality: null,
-    };
+    return blockStored(
+      (f.block_hashes as unknown[]).map(key),
+      f.parent_block_hash == null ? null : key(f.parent_block_hash),
+      f.token_ids as number[],
+      Number(f.block_size),
+    );
   });
   return { ts: v[0], events, dpRank: v[2] ?? null };
 }

@@ -15,6 +15,7 @@ const commands: Array<() => Promise<{ register(p: Command): void }>> = [
   () => import("./commands/index.ts"),
   () => import("./commands/gateway.ts"),
   () => import("./commands/demo.ts"),
+  () => import("./commands/eval.ts"),
 ];
 for (const load of commands) (await load()).register(program);
 

@@ -1,6 +1,6 @@
 import type { Command } from "commander";
-import { startEngines } from "../engine/engine.ts";
 import { DEFAULT_ENGINE_OPTIONS as D } from "../engine/options.ts";
+import { startEngines } from "../engine/start.ts";
 import { collect, opt, parseChoice, parseFloatArg, parseIntArg } from "../util/cli-options.ts";
 import { createLogger } from "../util/log.ts";
 

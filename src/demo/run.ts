@@ -6,12 +6,13 @@
 import { performance } from "node:perf_hooks";
 import { Agent, request } from "undici";
 import type { PodInfo } from "../discovery/types.ts";
-import { type RunningEngine, startEngine } from "../engine/engine.ts";
+import { type RunningEngine, startEngine } from "../engine/start.ts";
 import { type RunningGateway, startGateway } from "../gateway/gateway.ts";
 import { isPolicyName, type PolicyName } from "../routing/index.ts";
 import { TokenizerPool } from "../tokenize/pool.ts";
 import { TokenizerRegistry } from "../tokenize/registry.ts";
 import { createLogger, type Logger } from "../util/log.ts";
+import { waitFor } from "../util/wait.ts";
 import { type PolicyResult, type RequestOutcome, summarize } from "./report.ts";
 import { type Conversation, generateWorkload, type Workload, type WorkloadOptions } from "./workload.ts";
 
@@ -204,14 +205,6 @@ async function warmUp(o: DemoOptions, engines: RunningEngine[], gw: RunningGatew
     () => gw.index.stats().entries === 0,
     10_000,
   );
-}
-
-async function waitFor(what: string, cond: () => boolean, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for: ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 interface ChatMsg {

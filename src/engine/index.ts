@@ -1,7 +1,8 @@
 /** Programmatic API of the mock vLLM engine (see README.md in this folder). */
+export { MockEngine, type Rank } from "./engine.ts";
+export { DEFAULT_ENGINE_OPTIONS, type EngineOptions, type HashFormat } from "./options.ts";
+export { type EventFormat, eraOf, offsetEndpoint, pubShouldBind, withHost } from "./publisher.ts";
 export {
-  MockEngine,
-  type Rank,
   type ReplicaOptions,
   type RunningEngine,
   replicaOptions,
@@ -9,6 +10,4 @@ export {
   sharedTokenizer,
   startEngine,
   startEngines,
-} from "./engine.ts";
-export { DEFAULT_ENGINE_OPTIONS, type EngineOptions, type HashFormat } from "./options.ts";
-export { type EventFormat, eraOf, offsetEndpoint, pubShouldBind, withHost } from "./publisher.ts";
+} from "./start.ts";

@@ -1,4 +1,5 @@
-import type { BlockRemoved, BlockStored, HashKey, KvEvent } from "../protocol/types.ts";
+import { blockRemoved, blockStored } from "../protocol/build.ts";
+import type { HashKey, KvEvent } from "../protocol/types.ts";
 import type { Digest } from "./block-hash.ts";
 
 /**
@@ -210,22 +211,15 @@ export class KvCache {
       else copies.push(b);
       hashes.push(this.hashOf(d));
     }
-    const stored: BlockStored = {
-      type: "BlockStored",
-      blockHashes: hashes,
-      parentBlockHash: first === 0 ? null : this.hashOf(req.digests[first - 1]),
-      tokenIds: req.tokens.slice(first * this.blockSize, full * this.blockSize),
-      blockSize: this.blockSize,
-      loraId: req.loraId,
-      medium: "GPU",
-      loraName: req.loraName,
-      extraKeys: null,
-      groupIdx: null,
-      kvCacheSpecKind: null,
-      kvCacheSpecSlidingWindow: null,
-      locality: null,
-    };
-    this.events.push(stored);
+    this.events.push(
+      blockStored(
+        hashes,
+        first === 0 ? null : this.hashOf(req.digests[first - 1]),
+        req.tokens.slice(first * this.blockSize, full * this.blockSize),
+        this.blockSize,
+        { loraId: req.loraId, medium: "GPU", loraName: req.loraName },
+      ),
+    );
     req.numCachedBlocks = full;
     if (this.numCpuBlocks > 0) this.cpuStore(req.digests, first, hashes, req.loraId, req.loraName);
   }
@@ -326,14 +320,7 @@ export class KvCache {
     if (copies.length > 0 && !this.perCopyRemovals) return;
     if (copies.length === 0) this.cached.delete(d);
     this.gpuEvictions++;
-    const removed: BlockRemoved = {
-      type: "BlockRemoved",
-      blockHashes: [this.hashOf(d)],
-      medium: "GPU",
-      groupIdx: null,
-      locality: null,
-    };
-    this.events.push(removed);
+    this.events.push(blockRemoved([this.hashOf(d)], { medium: "GPU" }));
   }
 
   private cpuTouch(d: Digest): void {
@@ -370,30 +357,10 @@ export class KvCache {
       stored.push(hashes[i]);
     }
     if (removed.length > 0) {
-      this.events.push({
-        type: "BlockRemoved",
-        blockHashes: removed,
-        medium: "CPU",
-        groupIdx: null,
-        locality: null,
-      });
+      this.events.push(blockRemoved(removed, { medium: "CPU" }));
     }
     if (stored.length > 0) {
-      this.events.push({
-        type: "BlockStored",
-        blockHashes: stored,
-        parentBlockHash: null,
-        tokenIds: [],
-        blockSize: this.blockSize,
-        loraId,
-        medium: "CPU",
-        loraName,
-        extraKeys: null,
-        groupIdx: null,
-        kvCacheSpecKind: null,
-        kvCacheSpecSlidingWindow: null,
-        locality: null,
-      });
+      this.events.push(blockStored(stored, null, [], this.blockSize, { loraId, medium: "CPU", loraName }));
     }
   }
 }

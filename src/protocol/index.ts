@@ -2,6 +2,7 @@
 import { hashToText } from "./hash.ts";
 import type { EventBatch, KvEvent } from "./types.ts";
 
+export { blockRemoved, blockStored } from "./build.ts";
 export { DEFAULT_DECODE_LIMITS, type DecodeLimits, type DecodeResult, decodeBatch } from "./decode.ts";
 export { encodeBatch, eraFields, WIRE_ERAS, type WireEra } from "./encode.ts";
 export { dataParallelEndpoint } from "./endpoints.ts";

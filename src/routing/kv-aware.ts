@@ -25,6 +25,11 @@ export interface KvAwareOptions {
   kvUsageWatermark: number;
   /** score multiplier added at 100 % KV usage (linear from the watermark) */
   kvUsagePenalty: number;
+  /**
+   * count the queue as drained at the stream's learned prefill rate (LoadView.drainedPrefillTokens)
+   * instead of every in-prefill token still waiting
+   */
+  drainQueue: boolean;
 }
 
 export const KV_AWARE_DEFAULTS: Readonly<KvAwareOptions> = Object.freeze({
@@ -35,6 +40,7 @@ export const KV_AWARE_DEFAULTS: Readonly<KvAwareOptions> = Object.freeze({
   waitingRequestTokens: 1024,
   kvUsageWatermark: 0.9,
   kvUsagePenalty: 1,
+  drainQueue: true,
 });
 
 const ZERO_TIERS: TierCounts = Object.freeze({ GPU: 0, CPU: 0, STORAGE: 0 }) as TierCounts;
@@ -72,7 +78,11 @@ export function estimateTtft(
   const uncached = Math.max(0, promptTokens - saved);
   const otherWaiting =
     load.engineWaiting === null ? 0 : Math.max(0, load.engineWaiting - load.inflightPrefillRequests);
-  const queued = load.inflightPrefillTokens + otherWaiting * o.waitingRequestTokens;
+  const own =
+    o.drainQueue && load.drainedPrefillTokens != null
+      ? load.drainedPrefillTokens
+      : load.inflightPrefillTokens;
+  const queued = own + otherWaiting * o.waitingRequestTokens;
   const running = Math.max(load.inflightRequests, load.engineRunning ?? 0);
   let kvFactor = 1;
   if (load.kvUsage !== null && load.kvUsage > o.kvUsageWatermark && o.kvUsageWatermark < 1) {

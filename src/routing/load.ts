@@ -12,11 +12,35 @@ export interface EngineLoadSource {
   engineLoad(pod: string, rank: number | null): EngineLoad | undefined;
 }
 
+interface PrefillClaim {
+  /** dispatch time (ms) */
+  t: number;
+  tokens: number;
+  /** estimated prefill backlog ahead of it at dispatch (tokens) */
+  ahead: number;
+}
+
 interface StreamLoad {
   requests: number;
   prefillRequests: number;
   prefillTokens: number;
+  /** this gateway's requests still in prefill, in dispatch order */
+  claims: Set<PrefillClaim>;
 }
+
+/**
+ * Prefill rate (tokens per ms) learned per stream from observed time to first byte:
+ * a request that found `ahead` tokens queued and brought `tokens` of its own took `ttft` ms, so
+ * the stream prefilled about (ahead + tokens) / ttft tokens per ms (decode steps and step overhead
+ * included). Moving average; kept after a stream goes idle, bounded by `maxStreams`.
+ */
+export interface PrefillRateOptions {
+  alpha: number;
+  maxStreams: number;
+  now: () => number;
+}
+
+const RATE_DEFAULTS: PrefillRateOptions = { alpha: 0.2, maxStreams: 10_000, now: () => performance.now() };
 
 /** One in-flight request's claim on a stream's load; release each part exactly once. */
 export interface LoadTicket {
@@ -33,16 +57,62 @@ export interface LoadTicket {
  */
 export class LoadTracker implements LoadSource {
   private readonly streams = new Map<string, StreamLoad>();
+  private readonly rates = new Map<string, number>();
+  private readonly r: PrefillRateOptions;
 
-  constructor(private readonly engine: EngineLoadSource | null = null) {}
+  constructor(
+    private readonly engine: EngineLoadSource | null = null,
+    rate: Partial<PrefillRateOptions> = {},
+  ) {
+    this.r = { ...RATE_DEFAULTS, ...rate };
+  }
+
+  /** Learned prefill rate of a stream (tokens/ms), undefined before its first sample. */
+  prefillRate(streamId: string): number | undefined {
+    return this.rates.get(streamId);
+  }
+
+  /**
+   * The stream's prefill backlog now, if it had drained this gateway's in-prefill requests at the
+   * learned rate since they were sent (a fluid FIFO queue); the plain sum before a rate is known.
+   */
+  drainedPrefillTokens(streamId: string, now = this.r.now()): number {
+    const s = this.streams.get(streamId);
+    if (s === undefined) return 0;
+    const rate = this.rates.get(streamId);
+    if (rate === undefined) return s.prefillTokens;
+    let backlog = 0;
+    let last = Number.NEGATIVE_INFINITY;
+    for (const c of s.claims) {
+      if (last > Number.NEGATIVE_INFINITY) backlog = Math.max(0, backlog - rate * (c.t - last));
+      backlog += c.tokens;
+      last = c.t;
+    }
+    return last === Number.NEGATIVE_INFINITY ? 0 : Math.max(0, backlog - rate * (now - last));
+  }
+
+  private learn(streamId: string, c: PrefillClaim, now: number): void {
+    const ttft = now - c.t;
+    if (!(ttft > 0)) return;
+    const sample = (c.ahead + c.tokens) / ttft;
+    const old = this.rates.get(streamId);
+    if (old === undefined && this.rates.size >= this.r.maxStreams) {
+      const oldest = this.rates.keys().next().value;
+      if (oldest !== undefined) this.rates.delete(oldest);
+    }
+    this.rates.set(streamId, old === undefined ? sample : old + this.r.alpha * (sample - old));
+  }
 
   begin(streamId: string, prefillTokens: number): LoadTicket {
     let s = this.streams.get(streamId);
     if (s === undefined) {
-      s = { requests: 0, prefillRequests: 0, prefillTokens: 0 };
+      s = { requests: 0, prefillRequests: 0, prefillTokens: 0, claims: new Set() };
       this.streams.set(streamId, s);
     }
     const tokens = Math.max(0, Math.floor(prefillTokens));
+    const now = this.r.now();
+    const claim: PrefillClaim = { t: now, tokens, ahead: this.drainedPrefillTokens(streamId, now) };
+    s.claims.add(claim);
     s.requests++;
     s.prefillRequests++;
     s.prefillTokens += tokens;
@@ -52,6 +122,7 @@ export class LoadTracker implements LoadSource {
       const cur = this.streams.get(streamId);
       if (cur === undefined) return;
       if (prefill) {
+        cur.claims.delete(claim);
         cur.prefillTokens = Math.max(0, cur.prefillTokens - tokens);
         cur.prefillRequests = Math.max(0, cur.prefillRequests - 1);
       }
@@ -63,6 +134,7 @@ export class LoadTracker implements LoadSource {
       prefillDone: () => {
         if (!prefillOpen) return;
         prefillOpen = false;
+        this.learn(streamId, claim, this.r.now());
         release(true, false);
       },
       done: () => {
@@ -81,7 +153,12 @@ export class LoadTracker implements LoadSource {
     const rank =
       rankSep > 0 && streamId.slice(0, rankSep) === pod ? Number(streamId.slice(rankSep + 1)) : null;
     const e = this.engine?.engineLoad(pod, rank);
+    // present only once the stream has a learned rate
+    const drained = this.rates.has(streamId)
+      ? { drainedPrefillTokens: this.drainedPrefillTokens(streamId) }
+      : {};
     return {
+      ...drained,
       inflightRequests: s?.requests ?? 0,
       inflightPrefillRequests: s?.prefillRequests ?? 0,
       inflightPrefillTokens: s?.prefillTokens ?? 0,

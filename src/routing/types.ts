@@ -46,6 +46,11 @@ export interface LoadView {
   inflightPrefillRequests: number;
   /** uncached prompt tokens of this gateway's requests to the stream still waiting for their first byte */
   inflightPrefillTokens: number;
+  /**
+   * the same backlog drained at the stream's prefill rate learned from observed time to first
+   * byte (LoadTracker); null or absent before the stream has a rate
+   */
+  drainedPrefillTokens?: number | null;
   /** scraped `vllm:num_requests_waiting` (null when not scraped or stale) */
   engineWaiting: number | null;
   /** scraped `vllm:num_requests_running` */

@@ -56,7 +56,7 @@ describe("e2e happy path: one pod", { timeout: scaled(180_000) }, () => {
         expected = m.pods.find((p) => p.pod === pod.name)?.matchedTokens ?? 0;
         return expected >= 64 ? true : `matched ${expected} tokens of ${pod.name}`;
       },
-      { timeoutMs: scaled(15_000) },
+      { timeoutMs: scaled(15_000), intervalMs: 50 },
     );
     const second = await gw.complete(DEFAULT_MODEL, next);
     assertOk(second, "second request");

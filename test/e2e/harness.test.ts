@@ -52,6 +52,7 @@ describe("e2e harness", { timeout: scaled(90_000) }, () => {
       async () => ((await answers(`http://${a.ips[1]}:8000/`)) ? true : "no"),
       {
         timeoutMs: scaled(10_000),
+        intervalMs: 50,
       },
     );
     const got = await (await fetch(`http://${a.ips[1]}:8000/`)).text();
@@ -106,7 +107,10 @@ describe("e2e harness", { timeout: scaled(90_000) }, () => {
       (await links()).filter((l) => l.startsWith(info.prefix)),
       [],
     );
-    await waitFor("sleeper killed", () => (isAlive(info.sleeper) ? "alive" : true), { timeoutMs: 5000 });
+    await waitFor("sleeper killed", () => (isAlive(info.sleeper) ? "alive" : true), {
+      timeoutMs: 5000,
+      intervalMs: 50,
+    });
   });
 
   it("the sweeper removes what a killed run left (namespace, link, process)", async () => {
@@ -127,6 +131,7 @@ describe("e2e harness", { timeout: scaled(90_000) }, () => {
       async () => ((await run("ip", ["netns", "pids", ns])).trim() ? true : "no"),
       {
         timeoutMs: 5000,
+        intervalMs: 50,
       },
     );
     const removed = await sweepStale();
@@ -134,6 +139,9 @@ describe("e2e harness", { timeout: scaled(90_000) }, () => {
     assert.ok(removed.includes(`link ${link}`), `sweeper removed ${removed.join(", ")}`);
     assert.ok(!(await namespaces()).includes(ns));
     assert.ok(!(await links()).includes(link));
-    await waitFor("orphan killed", () => (isAlive(orphan.pid!) ? "alive" : true), { timeoutMs: 5000 });
+    await waitFor("orphan killed", () => (isAlive(orphan.pid!) ? "alive" : true), {
+      timeoutMs: 5000,
+      intervalMs: 50,
+    });
   });
 });

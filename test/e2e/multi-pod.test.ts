@@ -81,7 +81,7 @@ describe("e2e multi-pod: three pods", { timeout: scaled(240_000) }, () => {
               const got = m.pods.find((x) => x.pod === owner)?.matchedBlocks ?? 0;
               return got > 0 ? true : `no match under ${owner}`;
             },
-            { timeoutMs: scaled(15_000) },
+            { timeoutMs: scaled(15_000), intervalMs: 50 },
           );
         } else {
           assert.equal(r.pod, owner, `mix ${i}/${k} left its prefix's pod ${owner} for ${r.pod}`);

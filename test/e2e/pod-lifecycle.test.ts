@@ -64,7 +64,7 @@ describe("e2e pod lifecycle", { timeout: scaled(300_000) }, () => {
     await waitFor(
       `gateway sees ${p2.name} not ready`,
       async () => ((await gw.pod(p2.name))?.ready === false ? true : "still ready"),
-      { timeoutMs: scaled(15_000) },
+      { timeoutMs: scaled(15_000), intervalMs: 50 },
     );
     for (let k = 0; k < 5; k++) {
       const r = await gw.complete(DEFAULT_MODEL, prompt(sys[2], 2000 + k));
@@ -89,7 +89,7 @@ describe("e2e pod lifecycle", { timeout: scaled(300_000) }, () => {
     await waitFor(
       `gateway sees ${p2.name} ready`,
       async () => ((await gw.pod(p2.name))?.ready === true ? true : "still not ready"),
-      { timeoutMs: scaled(15_000) },
+      { timeoutMs: scaled(15_000), intervalMs: 50 },
     );
     const other = r0.pod!;
     // r0 put the prefix on another pod too: ask for a longer match only p2 can serve
@@ -135,7 +135,7 @@ describe("e2e pod lifecycle", { timeout: scaled(300_000) }, () => {
         await waitFor(
           `gateway sees terminating ${victim.name} not ready`,
           async () => ((await gw.pod(victim.name))?.ready === false ? true : "still ready"),
-          { timeoutMs: scaled(15_000) },
+          { timeoutMs: scaled(15_000), intervalMs: 50 },
         );
         notRoutable = true;
         await current;
@@ -248,7 +248,7 @@ describe("e2e pod lifecycle", { timeout: scaled(300_000) }, () => {
         const n = await podBlockCount(gw, p0.name);
         return n === 0 ? true : `${n} blocks of the old address still indexed`;
       },
-      { timeoutMs: scaled(15_000) },
+      { timeoutMs: scaled(15_000), intervalMs: 50 },
     );
     await completeDirect(p0, prompt(prefix("lc-moved", 480), 0));
     await waitIndexMatchesTruth(gw, pods);

@@ -5,6 +5,7 @@ import { KubernetesSource, podInfoFromPod } from "../../../src/discovery/kuberne
 import { PodSet } from "../../../src/discovery/pod-set.ts";
 import type { PodInfo } from "../../../src/discovery/types.ts";
 import { silentLogger } from "../../../src/util/log.ts";
+import { waitFor } from "../../../src/util/wait.ts";
 import {
   type FakeKubeApi,
   makePod,
@@ -12,7 +13,6 @@ import {
   selectorMatches,
   startFakeKubeApi,
 } from "../../helpers/fake-kube-api.ts";
-import { waitFor } from "./wait.ts";
 
 const SELECTOR = parseLabelSelector("model.aibrix.ai/kv-events-enabled=true");
 const NAMES = ["p0", "p1", "p2", "p3"];

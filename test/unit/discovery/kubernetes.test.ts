@@ -11,13 +11,13 @@ import {
 import { PodSet } from "../../../src/discovery/pod-set.ts";
 import type { PodInfo } from "../../../src/discovery/types.ts";
 import { silentLogger } from "../../../src/util/log.ts";
+import { waitFor } from "../../../src/util/wait.ts";
 import {
   type FakeKubeApi,
   type FakeKubeApiOptions,
   makePod,
   startFakeKubeApi,
 } from "../../helpers/fake-kube-api.ts";
-import { waitFor } from "./wait.ts";
 
 interface Ctx {
   api: FakeKubeApi;

@@ -14,7 +14,7 @@ import {
   StaticFileSource,
 } from "../../../src/discovery/static-file.ts";
 import { silentLogger } from "../../../src/util/log.ts";
-import { waitFor } from "./wait.ts";
+import { waitFor } from "../../../src/util/wait.ts";
 
 function tmp(t: { after(fn: () => void): void }): string {
   const dir = mkdtempSync(join(tmpdir(), "kvsync-engines-"));

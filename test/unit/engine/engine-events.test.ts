@@ -6,10 +6,11 @@
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
 import fc from "fast-check";
-import { type RunningEngine, type StartOptions, startEngine } from "../../../src/engine/engine.ts";
+import { type RunningEngine, type StartOptions, startEngine } from "../../../src/engine/start.ts";
 import { decodeBatch } from "../../../src/protocol/decode.ts";
 import { silentLogger } from "../../../src/util/log.ts";
-import { getJson, MirrorSubscriber, normalize, postJson, waitFor } from "./mirror.ts";
+import { waitFor } from "../../../src/util/wait.ts";
+import { getJson, MirrorSubscriber, normalize, postJson } from "./mirror.ts";
 
 const LOCAL = "tcp://127.0.0.1:*";
 const open: Array<{ close(): Promise<void> }> = [];
@@ -276,7 +277,7 @@ test("replay answers every buffered batch >= seq then the end marker (map era: t
     none.map((x) => x.seq),
     [null],
   );
-  await waitFor(() => m.topics.has("kv"), "a live message with topic kv");
+  await waitFor("a live message with topic kv", () => m.topics.has("kv"));
 });
 
 test("array era: replay answers in the 3-frame layout", async () => {
@@ -303,7 +304,7 @@ test("drop-event-rate leaves seq gaps that replay fills; lose-event-rate gaps it
   const st = e.engine.ranks[0].publisher!.snapshot();
   assert.equal(st.nextSeq, 30);
   assert.ok(st.dropped >= 5 && st.dropped <= 25, `dropped ${st.dropped}`);
-  await waitFor(() => m.liveSeqs.includes(st.lastSentSeq), "the last sent batch to arrive live");
+  await waitFor("the last sent batch to arrive live", () => m.liveSeqs.includes(st.lastSentSeq));
   const live = new Set(m.liveSeqs);
   const gaps = Array.from({ length: 30 }, (_, i) => i).filter((s) => !live.has(s));
   assert.ok(gaps.length >= st.dropped, `live seqs show the gaps (${gaps.length} missing)`);
@@ -333,9 +334,8 @@ test("pause/resume: nothing is sent while paused; the buffered batches replay af
     await new Promise((r) => setImmediate(r));
   }
   // every message sent so far has arrived (or was lost before the subscription was up)
-  await waitFor(
-    () => m.liveSeqs.includes(e.engine.ranks[0].publisher!.snapshot().lastSentSeq),
-    "the warm-up messages to arrive",
+  await waitFor("the warm-up messages to arrive", () =>
+    m.liveSeqs.includes(e.engine.ranks[0].publisher!.snapshot().lastSentSeq),
   );
   const before = m.liveSeqs.length;
   assert.equal((await postJson(`${e.httpUrl}/admin/events/pause`, {})).status, 200);
@@ -347,7 +347,7 @@ test("pause/resume: nothing is sent while paused; the buffered batches replay af
   assert.equal(m.liveSeqs.length, before, "no live message while paused");
   assert.equal((await postJson(`${e.httpUrl}/admin/events/resume`, {})).status, 200);
   await fillBlocks(e, 1, 9500);
-  await waitFor(() => m.next === st.nextSeq + 1, "the subscriber to fill the paused gap by replay");
+  await waitFor("the subscriber to fill the paused gap by replay", () => m.next === st.nextSeq + 1);
   assert.deepEqual(m.missingSeqs, []);
   await assertMirrorsEqualTruth(e, [m]);
 });

@@ -7,18 +7,19 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { after, test } from "node:test";
 import OpenAI from "openai";
+import { offsetEndpoint, pubShouldBind, withHost } from "../../../src/engine/publisher.ts";
 import {
   type RunningEngine,
   replicaOptions,
   type StartOptions,
   startEngine,
   startEngines,
-} from "../../../src/engine/engine.ts";
-import { offsetEndpoint, pubShouldBind, withHost } from "../../../src/engine/publisher.ts";
+} from "../../../src/engine/start.ts";
 import { decodeBatch } from "../../../src/protocol/decode.ts";
 import { loadTokenizer } from "../../../src/tokenize/hf-tokenizer.ts";
 import { silentLogger } from "../../../src/util/log.ts";
-import { getJson, MirrorSubscriber, postJson, waitFor } from "./mirror.ts";
+import { waitFor } from "../../../src/util/wait.ts";
+import { getJson, MirrorSubscriber, postJson } from "./mirror.ts";
 
 const LOCAL = "tcp://127.0.0.1:*";
 const MODEL = "Qwen/Qwen3-0.6B";
@@ -273,9 +274,9 @@ test("a client disconnect aborts the request and frees its blocks", async () => 
   });
   const reader = r.body!.getReader();
   await reader.read();
-  await waitFor(() => e.engine.ranks[0].scheduler.numRunning === 1, "the request to run");
+  await waitFor("the request to run", () => e.engine.ranks[0].scheduler.numRunning === 1);
   ac.abort();
-  await waitFor(() => e.engine.ranks[0].scheduler.numRunning === 0, "the request to be aborted");
+  await waitFor("the request to be aborted", () => e.engine.ranks[0].scheduler.numRunning === 0);
   await e.engine.quiesce();
   assert.equal(e.engine.ranks[0].cache.stats().gpuUsed, 0);
 });
@@ -329,7 +330,7 @@ test("replicas: independent engines in one process, port stride and hosts", asyn
   assert.equal(engines[0].engine.tokenizer, engines[1].engine.tokenizer, "one shared tokenizer");
   await engines[1].engine.quiesce();
   await sub.catchUp();
-  await waitFor(() => sub.blocks.size === 2, "replica 1's events (2 blocks of 16)");
+  await waitFor("replica 1's events (2 blocks of 16)", () => sub.blocks.size === 2);
 });
 
 test("CLI: kvsync mock-engine serves and shuts down cleanly on SIGTERM", async () => {
@@ -368,7 +369,7 @@ test("CLI: kvsync mock-engine serves and shuts down cleanly on SIGTERM", async (
       if (child.exitCode === null) child.kill("SIGKILL");
     },
   });
-  await waitFor(() => stderr.includes('"event":"engine.started"'), "the engine.started log line", 30_000);
+  await waitFor("the engine.started log line", () => stderr.includes('"event":"engine.started"'), 30_000);
   const line = stderr.split("\n").find((l) => l.includes('"event":"engine.started"'))!;
   const url = (JSON.parse(line) as { http: string }).http;
   const r = await postJson(`${url}/v1/completions`, { prompt: "hi", max_tokens: 2 });
@@ -406,9 +407,9 @@ test("a list of prompts gives one choice per prompt and summed usage; 503 beyond
     body: JSON.stringify({ prompt: [1, 2, 3], max_tokens: 1000 }),
     signal: ac.signal,
   }).catch((err: Error) => err.name);
-  await waitFor(() => q.engine.ranks[0].scheduler.numRunning === 1, "the first request to run");
+  await waitFor("the first request to run", () => q.engine.ranks[0].scheduler.numRunning === 1);
   const second = postJson(`${q.httpUrl}/v1/completions`, { prompt: [4, 5, 6], max_tokens: 1 });
-  await waitFor(() => q.engine.ranks[0].scheduler.numWaiting === 1, "the second request to wait");
+  await waitFor("the second request to wait", () => q.engine.ranks[0].scheduler.numWaiting === 1);
   const third = await postJson(`${q.httpUrl}/v1/completions`, { prompt: [7, 8, 9], max_tokens: 1 });
   assert.equal(third.status, 503);
   assert.equal((third.body.error as { type: string }).type, "ServiceUnavailableError");

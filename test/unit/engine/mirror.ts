@@ -1,7 +1,7 @@
 /**
  * Test helpers for the mock engine: an independent subscriber that rebuilds an engine's cache
- * from its KV events (plain zeromq SUB + DEALER, the protocol module's decoders), and a
- * condition waiter. Not a test file itself.
+ * from its KV events (plain zeromq SUB + DEALER, the protocol module's decoders). Not a test
+ * file itself.
  */
 import * as zmq from "zeromq";
 import { decodeBatch } from "../../../src/protocol/decode.ts";
@@ -9,11 +9,6 @@ import { decodePubMessage } from "../../../src/protocol/frames.ts";
 import { hashToText } from "../../../src/protocol/hash.ts";
 import { decodeReplayResponse, encodeReplayRequest } from "../../../src/protocol/replay.ts";
 import { type EventBatch, tierOf } from "../../../src/protocol/types.ts";
-import { pollUntil } from "../../helpers/wait.ts";
-
-export async function waitFor(cond: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
-  await pollUntil(cond, timeoutMs, 5, () => new Error(`timed out after ${timeoutMs} ms waiting for ${what}`));
-}
 
 export class MirrorSubscriber {
   /**

@@ -4,8 +4,8 @@
  */
 import { writeFileSync } from "node:fs";
 import { createServer } from "node:net";
-import { type RunningEngine, startEngine } from "../../../src/engine/engine.ts";
 import type { EngineOptions } from "../../../src/engine/options.ts";
+import { type RunningEngine, startEngine } from "../../../src/engine/start.ts";
 import { silentLogger } from "../../../src/util/log.ts";
 
 async function portFree(port: number): Promise<boolean> {

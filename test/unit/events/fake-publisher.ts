@@ -7,7 +7,6 @@
 import * as zmq from "zeromq";
 import { encodePubMessage } from "../../../src/protocol/frames.ts";
 import { decodeReplayRequest, encodeReplayEnd, encodeReplayResponse } from "../../../src/protocol/replay.ts";
-import { pollUntil } from "../../helpers/wait.ts";
 
 export interface FakePublisherOptions {
   topic?: string;
@@ -142,19 +141,4 @@ export class FakePublisher {
       // closed
     }
   }
-}
-
-/** Poll `cond` until true; fails with `what` and the last observed detail after `timeoutMs`. */
-export async function waitFor(
-  what: string,
-  cond: () => boolean,
-  timeoutMs = 5000,
-  detail: () => unknown = () => undefined,
-): Promise<void> {
-  await pollUntil(
-    cond,
-    timeoutMs,
-    10,
-    () => new Error(`timed out waiting for ${what}: ${JSON.stringify(detail())}`),
-  );
 }

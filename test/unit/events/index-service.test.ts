@@ -5,12 +5,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { type IndexService, startIndexService } from "../../../src/commands/index.ts";
+import { blockStored } from "../../../src/protocol/build.ts";
 import { encodeBatch } from "../../../src/protocol/encode.ts";
 import { hashFromInt } from "../../../src/protocol/hash.ts";
 import { silentLogger } from "../../../src/util/log.ts";
+import { waitFor } from "../../../src/util/wait.ts";
 import { parseMetrics } from "../../helpers/metrics.ts";
 import { complete, engineTruth, startTestEngine, type TestEngine, writeEngines } from "./engines.ts";
-import { FakePublisher, waitFor } from "./fake-publisher.ts";
+import { FakePublisher } from "./fake-publisher.ts";
 
 const MODEL = "Qwen/Qwen3-0.6B";
 
@@ -86,8 +88,7 @@ describe("kvsync index: admin API over real engines", () => {
     await waitFor(
       "3 live streams",
       () => svc.manager.statuses().filter((s) => s.state === "live").length === 3,
-      10_000,
-      () => svc.manager.statuses(),
+      { timeoutMs: 10_000, describe: () => svc.manager.statuses() },
     );
     const pods = (await get("/admin/pods")).body as Array<Record<string, unknown>>;
     assert.deepEqual(
@@ -271,12 +272,10 @@ describe("kvsync index (child process)", () => {
     child.stderr.setEncoding("utf8").on("data", (c: string) => {
       err += c;
     });
-    await waitFor(
-      "the started line",
-      () => out.includes("\n"),
-      20_000,
-      () => ({ out, err }),
-    );
+    await waitFor("the started line", () => out.includes("\n"), {
+      timeoutMs: 20_000,
+      describe: () => ({ out, err }),
+    });
     const { url } = JSON.parse(out.split("\n")[0]) as { url: string };
     await pub.waitSubscribed(1, 10_000);
     const podState = async () =>
@@ -292,21 +291,13 @@ describe("kvsync index (child process)", () => {
         {
           ts: 1,
           events: [
-            {
-              type: "BlockStored",
-              blockHashes: [hashFromInt(77)],
-              parentBlockHash: null,
-              tokenIds: Array.from({ length: 16 }, (_, i) => i),
-              blockSize: 16,
-              loraId: null,
-              medium: "CPU",
-              loraName: null,
-              extraKeys: null,
-              groupIdx: null,
-              kvCacheSpecKind: null,
-              kvCacheSpecSlidingWindow: null,
-              locality: null,
-            },
+            blockStored(
+              [hashFromInt(77)],
+              null,
+              Array.from({ length: 16 }, (_, i) => i),
+              16,
+              { medium: "CPU" },
+            ),
           ],
           dpRank: 0,
         },

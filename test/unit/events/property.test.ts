@@ -16,6 +16,7 @@ import { startIndexService } from "../../../src/commands/index.ts";
 import { blockDigest, type Digest, digestUint64Parts, rootDigest } from "../../../src/engine/block-hash.ts";
 import { hashFromBytes, hashFromUint64Parts, hashToText } from "../../../src/protocol/hash.ts";
 import { silentLogger } from "../../../src/util/log.ts";
+import { waitFor } from "../../../src/util/wait.ts";
 import {
   complete,
   engineTruth,
@@ -24,7 +25,6 @@ import {
   type TestEngine,
   writeEngines,
 } from "./engines.ts";
-import { waitFor } from "./fake-publisher.ts";
 
 const MODEL = "Qwen/Qwen3-0.6B";
 const LORA = "sql-lora";
@@ -196,12 +196,10 @@ async function runHistory(
           else tracked.add(e.name);
           writeFile();
           const want = [...tracked].sort().join(",");
-          await waitFor(
-            "the engines file change",
-            () => podsSeen() === want,
-            5000,
-            () => podsSeen(),
-          );
+          await waitFor("the engines file change", () => podsSeen() === want, {
+            timeoutMs: 5000,
+            describe: () => podsSeen(),
+          });
           break;
         }
       }

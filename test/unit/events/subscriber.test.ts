@@ -7,10 +7,12 @@ import type { PodInfo } from "../../../src/discovery/types.ts";
 import { SubscriberManager } from "../../../src/events/manager.ts";
 import { createIndex } from "../../../src/index/index.ts";
 import type { PrefixIndex } from "../../../src/index/types.ts";
+import { blockStored } from "../../../src/protocol/build.ts";
 import { encodeBatch } from "../../../src/protocol/encode.ts";
 import { hashFromInt, hashToText } from "../../../src/protocol/hash.ts";
 import type { BlockStored, EventBatch } from "../../../src/protocol/types.ts";
-import { FakePublisher, waitFor } from "./fake-publisher.ts";
+import { waitFor } from "../../../src/util/wait.ts";
+import { FakePublisher } from "./fake-publisher.ts";
 
 const FIXTURES = join(import.meta.dirname, "../../fixtures/vllm-kv-events");
 const BS = 16;
@@ -35,21 +37,7 @@ function tokensOf(h: number): number[] {
 }
 
 function stored(h: number): BlockStored {
-  return {
-    type: "BlockStored",
-    blockHashes: [hashFromInt(h)],
-    parentBlockHash: null,
-    tokenIds: tokensOf(h),
-    blockSize: BS,
-    loraId: null,
-    medium: "GPU",
-    loraName: null,
-    extraKeys: null,
-    groupIdx: null,
-    kvCacheSpecKind: null,
-    kvCacheSpecSlidingWindow: null,
-    locality: null,
-  };
+  return blockStored([hashFromInt(h)], null, tokensOf(h), BS, { medium: "GPU" });
 }
 
 /** One batch storing root block `h`, as a vLLM of 2025-09 encodes it. */
@@ -120,12 +108,10 @@ describe("subscriber: conformance frames through real sockets", () => {
       manager.setPods([pod("pod-a", pub)]);
       await pub.waitSubscribed();
       // the first connect asks for the engine's buffer (empty here) and goes live
-      await waitFor(
-        "live after the initial replay",
-        () => manager.status("pod-a")?.state === "live",
-        5000,
-        () => manager.status("pod-a"),
-      );
+      await waitFor("live after the initial replay", () => manager.status("pod-a")?.state === "live", {
+        timeoutMs: 5000,
+        describe: () => manager.status("pod-a"),
+      });
       assert.deepEqual(pub.requests, [0]);
       const gapFrom = d.replay_request_from_seq as number;
       const last = d.live.length - 1;
@@ -136,8 +122,7 @@ describe("subscriber: conformance frames through real sockets", () => {
       await waitFor(
         "the stream to reach the last seq",
         () => manager.status("pod-a")?.lastSeq === last && manager.status("pod-a")?.state === "live",
-        5000,
-        () => manager.status("pod-a"),
+        { timeoutMs: 5000, describe: () => manager.status("pod-a") },
       );
       assert.deepEqual(pub.requests, [0, gapFrom], "one replay for the gap, from last + 1");
       const st = manager.status("pod-a");
@@ -170,12 +155,10 @@ describe("subscriber: faults", () => {
     await pub.waitSubscribed();
     await waitFor("live", () => manager.status("p")?.state === "live");
     for (let s = 0; s < 3; s++) await pub.publish(s, storeBatch(s + 1));
-    await waitFor(
-      "seq 2",
-      () => manager.status("p")?.lastSeq === 2,
-      5000,
-      () => manager.status("p"),
-    );
+    await waitFor("seq 2", () => manager.status("p")?.lastSeq === 2, {
+      timeoutMs: 5000,
+      describe: () => manager.status("p"),
+    });
     assert.deepEqual(held(index, "p"), ["1", "2", "3"]);
     // new process: new buffer, seq from 0 again, different content
     pub.buffer.clear();
@@ -185,12 +168,10 @@ describe("subscriber: faults", () => {
       () => manager.status("p")?.restarts === 1 && manager.status("p")?.state === "live",
     );
     await pub.publish(1, storeBatch(51, 1001));
-    await waitFor(
-      "seq 1 of the new process",
-      () => manager.status("p")?.lastSeq === 1,
-      5000,
-      () => manager.status("p"),
-    );
+    await waitFor("seq 1 of the new process", () => manager.status("p")?.lastSeq === 1, {
+      timeoutMs: 5000,
+      describe: () => manager.status("p"),
+    });
     assert.deepEqual(held(index, "p"), ["50", "51"]);
     assert.equal(await metric(registry, "kvsync_subscriber_restarts_total", { stream: "p" }), 1);
     assert.equal(await metric(registry, "kvsync_subscriber_resyncs_total", { stream: "p" }), 0);
@@ -214,8 +195,7 @@ describe("subscriber: faults", () => {
     await waitFor(
       "resynced at seq 5",
       () => manager.status("p")?.lastSeq === 5 && manager.status("p")?.state === "live",
-      5000,
-      () => manager.status("p"),
+      { timeoutMs: 5000, describe: () => manager.status("p") },
     );
     assert.deepEqual(pub.requests, [0, 2]);
     // what a lost BlockRemoved may have made false is gone; what the buffer still had is back
@@ -236,8 +216,7 @@ describe("subscriber: faults", () => {
     await waitFor(
       "seq 3",
       () => manager.status("p")?.lastSeq === 3 && manager.status("p")?.state === "live",
-      5000,
-      () => manager.status("p"),
+      { timeoutMs: 5000, describe: () => manager.status("p") },
     );
     assert.deepEqual(held(index, "p"), ["3", "4"]);
     assert.equal(manager.status("p")?.resyncs, 1);
@@ -254,18 +233,15 @@ describe("subscriber: faults", () => {
     pub.silent = true;
     await pub.publish(1, storeBatch(2), false);
     await pub.publish(2, storeBatch(3));
-    await waitFor(
-      "resync after the timeout",
-      () => manager.status("p")?.resyncs === 1,
-      5000,
-      () => manager.status("p"),
-    );
+    await waitFor("resync after the timeout", () => manager.status("p")?.resyncs === 1, {
+      timeoutMs: 5000,
+      describe: () => manager.status("p"),
+    });
     await pub.publish(3, storeBatch(4));
     await waitFor(
       "seq 3, live",
       () => manager.status("p")?.lastSeq === 3 && manager.status("p")?.state === "live",
-      5000,
-      () => manager.status("p"),
+      { timeoutMs: 5000, describe: () => manager.status("p") },
     );
     assert.deepEqual(held(index, "p"), ["3", "4"]);
     assert.equal(await metric(registry, "kvsync_subscriber_replay_failures_total", { stream: "p" }), 1);
@@ -285,12 +261,10 @@ describe("subscriber: faults", () => {
       encodeBatch({ ts: 1, events: [{ type: "AllBlocksCleared" }, stored(7)], dpRank: 0 }, "2025-09"),
     );
     await pub.publish(3, storeBatch(8));
-    await waitFor(
-      "seq 3",
-      () => manager.status("p")?.lastSeq === 3,
-      5000,
-      () => manager.status("p"),
-    );
+    await waitFor("seq 3", () => manager.status("p")?.lastSeq === 3, {
+      timeoutMs: 5000,
+      describe: () => manager.status("p"),
+    });
     const st = manager.status("p");
     // seq 1 is bad in the engine's buffer too: asked again (3 times), then the stream is rebuilt
     assert.ok((st?.decodeErrors ?? 0) >= 3 + 2, `decode errors ${st?.decodeErrors}`);
@@ -326,12 +300,10 @@ describe("subscriber: faults", () => {
     await first.publish(1, storeBatch(2));
     await waitFor("seq 1", () => manager.status("p")?.lastSeq === 1);
     await first.close();
-    await waitFor(
-      "down",
-      () => manager.status("p")?.state === "down",
-      5000,
-      () => manager.status("p"),
-    );
+    await waitFor("down", () => manager.status("p")?.state === "down", {
+      timeoutMs: 5000,
+      describe: () => manager.status("p"),
+    });
     // the same engine comes back on the same addresses with its buffer, one batch further
     second = await new FakePublisher({
       pubEndpoint: first.pubEndpoint,
@@ -343,8 +315,7 @@ describe("subscriber: faults", () => {
     await waitFor(
       "live again",
       () => manager.status("p")?.state === "live" && manager.status("p")?.lastSeq === 2,
-      10_000,
-      () => manager.status("p"),
+      { timeoutMs: 10_000, describe: () => manager.status("p") },
     );
     // it checked the engine from its last seq (same batch there: same process) and caught up
     assert.deepEqual(second.requests, [1]);

@@ -3,11 +3,13 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
+import { blockRemoved } from "../../../src/protocol/build.ts";
 import { decodeBatch } from "../../../src/protocol/decode.ts";
 import { encodeBatch } from "../../../src/protocol/encode.ts";
 import { hashFromInt } from "../../../src/protocol/hash.ts";
 import { batchToJson } from "../../../src/protocol/index.ts";
-import { FakePublisher, waitFor } from "./fake-publisher.ts";
+import { waitFor } from "../../../src/util/wait.ts";
+import { FakePublisher } from "./fake-publisher.ts";
 
 const ROOT = join(import.meta.dirname, "../../..");
 const FIXTURE = join(ROOT, "test/fixtures/vllm-kv-events/vllm-48fc2e279-ints.json");
@@ -82,34 +84,28 @@ describe("kvsync events tail (child process, real publisher)", () => {
       d.topic,
     ]);
     await pub.waitSubscribed(1, 20_000);
-    await waitFor(
-      "the buffered batches",
-      () => t.out.length >= 2,
-      20_000,
-      () => ({ out: t.out, err: t.err }),
-    );
+    await waitFor("the buffered batches", () => t.out.length >= 2, {
+      timeoutMs: 20_000,
+      describe: () => ({ out: t.out, err: t.err }),
+    });
     // live: 2, then 3 and 4 are lost, 5 reveals the gap; 6 arrives live too
     await pub.sendRaw(hex(d.live[2]));
     await pub.publish(3, payloads[3], false);
     await pub.publish(4, payloads[4], false);
     await pub.sendRaw(hex(d.live[5]));
     await pub.sendRaw(hex(d.live[6]));
-    await waitFor(
-      "seqs 0..6",
-      () => t.out.length >= 7,
-      10_000,
-      () => ({ out: t.out, err: t.err }),
-    );
+    await waitFor("seqs 0..6", () => t.out.length >= 7, {
+      timeoutMs: 10_000,
+      describe: () => ({ out: t.out, err: t.err }),
+    });
     // a malformed payload at seq 7, then a good batch at 8
     await pub.publish(7, Buffer.from([0x93, 0xc1]));
     const b8 = encodeBatch({ ts: 8, events: [{ type: "AllBlocksCleared" }], dpRank: 0 }, "2026-07");
     await pub.publish(8, b8);
-    await waitFor(
-      "seq 8",
-      () => t.out.length >= 8,
-      10_000,
-      () => ({ out: t.out, err: t.err }),
-    );
+    await waitFor("seq 8", () => t.out.length >= 8, {
+      timeoutMs: 10_000,
+      describe: () => ({ out: t.out, err: t.err }),
+    });
     const printed = t.out.map((l) => JSON.parse(l));
     const want = [
       ...payloads.map((p, seq) => batchToJson(seq, decodeBatch(p).batch)),
@@ -145,15 +141,7 @@ describe("kvsync events tail (child process, real publisher)", () => {
       encodeBatch(
         {
           ts: h,
-          events: [
-            {
-              type: "BlockRemoved",
-              blockHashes: [hashFromInt(h)],
-              medium: null,
-              groupIdx: null,
-              locality: null,
-            },
-          ],
+          events: [blockRemoved([hashFromInt(h)])],
           dpRank: null,
         },
         "2025-04",
@@ -163,12 +151,10 @@ describe("kvsync events tail (child process, real publisher)", () => {
     await pub.publish(10, batch(10));
     await pub.publish(11, batch(11));
     await pub.publish(13, batch(13));
-    await waitFor(
-      "three batches",
-      () => t.out.length >= 3,
-      10_000,
-      () => ({ out: t.out, err: t.err }),
-    );
+    await waitFor("three batches", () => t.out.length >= 3, {
+      timeoutMs: 10_000,
+      describe: () => ({ out: t.out, err: t.err }),
+    });
     assert.deepEqual(
       t.out.map((l) => JSON.parse(l).seq),
       [10, 11, 13],

@@ -8,7 +8,8 @@ import { after, before, test } from "node:test";
 import fc from "fast-check";
 import { type RunningGateway, startGateway } from "../../../src/gateway/gateway.ts";
 import { silentLogger } from "../../../src/util/log.ts";
-import { deadPort, fakePodInfo, MODEL, metricValue, startFakePod, waitFor } from "./fleet.ts";
+import { waitFor } from "../../../src/util/wait.ts";
+import { deadPort, fakePodInfo, MODEL, metricValue, startFakePod } from "./fleet.ts";
 
 type PodMode = "ok" | "sse" | "die" | "error500" | "stall";
 const MODES: PodMode[] = ["ok", "sse", "die", "error500", "stall"];

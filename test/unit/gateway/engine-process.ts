@@ -1,7 +1,7 @@
 /** `kvsync mock-engine` as a real child process, for faults only a process has (SIGSTOP/SIGCONT). */
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
-import { waitFor } from "./fleet.ts";
+import { waitFor } from "../../../src/util/wait.ts";
 
 export interface EngineProcess {
   child: ChildProcess;

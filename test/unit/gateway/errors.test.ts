@@ -8,6 +8,7 @@ import { after, before, describe, test } from "node:test";
 import OpenAI from "openai";
 import { startGateway } from "../../../src/gateway/gateway.ts";
 import { silentLogger } from "../../../src/util/log.ts";
+import { waitFor } from "../../../src/util/wait.ts";
 import {
   deadPort,
   type Fleet,
@@ -18,7 +19,6 @@ import {
   post,
   startFakePod,
   startFleet,
-  waitFor,
 } from "./fleet.ts";
 
 function assertOpenAiError(r: { status: number; json: Json }, status: number, code: string): void {

@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import { startGateway } from "../../../src/gateway/gateway.ts";
 import { silentLogger } from "../../../src/util/log.ts";
+import { waitFor } from "../../../src/util/wait.ts";
 import { parseMetrics } from "../../helpers/metrics.ts";
 import {
   deadPort,
@@ -22,7 +23,6 @@ import {
   post,
   startFakePod,
   startFleet,
-  waitFor,
 } from "./fleet.ts";
 
 const cleanups: Array<() => Promise<void> | void> = [];

@@ -2,10 +2,10 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { PodInfo } from "../../../src/discovery/types.ts";
-import { type RunningEngine, type StartOptions, startEngine } from "../../../src/engine/engine.ts";
+import { type RunningEngine, type StartOptions, startEngine } from "../../../src/engine/start.ts";
 import { type RunningGateway, type StartGatewayOptions, startGateway } from "../../../src/gateway/gateway.ts";
 import { silentLogger } from "../../../src/util/log.ts";
-import { pollUntil } from "../../helpers/wait.ts";
+import { waitFor } from "../../../src/util/wait.ts";
 
 export const MODEL = "Qwen/Qwen3-0.6B";
 
@@ -84,20 +84,6 @@ export async function startFleet(
     });
   }
   return fleet;
-}
-
-/** Poll `cond` until true; fails with `what` after the deadline. */
-export async function waitFor(
-  what: string,
-  cond: () => boolean | Promise<boolean>,
-  timeoutMs = 10_000,
-): Promise<void> {
-  await pollUntil(
-    cond,
-    timeoutMs,
-    20,
-    () => new Error(`timed out after ${timeoutMs} ms waiting for: ${what}`),
-  );
 }
 
 /**

@@ -6,7 +6,8 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import OpenAI from "openai";
-import { type Fleet, MODEL, metricValue, post, startFleet, waitFor } from "./fleet.ts";
+import { waitFor } from "../../../src/util/wait.ts";
+import { type Fleet, MODEL, metricValue, post, startFleet } from "./fleet.ts";
 
 const long = (tag: string, words = 120) =>
   Array.from({ length: words }, (_, i) => `${tag}${i % 17} word${(i * 7) % 23}`).join(" ");

@@ -13,8 +13,8 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { startIndexService } from "../../../src/commands/index.ts";
 import { silentLogger } from "../../../src/util/log.ts";
+import { waitFor } from "../../../src/util/wait.ts";
 import { complete, engineTruth, startTestEngine, type TestEngine, writeEngines } from "../events/engines.ts";
-import { waitFor } from "../events/fake-publisher.ts";
 
 const BS = 16;
 
@@ -52,12 +52,10 @@ for (const [removedEvents, copies] of [
       subscriber: { replayTimeoutMs: 1000, tailCheckMs: 200, reconnectMs: 20, reconnectMaxMs: 200 },
     });
     t.after(() => svc.close());
-    await waitFor(
-      "the subscriber to connect",
-      () => svc.manager.status("pod-c")?.state === "live",
-      10_000,
-      () => JSON.stringify(svc.manager.status("pod-c")),
-    );
+    await waitFor("the subscriber to connect", () => svc.manager.status("pod-c")?.state === "live", {
+      timeoutMs: 10_000,
+      describe: () => JSON.stringify(svc.manager.status("pod-c")),
+    });
 
     // each round: a new 4-block prefix requested 4 times at once (up to 4 copies of each block)
     // and 2 prompts on the previous round's prefix; 48 GPU blocks, so older rounds' copies are

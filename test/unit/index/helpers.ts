@@ -1,4 +1,5 @@
 import type { StreamRef } from "../../../src/index/types.ts";
+import { blockRemoved, blockStored } from "../../../src/protocol/build.ts";
 import { hashFromInt } from "../../../src/protocol/hash.ts";
 import type {
   AllBlocksCleared,
@@ -23,22 +24,7 @@ export function stored(
   tokenIds: number[],
   o: Partial<BlockStored> = {},
 ): BlockStored {
-  return {
-    type: "BlockStored",
-    blockHashes: hashes,
-    parentBlockHash: parent,
-    tokenIds,
-    blockSize: 4,
-    loraId: null,
-    medium: "GPU",
-    loraName: null,
-    extraKeys: null,
-    groupIdx: null,
-    kvCacheSpecKind: null,
-    kvCacheSpecSlidingWindow: null,
-    locality: null,
-    ...o,
-  };
+  return blockStored(hashes, parent, tokenIds, 4, { medium: "GPU", ...o });
 }
 
 export function removed(
@@ -46,7 +32,7 @@ export function removed(
   medium: string | null = "GPU",
   o: Partial<BlockRemoved> = {},
 ): BlockRemoved {
-  return { type: "BlockRemoved", blockHashes: hashes, medium, groupIdx: null, locality: null, ...o };
+  return blockRemoved(hashes, { medium, ...o });
 }
 
 export function cleared(): AllBlocksCleared {

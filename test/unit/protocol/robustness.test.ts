@@ -8,6 +8,7 @@ import fc from "fast-check";
 import { Packr } from "msgpackr";
 import {
   type BlockStored,
+  blockStored,
   DEFAULT_DECODE_LIMITS,
   type DecodeLimits,
   decodeBatch,
@@ -225,22 +226,7 @@ test("deep nesting is cut at maxDepth without exhausting the stack", () => {
 });
 
 function stored(over: Partial<BlockStored>): BlockStored {
-  return {
-    type: "BlockStored",
-    blockHashes: [hashFromInt(1)],
-    parentBlockHash: null,
-    tokenIds: [1, 2, 3, 4],
-    blockSize: 4,
-    loraId: null,
-    medium: "GPU",
-    loraName: null,
-    extraKeys: null,
-    groupIdx: null,
-    kvCacheSpecKind: null,
-    kvCacheSpecSlidingWindow: null,
-    locality: null,
-    ...over,
-  };
+  return blockStored([hashFromInt(1)], null, [1, 2, 3, 4], 4, { medium: "GPU", ...over });
 }
 const nest = (d: number): unknown => (d === 0 ? 1 : [nest(d - 1)]);
 

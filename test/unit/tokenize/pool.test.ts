@@ -5,6 +5,7 @@ import { after, before, describe, test } from "node:test";
 import { Registry } from "prom-client";
 import { HfTokenizer, loadTokenizer, TokenizerError, TokenizerPool } from "../../../src/tokenize/index.ts";
 import { silentLogger } from "../../../src/util/log.ts";
+import { waitFor } from "../../../src/util/wait.ts";
 import { mixedText, refEncode } from "./reference.ts";
 
 let base: HfTokenizer;
@@ -155,7 +156,7 @@ describe("TokenizerPool", () => {
     for (let k = 1; k <= 3; k++) {
       const text = mixedText(950 + k, 300);
       assert.deepEqual(await p.encodePrompt(text), base.encodeRaw(text, true));
-      await waitFor(() => p.stats().workerFailures >= k, 20_000, `worker failure #${k}`);
+      await waitFor(`worker failure #${k}`, () => p.stats().workerFailures >= k, 20_000);
     }
     assert.equal(p.stats().workersDisabled, true);
     assert.equal(p.stats().workers, 0);
@@ -165,11 +166,3 @@ describe("TokenizerPool", () => {
     await assert.rejects(p.warm(), (e: unknown) => e instanceof TokenizerError);
   });
 });
-
-async function waitFor(cond: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
