@@ -9,8 +9,8 @@ import { after, describe, it } from "node:test";
 import { SubscriberManager } from "../../../src/events/manager.ts";
 import { createIndex } from "../../../src/index/index.ts";
 import { hashToText } from "../../../src/protocol/hash.ts";
+import { waitFor } from "../../../src/util/wait.ts";
 import { engineTruth, freePorts, type TestEngine } from "./engines.ts";
-import { waitFor } from "./fake-publisher.ts";
 import { podOf } from "./rig.ts";
 
 const MODEL = "Qwen/Qwen3-0.6B";
@@ -126,12 +126,10 @@ describe("subscriber: a stopped engine", () => {
     const stoppedAt = Date.now();
     // the fault took effect: the engine answers nothing
     assert.equal(await reachable(`${url}/health`, 300), false, "a stopped engine must not answer");
-    await waitFor(
-      "the stream to leave live",
-      () => manager.status("e")?.state !== "live",
-      10_000,
-      () => manager.status("e"),
-    );
+    await waitFor("the stream to leave live", () => manager.status("e")?.state !== "live", {
+      timeoutMs: 10_000,
+      describe: () => manager.status("e"),
+    });
     const detectMs = Date.now() - stoppedAt;
     // heartbeat timeout 1 s, plus one PING period and the machine's noise
     assert.ok(detectMs < 4000, `stall noticed after ${detectMs} ms`);
@@ -141,12 +139,10 @@ describe("subscriber: a stopped engine", () => {
 
     child.kill("SIGCONT");
     const resumedAt = Date.now();
-    await waitFor(
-      "live again",
-      () => manager.status("e")?.state === "live",
-      10_000,
-      () => manager.status("e"),
-    );
+    await waitFor("live again", () => manager.status("e")?.state === "live", {
+      timeoutMs: 10_000,
+      describe: () => manager.status("e"),
+    });
     const recoverMs = Date.now() - resumedAt;
     assert.ok(recoverMs < 4000, `live again ${recoverMs} ms after SIGCONT`);
     await completion(

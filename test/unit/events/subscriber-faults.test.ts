@@ -9,9 +9,9 @@ import { Registry } from "prom-client";
 import { SubscriberManager } from "../../../src/events/manager.ts";
 import { createIndex } from "../../../src/index/index.ts";
 import { encodePubMessage } from "../../../src/protocol/frames.ts";
-import { pollUntil } from "../../helpers/wait.ts";
+import { waitFor } from "../../../src/util/wait.ts";
 import { freePorts } from "./engines.ts";
-import { FakePublisher, waitFor } from "./fake-publisher.ts";
+import { FakePublisher } from "./fake-publisher.ts";
 import { held, metric, podOf, type Rig, rig, storeBatch } from "./rig.ts";
 
 const rigs: Rig[] = [];
@@ -25,12 +25,7 @@ async function until(
   timeoutMs = 10_000,
   detail: () => unknown = () => "",
 ): Promise<void> {
-  await pollUntil(
-    cond,
-    timeoutMs,
-    20,
-    () => new Error(`timed out waiting for ${what} ${JSON.stringify(detail())}`),
-  );
+  await waitFor(what, cond, { timeoutMs, intervalMs: 20, describe: detail });
 }
 
 async function liveRig(...args: Parameters<typeof rig>): Promise<Rig> {
@@ -92,8 +87,7 @@ describe("subscriber: undecodable batches", () => {
     await waitFor(
       "seq 2, live",
       () => manager.status("p")?.lastSeq === 2 && manager.status("p")?.state !== "replaying",
-      10_000,
-      () => manager.status("p"),
+      { timeoutMs: 10_000, describe: () => manager.status("p") },
     );
     assert.deepEqual(held(index, "p"), ["1", "2", "3"]);
     const st = manager.status("p");
@@ -167,12 +161,10 @@ describe("subscriber: a ZMTP protocol error", () => {
         await new Promise((r) => setTimeout(r, 50));
       }
     }
-    await waitFor(
-      "live on the real publisher",
-      () => manager.status("p")?.state === "live",
-      10_000,
-      () => manager.status("p"),
-    );
+    await waitFor("live on the real publisher", () => manager.status("p")?.state === "live", {
+      timeoutMs: 10_000,
+      describe: () => manager.status("p"),
+    });
     await pub.publish(0, storeBatch(5));
     await waitFor("seq 0", () => manager.status("p")?.lastSeq === 0);
     assert.deepEqual(held(index, "p"), ["5"]);
@@ -199,8 +191,7 @@ describe("subscriber: a corruption window", () => {
     await waitFor(
       "rebuilt and live",
       () => manager.status("p")?.state === "live" && !held(index, "p").includes("666"),
-      10_000,
-      () => ({ status: manager.status("p"), held: held(index, "p") }),
+      { timeoutMs: 10_000, describe: () => ({ status: manager.status("p"), held: held(index, "p") }) },
     );
     assert.deepEqual(held(index, "p"), ["1", "2", "3", "4"]);
     assert.equal(await metric(registry, "kvsync_subscriber_rebuilds_total", { stream: "p" }), 1);

@@ -8,8 +8,9 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { after, describe, test } from "node:test";
 import { startGateway } from "../../../src/gateway/gateway.ts";
 import { silentLogger } from "../../../src/util/log.ts";
+import { waitFor } from "../../../src/util/wait.ts";
 import { freePorts } from "../events/engines.ts";
-import { type Json, MODEL, post, waitFor } from "./fleet.ts";
+import { type Json, MODEL, post } from "./fleet.ts";
 
 const children: ChildProcess[] = [];
 const cleanups: Array<() => Promise<void>> = [];
