@@ -230,6 +230,7 @@ export class SubscriberManager
         stale: () => m?.staleBatches.inc({ stream: id }),
         stalled: () => m?.stalls.inc({ stream: id }),
         suspected: () => m?.suspects.inc({ stream: id }),
+        verified: () => m?.verified.inc({ stream: id }),
         reconnected: () => m?.reconnects.inc({ stream: id }),
         socketReplaced: () => m?.socketReplacements.inc({ stream: id }),
         bogus: () => m?.bogusSeqs.inc({ stream: id }),

@@ -29,6 +29,7 @@ export interface SubscriberMetrics {
   stalls: Counter<"stream">;
   suspects: Counter<"stream">;
   rebuilds: Counter<"stream">;
+  verified: Counter<"stream">;
   reconnects: Counter<"stream">;
   socketReplacements: Counter<"stream">;
   bogusSeqs: Counter<"stream">;
@@ -81,7 +82,11 @@ export function createSubscriberMetrics(
     ),
     rebuilds: perStream(
       "kvsync_subscriber_rebuilds_total",
-      "suspect streams dropped and rebuilt from the engine's replay buffer once clean",
+      "suspect streams dropped and rebuilt from the engine's replay buffer (their audit failed)",
+    ),
+    verified: perStream(
+      "kvsync_subscriber_verified_total",
+      "suspect streams trusted again with nothing dropped: every batch applied while suspect matched the engine's replay buffer",
     ),
     stalls: perStream(
       "kvsync_subscriber_stalls_total",
@@ -157,6 +162,7 @@ export function createSubscriberMetrics(
         m.stalls,
         m.suspects,
         m.rebuilds,
+        m.verified,
         m.reconnects,
         m.socketReplacements,
         m.bogusSeqs,

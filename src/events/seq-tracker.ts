@@ -1,90 +1,27 @@
 /**
  * The sequence logic of one engine event stream, free of sockets and timers: a pure state
  * machine fed with live messages, replay messages and replay outcomes, which tells its sink
- * what to apply, when to drop the stream's entries and when to ask for a replay.
- *
- * Rules (docs/events.md):
- * - Live seq == last + 1 is applied. A gap (seq > last + 1) asks for a replay from last + 1;
- *   live messages that arrive meanwhile wait in a bounded queue and are merged after the replay
- *   without duplicates. Without a replay endpoint a gap is unrecoverable.
- * - A replay that can't cover the gap (its first seq is beyond the requested one, a hole inside
- *   it, a failure or timeout) drops the stream's entries and rebuilds from what the stream still
- *   delivers (state `resyncing` until the stream is contiguous and nothing waits).
- * - A seq <= last whose payload equals the one seen for that seq is a duplicate (ignored); a
- *   remembered seq with another payload means the engine restarted: drop and start over (replay
- *   from 0). A backward seq too old to be remembered is verified first: a replay from `last`
- *   that still shows our last batch proves the same process (the late message was stale).
- * - A gap replay that ends short of the queued live batch it was asked for (a corrupted seq, an
- *   engine that jumped) is retried (`attempt` > 0 lets the caller back off); after
- *   `maxGapRetries` such replays that batch is bogus: reported, discarded, and the queue goes on.
- * - A batch whose payload does not decode is asked again from the replay endpoint (up to
- *   `maxRepairs` times) and applied in order from a good copy; without one the stream's entries
- *   are dropped and rebuilt from what follows, like an unrecoverable gap.
- * - After a reconnect the tracker asks for a replay from `last` and checks that the engine still
- *   has the same batch there: otherwise it restarted while we were away.
+ * (seq-sink.ts) what to apply, when to drop the stream's entries and when to ask for a replay.
+ * The rules are in docs/events.md ("Sequence rules"); in short:
+ * - seq == last + 1 is applied; a gap asks a replay from last + 1 (live messages wait in a bounded
+ *   queue); a replay that can't cover it drops the stream and rebuilds (`resyncing`); a gap replay
+ *   that never reaches the queued seq is retried, then that seq is bogus and discarded.
+ * - A backward seq with the payload we applied is a duplicate; any other is verified by a replay
+ *   from `last` (same batch there: garbage or stale, ignored; another decodable batch or none: a
+ *   restart); a garbled verify answer is retried. A reconnect is verified the same way.
+ * - An undecodable batch is asked again from the replay buffer and applied from a good copy.
+ * - An audit replays from a given seq and hands batches up to `last` to the sink to compare.
  */
+import { RecentBatches, type SeqSink, type SeqTrackerOptions, type TrackerState } from "./seq-sink.ts";
 
-export type TrackerState = "live" | "replaying" | "resyncing";
+export type { DropReason, SeqSink, SeqTrackerOptions, TrackerState } from "./seq-sink.ts";
+export { fingerprint } from "./seq-sink.ts";
 
-export type DropReason = "restart" | "gap" | "rebuild";
-
-export interface SeqSink {
-  /** Apply a message, in seq order; false: its payload does not decode (nothing applied). */
-  apply(seq: number, payload: Uint8Array): boolean;
-  /** Forget every entry of the stream. */
-  drop(reason: DropReason): void;
-  /**
-   * Ask the engine for its buffered batches with seq >= fromSeq (one replay at a time). `attempt`
-   * counts the replays already asked for the same queued batch that they did not reach.
-   */
-  requestReplay(fromSeq: number, attempt: number): void;
-  /** A gap was detected between two seqs (inclusive range of missing seqs). */
-  gap?(from: number, to: number, recoverable: boolean): void;
-  duplicate?(seq: number): void;
-  /** A late backward seq turned out stale: the engine still holds our last batch. */
-  stale?(seq: number): void;
-  /** An undecodable batch with no good copy to be had: the stream is dropped and rebuilt. */
-  decodeLost?(seq: number): void;
-  /** A batch that failed to decode was applied from a good copy. */
-  repaired?(seq: number): void;
-  /** A live seq beyond everything the engine's buffer holds, discarded after the retries. */
-  bogus?(seq: number): void;
-  /** A live message could not be queued during a replay (queue full); it shows up as a gap later. */
-  overflow?(seq: number): void;
-}
-
-export interface SeqTrackerOptions {
-  /** The stream has a replay endpoint. */
-  replay: boolean;
-  /** Live messages queued while a replay runs. */
-  maxPending?: number;
-  /** Recent payload fingerprints kept to tell duplicates from restarts. */
-  recentSize?: number;
-  /** Gap replays that end short of the same queued batch before it counts as bogus. */
-  maxGapRetries?: number;
-  /** Replays asked for one undecodable batch before it counts as lost. */
-  maxRepairs?: number;
-}
-
-type ReplayKind = "initial" | "gap" | "verify" | "probe";
+type ReplayKind = "initial" | "gap" | "verify" | "probe" | "audit";
 
 interface Msg {
   seq: number;
   payload: Uint8Array;
-}
-
-/**
- * A cheap identity of a payload: its length and an FNV-1a hash of its first and last 32 bytes
- * (the batch's float64 timestamp sits in the first bytes). O(1) per message, and no payload is
- * kept alive: two different batches at the same seq differ here in practice.
- */
-export function fingerprint(p: Uint8Array): number {
-  let h = 0x811c9dc5 ^ p.length;
-  const n = p.length;
-  const head = Math.min(n, 32);
-  for (let i = 0; i < head; i++) h = Math.imul(h ^ p[i], 0x01000193);
-  for (let i = Math.max(n - 32, head); i < n; i++) h = Math.imul(h ^ p[i], 0x01000193);
-  return h | 0;
 }
 
 export class SeqTracker {
@@ -95,10 +32,7 @@ export class SeqTracker {
   private readonly hasReplay: boolean;
   private readonly maxPending: number;
   private readonly pending: Msg[] = [];
-  // ring of recently applied messages, indexed by seq % size
-  private readonly recentSeq: Float64Array;
-  private readonly recentFp: Int32Array;
-  private readonly recentLen: Int32Array;
+  private readonly recent: RecentBatches;
   // the running replay
   private replayKind: ReplayKind = "initial";
   private replayFrom = 0;
@@ -116,6 +50,12 @@ export class SeqTracker {
   private badCount = 0;
   private replayCut = false;
   private readonly maxRepairs: number;
+  /** the running replay's answer had a broken frame, and a verify answer that proved nothing */
+  private replayGarbled = false;
+  private auditFirst: number | null = null;
+  private verifyFailed = false;
+  private verifyRetries = 0;
+  private readonly maxVerifyRetries: number;
   /** live messages dropped because the queue was full */
   overflowed = 0;
 
@@ -127,10 +67,8 @@ export class SeqTracker {
     this.maxPending = Math.max(1, opts.maxPending ?? 10_000);
     this.maxGapRetries = Math.max(1, opts.maxGapRetries ?? 3);
     this.maxRepairs = Math.max(0, opts.maxRepairs ?? 3);
-    const n = Math.max(2, opts.recentSize ?? 64);
-    this.recentSeq = new Float64Array(n).fill(-1);
-    this.recentFp = new Int32Array(n);
-    this.recentLen = new Int32Array(n);
+    this.maxVerifyRetries = Math.max(0, opts.maxVerifyRetries ?? 3);
+    this.recent = new RecentBatches(opts.recentSize ?? 64);
   }
 
   /** last applied seq for status reports (null before the first batch). */
@@ -140,8 +78,9 @@ export class SeqTracker {
 
   state(): TrackerState {
     if (this.resyncing) return "resyncing";
-    // an idle probe keeps the stream live unless it finds something wrong
-    return this.phase === "replaying" && this.replayKind !== "probe" ? "replaying" : "live";
+    // an idle probe or an audit keeps the stream live unless it finds something wrong
+    const quiet = this.replayKind === "probe" || this.replayKind === "audit";
+    return this.phase === "replaying" && !quiet ? "replaying" : "live";
   }
 
   replaying(): boolean {
@@ -212,7 +151,7 @@ export class SeqTracker {
   private checkAfterReconnect(): void {
     const last = this.last;
     if (last === null || last < 0) this.beginReplay("initial", 0);
-    else if (this.remembers(last)) this.beginReplay("verify", last);
+    else if (this.recent.has(last)) this.beginReplay("verify", last);
     // nothing applied at `last` yet (a start from --from-seq): resume the pick-up
     else this.beginReplay("gap", last + 1);
   }
@@ -229,6 +168,19 @@ export class SeqTracker {
     return true;
   }
 
+  /**
+   * Replay from `fromSeq` (<= last) to check what was applied: replayed batches up to `last` go to
+   * the sink's `audited` instead of being applied, later ones are applied as usual, and
+   * `auditEnd` reports the outcome. Only when live and idle with a replay endpoint.
+   */
+  audit(fromSeq: number): boolean {
+    const last = this.last;
+    if (!this.hasReplay || this.phase !== "live" || last === null || this.pending.length > 0) return false;
+    if (fromSeq < 0 || fromSeq > last) return false;
+    this.beginReplay("audit", fromSeq);
+    return true;
+  }
+
   onLive(seq: number, payload: Uint8Array): void {
     if (this.phase === "idle") this.phase = "live";
     if (this.phase === "replaying") {
@@ -238,22 +190,45 @@ export class SeqTracker {
     if (!this.processLive(seq, payload, false)) this.enqueue(seq, payload);
   }
 
+  /** A message of the running replay's answer was too broken to show a seq. */
+  onReplayGarbled(): void {
+    if (this.phase === "replaying") this.replayGarbled = true;
+  }
+
   onReplayMessage(seq: number, payload: Uint8Array): void {
     if (this.phase !== "replaying" || this.replayAbandon || this.replayIgnore || this.replayCut) return;
+    if (this.verifyFailed) return;
+    if (this.replayKind === "audit") {
+      if (this.replayFirst) this.auditFirst = seq;
+      this.replayFirst = false;
+      if (this.last !== null && seq <= this.last) {
+        this.sink.audited?.(seq, payload);
+        return;
+      }
+    }
     if (this.replayFirst) {
       this.replayFirst = false;
       if (this.replayKind === "verify") {
         const last = this.last as number;
-        if (seq === last && this.recentMatches(seq, payload) === true) {
-          // same engine: a late message that started this check was stale
+        if (seq === last && this.recent.matches(seq, payload) === true) {
+          // same engine: the backward message that started this check was garbage or stale
+          this.verifyRetries = 0;
           if (this.lateSeq !== null) this.sink.stale?.(this.lateSeq);
           return;
         }
-        if (seq <= last) {
+        // the engine never answers below the asked seq, and a batch at `last` that does not
+        // decode was garbled in transit: either way the answer proves nothing, ask again
+        if (seq < last || this.sink.decodes?.(seq, payload) === false) {
+          this.verifyFailed = true;
+          return;
+        }
+        if (seq === last) {
           // a different batch at a seq we have seen: the engine restarted while we were away
+          this.verifyRetries = 0;
           this.replayAbandon = true;
           return;
         }
+        this.verifyRetries = 0;
         // the buffer moved past our last batch: what happened in between is unknown
         this.sink.gap?.(last + 1, seq - 1, false);
         this.unrecoverable();
@@ -284,6 +259,14 @@ export class SeqTracker {
 
   onReplayEnd(): void {
     if (this.phase !== "replaying") return;
+    const audit = this.replayKind === "audit";
+    const complete = !this.replayIgnore && !this.replayCut;
+    const first = this.auditFirst;
+    this.endReplay();
+    if (audit) this.sink.auditEnd?.(complete, first);
+  }
+
+  private endReplay(): void {
     if (this.replayIgnore) {
       // reconnected meanwhile: check that the engine is still the process we followed
       this.checkAfterReconnect();
@@ -295,8 +278,13 @@ export class SeqTracker {
       this.repair();
       return;
     }
+    if (this.verifyFailed || (this.replayKind === "verify" && this.replayFirst && this.replayGarbled)) {
+      this.retryVerify();
+      return;
+    }
     // a verify replay without our last batch: the engine's newest seq is below ours (restarted)
     if (this.replayAbandon || (this.replayKind === "verify" && this.replayFirst)) {
+      this.verifyRetries = 0;
       this.restart();
       return;
     }
@@ -310,9 +298,15 @@ export class SeqTracker {
   /** The replay failed (no answer in time, socket error). */
   onReplayFailed(): void {
     if (this.phase !== "replaying") return;
+    const audit = this.replayKind === "audit";
+    this.failReplay();
+    if (audit) this.sink.auditEnd?.(false, null);
+  }
+
+  private failReplay(): void {
     if (this.replayIgnore) {
       // its answer no longer mattered; check the (re)connected engine instead
-      this.onReplayEnd();
+      this.endReplay();
       return;
     }
     if (this.replayCut || (this.badSeq >= 0 && this.replayFrom === this.badSeq)) {
@@ -330,7 +324,7 @@ export class SeqTracker {
       this.phase = "live";
       return;
     }
-    // an initial pick-up or an idle probe that fails loses nothing we had; any other replay
+    // an initial pick-up, an idle probe or an audit that fails loses nothing we had; any other replay
     // leaves a hole
     if (
       this.replayKind === "gap" ||
@@ -363,14 +357,16 @@ export class SeqTracker {
       return true;
     }
     if (seq <= last) {
-      const m = this.recentMatches(seq, payload);
+      const m = this.recent.matches(seq, payload);
       if (m === true || (m === null && fromQueue)) {
         this.sink.duplicate?.(seq);
         return true;
       }
-      if (m === null && this.hasReplay && this.remembers(last)) {
-        // too old for the ring: a late copy (stale) or a new process; the engine's batch at
-        // `last` tells which, so ask for it before dropping anything
+      if (this.hasReplay && this.recent.has(last)) {
+        // too old for the ring (a late copy or a new process), or another payload at a seq we
+        // applied (garbage on the wire or a new process; also a garbled live copy queued while
+        // a replay brought the good one): the engine's batch at `last` tells which, so ask for
+        // it before dropping anything (restarts are rare, verifies cheap)
         this.beginReplay("verify", last);
         this.lateSeq = seq;
         return true;
@@ -436,7 +432,23 @@ export class SeqTracker {
     this.replayIgnore = false;
     this.lateSeq = null;
     this.replayCut = false;
+    this.replayGarbled = false;
+    this.auditFirst = null;
+    this.verifyFailed = false;
     this.sink.requestReplay(from, attempt);
+  }
+
+  /** A verify answer that proved nothing: ask again (bounded), then take it for a restart. */
+  private retryVerify(): void {
+    if (this.verifyRetries >= this.maxVerifyRetries) {
+      this.verifyRetries = 0;
+      this.restart();
+      return;
+    }
+    this.verifyRetries++;
+    const late = this.lateSeq;
+    this.beginReplay("verify", this.last as number, this.verifyRetries);
+    this.lateSeq = late;
   }
 
   /** The engine restarted: its entries are stale; pick up its new buffer from 0. */
@@ -451,11 +463,12 @@ export class SeqTracker {
 
   private forget(): void {
     this.last = null;
+    this.verifyRetries = 0;
     this.shortSeq = -1;
     this.shortCount = 0;
     this.badSeq = -1;
     this.badCount = 0;
-    this.recentSeq.fill(-1);
+    this.recent.clear();
     this.pending.length = 0;
   }
 
@@ -472,10 +485,7 @@ export class SeqTracker {
       return;
     }
     this.last = seq;
-    const i = seq % this.recentSeq.length;
-    this.recentSeq[i] = seq;
-    this.recentFp[i] = fingerprint(payload);
-    this.recentLen[i] = payload.length;
+    this.recent.add(seq, payload);
     if (seq === this.badSeq) {
       this.badSeq = -1;
       this.badCount = 0;
@@ -513,16 +523,5 @@ export class SeqTracker {
     this.badCount = 0;
     this.sink.decodeLost?.(seq);
     this.unrecoverable();
-  }
-
-  private remembers(seq: number): boolean {
-    return this.recentSeq[seq % this.recentSeq.length] === seq;
-  }
-
-  /** true: seen with the same payload; false: seen with another payload; null: not remembered. */
-  private recentMatches(seq: number, payload: Uint8Array): boolean | null {
-    const i = seq % this.recentSeq.length;
-    if (this.recentSeq[i] !== seq) return null;
-    return this.recentLen[i] === payload.length && this.recentFp[i] === fingerprint(payload);
   }
 }

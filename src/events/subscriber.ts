@@ -7,117 +7,25 @@
  * connection, `down` after a disconnect until the next one; while connected the tracker's state
  * (`live | replaying | resyncing`) applies.
  */
-import { type DecodeLimits, decodeBatch } from "../protocol/decode.ts";
+import { decodeBatch } from "../protocol/decode.ts";
 import { decodePubMessage } from "../protocol/frames.ts";
-import type { EventBatch } from "../protocol/types.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
 import { ReplayClient } from "./replay-client.ts";
-import { type DropReason, type SeqSink, SeqTracker } from "./seq-tracker.ts";
+import { type SeqSink, SeqTracker } from "./seq-tracker.ts";
 import { type DownCause, SubSocket } from "./sub-socket.ts";
+import {
+  DEFAULTS,
+  type StreamConsumer,
+  type StreamEndpoints,
+  type SubscriberOptions,
+  stripUndefined,
+} from "./subscriber-options.ts";
+import { SuspectLog } from "./suspect-log.ts";
 import { Suspicion } from "./suspicion.ts";
 import type { StreamState } from "./types.ts";
 
-export interface StreamEndpoints {
-  /** PUB endpoint to connect the SUB to, e.g. tcp://10.0.0.5:5557 */
-  events: string;
-  /** replay ROUTER endpoint, or null when the engine has none */
-  replay: string | null;
-  /** topic prefix to subscribe to; "" = everything */
-  topic: string;
-}
-
-/** What a subscriber hands on; called synchronously and in seq order. */
-export interface StreamConsumer {
-  batch(seq: number, batch: EventBatch, unknownEvents: number): void;
-  /** A message that could not be decoded (seq null when even the framing was bad). */
-  decodeError(seq: number | null, err: Error): void;
-  /** Every entry of the stream must be forgotten. */
-  drop(reason: DropReason): void;
-  gap?(from: number, to: number, recoverable: boolean): void;
-  /** the stream became suspect (signs of garbling) */
-  suspected?(): void;
-  /** the connection went silent past the heartbeat timeout */
-  stalled?(): void;
-  /** connected again after being down */
-  reconnected?(): void;
-  /** the SUB socket was replaced (its session ended for good) */
-  socketReplaced?(): void;
-  /** an undecodable batch was applied from a good copy */
-  decodeRepaired?(seq: number): void;
-  /** a live seq beyond the engine's newest, discarded */
-  bogus?(seq: number): void;
-  /** a replay was held back by the per-stream rate bound */
-  replayThrottled?(delayMs: number): void;
-  /** a late copy of an old batch, verified stale and ignored */
-  stale?(seq: number): void;
-  replayRequested?(fromSeq: number): void;
-  /** a replay could not be completed (timeout, socket error) */
-  replayFailed?(fromSeq: number, err: Error): void;
-  stateChanged?(state: StreamState, previous: StreamState): void;
-}
-
-export interface SubscriberOptions {
-  /** Idle time without a replay answer before the replay counts as failed (ms). */
-  replayTimeoutMs?: number;
-  /** Live batches kept while a replay runs. */
-  maxPending?: number;
-  /** Most batches one replay may deliver before it is cut off (and counted as failed). */
-  maxReplayBatches?: number;
-  decodeLimits?: Partial<DecodeLimits>;
-  /** First reconnect delay (ms); zmq doubles it up to `reconnectMaxMs`, jittered per socket. */
-  reconnectMs?: number;
-  reconnectMaxMs?: number;
-  /** ZMTP heartbeat PING period (ms; 0 = no heartbeats). */
-  heartbeatIntervalMs?: number;
-  /** No answer to a PING for this long takes the connection (and the stream) down (ms). */
-  heartbeatTimeoutMs?: number;
-  /** A TCP connect attempt taking longer is abandoned and retried (ms). */
-  connectTimeoutMs?: number;
-  /** A down SUB with no reconnect attempt for this long is replaced (ms). */
-  watchdogMs?: number;
-  /** A suspect stream (signs of garbling) is rebuilt once clean for this long (ms; suspicion.ts). */
-  suspectCleanMs?: number;
-  /** Receive high-water mark of the SUB socket (messages). */
-  receiveHighWaterMark?: number;
-  /** Replay from this seq on first connect instead of the engine's whole buffer. */
-  fromSeq?: number;
-  /** Ask for the engine's buffer on first connect (default true; `events tail` starts live). */
-  initialReplay?: boolean;
-  /**
-   * A live stream silent for this long asks the replay endpoint for anything after its last seq,
-   * so a lost final batch does not leave the index stale until the next one (ms; 0 = never).
-   */
-  tailCheckMs?: number;
-  /**
-   * Replays one stream may start per second on average (a token bucket with this many tokens):
-   * whatever goes wrong, a stream never asks its engine for replays in a tight loop.
-   */
-  maxReplaysPerSecond?: number;
-  /** First delay before a replay that retries one that fell short (ms; doubles per attempt). */
-  replayRetryMs?: number;
-  log?: Logger;
-  /** Log context (pod, stream). */
-  logContext?: Record<string, unknown>;
-}
-
-const DEFAULTS = {
-  replayTimeoutMs: 3000,
-  maxPending: 10_000,
-  maxReplayBatches: 200_000,
-  reconnectMs: 100,
-  reconnectMaxMs: 1000,
-  heartbeatIntervalMs: 1000,
-  heartbeatTimeoutMs: 3000,
-  connectTimeoutMs: 1000,
-  watchdogMs: 5000,
-  suspectCleanMs: 1000,
-  receiveHighWaterMark: 100_000,
-  tailCheckMs: 10_000,
-  maxReplaysPerSecond: 10,
-  replayRetryMs: 100,
-};
-
 export { backoffDelay, jitter } from "./sub-socket.ts";
+export type { StreamConsumer, StreamEndpoints, SubscriberOptions };
 
 export class StreamSubscriber {
   private readonly tracker: SeqTracker;
@@ -125,6 +33,11 @@ export class StreamSubscriber {
   private readonly log: Logger;
   private readonly socket: SubSocket;
   private readonly suspicion: Suspicion;
+  private readonly suspectLog: SuspectLog;
+  /** the running audit: last seq when it started, batches that differ or came garbled */
+  private auditUpTo = -1;
+  private auditMismatches = 0;
+  private auditGarbled = 0;
   private readonly replay: ReplayClient | null;
   private connected = false;
   private everConnected = false;
@@ -149,6 +62,9 @@ export class StreamSubscriber {
   /** times the stream became suspect, and rebuilds from the engine's buffer */
   suspects = 0;
   rebuilds = 0;
+  /** suspect streams cleared by an audit (nothing dropped), and audits run */
+  verifications = 0;
+  audits = 0;
   /** connections lost to the heartbeat (no answer within the timeout) */
   stalls = 0;
   reconnects = 0;
@@ -170,9 +86,11 @@ export class StreamSubscriber {
   ) {
     this.opts = { ...DEFAULTS, ...stripUndefined(options) };
     this.log = options.log ?? silentLogger();
+    this.suspectLog = new SuspectLog(this.opts.suspectLogSize);
     const sink: SeqSink = {
       apply: (seq, payload) => this.applyPayload(seq, payload),
       drop: (reason) => {
+        this.suspectLog.reset();
         if (reason === "rebuild") {
           this.rebuilds++;
           this.consumer.drop(reason);
@@ -189,6 +107,47 @@ export class StreamSubscriber {
         this.consumer.drop(reason);
       },
       requestReplay: (fromSeq, attempt) => this.requestReplay(fromSeq, attempt),
+      audited: (seq, payload) => {
+        const v = this.suspectLog.check(seq, payload, () => sink.decodes?.(seq, payload) ?? true);
+        if (v === "garbled") this.auditGarbled++;
+        else if (v === "mismatch" && this.auditMismatches++ === 0)
+          this.log.warn(
+            { event: "subscriber.audit_mismatch", ...this.ctx(), seq },
+            "a batch applied while suspect differs from the engine's: the stream will be rebuilt",
+          );
+      },
+      auditEnd: (complete, firstSeq) => {
+        // the engine's buffer no longer reaches back to a batch applied while suspect
+        const short = complete && !this.suspectLog.reachedBack(firstSeq);
+        const outcome =
+          short || this.auditMismatches > 0 || this.suspectLog.overflowed
+            ? "mismatch"
+            : complete
+              ? "match"
+              : "inconclusive";
+        this.log.info(
+          {
+            event: "subscriber.audit",
+            ...this.ctx(),
+            outcome,
+            short,
+            mismatches: this.auditMismatches,
+            garbled: this.auditGarbled,
+            unconfirmed: this.suspectLog.unconfirmed(),
+          },
+          "suspect stream audited against the engine's replay buffer",
+        );
+        this.suspicion.auditDone(outcome);
+      },
+      decodes: (seq, payload) => {
+        try {
+          decodeBatch(payload, this.opts.decodeLimits);
+          return true;
+        } catch (err) {
+          this.countDecodeError(seq, err as Error);
+          return false;
+        }
+      },
       repaired: (seq) => {
         this.decodeRepairs++;
         // the engine's copy decodes, so the wire garbled ours: what else did it garble?
@@ -227,7 +186,7 @@ export class StreamSubscriber {
         this.staleBatches++;
         this.log.info(
           { event: "subscriber.stale_batch", ...this.ctx(), seq, last: this.tracker.lastSeq() },
-          "late copy of an old batch: the engine still holds our last batch, ignored",
+          "backward seq (garbage or a late copy): the engine still holds our last batch, ignored",
         );
         this.consumer.stale?.(seq);
       },
@@ -259,8 +218,12 @@ export class StreamSubscriber {
                 this.consumer.replayFailed?.(fromSeq, err);
                 this.tracker.onReplayFailed();
               },
-              // a broken frame of the answer: the tracker sees the hole in the seqs that follow
-              badFrame: (err) => this.countDecodeError(null, err),
+              // a broken frame of the answer: the tracker sees the hole in the seqs that follow,
+              // and a verify that got nothing else is asked again
+              badFrame: (err) => {
+                this.countDecodeError(null, err);
+                this.tracker.onReplayGarbled();
+              },
               throttled: (delayMs) => {
                 this.replaysThrottled++;
                 this.consumer.replayThrottled?.(delayMs);
@@ -300,6 +263,19 @@ export class StreamSubscriber {
       () => this.ctx(),
     );
     this.suspicion = new Suspicion(o.suspectCleanMs, {
+      audit: () => {
+        if (!this.connected) return "busy";
+        if (this.suspectLog.overflowed) return "lost";
+        const from = this.suspectLog.firstUnconfirmed();
+        const last = this.tracker.last;
+        if (from === null || last === null || last < 0) return "empty";
+        this.auditUpTo = last;
+        this.auditMismatches = this.auditGarbled = 0;
+        if (!this.tracker.audit(from)) return "busy";
+        this.audits++;
+        return "started";
+      },
+      confirmed: () => this.suspectLog.confirmedThrough(this.auditUpTo),
       rebuild: () => this.connected && this.tracker.rebuild(),
       settled: () =>
         this.connected &&
@@ -309,6 +285,7 @@ export class StreamSubscriber {
       changed: () => this.emitState(),
       suspected: (cause, first) => {
         if (!first) return;
+        this.suspectLog.begin();
         this.suspects++;
         this.log.warn(
           { event: "subscriber.suspect", ...this.ctx(), cause, lastSeq: this.tracker.lastSeq() },
@@ -319,9 +296,20 @@ export class StreamSubscriber {
       rebuilding: () =>
         this.log.warn(
           { event: "subscriber.rebuild", ...this.ctx(), cleanMs: o.suspectCleanMs },
-          "suspect stream clean again: dropping it and replaying the engine's buffer",
+          "suspect stream's audit failed: dropping it and replaying the engine's buffer",
         ),
+      verified: () => {
+        this.suspectLog.end();
+        this.verifications++;
+        this.log.info(
+          { event: "subscriber.verified", ...this.ctx(), lastSeq: this.tracker.lastSeq() },
+          "every batch applied while suspect matches the engine's: the stream counts again",
+        );
+        this.consumer.verified?.();
+        this.emitState();
+      },
       trusted: () => {
+        this.suspectLog.end();
         this.log.info(
           { event: "subscriber.trusted", ...this.ctx(), lastSeq: this.tracker.lastSeq() },
           "rebuilt cleanly: the stream counts again",
@@ -471,6 +459,8 @@ export class StreamSubscriber {
     this.batchesApplied++;
     this.eventsApplied += r.batch.events.length;
     this.consumer.batch(seq, r.batch, r.unknownEvents);
+    // the bytes as applied (a repair's good copy): a store, or a hash while suspect
+    this.suspectLog.note(seq, payload);
     return true;
   }
 
@@ -487,16 +477,13 @@ export class StreamSubscriber {
 
   private emitState(): void {
     this.suspicion?.check();
+    // a stream that stays suspect is audited as it goes, before its window outgrows the buffer
+    if (this.suspicion?.isSuspect() && this.suspectLog.unconfirmed() >= this.opts.suspectLogSize / 10)
+      this.suspicion.due();
     const s = this.state();
     if (s === this.lastState) return;
     const prev = this.lastState;
     this.lastState = s;
     this.consumer.stateChanged?.(s, prev);
   }
-}
-
-function stripUndefined<T extends object>(o: T): Partial<T> {
-  const out: Partial<T> = {};
-  for (const [k, v] of Object.entries(o)) if (v !== undefined) (out as Record<string, unknown>)[k] = v;
-  return out;
 }

@@ -47,6 +47,7 @@ function sinkOf(s: Sink): SeqSink {
     stale: (seq) => s.stale.push(seq),
     bogus: (seq) => s.bogus.push(seq),
     decodeLost: (seq) => s.lost.push(seq),
+    decodes: (_seq, p) => p.length === 9 && p[8] === 0,
   };
 }
 
@@ -102,12 +103,89 @@ describe("SeqTracker: late batches the ring no longer remembers", () => {
     assert.deepEqual(s.stale, []);
   });
 
-  it("a remembered seq with another payload stays a restart without asking", () => {
+  it("a remembered seq with another payload from a new process is a restart, after asking", () => {
     const { t, s } = liveTracker(20);
     const before = s.replays.length;
+    const fresh = new Map<number, Uint8Array>();
+    for (let i = 0; i <= 19; i++) fresh.set(i, pl(1, i));
     t.onLive(15, pl(1, 15));
+    assert.deepEqual(s.drops, [], "a remembered seq is verified first");
+    assert.deepEqual(s.replays.slice(before), [{ from: 19, attempt: 0 }]);
+    answer(t, s, fresh); // the new process has another batch at 19
     assert.deepEqual(s.drops, ["restart"]);
-    assert.deepEqual(s.replays.slice(before), [{ from: 0, attempt: 0 }]);
+    assert.deepEqual(s.replays.at(-1), { from: 0, attempt: 0 });
+  });
+});
+
+describe("SeqTracker: garbage at an applied seq (fuzz findings)", () => {
+  it("garbage at a recently applied seq is verified and ignored, not taken for a restart", () => {
+    const { t, s, buffer } = liveTracker(101);
+    t.onLive(90, Uint8Array.of(0xc1));
+    assert.deepEqual(s.drops, []);
+    assert.deepEqual(s.replays.at(-1), { from: 100, attempt: 0 });
+    t.onLive(101, pl(0, 101)); // waits for the verify
+    buffer.set(101, pl(0, 101));
+    answer(t, s, buffer);
+    assert.deepEqual(s.drops, []);
+    assert.deepEqual(s.stale, [90]);
+    assert.equal(s.applied.length, 102);
+    assert.equal(t.state(), "live");
+  });
+
+  it("a corrupted first answer to a verify is a failed verify, retried, not a restart", () => {
+    const { t, s, buffer } = liveTracker(101);
+    t.onLive(5, pl(0, 5)); // too old for the ring: verify from 100
+    assert.deepEqual(s.replays.at(-1), { from: 100, attempt: 0 });
+    t.onReplayMessage(100, Uint8Array.of(0xc1));
+    t.onReplayEnd();
+    assert.deepEqual(s.drops, []);
+    assert.deepEqual(s.replays.at(-1), { from: 100, attempt: 1 }, "the verify is asked again");
+    // an answer below the asked seq is mangled too, and so is an empty one with broken frames
+    t.onReplayMessage(42, pl(0, 42));
+    t.onReplayEnd();
+    assert.deepEqual(s.replays.at(-1), { from: 100, attempt: 2 });
+    t.onReplayGarbled();
+    t.onReplayEnd();
+    assert.deepEqual(s.replays.at(-1), { from: 100, attempt: 3 });
+    answer(t, s, buffer);
+    assert.deepEqual(s.drops, []);
+    assert.deepEqual(s.stale, [5]);
+    assert.equal(t.state(), "live");
+    t.onLive(101, pl(0, 101));
+    assert.equal(s.applied.at(-1), "0:101");
+  });
+
+  it("failed verifies are bounded; a decodable other batch at last is a restart at once", () => {
+    const { t, s } = liveTracker(101);
+    t.onLive(5, pl(0, 5));
+    for (let i = 0; i < 10 && s.drops.length === 0; i++) {
+      t.onReplayMessage(100, Uint8Array.of(0xc1));
+      t.onReplayEnd();
+    }
+    assert.deepEqual(s.drops, ["restart"], "a stream that never verifies is not trusted");
+    assert.equal(s.replays.filter((r) => r.from === 100).length, 4);
+    const b = liveTracker(101);
+    b.t.onLive(5, pl(0, 5));
+    b.t.onReplayMessage(100, pl(1, 100)); // decodes: another process's batch
+    b.t.onReplayEnd();
+    assert.deepEqual(b.s.drops, ["restart"]);
+  });
+
+  it("a garbled live copy queued during a replay that brought the good one is no restart", () => {
+    const { t, s, buffer } = liveTracker(3);
+    for (let i = 3; i <= 6; i++) buffer.set(i, pl(0, i));
+    t.onLive(5, pl(0, 5)); // gap 3..4: a replay from 3 runs
+    t.onLive(6, pl(0, 6, true)); // garbled on the wire, queued; the engine's buffer has the good 6
+    answer(t, s, buffer); // brings 3..6; the queued garbage at 6 is checked against the engine
+    if (t.replaying()) answer(t, s, buffer);
+    assert.deepEqual(s.drops, []);
+    assert.deepEqual(
+      s.applied.map((a) => a.split(":")[1]),
+      ["0", "1", "2", "3", "4", "5", "6"],
+    );
+    assert.equal(t.state(), "live");
+    t.onLive(7, pl(0, 7));
+    assert.equal(s.applied.at(-1), "0:7");
   });
 });
 

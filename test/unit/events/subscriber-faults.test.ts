@@ -52,18 +52,20 @@ describe("subscriber: a live seq beyond the engine's newest", () => {
       10_000,
       () => ({ replays: pub.requests.length - before }),
     );
-    // a seq the engine never sent is a sign of garbling: the stream is rebuilt once clean
+    // a seq the engine never sent is a sign of garbling: once clean the stream is audited, and
+    // as nothing wrong was applied it is trusted again without a drop
     await until(
-      "the rebuild",
+      "the audit",
       async () =>
-        (await metric(registry, "kvsync_subscriber_rebuilds_total", { stream: "p" })) === 1 &&
+        (await metric(registry, "kvsync_subscriber_verified_total", { stream: "p" })) === 1 &&
         manager.status("p")?.state === "live",
     );
+    assert.equal(await metric(registry, "kvsync_subscriber_rebuilds_total", { stream: "p" }), 0);
     // a loop would keep asking: after the bound, nothing more for a while
     const settled = pub.requests.length;
     await new Promise((res) => setTimeout(res, 1000));
     assert.equal(pub.requests.length, settled, `replays kept coming: ${pub.requests.length - before}`);
-    assert.ok(settled - before <= 5, `${settled - before} replays for one bogus seq and the rebuild`);
+    assert.ok(settled - before <= 5, `${settled - before} replays for one bogus seq and the audit`);
     assert.equal(await metric(registry, "kvsync_subscriber_bogus_seqs_total", { stream: "p" }), 1);
     await pub.publish(3, storeBatch(4));
     await waitFor("seq 3", () => manager.status("p")?.lastSeq === 3 && manager.status("p")?.state === "live");
@@ -198,5 +200,68 @@ describe("subscriber: a corruption window", () => {
     await pub.publish(4, storeBatch(5));
     await waitFor("seq 4", () => manager.status("p")?.lastSeq === 4);
     assert.deepEqual(held(index, "p"), ["1", "2", "3", "4", "5"]);
+  });
+});
+
+describe("subscriber: a suspect stream's audit", () => {
+  it("nothing wrong applied: trusted again with no drop, keeping what the buffer no longer holds", async () => {
+    const r = await liveRig({}, { suspectCleanMs: 300 });
+    const { pub, manager, index, registry } = r;
+    for (let s = 0; s < 12; s++) await pub.publish(s, storeBatch(s + 1));
+    await waitFor("seq 11", () => manager.status("p")?.lastSeq === 11);
+    // the engine's buffer moved on: seqs 0-5 (blocks 1-6) are only in the index now
+    for (let s = 0; s < 6; s++) pub.buffer.delete(s);
+    await pub.sendRaw([Buffer.from(pub.topic), Buffer.from([0, 0, 0])]); // bad framing: a sign
+    await waitFor("suspect", () => manager.status("p")?.state === "suspect");
+    await pub.publish(12, storeBatch(13));
+    await pub.publish(13, storeBatch(14));
+    await until(
+      "verified",
+      async () =>
+        (await metric(registry, "kvsync_subscriber_verified_total", { stream: "p" })) === 1 &&
+        manager.status("p")?.state === "live",
+      10_000,
+      () => manager.status("p"),
+    );
+    assert.equal(await metric(registry, "kvsync_subscriber_rebuilds_total", { stream: "p" }), 0);
+    assert.deepEqual(
+      held(index, "p"),
+      Array.from({ length: 14 }, (_, i) => String(i + 1)).sort(),
+      "no block was dropped",
+    );
+    const st = manager.status("p");
+    assert.equal(st?.resyncs, 0);
+    assert.equal(st?.restarts, 0);
+    assert.ok(
+      pub.requests.some((from) => from <= 12),
+      `the audit asked the engine from the suspect window: ${pub.requests}`,
+    );
+  });
+
+  it("a byte flipped in the middle of a batch that still decodes is caught and rebuilt", async () => {
+    const r = await liveRig({}, { suspectCleanMs: 300 });
+    const { pub, manager, index, registry } = r;
+    for (let s = 0; s < 3; s++) await pub.publish(s, storeBatch(s + 1));
+    await waitFor("seq 2", () => manager.status("p")?.lastSeq === 2);
+    await pub.sendRaw([Buffer.from(pub.topic), Buffer.from([0, 0, 0])]);
+    // the engine published block 4 at seq 3; the wire flipped one token byte mid-payload
+    const good = storeBatch(4);
+    const bad = Uint8Array.from(good);
+    const at = Buffer.from(bad).indexOf(Buffer.from([0xcd, 0x0f, 0xa5])) + 2;
+    assert.ok(at >= 32 && at < bad.length - 32, "the flip is outside the head/tail fingerprint");
+    bad[at] ^= 1;
+    await pub.publish(3, good, false);
+    await pub.sendRaw(encodePubMessage(pub.topic, 3, bad));
+    await waitFor("seq 3 applied", () => manager.status("p")?.lastSeq === 3);
+    await until(
+      "the rebuild",
+      async () =>
+        (await metric(registry, "kvsync_subscriber_rebuilds_total", { stream: "p" })) === 1 &&
+        manager.status("p")?.state === "live",
+      10_000,
+      () => manager.status("p"),
+    );
+    assert.equal(await metric(registry, "kvsync_subscriber_verified_total", { stream: "p" }), 0);
+    assert.deepEqual(held(index, "p"), ["1", "2", "3", "4"]);
   });
 });
