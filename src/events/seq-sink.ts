@@ -74,6 +74,25 @@ export function fingerprint(p: Uint8Array): number {
   return h | 0;
 }
 
+/** How many times in a row one seq has failed (a gap replay fell short of it, it did not decode). */
+export class SeqStrikes {
+  seq = -1;
+  count = 0;
+  /** counts a strike against `seq` (a new seq starts over at 1); returns the count */
+  hit(seq: number): number {
+    if (seq === this.seq) this.count++;
+    else {
+      this.seq = seq;
+      this.count = 1;
+    }
+    return this.count;
+  }
+  reset(): void {
+    this.seq = -1;
+    this.count = 0;
+  }
+}
+
 /** The last `size` applied batches by seq (a ring indexed by seq % size): seq, fingerprint, length. */
 export class RecentBatches {
   private readonly seqs: Float64Array;

@@ -2,17 +2,16 @@
  * The sequence logic of one engine event stream, free of sockets and timers: a pure state
  * machine fed with live messages, replay messages and replay outcomes, which tells its sink
  * (seq-sink.ts) what to apply, when to drop the stream's entries and when to ask for a replay.
- * The rules are in docs/events.md ("Sequence rules"); in short:
- * - seq == last + 1 is applied; a gap asks a replay from last + 1 (live messages wait in a bounded
- *   queue); a replay that can't cover it drops the stream and rebuilds (`resyncing`); a gap replay
- *   that never reaches the queued seq is retried, then that seq is bogus and discarded.
- * - A backward seq with the payload we applied is a duplicate; any other is verified by a replay
- *   from `last` (same batch there: garbage or stale, ignored; another decodable batch or none: a
- *   restart); a garbled verify answer is retried. A reconnect is verified the same way.
- * - An undecodable batch is asked again from the replay buffer and applied from a good copy.
- * - An audit replays from a given seq and hands batches up to `last` to the sink to compare.
+ * The rules (gaps, restarts, stale and bogus seqs, repairs, audits) are in docs/events.md,
+ * "Sequence rules".
  */
-import { RecentBatches, type SeqSink, type SeqTrackerOptions, type TrackerState } from "./seq-sink.ts";
+import {
+  RecentBatches,
+  type SeqSink,
+  SeqStrikes,
+  type SeqTrackerOptions,
+  type TrackerState,
+} from "./seq-sink.ts";
 
 export type { DropReason, SeqSink, SeqTrackerOptions, TrackerState } from "./seq-sink.ts";
 export { fingerprint } from "./seq-sink.ts";
@@ -42,12 +41,10 @@ export class SeqTracker {
   /** the late backward seq a running verify replay was started for (null: a reconnect check) */
   private lateSeq: number | null = null;
   /** the queued live seq the gap replays did not reach, and how many did not */
-  private shortSeq = -1;
-  private shortCount = 0;
+  private readonly short = new SeqStrikes();
   private readonly maxGapRetries: number;
   /** the undecodable seq being asked again, how often, and whether the running replay stops there */
-  private badSeq = -1;
-  private badCount = 0;
+  private readonly bad = new SeqStrikes();
   private replayCut = false;
   private readonly maxRepairs: number;
   /** the running replay's answer had a broken frame, and a verify answer that proved nothing */
@@ -92,10 +89,8 @@ export class SeqTracker {
   }
 
   /**
-   * First connection. With a replay endpoint, asks for replay from `fromSeq` (default 0: pick up
-   * whatever the engine's buffer still holds); batches before the first replayed one are not a
-   * gap unless `fromSeq` was given explicitly. `initialReplay` false (and no fromSeq) starts
-   * with the live stream; later gaps are still filled through the replay endpoint.
+   * First connection: replay from `fromSeq` (default 0: whatever the engine's buffer holds; only an
+   * explicit fromSeq makes a later first seq a gap). `initialReplay` false starts with the live stream.
    */
   start(fromSeq?: number, initialReplay = true): void {
     if (this.phase !== "idle") return;
@@ -112,11 +107,7 @@ export class SeqTracker {
     }
   }
 
-  /**
-   * Forget everything and take the engine's replay buffer again from its oldest batch (a stream
-   * that may hold garbage). Only when live and idle; without a replay endpoint the stream
-   * rebuilds from the live batches that follow. Returns whether it started.
-   */
+  /** Forget everything and take the replay buffer again from its oldest batch; only when live and idle. */
   rebuild(): boolean {
     if (this.phase !== "live") return false;
     this.sink.drop("rebuild");
@@ -156,11 +147,7 @@ export class SeqTracker {
     else this.beginReplay("gap", last + 1);
   }
 
-  /**
-   * Ask the engine whether it published anything after our last batch (a lost final batch shows
-   * no gap until the next one arrives). Only when live, idle and with a replay endpoint; returns
-   * whether a probe replay was started.
-   */
+  /** Ask for anything after `last` (a lost final batch shows no gap until the next one arrives). */
   probe(): boolean {
     if (!this.hasReplay || this.phase !== "live" || this.last === null || this.pending.length > 0)
       return false;
@@ -238,7 +225,7 @@ export class SeqTracker {
       if ((this.replayKind === "gap" || this.replayKind === "probe") && seq > this.replayFrom) {
         // the engine's buffer no longer holds the start of the gap (reported when detected) or
         // the undecodable batch asked again
-        if (this.badSeq === this.replayFrom) this.lostBad();
+        if (this.bad.seq === this.replayFrom) this.lostBad();
         else this.unrecoverable();
         this.applyMsg(seq, payload);
         return;
@@ -309,7 +296,7 @@ export class SeqTracker {
       this.endReplay();
       return;
     }
-    if (this.replayCut || (this.badSeq >= 0 && this.replayFrom === this.badSeq)) {
+    if (this.replayCut || (this.bad.seq >= 0 && this.replayFrom === this.bad.seq)) {
       // no good copy of the undecodable batch to be had
       this.phase = "live";
       this.lostBad();
@@ -378,7 +365,7 @@ export class SeqTracker {
     }
     // gap
     if (this.hasReplay) {
-      const retry = seq === this.shortSeq ? this.shortCount : 0;
+      const retry = seq === this.short.seq ? this.short.count : 0;
       // a retry for the same batch is the same gap, reported once
       if (retry === 0) this.sink.gap?.(last + 1, seq - 1, true);
       this.beginReplay("gap", last + 1, retry);
@@ -398,19 +385,12 @@ export class SeqTracker {
     const head = this.pending[0];
     const last = this.last;
     if (head === undefined || last === null || head.seq <= last + 1) {
-      this.shortSeq = -1;
-      this.shortCount = 0;
+      this.short.reset();
       return;
     }
-    if (head.seq === this.shortSeq) this.shortCount++;
-    else {
-      this.shortSeq = head.seq;
-      this.shortCount = 1;
-    }
-    if (this.shortCount < this.maxGapRetries) return;
+    if (this.short.hit(head.seq) < this.maxGapRetries) return;
     this.pending.shift();
-    this.shortSeq = -1;
-    this.shortCount = 0;
+    this.short.reset();
     this.sink.bogus?.(head.seq);
   }
 
@@ -464,10 +444,8 @@ export class SeqTracker {
   private forget(): void {
     this.last = null;
     this.verifyRetries = 0;
-    this.shortSeq = -1;
-    this.shortCount = 0;
-    this.badSeq = -1;
-    this.badCount = 0;
+    this.short.reset();
+    this.bad.reset();
     this.recent.clear();
     this.pending.length = 0;
   }
@@ -486,9 +464,8 @@ export class SeqTracker {
     }
     this.last = seq;
     this.recent.add(seq, payload);
-    if (seq === this.badSeq) {
-      this.badSeq = -1;
-      this.badCount = 0;
+    if (seq === this.bad.seq) {
+      this.bad.reset();
       this.sink.repaired?.(seq);
     }
   }
@@ -498,12 +475,7 @@ export class SeqTracker {
    * the running replay's end or right away; past the bound (or without a replay) it is lost.
    */
   private undecodable(seq: number): void {
-    if (seq === this.badSeq) this.badCount++;
-    else {
-      this.badSeq = seq;
-      this.badCount = 1;
-    }
-    if (!this.hasReplay || this.badCount > this.maxRepairs) {
+    if (this.bad.hit(seq) > this.maxRepairs || !this.hasReplay) {
       this.lostBad();
       return;
     }
@@ -513,14 +485,13 @@ export class SeqTracker {
   }
 
   private repair(): void {
-    this.beginReplay("gap", this.badSeq, this.badCount - 1);
+    this.beginReplay("gap", this.bad.seq, this.bad.count - 1);
   }
 
-  /** No good copy of badSeq: what it changed is unknown, so drop and rebuild from what follows. */
+  /** No good copy of the bad seq: what it changed is unknown, so drop and rebuild from what follows. */
   private lostBad(): void {
-    const seq = this.badSeq;
-    this.badSeq = -1;
-    this.badCount = 0;
+    const seq = this.bad.seq;
+    this.bad.reset();
     this.sink.decodeLost?.(seq);
     this.unrecoverable();
   }

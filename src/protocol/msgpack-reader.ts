@@ -1,15 +1,11 @@
 /**
- * A bounded msgpack cursor over one buffer: knows msgpack, not the vLLM schema (decode.ts builds
- * the KV-event schema on top of it by extending the class).
- *
- * Why a cursor rather than a value decoder: the caller reads exactly the shape it expects, so
- * nothing is allocated for values it does not keep, and every length is checked against the
- * limits and the remaining bytes before anything is allocated.
+ * A bounded msgpack cursor over one buffer: knows msgpack, not the vLLM schema (decode.ts extends it).
+ * A cursor, not a value decoder: the caller reads exactly the shape it expects, so nothing is
+ * allocated for values it does not keep; every length is checked before anything is allocated.
  *  - headers (`arrayHeader`, `mapHeader`, `strHeader`, `binHeader`) return -1 and consume nothing
  *    when the value is of another type, so a caller can try the forms it accepts in turn;
  *  - strings are matched as bytes against a `KeyTable` (no string built per map key);
- *  - `skipValue` steps over any value without materialising it, `value` materialises any value
- *    within a budget of values; both bound their nesting depth;
+ *  - `skipValue` skips any value, `value` materialises one within a budget; both bound depth;
  *  - every loop consumes >= 1 byte per iteration, so random input ends in a ProtocolError quickly.
  * Errors: only ProtocolError (malformed_msgpack, bad_schema for a wrong type, limit_exceeded).
  */
