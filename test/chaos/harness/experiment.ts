@@ -300,7 +300,10 @@ export async function runExperiment(ctx: ChaosContext, spec: ExperimentSpec): Pr
   // clear messages: named log events and metrics
   const found = firstEvents(ctx.gatewayLog(), faultStart, spec.events, affected);
   for (const e of spec.events) if (!found.has(e)) failures.push(`no "${e}" log event after the fault`);
-  const detect = [...found.values()].map((l) => l.time).sort((a, b) => a - b)[0];
+  // a skewed gateway stamps its log with its skewed clock: a clock jump's line says by how much
+  const realTime = (l: { time: number; event?: string; offsetMs?: unknown }) =>
+    l.event === "process.clock_jump" && typeof l.offsetMs === "number" ? l.time - l.offsetMs : l.time;
+  const detect = [...found.values()].map(realTime).sort((a, b) => a - b)[0];
   const metricsAfter = await gw().metrics();
   for (const m of spec.metrics) {
     const [name, filter] = m.includes("{")
