@@ -1,150 +1,13 @@
 import { existsSync } from "node:fs";
-import { createInterface } from "node:readline";
-import { Readable } from "node:stream";
-import {
-  HttpMethod,
-  KubeConfig,
-  type KubernetesListObject,
-  ListWatch,
-  RequestContext,
-  type V1Pod,
-  Watch,
-} from "@kubernetes/client-node";
+import { KubeConfig, type KubernetesListObject, ListWatch, type V1Pod } from "@kubernetes/client-node";
 import type { Registry } from "prom-client";
-import { fetch } from "undici";
 import { createLogger, type Logger } from "../util/log.ts";
 import { type ApiTiming, apiTiming } from "./api-timing.ts";
+import { causeOf, InformerWatch, listPods } from "./kubernetes-api.ts";
+import { DEFAULT_LABEL_SELECTOR, podFinished, podInfoFromPod } from "./kubernetes-pods.ts";
 import { type DiscoveryMetrics, discoveryMetrics } from "./metrics.ts";
 import { samePod } from "./pod-set.ts";
 import type { DiscoveryEvent, DiscoverySource, PodInfo } from "./types.ts";
-
-/** Labels and annotations read from engine pods (AIBrix's labels, plus kvsync's annotations). */
-export const LABELS = {
-  /** selects the pods that publish KV events (the default label selector) */
-  kvEventsEnabled: "model.aibrix.ai/kv-events-enabled",
-  /** base model served; annotation (any served name) or label (AIBrix's, label-value syntax) */
-  model: "model.aibrix.ai/name",
-  /** one LoRA adapter the pod serves (label) */
-  loraId: "model.aibrix.ai/lora-id",
-  /** AIBrix's engine HTTP port label, used when kvsync's annotation is absent */
-  aibrixPort: "model.aibrix.ai/port",
-} as const;
-
-export const ANNOTATIONS = {
-  /** comma-separated LoRA adapter names, e.g. "sql-lora,chat-lora" */
-  loraAdapters: "kvsync.io/lora-adapters",
-  /** engine HTTP port (default 8000) */
-  httpPort: "kvsync.io/http-port",
-  /** ZeroMQ PUB port of rank 0 (default 5557); "none" for a pod without KV events */
-  eventsPort: "kvsync.io/kv-events-port",
-  /** ZeroMQ replay ROUTER port of rank 0 (default 5558); "none" for no replay */
-  replayPort: "kvsync.io/kv-replay-port",
-  /** data-parallel ranks (default 1); rank r publishes on the events/replay port + r */
-  dataParallelSize: "kvsync.io/data-parallel-size",
-  /** engine block size in tokens (optional) */
-  blockSize: "kvsync.io/block-size",
-} as const;
-
-export const DEFAULT_PORTS = { http: 8000, events: 5557, replay: 5558 } as const;
-export const DEFAULT_LABEL_SELECTOR = `${LABELS.kvEventsEnabled}=true`;
-
-/** Why a pod object was not turned into a `PodInfo`. */
-export class PodSpecError extends Error {
-  override readonly name = "PodSpecError";
-}
-
-function parsePort(v: string | undefined, dflt: number, what: string): number | null {
-  if (v === undefined || v.trim() === "") return dflt;
-  const s = v.trim().toLowerCase();
-  if (s === "none" || s === "off" || s === "0") return null;
-  const n = Number(s);
-  if (!Number.isInteger(n) || n < 1 || n > 65535)
-    throw new PodSpecError(`${what}: bad port ${JSON.stringify(v)}`);
-  return n;
-}
-
-function hostPort(ip: string, port: number): string {
-  return ip.includes(":") ? `[${ip}]:${port}` : `${ip}:${port}`;
-}
-
-/**
- * Turn a pod object into a `PodInfo`, or null when it has no address yet (nothing to subscribe
- * to). Throws `PodSpecError` for a pod that cannot be used (no model, bad annotation).
- * `previous` keeps a known pod's endpoints when its IP is withdrawn (not routable, stream kept).
- */
-export function podInfoFromPod(pod: V1Pod, previous?: PodInfo): PodInfo | null {
-  const md = pod.metadata ?? {};
-  const labels = md.labels ?? {};
-  const ann = md.annotations ?? {};
-  const ns = md.namespace ?? "default";
-  const name = `${ns}/${md.name ?? ""}`;
-  // The annotation wins: it can hold any served name ("Qwen/Qwen3-0.6B"), which a label value
-  // cannot (no "/"); the label is AIBrix's sanitized name.
-  const model = (ann[LABELS.model] ?? labels[LABELS.model] ?? "").trim();
-  if (model === "") throw new PodSpecError(`no model: set the label or annotation ${LABELS.model}`);
-  const loras: string[] = [];
-  const addLora = (s: string | undefined) => {
-    const v = s?.trim();
-    if (v && !loras.includes(v)) loras.push(v);
-  };
-  addLora(labels[LABELS.loraId]);
-  for (const a of (ann[ANNOTATIONS.loraAdapters] ?? "").split(",")) addLora(a);
-
-  const httpPort = parsePort(
-    ann[ANNOTATIONS.httpPort] ?? labels[LABELS.aibrixPort],
-    DEFAULT_PORTS.http,
-    ANNOTATIONS.httpPort,
-  );
-  if (httpPort === null) throw new PodSpecError(`${ANNOTATIONS.httpPort}: an engine needs an HTTP port`);
-  const eventsPort = parsePort(ann[ANNOTATIONS.eventsPort], DEFAULT_PORTS.events, ANNOTATIONS.eventsPort);
-  const replayPort =
-    eventsPort === null
-      ? null
-      : parsePort(ann[ANNOTATIONS.replayPort], DEFAULT_PORTS.replay, ANNOTATIONS.replayPort);
-  let dataParallelSize = 1;
-  const dpRaw = ann[ANNOTATIONS.dataParallelSize];
-  if (dpRaw !== undefined && dpRaw.trim() !== "") {
-    const n = Number(dpRaw.trim());
-    if (!Number.isInteger(n) || n < 1 || n > 1024) {
-      throw new PodSpecError(
-        `${ANNOTATIONS.dataParallelSize}: expected 1..1024, got ${JSON.stringify(dpRaw)}`,
-      );
-    }
-    dataParallelSize = n;
-  }
-  let blockSize: number | undefined;
-  const bsRaw = ann[ANNOTATIONS.blockSize];
-  if (bsRaw !== undefined && bsRaw.trim() !== "") {
-    const n = Number(bsRaw.trim());
-    if (!Number.isInteger(n) || n < 1) throw new PodSpecError(`${ANNOTATIONS.blockSize}: bad value ${bsRaw}`);
-    blockSize = n;
-  }
-  const ip = pod.status?.podIP ?? "";
-  const terminating = md.deletionTimestamp !== undefined && md.deletionTimestamp !== null;
-  const readyCond = pod.status?.conditions?.find((c) => c.type === "Ready");
-  const ready = ip !== "" && !terminating && readyCond?.status === "True";
-  let http: string;
-  let events: string | null;
-  let replay: string | null;
-  if (ip !== "") {
-    http = `http://${hostPort(ip, httpPort)}`;
-    events = eventsPort === null ? null : `tcp://${hostPort(ip, eventsPort)}`;
-    replay = replayPort === null ? null : `tcp://${hostPort(ip, replayPort)}`;
-  } else if (previous) {
-    ({ http, events, replay } = previous);
-  } else {
-    return null;
-  }
-  const info: PodInfo = { name, model, loras, http, events, replay, dataParallelSize, ready };
-  if (blockSize !== undefined) info.blockSize = blockSize;
-  return info;
-}
-
-/** Pods whose containers are gone for good: reported as deleted. */
-function finished(pod: V1Pod): boolean {
-  const phase = pod.status?.phase;
-  return phase === "Succeeded" || phase === "Failed";
-}
 
 export interface KubernetesSourceOptions {
   /** namespaces to watch; empty/absent = all namespaces (one cluster-wide informer) */
@@ -189,133 +52,6 @@ export function loadKubeConfig(path?: string): KubeConfig {
   } else kc.loadFromDefault();
   if (!kc.getCurrentCluster()) throw new Error("kubeconfig has no current cluster");
   return kc;
-}
-
-type WatchCallback = (phase: string, apiObj: unknown, watchObj?: unknown) => void;
-
-/**
- * The watch transport under client-node's `ListWatch` informer: asks for bookmarks and a
- * server-side timeout, and separates two timeouts the stock `Watch` merges: no response headers
- * within `connectTimeoutMs` is an error (an outage: the informer reports it and is rebuilt),
- * while silence on an open stream for `idleTimeoutMs` is a `TimeoutError` (the informer
- * resumes from its resourceVersion). Reports connection and every event for health tracking.
- */
-class InformerWatch extends Watch {
-  constructor(
-    config: KubeConfig,
-    private readonly t: { timeoutSeconds: number; connectTimeoutMs: number; idleTimeoutMs: number },
-    private readonly onActivity: () => void,
-    private readonly live: () => boolean,
-    private readonly timing: ApiTiming,
-  ) {
-    super(config);
-  }
-
-  override async watch(
-    path: string,
-    queryParams: Record<string, string | number | boolean | undefined>,
-    callback: WatchCallback,
-    done: (err: unknown) => void,
-  ): Promise<AbortController> {
-    const controller = new AbortController();
-    // ListWatch may start a watch after its reconnect delay even though it was stopped meanwhile
-    if (!this.live()) return controller;
-    let finished = false;
-    let timer: NodeJS.Timeout | undefined;
-    const finish = (err: unknown) => {
-      if (finished) return;
-      finished = true;
-      clearTimeout(timer);
-      controller.abort();
-      done(err);
-    };
-    const arm = (ms: number, kind: "connect" | "idle") => {
-      clearTimeout(timer);
-      timer = setTimeout(() => {
-        const e = new Error(
-          kind === "connect"
-            ? `watch ${path}: no response within ${ms} ms`
-            : `watch ${path}: silent for ${ms} ms`,
-        );
-        // "TimeoutError" makes ListWatch resume quietly; anything else is reported as an error
-        e.name = kind === "connect" ? "WatchConnectTimeout" : "TimeoutError";
-        finish(e);
-      }, ms);
-      timer.unref();
-    };
-    try {
-      const cluster = this.config.getCurrentCluster();
-      if (!cluster) throw new Error("no current cluster in kubeconfig");
-      const url = new URL(cluster.server.replace(/\/+$/, "") + path);
-      const params: Record<string, string | number | boolean | undefined> = {
-        ...queryParams,
-        watch: true,
-        allowWatchBookmarks: true,
-        timeoutSeconds: this.t.timeoutSeconds,
-      };
-      for (const [k, v] of Object.entries(params))
-        if (v !== undefined && v !== "") url.searchParams.set(k, String(v));
-      const ctx = new RequestContext(url.toString(), HttpMethod.GET);
-      await this.config.applySecurityAuthentication(ctx);
-      arm(this.t.connectTimeoutMs, "connect");
-      const t0 = performance.now();
-      const res = await fetch(url, {
-        method: "GET",
-        headers: { ...ctx.getHeaders(), Accept: "application/json" },
-        dispatcher: ctx.getDispatcher(),
-        signal: controller.signal,
-      }).catch((err: unknown) => {
-        this.timing.record("watch", path, performance.now() - t0, false);
-        throw err;
-      });
-      this.timing.record("watch", path, performance.now() - t0, res.status === 200);
-      if (res.status !== 200) {
-        const text = await res.text().catch(() => "");
-        let msg = text.slice(0, 200);
-        try {
-          msg = (JSON.parse(text) as { message?: string }).message ?? msg;
-        } catch {}
-        const e = new Error(`watch ${path}: HTTP ${res.status} ${msg}`.trim()) as Error & {
-          statusCode: number;
-        };
-        e.statusCode = res.status;
-        throw e;
-      }
-      if (!res.body) throw new Error(`watch ${path}: no body`);
-      if (!this.live()) {
-        // stopped while connecting: close this stream (ListWatch would keep it, unaborted)
-        finish(null);
-        return controller;
-      }
-      this.onActivity();
-      arm(this.t.idleTimeoutMs, "idle");
-      const body = Readable.fromWeb(res.body as import("node:stream/web").ReadableStream);
-      // Once the stream is established, a cut connection is a normal end of the watch: the
-      // informer resumes from its resourceVersion (and an unreachable server then fails that).
-      const ended = () => finish(null);
-      body.on("error", ended);
-      body.on("close", ended);
-      const lines = createInterface({ input: body, crlfDelay: Number.POSITIVE_INFINITY });
-      lines.on("line", (line) => {
-        if (finished) return;
-        arm(this.t.idleTimeoutMs, "idle");
-        let data: { type?: string; object?: unknown };
-        try {
-          data = JSON.parse(line);
-        } catch {
-          return; // a torn line; the informer relists on the next error if state drifted
-        }
-        if (typeof data?.type !== "string") return;
-        this.onActivity();
-        callback(data.type, data.object, data);
-      });
-      lines.on("error", ended);
-      lines.on("close", ended);
-    } catch (err) {
-      finish(controller.signal.aborted && finished ? null : err);
-    }
-    return controller;
-  }
 }
 
 interface Scope {
@@ -505,7 +241,13 @@ export class KubernetesSource implements DiscoverySource {
       this.timing,
     );
     const list = async (): Promise<KubernetesListObject<V1Pod>> => {
-      const result = await this.list(s);
+      const result = await listPods(
+        this.kc,
+        s.path,
+        this.labelSelector,
+        this.opts.listTimeoutMs,
+        this.timing,
+      );
       if (live()) this.applyList(s, result.items);
       return result;
     };
@@ -526,66 +268,6 @@ export class KubernetesSource implements DiscoverySource {
     inf.start().catch((err) => {
       if (live()) this.failed(s, err);
     });
-  }
-
-  /** One full list, following `continue` tokens; bounded by the list timeout. */
-  private async list(s: Scope): Promise<KubernetesListObject<V1Pod>> {
-    const cluster = this.kc.getCurrentCluster();
-    if (!cluster) throw new Error("no current cluster in kubeconfig");
-    const items: V1Pod[] = [];
-    let cont: string | undefined;
-    let rv = "";
-    const signal = AbortSignal.timeout(this.opts.listTimeoutMs);
-    let pages = 0;
-    const t0 = performance.now();
-    let ok = false;
-    try {
-      do {
-        const url = new URL(cluster.server.replace(/\/+$/, "") + s.path);
-        url.searchParams.set("labelSelector", this.labelSelector);
-        url.searchParams.set("limit", "500");
-        if (cont) url.searchParams.set("continue", cont);
-        const ctx = new RequestContext(url.toString(), HttpMethod.GET);
-        await this.kc.applySecurityAuthentication(ctx);
-        let res: Awaited<ReturnType<typeof fetch>>;
-        try {
-          res = await fetch(url, {
-            method: "GET",
-            headers: { ...ctx.getHeaders(), Accept: "application/json" },
-            dispatcher: ctx.getDispatcher(),
-            signal,
-          });
-        } catch (err) {
-          if ((err as Error).name === "TimeoutError" || signal.aborted) {
-            throw new Error(`list ${s.path} took longer than ${this.opts.listTimeoutMs} ms`);
-          }
-          throw new Error(`list ${s.path}: ${(err as Error).message}${causeOf(err)}`);
-        }
-        let body: unknown;
-        try {
-          body = await res.json();
-        } catch (err) {
-          throw new Error(`list ${s.path}: HTTP ${res.status}, unreadable body: ${(err as Error).message}`);
-        }
-        if (res.status !== 200) {
-          const msg = (body as { message?: string })?.message ?? "";
-          const e = new Error(`list ${s.path}: HTTP ${res.status} ${msg}`.trim()) as Error & {
-            statusCode: number;
-          };
-          e.statusCode = res.status;
-          throw e;
-        }
-        const page = body as KubernetesListObject<V1Pod>;
-        for (const it of page.items ?? []) items.push(it);
-        cont = page.metadata?._continue || undefined;
-        rv = page.metadata?.resourceVersion ?? rv;
-        if (++pages > 10_000) throw new Error(`list ${s.path}: too many pages`);
-      } while (cont);
-      ok = true;
-    } finally {
-      this.timing.record("list", s.path, performance.now() - t0, ok);
-    }
-    return { apiVersion: "v1", kind: "PodList", metadata: { resourceVersion: rv }, items };
   }
 
   private applyList(s: Scope, items: V1Pod[]): void {
@@ -610,7 +292,7 @@ export class KubernetesSource implements DiscoverySource {
 
   private convert(p: V1Pod): PodInfo | null {
     const key = `${p.metadata?.namespace ?? "default"}/${p.metadata?.name ?? ""}`;
-    if (finished(p) || !p.metadata?.name) return null;
+    if (podFinished(p) || !p.metadata?.name) return null;
     try {
       const info = podInfoFromPod(p, this.known.get(key)?.info);
       this.warned.delete(key);
@@ -739,10 +421,4 @@ export class KubernetesSource implements DiscoverySource {
     for (const k of this.known.values()) if (k.info.ready) ready++;
     this.metrics.readyPods.set({ source: this.kind }, ready);
   }
-}
-
-function causeOf(err: unknown): string {
-  const c = (err as { cause?: { code?: string; message?: string } })?.cause;
-  if (!c) return "";
-  return ` (${c.code ?? c.message ?? ""})`;
 }

@@ -12,7 +12,7 @@ import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 import YAML from "yaml";
 import { DEFAULT_LABEL_SELECTOR } from "../../../src/discovery/index.ts";
-import { podInfoFromPod } from "../../../src/discovery/kubernetes.ts";
+import { podInfoFromPod } from "../../../src/discovery/kubernetes-pods.ts";
 import { type Obj, parseYamlFile, walk } from "../../helpers/deploy-manifests.ts";
 import { parseLabelSelector, selectorMatches } from "../../helpers/fake-kube-api.ts";
 

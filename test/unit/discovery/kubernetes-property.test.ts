@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import fc from "fast-check";
-import { KubernetesSource, podInfoFromPod } from "../../../src/discovery/kubernetes.ts";
+import { KubernetesSource } from "../../../src/discovery/kubernetes.ts";
+import { podInfoFromPod } from "../../../src/discovery/kubernetes-pods.ts";
 import { PodSet } from "../../../src/discovery/pod-set.ts";
 import type { PodInfo } from "../../../src/discovery/types.ts";
 import { silentLogger } from "../../../src/util/log.ts";

@@ -6,8 +6,8 @@ import {
   KubernetesSource,
   type KubernetesSourceOptions,
   loadKubeConfig,
-  podInfoFromPod,
 } from "../../../src/discovery/kubernetes.ts";
+import { podInfoFromPod } from "../../../src/discovery/kubernetes-pods.ts";
 import { PodSet } from "../../../src/discovery/pod-set.ts";
 import type { PodInfo } from "../../../src/discovery/types.ts";
 import { silentLogger } from "../../../src/util/log.ts";
