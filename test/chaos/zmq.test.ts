@@ -58,32 +58,6 @@ describe("chaos: zmq", { timeout: scaled(600_000) }, () => {
     );
   });
 
-  it("connection corruption: 50 % of the event stream's packets get bytes flipped", async () => {
-    const pod = ctx.pods()[1];
-    if (!sidecar) throw new Error("no relay sidecar");
-    judge(
-      await runExperiment(ctx, {
-        id: "zmq-corruption",
-        group: "zmq",
-        title: "connection corruption, 50 % of packets (relay flips bytes in the event stream)",
-        fault: experimentFault(new RelayCorruption(sidecar), [pod], { servesHttp: true }),
-        holdMs: scaled(10_000),
-        targetMs: 5_000,
-        events: [
-          "subscriber.decode_error",
-          "subscriber.suspect",
-          "subscriber.state[state=suspect]",
-          "subscriber.rebuild",
-        ],
-        metrics: [
-          "kvsync_subscriber_decode_errors_total",
-          "kvsync_subscriber_suspects_total",
-          "kvsync_subscriber_rebuilds_total",
-        ],
-      }),
-    );
-  });
-
   it("time skew +30 s on one engine (libfaketime)", async () => {
     const pod = ctx.pods()[3];
     engineSkew.probeUrl = `${pod.http}/health`;
@@ -113,6 +87,32 @@ describe("chaos: zmq", { timeout: scaled(600_000) }, () => {
         targetMs: 5_000,
         events: ["process.clock_jump"],
         metrics: ["kvsync_process_clock_jumps_total"],
+      }),
+    );
+  });
+
+  it("connection corruption: 50 % of the event stream's packets get bytes flipped", async () => {
+    const pod = ctx.pods()[1];
+    if (!sidecar) throw new Error("no relay sidecar");
+    judge(
+      await runExperiment(ctx, {
+        id: "zmq-corruption",
+        group: "zmq",
+        title: "connection corruption, 50 % of packets (relay flips bytes in the event stream)",
+        fault: experimentFault(new RelayCorruption(sidecar), [pod], { servesHttp: true }),
+        holdMs: scaled(10_000),
+        targetMs: 5_000,
+        events: [
+          "subscriber.decode_error",
+          "subscriber.suspect",
+          "subscriber.state[state=suspect]",
+          "subscriber.rebuild",
+        ],
+        metrics: [
+          "kvsync_subscriber_decode_errors_total",
+          "kvsync_subscriber_suspects_total",
+          "kvsync_subscriber_rebuilds_total",
+        ],
       }),
     );
   });

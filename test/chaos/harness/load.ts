@@ -48,7 +48,7 @@ export interface LoadOptions {
 
 export const LOAD_DEFAULTS: Omit<LoadOptions, "model"> = {
   concurrency: 4,
-  maxRequests: 5_000,
+  maxRequests: 100_000,
   systemPrompts: 6,
   turns: 6,
   clientTimeoutMs: 30_000,
