@@ -19,7 +19,7 @@ import { type Logger, silentLogger } from "../util/log.ts";
 import { LagWatch, type LagWatchOptions } from "./lag-watch.ts";
 import { createSubscriberMetrics, type SubscriberMetrics } from "./metrics.ts";
 import { StreamSubscriber, type SubscriberOptions } from "./subscriber.ts";
-import { type StreamState, type StreamStatus, type SubscriberManagerLike, streamIdOf } from "./types.ts";
+import { podStreams, type StreamState, type StreamStatus, type SubscriberManagerLike } from "./types.ts";
 
 /** Most streams one manager runs (pods x ranks): bounded like everything else. */
 export const MAX_STREAMS = 20_000;
@@ -42,21 +42,15 @@ export interface StreamSpec {
   replay: string | null;
 }
 
-/** The streams a pod has: one per data-parallel rank; none without an events endpoint. */
+/** The streams a pod has (podStreams), with each rank's endpoints; none without an events endpoint. */
 export function streamsOf(pod: PodInfo): StreamSpec[] {
   if (pod.events === null) return [];
-  const dp = Math.max(1, pod.dataParallelSize | 0);
   const out: StreamSpec[] = [];
-  for (let r = 0; r < dp; r++) {
-    const rank = dp === 1 ? null : r;
-    const events = dataParallelEndpoint(pod.events, r);
+  for (const { streamId, rank } of podStreams(pod)) {
+    const events = dataParallelEndpoint(pod.events, rank ?? 0);
     if (events === null) continue;
-    const replay = pod.replay === null ? null : dataParallelEndpoint(pod.replay, r);
-    out.push({
-      ref: { streamId: streamIdOf(pod.name, rank), pod: pod.name, rank, model: pod.model },
-      events,
-      replay,
-    });
+    const replay = pod.replay === null ? null : dataParallelEndpoint(pod.replay, rank ?? 0);
+    out.push({ ref: { streamId, pod: pod.name, rank, model: pod.model }, events, replay });
   }
   return out;
 }

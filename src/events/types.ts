@@ -5,6 +5,25 @@ export function streamIdOf(pod: string, rank: number | null): string {
   return rank === null ? pod : `${pod}#${rank}`;
 }
 
+/** One event stream of a pod: rank null for a single-rank pod, else its data-parallel rank. */
+export interface PodStream {
+  streamId: string;
+  rank: number | null;
+}
+
+/**
+ * The pod → streams mapping, the one place it is written: one stream per data-parallel rank
+ * (`<pod>#<r>`), or the pod itself (`<pod>`, rank null) when it has a single rank. The manager
+ * runs a subscriber per stream, the planner makes a candidate of each, the gateway forgets each.
+ */
+export function podStreams(pod: Pick<PodInfo, "name" | "dataParallelSize">): PodStream[] {
+  const dp = Math.max(1, Math.floor(pod.dataParallelSize || 1));
+  if (dp === 1) return [{ streamId: pod.name, rank: null }];
+  const out: PodStream[] = new Array(dp);
+  for (let r = 0; r < dp; r++) out[r] = { streamId: streamIdOf(pod.name, r), rank: r };
+  return out;
+}
+
 /** Per-stream state, driven by socket monitor events and sequence tracking. */
 /** `suspect`: connected, but showed signs of garbling; rebuilt once clean (suspicion.ts). */
 export type StreamState = "connecting" | "live" | "replaying" | "resyncing" | "suspect" | "down";

@@ -1,6 +1,6 @@
 import { performance } from "node:perf_hooks";
 import type { PodInfo } from "../discovery/types.ts";
-import { type StreamState, streamIdOf } from "../events/types.ts";
+import { podStreams, type StreamState } from "../events/types.ts";
 import type { NamespaceRef } from "../index/types.ts";
 import type { LoadTicket, LoadTracker } from "../routing/load.ts";
 import type {
@@ -176,13 +176,11 @@ export class Planner {
     const blockSize = first.blockSize ?? this.o.defaultBlockSize;
     const candidates: Candidate[] = [];
     for (const p of pods) {
-      const dp = Math.max(1, Math.floor(p.dataParallelSize || 1));
-      for (let r = 0; r < dp; r++) {
-        const streamId = streamIdOf(p.name, dp > 1 ? r : null);
+      for (const { streamId, rank } of podStreams(p)) {
         candidates.push({
           streamId,
           pod: p.name,
-          rank: dp > 1 ? r : null,
+          rank,
           http: p.http,
           live: this.o.streamState(streamId) === "live",
         });

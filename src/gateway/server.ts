@@ -4,7 +4,7 @@ import FindMyWay, { type HTTPMethod, type HTTPVersion, type Instance as Router }
 import { Registry } from "prom-client";
 import type { PodSet } from "../discovery/pod-set.ts";
 import { DEFAULT_BLOCK_SIZE, type PodInfo } from "../discovery/types.ts";
-import { type StreamState, streamIdOf } from "../events/types.ts";
+import { podStreams, type StreamState } from "../events/types.ts";
 import type { PrefixIndex } from "../index/types.ts";
 import { EngineMetricsScraper } from "../routing/engine-metrics.ts";
 import { FEEDBACK_DEFAULTS, type FeedbackOptions, PredictionFeedback } from "../routing/feedback.ts";
@@ -159,7 +159,7 @@ export class GatewayCore {
       for (const c of changes) {
         if (c.type === "removed") {
           this.feedback.forget(c.name);
-          for (const sid of streamIds(c.previous)) this.policy.forget?.(sid);
+          for (const { streamId } of podStreams(c.previous)) this.policy.forget?.(streamId);
         }
       }
       this.syncPods(pods);
@@ -305,9 +305,3 @@ type Route = (req: IncomingMessage, res: ServerResponse, ctx: RequestCtx, path: 
 const noop = () => undefined;
 /** every method node:http parses, so a known path with another method gets its own answer */
 const ALL_METHODS = METHODS as HTTPMethod[];
-
-/** A pod's event streams: "<pod>", or "<pod>#<rank>" per data-parallel rank. */
-function streamIds(p: PodInfo): string[] {
-  const dp = Math.max(1, Math.floor(p.dataParallelSize || 1));
-  return Array.from({ length: dp }, (_, r) => streamIdOf(p.name, dp > 1 ? r : null));
-}
