@@ -1,6 +1,6 @@
 import { createServer } from "node:http";
-import type { AddressInfo } from "node:net";
 import { sendJson } from "../util/http-json.ts";
+import { closeServer, httpUrl, listen } from "../util/http-server.ts";
 import type { MockEngine } from "./engine.ts";
 import { HttpError } from "./http-request.ts";
 import { engineRoutes } from "./routes.ts";
@@ -50,22 +50,6 @@ export async function startHttpServer(
     }
   });
   server.keepAliveTimeout = 65_000;
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(port, host, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
-  const addr = server.address() as AddressInfo;
-  const shownHost =
-    host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host.includes(":") ? `[${host}]` : host;
-  return {
-    url: `http://${shownHost}:${addr.port}`,
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-      }),
-  };
+  const bound = await listen(server, port, host);
+  return { url: httpUrl(host, bound), close: () => closeServer(server) };
 }
