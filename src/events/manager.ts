@@ -10,12 +10,12 @@
  *   is `<pod>#<r>` (a single-rank pod's stream id is the pod name, rank null).
  */
 import { EventEmitter } from "node:events";
-import { performance } from "node:perf_hooks";
 import type { Registry } from "prom-client";
 import type { PodInfo } from "../discovery/types.ts";
 import type { PrefixIndex, StreamRef } from "../index/types.ts";
 import { dataParallelEndpoint } from "../protocol/endpoints.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
+import { instrumentIndex } from "./instrumented-index.ts";
 import { LagWatch, type LagWatchOptions } from "./lag-watch.ts";
 import { createSubscriberMetrics, type SubscriberMetrics } from "./metrics.ts";
 import { StreamSubscriber, type SubscriberOptions } from "./subscriber.ts";
@@ -79,6 +79,8 @@ export class SubscriberManager
   private readonly streams = new Map<string, Running>();
   private readonly podInfos = new Map<string, PodInfo>();
   private readonly index: PrefixIndex;
+  /** where batches go: the index, timed and counted when there are metrics (instrumented-index.ts) */
+  private readonly applyTo: PrefixIndex;
   private readonly log: Logger;
   private readonly metrics: SubscriberMetrics | null;
   private readonly topic: string;
@@ -96,6 +98,7 @@ export class SubscriberManager
     this.metrics = opts.registry
       ? createSubscriberMetrics(opts.registry, () => this.statuses(), this.index)
       : null;
+    this.applyTo = this.metrics ? instrumentIndex(this.index, this.metrics) : this.index;
   }
 
   /** The pods last passed to setPods, sorted by name. */
@@ -178,6 +181,7 @@ export class SubscriberManager
     const { ref } = spec;
     const id = ref.streamId;
     const index = this.index;
+    const applyTo = this.applyTo;
     const m = this.metrics;
     const log = this.log;
     const run: Running = { spec, blockSize, sub: undefined as unknown as StreamSubscriber };
@@ -203,15 +207,7 @@ export class SubscriberManager
           // live batches only: those applied during a replay are as old as the gap they fill
           if (run.sub.state() === "live") lag.observe(batch.ts, seq);
           else lag.reset();
-          if (m) {
-            const t0 = performance.now();
-            index.applyBatch(ref, batch);
-            m.applySeconds.observe((performance.now() - t0) / 1000);
-            m.batchesApplied.inc({ stream: id });
-            m.eventsApplied.inc({ stream: id }, batch.events.length);
-          } else {
-            index.applyBatch(ref, batch);
-          }
+          applyTo.applyBatch(ref, batch);
         },
         decodeError: () => m?.decodeErrors.inc({ stream: id }),
         drop: (reason) => {
