@@ -11,6 +11,7 @@
 import type { Command } from "commander";
 import { InvalidArgumentError } from "commander";
 import { StreamSubscriber } from "../events/subscriber.ts";
+import { zmqEventSource } from "../events/zmq-source.ts";
 import { batchToJson } from "../protocol/index.ts";
 import { opt, parseIntArg } from "../util/cli-options.ts";
 import { createLogger } from "../util/log.ts";
@@ -64,6 +65,7 @@ export async function tail(endpoint: string, o: TailOptions): Promise<void> {
       ...streamHealthFrom(o as unknown as Record<string, unknown>),
       logContext: { endpoint },
     },
+    zmqEventSource,
   );
   sub.start();
   await new Promise<void>((resolve) => {

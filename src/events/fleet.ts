@@ -24,6 +24,8 @@ export interface FleetOptions {
   subscriber?: SubscriberManagerOptions["subscriber"];
   /** event lag and clock skew thresholds of the streams */
   lag?: SubscriberManagerOptions["lag"];
+  /** the streams' transport (default: ZeroMQ) */
+  source?: SubscriberManagerOptions["source"];
   registry: Registry;
   log: Logger;
 }
@@ -53,6 +55,7 @@ export class Fleet {
             topic: o.topic,
             subscriber: o.subscriber,
             lag: o.lag,
+            source: o.source,
           })
         : null;
     this.subscribers = subs;

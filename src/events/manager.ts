@@ -15,11 +15,13 @@ import type { PodInfo } from "../discovery/types.ts";
 import type { PrefixIndex, StreamRef } from "../index/types.ts";
 import { dataParallelEndpoint } from "../protocol/endpoints.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
+import type { EventSourceFactory } from "./event-source.ts";
 import { instrumentIndex } from "./instrumented-index.ts";
 import { LagWatch, type LagWatchOptions } from "./lag-watch.ts";
 import { createSubscriberMetrics, type SubscriberMetrics } from "./metrics.ts";
 import { StreamSubscriber, type SubscriberOptions } from "./subscriber.ts";
 import { podStreams, type StreamState, type StreamStatus, type SubscriberManagerLike } from "./types.ts";
+import { zmqEventSource } from "./zmq-source.ts";
 
 /** Most streams one manager runs (pods x ranks): bounded like everything else. */
 export const MAX_STREAMS = 20_000;
@@ -34,6 +36,8 @@ export interface SubscriberManagerOptions {
   subscriber?: Omit<SubscriberOptions, "log" | "logContext" | "fromSeq">;
   /** event lag and clock skew thresholds (lag-watch.ts) */
   lag?: LagWatchOptions;
+  /** the streams' transport (default: ZeroMQ, zmq-source.ts) */
+  source?: EventSourceFactory;
 }
 
 export interface StreamSpec {
@@ -86,6 +90,7 @@ export class SubscriberManager
   private readonly topic: string;
   private readonly subOpts: SubscriberManagerOptions["subscriber"];
   private readonly lagOpts: LagWatchOptions | undefined;
+  private readonly source: EventSourceFactory;
   private closed = false;
 
   constructor(opts: SubscriberManagerOptions) {
@@ -95,6 +100,7 @@ export class SubscriberManager
     this.topic = opts.topic ?? "";
     this.subOpts = opts.subscriber;
     this.lagOpts = opts.lag;
+    this.source = opts.source ?? zmqEventSource;
     this.metrics = opts.registry
       ? createSubscriberMetrics(opts.registry, () => this.statuses(), this.index)
       : null;
@@ -242,6 +248,7 @@ export class SubscriberManager
         log,
         logContext: { pod: ref.pod, rank: ref.rank, stream: id },
       },
+      this.source,
     );
     run.sub = sub;
     this.streams.set(id, run);

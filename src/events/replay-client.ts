@@ -7,8 +7,9 @@
  */
 import * as zmq from "zeromq";
 import { decodeReplayResponse, encodeReplayRequest } from "../protocol/replay.ts";
+import { backoffDelay } from "../util/backoff.ts";
 import type { Logger } from "../util/log.ts";
-import { backoffDelay } from "./sub-socket.ts";
+import type { ReplayHandlers } from "./event-source.ts";
 
 export interface ReplayClientOptions {
   replayTimeoutMs: number;
@@ -16,17 +17,6 @@ export interface ReplayClientOptions {
   maxReplaysPerSecond: number;
   replayRetryMs: number;
   retryMaxMs: number;
-}
-
-export interface ReplayHandlers {
-  message(seq: number, payload: Uint8Array): void;
-  end(): void;
-  failed(fromSeq: number, err: Error, received: number): void;
-  /** a frame of the answer that does not decode (the tracker sees the hole it leaves) */
-  badFrame(err: Error): void;
-  throttled(delayMs: number): void;
-  /** a replay finished one way or the other */
-  settled(): void;
 }
 
 export class ReplayClient {

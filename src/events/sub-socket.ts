@@ -17,9 +17,9 @@
  *   kernel still accepts connections) or a received message.
  */
 import * as zmq from "zeromq";
+import { backoffDelay, jitter } from "../util/backoff.ts";
 import type { Logger } from "../util/log.ts";
-
-export type DownCause = "closed" | "stalled" | "protocol_error" | "watchdog" | "socket_error";
+import type { DownCause } from "./event-source.ts";
 
 export interface SubSocketOptions {
   reconnectMs: number;
@@ -41,16 +41,6 @@ export interface SubSocketHandlers {
   frames(frames: Buffer[]): void;
   /** the socket is being replaced (its session ended for good or its loop failed) */
   replaced?(cause: DownCause, delayMs: number): void;
-}
-
-/** `delay * [0.5, 1)`: spreads reconnects of many subscribers after a shared outage. */
-export function jitter(delayMs: number, rand: () => number = Math.random): number {
-  return Math.max(1, Math.round(delayMs * (0.5 + rand() * 0.5)));
-}
-
-/** Capped exponential backoff with jitter for the n-th (0-based) retry. */
-export function backoffDelay(attempt: number, baseMs: number, maxMs: number, rand?: () => number): number {
-  return jitter(Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 30)), rand);
 }
 
 export class SubSocket {

@@ -1,18 +1,17 @@
 /**
- * One engine event stream over real ZeroMQ sockets: a SUB on the engine's PUB endpoint and, per
- * replay request, a DEALER on its replay ROUTER. Sequence decisions are made by `SeqTracker`
- * (seq-tracker.ts); this file only moves bytes, decodes, and reports.
+ * One engine event stream: its event source (event-source.ts; ZeroMQ in zmq-source.ts) delivers
+ * live frames and replay answers, `SeqTracker` (seq-tracker.ts) makes the sequence decisions; this
+ * file decodes, wires the two, and reports.
  *
- * Socket monitor events drive the connection part of the state: `connecting` until the first
- * connection, `down` after a disconnect until the next one; while connected the tracker's state
- * (`live | replaying | resyncing`) applies.
+ * The source's up/down reports drive the connection part of the state: `connecting` until the
+ * first connection, `down` after a disconnect until the next one; while connected the tracker's
+ * state (`live | replaying | resyncing`) applies.
  */
 import { decodeBatch } from "../protocol/decode.ts";
 import { decodePubMessage } from "../protocol/frames.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
-import { ReplayClient } from "./replay-client.ts";
+import type { DownCause, EventSource, EventSourceFactory } from "./event-source.ts";
 import { type SeqSink, SeqTracker } from "./seq-tracker.ts";
-import { type DownCause, SubSocket } from "./sub-socket.ts";
 import {
   DEFAULTS,
   type StreamConsumer,
@@ -24,21 +23,19 @@ import { SuspectLog } from "./suspect-log.ts";
 import { Suspicion } from "./suspicion.ts";
 import type { StreamState } from "./types.ts";
 
-export { backoffDelay, jitter } from "./sub-socket.ts";
 export type { StreamConsumer, StreamEndpoints, SubscriberOptions };
 
 export class StreamSubscriber {
   private readonly tracker: SeqTracker;
   private readonly opts: typeof DEFAULTS & SubscriberOptions;
   private readonly log: Logger;
-  private readonly socket: SubSocket;
+  private readonly source: EventSource;
   private readonly suspicion: Suspicion;
   private readonly suspectLog: SuspectLog;
   /** the running audit: last seq when it started, batches that differ or came garbled */
   private auditUpTo = -1;
   private auditMismatches = 0;
   private auditGarbled = 0;
-  private readonly replay: ReplayClient | null;
   private connected = false;
   private everConnected = false;
   private closed = false;
@@ -82,7 +79,9 @@ export class StreamSubscriber {
   constructor(
     readonly endpoints: StreamEndpoints,
     private readonly consumer: StreamConsumer,
-    options: SubscriberOptions = {},
+    options: SubscriberOptions,
+    /** the transport (zmq-source.ts's `zmqEventSource` in the services) */
+    source: EventSourceFactory,
   ) {
     this.opts = { ...DEFAULTS, ...stripUndefined(options) };
     this.log = options.log ?? silentLogger();
@@ -194,61 +193,10 @@ export class StreamSubscriber {
         this.log.warn({ event: "subscriber.pending_overflow", ...this.ctx(), seq }, "pending queue full");
       },
     };
-    this.tracker = new SeqTracker(sink, {
-      replay: endpoints.replay !== null,
-      maxPending: this.opts.maxPending,
-    });
     const o = this.opts;
-    this.replay =
-      endpoints.replay === null
-        ? null
-        : new ReplayClient(
-            endpoints.replay,
-            {
-              replayTimeoutMs: o.replayTimeoutMs,
-              maxReplayBatches: o.maxReplayBatches,
-              maxReplaysPerSecond: o.maxReplaysPerSecond,
-              replayRetryMs: o.replayRetryMs,
-              retryMaxMs: o.reconnectMaxMs,
-            },
-            {
-              message: (seq, payload) => this.tracker.onReplayMessage(seq, payload),
-              end: () => this.tracker.onReplayEnd(),
-              failed: (fromSeq, err) => {
-                this.consumer.replayFailed?.(fromSeq, err);
-                this.tracker.onReplayFailed();
-              },
-              // a broken frame of the answer: the tracker sees the hole in the seqs that follow,
-              // and a verify that got nothing else is asked again
-              badFrame: (err) => {
-                this.countDecodeError(null, err);
-                this.tracker.onReplayGarbled();
-              },
-              throttled: (delayMs) => {
-                this.replaysThrottled++;
-                this.consumer.replayThrottled?.(delayMs);
-              },
-              settled: () => {
-                this.lastActivity = Date.now();
-                this.emitState();
-              },
-            },
-            this.log,
-            () => this.ctx(),
-          );
-    this.socket = new SubSocket(
-      endpoints.events,
-      endpoints.topic,
-      {
-        reconnectMs: o.reconnectMs,
-        reconnectMaxMs: o.reconnectMaxMs,
-        receiveHighWaterMark: o.receiveHighWaterMark,
-        heartbeatIntervalMs: o.heartbeatIntervalMs,
-        heartbeatTimeoutMs: o.heartbeatTimeoutMs,
-        connectTimeoutMs: o.connectTimeoutMs,
-        watchdogMs: o.watchdogMs,
-        retryGraceMs: Math.max(500, o.reconnectMaxMs),
-      },
+    this.source = source(
+      endpoints,
+      o,
       {
         up: () => this.onUp(),
         down: (cause, silentMs) => this.onDown(cause, silentMs),
@@ -258,10 +206,36 @@ export class StreamSubscriber {
           this.socketReplacements++;
           this.consumer.socketReplaced?.();
         },
+        replay: {
+          message: (seq, payload) => this.tracker.onReplayMessage(seq, payload),
+          end: () => this.tracker.onReplayEnd(),
+          failed: (fromSeq, err) => {
+            this.consumer.replayFailed?.(fromSeq, err);
+            this.tracker.onReplayFailed();
+          },
+          // a broken frame of the answer: the tracker sees the hole in the seqs that follow,
+          // and a verify that got nothing else is asked again
+          badFrame: (err) => {
+            this.countDecodeError(null, err);
+            this.tracker.onReplayGarbled();
+          },
+          throttled: (delayMs) => {
+            this.replaysThrottled++;
+            this.consumer.replayThrottled?.(delayMs);
+          },
+          settled: () => {
+            this.lastActivity = Date.now();
+            this.emitState();
+          },
+        },
       },
       this.log,
       () => this.ctx(),
     );
+    this.tracker = new SeqTracker(sink, {
+      replay: this.source.replays,
+      maxPending: this.opts.maxPending,
+    });
     this.suspicion = new Suspicion(o.suspectCleanMs, {
       audit: () => {
         if (!this.connected) return "busy";
@@ -333,9 +307,9 @@ export class StreamSubscriber {
   start(): void {
     if (this.started || this.closed) return;
     this.started = true;
-    this.socket.start();
+    this.source.start();
     const every = this.opts.tailCheckMs;
-    if (every > 0 && this.endpoints.replay !== null) {
+    if (every > 0 && this.source.replays) {
       this.tailTimer = setInterval(() => this.maybeProbe(), Math.max(10, Math.floor(every / 2)));
       this.tailTimer.unref();
     }
@@ -359,10 +333,10 @@ export class StreamSubscriber {
     this.suspicion.close();
     if (this.tailTimer) clearInterval(this.tailTimer);
     this.tailTimer = null;
-    await Promise.all([this.socket.close(), this.replay?.close()]);
+    await this.source.close();
   }
 
-  // --- sockets --------------------------------------------------------------------------
+  // --- the source -----------------------------------------------------------------------
 
   private ctx(): Record<string, unknown> {
     return this.opts.logContext ?? { endpoint: this.endpoints.events };
@@ -397,7 +371,7 @@ export class StreamSubscriber {
           silentMs,
           heartbeatTimeoutMs: this.opts.heartbeatTimeoutMs,
         },
-        "no answer to ZMTP heartbeats: stream down (partition, stopped engine, or an idle engine gone)",
+        "no answer to heartbeats: stream down (partition, stopped engine, or an idle engine gone)",
       );
       this.consumer.stalled?.();
     } else {
@@ -443,7 +417,7 @@ export class StreamSubscriber {
       this.log.info({ event: "subscriber.replay", ...this.ctx(), fromSeq }, "requesting replay");
       this.consumer.replayRequested?.(fromSeq);
     }
-    this.replay?.request(fromSeq, attempt);
+    this.source.requestReplay(fromSeq, attempt);
     this.emitState();
   }
 

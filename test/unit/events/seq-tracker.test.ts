@@ -3,8 +3,8 @@ import { describe, it } from "node:test";
 import fc from "fast-check";
 import { streamsOf } from "../../../src/events/manager.ts";
 import { type DropReason, type SeqSink, SeqTracker } from "../../../src/events/seq-tracker.ts";
-import { backoffDelay } from "../../../src/events/subscriber.ts";
 import { dataParallelEndpoint as rankEndpoint } from "../../../src/protocol/endpoints.ts";
+import { backoffDelay } from "../../../src/util/backoff.ts";
 
 /**
  * A simulated engine (epochs = process lifetimes, a bounded replay buffer) and a lossy network
