@@ -1,7 +1,10 @@
-/** `kvsync mock-engine` as a real child process, for faults only a process has (SIGSTOP/SIGCONT). */
+/**
+ * `kvsync mock-engine` as a real child process, for what only a process shows: SIGSTOP/SIGCONT
+ * faults, the CLI's flags, a clean exit on SIGTERM. The one place tests spawn it.
+ */
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
-import { waitFor } from "../../../src/util/wait.ts";
+import { waitFor } from "../../src/util/wait.ts";
 
 export interface EngineProcess {
   child: ChildProcess;
@@ -9,10 +12,24 @@ export interface EngineProcess {
   http: string;
   events: string | null;
   replay: string | null;
+  /** what the engine logged (info level): the first 64 KiB and the last 64 KiB */
+  stderr(): string;
   stop(): void;
   resume(): void;
   close(): Promise<void>;
 }
+
+/** Where the engine listens: HTTP port (0 = ephemeral) and the ZeroMQ endpoints it binds. */
+export interface EngineListen {
+  port: number;
+  events: string;
+  replay: string;
+}
+
+/** Loopback, ephemeral ports; the engine.started line says which. */
+export const EPHEMERAL: EngineListen = { port: 0, events: "tcp://127.0.0.1:*", replay: "tcp://127.0.0.1:*" };
+
+const KEEP = 64 * 1024;
 
 const live = new Set<ChildProcess>();
 // a stopped child must never outlive the test process, whatever ends it
@@ -27,7 +44,11 @@ process.once("exit", () => {
   }
 });
 
-export async function startEngineProcess(args: string[] = []): Promise<EngineProcess> {
+/** Start `kvsync mock-engine <listen> <args>` and wait for its engine.started line. */
+export async function startEngineProcess(
+  args: string[] = [],
+  listen: EngineListen = EPHEMERAL,
+): Promise<EngineProcess> {
   const child = spawn(
     process.execPath,
     [
@@ -38,21 +59,24 @@ export async function startEngineProcess(args: string[] = []): Promise<EnginePro
       "--host",
       "127.0.0.1",
       "--port",
-      "0",
+      String(listen.port),
       "--events-endpoint",
-      "tcp://127.0.0.1:*",
+      listen.events,
       "--replay-endpoint",
-      "tcp://127.0.0.1:*",
+      listen.replay,
       ...args,
     ],
     { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, KVSYNC_LOG_LEVEL: "info" } },
   );
   live.add(child);
-  let stderr = "";
+  // the head (the started line) and a bounded tail (the last words before an exit)
+  let head = "";
+  let tail = "";
   child.stderr!.on("data", (d: Buffer) => {
-    // keep the head (the started line) and a bounded tail
-    stderr = stderr.length < 64 * 1024 ? stderr + d.toString() : stderr;
+    if (head.length < KEEP) head += d.toString();
+    else tail = (tail + d.toString()).slice(-KEEP);
   });
+  const stderr = () => head + tail;
   const close = async () => {
     live.delete(child);
     if (child.exitCode !== null || child.signalCode !== null) return;
@@ -64,16 +88,16 @@ export async function startEngineProcess(args: string[] = []): Promise<EnginePro
   try {
     await waitFor(
       "the engine.started log line",
-      () => stderr.includes('"event":"engine.started"') || child.exitCode !== null,
+      () => head.includes('"event":"engine.started"') || child.exitCode !== null,
       30_000,
     );
     if (child.exitCode !== null)
-      throw new Error(`mock-engine exited ${child.exitCode}: ${stderr.slice(-2000)}`);
+      throw new Error(`mock-engine exited ${child.exitCode}: ${stderr().slice(-2000)}`);
   } catch (err) {
     await close();
     throw err;
   }
-  const line = stderr.split("\n").find((l) => l.includes('"event":"engine.started"'))!;
+  const line = head.split("\n").find((l) => l.includes('"event":"engine.started"'))!;
   const info = JSON.parse(line) as {
     http: string;
     events: Array<string | null>;
@@ -85,6 +109,7 @@ export async function startEngineProcess(args: string[] = []): Promise<EnginePro
     http: info.http,
     events: info.events[0] ?? null,
     replay: info.replay[0] ?? null,
+    stderr,
     stop: () => child.kill("SIGSTOP"),
     resume: () => child.kill("SIGCONT"),
     close,

@@ -4,33 +4,14 @@
  * eviction, the CPU tier, LoRA, resets and several DP ranks; plus replay, drops and pauses.
  */
 import assert from "node:assert/strict";
-import { after, test } from "node:test";
+import { test } from "node:test";
 import fc from "fast-check";
-import { type RunningEngine, type StartOptions, startEngine } from "../../../src/engine/start.ts";
+import { type RunningEngine, startEngine } from "../../../src/engine/start.ts";
 import { decodeBatch } from "../../../src/protocol/decode.ts";
 import { silentLogger } from "../../../src/util/log.ts";
 import { waitFor } from "../../../src/util/wait.ts";
+import { LOCAL, open, start } from "./local-engine.ts";
 import { getJson, MirrorSubscriber, normalize, postJson } from "./mirror.ts";
-
-const LOCAL = "tcp://127.0.0.1:*";
-const open: Array<{ close(): Promise<void> }> = [];
-after(async () => {
-  for (const c of open.splice(0).reverse()) await c.close();
-});
-
-async function start(o: StartOptions): Promise<RunningEngine> {
-  const e = await startEngine({
-    host: "127.0.0.1",
-    port: 0,
-    eventsEndpoint: LOCAL,
-    replayEndpoint: LOCAL,
-    speed: 1000,
-    log: silentLogger(),
-    ...o,
-  });
-  open.push(e);
-  return e;
-}
 
 function mirrors(e: RunningEngine): MirrorSubscriber[] {
   return e.eventsEndpoints.map((ep, r) => {

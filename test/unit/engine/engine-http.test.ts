@@ -4,43 +4,19 @@
  * LoRA, replicas and the CLI's graceful shutdown.
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { after, test } from "node:test";
+import { test } from "node:test";
 import OpenAI from "openai";
 import { offsetEndpoint, pubShouldBind, withHost } from "../../../src/engine/publisher.ts";
-import {
-  type RunningEngine,
-  replicaOptions,
-  type StartOptions,
-  startEngine,
-  startEngines,
-} from "../../../src/engine/start.ts";
+import { type RunningEngine, replicaOptions, startEngines } from "../../../src/engine/start.ts";
 import { decodeBatch } from "../../../src/protocol/decode.ts";
 import { loadTokenizer } from "../../../src/tokenize/hf-tokenizer.ts";
 import { silentLogger } from "../../../src/util/log.ts";
 import { waitFor } from "../../../src/util/wait.ts";
+import { startEngineProcess } from "../../helpers/engine-process.ts";
+import { LOCAL, open, start } from "./local-engine.ts";
 import { getJson, MirrorSubscriber, postJson } from "./mirror.ts";
 
-const LOCAL = "tcp://127.0.0.1:*";
 const MODEL = "Qwen/Qwen3-0.6B";
-const open: Array<{ close(): Promise<void> }> = [];
-after(async () => {
-  for (const c of open.splice(0).reverse()) await c.close();
-});
-
-async function start(o: StartOptions = {}): Promise<RunningEngine> {
-  const e = await startEngine({
-    host: "127.0.0.1",
-    port: 0,
-    eventsEndpoint: LOCAL,
-    replayEndpoint: LOCAL,
-    speed: 1000,
-    log: silentLogger(),
-    ...o,
-  });
-  open.push(e);
-  return e;
-}
 
 const client = (e: RunningEngine) =>
   new OpenAI({ baseURL: `${e.httpUrl}/v1`, apiKey: "none", maxRetries: 0 });
@@ -334,44 +310,18 @@ test("replicas: independent engines in one process, port stride and hosts", asyn
 });
 
 test("CLI: kvsync mock-engine serves and shuts down cleanly on SIGTERM", async () => {
-  const child = spawn(
-    process.execPath,
-    [
-      "--import",
-      "tsx",
-      "src/cli.ts",
-      "mock-engine",
-      "--host",
-      "127.0.0.1",
-      "--port",
-      "0",
-      "--events-endpoint",
-      LOCAL,
-      "--replay-endpoint",
-      LOCAL,
-      "--num-gpu-blocks",
-      "32",
-      "--speed",
-      "100",
-      "--lora-modules",
-      "sql=/adapters/sql",
-      "chat",
-    ],
-    { stdio: ["ignore", "ignore", "pipe"] },
-  );
-  let stderr = "";
-  child.stderr.on("data", (d: Buffer) => {
-    stderr += d.toString();
-  });
+  const engine = await startEngineProcess([
+    "--num-gpu-blocks",
+    "32",
+    "--speed",
+    "100",
+    "--lora-modules",
+    "sql=/adapters/sql",
+    "chat",
+  ]);
+  open.push(engine);
+  const { child, http: url } = engine;
   const exited = new Promise<number | null>((r) => child.on("exit", (code) => r(code)));
-  open.push({
-    async close() {
-      if (child.exitCode === null) child.kill("SIGKILL");
-    },
-  });
-  await waitFor("the engine.started log line", () => stderr.includes('"event":"engine.started"'), 30_000);
-  const line = stderr.split("\n").find((l) => l.includes('"event":"engine.started"'))!;
-  const url = (JSON.parse(line) as { http: string }).http;
   const r = await postJson(`${url}/v1/completions`, { prompt: "hi", max_tokens: 2 });
   assert.equal(r.status, 200);
   const models = await getJson<{ data: Array<{ id: string }> }>(`${url}/v1/models`);
@@ -381,7 +331,7 @@ test("CLI: kvsync mock-engine serves and shuts down cleanly on SIGTERM", async (
   );
   child.kill("SIGTERM");
   assert.equal(await exited, 0);
-  assert.match(stderr, /"event":"engine.stopped"/);
+  assert.match(engine.stderr(), /"event":"engine.stopped"/);
 });
 
 test("a list of prompts gives one choice per prompt and summed usage; 503 beyond the waiting bound", async () => {

@@ -4,33 +4,16 @@
  * SIGCONT, and the index must equal the engine's cache afterwards.
  */
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
 import { after, describe, it } from "node:test";
 import { SubscriberManager } from "../../../src/events/manager.ts";
 import { createIndex } from "../../../src/index/index.ts";
 import { hashToText } from "../../../src/protocol/hash.ts";
 import { waitFor } from "../../../src/util/wait.ts";
+import { answers, startEngineProcess } from "../../helpers/engine-process.ts";
 import { engineTruth, freePorts, type TestEngine } from "./engines.ts";
 import { podOf } from "./rig.ts";
 
 const MODEL = "Qwen/Qwen3-0.6B";
-const children: ChildProcess[] = [];
-after(() => {
-  for (const c of children) {
-    c.kill("SIGCONT");
-    c.kill("SIGKILL");
-  }
-});
-
-async function reachable(url: string, timeoutMs: number): Promise<boolean> {
-  try {
-    const r = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) });
-    await r.arrayBuffer();
-    return r.ok;
-  } catch {
-    return false;
-  }
-}
 
 async function completion(url: string, prompt: number[]): Promise<void> {
   const r = await fetch(`${url}/v1/completions`, {
@@ -47,35 +30,15 @@ describe("subscriber: a stopped engine", () => {
     const http = await freePorts(1);
     const events = await freePorts(1);
     const replay = await freePorts(1);
-    const child = spawn(
-      process.execPath,
-      [
-        "--import",
-        "tsx",
-        "src/cli.ts",
-        "mock-engine",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        String(http),
-        // a wildcard host binds (vLLM's rule; a concrete host would make the PUB connect)
-        "--events-endpoint",
-        `tcp://*:${events}`,
-        "--replay-endpoint",
-        `tcp://*:${replay}`,
-        "--speed",
-        "100",
-      ],
-      { stdio: ["ignore", "ignore", "ignore"] },
-    );
-    children.push(child);
+    // a wildcard host binds (vLLM's rule; a concrete host would make the PUB connect)
+    const child = await startEngineProcess(["--speed", "100"], {
+      port: http,
+      events: `tcp://*:${events}`,
+      replay: `tcp://*:${replay}`,
+    });
+    after(() => child.close());
     const url = `http://127.0.0.1:${http}`;
     const engine = { url } as TestEngine;
-    const deadline = Date.now() + 30_000;
-    while (!(await reachable(`${url}/health`, 1000))) {
-      assert.ok(Date.now() < deadline, "engine did not start");
-      await new Promise((r) => setTimeout(r, 100));
-    }
     const index = createIndex();
     const manager = new SubscriberManager({
       index,
@@ -122,10 +85,10 @@ describe("subscriber: a stopped engine", () => {
     await synced("before the stop");
     assert.ok(index.streamBlocks("e").length > 0);
 
-    child.kill("SIGSTOP");
+    child.stop();
     const stoppedAt = Date.now();
     // the fault took effect: the engine answers nothing
-    assert.equal(await reachable(`${url}/health`, 300), false, "a stopped engine must not answer");
+    assert.equal(await answers(`${url}/health`, 300), false, "a stopped engine must not answer");
     await waitFor("the stream to leave live", () => manager.status("e")?.state !== "live", {
       timeoutMs: 10_000,
       describe: () => manager.status("e"),
@@ -137,7 +100,7 @@ describe("subscriber: a stopped engine", () => {
     await new Promise((r) => setTimeout(r, 1500));
     assert.notEqual(manager.status("e")?.state, "live");
 
-    child.kill("SIGCONT");
+    child.resume();
     const resumedAt = Date.now();
     await waitFor("live again", () => manager.status("e")?.state === "live", {
       timeoutMs: 10_000,

@@ -10,7 +10,12 @@ import { type RunningGateway, startGateway } from "../../../src/gateway/gateway.
 import { HEALTH_DEFAULTS } from "../../../src/gateway/health.ts";
 import { silentLogger } from "../../../src/util/log.ts";
 import { waitFor } from "../../../src/util/wait.ts";
-import { answers, type EngineProcess, engineRunning, startEngineProcess } from "./engine-process.ts";
+import {
+  answers,
+  type EngineProcess,
+  engineRunning,
+  startEngineProcess,
+} from "../../helpers/engine-process.ts";
 import { deadPort, fakePodInfo, type Json, MODEL, metricValue, post, startFakePod } from "./fleet.ts";
 
 // the documented bound with the defaults: interval + 2 failed probes x timeout (3 s); the margin

@@ -4,60 +4,29 @@
  * not live (no cache advantage) until SIGCONT brings it back.
  */
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
 import { after, describe, test } from "node:test";
 import { startGateway } from "../../../src/gateway/gateway.ts";
 import { silentLogger } from "../../../src/util/log.ts";
 import { waitFor } from "../../../src/util/wait.ts";
+import { answers, startEngineProcess } from "../../helpers/engine-process.ts";
 import { freePorts } from "../events/engines.ts";
 import { type Json, MODEL, post } from "./fleet.ts";
 
-const children: ChildProcess[] = [];
 const cleanups: Array<() => Promise<void>> = [];
 after(async () => {
-  for (const c of children) {
-    c.kill("SIGCONT");
-    c.kill("SIGKILL");
-  }
   for (const c of cleanups.reverse()) await c();
 });
-
-async function up(url: string): Promise<boolean> {
-  try {
-    const r = await fetch(url, { signal: AbortSignal.timeout(500) });
-    await r.arrayBuffer();
-    return r.ok;
-  } catch {
-    return false;
-  }
-}
 
 describe("gateway: a stopped engine", () => {
   test("its stream stops counting for routing within the heartbeat timeout, and counts again after", async () => {
     const [http, events, replay] = [await freePorts(1), await freePorts(1), await freePorts(1)];
-    const child = spawn(
-      process.execPath,
-      [
-        "--import",
-        "tsx",
-        "src/cli.ts",
-        "mock-engine",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        String(http),
-        "--events-endpoint",
-        `tcp://*:${events}`,
-        "--replay-endpoint",
-        `tcp://*:${replay}`,
-        "--speed",
-        "100",
-      ],
-      { stdio: ["ignore", "ignore", "ignore"] },
-    );
-    children.push(child);
+    const child = await startEngineProcess(["--speed", "100"], {
+      port: http,
+      events: `tcp://*:${events}`,
+      replay: `tcp://*:${replay}`,
+    });
+    cleanups.push(() => child.close());
     const url = `http://127.0.0.1:${http}`;
-    await waitFor("the engine's HTTP", () => up(`${url}/health`), 30_000);
     const gw = await startGateway({
       pods: [
         {
@@ -86,15 +55,15 @@ describe("gateway: a stopped engine", () => {
       const c = await cand();
       return c.live === true && c.matchedTokens > 0;
     });
-    child.kill("SIGSTOP");
+    child.stop();
     const t0 = Date.now();
-    assert.equal(await up(`${url}/health`), false, "the stop took effect");
+    assert.equal(await answers(`${url}/health`, 500), false, "the stop took effect");
     await waitFor("not live", async () => (await cand()).live === false, 10_000);
     const detectMs = Date.now() - t0;
     assert.ok(detectMs < 4000, `claim kept ${detectMs} ms into the stop`);
     const c = await cand();
     assert.equal(c.matchedTokens, 0, "no cache advantage while stalled");
-    child.kill("SIGCONT");
+    child.resume();
     await waitFor("live again with its prefix", async () => {
       const c2 = await cand();
       return c2.live === true && c2.matchedTokens > 0;
