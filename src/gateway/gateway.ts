@@ -2,12 +2,9 @@ import { createServer, type Server } from "node:http";
 import { Registry } from "prom-client";
 import { createAdminHandler } from "../admin/admin.ts";
 import { explainRoute } from "../admin/explain.ts";
-import type { DiscoveryOptions } from "../discovery/index.ts";
 import type { PodSet } from "../discovery/pod-set.ts";
-import type { DiscoverySource, PodInfo } from "../discovery/types.ts";
-import { Fleet } from "../events/fleet.ts";
-import type { SubscriberManager, SubscriberManagerOptions } from "../events/manager.ts";
-import type { SyncIndexOptions } from "../index/index.ts";
+import { Fleet, type FleetOptions } from "../events/fleet.ts";
+import type { SubscriberManager } from "../events/manager.ts";
 import type { PrefixIndex } from "../index/types.ts";
 import { registryLookup, type TokenizerLookup } from "../tokenize/lookup.ts";
 import { TokenizerRegistry } from "../tokenize/registry.ts";
@@ -18,29 +15,17 @@ import { GatewayError, sendError } from "./errors.ts";
 import { DEFAULT_BLOCK_SIZE, GATEWAY_DEFAULTS, GatewayCore, type GatewayCoreOptions } from "./server.ts";
 
 export interface StartGatewayOptions
-  extends Omit<GatewayCoreOptions, "pods" | "index" | "streamState" | "tokenizer" | "registry" | "log"> {
+  extends Omit<GatewayCoreOptions, "pods" | "index" | "streamState" | "tokenizer" | "registry" | "log">,
+    /** the fleet: a fixed pod list, a discovery source or its options, index, subscribers (fleet.ts) */
+    Omit<FleetOptions, "registry" | "log"> {
   /** OpenAI API bind host (default 127.0.0.1) and port (default 0 = ephemeral) */
   host?: string;
   port?: number;
   /** admin API bind host (default 127.0.0.1) and port (default 0; null = no admin server) */
   adminHost?: string;
   adminPort?: number | null;
-  /** Fleet: a fixed pod list, a discovery source, or discovery options (`--engines` / kubernetes). */
-  pods?: PodInfo[];
-  discovery?: DiscoverySource | DiscoveryOptions;
   /** shorthand for `discovery: { engines }` */
   engines?: string;
-  /** the sync prefix index (default: createIndex(indexOptions)) */
-  index?: PrefixIndex;
-  indexOptions?: SyncIndexOptions;
-  /** run KV-event subscribers for the pods (default true) */
-  subscribe?: boolean;
-  /** KV-event topic prefix to subscribe to ("" = all) */
-  topic?: string;
-  /** options for every subscriber (e.g. replayTimeoutMs) */
-  subscriber?: SubscriberManagerOptions["subscriber"];
-  /** event lag and clock skew thresholds of the streams */
-  lag?: SubscriberManagerOptions["lag"];
   /** watch the process's event-loop delay and wall clock (the command turns it on) */
   processWatch?: ProcessWatchOptions | false;
   /**
@@ -100,6 +85,7 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
       topic: opts.topic,
       subscriber: opts.subscriber,
       lag: opts.lag,
+      source: opts.source,
       registry,
       log,
     });
