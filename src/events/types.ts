@@ -11,17 +11,25 @@ export interface PodStream {
   rank: number | null;
 }
 
+/** each pod object's streams (podStreams), dropped with the object */
+const known = new WeakMap<object, { name: string; streams: readonly PodStream[] }>();
+
 /**
  * The pod → streams mapping, the one place it is written: one stream per data-parallel rank
  * (`<pod>#<r>`), or the pod itself (`<pod>`, rank null) when it has a single rank. The manager
- * runs a subscriber per stream, the planner makes a candidate of each, the gateway forgets each.
+ * runs a subscriber per stream, the planner makes a candidate of each (per request: the list is
+ * kept per pod object, so routing allocates nothing here), the gateway forgets each.
  */
-export function podStreams(pod: Pick<PodInfo, "name" | "dataParallelSize">): PodStream[] {
+export function podStreams(pod: Pick<PodInfo, "name" | "dataParallelSize">): readonly PodStream[] {
   const dp = Math.max(1, Math.floor(pod.dataParallelSize || 1));
-  if (dp === 1) return [{ streamId: pod.name, rank: null }];
-  const out: PodStream[] = new Array(dp);
-  for (let r = 0; r < dp; r++) out[r] = { streamId: streamIdOf(pod.name, r), rank: r };
-  return out;
+  const hit = known.get(pod);
+  // checked, not trusted: a pod object could be changed in place
+  if (hit !== undefined && hit.name === pod.name && hit.streams.length === dp) return hit.streams;
+  const streams: PodStream[] = new Array(dp);
+  if (dp === 1) streams[0] = { streamId: pod.name, rank: null };
+  else for (let r = 0; r < dp; r++) streams[r] = { streamId: streamIdOf(pod.name, r), rank: r };
+  known.set(pod, { name: pod.name, streams });
+  return streams;
 }
 
 /** Per-stream state, driven by socket monitor events and sequence tracking. */
