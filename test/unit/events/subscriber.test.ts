@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { Registry } from "prom-client";
+import type { Registry } from "prom-client";
 import type { PodInfo } from "../../../src/discovery/types.ts";
 import { SubscriberManager } from "../../../src/events/manager.ts";
 import { createIndex } from "../../../src/index/index.ts";
@@ -13,6 +13,7 @@ import { hashFromInt, hashToText } from "../../../src/protocol/hash.ts";
 import type { BlockStored, EventBatch } from "../../../src/protocol/types.ts";
 import { waitFor } from "../../../src/util/wait.ts";
 import { FakePublisher } from "./fake-publisher.ts";
+import { type Rig, rig as sharedRig } from "./rig.ts";
 
 const FIXTURES = join(import.meta.dirname, "../../fixtures/vllm-kv-events");
 const BS = 16;
@@ -53,36 +54,16 @@ function held(index: PrefixIndex, stream: string): string[] {
     .sort();
 }
 
-interface Rig {
-  pub: FakePublisher;
-  index: PrefixIndex;
-  registry: Registry;
-  manager: SubscriberManager;
-}
-
 const cleanups: Array<() => Promise<void>> = [];
 after(async () => {
   for (const c of cleanups.reverse()) await c();
 });
 
-async function rig(
-  pubOpts: ConstructorParameters<typeof FakePublisher>[0] = {},
-  subOpts: { replayTimeoutMs?: number } = {},
-): Promise<Rig> {
-  const pub = await new FakePublisher(pubOpts).start();
-  const index = createIndex();
-  const registry = new Registry();
-  const manager = new SubscriberManager({
-    index,
-    registry,
-    topic: pub.topic,
-    subscriber: { replayTimeoutMs: subOpts.replayTimeoutMs ?? 2000, reconnectMs: 20, reconnectMaxMs: 200 },
-  });
-  cleanups.push(async () => {
-    await manager.close();
-    await pub.close();
-  });
-  return { pub, index, registry, manager };
+/** The shared rig (rig.ts), closed after the file's tests. */
+async function rig(...args: Parameters<typeof sharedRig>): Promise<Rig> {
+  const r = await sharedRig(...args);
+  cleanups.push(() => r.close());
+  return r;
 }
 
 async function metric(
