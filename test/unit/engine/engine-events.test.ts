@@ -6,11 +6,10 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import fc from "fast-check";
-import { type RunningEngine, startEngine } from "../../../src/engine/start.ts";
+import type { RunningEngine } from "../../../src/engine/start.ts";
 import { decodeBatch } from "../../../src/protocol/decode.ts";
-import { silentLogger } from "../../../src/util/log.ts";
 import { waitFor } from "../../../src/util/wait.ts";
-import { LOCAL, open, start } from "./local-engine.ts";
+import { LOCAL, open, start, startLocal } from "./local-engine.ts";
 import { getJson, MirrorSubscriber, normalize, postJson } from "./mirror.ts";
 
 function mirrors(e: RunningEngine): MirrorSubscriber[] {
@@ -86,13 +85,7 @@ test("property: the cache rebuilt from events equals /debug/kv-cache (eviction, 
         waves: fc.array(fc.array(opArb, { minLength: 1, maxLength: 5 }), { minLength: 1, maxLength: 6 }),
       }),
       async (cfg) => {
-        const e = await startEngine({
-          host: "127.0.0.1",
-          port: 0,
-          eventsEndpoint: LOCAL,
-          replayEndpoint: LOCAL,
-          speed: 1000,
-          log: silentLogger(),
+        const e = await startLocal({
           blockSize: 4,
           numGpuBlocks: 16,
           numCpuBlocks: cfg.cpu,

@@ -15,9 +15,9 @@ after(async () => {
   for (const c of open.splice(0).reverse()) await c.close();
 });
 
-/** An engine on loopback at speed 1000 (fast, deterministic steps), `o` on top. */
-export async function start(o: StartOptions = {}): Promise<RunningEngine> {
-  const e = await startEngine({
+/** An engine on loopback at speed 1000 (fast, deterministic steps), `o` on top; the caller closes it. */
+export function startLocal(o: StartOptions = {}): Promise<RunningEngine> {
+  return startEngine({
     host: "127.0.0.1",
     port: 0,
     eventsEndpoint: LOCAL,
@@ -26,6 +26,11 @@ export async function start(o: StartOptions = {}): Promise<RunningEngine> {
     log: silentLogger(),
     ...o,
   });
+}
+
+/** `startLocal`, closed after the file's tests. */
+export async function start(o: StartOptions = {}): Promise<RunningEngine> {
+  const e = await startLocal(o);
   open.push(e);
   return e;
 }
