@@ -10,7 +10,7 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
-import { connect } from "node:net";
+import { connect, createConnection, createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
@@ -195,5 +195,69 @@ describe("subscriber: bytes flipped on the event stream's link", () => {
     assert.deepEqual(held(index, "p"), truth(last));
     assert.ok((await metric(registry, "kvsync_subscriber_decode_errors_total", { stream: "p" })) > 0);
     t.diagnostic(`live and current after each window's end: ${rounds.join(", ")}`);
+  });
+});
+
+describe("subscriber: a garbled frame length", () => {
+  it("ends the session at once (frames are bounded) instead of swallowing the stream into one frame", async () => {
+    const pub = await new FakePublisher().start();
+    cleanups.push(() => pub.close());
+    // a relay in this process that can slip bytes into the stream towards the subscriber
+    const [, host, port] = /^tcp:\/\/([\d.]+):(\d+)$/.exec(pub.pubEndpoint) ?? [];
+    const clients: Socket[] = [];
+    const relay = createServer((client) => {
+      clients.push(client);
+      const upstream = createConnection({ host, port: Number(port) });
+      for (const [a, b] of [
+        [client, upstream],
+        [upstream, client],
+      ]) {
+        a.on("data", (d) => b.write(d));
+        a.on("error", () => undefined);
+        a.on("close", () => b.destroy());
+      }
+    });
+    await new Promise<void>((res) => relay.listen(0, "127.0.0.1", res));
+    cleanups.push(() => {
+      for (const c of clients) c.destroy();
+      relay.close();
+    });
+    const relayPort = (relay.address() as { port: number }).port;
+    const index = createIndex();
+    const registry = new Registry();
+    // no heartbeats: nothing but the frame bound can end a session that waits for a huge frame
+    const manager = new SubscriberManager({
+      index,
+      registry,
+      subscriber: { heartbeatIntervalMs: 0, reconnectMs: 50, reconnectMaxMs: 300, tailCheckMs: 0 },
+    });
+    cleanups.push(() => manager.close());
+    manager.setPods([podOf("p", { events: `tcp://127.0.0.1:${relayPort}`, replay: pub.replayEndpoint })]);
+    await pub.waitSubscribed(1, 20_000);
+    await waitFor("live", () => manager.status("p")?.state === "live", { timeoutMs: 20_000 });
+    await pub.publish(0, batch(0));
+    await waitFor("seq 0", () => manager.status("p")?.lastSeq === 0);
+    // a long frame (flags 0x02) announcing 1 GiB, where the next frame's header belongs
+    const header = Buffer.alloc(9);
+    header[0] = 0x02;
+    header.writeBigUInt64BE(BigInt(2 ** 30), 1);
+    assert.equal(clients.length, 1);
+    clients[0].write(header);
+    await waitFor(
+      "the SUB replaced",
+      async () =>
+        (await metric(registry, "kvsync_subscriber_socket_replacements_total", { stream: "p" })) >= 1,
+      { timeoutMs: 10_000 },
+    );
+    for (let s = 1; s < 5; s++) await pub.publish(s, batch(s));
+    await waitFor(
+      "live and current",
+      () => manager.status("p")?.state === "live" && manager.status("p")?.lastSeq === 4,
+      {
+        timeoutMs: 10_000,
+        describe: () => manager.status("p"),
+      },
+    );
+    assert.deepEqual(held(index, "p"), truth(4));
   });
 });
