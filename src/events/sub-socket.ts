@@ -82,12 +82,12 @@ export class SubSocket {
   private retryTimer: NodeJS.Timeout | null = null;
   private watchdog: NodeJS.Timeout | null = null;
   /** last sign of libzmq trying to (re)connect, or of the connection itself */
-  private lastAttemptAt = Date.now();
+  private lastAttemptAt = performance.now();
   /** set on a disconnect until libzmq shows a reconnect attempt */
   private awaitingRetrySince = 0;
   /** a TCP connection is up and its ZMTP handshake has not ended yet (either way) */
   private handshakeSince = 0;
-  private lastTrafficAt = Date.now();
+  private lastTrafficAt = performance.now();
   /** the current socket's session ended and no new handshake completed yet */
   private sessionEnded = false;
   private readonly loops = new Set<Promise<void>>();
@@ -149,13 +149,13 @@ export class SubSocket {
       ...hb,
     });
     this.sub = sub;
-    this.lastAttemptAt = Date.now();
+    this.lastAttemptAt = performance.now();
     this.awaitingRetrySince = 0;
     this.handshakeSince = 0;
     this.sessionEnded = false;
     const attempting = () => {
       if (this.sub !== sub) return;
-      this.lastAttemptAt = Date.now();
+      this.lastAttemptAt = performance.now();
       this.awaitingRetrySince = 0;
     };
     const handshakeOver = () => {
@@ -163,7 +163,7 @@ export class SubSocket {
     };
     sub.events.on("connect", () => {
       attempting();
-      if (this.sub === sub) this.handshakeSince = Date.now();
+      if (this.sub === sub) this.handshakeSince = performance.now();
     });
     sub.events.on("connect:delay", attempting);
     sub.events.on("connect:retry", attempting);
@@ -190,11 +190,11 @@ export class SubSocket {
       handshakeOver();
       if (this.sub !== sub || this.closed) return;
       // the session's end is the last sign of it: libzmq gets the grace to retry from here
-      this.lastAttemptAt = this.awaitingRetrySince = Date.now();
+      this.lastAttemptAt = this.awaitingRetrySince = performance.now();
       this.sessionEnded = true;
       if (!this.connected) return;
       this.connected = false;
-      const silentMs = Date.now() - this.lastTrafficAt;
+      const silentMs = performance.now() - this.lastTrafficAt;
       const stalled = o.heartbeatIntervalMs > 0 && silentMs >= o.heartbeatTimeoutMs;
       this.on.down(stalled ? "stalled" : "closed", silentMs);
     });
@@ -213,7 +213,7 @@ export class SubSocket {
     if (this.closed || this.sub !== sub || this.connected) return;
     this.attempt = 0;
     this.connected = true;
-    this.lastTrafficAt = Date.now();
+    this.lastTrafficAt = performance.now();
     this.on.up();
   }
 
@@ -221,7 +221,7 @@ export class SubSocket {
   private check(): void {
     const sub = this.sub;
     if (this.closed || sub === null || this.connected) return;
-    const now = Date.now();
+    const now = performance.now();
     const handshakeLimitMs = this.opts.heartbeatIntervalMs > 0 ? this.opts.heartbeatTimeoutMs + 1000 : 0;
     if (handshakeLimitMs > 0 && this.handshakeSince > 0 && now - this.handshakeSince >= handshakeLimitMs) {
       this.log.warn(
@@ -256,7 +256,7 @@ export class SubSocket {
     }
     if (this.connected) {
       this.connected = false;
-      this.on.down(cause, Date.now() - this.lastTrafficAt);
+      this.on.down(cause, performance.now() - this.lastTrafficAt);
     }
     if (this.closed) return;
     this.replacements++;
@@ -281,7 +281,7 @@ export class SubSocket {
     try {
       for await (const frames of sub) {
         if (this.closed || this.sub !== sub) return;
-        this.lastTrafficAt = Date.now();
+        this.lastTrafficAt = performance.now();
         // a message proves the first connection even if its handshake event is late; after a
         // disconnect it may be a leftover of the ended session
         if (!this.connected && !this.sessionEnded) this.markUp(sub);
