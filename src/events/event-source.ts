@@ -11,8 +11,15 @@ import type { Logger } from "../util/log.ts";
 import type { DEFAULTS, StreamEndpoints, SubscriberOptions } from "./subscriber-options.ts";
 
 /** Why a connection went down: the peer closed it, it went silent past the heartbeat, or the
- *  transport replaced it (a protocol error, no reconnect in sight, a failed receive). */
-export type DownCause = "closed" | "stalled" | "protocol_error" | "watchdog" | "socket_error";
+ *  transport replaced it (a protocol error, no reconnect in sight, a handshake that never ends,
+ *  a failed receive). */
+export type DownCause =
+  | "closed"
+  | "stalled"
+  | "protocol_error"
+  | "watchdog"
+  | "handshake_stuck"
+  | "socket_error";
 
 /** What a replay request brings back, in order. */
 export interface ReplayHandlers {

@@ -4,6 +4,7 @@
  * (replay-client.ts). This file only wires the two to the subscriber's handlers and maps the
  * subscriber's options onto theirs.
  */
+import { DEFAULT_DECODE_LIMITS } from "../protocol/decode.ts";
 import type { Logger } from "../util/log.ts";
 import type {
   EventSource,
@@ -54,6 +55,8 @@ class ZmqEventSource implements EventSource {
         connectTimeoutMs: o.connectTimeoutMs,
         watchdogMs: o.watchdogMs,
         retryGraceMs: Math.max(500, o.reconnectMaxMs),
+        // no frame larger than a batch that could decode
+        maxFrameBytes: o.decodeLimits?.maxPayloadBytes ?? DEFAULT_DECODE_LIMITS.maxPayloadBytes,
       },
       on,
       log,
