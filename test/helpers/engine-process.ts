@@ -86,10 +86,12 @@ export async function startEngineProcess(
     await exited;
   };
   try {
+    // a generous bound: on a loaded 2-core machine two engines starting at once (tsx compiling
+    // the CLI in each) have taken over 30 s
     await waitFor(
       "the engine.started log line",
       () => head.includes('"event":"engine.started"') || child.exitCode !== null,
-      30_000,
+      60_000,
     );
     if (child.exitCode !== null)
       throw new Error(`mock-engine exited ${child.exitCode}: ${stderr().slice(-2000)}`);
