@@ -4,13 +4,7 @@ import { writeCharts } from "../eval/charts.ts";
 import { evaluateLive, formatLiveTable } from "../eval/live.ts";
 import { defaultThreads, evaluateParallel } from "../eval/parallel.ts";
 import { describe, formatTable } from "../eval/report.ts";
-import {
-  buildWorkload,
-  sweep,
-  WORKLOAD_KINDS,
-  type WorkloadKind,
-  type WorkloadSpec,
-} from "../eval/run.ts";
+import { buildWorkload, sweep, WORKLOAD_KINDS, type WorkloadKind, type WorkloadSpec } from "../eval/run.ts";
 import { EVAL_POLICIES, type EvalPolicy, FLEET_DEFAULTS as F, type FleetOptions } from "../eval/simulator.ts";
 import { flagOpt, opt, parseChoice, parseFloatArg, parseIntArg } from "../util/cli-options.ts";
 
