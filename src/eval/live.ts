@@ -104,6 +104,12 @@ export interface LiveResult {
    * same arrivals (requestOverheads); the median for a request without a token
    */
   requestOverheadMs: number[];
+  /**
+   * each request's delay from its last token in the model to its end at the client: live latency
+   * minus the zero-overhead simulation's minus half its overhead (a loaded machine stretches the
+   * decode and the stream, which keeps requests in flight longer)
+   */
+  requestEndDelayMs: number[];
   /** first send → last answer */
   wallMs: number;
   /**
@@ -180,7 +186,8 @@ export async function runLive(reqs: readonly TraceRequest[], o: LiveOptions): Pr
     await Promise.all(inflight);
     const wallMs = performance.now() - t0;
     const requestTtftMs = outcomes.map((x) => (x?.ok ? x.ttftMs : null));
-    const over = requestOverheads(reqs, o.policy, f, sentAtMs, requestTtftMs);
+    const latencyMs = outcomes.map((x) => (x?.ok ? x.latencyMs : null));
+    const over = requestOverheads(reqs, o.policy, f, sentAtMs, requestTtftMs, latencyMs);
     return {
       ...summarizeLive(
         o.policy,
@@ -192,6 +199,7 @@ export async function runLive(reqs: readonly TraceRequest[], o: LiveOptions): Pr
       ),
       overheadMs: over.median,
       requestOverheadMs: over.perRequest,
+      requestEndDelayMs: over.endDelay,
       sentAtMs,
       requestTtftMs,
     };
@@ -245,7 +253,7 @@ export function summarizeLive(
   pods: readonly string[],
   blockTokens: number,
   wallMs: number,
-): Omit<LiveResult, "overheadMs" | "requestOverheadMs" | "sentAtMs" | "requestTtftMs"> {
+): Omit<LiveResult, "overheadMs" | "requestOverheadMs" | "requestEndDelayMs" | "sentAtMs" | "requestTtftMs"> {
   let blocks = 0;
   let hit = 0;
   let prompt = 0;
@@ -308,7 +316,8 @@ export function requestOverheads(
   fleet: FleetOptions,
   sentAtMs: readonly number[],
   ttftMs: ReadonlyArray<number | null>,
-): { median: number; perRequest: number[] } {
+  latencyMs: ReadonlyArray<number | null> = [],
+): { median: number; perRequest: number[]; endDelay: number[] } {
   const d = simulateDetailed(sentArrivals(reqs, sentAtMs), policy, { ...fleet, overheadMs: 0 });
   const raw = d.requests.map((r, i) => {
     const l = ttftMs[i];
@@ -316,7 +325,15 @@ export function requestOverheads(
   });
   const known = raw.filter((x): x is number => x !== null).sort((a, b) => a - b);
   const median = known.length > 0 ? known[known.length >> 1] : 0;
-  return { median, perRequest: raw.map((x) => x ?? median) };
+  const perRequest = raw.map((x) => x ?? median);
+  const endDelay = d.requests.map((r, i) => {
+    const l = latencyMs[i];
+    const half = perRequest[i] / 2;
+    return l === null || l === undefined || r.rejected
+      ? half
+      : Math.max(half, l - (r.finishedAt - r.arrival) - half);
+  });
+  return { median, perRequest, endDelay };
 }
 
 /**
@@ -328,13 +345,13 @@ export function simulateAsLive(
   reqs: readonly TraceRequest[],
   policy: EvalPolicy,
   fleet: FleetOptions,
-  live: Pick<LiveResult, "sentAtMs" | "overheadMs" | "requestOverheadMs">,
+  live: Pick<LiveResult, "sentAtMs" | "overheadMs" | "requestOverheadMs" | "requestEndDelayMs">,
 ): PolicyResult {
   return simulate(
     sentArrivals(reqs, live.sentAtMs),
     policy,
     { ...fleet, overheadMs: live.overheadMs },
-    { requestOverheadMs: live.requestOverheadMs },
+    { requestOverheadMs: live.requestOverheadMs, requestEndDelayMs: live.requestEndDelayMs },
   );
 }
 

@@ -173,6 +173,12 @@ export interface SimulateOptions {
    * the fleet's constant: a live replay's measured per-request overhead (src/eval/live.ts)
    */
   requestOverheadMs?: readonly number[];
+  /**
+   * request i's delay from the engine's last token to the gateway seeing the end (ms), in place of
+   * half its overhead: a live replay's measured stretch of the decode and stream (live.ts), which
+   * keeps the request in the gateway's in-flight count as long as it was live
+   */
+  requestEndDelayMs?: readonly number[];
 }
 
 /** Replay `reqs` (sorted by timestamp) through `policy` on a fresh fleet. */
@@ -210,6 +216,7 @@ export function simulateDetailed(
   const engines: EngineModel[] = [];
   const fleetHalf = Math.max(0, f.overheadMs ?? 0) / 2;
   const perRequest = so.requestOverheadMs;
+  const endDelays = so.requestEndDelayMs;
   const halfOf = (id: number): number =>
     perRequest === undefined ? fleetHalf : Math.max(0, perRequest[id] ?? 2 * fleetHalf) / 2;
   const eo: EngineModelOptions = {
@@ -236,7 +243,8 @@ export function simulateDetailed(
           else tickets[r.id]?.prefillDone();
         },
         onFinish: (r, t) => {
-          const half = halfOf(r.id);
+          // never before the first byte's reply: the gateway sees the end after the start
+          const half = Math.max(halfOf(r.id), endDelays?.[r.id] ?? 0);
           if (half > 0) heap.push(t + half, EV_REPLY, r.id, 1);
           else {
             tickets[r.id]?.done();

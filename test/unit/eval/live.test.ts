@@ -41,8 +41,9 @@ test("block ids become token blocks: equal ids give equal tokens, other ids and 
 });
 
 // kv-aware's choices follow timing (in-flight counts, its learned prefill rate): the simulator
-// replays the arrivals the live client actually sent and each request's measured overhead
-// (simulateAsLive), so the comparison is of routing and cache, not of the machine's load
+// replays the arrivals the live client actually sent, each request's measured overhead and how
+// long after its last modelled token it really ended (simulateAsLive), so the comparison is of
+// routing and cache, not of the machine's load
 const BOUND = 0.1;
 
 test("a live replay's send times become the simulated arrivals, in order, from the trace's start", () => {
@@ -76,6 +77,10 @@ for (const policy of ["kv-aware", "round-robin"] as const) {
     assert.ok(live.hitRate > 0.25, `live hit rate ${live.hitRate}`);
     assert.equal(live.requestOverheadMs.length, REQS.length);
     assert.ok(live.requestOverheadMs.every((x) => Number.isFinite(x) && x >= 0));
+    assert.equal(live.requestEndDelayMs.length, REQS.length);
+    assert.ok(
+      live.requestEndDelayMs.every((x, i) => Number.isFinite(x) && x >= live.requestOverheadMs[i] / 2),
+    );
     const sim = simulateAsLive(REQS, policy, FLEET, live);
     const rel = Math.abs(sim.hitRate - live.hitRate) / live.hitRate;
     t.diagnostic(
