@@ -42,10 +42,15 @@ export class UsageAccounting {
     if (!ev.includes('"usage":{') && !ev.includes('"usage": {')) return true;
     const data = eventData(ev);
     if (data === null || data === "[DONE]") return true;
-    let obj: { usage?: unknown; choices?: unknown };
+    let obj: { usage?: unknown; choices?: unknown; type?: unknown; response?: { usage?: unknown } };
     try {
       obj = JSON.parse(data);
     } catch {
+      return true;
+    }
+    // a responses stream: the final response object carries the usage
+    if (obj.type === "response.completed" || obj.type === "response.incomplete") {
+      this.observe(pod, sc, plan, obj.response?.usage);
       return true;
     }
     if (obj.usage === null || typeof obj.usage !== "object") return true;
@@ -55,14 +60,19 @@ export class UsageAccounting {
   }
 
   private observe(pod: string, sc: ScoredCandidate, plan: Plan, usage: unknown): void {
-    if (usage === null || typeof usage !== "object") return;
+    // a batch's usage sums every prompt while the prediction was for one: nothing to compare
+    if (usage === null || typeof usage !== "object" || plan.prompts > 1) return;
+    // chat/completions/pooling spell it prompt_tokens(_details); responses input_tokens(_details)
     const u = usage as {
       prompt_tokens?: unknown;
       prompt_tokens_details?: { cached_tokens?: unknown } | null;
+      input_tokens?: unknown;
+      input_tokens_details?: { cached_tokens?: unknown } | null;
     };
-    const cached = u.prompt_tokens_details?.cached_tokens;
+    const cached = (u.prompt_tokens_details ?? u.input_tokens_details)?.cached_tokens;
     if (typeof cached !== "number" || !plan.tokenized) return;
-    const promptTokens = typeof u.prompt_tokens === "number" ? u.prompt_tokens : plan.route.tokenIds.length;
+    const given = u.prompt_tokens ?? u.input_tokens;
+    const promptTokens = typeof given === "number" ? given : plan.route.tokenIds.length;
     const err = this.feedback.observe(
       pod,
       sc.matchedTokens,
