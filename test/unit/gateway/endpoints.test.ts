@@ -14,6 +14,16 @@ import { waitFor } from "../../../src/util/wait.ts";
 import { type EngineProcess, startEngineProcess } from "./engine-process.ts";
 import { MODEL } from "./fleet.ts";
 
+/** the fields of vLLM's score, rerank and tokenize answers the test reads */
+interface VllmBody {
+  object: string;
+  data: Array<{ index: number; object: string }>;
+  results: Array<{ index: number; relevance_score: number; document: { text: string } }>;
+  count: number;
+  tokens: number[];
+  prompt: string;
+}
+
 const SYS = "You answer questions about the kvsync gateway and nothing else, briefly. ".repeat(6);
 
 describe("gateway: vLLM's endpoints through the openai client", { timeout: 120_000 }, () => {
@@ -167,7 +177,7 @@ describe("gateway: vLLM's endpoints through the openai client", { timeout: 120_0
       return {
         status: r.status,
         pod: r.headers.get("x-kvsync-pod"),
-        body: (await r.json()) as Record<string, any>,
+        body: (await r.json()) as VllmBody,
       };
     };
     const docs = ["a block holds sixteen tokens", "paris is in france"];
@@ -176,7 +186,7 @@ describe("gateway: vLLM's endpoints through the openai client", { timeout: 120_0
       assert.equal(s.status, 200, JSON.stringify(s.body));
       assert.equal(s.body.object, "list");
       assert.deepEqual(
-        s.body.data.map((d: { index: number; object: string }) => [d.index, d.object]),
+        s.body.data.map((d) => [d.index, d.object]),
         [
           [0, "score"],
           [1, "score"],
