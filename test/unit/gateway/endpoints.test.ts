@@ -22,11 +22,12 @@ interface VllmBody {
   count: number;
   tokens: number[];
   prompt: string;
+  usage: { prompt_tokens_details: { cached_tokens: number } };
 }
 
 const SYS = "You answer questions about the kvsync gateway and nothing else, briefly. ".repeat(6);
 
-describe("gateway: vLLM's endpoints through the openai client", { timeout: 120_000 }, () => {
+describe("gateway: vLLM's endpoints through the openai client", { timeout: 240_000 }, () => {
   let engines: EngineProcess[] = [];
   let pods: PodInfo[] = [];
   let gw: RunningGateway;
@@ -35,7 +36,7 @@ describe("gateway: vLLM's endpoints through the openai client", { timeout: 120_0
   before(async () => {
     engines = await Promise.all(
       [0, 1].map(() =>
-        startEngineProcess(["--speed", "20", "--min-output-tokens", "4", "--max-output-tokens", "8"]),
+        startEngineProcess(["--speed", "20", "--min-output-tokens", "4", "--max-output-tokens", "8"], 90_000),
       ),
     );
     pods = engines.map((e, i) => ({
@@ -133,12 +134,16 @@ describe("gateway: vLLM's endpoints through the openai client", { timeout: 120_0
     const pod = first.response.headers.get("x-kvsync-pod")!;
     await indexMatchesEngine(pods.find((p) => p.name === pod)!);
 
-    const stream = await client.responses.create({
-      model: MODEL,
-      instructions: SYS,
-      input: [{ role: "user", content: [{ type: "input_text", text: "And what is a stream?" }] }],
-      stream: true,
-    });
+    const { data: stream, response } = await client.responses
+      .create({
+        model: MODEL,
+        instructions: SYS,
+        input: [{ role: "user", content: [{ type: "input_text", text: "And what is a stream?" }] }],
+        stream: true,
+      })
+      .withResponse();
+    assert.equal(response.headers.get("x-kvsync-pod"), pod, "routed to the pod holding the instructions");
+    const matched = Number(response.headers.get("x-kvsync-matched-tokens"));
     const types: string[] = [];
     let text = "";
     let final: OpenAI.Responses.Response | null = null;
@@ -156,7 +161,12 @@ describe("gateway: vLLM's endpoints through the openai client", { timeout: 120_0
     assert.equal(types.at(-1), "response.completed");
     assert.ok(final !== null);
     assert.equal(final.output_text ?? text, text);
-    assert.ok((final.usage?.input_tokens_details.cached_tokens ?? 0) >= 64, "the instructions were cached");
+    assert.ok(matched >= 64, `matched ${matched}`);
+    assert.equal(
+      final.usage?.input_tokens_details.cached_tokens,
+      matched,
+      "the engine reused what the index predicted",
+    );
   });
 
   it("transcribes audio (a form) routed by load", async () => {
@@ -177,13 +187,25 @@ describe("gateway: vLLM's endpoints through the openai client", { timeout: 120_0
       return {
         status: r.status,
         pod: r.headers.get("x-kvsync-pod"),
+        matched: Number(r.headers.get("x-kvsync-matched-tokens")),
         body: (await r.json()) as VllmBody,
       };
     };
     const docs = ["a block holds sixteen tokens", "paris is in france"];
+    let cachedBy: string | null = null;
     for (const path of ["/score", "/v1/score"]) {
       const s = await post(path, { model: MODEL, queries: SYS, documents: docs });
       assert.equal(s.status, 200, JSON.stringify(s.body));
+      if (cachedBy === null) {
+        // the pairs share the query: the second time, its blocks are where the first went
+        cachedBy = s.pod;
+        await indexMatchesEngine(pods.find((p) => p.name === s.pod)!);
+      } else {
+        assert.equal(s.pod, cachedBy);
+        assert.ok(s.matched >= 64, `matched ${s.matched}`);
+        // usage sums the pairs: each one reused the query's blocks the index predicted
+        assert.equal(s.body.usage.prompt_tokens_details.cached_tokens, s.matched * docs.length);
+      }
       assert.equal(s.body.object, "list");
       assert.deepEqual(
         s.body.data.map((d) => [d.index, d.object]),
