@@ -14,6 +14,7 @@ import type {
 import { isTokenizerError } from "../tokenize/errors.ts";
 import type { TokenizerLookup } from "../tokenize/lookup.ts";
 import { createLogger, type Logger } from "../util/log.ts";
+import type { ResponseAffinity } from "./affinity.ts";
 import { badRequest, noHealthyPod, noReadyPod, notFound } from "./errors.ts";
 import type { PodHealth } from "./health.ts";
 import type { GatewayMetrics } from "./metrics.ts";
@@ -30,6 +31,8 @@ export interface PlannerOptions {
   /** the health signal (null: every ready pod is in rotation) */
   health?: Pick<PodHealth, "isHealthy" | "status"> | null;
   tokenizer?: TokenizerLookup;
+  /** which pod stored which response (`previous_response_id` follow-ups go there) */
+  affinity?: Pick<ResponseAffinity, "podOf">;
   /** block size when a pod does not say (tokens) */
   defaultBlockSize: number;
   /** tokenize and routing timings, tokenize failures (absent: not measured) */
@@ -105,6 +108,10 @@ export class Planner {
       parsed.routeByPrefix === false ? null : await this.tokenize(parsed, ns.model, candidates[0]?.http);
     // re-read candidates: readiness or stream states may have changed while tokenizing
     const fresh = this.candidatesFor(parsed.model);
+    // a continued response lives on the pod that stored it (when that pod is still a candidate)
+    const owner = parsed.previousResponseId && this.o.affinity?.podOf(parsed.previousResponseId);
+    if (owner && fresh.candidates.some((c) => c.pod === owner))
+      fresh.candidates = fresh.candidates.filter((c) => c.pod === owner);
     // a batch goes where its most-cached prompt is (prompts.ts)
     const ids = lists === null ? null : lists[bestPrompt(this.o.policy, fresh.ns, fresh.candidates, lists)];
     const route: RouteRequest = { ns: fresh.ns, tokenIds: ids ?? [], candidates: fresh.candidates };

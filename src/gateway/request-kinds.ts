@@ -100,7 +100,10 @@ function responses(body: Body): ParsedRequest {
     );
   }
   // a continued conversation lives on the pod that stored it: its prompt is not known here
-  if (typeof body.previous_response_id === "string") out.routeByPrefix = false;
+  if (typeof body.previous_response_id === "string") {
+    out.routeByPrefix = false;
+    out.previousResponseId = body.previous_response_id;
+  }
   out.prompts = [{ type: "responses", body }];
   return out;
 }

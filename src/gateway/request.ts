@@ -61,6 +61,8 @@ export interface ParsedRequest {
   prompts?: PromptSpec[];
   /** false: the request touches no prefix cache (tokenize, audio): routed by load only */
   routeByPrefix?: boolean;
+  /** a responses request continuing a stored response: it goes to the pod that stored it */
+  previousResponseId?: string;
 }
 
 export function validateRequest(kind: RequestKind, body: Record<string, unknown>): ParsedRequest {

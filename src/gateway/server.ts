@@ -16,6 +16,7 @@ import type { PolicyName, RoutingPolicy } from "../routing/types.ts";
 import type { TokenizerLookup } from "../tokenize/lookup.ts";
 import { sendJson } from "../util/http-json.ts";
 import { createLogger, type Logger } from "../util/log.ts";
+import { ResponseAffinity } from "./affinity.ts";
 import { GatewayError, sendError } from "./errors.ts";
 import { type HealthOptions, originOf, PodHealth } from "./health.ts";
 import { GatewayMetrics } from "./metrics.ts";
@@ -134,7 +135,9 @@ export class GatewayCore {
     this.health = opts.health === false ? null : new PodHealth(opts.health ?? {}, this.metrics, this.log);
     const health = this.health;
     if (health !== null) this.metrics.sources.podHealth = () => health.snapshot();
+    const affinity = new ResponseAffinity();
     this.planner = new Planner({
+      affinity,
       pods: opts.pods,
       streamState: opts.streamState,
       policy: this.policy,
@@ -150,7 +153,7 @@ export class GatewayCore {
       loads: this.loads,
       policy: this.policy,
       health,
-      usage: new UsageAccounting(this.feedback, this.metrics, this.policy.name),
+      usage: new UsageAccounting(this.feedback, this.metrics, this.policy.name, affinity),
       metrics: this.metrics,
       log: this.log,
       headersTimeoutMs,

@@ -2,6 +2,7 @@ import { performance } from "node:perf_hooks";
 import type { PredictionFeedback } from "../routing/feedback.ts";
 import type { LoadTicket } from "../routing/load.ts";
 import type { PolicyName, ScoredCandidate } from "../routing/types.ts";
+import type { ResponseAffinity } from "./affinity.ts";
 import type { GatewayMetrics } from "./metrics.ts";
 import type { Plan } from "./planner.ts";
 import { eventData } from "./sse.ts";
@@ -16,6 +17,7 @@ export class UsageAccounting {
     private readonly feedback: PredictionFeedback,
     private readonly metrics: GatewayMetrics,
     private readonly policy: PolicyName,
+    private readonly affinity: ResponseAffinity | null = null,
   ) {}
 
   /** The response's first byte arrived `t0` (performance.now()) after the request did. */
@@ -27,7 +29,9 @@ export class UsageAccounting {
   /** A whole non-streaming JSON body. */
   observeBody(pod: string, sc: ScoredCandidate, plan: Plan, body: Buffer): void {
     try {
-      this.observe(pod, sc, plan, (JSON.parse(body.toString("utf8")) as { usage?: unknown }).usage);
+      const obj = JSON.parse(body.toString("utf8")) as { usage?: unknown; id?: unknown };
+      if (plan.parsed.kind === "responses" && typeof obj.id === "string") this.affinity?.record(obj.id, pod);
+      this.observe(pod, sc, plan, obj.usage);
     } catch {
       // not JSON: nothing to learn
     }
@@ -48,8 +52,10 @@ export class UsageAccounting {
     } catch {
       return true;
     }
-    // a responses stream: the final response object carries the usage
+    // a responses stream: the final response object carries the usage (and its id)
     if (obj.type === "response.completed" || obj.type === "response.incomplete") {
+      const id = (obj.response as { id?: unknown } | undefined)?.id;
+      if (typeof id === "string") this.affinity?.record(id, pod);
       this.observe(pod, sc, plan, obj.response?.usage);
       return true;
     }
