@@ -1,8 +1,9 @@
 /**
  * The admin HTTP API of `kvsync index` and `kvsync gateway` (with its route explain, explain.ts):
  *
- *   GET  /healthz                       {"status":"ok"}
- *   GET  /readyz                        200 {"status":"ready"} | 503 {"status":"not ready"}
+ *   GET  /healthz                       {"status":"ok", ...the process's health (event-loop delay)}
+ *   GET  /readyz                        200 {"status":"ready", ...} | 503 {"status":"not ready", ...}
+ *        (the readiness report: discovery, pods, streams live / waiting / given up)
  *   GET  /metrics                       Prometheus text of the registry
  *   GET  /admin/pods                    one entry per stream (pod, or pod and DP rank):
  *        [{name, rank, stream, model, lora, ready, healthy, healthReason, state, lastSeq, eventsApplied, blocks,
@@ -46,8 +47,10 @@ export interface AdminDeps {
   tokenizer?: TokenizerLookup;
   /** a pod's health signal for /admin/pods (the gateway's); absent: `healthy` is null */
   health?: (pod: string) => { healthy: boolean; reason: string | null } | null;
-  /** readiness for /readyz (default: always ready) */
-  ready?: () => boolean;
+  /** readiness for /readyz (default: always ready); a report's fields go into the body */
+  ready?: () => boolean | { ready: boolean };
+  /** what /healthz reports beside its status (the event-loop delay) */
+  process?: () => Record<string, unknown>;
   /** block size when neither the request nor the model's pods name one */
   defaultBlockSize?: number;
   /** request body cap (bytes) */
@@ -325,13 +328,15 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
   const on = (path: string, fn: AdminRouteHandler) => builtin.on(ALL_METHODS, path, noop, fn);
   on(
     "/healthz",
-    get((_req, res) => sendJson(res, 200, { status: "ok" })),
+    get((_req, res) => sendJson(res, 200, { status: "ok", ...deps.process?.() })),
   );
   on(
     "/readyz",
     get((_req, res) => {
-      const ok = deps.ready ? deps.ready() : true;
-      sendJson(res, ok ? 200 : 503, { status: ok ? "ready" : "not ready" });
+      const r = deps.ready ? deps.ready() : true;
+      const ok = typeof r === "boolean" ? r : r.ready;
+      const detail = typeof r === "boolean" ? {} : { ...r, ready: undefined };
+      sendJson(res, ok ? 200 : 503, { status: ok ? "ready" : "not ready", ...detail });
     }),
   );
   on(

@@ -16,12 +16,14 @@ import type { PolicyName, RoutingPolicy } from "../routing/types.ts";
 import type { TokenizerLookup } from "../tokenize/lookup.ts";
 import { sendJson } from "../util/http-json.ts";
 import { createLogger, type Logger } from "../util/log.ts";
+import { ResponseAffinity } from "./affinity.ts";
 import { GatewayError, sendError } from "./errors.ts";
 import { type HealthOptions, originOf, PodHealth } from "./health.ts";
 import { GatewayMetrics } from "./metrics.ts";
 import { type ExplainResult, Planner } from "./planner.ts";
 import { type RequestCtx, RequestProxy } from "./proxy.ts";
-import { parseJsonBody, type RequestKind, readBody, validateRequest } from "./request.ts";
+import { type RequestKind, readBody } from "./request.ts";
+import { API_ROUTES, parseRequest } from "./request-kinds.ts";
 import { UpstreamPools } from "./upstream.ts";
 import { UsageAccounting } from "./usage.ts";
 
@@ -133,7 +135,9 @@ export class GatewayCore {
     this.health = opts.health === false ? null : new PodHealth(opts.health ?? {}, this.metrics, this.log);
     const health = this.health;
     if (health !== null) this.metrics.sources.podHealth = () => health.snapshot();
+    const affinity = new ResponseAffinity();
     this.planner = new Planner({
+      affinity,
       pods: opts.pods,
       streamState: opts.streamState,
       policy: this.policy,
@@ -149,7 +153,7 @@ export class GatewayCore {
       loads: this.loads,
       policy: this.policy,
       health,
-      usage: new UsageAccounting(this.feedback, this.metrics, this.policy.name),
+      usage: new UsageAccounting(this.feedback, this.metrics, this.policy.name, affinity),
       metrics: this.metrics,
       log: this.log,
       headersTimeoutMs,
@@ -231,10 +235,10 @@ export class GatewayCore {
     await (route.store as Route)(req, res, ctx, path);
   }
 
-  /** The OpenAI API's routes; completions answer 405 to other methods, the rest 404. */
+  /** The OpenAI API's routes (request-kinds.ts): POST only (405 otherwise); unknown paths 404. */
   private routeTable(): Router<HTTPVersion.V1> {
     const r = FindMyWay();
-    const completions =
+    const api =
       (kind: RequestKind): Route =>
       async (req, res, ctx, path) => {
         if (req.method !== "POST") {
@@ -243,18 +247,17 @@ export class GatewayCore {
           throw new GatewayError(405, "invalid_request_error", "method_not_allowed", `use POST for ${path}`);
         }
         const buf = await readBody(req, this.maxBodyBytes);
-        const body = parseJsonBody(buf);
-        const parsed = validateRequest(kind, body);
+        const { body, parsed } = await parseRequest(kind, buf, String(req.headers["content-type"] ?? ""));
         ctx.model = parsed.model;
         const plan = await this.planner.plan(parsed, true);
+        ctx.model = parsed.model;
         await this.proxy.dispatch(req, res, ctx, path, body, buf, plan);
       };
     const ok: Route = async (_req, res) => {
       res.writeHead(200).end();
     };
     const on = (method: HTTPMethod | HTTPMethod[], path: string, fn: Route) => r.on(method, path, noop, fn);
-    on(ALL_METHODS, "/v1/chat/completions", completions("chat"));
-    on(ALL_METHODS, "/v1/completions", completions("completion"));
+    for (const [path, kind] of API_ROUTES) on(ALL_METHODS, path, api(kind));
     on("GET", "/v1/models", async (_req, res) => sendJson(res, 200, this.models()));
     on("GET", "/health", ok);
     on("GET", "/healthz", ok);
