@@ -6,8 +6,10 @@
  *   GET  /metrics                       Prometheus text of the registry
  *   GET  /admin/pods                    one entry per stream (pod, or pod and DP rank):
  *        [{name, rank, stream, model, lora, ready, healthy, healthReason, state, lastSeq, eventsApplied, blocks,
- *          decodeErrors, gaps, replays, resyncs, restarts}]   (`lora`: the adapters the pod serves;
- *        a pod without an events endpoint appears once with stream/state null)
+ *          decodeErrors, gaps, replays, resyncs, restarts, blockSize, declaredBlockSize, warnings}]
+ *        (`lora`: the adapters the pod serves; a pod without an events endpoint, or whose port
+ *        layout is refused, appears once with stream/state null; `warnings`: configuration
+ *        problems, each {code, message})
  *   GET  /admin/pods/<name>/blocks[?rank=N]
  *        {"blocks":[{"hash":"<canonical text>","tiers":["GPU"]}]}, sorted by hash; a DP pod
  *        without ?rank lists every rank's blocks, each with its "rank"
@@ -44,6 +46,8 @@ export interface AdminDeps {
   /** for `"prompt"` in match requests (`tokenizer` is accepted as an alias) */
   tokenizers?: TokenizerLookup;
   tokenizer?: TokenizerLookup;
+  /** more warnings for a stream's row of /admin/pods (the gateway's never-matches watch) */
+  streamWarnings?: (streamId: string) => AdminWarning[];
   /** a pod's health signal for /admin/pods (the gateway's); absent: `healthy` is null */
   health?: (pod: string) => { healthy: boolean; reason: string | null } | null;
   /** readiness for /readyz (default: always ready) */
@@ -69,6 +73,13 @@ export interface AdminHandler {
   handle(req: IncomingMessage, res: ServerResponse): Promise<boolean>;
 }
 
+/** A configuration problem shown on a row of /admin/pods. */
+export interface AdminWarning {
+  /** layout_refused | wrong_rank | block_size_mismatch | never_matches */
+  code: string;
+  message: string;
+}
+
 export interface AdminPodEntry {
   name: string;
   rank: number | null;
@@ -89,6 +100,11 @@ export interface AdminPodEntry {
   replays: number;
   resyncs: number;
   restarts: number;
+  /** block size the stream's events carry (null before its first BlockStored) */
+  blockSize: number | null;
+  /** block size the pod declares (engines file, annotation), null when it declares none */
+  declaredBlockSize: number | null;
+  warnings: AdminWarning[];
 }
 
 const methodNotAllowed = (allow: string) =>
@@ -165,7 +181,29 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
     replays: s ? s.replays : 0,
     resyncs: s ? s.resyncs : 0,
     restarts: s ? (s.restarts ?? 0) : 0,
+    blockSize: s?.blockSize ?? null,
+    declaredBlockSize: p.blockSize ?? null,
+    warnings: warningsOf(p, s),
   });
+
+  const warningsOf = (p: PodInfo, s: StreamStatus | null): AdminWarning[] => {
+    const out: AdminWarning[] = [];
+    const layout = manager?.layoutError?.(p.name) ?? null;
+    if (layout !== null) out.push({ code: "layout_refused", message: layout });
+    if (s === null) return out;
+    if (s.wrongRankBatches)
+      out.push({
+        code: "wrong_rank",
+        message: `${s.wrongRankBatches} batches of another data-parallel rank refused: the pod's port layout does not match the engine's`,
+      });
+    if (s.blockSizeMismatch)
+      out.push({
+        code: "block_size_mismatch",
+        message: `the pod declares block size ${p.blockSize} but its events carry ${s.blockSize}: matching uses ${s.blockSize}`,
+      });
+    for (const w of deps.streamWarnings?.(s.streamId) ?? []) out.push(w);
+    return out;
+  };
 
   const podsBody = (): AdminPodEntry[] => {
     const statuses = manager?.statuses() ?? [];
