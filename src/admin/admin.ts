@@ -14,8 +14,9 @@
  *        {"blocks":[{"hash":"<canonical text>","tiers":["GPU"]}]}, sorted by hash; a DP pod
  *        without ?rank lists every rank's blocks, each with its "rank"
  *   POST /admin/index/match  {"model","lora"?,"token_ids"|"prompt","block_size"?}
- *        {"blockSize":16,"tokens":n,"pods":[{"pod","rank","stream","matchedBlocks","matchedTokens",
- *          "tiers":{"GPU":blocks,"CPU":blocks,"STORAGE":blocks}}]}  (best match first)
+ *        {"blockSize":16,"tokens":n,"pods":[{"pod","rank","stream","blockSize","matchedBlocks","matchedTokens",
+ *          "tiers":{"GPU":blocks,"CPU":blocks,"STORAGE":blocks}}]}  (best match first; without
+ *        "block_size" each stream is matched in its own block size, learned from its events)
  *
  * Errors use OpenAI's shape `{"error":{"message","type","param","code"}}`. `createAdminHandler`
  * returns the request handler; `.route(method, path, fn)` adds routes (e.g. the gateway's
@@ -28,7 +29,7 @@ import { DEFAULT_BLOCK_SIZE, type PodInfo } from "../discovery/types.ts";
 import { type StreamStatus, type SubscriberManagerLike, streamIdOf } from "../events/types.ts";
 import { badRequest, GatewayError, sendError } from "../gateway/errors.ts";
 import { readBody } from "../gateway/request.ts";
-import type { PrefixIndex } from "../index/types.ts";
+import type { PrefixIndex, StreamMatch } from "../index/types.ts";
 import { hashToText } from "../protocol/hash.ts";
 import type { TokenizerLookup } from "../tokenize/lookup.ts";
 import type { Tokenizer } from "../tokenize/types.ts";
@@ -293,14 +294,22 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
     const lora = b.lora ?? null;
     if (lora !== null && typeof lora !== "string")
       throw badRequest("invalid_lora", '"lora" must be a string or null', "lora");
+    // without "block_size", each stream of the model is matched in its own size: what its
+    // events carry, else what its pod declares, else the default
+    const sizes = new Map<string, number>();
     let blockSize = defaultBlockSize;
     if (b.block_size !== undefined) {
       if (typeof b.block_size !== "number" || !Number.isInteger(b.block_size) || b.block_size < 1)
         throw badRequest("invalid_block_size", '"block_size" must be a positive integer', "block_size");
       blockSize = b.block_size;
     } else {
+      const declared = new Map(podList().map((p) => [p.name, p.blockSize]));
+      for (const s of manager?.statuses() ?? []) {
+        if (s.model !== b.model) continue;
+        sizes.set(s.streamId, s.blockSize ?? declared.get(s.pod) ?? defaultBlockSize);
+      }
       const withSize = podList().find((p) => p.model === b.model && p.blockSize !== undefined);
-      if (withSize?.blockSize) blockSize = withSize.blockSize;
+      blockSize = sizes.values().next().value ?? withSize?.blockSize ?? defaultBlockSize;
     }
     let tokens: number[];
     if (b.token_ids !== undefined) {
@@ -320,14 +329,22 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
         "token_ids",
       );
     }
-    const matches = index.match({ model: b.model, lora: lora as string | null, blockSize }, tokens);
+    const ns = { model: b.model, lora: lora as string | null };
+    const matches: Array<StreamMatch & { blockSize: number }> = [];
+    for (const bs of new Set([blockSize, ...sizes.values()])) {
+      for (const m of index.match({ ...ns, blockSize: bs }, tokens)) {
+        if (sizes.size === 0 || (sizes.get(m.streamId) ?? blockSize) === bs)
+          matches.push({ ...m, blockSize: bs });
+      }
+    }
     const pods = matches
       .map((m) => ({
         pod: m.pod,
         rank: m.rank,
         stream: m.streamId,
+        blockSize: m.blockSize,
         matchedBlocks: m.matchedBlocks,
-        matchedTokens: m.matchedBlocks * blockSize,
+        matchedTokens: m.matchedBlocks * m.blockSize,
         tiers: { GPU: m.tiers.GPU, CPU: m.tiers.CPU, STORAGE: m.tiers.STORAGE },
       }))
       .sort(

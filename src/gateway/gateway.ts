@@ -18,7 +18,10 @@ import { GatewayError, sendError } from "./errors.ts";
 import { DEFAULT_BLOCK_SIZE, GATEWAY_DEFAULTS, GatewayCore, type GatewayCoreOptions } from "./server.ts";
 
 export interface StartGatewayOptions
-  extends Omit<GatewayCoreOptions, "pods" | "index" | "streamState" | "tokenizer" | "registry" | "log"> {
+  extends Omit<
+    GatewayCoreOptions,
+    "pods" | "index" | "streamState" | "streamBlockSize" | "tokenizer" | "registry" | "log"
+  > {
   /** OpenAI API bind host (default 127.0.0.1) and port (default 0 = ephemeral) */
   host?: string;
   port?: number;
@@ -113,6 +116,7 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
       pods,
       index,
       streamState: fleet.streamState,
+      streamBlockSize: fleet.streamBlockSize,
       tokenizer,
       registry,
       log,

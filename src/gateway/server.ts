@@ -43,7 +43,9 @@ export interface GatewayCoreOptions {
   prefixApprox?: Partial<PrefixApproxOptions>;
   feedback?: Partial<FeedbackOptions>;
   seed?: number;
-  /** block size when a pod does not say (tokens) */
+  /** a stream's block size learned from its events (null: none seen yet) */
+  streamBlockSize?: (streamId: string) => number | null;
+  /** block size of a stream whose events have not said yet and whose pod declares none (tokens) */
   defaultBlockSize?: number;
   connectTimeoutMs?: number;
   headersTimeoutMs?: number;
@@ -140,6 +142,7 @@ export class GatewayCore {
       loads: this.loads,
       health,
       tokenizer: opts.tokenizer,
+      streamBlockSize: opts.streamBlockSize,
       defaultBlockSize: opts.defaultBlockSize ?? DEFAULT_BLOCK_SIZE,
       metrics: this.metrics,
       log: this.log,
