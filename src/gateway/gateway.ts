@@ -20,7 +20,7 @@ import { DEFAULT_BLOCK_SIZE, GATEWAY_DEFAULTS, GatewayCore, type GatewayCoreOpti
 export interface StartGatewayOptions
   extends Omit<
     GatewayCoreOptions,
-    "pods" | "index" | "streamState" | "streamBlockSize" | "tokenizer" | "registry" | "log"
+    "pods" | "index" | "streamState" | "streamBlockSize" | "streamStatus" | "tokenizer" | "registry" | "log"
   > {
   /** OpenAI API bind host (default 127.0.0.1) and port (default 0 = ephemeral) */
   host?: string;
@@ -117,6 +117,7 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
       index,
       streamState: fleet.streamState,
       streamBlockSize: fleet.streamBlockSize,
+      streamStatus: (id) => fleet.subscribers?.status(id),
       tokenizer,
       registry,
       log,
@@ -140,6 +141,7 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
         registry,
         tokenizer,
         health: core.health === null ? undefined : (pod) => core.health?.status(pod) ?? null,
+        streamWarnings: (id) => core.matchWatch?.warnings(id) ?? [],
         ready: () => pods.routable().length > 0,
         defaultBlockSize: opts.defaultBlockSize ?? DEFAULT_BLOCK_SIZE,
         maxBodyBytes: opts.maxBodyBytes ?? GATEWAY_DEFAULTS.maxBodyBytes,

@@ -2,6 +2,7 @@ import { performance } from "node:perf_hooks";
 import type { PredictionFeedback } from "../routing/feedback.ts";
 import type { LoadTicket } from "../routing/load.ts";
 import type { PolicyName, ScoredCandidate } from "../routing/types.ts";
+import type { MatchWatch } from "./match-watch.ts";
 import type { GatewayMetrics } from "./metrics.ts";
 import type { Plan } from "./planner.ts";
 import { eventData } from "./sse.ts";
@@ -16,6 +17,7 @@ export class UsageAccounting {
     private readonly feedback: PredictionFeedback,
     private readonly metrics: GatewayMetrics,
     private readonly policy: PolicyName,
+    private readonly watch: MatchWatch | null = null,
   ) {}
 
   /** The response's first byte arrived `t0` (performance.now()) after the request did. */
@@ -60,6 +62,10 @@ export class UsageAccounting {
       prompt_tokens?: unknown;
       prompt_tokens_details?: { cached_tokens?: unknown } | null;
     };
+    if (plan.tokenized && this.watch !== null) {
+      const n = typeof u.prompt_tokens === "number" ? u.prompt_tokens : null;
+      this.watch.observe(sc, plan.route.ns, plan.route.tokenIds, n);
+    }
     const cached = u.prompt_tokens_details?.cached_tokens;
     if (typeof cached !== "number" || !plan.tokenized) return;
     const promptTokens = typeof u.prompt_tokens === "number" ? u.prompt_tokens : plan.route.tokenIds.length;
