@@ -21,6 +21,7 @@
  * - `tokens`: same count, other ids: tokenizer or template revision drift, another model
  *   revision, or blocks keyed with extra keys (cache salt, multimodal) the request did not carry.
  */
+import { performance } from "node:perf_hooks";
 import { Counter, Gauge, type Registry } from "prom-client";
 import type { StreamState, StreamStatus } from "../events/types.ts";
 import type { NamespaceRef } from "../index/types.ts";
@@ -52,6 +53,7 @@ interface Probe {
   tokenIds: ArrayLike<number>;
   /** prompt tokens the engine counted (null: not reported) */
   enginePromptTokens: number | null;
+  /** performance.now() when the answer came (monotonic: a stepped wall clock moves nothing) */
   at: number;
 }
 
@@ -102,7 +104,7 @@ export class MatchWatch {
       labelNames: ["stream", "cause"] as const,
       registers: [d.registry],
     });
-    this.timer = setInterval(() => this.check(Date.now()), this.o.checkIntervalMs);
+    this.timer = setInterval(() => this.check(performance.now()), this.o.checkIntervalMs);
     this.timer.unref();
   }
 
@@ -118,12 +120,17 @@ export class MatchWatch {
     if (tokenIds.length <= bs || this.pending.has(c.streamId)) return;
     if (!this.streams.has(c.streamId) && this.streams.size >= MAX_WATCHED) return;
     const probeNs = bs === ns.blockSize ? ns : { ...ns, blockSize: bs };
-    this.pending.set(c.streamId, { ns: probeNs, tokenIds, enginePromptTokens: promptTokens, at: Date.now() });
+    this.pending.set(c.streamId, {
+      ns: probeNs,
+      tokenIds,
+      enginePromptTokens: promptTokens,
+      at: performance.now(),
+    });
     if (!this.streams.has(c.streamId))
       this.streams.set(c.streamId, { misses: 0, hits: 0, warned: null, countDiffers: false, pod: c.pod });
   }
 
-  /** Check every probe older than the grace time (the timer calls it; tests may too). */
+  /** Check every probe older than the grace time (`now`: performance.now(), monotonic). */
   check(now: number): void {
     for (const [id, p] of this.pending) {
       if (now - p.at < this.o.graceMs) continue;
