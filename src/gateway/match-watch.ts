@@ -8,6 +8,8 @@
  * `kvsync_gateway_stream_never_matches{stream,cause}`, a `never_matches` line in /admin/pods);
  * the next hit clears it (`gateway.stream_matches_again`).
  *
+ * A miss counts only once the stream delivered a later batch than it had when the answer came
+ * (a lagging link is not a misconfiguration); a probe whose stream stays silent is dropped.
  * One probe per stream is pending at a time (the others are not sampled), so the watch costs
  * one index match per stream per check at most and its memory is bounded by the streams.
  *
@@ -55,6 +57,8 @@ interface Probe {
   enginePromptTokens: number | null;
   /** performance.now() when the answer came (monotonic: a stepped wall clock moves nothing) */
   at: number;
+  /** the stream's last applied seq then: a miss counts only once later batches arrived */
+  seq: number | null;
 }
 
 interface StreamWatch {
@@ -75,6 +79,9 @@ export interface MatchWatchDeps {
   registry: Registry;
   log: Logger;
 }
+
+/** A probe of a stream whose events have not moved since the answer is dropped after this (ms). */
+const LAGGING_PROBE_MS = 30_000;
 
 /** Most streams the watch keeps state for (the subscriber manager's bound). */
 const MAX_WATCHED = 20_000;
@@ -125,6 +132,7 @@ export class MatchWatch {
       tokenIds,
       enginePromptTokens: promptTokens,
       at: performance.now(),
+      seq: this.d.streamStatus?.(c.streamId)?.lastSeq ?? null,
     });
     if (!this.streams.has(c.streamId))
       this.streams.set(c.streamId, { misses: 0, hits: 0, warned: null, countDiffers: false, pod: c.pod });
@@ -134,11 +142,23 @@ export class MatchWatch {
   check(now: number): void {
     for (const [id, p] of this.pending) {
       if (now - p.at < this.o.graceMs) continue;
-      this.pending.delete(id);
       const w = this.streams.get(id);
-      if (w === undefined || this.d.streamState(id) !== "live") continue;
-      if (this.holds(id, p.ns, p.tokenIds)) this.hit(id, w);
-      else this.miss(id, w, p);
+      if (w === undefined || this.d.streamState(id) !== "live") {
+        this.pending.delete(id);
+        continue;
+      }
+      if (this.holds(id, p.ns, p.tokenIds)) {
+        this.pending.delete(id);
+        this.hit(id, w);
+        continue;
+      }
+      // a stream whose events lag (a slow link) has not sent the request's blocks yet: a miss
+      // counts once a later batch arrived, or when it never delivered any event at all
+      const st = this.d.streamStatus?.(id);
+      const moved = st === undefined || st.eventsApplied === 0 || (st.lastSeq ?? -1) > (p.seq ?? -1);
+      if (!moved && now - p.at < LAGGING_PROBE_MS) continue;
+      this.pending.delete(id);
+      if (moved) this.miss(id, w, p);
     }
   }
 
