@@ -74,6 +74,10 @@ export class Fleet {
   readonly streamState = (streamId: string): StreamState | undefined =>
     this.subscribers?.status(streamId)?.state;
 
+  /** The block size a stream's events carry (null before its first BlockStored). */
+  readonly streamBlockSize = (streamId: string): number | null =>
+    this.subscribers?.blockSizeOf(streamId) ?? null;
+
   /** The discovery source's kind once started (null: a fixed pod list only). */
   get discoveryKind(): string | null {
     return this.source?.kind ?? null;

@@ -19,7 +19,10 @@ import { GatewayError, sendError } from "./errors.ts";
 import { DEFAULT_BLOCK_SIZE, GATEWAY_DEFAULTS, GatewayCore, type GatewayCoreOptions } from "./server.ts";
 
 export interface StartGatewayOptions
-  extends Omit<GatewayCoreOptions, "pods" | "index" | "streamState" | "tokenizer" | "registry" | "log"> {
+  extends Omit<
+    GatewayCoreOptions,
+    "pods" | "index" | "streamState" | "streamBlockSize" | "streamStatus" | "tokenizer" | "registry" | "log"
+  > {
   /** OpenAI API bind host (default 127.0.0.1) and port (default 0 = ephemeral) */
   host?: string;
   port?: number;
@@ -118,6 +121,8 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
       pods,
       index,
       streamState: fleet.streamState,
+      streamBlockSize: fleet.streamBlockSize,
+      streamStatus: (id) => fleet.subscribers?.status(id),
       tokenizer,
       registry,
       log,
@@ -141,6 +146,7 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
         registry,
         tokenizer,
         health: core.health === null ? undefined : (pod) => core.health?.status(pod) ?? null,
+        streamWarnings: (id) => core.matchWatch?.warnings(id) ?? [],
         ready: () => fleet.readiness.check(),
         process: () => ({ eventLoopDelayMs: pw.loopDelay() }),
         defaultBlockSize: opts.defaultBlockSize ?? DEFAULT_BLOCK_SIZE,

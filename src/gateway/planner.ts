@@ -33,7 +33,9 @@ export interface PlannerOptions {
   tokenizer?: TokenizerLookup;
   /** which pod stored which response (`previous_response_id` follow-ups go there) */
   affinity?: Pick<ResponseAffinity, "podOf">;
-  /** block size when a pod does not say (tokens) */
+  /** a stream's block size learned from its events (null: none seen yet) */
+  streamBlockSize?: (streamId: string) => number | null;
+  /** block size of a stream whose events have not said yet and whose pod declares none (tokens) */
   defaultBlockSize: number;
   /** tokenize and routing timings, tokenize failures (absent: not measured) */
   metrics?: Pick<GatewayMetrics, "tokenizeSeconds" | "tokenizeFailures" | "routingSeconds">;
@@ -59,6 +61,8 @@ export interface ExplainCandidate {
   rank: number | null;
   streamId: string;
   live: boolean;
+  /** the block size the stream was matched in */
+  blockSize: number;
   /** in rotation by the health signal (pods out of rotation are listed in `outOfRotation`) */
   healthy: boolean;
   matchedBlocks: number;
@@ -172,6 +176,7 @@ export class Planner {
         rank: s.candidate.rank,
         streamId: s.candidate.streamId,
         live: s.candidate.live,
+        blockSize: s.candidate.blockSize ?? plan.route.ns.blockSize,
         healthy: this.health?.isHealthy(s.candidate.pod) ?? true,
         matchedBlocks: s.matchedBlocks,
         matchedTokens: s.matchedTokens,
@@ -207,7 +212,9 @@ export class Planner {
     const pods = h === null ? serves : serves.filter((p) => h.isHealthy(p.name));
     const out = h === null ? [] : serves.filter((p) => !h.isHealthy(p.name));
     if (pods.length === 0) throw noHealthyPod(model, serves.length);
-    const blockSize = first.blockSize ?? this.o.defaultBlockSize;
+    // each stream is matched in its own block size: what its events carry, else what its pod
+    // declares (pods of one model may run different sizes)
+    const learned = this.o.streamBlockSize;
     const candidates: Candidate[] = [];
     for (const p of pods) {
       const dp = Math.max(1, Math.floor(p.dataParallelSize || 1));
@@ -219,9 +226,11 @@ export class Planner {
           rank: dp > 1 ? r : null,
           http: p.http,
           live: this.o.streamState(streamId) === "live",
+          blockSize: learned?.(streamId) ?? p.blockSize ?? this.o.defaultBlockSize,
         });
       }
     }
+    const blockSize = candidates[0]?.blockSize ?? first.blockSize ?? this.o.defaultBlockSize;
     return { ns: { model: base, lora: isBase ? null : model, blockSize }, candidates, out };
   }
 

@@ -4,7 +4,7 @@ import FindMyWay, { type HTTPMethod, type HTTPVersion, type Instance as Router }
 import { Registry } from "prom-client";
 import type { PodSet } from "../discovery/pod-set.ts";
 import { DEFAULT_BLOCK_SIZE, type PodInfo } from "../discovery/types.ts";
-import { type StreamState, streamIdOf } from "../events/types.ts";
+import { type StreamState, type StreamStatus, streamIdOf } from "../events/types.ts";
 import type { PrefixIndex } from "../index/types.ts";
 import { EngineMetricsScraper } from "../routing/engine-metrics.ts";
 import { FEEDBACK_DEFAULTS, type FeedbackOptions, PredictionFeedback } from "../routing/feedback.ts";
@@ -19,6 +19,7 @@ import { createLogger, type Logger } from "../util/log.ts";
 import { ResponseAffinity } from "./affinity.ts";
 import { GatewayError, sendError } from "./errors.ts";
 import { type HealthOptions, originOf, PodHealth } from "./health.ts";
+import { MatchWatch, type MatchWatchOptions } from "./match-watch.ts";
 import { GatewayMetrics } from "./metrics.ts";
 import { type ExplainResult, Planner } from "./planner.ts";
 import { type RequestCtx, RequestProxy } from "./proxy.ts";
@@ -45,7 +46,13 @@ export interface GatewayCoreOptions {
   prefixApprox?: Partial<PrefixApproxOptions>;
   feedback?: Partial<FeedbackOptions>;
   seed?: number;
-  /** block size when a pod does not say (tokens) */
+  /** a stream's block size learned from its events (null: none seen yet) */
+  streamBlockSize?: (streamId: string) => number | null;
+  /** a stream's counters, for the never-matches watch's diagnosis */
+  streamStatus?: (streamId: string) => StreamStatus | undefined;
+  /** the never-matches watch (match-watch.ts); false = off */
+  matchWatch?: Partial<MatchWatchOptions> | false;
+  /** block size of a stream whose events have not said yet and whose pod declares none (tokens) */
   defaultBlockSize?: number;
   connectTimeoutMs?: number;
   headersTimeoutMs?: number;
@@ -89,6 +96,8 @@ export class GatewayCore {
   readonly log: Logger;
   /** null when health checks are off */
   readonly health: PodHealth | null;
+  /** null when the never-matches watch is off */
+  readonly matchWatch: MatchWatch | null;
   private readonly proxy: RequestProxy;
   private readonly pools: UpstreamPools;
   private readonly scraper: EngineMetricsScraper | null;
@@ -136,6 +145,19 @@ export class GatewayCore {
     const health = this.health;
     if (health !== null) this.metrics.sources.podHealth = () => health.snapshot();
     const affinity = new ResponseAffinity();
+    this.matchWatch =
+      opts.matchWatch === false
+        ? null
+        : new MatchWatch(
+            {
+              index: opts.index,
+              streamState: opts.streamState,
+              streamStatus: opts.streamStatus,
+              registry: this.metrics.registry,
+              log: this.log,
+            },
+            opts.matchWatch ?? {},
+          );
     this.planner = new Planner({
       affinity,
       pods: opts.pods,
@@ -144,6 +166,7 @@ export class GatewayCore {
       loads: this.loads,
       health,
       tokenizer: opts.tokenizer,
+      streamBlockSize: opts.streamBlockSize,
       defaultBlockSize: opts.defaultBlockSize ?? DEFAULT_BLOCK_SIZE,
       metrics: this.metrics,
       log: this.log,
@@ -153,7 +176,7 @@ export class GatewayCore {
       loads: this.loads,
       policy: this.policy,
       health,
-      usage: new UsageAccounting(this.feedback, this.metrics, this.policy.name, affinity),
+      usage: new UsageAccounting(this.feedback, this.metrics, this.policy.name, affinity, this.matchWatch),
       metrics: this.metrics,
       log: this.log,
       headersTimeoutMs,
@@ -163,7 +186,10 @@ export class GatewayCore {
       for (const c of changes) {
         if (c.type === "removed") {
           this.feedback.forget(c.name);
-          for (const sid of streamIds(c.previous)) this.policy.forget?.(sid);
+          for (const sid of streamIds(c.previous)) {
+            this.policy.forget?.(sid);
+            this.matchWatch?.forget(sid);
+          }
         }
       }
       this.syncPods(pods);
@@ -297,6 +323,7 @@ export class GatewayCore {
     this.closed = true;
     this.unsubscribe();
     this.scraper?.stop();
+    this.matchWatch?.close();
     this.policy.close?.();
     await this.health?.close();
     await this.pools.close();

@@ -3,6 +3,7 @@ import type { PredictionFeedback } from "../routing/feedback.ts";
 import type { LoadTicket } from "../routing/load.ts";
 import type { PolicyName, ScoredCandidate } from "../routing/types.ts";
 import type { ResponseAffinity } from "./affinity.ts";
+import type { MatchWatch } from "./match-watch.ts";
 import type { GatewayMetrics } from "./metrics.ts";
 import type { Plan } from "./planner.ts";
 import { eventData } from "./sse.ts";
@@ -18,6 +19,7 @@ export class UsageAccounting {
     private readonly metrics: GatewayMetrics,
     private readonly policy: PolicyName,
     private readonly affinity: ResponseAffinity | null = null,
+    private readonly watch: MatchWatch | null = null,
   ) {}
 
   /** The response's first byte arrived `t0` (performance.now()) after the request did. */
@@ -75,9 +77,11 @@ export class UsageAccounting {
       input_tokens?: unknown;
       input_tokens_details?: { cached_tokens?: unknown } | null;
     };
+    const given = u.prompt_tokens ?? u.input_tokens;
+    if (plan.tokenized && this.watch !== null)
+      this.watch.observe(sc, plan.route.ns, plan.route.tokenIds, typeof given === "number" ? given : null);
     const cached = (u.prompt_tokens_details ?? u.input_tokens_details)?.cached_tokens;
     if (typeof cached !== "number" || !plan.tokenized) return;
-    const given = u.prompt_tokens ?? u.input_tokens;
     const promptTokens = typeof given === "number" ? given : plan.route.tokenIds.length;
     const err = this.feedback.observe(
       pod,

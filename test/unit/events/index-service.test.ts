@@ -150,6 +150,7 @@ describe("kvsync index: admin API over real engines", () => {
           pod: "pod-a",
           rank: null,
           stream: "pod-a",
+          blockSize: 16,
           matchedBlocks: 3,
           matchedTokens: 48,
           tiers: { GPU: 3, CPU: 0, STORAGE: 0 },
