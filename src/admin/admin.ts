@@ -11,6 +11,8 @@
  *   GET  /admin/pods/<name>/blocks[?rank=N]
  *        {"blocks":[{"hash":"<canonical text>","tiers":["GPU"]}]}, sorted by hash; a DP pod
  *        without ?rank lists every rank's blocks, each with its "rank"
+ *   GET  /admin/live                    the dashboard's feed, server-sent events (live.ts)
+ *   GET  /, /dashboard/<file>           the dashboard (dashboard.ts, web/dashboard/)
  *   POST /admin/index/match  {"model","lora"?,"token_ids"|"prompt","block_size"?}
  *        {"blockSize":16,"tokens":n,"pods":[{"pod","rank","stream","matchedBlocks","matchedTokens",
  *          "tiers":{"GPU":blocks,"CPU":blocks,"STORAGE":blocks}}]}  (best match first)
@@ -24,6 +26,7 @@ import FindMyWay, { type HTTPMethod } from "find-my-way";
 import type { Registry } from "prom-client";
 import { DEFAULT_BLOCK_SIZE, type PodInfo } from "../discovery/types.ts";
 import { type StreamStatus, type SubscriberManagerLike, streamIdOf } from "../events/types.ts";
+import type { RouteActivity } from "../gateway/activity.ts";
 import { badRequest, GatewayError, sendError } from "../gateway/errors.ts";
 import { readBody } from "../gateway/request.ts";
 import type { PrefixIndex } from "../index/types.ts";
@@ -32,6 +35,9 @@ import type { TokenizerLookup } from "../tokenize/lookup.ts";
 import type { Tokenizer } from "../tokenize/types.ts";
 import { sendJson } from "../util/http-json.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
+import { dashboardRoutes } from "./dashboard.ts";
+import { FleetView } from "./fleet-view.ts";
+import { LiveFeed, type LiveOptions } from "./live.ts";
 
 export interface AdminDeps {
   index: PrefixIndex;
@@ -52,6 +58,10 @@ export interface AdminDeps {
   defaultBlockSize?: number;
   /** request body cap (bytes) */
   maxBodyBytes?: number;
+  /** the gateway's routing activity: the dashboard's routing panel (absent: fleet only) */
+  activity?: RouteActivity | null;
+  /** the live feed's tick, bounds and client cap */
+  live?: Partial<LiveOptions>;
   log?: Logger;
 }
 
@@ -89,6 +99,10 @@ export interface AdminPodEntry {
   replays: number;
   resyncs: number;
   restarts: number;
+  /** event lag (s) of a live stream, null otherwise */
+  lagSeconds: number | null;
+  /** routing's trust in the stream's claims (0..1), null when not weighed */
+  trust: number | null;
 }
 
 const methodNotAllowed = (allow: string) =>
@@ -165,6 +179,8 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
     replays: s ? s.replays : 0,
     resyncs: s ? s.resyncs : 0,
     restarts: s ? (s.restarts ?? 0) : 0,
+    lagSeconds: s?.lagSeconds ?? null,
+    trust: s?.trust ?? null,
   });
 
   const podsBody = (): AdminPodEntry[] => {
@@ -347,6 +363,12 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
     get((_req, res) => sendJson(res, 200, podsBody())),
   );
   on("/admin/pods/*", blocks);
+  const live = new LiveFeed(new FleetView(podsBody, index), deps.activity ?? null, registry, log, deps.live);
+  on("/admin/live", live.handler);
+  // a stream's state change reaches the dashboard at once, not at the next tick
+  const emitter = manager as { on?: (e: "state", fn: () => void) => unknown } | null;
+  if (typeof emitter?.on === "function") emitter.on("state", () => live.poke());
+  for (const [path, fn] of dashboardRoutes()) on(path, fn);
   on("/admin/index/match", async (req, res) => {
     if (req.method !== "POST") throw methodNotAllowed("POST");
     const raw = await readBody(req, maxBody);

@@ -72,6 +72,9 @@ interface Running {
   /** the pod's block size when it is part of the identity (a change restarts the stream) */
   blockSize: number | undefined;
   sub: StreamSubscriber;
+  /** the last closed lag window's floor, else the last live batch's lag (s); null when not live */
+  lagFloor: number | null;
+  lastLag: number | null;
 }
 
 export interface SubscriberManagerEvents {
@@ -177,6 +180,7 @@ export class SubscriberManager
       replays: s.replays,
       resyncs: s.resyncs,
       restarts: s.restarts,
+      lagSeconds: run.lagFloor ?? run.lastLag,
     };
   }
 
@@ -186,11 +190,23 @@ export class SubscriberManager
     const index = this.index;
     const m = this.metrics;
     const log = this.log;
-    const run: Running = { spec, blockSize, sub: undefined as unknown as StreamSubscriber };
+    const run: Running = {
+      spec,
+      blockSize,
+      sub: undefined as unknown as StreamSubscriber,
+      lagFloor: null,
+      lastLag: null,
+    };
     const lag = new LagWatch(
       {
-        lag: (sec) => m?.lagSeconds.observe(sec),
-        lagFloor: (sec) => m?.lagFloorSeconds.set({ stream: id }, sec),
+        lag: (sec) => {
+          run.lastLag = sec;
+          m?.lagSeconds.observe(sec);
+        },
+        lagFloor: (sec) => {
+          run.lagFloor = sec;
+          m?.lagFloorSeconds.set({ stream: id }, sec);
+        },
         lagHigh: () => m?.lagHigh.inc({ stream: id }),
         skew: (sec) => {
           m?.clockSkews.inc({ stream: id });
@@ -240,6 +256,10 @@ export class SubscriberManager
         replayFailed: () => m?.replayFailures.inc({ stream: id }),
         stateChanged: (state, prev) => {
           if (this.streams.get(id) !== run) return;
+          if (state !== "live") {
+            run.lagFloor = null;
+            run.lastLag = null;
+          }
           log.info(
             { event: "subscriber.state", stream: id, pod: ref.pod, state, previous: prev },
             "stream state",

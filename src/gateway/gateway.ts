@@ -136,6 +136,7 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
         registry,
         tokenizer,
         health: core.health === null ? undefined : (pod) => core.health?.status(pod) ?? null,
+        activity: core.activity,
         ready: () => pods.routable().length > 0,
         defaultBlockSize: opts.defaultBlockSize ?? DEFAULT_BLOCK_SIZE,
         maxBodyBytes: opts.maxBodyBytes ?? GATEWAY_DEFAULTS.maxBodyBytes,

@@ -16,6 +16,7 @@ import type { PolicyName, RoutingPolicy } from "../routing/types.ts";
 import type { TokenizerLookup } from "../tokenize/lookup.ts";
 import { sendJson } from "../util/http-json.ts";
 import { createLogger, type Logger } from "../util/log.ts";
+import { RouteActivity } from "./activity.ts";
 import { GatewayError, sendError } from "./errors.ts";
 import { type HealthOptions, originOf, PodHealth } from "./health.ts";
 import { GatewayMetrics } from "./metrics.ts";
@@ -84,6 +85,8 @@ export class GatewayCore {
   readonly policy: RoutingPolicy;
   readonly feedback: PredictionFeedback;
   readonly planner: Planner;
+  /** recent decisions and per-second routing figures (the admin dashboard's live feed) */
+  readonly activity = new RouteActivity();
   readonly log: Logger;
   /** null when health checks are off */
   readonly health: PodHealth | null;
@@ -149,7 +152,7 @@ export class GatewayCore {
       loads: this.loads,
       policy: this.policy,
       health,
-      usage: new UsageAccounting(this.feedback, this.metrics, this.policy.name),
+      usage: new UsageAccounting(this.feedback, this.metrics, this.policy.name, this.activity),
       metrics: this.metrics,
       log: this.log,
       headersTimeoutMs,
@@ -247,6 +250,7 @@ export class GatewayCore {
         const parsed = validateRequest(kind, body);
         ctx.model = parsed.model;
         const plan = await this.planner.plan(parsed, true);
+        this.activity.decided(plan);
         await this.proxy.dispatch(req, res, ctx, path, body, buf, plan);
       };
     const ok: Route = async (_req, res) => {
