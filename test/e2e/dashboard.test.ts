@@ -39,7 +39,7 @@ function watchErrors(page: Page): string[] {
 /** The state each stream row shows, by stream id. */
 function rowStates(page: Page): Promise<Record<string, string>> {
   return page.evaluate(`Object.fromEntries(
-    [...document.querySelectorAll("#fleet-body tr")].map((tr) => [tr.dataset.id, tr.dataset.state]))`);
+    [...document.querySelectorAll("#fleet-body tr[data-id]")].map((tr) => [tr.dataset.id, tr.dataset.state]))`);
 }
 
 /** Resolves with Date.now() in the page when the row of `id` first shows `state`. */
@@ -69,6 +69,7 @@ async function pageWaitFor(page: Page, expr: string, timeoutMs = 10_000): Promis
 }
 
 interface DashboardMetrics {
+  snapshotAt: number | null;
   firstFullRenderAt: number | null;
   lastRenderMs: number;
   maxRenderMs: number;
@@ -124,7 +125,7 @@ describe("admin dashboard in a real browser", { timeout: 120_000 }, () => {
   test("the page loads and shows every stream of the fleet with its state", async () => {
     await page.goto(`${gw.adminUrl}/`);
     await page.waitForSelector("#conn.conn-live");
-    await pageWaitFor(page, 'document.querySelectorAll("#fleet-body tr").length === 3');
+    await pageWaitFor(page, 'document.querySelectorAll("#fleet-body tr[data-id]").length === 3');
     const states = await rowStates(page);
     const truth = Object.fromEntries((gw.subscribers?.statuses() ?? []).map((s) => [s.streamId, s.state]));
     assert.deepEqual(states, truth);
@@ -211,26 +212,35 @@ describe("admin dashboard in a real browser", { timeout: 120_000 }, () => {
         await p.goto(`${synth.url}/`);
         await pageWaitFor(p, "window.__kvsyncDashboard.firstFullRenderAt !== null");
         const m = await metricsOf(p);
-        assert.equal(await p.$$eval("#fleet-body tr", (t) => t.length), 1000);
+        assert.equal(m.rows, 1000);
+        // only the rows in view are in the DOM
+        const inDom = await p.$$eval("#fleet-body tr[data-id]", (t) => t.length);
+        assert.ok(inDom > 10 && inDom < 200, `${inDom} rows in the DOM`);
         // every row changes every tick (events/s, last seq): a few ticks of whole-table updates
         synth.churn(true);
         await pageWaitFor(p, `window.__kvsyncDashboard.renders >= ${m.renders + 3}`);
         const after_ = await metricsOf(p);
+        const painted = m.firstFullRenderAt! - m.snapshotAt!;
         console.log(
-          `1,000 streams: first full render ${m.firstFullRenderAt!.toFixed(0)} ms after navigation start; ` +
-            `update render max ${after_.maxRenderMs.toFixed(1)} ms over ${after_.renders} renders`,
+          `1,000 streams: painted ${painted.toFixed(0)} ms after the snapshot arrived, ` +
+            `${m.firstFullRenderAt!.toFixed(0)} ms after navigation start; ` +
+            `update renders max ${after_.maxRenderMs.toFixed(1)} ms over ${after_.renders} renders`,
         );
-        assert.ok(m.firstFullRenderAt! < 3000, `first render at ${m.firstFullRenderAt} ms`);
+        // generous bounds (a loaded 2-core machine); docs/dashboard.md has the idle figures
+        assert.ok(painted < 1000, `painted ${painted} ms after the snapshot`);
+        assert.ok(m.firstFullRenderAt! < 5000, `painted ${m.firstFullRenderAt} ms after navigation start`);
         assert.ok(after_.maxRenderMs < 500, `slowest render ${after_.maxRenderMs} ms`);
         // the index service has no routing: the panel stays hidden
         assert.equal(await p.isVisible("#routing"), false);
         // sortable and filterable
         await p.click('th[data-key="gaps"]');
         await p.click('th[data-key="gaps"]');
-        const top = await p.$eval("#fleet-body tr", (tr) => tr.getAttribute("data-id"));
+        const top = await p.$eval("#fleet-body tr[data-id]", (tr) => tr.getAttribute("data-id"));
         assert.equal(top, synth.mostGaps());
         await p.selectOption("#state-filter", "down");
-        await pageWaitFor(p, `document.querySelectorAll("#fleet-body tr").length === ${synth.count("down")}`);
+        await pageWaitFor(p, `window.__kvsyncDashboard.rows === ${synth.count("down")}`);
+        const states = await rowStates(p);
+        assert.deepEqual(new Set(Object.values(states)), new Set(["down"]));
         assert.deepEqual(errs, []);
       } finally {
         synth.churn(false);

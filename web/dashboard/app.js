@@ -6,34 +6,37 @@
 
 (() => {
   const $ = (id) => document.getElementById(id);
-  const fmtInt = (n) => (n === null || n === undefined ? "—" : Math.round(n).toLocaleString("en-US"));
+  // one formatter: toLocaleString builds a new one per call, too slow for thousands of cells
+  const intFormat = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 });
+  const fmtInt = (n) => (n === null || n === undefined ? "—" : intFormat.format(Math.round(n)));
   const fmtNum = (n, d) => (n === null || n === undefined ? "—" : n.toFixed(d));
   const OTHER_STATES = new Set(["connecting", "resyncing", "none"]);
 
   /** the fleet table's columns: key, header, kind (text sorts as text), cell text */
   const COLUMNS = [
-    { key: "pod", label: "pod", text: true, show: (r) => r.pod },
-    { key: "rank", label: "rank", show: (r) => (r.rank === null ? "—" : String(r.rank)) },
-    { key: "model", label: "model", text: true, show: (r) => r.model },
-    { key: "lora", label: "adapter", text: true, show: (r) => r.lora || "—" },
-    { key: "state", label: "state", text: true, show: (r) => r.state },
+    { key: "pod", width: 150, label: "pod", text: true, show: (r) => r.pod },
+    { key: "rank", width: 50, label: "rank", show: (r) => (r.rank === null ? "—" : String(r.rank)) },
+    { key: "model", width: 160, label: "model", text: true, show: (r) => r.model },
+    { key: "lora", width: 100, label: "adapter", text: true, show: (r) => r.lora || "—" },
+    { key: "state", width: 90, label: "state", text: true, show: (r) => r.state },
     {
       key: "healthy",
+      width: 110,
       label: "rotation",
       text: true,
       show: (r) =>
         r.healthy === null ? "—" : r.healthy ? "in" : `out${r.healthReason ? `: ${r.healthReason}` : ""}`,
     },
-    { key: "lastSeq", label: "last seq", show: (r) => fmtInt(r.lastSeq) },
-    { key: "eps", label: "events/s", show: (r) => fmtNum(r.eps, 1) },
-    { key: "lag", label: "lag ms", show: (r) => (r.lag === null ? "—" : fmtInt(r.lag * 1000)) },
-    { key: "gaps", label: "gaps", show: (r) => fmtInt(r.gaps) },
-    { key: "replays", label: "replays", show: (r) => fmtInt(r.replays) },
-    { key: "resyncs", label: "resyncs", show: (r) => fmtInt(r.resyncs) },
-    { key: "gpu", label: "GPU blocks", show: (r) => fmtInt(r.gpu) },
-    { key: "cpu", label: "CPU blocks", show: (r) => fmtInt(r.cpu) },
-    { key: "storage", label: "storage blocks", show: (r) => fmtInt(r.storage) },
-    { key: "trust", label: "trust", show: (r) => fmtNum(r.trust, 2) },
+    { key: "lastSeq", width: 90, label: "last seq", show: (r) => fmtInt(r.lastSeq) },
+    { key: "eps", width: 80, label: "events/s", show: (r) => fmtNum(r.eps, 1) },
+    { key: "lag", width: 70, label: "lag ms", show: (r) => (r.lag === null ? "—" : fmtInt(r.lag * 1000)) },
+    { key: "gaps", width: 60, label: "gaps", show: (r) => fmtInt(r.gaps) },
+    { key: "replays", width: 70, label: "replays", show: (r) => fmtInt(r.replays) },
+    { key: "resyncs", width: 70, label: "resyncs", show: (r) => fmtInt(r.resyncs) },
+    { key: "gpu", width: 90, label: "GPU blocks", show: (r) => fmtInt(r.gpu) },
+    { key: "cpu", width: 90, label: "CPU blocks", show: (r) => fmtInt(r.cpu) },
+    { key: "storage", width: 110, label: "storage blocks", show: (r) => fmtInt(r.storage) },
+    { key: "trust", width: 60, label: "trust", show: (r) => fmtNum(r.trust, 2) },
   ];
   const STATE_COL = COLUMNS.findIndex((c) => c.key === "state");
   const ROT_COL = COLUMNS.findIndex((c) => c.key === "healthy");
@@ -43,12 +46,24 @@
   /** id → {row, tr, cells, dirty} */
   const streams = new Map();
   const fleet = { sortKey: "pod", sortDir: 1, filter: "", state: "", order: [], scheduled: false };
-  const metrics = { firstFullRenderAt: null, lastRenderMs: 0, maxRenderMs: 0, renders: 0, rows: 0 };
+  const metrics = {
+    snapshotAt: null,
+    firstFullRenderAt: null,
+    firstRenderMs: null,
+    lastRenderMs: 0,
+    maxRenderMs: 0,
+    renders: 0,
+    rows: 0,
+  };
   window.__kvsyncDashboard = metrics;
   let snapshotSeen = false;
 
   const head = $("fleet-head");
+  const cols = $("fleet-cols");
   for (const c of COLUMNS) {
+    const col = document.createElement("col");
+    col.style.width = `${c.width}px`;
+    cols.appendChild(col);
     const th = document.createElement("th");
     th.textContent = c.label;
     th.dataset.key = c.key;
@@ -57,28 +72,35 @@
     th.addEventListener("click", () => {
       fleet.sortDir = fleet.sortKey === c.key ? -fleet.sortDir : 1;
       fleet.sortKey = c.key;
-      schedule(true);
+      schedule();
     });
     head.appendChild(th);
   }
 
   function upsert(row) {
-    let s = streams.get(row.id);
-    if (!s) {
+    const s = streams.get(row.id);
+    if (s) {
+      s.row = row;
+      s.dirty = true;
+    } else streams.set(row.id, { row, tr: null, cells: null, dirty: true });
+  }
+
+  /** a stream's <tr>, made the first time it scrolls into view */
+  function trOf(s) {
+    if (s.tr === null) {
       const tr = document.createElement("tr");
-      tr.dataset.id = row.id;
-      const cells = COLUMNS.map((c) => {
+      tr.dataset.id = s.row.id;
+      s.cells = COLUMNS.map((c) => {
         const td = document.createElement("td");
         if (c.text) td.className = "text";
         tr.appendChild(td);
         return td;
       });
-      s = { row, tr, cells, dirty: true };
-      streams.set(row.id, s);
-    } else {
-      s.row = row;
+      s.tr = tr;
       s.dirty = true;
     }
+    if (s.dirty) paint(s);
+    return s.tr;
   }
 
   function paint(s) {
@@ -121,39 +143,61 @@
     return c * fleet.sortDir;
   }
 
-  let reorder = true;
-  function schedule(order) {
-    if (order) reorder = true;
+  function schedule() {
     if (fleet.scheduled) return;
     fleet.scheduled = true;
     requestAnimationFrame(render);
   }
 
+  // Only the rows in view (and a margin) are in the DOM: a table of thousands of rows costs the
+  // browser seconds of layout, a window of ~60 rows next to nothing. Rows have a fixed height, so
+  // spacers above and below keep the scrollbar true to the whole list.
+  const ROW_H = 22;
+  const MARGIN = 10;
+  const wrap = $("fleet-wrap");
+  const body = $("fleet-body");
+  const topPad = document.createElement("tr");
+  const bottomPad = document.createElement("tr");
+  for (const pad of [topPad, bottomPad]) {
+    pad.className = "pad";
+    const td = document.createElement("td");
+    td.colSpan = COLUMNS.length;
+    pad.appendChild(td);
+  }
+  let shown = [];
+  wrap.addEventListener("scroll", () => schedule(), { passive: true });
+  window.addEventListener("resize", () => schedule());
+
   function render() {
     const t0 = performance.now();
     fleet.scheduled = false;
-    let list = [];
+    const list = [];
     for (const s of streams.values()) if (visible(s.row)) list.push(s);
     list.sort(compare);
-    for (const s of list) if (s.dirty) paint(s);
-    const changed =
-      reorder || list.length !== fleet.order.length || list.some((s, i) => s !== fleet.order[i]);
-    if (changed) $("fleet-body").replaceChildren(...list.map((s) => s.tr));
     fleet.order = list;
-    reorder = false;
+    const first = Math.max(0, Math.floor(wrap.scrollTop / ROW_H) - MARGIN);
+    const count = Math.ceil((wrap.clientHeight || 600) / ROW_H) + 2 * MARGIN;
+    const end = Math.min(list.length, first + count);
+    const win = [];
+    for (let i = first; i < end; i++) win.push(trOf(list[i]));
+    topPad.style.height = `${first * ROW_H}px`;
+    bottomPad.style.height = `${(list.length - end) * ROW_H}px`;
+    if (win.length !== shown.length || win.some((tr, i) => tr !== shown[i]))
+      body.replaceChildren(topPad, ...win, bottomPad);
+    shown = win;
     for (const th of head.children) {
       if (th.dataset.key === fleet.sortKey)
         th.setAttribute("aria-sort", fleet.sortDir > 0 ? "ascending" : "descending");
       else th.removeAttribute("aria-sort");
     }
     summarize(list.length);
-    list = null;
     const ms = performance.now() - t0;
     metrics.lastRenderMs = ms;
     metrics.maxRenderMs = Math.max(metrics.maxRenderMs, ms);
     metrics.renders++;
-    metrics.rows = fleet.order.length;
+    metrics.rows = list.length;
     if (metrics.firstFullRenderAt === null && snapshotSeen && streams.size > 0) {
+      metrics.firstRenderMs = ms;
       // painted: the frame after this one shows the rows
       requestAnimationFrame(() => {
         metrics.firstFullRenderAt ??= performance.now();
@@ -173,11 +217,11 @@
 
   $("filter").addEventListener("input", (e) => {
     fleet.filter = e.target.value.trim().toLowerCase();
-    schedule(true);
+    schedule();
   });
   $("state-filter").addEventListener("change", (e) => {
     fleet.state = e.target.value;
-    schedule(true);
+    schedule();
   });
 
   // ------------------------------------------------------------------ routing
@@ -356,13 +400,14 @@
     }
     for (const id of [...streams.keys()]) if (!ids.has(id)) streams.delete(id);
     snapshotSeen = true;
-    schedule(true);
+    metrics.snapshotAt ??= performance.now();
+    schedule();
   });
   es.addEventListener("fleet-delta", (e) => {
     const m = JSON.parse(e.data);
     for (const r of m.upsert) upsert(r);
     for (const id of m.remove) streams.delete(id);
-    if (m.upsert.length > 0 || m.remove.length > 0) schedule(m.remove.length > 0);
+    if (m.upsert.length > 0 || m.remove.length > 0) schedule();
   });
   es.addEventListener("routing", (e) => {
     const m = JSON.parse(e.data);
