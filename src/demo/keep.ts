@@ -67,14 +67,14 @@ export async function keepFleetUp(
       ticker.unref();
       for (let round = 1; !signal.aborted; round++) {
         const w = generateWorkload({ ...o.workload, seed: o.seed + round * 104_729, requests: 200 });
-        const d = await drive(
+        await drive(
           w,
           fleet.gw.url,
           { ...o, signal, concurrency: Math.min(KEEP_CONCURRENCY, o.concurrency), progressEvery: 0 },
           policy,
           progress,
+          (r) => outcomes.push(r),
         );
-        outcomes.push(...d.outcomes);
       }
     } finally {
       await fleet.close();

@@ -188,6 +188,7 @@ export async function drive(
   o: DemoOptions,
   policy: string,
   progress: (line: string) => void,
+  onOutcome?: (r: RequestOutcome) => void,
 ): Promise<{ outcomes: RequestOutcome[]; skipped: number; durationS: number }> {
   const agent = new Agent({
     connections: o.concurrency + 4,
@@ -219,6 +220,7 @@ export async function drive(
       history.push({ role: "user", content: c.turns[t].user });
       const r = await streamChat(agent, baseUrl, history, c.turns[t].maxTokens, o.requestTimeoutMs);
       outcomes.push(r);
+      onOutcome?.(r);
       if (!r.ok) {
         // without the reply the rest of the conversation cannot be sent as it would have been
         skipped += c.turns.length - t - 1;

@@ -176,7 +176,8 @@
     list.sort(compare);
     fleet.order = list;
     const first = Math.max(0, Math.floor(wrap.scrollTop / ROW_H) - MARGIN);
-    const count = Math.ceil((wrap.clientHeight || 600) / ROW_H) + 2 * MARGIN;
+    // the wrap grows with its rows up to 60vh: size the window for the full height
+    const count = Math.ceil(Math.max(wrap.clientHeight, window.innerHeight * 0.6) / ROW_H) + 2 * MARGIN;
     const end = Math.min(list.length, first + count);
     const win = [];
     for (let i = first; i < end; i++) win.push(trOf(list[i]));
