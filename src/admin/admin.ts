@@ -38,6 +38,9 @@ import { type Logger, silentLogger } from "../util/log.ts";
 import { dashboardRoutes } from "./dashboard.ts";
 import { FleetView } from "./fleet-view.ts";
 import { LiveFeed, type LiveOptions } from "./live.ts";
+import type { AdminPodEntry, AdminRouteHandler } from "./types.ts";
+
+export type { AdminPodEntry, AdminRouteHandler } from "./types.ts";
 
 export interface AdminDeps {
   index: PrefixIndex;
@@ -65,8 +68,6 @@ export interface AdminDeps {
   log?: Logger;
 }
 
-export type AdminRouteHandler = (req: IncomingMessage, res: ServerResponse, url: URL) => void | Promise<void>;
-
 const noop = () => undefined;
 /** every method node:http parses, so a known path with another method gets its own answer */
 const ALL_METHODS = METHODS as HTTPMethod[];
@@ -77,32 +78,6 @@ export interface AdminHandler {
   route(method: string, path: string, fn: AdminRouteHandler): AdminHandler;
   /** Handle the request if a route matches; false (nothing sent) otherwise. */
   handle(req: IncomingMessage, res: ServerResponse): Promise<boolean>;
-}
-
-export interface AdminPodEntry {
-  name: string;
-  rank: number | null;
-  stream: string | null;
-  model: string;
-  lora: string[];
-  ready: boolean;
-  /** in rotation by the gateway's health signal (null: not watched) */
-  healthy: boolean | null;
-  /** why the pod is out of rotation (probe_timeout, connect, ...), null while healthy */
-  healthReason: string | null;
-  state: StreamStatus["state"] | null;
-  lastSeq: number | null;
-  eventsApplied: number;
-  blocks: number;
-  decodeErrors: number;
-  gaps: number;
-  replays: number;
-  resyncs: number;
-  restarts: number;
-  /** event lag (s) of a live stream, null otherwise */
-  lagSeconds: number | null;
-  /** routing's trust in the stream's claims (0..1), null when not weighed */
-  trust: number | null;
 }
 
 const methodNotAllowed = (allow: string) =>

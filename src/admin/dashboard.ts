@@ -8,7 +8,7 @@ import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { fileURLToPath } from "node:url";
 import { GatewayError } from "../gateway/errors.ts";
-import type { AdminRouteHandler } from "./admin.ts";
+import type { AdminRouteHandler } from "./types.ts";
 
 interface Asset {
   body: Buffer;

@@ -1,6 +1,6 @@
 import { performance } from "node:perf_hooks";
 import type { PrefixIndex, TierCounts } from "../index/types.ts";
-import type { AdminPodEntry } from "./admin.ts";
+import type { AdminPodEntry } from "./types.ts";
 
 /** One row of the dashboard's fleet table: a stream (or a pod without an events endpoint). */
 export interface FleetRow {

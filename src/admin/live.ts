@@ -17,8 +17,8 @@ import { Counter, Gauge, type Registry } from "prom-client";
 import type { DecisionRecord, RouteActivity } from "../gateway/activity.ts";
 import { GatewayError } from "../gateway/errors.ts";
 import type { Logger } from "../util/log.ts";
-import type { AdminRouteHandler } from "./admin.ts";
 import type { FleetView } from "./fleet-view.ts";
+import type { AdminRouteHandler } from "./types.ts";
 
 export interface LiveOptions {
   intervalMs: number;
