@@ -14,6 +14,8 @@
  *   GET  /admin/pods/<name>/blocks[?rank=N]
  *        {"blocks":[{"hash":"<canonical text>","tiers":["GPU"]}]}, sorted by hash; a DP pod
  *        without ?rank lists every rank's blocks, each with its "rank"
+ *   GET  /admin/live                    the dashboard's feed, server-sent events (live.ts)
+ *   GET  /, /dashboard/<file>           the dashboard (dashboard.ts, web/dashboard/)
  *   POST /admin/index/match  {"model","lora"?,"token_ids"|"prompt","block_size"?}
  *        {"blockSize":16,"tokens":n,"pods":[{"pod","rank","stream","blockSize","matchedBlocks","matchedTokens",
  *          "tiers":{"GPU":blocks,"CPU":blocks,"STORAGE":blocks}}]}  (best match first; without
@@ -28,6 +30,7 @@ import FindMyWay, { type HTTPMethod } from "find-my-way";
 import type { Registry } from "prom-client";
 import { DEFAULT_BLOCK_SIZE, type PodInfo } from "../discovery/types.ts";
 import { type StreamStatus, type SubscriberManagerLike, streamIdOf } from "../events/types.ts";
+import type { RouteActivity } from "../gateway/activity.ts";
 import { badRequest, GatewayError, sendError } from "../gateway/errors.ts";
 import { readBody } from "../gateway/request.ts";
 import type { PrefixIndex, StreamMatch } from "../index/types.ts";
@@ -36,6 +39,12 @@ import type { TokenizerLookup } from "../tokenize/lookup.ts";
 import type { Tokenizer } from "../tokenize/types.ts";
 import { sendJson } from "../util/http-json.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
+import { dashboardRoutes } from "./dashboard.ts";
+import { FleetView } from "./fleet-view.ts";
+import { LiveFeed, type LiveOptions } from "./live.ts";
+import type { AdminPodEntry, AdminRouteHandler, AdminWarning } from "./types.ts";
+
+export type { AdminPodEntry, AdminRouteHandler } from "./types.ts";
 
 export interface AdminDeps {
   index: PrefixIndex;
@@ -60,10 +69,12 @@ export interface AdminDeps {
   defaultBlockSize?: number;
   /** request body cap (bytes) */
   maxBodyBytes?: number;
+  /** the gateway's routing activity: the dashboard's routing panel (absent: fleet only) */
+  activity?: RouteActivity | null;
+  /** the live feed's tick, bounds and client cap */
+  live?: Partial<LiveOptions>;
   log?: Logger;
 }
-
-export type AdminRouteHandler = (req: IncomingMessage, res: ServerResponse, url: URL) => void | Promise<void>;
 
 const noop = () => undefined;
 /** every method node:http parses, so a known path with another method gets its own answer */
@@ -75,40 +86,6 @@ export interface AdminHandler {
   route(method: string, path: string, fn: AdminRouteHandler): AdminHandler;
   /** Handle the request if a route matches; false (nothing sent) otherwise. */
   handle(req: IncomingMessage, res: ServerResponse): Promise<boolean>;
-}
-
-/** A configuration problem shown on a row of /admin/pods. */
-export interface AdminWarning {
-  /** layout_refused | wrong_rank | block_size_mismatch | never_matches */
-  code: string;
-  message: string;
-}
-
-export interface AdminPodEntry {
-  name: string;
-  rank: number | null;
-  stream: string | null;
-  model: string;
-  lora: string[];
-  ready: boolean;
-  /** in rotation by the gateway's health signal (null: not watched) */
-  healthy: boolean | null;
-  /** why the pod is out of rotation (probe_timeout, connect, ...), null while healthy */
-  healthReason: string | null;
-  state: StreamStatus["state"] | null;
-  lastSeq: number | null;
-  eventsApplied: number;
-  blocks: number;
-  decodeErrors: number;
-  gaps: number;
-  replays: number;
-  resyncs: number;
-  restarts: number;
-  /** block size the stream's events carry (null before its first BlockStored) */
-  blockSize: number | null;
-  /** block size the pod declares (engines file, annotation), null when it declares none */
-  declaredBlockSize: number | null;
-  warnings: AdminWarning[];
 }
 
 const methodNotAllowed = (allow: string) =>
@@ -188,6 +165,8 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
     blockSize: s?.blockSize ?? null,
     declaredBlockSize: p.blockSize ?? null,
     warnings: warningsOf(p, s),
+    lagSeconds: s?.lagSeconds ?? null,
+    trust: s?.trust ?? null,
   });
 
   const warningsOf = (p: PodInfo, s: StreamStatus | null): AdminWarning[] => {
@@ -407,6 +386,12 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
     get((_req, res) => sendJson(res, 200, podsBody())),
   );
   on("/admin/pods/*", blocks);
+  const live = new LiveFeed(new FleetView(podsBody, index), deps.activity ?? null, registry, log, deps.live);
+  on("/admin/live", live.handler);
+  // a stream's state change reaches the dashboard at once, not at the next tick
+  const emitter = manager as { on?: (e: "state", fn: () => void) => unknown } | null;
+  if (typeof emitter?.on === "function") emitter.on("state", () => live.poke());
+  for (const [path, fn] of dashboardRoutes()) on(path, fn);
   on("/admin/index/match", async (req, res) => {
     if (req.method !== "POST") throw methodNotAllowed("POST");
     const raw = await readBody(req, maxBody);

@@ -58,6 +58,9 @@ interface Running {
   blockSize: number | undefined;
   sub: StreamSubscriber;
   checks: StreamChecks;
+  /** the last closed lag window's floor, else the last live batch's lag (s); null when not live */
+  lagFloor: number | null;
+  lastLag: number | null;
 }
 
 export interface SubscriberManagerEvents {
@@ -203,6 +206,7 @@ export class SubscriberManager
       blockSize: run.checks.blockSize,
       blockSizeMismatch: run.checks.blockSizeMismatch,
       wrongRankBatches: run.checks.wrongRankBatches,
+      lagSeconds: run.lagFloor ?? run.lastLag,
     };
   }
 
@@ -228,11 +232,19 @@ export class SubscriberManager
         },
         log,
       ),
+      lagFloor: null,
+      lastLag: null,
     };
     const lag = new LagWatch(
       {
-        lag: (sec) => m?.lagSeconds.observe(sec),
-        lagFloor: (sec) => m?.lagFloorSeconds.set({ stream: id }, sec),
+        lag: (sec) => {
+          run.lastLag = sec;
+          m?.lagSeconds.observe(sec);
+        },
+        lagFloor: (sec) => {
+          run.lagFloor = sec;
+          m?.lagFloorSeconds.set({ stream: id }, sec);
+        },
         lagHigh: () => m?.lagHigh.inc({ stream: id }),
         skew: (sec) => {
           m?.clockSkews.inc({ stream: id });
@@ -283,6 +295,10 @@ export class SubscriberManager
         replayFailed: () => m?.replayFailures.inc({ stream: id }),
         stateChanged: (state, prev) => {
           if (this.streams.get(id) !== run) return;
+          if (state !== "live") {
+            run.lagFloor = null;
+            run.lastLag = null;
+          }
           log.info(
             { event: "subscriber.state", stream: id, pod: ref.pod, state, previous: prev },
             "stream state",

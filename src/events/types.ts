@@ -31,6 +31,10 @@ export interface StreamStatus {
   blockSizeMismatch?: boolean;
   /** batches refused because they carried another data-parallel rank */
   wrongRankBatches?: number;
+  /** event lag (s): the last 1 s window's smallest batch lag, or the last batch's; null when not live */
+  lagSeconds?: number | null;
+  /** how far routing trusts the stream's claims (0..1), when the subscriber weighs them */
+  trust?: number | null;
 }
 
 /**

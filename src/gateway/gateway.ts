@@ -149,6 +149,7 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
         streamWarnings: (id) => core.matchWatch?.warnings(id) ?? [],
         ready: () => fleet.readiness.check(),
         process: () => ({ eventLoopDelayMs: pw.loopDelay() }),
+        activity: core.activity,
         defaultBlockSize: opts.defaultBlockSize ?? DEFAULT_BLOCK_SIZE,
         maxBodyBytes: opts.maxBodyBytes ?? GATEWAY_DEFAULTS.maxBodyBytes,
         log,

@@ -16,6 +16,7 @@ import type { PolicyName, RoutingPolicy } from "../routing/types.ts";
 import type { TokenizerLookup } from "../tokenize/lookup.ts";
 import { sendJson } from "../util/http-json.ts";
 import { createLogger, type Logger } from "../util/log.ts";
+import { RouteActivity } from "./activity.ts";
 import { ResponseAffinity } from "./affinity.ts";
 import { GatewayError, sendError } from "./errors.ts";
 import { type HealthOptions, originOf, PodHealth } from "./health.ts";
@@ -93,6 +94,8 @@ export class GatewayCore {
   readonly policy: RoutingPolicy;
   readonly feedback: PredictionFeedback;
   readonly planner: Planner;
+  /** recent decisions and per-second routing figures (the admin dashboard's live feed) */
+  readonly activity = new RouteActivity();
   readonly log: Logger;
   /** null when health checks are off */
   readonly health: PodHealth | null;
@@ -176,7 +179,14 @@ export class GatewayCore {
       loads: this.loads,
       policy: this.policy,
       health,
-      usage: new UsageAccounting(this.feedback, this.metrics, this.policy.name, affinity, this.matchWatch),
+      usage: new UsageAccounting(
+        this.feedback,
+        this.metrics,
+        this.policy.name,
+        affinity,
+        this.matchWatch,
+        this.activity,
+      ),
       metrics: this.metrics,
       log: this.log,
       headersTimeoutMs,
@@ -276,7 +286,7 @@ export class GatewayCore {
         const { body, parsed } = await parseRequest(kind, buf, String(req.headers["content-type"] ?? ""));
         ctx.model = parsed.model;
         const plan = await this.planner.plan(parsed, true);
-        ctx.model = parsed.model;
+        this.activity.decided(plan);
         await this.proxy.dispatch(req, res, ctx, path, body, buf, plan);
       };
     const ok: Route = async (_req, res) => {

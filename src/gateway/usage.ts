@@ -2,6 +2,7 @@ import { performance } from "node:perf_hooks";
 import type { PredictionFeedback } from "../routing/feedback.ts";
 import type { LoadTicket } from "../routing/load.ts";
 import type { PolicyName, ScoredCandidate } from "../routing/types.ts";
+import type { RouteActivity } from "./activity.ts";
 import type { ResponseAffinity } from "./affinity.ts";
 import type { MatchWatch } from "./match-watch.ts";
 import type { GatewayMetrics } from "./metrics.ts";
@@ -20,12 +21,15 @@ export class UsageAccounting {
     private readonly policy: PolicyName,
     private readonly affinity: ResponseAffinity | null = null,
     private readonly watch: MatchWatch | null = null,
+    private readonly activity: RouteActivity | null = null,
   ) {}
 
   /** The response's first byte arrived `t0` (performance.now()) after the request did. */
   firstByte(ticket: Pick<LoadTicket, "prefillDone">, t0: number): void {
     ticket.prefillDone();
-    this.metrics.firstByteSeconds.observe({ policy: this.policy }, (performance.now() - t0) / 1000);
+    const sec = (performance.now() - t0) / 1000;
+    this.metrics.firstByteSeconds.observe({ policy: this.policy }, sec);
+    this.activity?.firstByte(sec);
   }
 
   /** A whole non-streaming JSON body. */
@@ -91,5 +95,6 @@ export class UsageAccounting {
       this.policy === "kv-aware",
     );
     this.metrics.predictionErrorTokens.observe({ policy: this.policy }, Math.abs(err));
+    this.activity?.usage(promptTokens, sc.matchedTokens, cached);
   }
 }
