@@ -11,7 +11,7 @@ export interface PodStream {
   rank: number | null;
 }
 
-/** each pod object's streams (podStreams), dropped with the object */
+/** each pod object's streams (podStreamIds), dropped with the object */
 const known = new WeakMap<object, { name: string; streams: readonly PodStream[] }>();
 
 /**
@@ -20,7 +20,7 @@ const known = new WeakMap<object, { name: string; streams: readonly PodStream[] 
  * runs a subscriber per stream, the planner makes a candidate of each (per request: the list is
  * kept per pod object, so routing allocates nothing here), the gateway forgets each.
  */
-export function podStreams(pod: Pick<PodInfo, "name" | "dataParallelSize">): readonly PodStream[] {
+export function podStreamIds(pod: Pick<PodInfo, "name" | "dataParallelSize">): readonly PodStream[] {
   const dp = Math.max(1, Math.floor(pod.dataParallelSize || 1));
   const hit = known.get(pod);
   // checked, not trusted: a pod object could be changed in place
@@ -52,6 +52,16 @@ export interface StreamStatus {
   resyncs: number;
   /** engine restarts detected (seq went backwards / another batch at our last seq) */
   restarts?: number;
+  /** block size the stream's events carry (null before its first BlockStored) */
+  blockSize?: number | null;
+  /** the pod declares another block size than its events carry */
+  blockSizeMismatch?: boolean;
+  /** batches refused because they carried another data-parallel rank */
+  wrongRankBatches?: number;
+  /** event lag (s): the last 1 s window's smallest batch lag, or the last batch's; null when not live */
+  lagSeconds?: number | null;
+  /** how far routing trusts the stream's claims (0..1), when the subscriber weighs them */
+  trust?: number | null;
 }
 
 /**
@@ -63,5 +73,7 @@ export interface SubscriberManagerLike {
   setPods(pods: PodInfo[]): void;
   statuses(): StreamStatus[];
   status(streamId: string): StreamStatus | undefined;
+  /** why a pod's streams are not subscribed (its port layout cannot work), or null */
+  layoutError?(pod: string): string | null;
   close(): Promise<void>;
 }

@@ -5,6 +5,7 @@ import { explainRoute } from "../admin/explain.ts";
 import type { PodSet } from "../discovery/pod-set.ts";
 import { Fleet, type FleetOptions } from "../events/fleet.ts";
 import type { SubscriberManager } from "../events/manager.ts";
+import type { ReadinessOptions } from "../events/readiness.ts";
 import type { PrefixIndex } from "../index/types.ts";
 import { registryLookup, type TokenizerLookup } from "../tokenize/lookup.ts";
 import { TokenizerRegistry } from "../tokenize/registry.ts";
@@ -15,9 +16,12 @@ import { GatewayError, sendError } from "./errors.ts";
 import { DEFAULT_BLOCK_SIZE, GATEWAY_DEFAULTS, GatewayCore, type GatewayCoreOptions } from "./server.ts";
 
 export interface StartGatewayOptions
-  extends Omit<GatewayCoreOptions, "pods" | "index" | "streamState" | "tokenizer" | "registry" | "log">,
+  extends Omit<
+      GatewayCoreOptions,
+      "pods" | "index" | "streamState" | "streamBlockSize" | "streamStatus" | "tokenizer" | "registry" | "log"
+    >,
     /** the fleet: a fixed pod list, a discovery source or its options, index, subscribers (fleet.ts) */
-    Omit<FleetOptions, "registry" | "log"> {
+    Omit<FleetOptions, "registry" | "log" | "readiness"> {
   /** OpenAI API bind host (default 127.0.0.1) and port (default 0 = ephemeral) */
   host?: string;
   port?: number;
@@ -28,6 +32,8 @@ export interface StartGatewayOptions
   engines?: string;
   /** watch the process's event-loop delay and wall clock (the command turns it on) */
   processWatch?: ProcessWatchOptions | false;
+  /** when /readyz stops waiting for an event stream (readiness.ts) */
+  readiness?: Pick<ReadinessOptions, "streamTimeoutMs">;
   /**
    * Tokenizers: `--tokenizer` specs (the default model's bundled tokenizer is always included),
    * a TokenizerRegistry, a lookup function, or false (route by load only).
@@ -72,10 +78,11 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
     }
   };
   try {
-    if (opts.processWatch) {
-      const pw = startProcessWatch(registry, log, opts.processWatch);
-      cleanups.push(() => pw.stop());
-    }
+    // /healthz reports the loop delay either way; metrics and warnings only when asked for
+    const pw = opts.processWatch
+      ? startProcessWatch(registry, log, opts.processWatch)
+      : startProcessWatch(null, log, { eventLoopWarnMs: 0, clockJumpWarnMs: 0 });
+    cleanups.push(() => pw.stop());
     const fleet = new Fleet({
       pods: opts.pods,
       discovery: opts.discovery ?? (opts.engines ? { engines: opts.engines } : undefined),
@@ -86,6 +93,7 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
       subscriber: opts.subscriber,
       lag: opts.lag,
       source: opts.source,
+      readiness: { ...opts.readiness, requirePod: true },
       registry,
       log,
     });
@@ -99,6 +107,8 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
       pods,
       index,
       streamState: fleet.streamState,
+      streamBlockSize: fleet.streamBlockSize,
+      streamStatus: (id) => fleet.subscribers?.status(id),
       tokenizer,
       registry,
       log,
@@ -122,7 +132,10 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
         registry,
         tokenizer,
         health: core.health === null ? undefined : (pod) => core.health?.status(pod) ?? null,
-        ready: () => pods.routable().length > 0,
+        streamWarnings: (id) => core.matchWatch?.warnings(id) ?? [],
+        ready: () => fleet.readiness.check(),
+        process: () => ({ eventLoopDelayMs: pw.loopDelay() }),
+        activity: core.activity,
         defaultBlockSize: opts.defaultBlockSize ?? DEFAULT_BLOCK_SIZE,
         maxBodyBytes: opts.maxBodyBytes ?? GATEWAY_DEFAULTS.maxBodyBytes,
         log,

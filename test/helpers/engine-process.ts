@@ -44,10 +44,14 @@ process.once("exit", () => {
   }
 });
 
-/** Start `kvsync mock-engine <listen> <args>` and wait for its engine.started line. */
+/**
+ * Start `kvsync mock-engine <listen> <args>` and wait for its engine.started line;
+ * `startTimeoutMs`: how long the child may take to log it (tsx compiles the CLI first).
+ */
 export async function startEngineProcess(
   args: string[] = [],
   listen: EngineListen = EPHEMERAL,
+  startTimeoutMs = 60_000,
 ): Promise<EngineProcess> {
   const child = spawn(
     process.execPath,
@@ -91,7 +95,7 @@ export async function startEngineProcess(
     await waitFor(
       "the engine.started log line",
       () => head.includes('"event":"engine.started"') || child.exitCode !== null,
-      60_000,
+      startTimeoutMs,
     );
     if (child.exitCode !== null)
       throw new Error(`mock-engine exited ${child.exitCode}: ${stderr().slice(-2000)}`);
