@@ -24,6 +24,8 @@ export interface FleetOptions {
   subscriber?: SubscriberManagerOptions["subscriber"];
   /** event lag and clock skew thresholds of the streams */
   lag?: SubscriberManagerOptions["lag"];
+  /** a resume point per stream whose entries a peer's snapshot already loaded (src/cluster/) */
+  resumeOf?: SubscriberManagerOptions["resumeOf"];
   registry: Registry;
   log: Logger;
 }
@@ -53,6 +55,7 @@ export class Fleet {
             topic: o.topic,
             subscriber: o.subscriber,
             lag: o.lag,
+            resumeOf: o.resumeOf,
           })
         : null;
     this.subscribers = subs;

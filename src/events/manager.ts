@@ -18,6 +18,7 @@ import { dataParallelEndpoint } from "../protocol/endpoints.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
 import { LagWatch, type LagWatchOptions } from "./lag-watch.ts";
 import { createSubscriberMetrics, type SubscriberMetrics } from "./metrics.ts";
+import type { ResumePoint } from "./seq-tracker.ts";
 import { StreamSubscriber, type SubscriberOptions } from "./subscriber.ts";
 import { type StreamState, type StreamStatus, type SubscriberManagerLike, streamIdOf } from "./types.ts";
 
@@ -31,7 +32,12 @@ export interface SubscriberManagerOptions {
   /** topic prefix to subscribe to; "" (default) = all */
   topic?: string;
   /** passed to every subscriber */
-  subscriber?: Omit<SubscriberOptions, "log" | "logContext" | "fromSeq">;
+  subscriber?: Omit<SubscriberOptions, "log" | "logContext" | "fromSeq" | "resume">;
+  /**
+   * Asked once per stream before it starts: a point to resume from when the index was already
+   * loaded up to it (a peer replica's snapshot, src/cluster/), else undefined.
+   */
+  resumeOf?: (ref: StreamRef) => ResumePoint | undefined;
   /** event lag and clock skew thresholds (lag-watch.ts) */
   lag?: LagWatchOptions;
 }
@@ -90,6 +96,7 @@ export class SubscriberManager
   private readonly topic: string;
   private readonly subOpts: SubscriberManagerOptions["subscriber"];
   private readonly lagOpts: LagWatchOptions | undefined;
+  private readonly resumeOf: SubscriberManagerOptions["resumeOf"];
   private closed = false;
 
   constructor(opts: SubscriberManagerOptions) {
@@ -99,6 +106,7 @@ export class SubscriberManager
     this.topic = opts.topic ?? "";
     this.subOpts = opts.subscriber;
     this.lagOpts = opts.lag;
+    this.resumeOf = opts.resumeOf;
     this.metrics = opts.registry
       ? createSubscriberMetrics(opts.registry, () => this.statuses(), this.index)
       : null;
@@ -146,6 +154,11 @@ export class SubscriberManager
   status(streamId: string): StreamStatus | undefined {
     const run = this.streams.get(streamId);
     return run ? this.statusOf(run) : undefined;
+  }
+
+  /** Where a peer could resume a stream from (live, last batch remembered), or null. */
+  resumePoint(streamId: string): ResumePoint | null {
+    return this.streams.get(streamId)?.sub.resumePoint() ?? null;
   }
 
   /** The stream specs currently running (endpoints per rank). */
@@ -249,6 +262,7 @@ export class SubscriberManager
       },
       {
         ...this.subOpts,
+        resume: this.resumeOf?.(ref),
         log,
         logContext: { pod: ref.pod, rank: ref.rank, stream: id },
       },

@@ -54,7 +54,15 @@ import {
   tierBit,
   tiersFromBits,
 } from "./rules.ts";
-import type { BlockClaim, IndexStats, NamespaceRef, PrefixIndex, StreamMatch, StreamRef } from "./types.ts";
+import type {
+  BlockClaim,
+  IndexStats,
+  NamespaceRef,
+  PrefixIndex,
+  StreamExport,
+  StreamMatch,
+  StreamRef,
+} from "./types.ts";
 
 const ES = 8;
 const META = 0;
@@ -66,6 +74,8 @@ const ID_MASK = ~0x3fff | 0x18;
 /** saturating per-tier count of extra copies (3 bits) */
 const MAX_EXTRA = MAX_EXTRA_COPIES;
 const BLOCK = 1;
+/** StreamExport meta flag: the entry has a block (its key follows) */
+const EXPORT_KEYED = 1 << 12;
 const HHI = 2;
 const HLO = 3;
 const SPREV = 4;
@@ -1800,6 +1810,79 @@ export class SyncPrefixIndex implements PrefixIndex {
       });
     }
     return out;
+  }
+
+  /**
+   * A stream's entries as a peer replica's catch-up loads them (importStream): oldest touched
+   * first, each with its tiers, extra copies and own chain key. O(the stream's entries).
+   */
+  exportStream(streamId: string): StreamExport | null {
+    const s = this.streamIdx.get(streamId);
+    if (s === undefined) return null;
+    const n = this.sCount[s];
+    const out: StreamExport = { hashes: new Array(n), meta: new Array(n), keys: new Array(n * 2) };
+    const ep = this.ep;
+    let i = n;
+    for (let x = this.sHead[s]; x !== -1 && i > 0; x = ep[x >>> this.pb][(x & this.pm) * ES + SNEXT]) {
+      i--;
+      const e = ep[x >>> this.pb];
+      const o = (x & this.pm) * ES;
+      const m = e[o + META];
+      const b = e[o + BLOCK];
+      out.hashes[i] = this.hashKeyOf(x);
+      out.meta[i] = (m & 7) | (((m >>> 5) & 0x1ff) << 3) | (b === -1 ? 0 : EXPORT_KEYED);
+      out.keys[i * 2] = b === -1 ? 0 : this.bp[b >>> this.pb][(b & this.pm) * BS + KHI];
+      out.keys[i * 2 + 1] = b === -1 ? 0 : this.bp[b >>> this.pb][(b & this.pm) * BS + KLO];
+    }
+    return out;
+  }
+
+  /**
+   * Replace a stream's entries with an exported set (a peer's snapshot). Malformed entries
+   * (no tier, a non-string hash, a hash twice) are skipped and counted as invalid events; the
+   * caps apply as for stores. Returns the entries loaded.
+   */
+  importStream(ref: StreamRef, data: StreamExport): number {
+    const s = this.streamOf(ref);
+    if (s === -1) {
+      this.counters.invalidEvents++;
+      return 0;
+    }
+    this.clearStream(s);
+    const { hashes, meta, keys } = data;
+    let loaded = 0;
+    for (let i = 0; i < hashes.length; i++) {
+      const h = hashes[i];
+      const m = meta[i];
+      const tiers = m & 7;
+      if (typeof h !== "string" || h === "" || !Number.isInteger(m) || tiers === 0) {
+        this.counters.invalidEvents++;
+        continue;
+      }
+      const kind = this.parseHash(h);
+      if (this.findEntry(s, kind, h) !== -1) {
+        this.counters.invalidEvents++;
+        continue;
+      }
+      this.evictFor(s);
+      const hi = this.h2[0];
+      const lo = this.h2[1];
+      const ent = this.allocEntry();
+      const a = this.ep[ent >>> this.pb];
+      const o = (ent & this.pm) * ES;
+      a[o + META] = (s << S_SHIFT) | (((m >>> 3) & 0x1ff) << 5) | (kind << 3) | tiers;
+      a[o + BLOCK] = -1;
+      a[o + HHI] = hi;
+      a[o + HLO] = lo;
+      if (kind === KIND_STR) this.strHashes.set(ent, h);
+      this.count++;
+      this.sCount[s]++;
+      this.insertSlot(ent);
+      this.linkHead(ent, s);
+      if ((m & EXPORT_KEYED) !== 0) this.claim(ent, this.blockOf(keys[i * 2] | 0, keys[i * 2 + 1] | 0));
+      loaded++;
+    }
+    return loaded;
   }
 
   streamEntryCount(streamId: string): number {
