@@ -61,6 +61,7 @@ interface Part {
   seq: number;
   fp: number;
   len: number;
+  ns: Array<[string | null, number]>;
   hashes: string[];
   meta: number[];
   keys: number[];
@@ -181,6 +182,7 @@ function* chunked(streams: SnapshotStream[], chunkBytes: number): Generator<Part
         seq: point.seq,
         fp: point.fp,
         len: point.len,
+        ns: i === 0 ? data.namespaces : [],
         hashes: [],
         meta: [],
         keys: [],
@@ -224,6 +226,16 @@ function checkPart(p: unknown): p is Part {
     (x.seq as number) >= 0 &&
     isInt32(x.fp) &&
     Number.isInteger(x.len) &&
+    Array.isArray(x.ns) &&
+    x.ns.length <= 1024 &&
+    x.ns.every(
+      (n) =>
+        Array.isArray(n) &&
+        n.length === 2 &&
+        (n[0] === null || (typeof n[0] === "string" && n[0].length <= 256)) &&
+        Number.isInteger(n[1]) &&
+        n[1] > 0,
+    ) &&
     Array.isArray(x.hashes) &&
     Array.isArray(x.meta) &&
     Array.isArray(x.keys) &&
@@ -298,11 +310,12 @@ export async function fetchSnapshot(
           st = {
             ref: { streamId: p.s, pod: p.pod, rank: p.rank, model: p.model },
             point: { seq: p.seq, fp: p.fp, len: p.len },
-            data: { hashes: [], meta: [], keys: [] },
+            data: { namespaces: [], hashes: [], meta: [], keys: [] },
           };
           byStream.set(p.s, st);
         } else if (st.point.seq !== p.seq)
           return { result: "rejected", detail: `stream ${p.s} at two points` };
+        st.data.namespaces.push(...p.ns);
         for (let i = 0; i < p.hashes.length; i++) {
           st.data.hashes.push(p.hashes[i]);
           st.data.meta.push(p.meta[i]);

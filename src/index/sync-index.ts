@@ -309,6 +309,8 @@ export class SyncPrefixIndex implements PrefixIndex {
 
   // namespaces
   private readonly nsIds = new Map<string, number>();
+  /** the namespace of each id (an export names those of its stream's model) */
+  private readonly nsRefs: NamespaceRef[] = [];
   private nsSeeds = new Int32Array(32);
 
   // scratch (no per-call allocation on hot paths)
@@ -421,6 +423,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     if (id === undefined) {
       id = this.nsIds.size;
       this.nsIds.set(key, id);
+      this.nsRefs.push({ model, lora, blockSize: bs });
       if (id * 2 + 2 > this.nsSeeds.length) {
         const x = new Int32Array(this.nsSeeds.length * 2);
         x.set(this.nsSeeds);
@@ -1820,7 +1823,16 @@ export class SyncPrefixIndex implements PrefixIndex {
     const s = this.streamIdx.get(streamId);
     if (s === undefined) return null;
     const n = this.sCount[s];
-    const out: StreamExport = { hashes: new Array(n), meta: new Array(n), keys: new Array(n * 2) };
+    const model = this.streams[s]!.ref.model;
+    const namespaces = this.nsRefs
+      .filter((r) => r.model === model)
+      .map((r): [string | null, number] => [r.lora, r.blockSize]);
+    const out: StreamExport = {
+      namespaces,
+      hashes: new Array(n),
+      meta: new Array(n),
+      keys: new Array(n * 2),
+    };
     const ep = this.ep;
     let i = n;
     for (let x = this.sHead[s]; x !== -1 && i > 0; x = ep[x >>> this.pb][(x & this.pm) * ES + SNEXT]) {
@@ -1849,6 +1861,16 @@ export class SyncPrefixIndex implements PrefixIndex {
       return 0;
     }
     this.clearStream(s);
+    // the keys encode their namespace; match looks namespaces up by name, so they must be known
+    for (const ns of data.namespaces ?? []) {
+      if (
+        Array.isArray(ns) &&
+        (ns[0] === null || typeof ns[0] === "string") &&
+        Number.isInteger(ns[1]) &&
+        ns[1] > 0
+      )
+        this.nsIdOf(ref.model, ns[0], ns[1]);
+    }
     const { hashes, meta, keys } = data;
     let loaded = 0;
     for (let i = 0; i < hashes.length; i++) {

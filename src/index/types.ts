@@ -71,6 +71,8 @@ export interface IndexStats {
  * touched first. Keys are the index's own chain keys, which already encode the namespace.
  */
 export interface StreamExport {
+  /** the stream model's namespaces the index knows: [adapter or null, block size] */
+  namespaces: Array<[string | null, number]>;
   /** engine hashes, canonical text */
   hashes: HashKey[];
   /** per entry: tier bits (GPU 1, CPU 2, STORAGE 4) | extra copies (3 bits per tier) << 3 | 4096 when keyed */

@@ -4,7 +4,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { connect as tcpConnect, createServer } from "node:net";
+import { createServer, connect as tcpConnect } from "node:net";
 import { waitFor } from "../../src/util/wait.ts";
 
 const CANDIDATES = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"];

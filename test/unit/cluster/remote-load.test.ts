@@ -12,7 +12,13 @@ describe("RemoteLoads: the other replicas' load", () => {
   it("sums heartbeats and deltas over peers, per stream", () => {
     const rl = new RemoteLoads();
     rl.apply(hb("a", 0, [["p0", 2, 1, 100]]), 0);
-    rl.apply(hb("b", 0, [["p0", 1, 1, 50], ["p1", 3, 0, 0]]), 0);
+    rl.apply(
+      hb("b", 0, [
+        ["p0", 1, 1, 50],
+        ["p1", 3, 0, 0],
+      ]),
+      0,
+    );
     assert.deepEqual(rl.remoteLoad("p0"), { requests: 3, prefillRequests: 2, prefillTokens: 150 });
     assert.deepEqual(rl.remoteLoad("p1"), { requests: 3, prefillRequests: 0, prefillTokens: 0 });
     assert.equal(rl.apply(d("a", 1, "p0", 1, 1, 30), 10), "ok");
@@ -61,7 +67,17 @@ describe("RemoteLoads: the other replicas' load", () => {
     rl.apply(hb("b", 0, []), 0);
     assert.equal(rl.apply(hb("c", 0, [["p0", 1, 0, 0]]), 0), "peer_cap");
     assert.equal(rl.remoteLoad("p0"), undefined);
-    assert.equal(rl.apply(hb("a", 1, [["p0", 1, 0, 0], ["p1", 1, 0, 0], ["p2", 1, 0, 0]]), 0), "stream_cap");
+    assert.equal(
+      rl.apply(
+        hb("a", 1, [
+          ["p0", 1, 0, 0],
+          ["p1", 1, 0, 0],
+          ["p2", 1, 0, 0],
+        ]),
+        0,
+      ),
+      "stream_cap",
+    );
     assert.equal(rl.remoteLoad("p2"), undefined);
     assert.equal(rl.apply(d("a", 2, "p3", 1, 0, 0), 0), "stream_cap");
   });
@@ -88,7 +104,10 @@ describe("cluster messages: bad and foreign input is rejected with a reason", ()
     assert.equal(reason({ v: 2, c: "c1", t: "bye", id: "a", seq: 0 }), "version");
     assert.equal(reason({ v: 1, c: "other", t: "bye", id: "a", seq: 0 }), "foreign");
     assert.equal(reason({ v: 1, c: "c1", t: "hb", id: "a", seq: 0, streams: [["p", -1, 0, 0]] }), "invalid");
-    assert.equal(reason({ v: 1, c: "c1", t: "hb", id: "a", seq: 0, streams: Array(11).fill(["p", 1, 0, 0]) }), "invalid");
+    assert.equal(
+      reason({ v: 1, c: "c1", t: "hb", id: "a", seq: 0, streams: Array(11).fill(["p", 1, 0, 0]) }),
+      "invalid",
+    );
     assert.equal(reason({ v: 1, c: "c1", t: "d", id: "a", seq: 0, s: "p", r: 0.5, pr: 0, pt: 0 }), "invalid");
     assert.equal(reason({ v: 1, c: "c1", t: "d", id: "", seq: 0, s: "p", r: 0, pr: 0, pt: 0 }), "invalid");
     assert.equal(reason({ v: 1, c: "c1", t: "zz", id: "a", seq: 0 }), "invalid");
