@@ -134,9 +134,8 @@ describe("snapshot over a real nats-server", { timeout: 60_000 }, () => {
       );
       const dst = new SyncPrefixIndex();
       for (const s of r.streams) dst.importStream(s.ref, s.data);
-      refs.forEach((ref, i) =>
-        assert.deepEqual(view(dst, ref.streamId, prompts[i]), view(src, ref.streamId, prompts[i])),
-      );
+      for (const [i, ref] of refs.entries())
+        assert.deepEqual(view(dst, ref.streamId, prompts[i]), view(src, ref.streamId, prompts[i]));
       assert.ok((await registry.metrics()).includes('kvsync_cluster_snapshots_served_total{result="ok"}'));
     } finally {
       server.stop();
