@@ -5,7 +5,7 @@
  * after `keepMs`, so the held snapshot is bounded in time as well as in size.
  */
 import { performance } from "node:perf_hooks";
-import type { ResumePoint } from "../events/seq-tracker.ts";
+import type { ResumePoint } from "../events/resume.ts";
 import type { PrefixIndex, StreamRef } from "../index/types.ts";
 import type { Logger } from "../util/log.ts";
 import type { ClusterLink } from "./link.ts";

@@ -9,7 +9,7 @@
  */
 import { randomUUID } from "node:crypto";
 import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
-import type { ResumePoint } from "../events/seq-tracker.ts";
+import type { ResumePoint } from "../events/resume.ts";
 import type { StreamExport, StreamRef } from "../index/types.ts";
 import type { Logger } from "../util/log.ts";
 import {

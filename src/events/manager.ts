@@ -18,7 +18,7 @@ import { dataParallelEndpoint } from "../protocol/endpoints.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
 import { LagWatch, type LagWatchOptions } from "./lag-watch.ts";
 import { createSubscriberMetrics, type SubscriberMetrics } from "./metrics.ts";
-import type { ResumePoint } from "./seq-tracker.ts";
+import type { ResumePoint } from "./resume.ts";
 import { StreamSubscriber, type SubscriberOptions } from "./subscriber.ts";
 import { type StreamState, type StreamStatus, type SubscriberManagerLike, streamIdOf } from "./types.ts";
 

@@ -16,13 +16,6 @@ import {
 export type { DropReason, SeqSink, SeqTrackerOptions, TrackerState } from "./seq-sink.ts";
 export { fingerprint } from "./seq-sink.ts";
 
-/** A stream position another replica can verify against the engine: seq and its batch's fingerprint. */
-export interface ResumePoint {
-  seq: number;
-  fp: number;
-  len: number;
-}
-
 type ReplayKind = "initial" | "gap" | "verify" | "probe" | "audit";
 
 interface Msg {
@@ -38,7 +31,8 @@ export class SeqTracker {
   private readonly hasReplay: boolean;
   private readonly maxPending: number;
   private readonly pending: Msg[] = [];
-  private readonly recent: RecentBatches;
+  /** the last applied batches by seq (a peer's resume point is checked against them: resume.ts) */
+  readonly recent: RecentBatches;
   // the running replay
   private replayKind: ReplayKind = "initial";
   private replayFrom = 0;
@@ -112,30 +106,6 @@ export class SeqTracker {
     } else {
       this.phase = "live";
     }
-  }
-
-  /**
-   * First connection of a stream whose entries up to `point.seq` came from a peer replica: check
-   * that the engine still holds that very batch (same process), then take what follows. A restarted
-   * engine, or a buffer that moved past the point, drops the loaded entries as usual.
-   */
-  resume(point: ResumePoint): void {
-    if (this.phase !== "idle") return;
-    if (!this.hasReplay || point.seq < 0) {
-      this.start();
-      return;
-    }
-    this.last = point.seq;
-    this.recent.addFingerprint(point.seq, point.fp, point.len);
-    this.beginReplay("verify", point.seq);
-  }
-
-  /** Where a peer could resume this stream from: the last applied batch, when it is remembered. */
-  resumePoint(): ResumePoint | null {
-    const last = this.last;
-    if (last === null || last < 0 || this.phase !== "live" || this.resyncing) return null;
-    const f = this.recent.fingerprintOf(last);
-    return f === null ? null : { seq: last, fp: f.fp, len: f.len };
   }
 
   /** Forget everything and take the replay buffer again from its oldest batch; only when live and idle. */

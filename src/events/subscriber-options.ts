@@ -5,7 +5,8 @@
 import type { DecodeLimits } from "../protocol/decode.ts";
 import type { EventBatch } from "../protocol/types.ts";
 import type { Logger } from "../util/log.ts";
-import type { DropReason, ResumePoint } from "./seq-tracker.ts";
+import type { ResumePoint } from "./resume.ts";
+import type { DropReason } from "./seq-tracker.ts";
 import type { StreamState } from "./types.ts";
 
 export interface StreamEndpoints {

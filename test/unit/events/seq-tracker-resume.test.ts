@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { resumePointOf, resumeTracker } from "../../../src/events/resume.ts";
 import { type DropReason, fingerprint, type SeqSink, SeqTracker } from "../../../src/events/seq-tracker.ts";
 
 /** A stream loaded from a peer's snapshot resumes only from the same engine process (catch-up). */
@@ -30,7 +31,7 @@ describe("SeqTracker.resume: a peer's point verified against the engine's buffer
   it("same engine: the batch at the point matches, what follows is applied, nothing dropped", () => {
     const s = new Sink();
     const t = new SeqTracker(s, { replay: true });
-    t.resume(point(1, 50));
+    resumeTracker(t, point(1, 50));
     assert.deepEqual(s.replays, [50]);
     for (let q = 50; q <= 53; q++) t.onReplayMessage(q, batch(1, q));
     t.onReplayEnd();
@@ -39,13 +40,13 @@ describe("SeqTracker.resume: a peer's point verified against the engine's buffer
     assert.equal(t.state(), "live");
     t.onLive(54, batch(1, 54));
     assert.deepEqual(s.applied, [51, 52, 53, 54]);
-    assert.deepEqual(t.resumePoint(), point(1, 54));
+    assert.deepEqual(resumePointOf(t), point(1, 54));
   });
 
   it("engine restarted (another batch at that seq): the loaded entries are dropped", () => {
     const s = new Sink();
     const t = new SeqTracker(s, { replay: true });
-    t.resume(point(1, 50));
+    resumeTracker(t, point(1, 50));
     t.onReplayMessage(50, batch(2, 50));
     t.onReplayEnd();
     assert.deepEqual(s.drops, ["restart"]);
@@ -55,7 +56,7 @@ describe("SeqTracker.resume: a peer's point verified against the engine's buffer
   it("engine restarted (nothing at or after the point): dropped", () => {
     const s = new Sink();
     const t = new SeqTracker(s, { replay: true });
-    t.resume(point(1, 50));
+    resumeTracker(t, point(1, 50));
     t.onReplayEnd();
     assert.deepEqual(s.drops, ["restart"]);
   });
@@ -63,7 +64,7 @@ describe("SeqTracker.resume: a peer's point verified against the engine's buffer
   it("buffer rolled past the point: an unrecoverable gap, dropped and rebuilt", () => {
     const s = new Sink();
     const t = new SeqTracker(s, { replay: true });
-    t.resume(point(1, 50));
+    resumeTracker(t, point(1, 50));
     t.onReplayMessage(60, batch(1, 60));
     t.onReplayEnd();
     assert.deepEqual(s.drops, ["gap"]);
