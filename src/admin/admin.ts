@@ -1,19 +1,23 @@
 /**
  * The admin HTTP API of `kvsync index` and `kvsync gateway` (with its route explain, explain.ts):
  *
- *   GET  /healthz                       {"status":"ok"}
- *   GET  /readyz                        200 {"status":"ready"} | 503 {"status":"not ready"}
+ *   GET  /healthz                       {"status":"ok", ...the process's health (event-loop delay)}
+ *   GET  /readyz                        200 {"status":"ready", ...} | 503 {"status":"not ready", ...}
+ *        (the readiness report: discovery, pods, streams live / waiting / given up)
  *   GET  /metrics                       Prometheus text of the registry
  *   GET  /admin/pods                    one entry per stream (pod, or pod and DP rank):
  *        [{name, rank, stream, model, lora, ready, healthy, healthReason, state, lastSeq, eventsApplied, blocks,
- *          decodeErrors, gaps, replays, resyncs, restarts}]   (`lora`: the adapters the pod serves;
- *        a pod without an events endpoint appears once with stream/state null)
+ *          decodeErrors, gaps, replays, resyncs, restarts, blockSize, declaredBlockSize, warnings}]
+ *        (`lora`: the adapters the pod serves; a pod without an events endpoint, or whose port
+ *        layout is refused, appears once with stream/state null; `warnings`: configuration
+ *        problems, each {code, message})
  *   GET  /admin/pods/<name>/blocks[?rank=N]
  *        {"blocks":[{"hash":"<canonical text>","tiers":["GPU"]}]}, sorted by hash; a DP pod
  *        without ?rank lists every rank's blocks, each with its "rank"
  *   POST /admin/index/match  {"model","lora"?,"token_ids"|"prompt","block_size"?}
- *        {"blockSize":16,"tokens":n,"pods":[{"pod","rank","stream","matchedBlocks","matchedTokens",
- *          "tiers":{"GPU":blocks,"CPU":blocks,"STORAGE":blocks}}]}  (best match first)
+ *        {"blockSize":16,"tokens":n,"pods":[{"pod","rank","stream","blockSize","matchedBlocks","matchedTokens",
+ *          "tiers":{"GPU":blocks,"CPU":blocks,"STORAGE":blocks}}]}  (best match first; without
+ *        "block_size" each stream is matched in its own block size, learned from its events)
  *
  * Errors use OpenAI's shape `{"error":{"message","type","param","code"}}`. `createAdminHandler`
  * returns the request handler; `.route(method, path, fn)` adds routes (e.g. the gateway's
@@ -26,7 +30,7 @@ import { DEFAULT_BLOCK_SIZE, type PodInfo } from "../discovery/types.ts";
 import { type StreamStatus, type SubscriberManagerLike, streamIdOf } from "../events/types.ts";
 import { badRequest, GatewayError, sendError } from "../gateway/errors.ts";
 import { readBody } from "../gateway/request.ts";
-import type { PrefixIndex } from "../index/types.ts";
+import type { PrefixIndex, StreamMatch } from "../index/types.ts";
 import { hashToText } from "../protocol/hash.ts";
 import type { TokenizerLookup } from "../tokenize/lookup.ts";
 import type { Tokenizer } from "../tokenize/types.ts";
@@ -44,10 +48,14 @@ export interface AdminDeps {
   /** for `"prompt"` in match requests (`tokenizer` is accepted as an alias) */
   tokenizers?: TokenizerLookup;
   tokenizer?: TokenizerLookup;
+  /** more warnings for a stream's row of /admin/pods (the gateway's never-matches watch) */
+  streamWarnings?: (streamId: string) => AdminWarning[];
   /** a pod's health signal for /admin/pods (the gateway's); absent: `healthy` is null */
   health?: (pod: string) => { healthy: boolean; reason: string | null } | null;
-  /** readiness for /readyz (default: always ready) */
-  ready?: () => boolean;
+  /** readiness for /readyz (default: always ready); a report's fields go into the body */
+  ready?: () => boolean | { ready: boolean };
+  /** what /healthz reports beside its status (the event-loop delay) */
+  process?: () => Record<string, unknown>;
   /** block size when neither the request nor the model's pods name one */
   defaultBlockSize?: number;
   /** request body cap (bytes) */
@@ -67,6 +75,13 @@ export interface AdminHandler {
   route(method: string, path: string, fn: AdminRouteHandler): AdminHandler;
   /** Handle the request if a route matches; false (nothing sent) otherwise. */
   handle(req: IncomingMessage, res: ServerResponse): Promise<boolean>;
+}
+
+/** A configuration problem shown on a row of /admin/pods. */
+export interface AdminWarning {
+  /** layout_refused | wrong_rank | block_size_mismatch | never_matches */
+  code: string;
+  message: string;
 }
 
 export interface AdminPodEntry {
@@ -89,6 +104,11 @@ export interface AdminPodEntry {
   replays: number;
   resyncs: number;
   restarts: number;
+  /** block size the stream's events carry (null before its first BlockStored) */
+  blockSize: number | null;
+  /** block size the pod declares (engines file, annotation), null when it declares none */
+  declaredBlockSize: number | null;
+  warnings: AdminWarning[];
 }
 
 const methodNotAllowed = (allow: string) =>
@@ -165,7 +185,29 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
     replays: s ? s.replays : 0,
     resyncs: s ? s.resyncs : 0,
     restarts: s ? (s.restarts ?? 0) : 0,
+    blockSize: s?.blockSize ?? null,
+    declaredBlockSize: p.blockSize ?? null,
+    warnings: warningsOf(p, s),
   });
+
+  const warningsOf = (p: PodInfo, s: StreamStatus | null): AdminWarning[] => {
+    const out: AdminWarning[] = [];
+    const layout = manager?.layoutError?.(p.name) ?? null;
+    if (layout !== null) out.push({ code: "layout_refused", message: layout });
+    if (s === null) return out;
+    if (s.wrongRankBatches)
+      out.push({
+        code: "wrong_rank",
+        message: `${s.wrongRankBatches} batches of another data-parallel rank refused: the pod's port layout does not match the engine's`,
+      });
+    if (s.blockSizeMismatch)
+      out.push({
+        code: "block_size_mismatch",
+        message: `the pod declares block size ${p.blockSize} but its events carry ${s.blockSize}: matching uses ${s.blockSize}`,
+      });
+    for (const w of deps.streamWarnings?.(s.streamId) ?? []) out.push(w);
+    return out;
+  };
 
   const podsBody = (): AdminPodEntry[] => {
     const statuses = manager?.statuses() ?? [];
@@ -255,14 +297,22 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
     const lora = b.lora ?? null;
     if (lora !== null && typeof lora !== "string")
       throw badRequest("invalid_lora", '"lora" must be a string or null', "lora");
+    // without "block_size", each stream of the model is matched in its own size: what its
+    // events carry, else what its pod declares, else the default
+    const sizes = new Map<string, number>();
     let blockSize = defaultBlockSize;
     if (b.block_size !== undefined) {
       if (typeof b.block_size !== "number" || !Number.isInteger(b.block_size) || b.block_size < 1)
         throw badRequest("invalid_block_size", '"block_size" must be a positive integer', "block_size");
       blockSize = b.block_size;
     } else {
+      const declared = new Map(podList().map((p) => [p.name, p.blockSize]));
+      for (const s of manager?.statuses() ?? []) {
+        if (s.model !== b.model) continue;
+        sizes.set(s.streamId, s.blockSize ?? declared.get(s.pod) ?? defaultBlockSize);
+      }
       const withSize = podList().find((p) => p.model === b.model && p.blockSize !== undefined);
-      if (withSize?.blockSize) blockSize = withSize.blockSize;
+      blockSize = sizes.values().next().value ?? withSize?.blockSize ?? defaultBlockSize;
     }
     let tokens: number[];
     if (b.token_ids !== undefined) {
@@ -282,14 +332,22 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
         "token_ids",
       );
     }
-    const matches = index.match({ model: b.model, lora: lora as string | null, blockSize }, tokens);
+    const ns = { model: b.model, lora: lora as string | null };
+    const matches: Array<StreamMatch & { blockSize: number }> = [];
+    for (const bs of new Set([blockSize, ...sizes.values()])) {
+      for (const m of index.match({ ...ns, blockSize: bs }, tokens)) {
+        if (sizes.size === 0 || (sizes.get(m.streamId) ?? blockSize) === bs)
+          matches.push({ ...m, blockSize: bs });
+      }
+    }
     const pods = matches
       .map((m) => ({
         pod: m.pod,
         rank: m.rank,
         stream: m.streamId,
+        blockSize: m.blockSize,
         matchedBlocks: m.matchedBlocks,
-        matchedTokens: m.matchedBlocks * blockSize,
+        matchedTokens: m.matchedBlocks * m.blockSize,
         tiers: { GPU: m.tiers.GPU, CPU: m.tiers.CPU, STORAGE: m.tiers.STORAGE },
       }))
       .sort(
@@ -325,13 +383,15 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
   const on = (path: string, fn: AdminRouteHandler) => builtin.on(ALL_METHODS, path, noop, fn);
   on(
     "/healthz",
-    get((_req, res) => sendJson(res, 200, { status: "ok" })),
+    get((_req, res) => sendJson(res, 200, { status: "ok", ...deps.process?.() })),
   );
   on(
     "/readyz",
     get((_req, res) => {
-      const ok = deps.ready ? deps.ready() : true;
-      sendJson(res, ok ? 200 : 503, { status: ok ? "ready" : "not ready" });
+      const r = deps.ready ? deps.ready() : true;
+      const ok = typeof r === "boolean" ? r : r.ready;
+      const detail = typeof r === "boolean" ? {} : { ...r, ready: undefined };
+      sendJson(res, ok ? 200 : 503, { status: ok ? "ready" : "not ready", ...detail });
     }),
   );
   on(

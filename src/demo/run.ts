@@ -3,12 +3,14 @@
  * by the multi-turn chat workload once per routing policy, with fresh engines (empty caches)
  * for each policy, and the same workload (same seed) every time.
  */
+
 import { performance } from "node:perf_hooks";
 import { Agent } from "undici";
 import { isPolicyName, type PolicyName } from "../routing/index.ts";
 import { TokenizerPool } from "../tokenize/pool.ts";
 import { TokenizerRegistry } from "../tokenize/registry.ts";
 import { createLogger, type Logger } from "../util/log.ts";
+import { exerciseEndpoints } from "./endpoints.ts";
 import { type LocalFleet, resetPrefixCaches, startLocalFleet, streamRequest } from "./fleet.ts";
 import { type PolicyResult, type RequestOutcome, summarize } from "./report.ts";
 import { type Conversation, generateWorkload, type Workload, type WorkloadOptions } from "./workload.ts";
@@ -141,6 +143,7 @@ async function warmUp(o: DemoOptions, fleet: LocalFleet): Promise<void> {
     );
     const bad = rs.find((r) => !r.ok);
     if (bad) throw new Error(`warm-up request failed: ${bad.error ?? `HTTP ${bad.status}`}`);
+    await exerciseEndpoints(fleet.gw.url, DEMO_MODEL, o.requestTimeoutMs);
   } finally {
     await agent.close();
   }

@@ -25,7 +25,7 @@ import { EngineRequest, type FinishReason, SchedulerFullError } from "./schedule
  * requests in the scheduler.
  */
 
-interface AbortHooks {
+export interface AbortHooks {
   aborted: boolean;
   onAborts: Array<() => void>;
 }
@@ -39,7 +39,7 @@ interface Generation {
 }
 
 /** Submit one generation; tokens are reported through `onToken`, resolves with the finish reason. */
-function generate(
+export function generate(
   engine: MockEngine,
   g: Generation,
   onToken: (id: number, index: number) => void,
@@ -111,7 +111,7 @@ function usageOf(reqs: EngineRequest[]) {
   };
 }
 
-function watchClose(res: ServerResponse): AbortHooks {
+export function watchClose(res: ServerResponse): AbortHooks {
   const sig: AbortHooks = { aborted: false, onAborts: [] };
   res.on("close", () => {
     if (!res.writableFinished) {

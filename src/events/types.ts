@@ -25,6 +25,12 @@ export interface StreamStatus {
   resyncs: number;
   /** engine restarts detected (seq went backwards / another batch at our last seq) */
   restarts?: number;
+  /** block size the stream's events carry (null before its first BlockStored) */
+  blockSize?: number | null;
+  /** the pod declares another block size than its events carry */
+  blockSizeMismatch?: boolean;
+  /** batches refused because they carried another data-parallel rank */
+  wrongRankBatches?: number;
 }
 
 /**
@@ -36,5 +42,7 @@ export interface SubscriberManagerLike {
   setPods(pods: PodInfo[]): void;
   statuses(): StreamStatus[];
   status(streamId: string): StreamStatus | undefined;
+  /** why a pod's streams are not subscribed (its port layout cannot work), or null */
+  layoutError?(pod: string): string | null;
   close(): Promise<void>;
 }
