@@ -25,6 +25,8 @@ export interface FleetOptions {
   subscriber?: SubscriberManagerOptions["subscriber"];
   /** event lag and clock skew thresholds of the streams */
   lag?: SubscriberManagerOptions["lag"];
+  /** a resume point per stream whose entries a peer's snapshot already loaded (src/cluster/) */
+  resumeOf?: SubscriberManagerOptions["resumeOf"];
   /** when /readyz stops waiting for a stream; whether it needs a routable pod */
   readiness?: ReadinessOptions;
   registry: Registry;
@@ -58,6 +60,7 @@ export class Fleet {
             topic: o.topic,
             subscriber: o.subscriber,
             lag: o.lag,
+            resumeOf: o.resumeOf,
           })
         : null;
     this.subscribers = subs;

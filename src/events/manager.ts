@@ -13,12 +13,13 @@ import { EventEmitter } from "node:events";
 import { performance } from "node:perf_hooks";
 import type { Registry } from "prom-client";
 import type { PodInfo } from "../discovery/types.ts";
-import type { PrefixIndex } from "../index/types.ts";
+import type { PrefixIndex, StreamRef } from "../index/types.ts";
 import type { LayoutError } from "../protocol/endpoints.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
 import { type ConfigMetrics, createConfigMetrics } from "./config-metrics.ts";
 import { LagWatch, type LagWatchOptions } from "./lag-watch.ts";
 import { createSubscriberMetrics, type SubscriberMetrics } from "./metrics.ts";
+import type { ResumePoint } from "./resume.ts";
 import { StreamChecks } from "./stream-checks.ts";
 import { podStreams, type StreamSpec, streamsOf } from "./stream-layout.ts";
 import { StreamSubscriber, type SubscriberOptions } from "./subscriber.ts";
@@ -34,7 +35,12 @@ export interface SubscriberManagerOptions {
   /** topic prefix to subscribe to; "" (default) = all */
   topic?: string;
   /** passed to every subscriber */
-  subscriber?: Omit<SubscriberOptions, "log" | "logContext" | "fromSeq">;
+  subscriber?: Omit<SubscriberOptions, "log" | "logContext" | "fromSeq" | "resume">;
+  /**
+   * Asked once per stream before it starts: a point to resume from when the index was already
+   * loaded up to it (a peer replica's snapshot, src/cluster/), else undefined.
+   */
+  resumeOf?: (ref: StreamRef) => ResumePoint | undefined;
   /** event lag and clock skew thresholds (lag-watch.ts) */
   lag?: LagWatchOptions;
 }
@@ -82,6 +88,7 @@ export class SubscriberManager
   private readonly topic: string;
   private readonly subOpts: SubscriberManagerOptions["subscriber"];
   private readonly lagOpts: LagWatchOptions | undefined;
+  private readonly resumeOf: SubscriberManagerOptions["resumeOf"];
   private closed = false;
 
   constructor(opts: SubscriberManagerOptions) {
@@ -91,6 +98,7 @@ export class SubscriberManager
     this.topic = opts.topic ?? "";
     this.subOpts = opts.subscriber;
     this.lagOpts = opts.lag;
+    this.resumeOf = opts.resumeOf;
     this.metrics = opts.registry
       ? createSubscriberMetrics(opts.registry, () => this.statuses(), this.index)
       : null;
@@ -172,6 +180,11 @@ export class SubscriberManager
   status(streamId: string): StreamStatus | undefined {
     const run = this.streams.get(streamId);
     return run ? this.statusOf(run) : undefined;
+  }
+
+  /** Where a peer could resume a stream from (live, last batch remembered), or null. */
+  resumePoint(streamId: string): ResumePoint | null {
+    return this.streams.get(streamId)?.sub.resumePoint() ?? null;
   }
 
   /** The stream specs currently running (endpoints per rank). */
@@ -308,6 +321,7 @@ export class SubscriberManager
       },
       {
         ...this.subOpts,
+        resume: this.resumeOf?.(ref),
         log,
         logContext: { pod: ref.pod, rank: ref.rank, stream: id },
       },

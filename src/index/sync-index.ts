@@ -59,6 +59,7 @@ import type {
   IndexStats,
   NamespaceRef,
   PrefixIndex,
+  StreamExport,
   StreamMatch,
   StreamRef,
   TierCounts,
@@ -74,6 +75,8 @@ const ID_MASK = ~0x3fff | 0x18;
 /** saturating per-tier count of extra copies (3 bits) */
 const MAX_EXTRA = MAX_EXTRA_COPIES;
 const BLOCK = 1;
+/** StreamExport meta flag: the entry has a block (its key follows) */
+const EXPORT_KEYED = 1 << 12;
 const HHI = 2;
 const HLO = 3;
 const SPREV = 4;
@@ -307,6 +310,8 @@ export class SyncPrefixIndex implements PrefixIndex {
 
   // namespaces
   private readonly nsIds = new Map<string, number>();
+  /** the namespace of each id (an export names those of its stream's model) */
+  private readonly nsRefs: NamespaceRef[] = [];
   private nsSeeds = new Int32Array(32);
 
   // scratch (no per-call allocation on hot paths)
@@ -419,6 +424,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     if (id === undefined) {
       id = this.nsIds.size;
       this.nsIds.set(key, id);
+      this.nsRefs.push({ model, lora, blockSize: bs });
       if (id * 2 + 2 > this.nsSeeds.length) {
         const x = new Int32Array(this.nsSeeds.length * 2);
         x.set(this.nsSeeds);
@@ -1827,6 +1833,98 @@ export class SyncPrefixIndex implements PrefixIndex {
       x = page[o + SNEXT];
     }
     return out;
+  }
+
+  /**
+   * A stream's entries as a peer replica's catch-up loads them (importStream): oldest touched
+   * first, each with its tiers, extra copies and own chain key. O(the stream's entries).
+   */
+  exportStream(streamId: string): StreamExport | null {
+    const s = this.streamIdx.get(streamId);
+    if (s === undefined) return null;
+    const n = this.sCount[s];
+    const model = this.streams[s]!.ref.model;
+    const namespaces = this.nsRefs
+      .filter((r) => r.model === model)
+      .map((r): [string | null, number] => [r.lora, r.blockSize]);
+    const out: StreamExport = {
+      namespaces,
+      hashes: new Array(n),
+      meta: new Array(n),
+      keys: new Array(n * 2),
+    };
+    const ep = this.ep;
+    let i = n;
+    for (let x = this.sHead[s]; x !== -1 && i > 0; x = ep[x >>> this.pb][(x & this.pm) * ES + SNEXT]) {
+      i--;
+      const e = ep[x >>> this.pb];
+      const o = (x & this.pm) * ES;
+      const m = e[o + META];
+      const b = e[o + BLOCK];
+      out.hashes[i] = this.hashKeyOf(x);
+      out.meta[i] = (m & 7) | (((m >>> 5) & 0x1ff) << 3) | (b === -1 ? 0 : EXPORT_KEYED);
+      out.keys[i * 2] = b === -1 ? 0 : this.bp[b >>> this.pb][(b & this.pm) * BS + KHI];
+      out.keys[i * 2 + 1] = b === -1 ? 0 : this.bp[b >>> this.pb][(b & this.pm) * BS + KLO];
+    }
+    return out;
+  }
+
+  /**
+   * Replace a stream's entries with an exported set (a peer's snapshot). Malformed entries
+   * (no tier, a non-string hash, a hash twice) are skipped and counted as invalid events; the
+   * caps apply as for stores. Returns the entries loaded.
+   */
+  importStream(ref: StreamRef, data: StreamExport): number {
+    const s = this.streamOf(ref);
+    if (s === -1) {
+      this.counters.invalidEvents++;
+      return 0;
+    }
+    this.clearStream(s);
+    // the keys encode their namespace; match looks namespaces up by name, so they must be known
+    for (const ns of data.namespaces ?? []) {
+      if (
+        Array.isArray(ns) &&
+        (ns[0] === null || typeof ns[0] === "string") &&
+        Number.isInteger(ns[1]) &&
+        ns[1] > 0
+      )
+        this.nsIdOf(ref.model, ns[0], ns[1]);
+    }
+    const { hashes, meta, keys } = data;
+    let loaded = 0;
+    for (let i = 0; i < hashes.length; i++) {
+      const h = hashes[i];
+      const m = meta[i];
+      const tiers = m & 7;
+      if (typeof h !== "string" || h === "" || !Number.isInteger(m) || tiers === 0) {
+        this.counters.invalidEvents++;
+        continue;
+      }
+      const kind = this.parseHash(h);
+      if (this.findEntry(s, kind, h) !== -1) {
+        this.counters.invalidEvents++;
+        continue;
+      }
+      this.evictFor(s);
+      const hi = this.h2[0];
+      const lo = this.h2[1];
+      const ent = this.allocEntry();
+      const a = this.ep[ent >>> this.pb];
+      const o = (ent & this.pm) * ES;
+      a[o + META] = (s << S_SHIFT) | (((m >>> 3) & 0x1ff) << 5) | (kind << 3) | tiers;
+      a[o + BLOCK] = -1;
+      a[o + HHI] = hi;
+      a[o + HLO] = lo;
+      if (kind === KIND_STR) this.strHashes.set(ent, h);
+      this.count++;
+      this.sCount[s]++;
+      this.insertSlot(ent);
+      this.linkHead(ent, s);
+      if ((m & EXPORT_KEYED) !== 0) this.claim(ent, this.blockOf(keys[i * 2] | 0, keys[i * 2 + 1] | 0));
+      loaded++;
+    }
+    return loaded;
   }
 
   streamEntryCount(streamId: string): number {
