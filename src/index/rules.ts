@@ -21,7 +21,7 @@ export const TIER_NAMES: readonly Tier[] = ["GPU", "CPU", "STORAGE"];
 
 export function tierBit(medium: string | null | undefined): number {
   if (medium === null || medium === undefined || medium === "GPU") return TIER_GPU;
-  if (medium === "CPU") return TIER_CPU;
+  if (medium === "CPU" || medium === "CPU_PINNED") return TIER_CPU;
   return TIER_STORAGE;
 }
 

@@ -31,6 +31,7 @@ import {
   BATCH_ORDER,
   EVENT_TYPES,
   F_BLOCK_SIZE,
+  F_CACHE_SALT,
   F_DP_RANK,
   F_EVENTS,
   F_EXTRA,
@@ -40,6 +41,8 @@ import {
   F_LORA_ID,
   F_LORA_NAME,
   F_MEDIUM,
+  F_METADATA,
+  F_MM_INFOS,
   F_PARENT,
   F_SPEC_KIND,
   F_SPEC_SW,
@@ -48,6 +51,7 @@ import {
   F_TYPE,
   FIELD_NAMES,
   REMOVED_ORDER,
+  STORED_EXTRA_KEYS,
   STORED_ORDER,
   T_CLEARED,
   T_STORED,
@@ -127,7 +131,11 @@ const MEDIA = internTable(["GPU", "CPU", "STORAGE"]);
 
 const named = (ids: readonly number[]) => ids.map((id): [string, number] => [FIELD_NAMES[id]!, id]);
 /** Map keys of events: the tag and the fields of every event type (a field has one id in all). */
-const EVENT_KEY_TABLE = keyTable(named([F_TYPE, ...new Set([...STORED_ORDER, ...REMOVED_ORDER])]));
+const EVENT_KEY_TABLE = keyTable(
+  named([F_TYPE, ...new Set([...STORED_ORDER, ...REMOVED_ORDER]), ...STORED_EXTRA_KEYS]),
+);
+/** Keys of SGLang's BlockStoredMetadata map. */
+const METADATA_KEY_TABLE = keyTable(named([F_CACHE_SALT]));
 const BATCH_KEY_TABLE = keyTable(named(BATCH_ORDER));
 const TYPE_TABLE = keyTable(EVENT_TYPES);
 
@@ -241,6 +249,31 @@ class KvEventReader extends MsgpackReader<DecodeLimits> {
     return v;
   }
 
+  /** True when the next value is a map (without consuming it). */
+  atMap(): boolean {
+    this.need(1);
+    const b = this.buf[this.pos]!;
+    return (b >= 0x80 && b <= 0x8f) || b === 0xde || b === 0xdf;
+  }
+
+  /**
+   * SGLang's BlockStoredWithMetadata.metadata: a map whose known key is `cache_salt`; other keys
+   * are skipped and counted. A nil salt leaves the event unsalted.
+   */
+  metadata(s: BlockStored, depth: number): void {
+    if (this.nil()) return;
+    const n = this.mapHeader();
+    if (n < 0) this.bad("metadata: expected a map or nil");
+    for (let i = 0; i < n; i++) {
+      if (this.match(METADATA_KEY_TABLE, this.key()) === F_CACHE_SALT) {
+        s.cacheSalt = this.strOrNil("metadata.cache_salt", MEDIA);
+      } else {
+        this.unknownKeys++;
+        this.skipValue(depth + 1);
+      }
+    }
+  }
+
   /** Read the value of event field `key` into `ev` (fields of the wrong event type are unknown). */
   field(ev: BlockStored | BlockRemoved, type: number, key: number, depth: number): number {
     if (type === T_STORED) {
@@ -266,8 +299,26 @@ class KvEventReader extends MsgpackReader<DecodeLimits> {
           s.medium = this.strOrNil("medium", MEDIA);
           return 0;
         case F_LORA_NAME:
-          s.loraName = this.strOrNil("lora_name", MEDIA);
+          // SGLang writes its metadata map where vLLM (since Dec 2025) writes lora_name: the
+          // 8th element of a salted BlockStored. A map is never a lora_name, so the type decides.
+          if (this.atMap()) this.metadata(s, depth);
+          else s.loraName = this.strOrNil("lora_name", MEDIA);
           return 0;
+        case F_CACHE_SALT:
+          s.cacheSalt = this.strOrNil("cache_salt", MEDIA);
+          return 0;
+        case F_METADATA:
+          this.metadata(s, depth);
+          return 0;
+        case F_MM_INFOS: {
+          // per-block multimodal info: kept as extra keys, which leaves the blocks unmatchable
+          // from token ids (the index's rule for any multimodal content)
+          this.startValues(this.lim.maxExtraKeys, "maxExtraKeys");
+          const v = this.value(depth, "block_mm_infos");
+          if (v !== null && !Array.isArray(v)) this.bad("block_mm_infos: expected an array or nil");
+          if (v !== null) s.extraKeys = v as unknown[];
+          return 0;
+        }
         case F_EXTRA:
           s.extraKeys = this.extraKeys(depth);
           return 0;
