@@ -60,7 +60,7 @@ export function apiTiming(
       hist?.observe({ verb, result: ok ? "ok" : "error" }, ms / 1000);
       if (slowMs <= 0 || ms <= slowMs) return;
       slow?.inc({ verb });
-      if (logs.take(Date.now()))
+      if (logs.take(performance.now()))
         log.warn(
           { event: "discovery.slow", verb, path, durationMs: Math.round(ms), thresholdMs: slowMs, ok },
           "Kubernetes API request slow: pod changes reach the router late",

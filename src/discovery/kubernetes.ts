@@ -357,7 +357,7 @@ export class KubernetesSource implements DiscoverySource {
     s.failing = false;
     s.lastError = null;
     if (!this.degraded()) {
-      const seconds = this.outageSince === null ? 0 : (Date.now() - this.outageSince) / 1000;
+      const seconds = this.outageSince === null ? 0 : (performance.now() - this.outageSince) / 1000;
       this.outageSince = null;
       this.log.info(
         { event: "discovery.recovered", server: this.server, outageSeconds: seconds },
@@ -381,7 +381,7 @@ export class KubernetesSource implements DiscoverySource {
     s.failing = true;
     s.lastError = message;
     s.failures++;
-    if (this.outageSince === null) this.outageSince = Date.now();
+    if (this.outageSince === null) this.outageSince = performance.now();
     const delay = Math.min(
       this.opts.backoffMaxMs,
       this.opts.backoffMinMs * 2 ** Math.min(s.failures - 1, 20) * (0.8 + Math.random() * 0.4),

@@ -33,8 +33,8 @@ export class ReplayClient {
   private dealer: zmq.Dealer | null = null;
   private closed = false;
   private tokens: number;
-  private tokensAt = Date.now();
-  private throttleLoggedAt = 0;
+  private tokensAt = performance.now();
+  private throttleLoggedAt = Number.NEGATIVE_INFINITY;
   private readonly sleeps = new Set<() => void>();
   private readonly runs = new Set<Promise<void>>();
 
@@ -56,8 +56,8 @@ export class ReplayClient {
     if (bucketWait > 0) {
       this.on.throttled(bucketWait);
       // one line per burst, not per replay: the bound exists because replays can come in floods
-      if (Date.now() - this.throttleLoggedAt > 5000) {
-        this.throttleLoggedAt = Date.now();
+      if (performance.now() - this.throttleLoggedAt > 5000) {
+        this.throttleLoggedAt = performance.now();
         this.log.warn(
           { event: "subscriber.replay_throttled", ...this.ctx(), fromSeq, delayMs: bucketWait },
           "replay rate bound reached: replays held back",
@@ -86,7 +86,7 @@ export class ReplayClient {
   /** ms to wait before the next replay may start (token bucket), taking a token. */
   private takeToken(): number {
     const rate = Math.max(0.1, this.opts.maxReplaysPerSecond);
-    const now = Date.now();
+    const now = performance.now();
     this.tokens = Math.min(rate, this.tokens + ((now - this.tokensAt) / 1000) * rate);
     this.tokensAt = now;
     this.tokens -= 1;

@@ -61,10 +61,10 @@ export class SubSocket {
   private retryTimer: NodeJS.Timeout | null = null;
   private watchdog: NodeJS.Timeout | null = null;
   /** last sign of libzmq trying to (re)connect, or of the connection itself */
-  private lastAttemptAt = Date.now();
+  private lastAttemptAt = performance.now();
   /** set on a disconnect until libzmq shows a reconnect attempt */
   private awaitingRetrySince = 0;
-  private lastTrafficAt = Date.now();
+  private lastTrafficAt = performance.now();
   private readonly loops = new Set<Promise<void>>();
   /** sockets replaced so far */
   replacements = 0;
@@ -123,11 +123,11 @@ export class SubSocket {
       ...hb,
     });
     this.sub = sub;
-    this.lastAttemptAt = Date.now();
+    this.lastAttemptAt = performance.now();
     this.awaitingRetrySince = 0;
     const attempting = () => {
       if (this.sub !== sub) return;
-      this.lastAttemptAt = Date.now();
+      this.lastAttemptAt = performance.now();
       this.awaitingRetrySince = 0;
     };
     sub.events.on("connect", attempting);
@@ -148,10 +148,10 @@ export class SubSocket {
     sub.events.on("handshake:error:other", attempting);
     sub.events.on("disconnect", () => {
       if (this.sub !== sub || this.closed) return;
-      this.awaitingRetrySince = Date.now();
+      this.awaitingRetrySince = performance.now();
       if (!this.connected) return;
       this.connected = false;
-      const silentMs = Date.now() - this.lastTrafficAt;
+      const silentMs = performance.now() - this.lastTrafficAt;
       const stalled = o.heartbeatIntervalMs > 0 && silentMs >= o.heartbeatTimeoutMs;
       this.on.down(stalled ? "stalled" : "closed", silentMs);
     });
@@ -170,7 +170,7 @@ export class SubSocket {
     if (this.closed || this.sub !== sub || this.connected) return;
     this.attempt = 0;
     this.connected = true;
-    this.lastTrafficAt = Date.now();
+    this.lastTrafficAt = performance.now();
     this.on.up();
   }
 
@@ -178,7 +178,7 @@ export class SubSocket {
   private check(): void {
     const sub = this.sub;
     if (this.closed || sub === null || this.connected) return;
-    const now = Date.now();
+    const now = performance.now();
     if (this.awaitingRetrySince > 0 && now - this.awaitingRetrySince >= this.opts.retryGraceMs) {
       this.log.warn(
         { event: "subscriber.session_ended", ...this.ctx(), graceMs: this.opts.retryGraceMs },
@@ -206,7 +206,7 @@ export class SubSocket {
     }
     if (this.connected) {
       this.connected = false;
-      this.on.down(cause, Date.now() - this.lastTrafficAt);
+      this.on.down(cause, performance.now() - this.lastTrafficAt);
     }
     if (this.closed) return;
     this.replacements++;
@@ -231,7 +231,7 @@ export class SubSocket {
     try {
       for await (const frames of sub) {
         if (this.closed || this.sub !== sub) return;
-        this.lastTrafficAt = Date.now();
+        this.lastTrafficAt = performance.now();
         // a message proves the connection even if the monitor event is late
         if (!this.connected) this.markUp(sub);
         this.on.frames(frames);

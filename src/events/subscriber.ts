@@ -45,7 +45,7 @@ export class StreamSubscriber {
   private started = false;
   private lastState: StreamState = "connecting";
   private tailTimer: NodeJS.Timeout | null = null;
-  private lastActivity = Date.now();
+  private lastActivity = performance.now();
   private probing = false;
   // counters (the manager turns them into metrics)
   eventsApplied = 0;
@@ -69,7 +69,7 @@ export class StreamSubscriber {
   stalls = 0;
   reconnects = 0;
   socketReplacements = 0;
-  private downSince = Date.now();
+  private downSince = performance.now();
   /** live seqs beyond the engine's buffer, discarded */
   bogusSeqs = 0;
   /** replays held back by the per-stream rate bound */
@@ -229,7 +229,7 @@ export class StreamSubscriber {
                 this.consumer.replayThrottled?.(delayMs);
               },
               settled: () => {
-                this.lastActivity = Date.now();
+                this.lastActivity = performance.now();
                 this.emitState();
               },
             },
@@ -342,8 +342,9 @@ export class StreamSubscriber {
   }
 
   private maybeProbe(): void {
-    if (this.closed || !this.connected || Date.now() - this.lastActivity < this.opts.tailCheckMs) return;
-    this.lastActivity = Date.now();
+    if (this.closed || !this.connected || performance.now() - this.lastActivity < this.opts.tailCheckMs)
+      return;
+    this.lastActivity = performance.now();
     this.probing = true;
     try {
       this.tracker.probe();
@@ -375,7 +376,7 @@ export class StreamSubscriber {
     else {
       this.reconnects++;
       this.log.info(
-        { event: "subscriber.reconnected", ...this.ctx(), downMs: Date.now() - this.downSince },
+        { event: "subscriber.reconnected", ...this.ctx(), downMs: performance.now() - this.downSince },
         "reconnected",
       );
       this.consumer.reconnected?.();
@@ -387,7 +388,7 @@ export class StreamSubscriber {
   private onDown(cause: DownCause, silentMs: number): void {
     if (this.closed || !this.connected) return;
     this.connected = false;
-    this.downSince = Date.now();
+    this.downSince = performance.now();
     if (cause === "stalled") {
       this.stalls++;
       this.log.warn(
@@ -426,7 +427,7 @@ export class StreamSubscriber {
       this.countDecodeError(null, err as Error);
       return;
     }
-    this.lastActivity = Date.now();
+    this.lastActivity = performance.now();
     this.tracker.onLive(seq, payload);
     this.emitState();
   }

@@ -64,7 +64,7 @@ export class Suspicion {
     if (this.closed) return;
     const first = !this.suspect;
     this.suspect = true;
-    this.lastFaultAt = Date.now();
+    this.lastFaultAt = performance.now();
     this.hooks.suspected(cause, first);
     this.schedule(this.cleanMs);
     if (first) this.hooks.changed();
@@ -90,7 +90,7 @@ export class Suspicion {
     const r = this.hooks.audit();
     if (r === "started") {
       this.auditing = true;
-      this.auditAt = Date.now();
+      this.auditAt = performance.now();
       return true;
     }
     if (r === "lost") {
@@ -151,12 +151,12 @@ export class Suspicion {
 
   private tick(): void {
     if (!this.suspect || this.closed) return;
-    const quiet = Date.now() - this.lastFaultAt;
+    const quiet = performance.now() - this.lastFaultAt;
     if (this.mustRebuild) {
       if (this.auditing) this.schedule(50);
       else if (this.hooks.rebuild()) {
         this.mustRebuild = false;
-        this.rebuildAt = Date.now();
+        this.rebuildAt = performance.now();
         this.hooks.rebuilding();
         this.schedule(this.cleanMs);
       } else this.schedule(Math.max(50, this.cleanMs / 4));

@@ -57,7 +57,7 @@ export class PodUnhealthyError extends Error {
 export class TrackedRequest {
   private readonly ac = new AbortController();
   private readonly unlink: () => void;
-  last = Date.now();
+  last = performance.now();
   abortedBy: PodUnhealthyError | null = null;
 
   constructor(
@@ -77,7 +77,7 @@ export class TrackedRequest {
 
   /** An upstream byte arrived: the pod is demonstrably alive for this request. */
   touch(): void {
-    this.last = Date.now();
+    this.last = performance.now();
   }
 
   abort(err: PodUnhealthyError): void {
@@ -219,7 +219,7 @@ export class PodHealth {
 
   private tick(): void {
     if (this.closed) return;
-    const now = Date.now();
+    const now = performance.now();
     for (const s of this.pods.values()) {
       if (s.probing === null) this.probe(s);
       if (!s.healthy) this.sweep(s, now);
@@ -285,7 +285,7 @@ export class PodHealth {
       },
       "pod out of rotation",
     );
-    this.sweep(s, s.since);
+    this.sweep(s, performance.now());
   }
 
   /** Abort the pod's requests that have had no upstream byte for longer than a probe period. */

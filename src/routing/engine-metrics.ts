@@ -115,7 +115,8 @@ export class EngineMetricsScraper implements EngineLoadSource {
       const text = await res.body.text();
       if (res.statusCode !== 200) throw new Error(`status ${res.statusCode}`);
       const parsed = parseEngineMetrics(text);
-      if (parsed !== null && this.pods.has(name)) this.samples.set(name, { at: Date.now(), ...parsed });
+      if (parsed !== null && this.pods.has(name))
+        this.samples.set(name, { at: performance.now(), ...parsed });
       this.o.onScrape?.(name, parsed !== null);
     } catch (err) {
       this.o.onScrape?.(name, false);
@@ -131,7 +132,8 @@ export class EngineMetricsScraper implements EngineLoadSource {
 
   engineLoad(pod: string, rank: number | null): EngineLoad | undefined {
     const s = this.samples.get(pod);
-    if (s === undefined || Date.now() - s.at > 3 * this.o.intervalMs + this.o.timeoutMs) return undefined;
+    if (s === undefined || performance.now() - s.at > 3 * this.o.intervalMs + this.o.timeoutMs)
+      return undefined;
     if (rank !== null) return s.ranks.get(rank) ?? s.pod;
     return s.pod;
   }

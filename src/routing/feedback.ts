@@ -54,13 +54,13 @@ export class PredictionFeedback {
         const oldest = this.pods.keys().next().value;
         if (oldest !== undefined) this.pods.delete(oldest);
       }
-      s = { ewma: rel, samples: 0, lastWarn: 0 };
+      s = { ewma: rel, samples: 0, lastWarn: Number.NEGATIVE_INFINITY };
       this.pods.set(pod, s);
     }
     s.samples++;
     s.ewma = s.samples === 1 ? rel : s.ewma + this.o.alpha * (rel - s.ewma);
     if (warn && s.samples >= this.o.minSamples && s.ewma > this.o.threshold) {
-      const now = Date.now();
+      const now = performance.now();
       if (now - s.lastWarn >= this.o.warnIntervalMs) {
         s.lastWarn = now;
         this.log.warn(

@@ -83,7 +83,7 @@ export function startProcessWatch(
     delayGauge.set(maxMs / 1000);
     if (o.eventLoopWarnMs > 0 && maxMs > o.eventLoopWarnMs) {
       blocked.inc();
-      if (loopLogs.take(now))
+      if (loopLogs.take(monoNow()))
         log.warn(
           { event: "process.event_loop_blocked", delayMs: Math.round(maxMs), thresholdMs: o.eventLoopWarnMs },
           "event loop delayed: events are applied and requests routed late",
@@ -95,7 +95,7 @@ export function startProcessWatch(
     lastOffset = offset;
     if (o.clockJumpWarnMs > 0 && Math.abs(step) > o.clockJumpWarnMs) {
       jumps.inc();
-      if (jumpLogs.take(now))
+      if (jumpLogs.take(monoNow()))
         log.warn(
           { event: "process.clock_jump", jumpMs: Math.round(step), offsetMs: Math.round(offset) },
           "the wall clock stepped against the monotonic clock: event lag and log times shift by as much",

@@ -210,7 +210,8 @@ export class ChatLoad {
   private advance(conv: Conversation, reply: string): void {
     conv.turn++;
     if (conv.turn >= this.opts.turns) {
-      Object.assign(conv, this.fresh(conv.id, conv.system), { busy: true });
+      // a worker's conversation stays held until its finally; a probe's stays free
+      Object.assign(conv, this.fresh(conv.id, conv.system), { busy: conv.busy });
       return;
     }
     conv.messages.push({ role: "assistant", content: reply || "ok" });
