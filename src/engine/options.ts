@@ -1,4 +1,4 @@
-import type { EventFormat } from "./publisher.ts";
+import { ENGINE_FLAVORS, type EngineFlavor, type EventFormat } from "./publisher.ts";
 
 export type HashFormat = "int" | "bytes";
 
@@ -23,6 +23,8 @@ export interface EngineOptions {
   hashSeed: string | null;
   hashFormat: HashFormat;
   eventFormat: EventFormat;
+  /** whose KV-event publisher to reproduce (wire format, hash sign, cache salts) */
+  flavor: EngineFlavor;
   /** null disables KV events */
   eventsEndpoint: string | null;
   /** null disables replay */
@@ -68,6 +70,7 @@ export const DEFAULT_ENGINE_OPTIONS: EngineOptions = {
   hashSeed: null,
   hashFormat: "int",
   eventFormat: "map",
+  flavor: "vllm",
   eventsEndpoint: "tcp://*:5557",
   replayEndpoint: "tcp://*:5558",
   eventsBind: null,
@@ -119,6 +122,10 @@ export function validateOptions(o: EngineOptions): void {
   if (o.hashFormat !== "int" && o.hashFormat !== "bytes") throw new Error("hashFormat must be int or bytes");
   if (o.eventFormat !== "map" && o.eventFormat !== "array")
     throw new Error("eventFormat must be map or array");
+  if (!ENGINE_FLAVORS.includes(o.flavor))
+    throw new Error(`flavor must be one of ${ENGINE_FLAVORS.join(", ")}`);
+  if (o.flavor !== "vllm" && o.hashFormat !== "int")
+    throw new Error(`the ${o.flavor} flavor publishes int hashes`);
   if (new Set(o.loraModules).size !== o.loraModules.length || o.loraModules.includes(o.model)) {
     throw new Error("LoRA module names must be unique and differ from the model name");
   }
