@@ -282,7 +282,8 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
         "token_ids",
       );
     }
-    const matches = index.match({ model: b.model, lora: lora as string | null, blockSize }, tokens);
+    const salt = typeof b.cache_salt === "string" && b.cache_salt !== "" ? b.cache_salt : null;
+    const matches = index.match({ model: b.model, lora: lora as string | null, blockSize, salt }, tokens);
     const pods = matches
       .map((m) => ({
         pod: m.pod,

@@ -100,7 +100,9 @@ export class Planner {
     const ids = await this.tokenize(parsed, ns.model, candidates[0]?.http);
     // re-read candidates: readiness or stream states may have changed while tokenizing
     const fresh = this.candidatesFor(parsed.model);
-    const route: RouteRequest = { ns: fresh.ns, tokenIds: ids ?? [], candidates: fresh.candidates };
+    const salt = parsed.cacheSalt ?? null;
+    const routeNs = salt === null ? fresh.ns : { ...fresh.ns, salt };
+    const route: RouteRequest = { ns: routeNs, tokenIds: ids ?? [], candidates: fresh.candidates };
     if (!claim) route.dryRun = true;
     const policy = this.o.policy;
     const t0 = performance.now();

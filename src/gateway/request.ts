@@ -43,6 +43,11 @@ export interface ParsedRequest {
   /** chat request for the tokenizer */
   chat: ChatRequestLike | null;
   addSpecialTokens: boolean;
+  /**
+   * vLLM's `cache_salt` (passed through to the engine): the request only reuses blocks stored
+   * under the same salt, so its prefix match starts from the salt (NamespaceRef.salt).
+   */
+  cacheSalt?: string | null;
 }
 
 export function validateRequest(kind: RequestKind, body: Record<string, unknown>): ParsedRequest {
@@ -57,6 +62,10 @@ export function validateRequest(kind: RequestKind, body: Record<string, unknown>
   if (so !== undefined && so !== null && (typeof so !== "object" || Array.isArray(so))) {
     throw badRequest("invalid_type", "`stream_options` must be an object", "stream_options");
   }
+  const salt = body.cache_salt;
+  if (salt !== undefined && salt !== null && (typeof salt !== "string" || salt === "")) {
+    throw badRequest("invalid_value", "`cache_salt` must be a non-empty string", "cache_salt");
+  }
   const stream = body.stream === true;
   const includeUsage = stream && (so as { include_usage?: unknown } | undefined)?.include_usage === true;
   const out: ParsedRequest = {
@@ -68,6 +77,7 @@ export function validateRequest(kind: RequestKind, body: Record<string, unknown>
     prompt: null,
     chat: null,
     addSpecialTokens: true,
+    cacheSalt: typeof salt === "string" ? salt : null,
   };
   if (kind === "chat") {
     const msgs = body.messages;
@@ -139,6 +149,7 @@ export function validateExplain(body: Record<string, unknown>): ParsedRequest {
       prompt: null,
       chat: null,
       addSpecialTokens: true,
+      cacheSalt: typeof body.cache_salt === "string" && body.cache_salt !== "" ? body.cache_salt : null,
     };
   }
   return validateRequest(body.messages !== undefined ? "chat" : "completion", body);
