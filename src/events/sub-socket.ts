@@ -13,13 +13,28 @@
  *   by a reconnect attempt (libzmq schedules one right away when it means to). Either replaces
  *   the socket after a jittered, capped backoff; so does a socket that shows no connection
  *   attempt for `watchdogMs` while down, and a receive loop that throws.
+ * - A TCP connection whose ZMTP handshake neither completes nor fails within the handshake
+ *   timeout (+ 1 s) is replaced too: a greeting whose first byte is garbled reads to libzmq as an
+ *   unversioned ZMTP 1.0 peer announcing a long identity, and libzmq waits for that identity
+ *   with no handshake timeout, no handshake event and no heartbeats, delivering nothing, for as
+ *   long as the peer keeps the connection open.
  * - "up" means a completed ZMTP handshake (a TCP connect alone proves nothing: a stopped engine's
- *   kernel still accepts connections) or a received message.
+ *   kernel still accepts connections) or, before the socket's first disconnect, a received
+ *   message (its handshake event may trail it). After a disconnect only a handshake counts:
+ *   messages libzmq decoded before the session ended stay queued and are still delivered, and
+ *   taking one of them for a new connection would leave a dead socket `up` for good (the watchdog
+ *   and the heartbeat only act on a socket that is down or has a session).
  */
 import * as zmq from "zeromq";
 import type { Logger } from "../util/log.ts";
 
-export type DownCause = "closed" | "stalled" | "protocol_error" | "watchdog" | "socket_error";
+export type DownCause =
+  | "closed"
+  | "stalled"
+  | "protocol_error"
+  | "watchdog"
+  | "handshake_stuck"
+  | "socket_error";
 
 export interface SubSocketOptions {
   reconnectMs: number;
@@ -33,6 +48,12 @@ export interface SubSocketOptions {
   watchdogMs: number;
   /** after a disconnect, how long to wait for libzmq's reconnect attempt before replacing */
   retryGraceMs: number;
+  /**
+   * Largest frame libzmq accepts (bytes): a larger one ends the session at once. A garbled
+   * length field would otherwise make libzmq allocate that much and swallow the stream into one
+   * frame until the heartbeat times out.
+   */
+  maxFrameBytes: number;
 }
 
 export interface SubSocketHandlers {
@@ -64,7 +85,11 @@ export class SubSocket {
   private lastAttemptAt = performance.now();
   /** set on a disconnect until libzmq shows a reconnect attempt */
   private awaitingRetrySince = 0;
+  /** a TCP connection is up and its ZMTP handshake has not ended yet (either way) */
+  private handshakeSince = 0;
   private lastTrafficAt = performance.now();
+  /** the current socket's session ended and no new handshake completed yet */
+  private sessionEnded = false;
   private readonly loops = new Set<Promise<void>>();
   /** sockets replaced so far */
   replacements = 0;
@@ -120,24 +145,36 @@ export class SubSocket {
       reconnectMaxInterval: o.reconnectMaxMs,
       receiveHighWaterMark: o.receiveHighWaterMark,
       connectTimeout: o.connectTimeoutMs,
+      maxMessageSize: o.maxFrameBytes,
       ...hb,
     });
     this.sub = sub;
     this.lastAttemptAt = performance.now();
     this.awaitingRetrySince = 0;
+    this.handshakeSince = 0;
+    this.sessionEnded = false;
     const attempting = () => {
       if (this.sub !== sub) return;
       this.lastAttemptAt = performance.now();
       this.awaitingRetrySince = 0;
     };
-    sub.events.on("connect", attempting);
+    const handshakeOver = () => {
+      if (this.sub === sub) this.handshakeSince = 0;
+    };
+    sub.events.on("connect", () => {
+      attempting();
+      if (this.sub === sub) this.handshakeSince = performance.now();
+    });
     sub.events.on("connect:delay", attempting);
     sub.events.on("connect:retry", attempting);
     sub.events.on("handshake", () => {
       attempting();
+      handshakeOver();
+      if (this.sub === sub) this.sessionEnded = false;
       this.markUp(sub);
     });
     sub.events.on("handshake:error:protocol", (ev) => {
+      handshakeOver();
       if (this.sub !== sub || this.closed) return;
       this.log.warn(
         { event: "subscriber.protocol_error", ...this.ctx(), err: ev.error?.message },
@@ -145,10 +182,16 @@ export class SubSocket {
       );
       this.replace(sub, "protocol_error");
     });
-    sub.events.on("handshake:error:other", attempting);
+    sub.events.on("handshake:error:other", () => {
+      attempting();
+      handshakeOver();
+    });
     sub.events.on("disconnect", () => {
+      handshakeOver();
       if (this.sub !== sub || this.closed) return;
-      this.awaitingRetrySince = performance.now();
+      // the session's end is the last sign of it: libzmq gets the grace to retry from here
+      this.lastAttemptAt = this.awaitingRetrySince = performance.now();
+      this.sessionEnded = true;
       if (!this.connected) return;
       this.connected = false;
       const silentMs = performance.now() - this.lastTrafficAt;
@@ -179,7 +222,14 @@ export class SubSocket {
     const sub = this.sub;
     if (this.closed || sub === null || this.connected) return;
     const now = performance.now();
-    if (this.awaitingRetrySince > 0 && now - this.awaitingRetrySince >= this.opts.retryGraceMs) {
+    const handshakeLimitMs = this.opts.heartbeatIntervalMs > 0 ? this.opts.heartbeatTimeoutMs + 1000 : 0;
+    if (handshakeLimitMs > 0 && this.handshakeSince > 0 && now - this.handshakeSince >= handshakeLimitMs) {
+      this.log.warn(
+        { event: "subscriber.handshake_stuck", ...this.ctx(), waitedMs: now - this.handshakeSince },
+        "connected but the ZMTP handshake never ended (a garbled greeting?): replacing the socket",
+      );
+      this.replace(sub, "handshake_stuck");
+    } else if (this.awaitingRetrySince > 0 && now - this.awaitingRetrySince >= this.opts.retryGraceMs) {
       this.log.warn(
         { event: "subscriber.session_ended", ...this.ctx(), graceMs: this.opts.retryGraceMs },
         "disconnected without a reconnect attempt (protocol error?): replacing the socket",
@@ -232,8 +282,9 @@ export class SubSocket {
       for await (const frames of sub) {
         if (this.closed || this.sub !== sub) return;
         this.lastTrafficAt = performance.now();
-        // a message proves the connection even if the monitor event is late
-        if (!this.connected) this.markUp(sub);
+        // a message proves the first connection even if its handshake event is late; after a
+        // disconnect it may be a leftover of the ended session
+        if (!this.connected && !this.sessionEnded) this.markUp(sub);
         this.on.frames(frames);
       }
     } catch (err) {

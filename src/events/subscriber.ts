@@ -7,7 +7,7 @@
  * connection, `down` after a disconnect until the next one; while connected the tracker's state
  * (`live | replaying | resyncing`) applies.
  */
-import { decodeBatch } from "../protocol/decode.ts";
+import { DEFAULT_DECODE_LIMITS, decodeBatch } from "../protocol/decode.ts";
 import { decodePubMessage } from "../protocol/frames.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
 import { ReplayClient } from "./replay-client.ts";
@@ -248,6 +248,8 @@ export class StreamSubscriber {
         connectTimeoutMs: o.connectTimeoutMs,
         watchdogMs: o.watchdogMs,
         retryGraceMs: Math.max(500, o.reconnectMaxMs),
+        // no frame larger than a batch that could decode
+        maxFrameBytes: o.decodeLimits?.maxPayloadBytes ?? DEFAULT_DECODE_LIMITS.maxPayloadBytes,
       },
       {
         up: () => this.onUp(),

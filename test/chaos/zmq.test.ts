@@ -3,7 +3,7 @@ import { describe, it } from "node:test";
 import { scaled } from "../e2e/harness/wait.ts";
 import { netTarget } from "./faults/fault.ts";
 import { PortBlock } from "./faults/port-block.ts";
-import { RelaySidecar, relayAnnotations } from "./faults/relay.ts";
+import { RelayCorruption, RelaySidecar, relayAnnotations } from "./faults/relay.ts";
 import { TimeSkew } from "./faults/time-skew.ts";
 import { experimentFault } from "./harness/adapt.ts";
 import { runExperiment, useChaos } from "./harness/experiment.ts";
@@ -16,14 +16,14 @@ describe("chaos: zmq", { timeout: scaled(600_000) }, () => {
   const engineSkew = new TimeSkew(30);
   const gatewaySkew = new TimeSkew(30);
   // pod 1's streams go through a relay sidecar (the corruption's injector; passthrough until then)
-  let _sidecar: RelaySidecar | null = null;
+  let sidecar: RelaySidecar | null = null;
   const ctx = useChaos({
     gatewayEnv: gatewaySkew.env(),
     engineEnv: (k) => (k === 3 ? engineSkew.env() : undefined),
     podAnnotations: (k) => (k === 1 ? relayAnnotations() : undefined),
     afterPods: async (pods) => {
       const p = pods[1];
-      _sidecar = await RelaySidecar.start({ ns: p.node.ns, ip: p.ip, logDir: ctx.cluster().logDir });
+      sidecar = await RelaySidecar.start({ ns: p.node.ns, ip: p.ip, logDir: ctx.cluster().logDir });
     },
   });
   const judge = (r: ExperimentResult) =>
@@ -54,6 +54,32 @@ describe("chaos: zmq", { timeout: scaled(600_000) }, () => {
           "subscriber.replay",
         ],
         metrics: ["kvsync_subscriber_stalls_total", "kvsync_subscriber_replays_total"],
+      }),
+    );
+  });
+
+  it("connection corruption: 50 % of the event stream's packets get bytes flipped", async () => {
+    const pod = ctx.pods()[1];
+    if (!sidecar) throw new Error("no relay sidecar");
+    judge(
+      await runExperiment(ctx, {
+        id: "zmq-corruption",
+        group: "zmq",
+        title: "connection corruption, 50 % of packets (relay flips bytes in the event stream)",
+        fault: experimentFault(new RelayCorruption(sidecar), [pod], { servesHttp: true }),
+        holdMs: scaled(10_000),
+        targetMs: 5_000,
+        events: [
+          "subscriber.decode_error",
+          "subscriber.suspect",
+          "subscriber.state[state=suspect]",
+          "subscriber.rebuild",
+        ],
+        metrics: [
+          "kvsync_subscriber_decode_errors_total",
+          "kvsync_subscriber_suspects_total",
+          "kvsync_subscriber_rebuilds_total",
+        ],
       }),
     );
   });

@@ -184,7 +184,7 @@ export async function runExperiment(ctx: ChaosContext, spec: ExperimentSpec): Pr
   const w0 = Date.now();
   await waitFor(
     "warm-up requests complete",
-    () => load.records.filter((r) => r.status === 200).length >= 20 || "not yet",
+    () => windowStats(load.records, w0, Date.now() + 1).ok >= 20 || "not yet",
     {
       timeoutMs: scaled(30_000),
       intervalMs: 100,

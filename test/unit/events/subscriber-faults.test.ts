@@ -109,65 +109,112 @@ function badGreeting(): Buffer {
   return g;
 }
 
+/**
+ * A ZMTP 3.1 greeting whose first byte the wire garbled (0xff -> 0xcd, as the corruption relay
+ * did): libzmq takes the peer for an unversioned ZMTP 1.0 one announcing a 205-byte identity and
+ * waits for it; that path has no handshake timeout, no handshake event and no heartbeats.
+ */
+function garbledGreeting(): Buffer {
+  const g = Buffer.alloc(64);
+  g[0] = 0xcd;
+  g[9] = 0x7f;
+  g[10] = 3;
+  g[11] = 1;
+  g.write("NULL", 12, "ascii");
+  return g;
+}
+
+/**
+ * The events port first answers every connection with `greeting` (the fault), until the
+ * subscriber replaced its socket `replacements` times; then it turns into a real publisher and
+ * the stream must come back live and apply a batch.
+ */
+async function throughBadServer(
+  greeting: Buffer,
+  subscriber: ConstructorParameters<typeof SubscriberManager>[0]["subscriber"],
+  replacements: number,
+  timeoutMs: number,
+): Promise<void> {
+  const [events, replay] = [await freePorts(1), await freePorts(1)];
+  const seen: Socket[] = [];
+  const server: Server = createServer((sock) => {
+    seen.push(sock);
+    sock.on("error", () => undefined);
+    sock.write(greeting);
+  });
+  await new Promise<void>((res) => server.listen(events, "127.0.0.1", res));
+  const index = createIndex();
+  const registry = new Registry();
+  const manager = new SubscriberManager({ index, registry, subscriber });
+  let pub: FakePublisher | null = null;
+  rigs.push({
+    close: async () => {
+      await manager.close();
+      await pub?.close();
+      server.close();
+    },
+  } as Rig);
+  manager.setPods([podOf("p", { events: `tcp://127.0.0.1:${events}`, replay: `tcp://127.0.0.1:${replay}` })]);
+  // the fault took effect: the subscriber reached the bad server and got no stream
+  await waitFor("a connection to the bad server", () => seen.length >= 1);
+  await until(
+    `${replacements} replaced sockets`,
+    async () =>
+      (await metric(registry, "kvsync_subscriber_socket_replacements_total", { stream: "p" })) >=
+      replacements,
+    timeoutMs,
+  );
+  assert.notEqual(manager.status("p")?.state, "live");
+  // the port turns into a real engine
+  for (const sock of seen) sock.destroy();
+  await new Promise<void>((res) => server.close(() => res()));
+  const bound = Date.now() + 10_000;
+  for (;;) {
+    try {
+      pub = await new FakePublisher({
+        pubEndpoint: `tcp://127.0.0.1:${events}`,
+        replayEndpoint: `tcp://127.0.0.1:${replay}`,
+      }).start();
+      break;
+    } catch (err) {
+      if (Date.now() > bound) throw err;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  await waitFor("live on the real publisher", () => manager.status("p")?.state === "live", {
+    timeoutMs: 10_000,
+    describe: () => manager.status("p"),
+  });
+  await pub.publish(0, storeBatch(5));
+  await waitFor("seq 0", () => manager.status("p")?.lastSeq === 0);
+  assert.deepEqual(held(index, "p"), ["5"]);
+}
+
 describe("subscriber: a ZMTP protocol error", () => {
   it("replaces the SUB whose session libzmq ended, and the stream comes back live", async () => {
-    const [events, replay] = [await freePorts(1), await freePorts(1)];
-    const seen: Socket[] = [];
-    const server: Server = createServer((sock) => {
-      seen.push(sock);
-      sock.on("error", () => undefined);
-      sock.write(badGreeting());
-    });
-    await new Promise<void>((res) => server.listen(events, "127.0.0.1", res));
-    const index = createIndex();
-    const registry = new Registry();
-    const manager = new SubscriberManager({
-      index,
-      registry,
-      subscriber: { replayTimeoutMs: 2000, reconnectMs: 50, reconnectMaxMs: 300 },
-    });
-    let pub: FakePublisher | null = null;
-    rigs.push({
-      close: async () => {
-        await manager.close();
-        await pub?.close();
-        server.close();
-      },
-    } as Rig);
-    manager.setPods([
-      podOf("p", { events: `tcp://127.0.0.1:${events}`, replay: `tcp://127.0.0.1:${replay}` }),
-    ]);
-    // the fault took effect: the subscriber reached the bad server and got no stream
-    await waitFor("a connection to the bad server", () => seen.length >= 1);
-    await until(
-      "a replaced socket",
-      async () =>
-        (await metric(registry, "kvsync_subscriber_socket_replacements_total", { stream: "p" })) >= 1,
+    await throughBadServer(
+      badGreeting(),
+      { replayTimeoutMs: 2000, reconnectMs: 50, reconnectMaxMs: 300 },
+      1,
+      10_000,
     );
-    assert.notEqual(manager.status("p")?.state, "live");
-    // the port turns into a real engine
-    for (const sock of seen) sock.destroy();
-    await new Promise<void>((res) => server.close(() => res()));
-    const bound = Date.now() + 10_000;
-    for (;;) {
-      try {
-        pub = await new FakePublisher({
-          pubEndpoint: `tcp://127.0.0.1:${events}`,
-          replayEndpoint: `tcp://127.0.0.1:${replay}`,
-        }).start();
-        break;
-      } catch (err) {
-        if (Date.now() > bound) throw err;
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    }
-    await waitFor("live on the real publisher", () => manager.status("p")?.state === "live", {
-      timeoutMs: 10_000,
-      describe: () => manager.status("p"),
-    });
-    await pub.publish(0, storeBatch(5));
-    await waitFor("seq 0", () => manager.status("p")?.lastSeq === 0);
-    assert.deepEqual(held(index, "p"), ["5"]);
+  });
+
+  it("replaces a SUB whose handshake never ends (a garbled greeting) long before the watchdog", async () => {
+    // handshake limit: 500 ms + 1 s; the watchdog (60 s) cannot be what replaces it
+    await throughBadServer(
+      garbledGreeting(),
+      {
+        replayTimeoutMs: 2000,
+        reconnectMs: 50,
+        reconnectMaxMs: 300,
+        heartbeatIntervalMs: 200,
+        heartbeatTimeoutMs: 500,
+        watchdogMs: 60_000,
+      },
+      2,
+      10_000,
+    );
   });
 });
 
