@@ -17,6 +17,8 @@
  *    loop consumes >= 1 byte per iteration, so random input ends in a ProtocolError quickly.
  * msgpackr stays the baseline in bench/protocol.bench.ts and the oracle in the property tests.
  */
+
+import { type DecodeLimits, resolveLimits } from "./decode-limits.ts";
 import { ProtocolError } from "./errors.ts";
 import { hashFromInt64NegParts, hashFromUint64Parts } from "./hash.ts";
 import {
@@ -25,7 +27,6 @@ import {
   MsgpackReader,
   malformed,
   overLimit,
-  type ReaderLimits,
 } from "./msgpack-reader.ts";
 import {
   BATCH_ORDER,
@@ -58,38 +59,7 @@ import {
 } from "./schema.ts";
 import type { AllBlocksCleared, BlockRemoved, BlockStored, EventBatch, HashKey, KvEvent } from "./types.ts";
 
-export interface DecodeLimits extends ReaderLimits {
-  /** Whole payload size. */
-  maxPayloadBytes: number;
-  /** Events in one batch (known and unknown). */
-  maxEventsPerBatch: number;
-  /** Entries of `block_hashes` in one event. */
-  maxHashesPerEvent: number;
-  /** Entries of `token_ids` in one event. */
-  maxTokensPerEvent: number;
-  /** Nesting depth of any container (the batch itself is depth 1). */
-  maxDepth: number;
-  /** Byte length of any string or byte string kept (medium, lora_name, extra_keys values...). */
-  maxStringBytes: number;
-  /** Byte length of a byte-string block hash. */
-  maxHashBytes: number;
-  /** Values (at any depth) inside one event's `extra_keys`. */
-  maxExtraKeys: number;
-  /** Entries of one map (batch map, event map, maps inside extra_keys or skipped values). */
-  maxMapEntries: number;
-}
-
-export const DEFAULT_DECODE_LIMITS: Readonly<DecodeLimits> = Object.freeze({
-  maxPayloadBytes: 64 * 1024 * 1024,
-  maxEventsPerBatch: 100_000,
-  maxHashesPerEvent: 65_536,
-  maxTokensPerEvent: 1 << 20,
-  maxDepth: 32,
-  maxStringBytes: 64 * 1024,
-  maxHashBytes: 64,
-  maxExtraKeys: 65_536,
-  maxMapEntries: 4096,
-});
+export { DEFAULT_DECODE_LIMITS, type DecodeLimits } from "./decode-limits.ts";
 
 export interface DecodeResult {
   batch: EventBatch;
@@ -486,16 +456,6 @@ class KvEventReader extends MsgpackReader<DecodeLimits> {
     if (ts === null || events === null) this.bad("batch map without 'ts' or 'events'");
     return { ts, events, dpRank };
   }
-}
-
-function resolveLimits(limits: Partial<DecodeLimits> | undefined): DecodeLimits {
-  if (limits === undefined) return DEFAULT_DECODE_LIMITS;
-  const out = { ...DEFAULT_DECODE_LIMITS };
-  for (const k of Object.keys(limits) as Array<keyof DecodeLimits>) {
-    const v = limits[k];
-    if (v !== undefined) out[k] = v;
-  }
-  return out;
 }
 
 /**
