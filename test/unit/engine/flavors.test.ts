@@ -57,20 +57,29 @@ for (const flavor of ["vllm", "sglang", "sglang-2025", "trtllm"] as const) {
         raw.subscribe("");
         open.push({ close: () => raw.close() });
         const payloads: Buffer[] = [];
+        let lastSeq = -1;
         void (async () => {
           try {
-            for await (const frames of raw) payloads.push(decodePubMessage(frames).payload as Buffer);
+            for await (const frames of raw) {
+              const msg = decodePubMessage(frames);
+              payloads.push(msg.payload as Buffer);
+              lastSeq = msg.seq;
+            }
           } catch {
             // closed
           }
         })();
         const m = new MirrorSubscriber(e.eventsEndpoint!, e.replayEndpoint).start();
         open.push(m);
-        // a first event proves both subscriptions are up before the measured requests
+        // a first event proves both subscriptions are up before the measured requests; each try
+        // sends a new prompt (a repeated one would be a cache hit and publish nothing)
+        let probe = 0;
         await waitFor(
           "subscriptions up",
           async () => {
-            await postJson(`${e.httpUrl}/v1/completions`, { prompt: [1, 2, 3, 4, 5], max_tokens: 1 });
+            probe++;
+            const prompt = [probe, probe, probe, probe, probe];
+            await postJson(`${e.httpUrl}/v1/completions`, { prompt, max_tokens: 1 });
             return payloads.length > 0 && m.appliedSeqs.length > 0;
           },
           30_000,
@@ -84,7 +93,7 @@ for (const flavor of ["vllm", "sglang", "sglang-2025", "trtllm"] as const) {
         assert.equal(await cached(e, "t2"), honours ? 0 : 16, "another salt: nothing");
         await e.engine.quiesce();
         const next = e.engine.ranks[0]!.publisher!.snapshot().nextSeq;
-        await waitFor("every batch received", () => payloads.length >= next && m.next >= next, 30_000);
+        await waitFor("every batch received", () => lastSeq === next - 1 && m.next >= next, 30_000);
         await m.catchUp();
 
         // every payload is exactly the era's encoding of what it decodes to
