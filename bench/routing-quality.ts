@@ -7,8 +7,9 @@
  */
 import { writeFileSync } from "node:fs";
 import { writeCharts } from "../src/eval/charts.ts";
+import { evaluateParallel } from "../src/eval/parallel.ts";
 import { describe, markdownTable } from "../src/eval/report.ts";
-import { type EvalResult, evaluate, sweep, type WorkloadSpec } from "../src/eval/run.ts";
+import { type EvalResult, sweep, type WorkloadSpec } from "../src/eval/run.ts";
 import { EVAL_POLICIES, FLEET_DEFAULTS } from "../src/eval/simulator.ts";
 
 const [conversation, synthetic] = process.argv.slice(2);
@@ -27,7 +28,7 @@ for (const [name, w] of workloads) {
   out[name] = {};
   for (const pods of [4, 8, 16]) {
     const fleet = { ...FLEET_DEFAULTS, pods };
-    const r = evaluate(w, fleet, EVAL_POLICIES);
+    const r = await evaluateParallel(w, fleet, EVAL_POLICIES);
     out[name][`${pods}`] = r;
     process.stdout.write(`\n#### ${name}, ${pods} pods\n\n${describe(r)}\n\n${markdownTable(r)}\n`);
     if (pods === 8) {

@@ -1,19 +1,25 @@
 /**
  * The admin HTTP API of `kvsync index` and `kvsync gateway` (with its route explain, explain.ts):
  *
- *   GET  /healthz                       {"status":"ok"}
- *   GET  /readyz                        200 {"status":"ready"} | 503 {"status":"not ready"}
+ *   GET  /healthz                       {"status":"ok", ...the process's health (event-loop delay)}
+ *   GET  /readyz                        200 {"status":"ready", ...} | 503 {"status":"not ready", ...}
+ *        (the readiness report: discovery, pods, streams live / waiting / given up)
  *   GET  /metrics                       Prometheus text of the registry
  *   GET  /admin/pods                    one entry per stream (pod, or pod and DP rank):
  *        [{name, rank, stream, model, lora, ready, healthy, healthReason, state, lastSeq, eventsApplied, blocks,
- *          decodeErrors, gaps, replays, resyncs, restarts}]   (`lora`: the adapters the pod serves;
- *        a pod without an events endpoint appears once with stream/state null)
+ *          decodeErrors, gaps, replays, resyncs, restarts, blockSize, declaredBlockSize, warnings}]
+ *        (`lora`: the adapters the pod serves; a pod without an events endpoint, or whose port
+ *        layout is refused, appears once with stream/state null; `warnings`: configuration
+ *        problems, each {code, message})
  *   GET  /admin/pods/<name>/blocks[?rank=N]
  *        {"blocks":[{"hash":"<canonical text>","tiers":["GPU"]}]}, sorted by hash; a DP pod
  *        without ?rank lists every rank's blocks, each with its "rank"
+ *   GET  /admin/live                    the dashboard's feed, server-sent events (live.ts)
+ *   GET  /, /dashboard/<file>           the dashboard (dashboard.ts, web/dashboard/)
  *   POST /admin/index/match  {"model","lora"?,"token_ids"|"prompt","block_size"?}
- *        {"blockSize":16,"tokens":n,"pods":[{"pod","rank","stream","matchedBlocks","matchedTokens",
- *          "tiers":{"GPU":blocks,"CPU":blocks,"STORAGE":blocks}}]}  (best match first)
+ *        {"blockSize":16,"tokens":n,"pods":[{"pod","rank","stream","blockSize","matchedBlocks","matchedTokens",
+ *          "tiers":{"GPU":blocks,"CPU":blocks,"STORAGE":blocks}}]}  (best match first; without
+ *        "block_size" each stream is matched in its own block size, learned from its events)
  *
  * Errors use OpenAI's shape `{"error":{"message","type","param","code"}}`. `createAdminHandler`
  * returns the request handler; `.route(method, path, fn)` adds routes (e.g. the gateway's
@@ -24,14 +30,21 @@ import FindMyWay, { type HTTPMethod } from "find-my-way";
 import type { Registry } from "prom-client";
 import { DEFAULT_BLOCK_SIZE, type PodInfo } from "../discovery/types.ts";
 import { type StreamStatus, type SubscriberManagerLike, streamIdOf } from "../events/types.ts";
+import type { RouteActivity } from "../gateway/activity.ts";
 import { badRequest, GatewayError, sendError } from "../gateway/errors.ts";
 import { readBody } from "../gateway/request.ts";
-import type { PrefixIndex } from "../index/types.ts";
+import type { PrefixIndex, StreamMatch } from "../index/types.ts";
 import { hashToText } from "../protocol/hash.ts";
 import type { TokenizerLookup } from "../tokenize/lookup.ts";
 import type { Tokenizer } from "../tokenize/types.ts";
 import { sendJson } from "../util/http-json.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
+import { dashboardRoutes } from "./dashboard.ts";
+import { FleetView } from "./fleet-view.ts";
+import { LiveFeed, type LiveOptions } from "./live.ts";
+import type { AdminPodEntry, AdminRouteHandler, AdminWarning } from "./types.ts";
+
+export type { AdminPodEntry, AdminRouteHandler } from "./types.ts";
 
 export interface AdminDeps {
   index: PrefixIndex;
@@ -44,18 +57,24 @@ export interface AdminDeps {
   /** for `"prompt"` in match requests (`tokenizer` is accepted as an alias) */
   tokenizers?: TokenizerLookup;
   tokenizer?: TokenizerLookup;
+  /** more warnings for a stream's row of /admin/pods (the gateway's never-matches watch) */
+  streamWarnings?: (streamId: string) => AdminWarning[];
   /** a pod's health signal for /admin/pods (the gateway's); absent: `healthy` is null */
   health?: (pod: string) => { healthy: boolean; reason: string | null } | null;
-  /** readiness for /readyz (default: always ready) */
-  ready?: () => boolean;
+  /** readiness for /readyz (default: always ready); a report's fields go into the body */
+  ready?: () => boolean | { ready: boolean };
+  /** what /healthz reports beside its status (the event-loop delay) */
+  process?: () => Record<string, unknown>;
   /** block size when neither the request nor the model's pods name one */
   defaultBlockSize?: number;
   /** request body cap (bytes) */
   maxBodyBytes?: number;
+  /** the gateway's routing activity: the dashboard's routing panel (absent: fleet only) */
+  activity?: RouteActivity | null;
+  /** the live feed's tick, bounds and client cap */
+  live?: Partial<LiveOptions>;
   log?: Logger;
 }
-
-export type AdminRouteHandler = (req: IncomingMessage, res: ServerResponse, url: URL) => void | Promise<void>;
 
 const noop = () => undefined;
 /** every method node:http parses, so a known path with another method gets its own answer */
@@ -67,28 +86,6 @@ export interface AdminHandler {
   route(method: string, path: string, fn: AdminRouteHandler): AdminHandler;
   /** Handle the request if a route matches; false (nothing sent) otherwise. */
   handle(req: IncomingMessage, res: ServerResponse): Promise<boolean>;
-}
-
-export interface AdminPodEntry {
-  name: string;
-  rank: number | null;
-  stream: string | null;
-  model: string;
-  lora: string[];
-  ready: boolean;
-  /** in rotation by the gateway's health signal (null: not watched) */
-  healthy: boolean | null;
-  /** why the pod is out of rotation (probe_timeout, connect, ...), null while healthy */
-  healthReason: string | null;
-  state: StreamStatus["state"] | null;
-  lastSeq: number | null;
-  eventsApplied: number;
-  blocks: number;
-  decodeErrors: number;
-  gaps: number;
-  replays: number;
-  resyncs: number;
-  restarts: number;
 }
 
 const methodNotAllowed = (allow: string) =>
@@ -165,7 +162,31 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
     replays: s ? s.replays : 0,
     resyncs: s ? s.resyncs : 0,
     restarts: s ? (s.restarts ?? 0) : 0,
+    blockSize: s?.blockSize ?? null,
+    declaredBlockSize: p.blockSize ?? null,
+    warnings: warningsOf(p, s),
+    lagSeconds: s?.lagSeconds ?? null,
+    trust: s?.trust ?? null,
   });
+
+  const warningsOf = (p: PodInfo, s: StreamStatus | null): AdminWarning[] => {
+    const out: AdminWarning[] = [];
+    const layout = manager?.layoutError?.(p.name) ?? null;
+    if (layout !== null) out.push({ code: "layout_refused", message: layout });
+    if (s === null) return out;
+    if (s.wrongRankBatches)
+      out.push({
+        code: "wrong_rank",
+        message: `${s.wrongRankBatches} batches of another data-parallel rank refused: the pod's port layout does not match the engine's`,
+      });
+    if (s.blockSizeMismatch)
+      out.push({
+        code: "block_size_mismatch",
+        message: `the pod declares block size ${p.blockSize} but its events carry ${s.blockSize}: matching uses ${s.blockSize}`,
+      });
+    for (const w of deps.streamWarnings?.(s.streamId) ?? []) out.push(w);
+    return out;
+  };
 
   const podsBody = (): AdminPodEntry[] => {
     const statuses = manager?.statuses() ?? [];
@@ -255,14 +276,22 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
     const lora = b.lora ?? null;
     if (lora !== null && typeof lora !== "string")
       throw badRequest("invalid_lora", '"lora" must be a string or null', "lora");
+    // without "block_size", each stream of the model is matched in its own size: what its
+    // events carry, else what its pod declares, else the default
+    const sizes = new Map<string, number>();
     let blockSize = defaultBlockSize;
     if (b.block_size !== undefined) {
       if (typeof b.block_size !== "number" || !Number.isInteger(b.block_size) || b.block_size < 1)
         throw badRequest("invalid_block_size", '"block_size" must be a positive integer', "block_size");
       blockSize = b.block_size;
     } else {
+      const declared = new Map(podList().map((p) => [p.name, p.blockSize]));
+      for (const s of manager?.statuses() ?? []) {
+        if (s.model !== b.model) continue;
+        sizes.set(s.streamId, s.blockSize ?? declared.get(s.pod) ?? defaultBlockSize);
+      }
       const withSize = podList().find((p) => p.model === b.model && p.blockSize !== undefined);
-      if (withSize?.blockSize) blockSize = withSize.blockSize;
+      blockSize = sizes.values().next().value ?? withSize?.blockSize ?? defaultBlockSize;
     }
     let tokens: number[];
     if (b.token_ids !== undefined) {
@@ -283,14 +312,22 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
       );
     }
     const salt = typeof b.cache_salt === "string" && b.cache_salt !== "" ? b.cache_salt : null;
-    const matches = index.match({ model: b.model, lora: lora as string | null, blockSize, salt }, tokens);
+    const ns = { model: b.model, lora: lora as string | null, salt };
+    const matches: Array<StreamMatch & { blockSize: number }> = [];
+    for (const bs of new Set([blockSize, ...sizes.values()])) {
+      for (const m of index.match({ ...ns, blockSize: bs }, tokens)) {
+        if (sizes.size === 0 || (sizes.get(m.streamId) ?? blockSize) === bs)
+          matches.push({ ...m, blockSize: bs });
+      }
+    }
     const pods = matches
       .map((m) => ({
         pod: m.pod,
         rank: m.rank,
         stream: m.streamId,
+        blockSize: m.blockSize,
         matchedBlocks: m.matchedBlocks,
-        matchedTokens: m.matchedBlocks * blockSize,
+        matchedTokens: m.matchedBlocks * m.blockSize,
         tiers: { GPU: m.tiers.GPU, CPU: m.tiers.CPU, STORAGE: m.tiers.STORAGE },
       }))
       .sort(
@@ -326,13 +363,15 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
   const on = (path: string, fn: AdminRouteHandler) => builtin.on(ALL_METHODS, path, noop, fn);
   on(
     "/healthz",
-    get((_req, res) => sendJson(res, 200, { status: "ok" })),
+    get((_req, res) => sendJson(res, 200, { status: "ok", ...deps.process?.() })),
   );
   on(
     "/readyz",
     get((_req, res) => {
-      const ok = deps.ready ? deps.ready() : true;
-      sendJson(res, ok ? 200 : 503, { status: ok ? "ready" : "not ready" });
+      const r = deps.ready ? deps.ready() : true;
+      const ok = typeof r === "boolean" ? r : r.ready;
+      const detail = typeof r === "boolean" ? {} : { ...r, ready: undefined };
+      sendJson(res, ok ? 200 : 503, { status: ok ? "ready" : "not ready", ...detail });
     }),
   );
   on(
@@ -348,6 +387,12 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
     get((_req, res) => sendJson(res, 200, podsBody())),
   );
   on("/admin/pods/*", blocks);
+  const live = new LiveFeed(new FleetView(podsBody, index), deps.activity ?? null, registry, log, deps.live);
+  on("/admin/live", live.handler);
+  // a stream's state change reaches the dashboard at once, not at the next tick
+  const emitter = manager as { on?: (e: "state", fn: () => void) => unknown } | null;
+  if (typeof emitter?.on === "function") emitter.on("state", () => live.poke());
+  for (const [path, fn] of dashboardRoutes()) on(path, fn);
   on("/admin/index/match", async (req, res) => {
     if (req.method !== "POST") throw methodNotAllowed("POST");
     const raw = await readBody(req, maxBody);

@@ -1,6 +1,7 @@
 import { type Command, InvalidArgumentError } from "commander";
+import { freePort, keepFleetUp } from "../demo/keep.ts";
 import { formatTable } from "../demo/report.ts";
-import { DEMO_DEFAULTS as D, runDemo } from "../demo/run.ts";
+import { DEMO_DEFAULTS as D, type DemoOptions, demoLogger, runDemo } from "../demo/run.ts";
 import { isPolicyName } from "../routing/index.ts";
 import { POLICY_NAMES, type PolicyName } from "../routing/types.ts";
 import { flagOpt, opt, parseFloatArg, parseIntArg } from "../util/cli-options.ts";
@@ -73,6 +74,22 @@ export function register(program: Command): void {
       ).argParser(parseIntArg),
     )
     .addOption(flagOpt("--json", "also print the result as JSON", "KVSYNC_DEMO_JSON"))
+    .addOption(
+      opt(
+        "--keep <seconds>",
+        "after the comparison, keep a fleet up this long under light traffic for the dashboard (0 = exit)",
+        "KVSYNC_DEMO_KEEP",
+        300,
+      ).argParser(parseIntArg),
+    )
+    .addOption(
+      opt(
+        "--dashboard-port <n>",
+        "the dashboard's port on 127.0.0.1 (the gateway's admin API; 0 = a free one)",
+        "KVSYNC_DEMO_DASHBOARD_PORT",
+        0,
+      ).argParser(parseIntArg),
+    )
     .action(async (a: Record<string, unknown>) => {
       const requests = a.requests as number;
       const policiesRaw = a.policies;
@@ -87,7 +104,10 @@ export function register(program: Command): void {
       process.once("SIGINT", stop);
       process.once("SIGTERM", stop);
       try {
-        const r = await runDemo({
+        const port = (a.dashboardPort as number) || (await freePort());
+        const progress = (l: string) => process.stderr.write(`${l}\n`);
+        progress(`dashboard: http://127.0.0.1:${port}/  (live while the demo runs)`);
+        const o: Partial<DemoOptions> = {
           signal: ac.signal,
           requests,
           concurrency: a.concurrency as number,
@@ -97,15 +117,26 @@ export function register(program: Command): void {
           speed: a.speed as number,
           gpuBlocks: a.gpuBlocks as number,
           progressEvery: (a.progressEvery as number | undefined) ?? Math.max(1, Math.round(requests / 10)),
-        });
-        const o = r.options;
+          adminPort: port,
+          progress,
+        };
+        const r = await runDemo(o);
+        const ro = r.options;
         process.stdout.write(
-          `\n${r.model} on ${o.engines} mock engines (${o.gpuBlocks} GPU blocks each, speed ${o.speed}), ` +
-            `${o.requests} requests/policy: ${o.conversations} conversations of ${o.tenants} tenants, ` +
-            `concurrency ${o.concurrency}, seed ${o.seed}\n\n${formatTable(r.results)}\n`,
+          `\n${r.model} on ${ro.engines} mock engines (${ro.gpuBlocks} GPU blocks each, speed ${ro.speed}), ` +
+            `${ro.requests} requests/policy: ${ro.conversations} conversations of ${ro.tenants} tenants, ` +
+            `concurrency ${ro.concurrency}, seed ${ro.seed}\n\n${formatTable(r.results)}\n`,
         );
         if (a.json === true) process.stdout.write(`${JSON.stringify(r)}\n`);
-        if (ac.signal.aborted) {
+        const keep = a.keep as number;
+        // Ctrl-C while the fleet is kept up ends a finished demo: not an interruption
+        const keeping = keep > 0 && !ac.signal.aborted;
+        if (keeping) {
+          progress(`\ndashboard: http://127.0.0.1:${port}/`);
+          await keepFleetUp({ ...D, ...o } as DemoOptions, policies[0], keep, demoLogger(), progress);
+          progress("[keep] done");
+        }
+        if (ac.signal.aborted && !keeping) {
           process.stderr.write("kvsync demo: interrupted, the table covers the requests sent until then\n");
           process.exitCode = 130;
         } else process.exitCode = r.results.some((x) => x.requests === 0) ? 1 : 0;

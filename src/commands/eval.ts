@@ -2,15 +2,9 @@ import { writeFileSync } from "node:fs";
 import { type Command, InvalidArgumentError } from "commander";
 import { writeCharts } from "../eval/charts.ts";
 import { evaluateLive, formatLiveTable } from "../eval/live.ts";
+import { defaultThreads, evaluateParallel } from "../eval/parallel.ts";
 import { describe, formatTable } from "../eval/report.ts";
-import {
-  buildWorkload,
-  evaluate,
-  sweep,
-  WORKLOAD_KINDS,
-  type WorkloadKind,
-  type WorkloadSpec,
-} from "../eval/run.ts";
+import { buildWorkload, sweep, WORKLOAD_KINDS, type WorkloadKind, type WorkloadSpec } from "../eval/run.ts";
 import { EVAL_POLICIES, type EvalPolicy, FLEET_DEFAULTS as F, type FleetOptions } from "../eval/simulator.ts";
 import { flagOpt, opt, parseChoice, parseFloatArg, parseIntArg } from "../util/cli-options.ts";
 
@@ -178,6 +172,13 @@ export function register(program: Command): void {
         F.overheadMs,
       ).argParser(parseFloatArg),
     )
+    .addOption(
+      opt(
+        "--threads <n>",
+        "worker threads simulating policies in parallel (default: one per policy, at most the cores; 1: in-process)",
+        "KVSYNC_EVAL_THREADS",
+      ).argParser(atLeast(1)),
+    )
     .addOption(opt("--json <file>", "write the result as JSON", "KVSYNC_EVAL_JSON"))
     .addOption(
       opt(
@@ -258,7 +259,12 @@ export function register(program: Command): void {
           process.exitCode = 0;
           return;
         }
-        const r = evaluate(w, fleet, policies);
+        const r = await evaluateParallel(
+          w,
+          fleet,
+          policies,
+          (a.threads as number | undefined) ?? defaultThreads(policies.length),
+        );
         process.stdout.write(`${describe(r)}\n\n${formatTable(r)}\n\n(${(r.wallMs / 1000).toFixed(1)} s)\n`);
         if (typeof a.json === "string") writeFileSync(a.json, `${JSON.stringify(r, null, 2)}\n`);
         if (typeof a.charts === "string") {

@@ -55,6 +55,7 @@ interface GatewayCliOptions {
   waitingRequestTokens: number;
   kvUsageWatermark: number;
   kvUsagePenalty: number;
+  drainQueue: boolean;
   prefixTtlMs: number;
   prefixMaxBlocks: number;
   prefixBlockSize?: number;
@@ -276,6 +277,15 @@ export function register(program: Command): void {
       ).argParser(parseFloatArg),
     )
     .addOption(
+      flagOpt(
+        "--drain-queue",
+        "kv-aware: drain each pod's queued prefill at its prefill rate learned from observed TTFT " +
+          "(false: count every queued token until its first byte, the fixed-weight score)",
+        "KVSYNC_DRAIN_QUEUE",
+        K.drainQueue,
+      ),
+    )
+    .addOption(
       opt(
         "--prefix-ttl-ms <n>",
         "prefix-approx: how long a routed prefix is remembered",
@@ -391,6 +401,7 @@ export function register(program: Command): void {
             waitingRequestTokens: o.waitingRequestTokens,
             kvUsageWatermark: o.kvUsageWatermark,
             kvUsagePenalty: o.kvUsagePenalty,
+            drainQueue: o.drainQueue,
           },
           prefixApprox: {
             ttlMs: o.prefixTtlMs,

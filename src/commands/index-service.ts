@@ -15,6 +15,7 @@ import type { PodSet } from "../discovery/pod-set.ts";
 import type { DiscoverySource } from "../discovery/types.ts";
 import { Fleet } from "../events/fleet.ts";
 import type { SubscriberManager, SubscriberManagerOptions } from "../events/manager.ts";
+import type { ReadinessOptions } from "../events/readiness.ts";
 import type { SyncIndexOptions } from "../index/index.ts";
 import type { PrefixIndex } from "../index/types.ts";
 import { registryLookup } from "../tokenize/lookup.ts";
@@ -41,6 +42,8 @@ export interface IndexServiceOptions {
   lag?: SubscriberManagerOptions["lag"];
   /** watch the process's event-loop delay and wall clock */
   processWatch?: ProcessWatchOptions | false;
+  /** when /readyz stops waiting for an event stream (readiness.ts) */
+  readiness?: Pick<ReadinessOptions, "streamTimeoutMs">;
   topic?: string;
   /** `--tokenizer` specs (the default model's bundled tokenizer is always there), or false */
   tokenizers?: string[] | false;
@@ -69,12 +72,16 @@ export async function startIndexService(opts: IndexServiceOptions): Promise<Inde
     topic: opts.topic,
     subscriber: opts.subscriber,
     lag: opts.lag,
+    readiness: opts.readiness,
     registry,
     log,
   });
   const { index, pods } = fleet;
   const manager = fleet.subscribers!;
-  const processWatch = opts.processWatch ? startProcessWatch(registry, log, opts.processWatch) : null;
+  // /healthz reports the loop delay either way; metrics and warnings only when asked for
+  const processWatch = opts.processWatch
+    ? startProcessWatch(registry, log, opts.processWatch)
+    : startProcessWatch(null, log, { eventLoopWarnMs: 0, clockJumpWarnMs: 0 });
   const tokenizers =
     opts.tokenizers === false ? undefined : TokenizerRegistry.fromSpecs(opts.tokenizers ?? []);
   let started = false;
@@ -85,7 +92,11 @@ export async function startIndexService(opts: IndexServiceOptions): Promise<Inde
     registry,
     pods,
     tokenizer: tokenizers && registryLookup(tokenizers),
-    ready: () => started && !closing,
+    ready: () => {
+      const r = fleet.readiness.check();
+      return { ...r, ready: started && !closing && r.ready };
+    },
+    process: () => ({ eventLoopDelayMs: processWatch.loopDelay() }),
     defaultBlockSize: opts.defaultBlockSize,
     log,
   });
@@ -95,7 +106,7 @@ export async function startIndexService(opts: IndexServiceOptions): Promise<Inde
   const cleanup = async () => {
     closing = true;
     await closeServer(server);
-    processWatch?.stop();
+    processWatch.stop();
     await fleet.close();
     await tokenizers?.close();
   };

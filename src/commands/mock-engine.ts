@@ -128,9 +128,17 @@ export function register(program: Command): void {
     .addOption(
       opt(
         "--data-parallel-size <n>",
-        "data-parallel ranks (rank r on events/replay port + r)",
+        "data-parallel ranks (rank r on events/replay port + start rank + r: keep the two port ranges apart)",
         "KVSYNC_DATA_PARALLEL_SIZE",
         D.dataParallelSize,
+      ).argParser(parseIntArg),
+    )
+    .addOption(
+      opt(
+        "--data-parallel-start-rank <n>",
+        "global rank of the first rank (vLLM's; offsets the ports and the batches' rank)",
+        "KVSYNC_DATA_PARALLEL_START_RANK",
+        D.dataParallelStartRank,
       ).argParser(parseIntArg),
     )
     .addOption(
@@ -265,6 +273,7 @@ export function register(program: Command): void {
           topic: a.topic as string,
           replayBufferSteps: a.replayBufferSteps as number,
           dataParallelSize: a.dataParallelSize as number,
+          dataParallelStartRank: a.dataParallelStartRank as number,
           dpRouting: a.dpRouting as "least-loaded" | "round-robin",
           speed: a.speed as number,
           stepMs: a.stepMs as number,

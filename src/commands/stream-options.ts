@@ -4,6 +4,7 @@
  */
 import { type Command, InvalidArgumentError } from "commander";
 import { LAG_WATCH_DEFAULTS, type LagWatchOptions } from "../events/lag-watch.ts";
+import { READINESS_DEFAULTS } from "../events/readiness.ts";
 import type { SubscriberOptions } from "../events/subscriber.ts";
 import { opt, parseIntArg } from "../util/cli-options.ts";
 import { PROCESS_WATCH_DEFAULTS, type ProcessWatchOptions } from "../util/process-watch.ts";
@@ -69,7 +70,7 @@ export function streamHealthFrom(
 /**
  * The degradation signals' thresholds (`kvsync gateway`, `kvsync index`): event lag and clock
  * skew per stream (events/lag-watch.ts), event-loop delay and wall-clock jumps of the process
- * (util/process-watch.ts). 0 turns one off.
+ * (util/process-watch.ts). 0 turns one off. And how long /readyz waits for a stream (events/readiness.ts).
  */
 export function addSignalOptions(cmd: Command): Command {
   const L = LAG_WATCH_DEFAULTS;
@@ -101,6 +102,14 @@ export function addSignalOptions(cmd: Command): Command {
     )
     .addOption(
       opt(
+        "--ready-timeout-ms <ms>",
+        "/readyz stops waiting for a ready pod's event stream that is not live this long after it started (logs readiness.stream_gave_up)",
+        "KVSYNC_READY_TIMEOUT_MS",
+        READINESS_DEFAULTS.streamTimeoutMs,
+      ).argParser(nonNegative),
+    )
+    .addOption(
+      opt(
         "--clock-jump-warn-ms <ms>",
         "a wall-clock step against the monotonic clock beyond this logs process.clock_jump",
         "KVSYNC_CLOCK_JUMP_WARN_MS",
@@ -112,8 +121,10 @@ export function addSignalOptions(cmd: Command): Command {
 export function signalOptionsFrom(o: Record<string, unknown>): {
   lag: LagWatchOptions;
   processWatch: ProcessWatchOptions;
+  readiness: { streamTimeoutMs: number };
 } {
   return {
+    readiness: { streamTimeoutMs: o.readyTimeoutMs as number },
     lag: { lagWarnMs: o.lagWarnMs as number, clockSkewWarnMs: o.clockSkewWarnMs as number },
     processWatch: {
       eventLoopWarnMs: o.eventLoopWarnMs as number,

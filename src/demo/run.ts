@@ -3,12 +3,14 @@
  * by the multi-turn chat workload once per routing policy, with fresh engines (empty caches)
  * for each policy, and the same workload (same seed) every time.
  */
+
 import { performance } from "node:perf_hooks";
 import { Agent } from "undici";
 import { isPolicyName, type PolicyName } from "../routing/index.ts";
 import { TokenizerPool } from "../tokenize/pool.ts";
 import { TokenizerRegistry } from "../tokenize/registry.ts";
 import { createLogger, type Logger } from "../util/log.ts";
+import { exerciseEndpoints } from "./endpoints.ts";
 import { type LocalFleet, resetPrefixCaches, startLocalFleet, streamRequest } from "./fleet.ts";
 import { type PolicyResult, type RequestOutcome, summarize } from "./report.ts";
 import { type Conversation, generateWorkload, type Workload, type WorkloadOptions } from "./workload.ts";
@@ -37,7 +39,12 @@ export interface DemoOptions {
   signal?: AbortSignal;
   /** where progress lines go (default stderr) */
   progress?: (line: string) => void;
-  /** logger for engines and gateway (default: warn level) */
+  /**
+   * the gateway's admin port, where the dashboard is (`GET /`): every policy's gateway binds it in
+   * turn on 127.0.0.1, so one URL shows the whole run; null = no admin API
+   */
+  adminPort: number | null;
+  /** logger for engines and gateway (default: silent, so the console stays a progress view; KVSYNC_LOG_LEVEL sets a level) */
   log?: Logger;
 }
 
@@ -52,6 +59,7 @@ export const DEMO_DEFAULTS: Omit<DemoOptions, "policies"> & { policies: PolicyNa
   progressEvery: 0,
   requestTimeoutMs: 120_000,
   tokenizerPool: true,
+  adminPort: null,
 };
 
 export interface DemoResult {
@@ -85,7 +93,7 @@ export function validateDemo(o: DemoOptions): void {
   for (const p of o.policies) if (!isPolicyName(p)) throw new Error(`unknown policy ${p}`);
 }
 
-async function startFleet(
+export async function startFleet(
   o: DemoOptions,
   policy: PolicyName,
   tokenizers: TokenizerRegistry,
@@ -99,6 +107,7 @@ async function startFleet(
     engine: { numGpuBlocks: o.gpuBlocks, speed: o.speed },
     tokenizers,
     log,
+    ...(o.adminPort !== null ? { gateway: { adminHost: "127.0.0.1", adminPort: o.adminPort } } : {}),
   });
   try {
     await warmUp(o, fleet);
@@ -141,6 +150,7 @@ async function warmUp(o: DemoOptions, fleet: LocalFleet): Promise<void> {
     );
     const bad = rs.find((r) => !r.ok);
     if (bad) throw new Error(`warm-up request failed: ${bad.error ?? `HTTP ${bad.status}`}`);
+    await exerciseEndpoints(fleet.gw.url, DEMO_MODEL, o.requestTimeoutMs);
   } finally {
     await agent.close();
   }
@@ -175,12 +185,13 @@ export function streamChat(
 }
 
 /** Drive the workload through `baseUrl` with `concurrency` conversations in flight. */
-async function drive(
+export async function drive(
   w: Workload,
   baseUrl: string,
   o: DemoOptions,
   policy: string,
   progress: (line: string) => void,
+  onOutcome?: (r: RequestOutcome) => void,
 ): Promise<{ outcomes: RequestOutcome[]; skipped: number; durationS: number }> {
   const agent = new Agent({
     connections: o.concurrency + 4,
@@ -212,6 +223,7 @@ async function drive(
       history.push({ role: "user", content: c.turns[t].user });
       const r = await streamChat(agent, baseUrl, history, c.turns[t].maxTokens, o.requestTimeoutMs);
       outcomes.push(r);
+      onOutcome?.(r);
       if (!r.ok) {
         // without the reply the rest of the conversation cannot be sent as it would have been
         skipped += c.turns.length - t - 1;
@@ -264,11 +276,16 @@ async function runPolicy(
   }
 }
 
+/** The demo's logger: silent unless KVSYNC_LOG_LEVEL asks for lines (JSON on stderr). */
+export function demoLogger(): Logger {
+  return createLogger("demo", process.env.KVSYNC_LOG_LEVEL || "silent");
+}
+
 /** Run the demo: one fresh fleet and one pass of the same workload per policy. */
 export async function runDemo(opts: Partial<DemoOptions> = {}): Promise<DemoResult> {
   const o: DemoOptions = { ...DEMO_DEFAULTS, ...opts };
   validateDemo(o);
-  const log = o.log ?? createLogger("demo", process.env.KVSYNC_LOG_LEVEL ?? "warn");
+  const log = o.log ?? demoLogger();
   const progress = o.progress ?? ((l: string) => process.stderr.write(`${l}\n`));
   const w = generateWorkload({ seed: o.seed, requests: o.requests, ...o.workload });
   const results: PolicyResult[] = [];

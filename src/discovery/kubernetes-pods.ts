@@ -24,10 +24,15 @@ export const ANNOTATIONS = {
   httpPort: "kvsync.io/http-port",
   /** ZeroMQ PUB port of rank 0 (default 5557); "none" for a pod without KV events */
   eventsPort: "kvsync.io/kv-events-port",
-  /** ZeroMQ replay ROUTER port of rank 0 (default 5558); "none" for no replay */
+  /**
+   * ZeroMQ replay ROUTER port of rank 0 (default 5558); "none" for no replay. vLLM offsets it by
+   * the rank like the events port: with N ranks it must be at least N away from the events port
+   */
   replayPort: "kvsync.io/kv-replay-port",
-  /** data-parallel ranks (default 1); rank r publishes on the events/replay port + r */
+  /** data-parallel ranks in the pod (default 1); rank r publishes on the events/replay port + r */
   dataParallelSize: "kvsync.io/data-parallel-size",
+  /** global rank of the pod's first rank (vLLM --data-parallel-start-rank; ports offset by it) */
+  dataParallelStartRank: "kvsync.io/data-parallel-start-rank",
   /** engine block size in tokens (optional) */
   blockSize: "kvsync.io/block-size",
 } as const;
@@ -99,6 +104,17 @@ export function podInfoFromPod(pod: V1Pod, previous?: PodInfo): PodInfo | null {
     }
     dataParallelSize = n;
   }
+  let startRank = 0;
+  const srRaw = ann[ANNOTATIONS.dataParallelStartRank];
+  if (srRaw !== undefined && srRaw.trim() !== "") {
+    const n = Number(srRaw.trim());
+    if (!Number.isInteger(n) || n < 0 || n > 65535) {
+      throw new PodSpecError(
+        `${ANNOTATIONS.dataParallelStartRank}: expected 0..65535, got ${JSON.stringify(srRaw)}`,
+      );
+    }
+    startRank = n;
+  }
   let blockSize: number | undefined;
   const bsRaw = ann[ANNOTATIONS.blockSize];
   if (bsRaw !== undefined && bsRaw.trim() !== "") {
@@ -124,6 +140,7 @@ export function podInfoFromPod(pod: V1Pod, previous?: PodInfo): PodInfo | null {
   }
   const info: PodInfo = { name, model, loras, http, events, replay, dataParallelSize, ready };
   if (blockSize !== undefined) info.blockSize = blockSize;
+  if (startRank > 0) info.dataParallelStartRank = startRank;
   return info;
 }
 

@@ -19,6 +19,7 @@ export function endpointsDiffer(a: PodInfo, b: PodInfo): boolean {
     a.events !== b.events ||
     a.replay !== b.replay ||
     a.dataParallelSize !== b.dataParallelSize ||
+    (a.dataParallelStartRank ?? 0) !== (b.dataParallelStartRank ?? 0) ||
     a.model !== b.model ||
     a.blockSize !== b.blockSize
   );
@@ -34,6 +35,7 @@ export function samePod(a: PodInfo, b: PodInfo): boolean {
 function clonePod(p: PodInfo): PodInfo {
   const c: PodInfo = { ...p, loras: [...p.loras] };
   if (c.blockSize === undefined) delete c.blockSize;
+  if (c.dataParallelStartRank === undefined) delete c.dataParallelStartRank;
   return Object.freeze(c) as PodInfo;
 }
 

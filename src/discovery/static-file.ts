@@ -20,6 +20,7 @@ const KNOWN_FIELDS = new Set([
   "replay",
   "loras",
   "dataParallelSize",
+  "dataParallelStartRank",
   "ready",
   "blockSize",
 ]);
@@ -165,6 +166,13 @@ function parseEntry(raw: unknown, i: number, file: string, seen: Map<string, num
   };
   const dataParallelSize = posInt("dataParallelSize", MAX_DP) ?? 1;
   const blockSize = posInt("blockSize", 1 << 20);
+  let startRank: number | undefined;
+  const sr = raw.dataParallelStartRank;
+  if (sr !== undefined && sr !== null) {
+    if (typeof sr !== "number" || !Number.isInteger(sr) || sr < 0 || sr > 65535)
+      fail("dataParallelStartRank", `must be an integer from 0 to 65535, got ${JSON.stringify(sr)}`);
+    startRank = sr as number;
+  }
   let ready = true;
   if (raw.ready !== undefined && raw.ready !== null) {
     if (typeof raw.ready !== "boolean") fail("ready", "must be true or false");
@@ -172,6 +180,7 @@ function parseEntry(raw: unknown, i: number, file: string, seen: Map<string, num
   }
   const pod: PodInfo = { name, model, loras, http, events, replay, dataParallelSize, ready };
   if (blockSize !== undefined) pod.blockSize = blockSize;
+  if (startRank !== undefined && startRank > 0) pod.dataParallelStartRank = startRank;
   return pod;
 }
 

@@ -15,8 +15,13 @@ export interface PodInfo {
   events: string | null;
   /** replay ROUTER endpoint of rank 0, or null */
   replay: string | null;
-  /** data-parallel ranks; rank r uses the events/replay port + r */
+  /** data-parallel ranks in the pod; rank i uses the events/replay port + start + i (vLLM's rule) */
   dataParallelSize: number;
+  /**
+   * global rank of the pod's first rank when the pod runs part of a larger DP group (vLLM
+   * `--data-parallel-start-rank`): its ports are offset by it and its batches carry it; default 0
+   */
+  dataParallelStartRank?: number;
   /** routable: Ready with an address */
   ready: boolean;
   /** engine block size if known (tokens), else the index default */

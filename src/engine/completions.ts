@@ -26,7 +26,7 @@ import { EngineRequest, type FinishReason, SchedulerFullError } from "./schedule
  * requests in the scheduler.
  */
 
-interface AbortHooks {
+export interface AbortHooks {
   aborted: boolean;
   onAborts: Array<() => void>;
 }
@@ -36,12 +36,12 @@ interface Generation {
   prompt: number[];
   loraId: number | null;
   loraName: string | null;
-  cacheSalt: string | null;
+  cacheSalt?: string | null;
   maxTokens: number | null;
 }
 
 /** Submit one generation; tokens are reported through `onToken`, resolves with the finish reason. */
-function generate(
+export function generate(
   engine: MockEngine,
   g: Generation,
   onToken: (id: number, index: number) => void,
@@ -59,7 +59,7 @@ function generate(
     finishReason: plan.finish,
     loraId: g.loraId,
     loraName: g.loraName,
-    cacheSalt: g.cacheSalt,
+    cacheSalt: g.cacheSalt ?? null,
     hooks: {
       onToken,
       onFinish: (reason) => {
@@ -114,7 +114,7 @@ function usageOf(reqs: EngineRequest[]) {
   };
 }
 
-function watchClose(res: ServerResponse): AbortHooks {
+export function watchClose(res: ServerResponse): AbortHooks {
   const sig: AbortHooks = { aborted: false, onAborts: [] };
   res.on("close", () => {
     if (!res.writableFinished) {

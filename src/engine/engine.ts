@@ -82,14 +82,14 @@ export class MockEngine {
         hashOf,
         removals: o.removedEvents,
       });
-      const dpRank = r;
+      const dpRank = o.dataParallelStartRank + r;
       const publisher =
         o.eventsEndpoint === null
           ? null
           : new EventPublisher({
-              endpoint: offsetEndpoint(o.eventsEndpoint, r),
+              endpoint: offsetEndpoint(o.eventsEndpoint, dpRank),
               bind: o.eventsBind,
-              replayEndpoint: o.replayEndpoint === null ? null : offsetEndpoint(o.replayEndpoint, r),
+              replayEndpoint: o.replayEndpoint === null ? null : offsetEndpoint(o.replayEndpoint, dpRank),
               topic: o.topic,
               format: o.eventFormat,
               flavor: o.flavor,

@@ -1,4 +1,5 @@
-import { ENGINE_FLAVORS, type EngineFlavor, type EventFormat } from "./publisher.ts";
+import { dataParallelLayout } from "../protocol/endpoints.ts";
+import { ENGINE_FLAVORS, type EngineFlavor, type EventFormat, pubShouldBind } from "./publisher.ts";
 
 export type HashFormat = "int" | "bytes";
 
@@ -36,6 +37,11 @@ export interface EngineOptions {
   topic: string;
   replayBufferSteps: number;
   dataParallelSize: number;
+  /**
+   * global rank of the first rank (vLLM --data-parallel-start-rank): rank i publishes on the
+   * events/replay port + start + i and stamps its batches with start + i
+   */
+  dataParallelStartRank: number;
   /** timing model (ms), divided by `speed` */
   stepMs: number;
   prefillMsPerToken: number;
@@ -78,6 +84,7 @@ export const DEFAULT_ENGINE_OPTIONS: EngineOptions = {
   topic: "",
   replayBufferSteps: 10_000,
   dataParallelSize: 1,
+  dataParallelStartRank: 0,
   stepMs: 4,
   prefillMsPerToken: 0.1,
   decodeMsPerSeq: 0.2,
@@ -108,6 +115,7 @@ export function validateOptions(o: EngineOptions): void {
   intAtLeast("maxWaiting", 1);
   intAtLeast("replayBufferSteps", 1);
   intAtLeast("dataParallelSize", 1);
+  intAtLeast("dataParallelStartRank", 0);
   intAtLeast("minOutputTokens", 1);
   intAtLeast("maxOutputTokens", 1);
   intAtLeast("maxBodyBytes", 1024);
@@ -126,6 +134,18 @@ export function validateOptions(o: EngineOptions): void {
     throw new Error(`flavor must be one of ${ENGINE_FLAVORS.join(", ")}`);
   if (o.flavor !== "vllm" && o.hashFormat !== "int")
     throw new Error(`the ${o.flavor} flavor publishes int hashes`);
+  if (o.eventsEndpoint !== null) {
+    // vLLM offsets both ports by the rank: refuse a layout where two sockets meet (vLLM fails
+    // to bind there, or a subscriber reads the wrong socket)
+    dataParallelLayout({
+      events: o.eventsEndpoint,
+      replay: o.replayEndpoint,
+      size: o.dataParallelSize,
+      startRank: o.dataParallelStartRank,
+      http: o.port === 0 ? null : `tcp://*:${o.port}`,
+      eventsConnect: !(o.eventsBind ?? pubShouldBind(o.eventsEndpoint)),
+    });
+  }
   if (new Set(o.loraModules).size !== o.loraModules.length || o.loraModules.includes(o.model)) {
     throw new Error("LoRA module names must be unique and differ from the model name");
   }

@@ -1,6 +1,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import FindMyWay from "find-my-way";
 import { sendJson } from "../util/http-json.ts";
+import { audio } from "./audio.ts";
 import { completion } from "./completions.ts";
 import type { MockEngine } from "./engine.ts";
 import {
@@ -13,12 +14,15 @@ import {
   readJson,
   tokenizing,
 } from "./http-request.ts";
+import { embeddings, rerank, score } from "./pooling.ts";
+import { responses } from "./responses.ts";
 
 /**
  * The engine's route table (vLLM's OpenAI-compatible surface plus the mock's debug and admin
  * endpoints) and the handlers of everything but completions:
- *   POST /v1/completions, /v1/chat/completions (JSON or SSE), GET /v1/models,
- *   POST /tokenize, /detokenize, GET /health, /version, /metrics, POST /reset_prefix_cache,
+ *   POST /v1/completions, /v1/chat/completions, /v1/responses (JSON or SSE), GET /v1/models,
+ *   POST /v1/embeddings, /score, /v1/score, /rerank, /v1/rerank, /v2/rerank,
+ *   /v1/audio/transcriptions, /v1/audio/translations, /tokenize, /detokenize, GET /health, /version, /metrics, POST /reset_prefix_cache,
  *   GET /debug/kv-cache[?rank=N], POST /admin/events/pause|resume[?rank=N].
  */
 
@@ -83,6 +87,15 @@ function table(engine: MockEngine): Array<[Method, string, Handler]> {
   return [
     ["POST", "/v1/completions", (q, s) => completion(engine, q, s, false)],
     ["POST", "/v1/chat/completions", (q, s) => completion(engine, q, s, true)],
+    ["POST", "/v1/responses", (q, s) => responses(engine, q, s)],
+    ["POST", "/v1/embeddings", (q, s) => embeddings(engine, q, s)],
+    ["POST", "/score", (q, s) => score(engine, q, s)],
+    ["POST", "/v1/score", (q, s) => score(engine, q, s)],
+    ["POST", "/rerank", (q, s) => rerank(engine, q, s)],
+    ["POST", "/v1/rerank", (q, s) => rerank(engine, q, s)],
+    ["POST", "/v2/rerank", (q, s) => rerank(engine, q, s)],
+    ["POST", "/v1/audio/transcriptions", (q, s) => audio(engine, q, s)],
+    ["POST", "/v1/audio/translations", (q, s) => audio(engine, q, s)],
     ["GET", "/v1/models", (_q, s) => sendJson(s, 200, models(engine))],
     ["POST", "/tokenize", (q, s) => tokenize(engine, q, s)],
     ["POST", "/detokenize", (q, s) => detokenize(engine, q, s)],

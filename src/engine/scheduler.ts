@@ -346,6 +346,12 @@ export class Scheduler {
       if (req.state !== "running") continue; // aborted or preempted meanwhile
       req.numComputed += numNew;
       if (req.numComputed < req.tokens.length) continue; // more prefill chunks to go
+      if (req.output.length === 0) {
+        // a pooling request (embeddings, score): prefill only, finished with its last chunk
+        this.obs.onPromptTokens?.(req.promptLen);
+        this.finish(req);
+        continue;
+      }
       const id = req.output[req.generated];
       const index = req.generated;
       req.generated++;
@@ -368,14 +374,16 @@ export class Scheduler {
         );
       }
       req.hooks.onToken(id, index);
-      if (done) {
-        const ri = this.running.indexOf(req);
-        if (ri >= 0) this.running.splice(ri, 1);
-        this.cache.free(req);
-        req.state = "done";
-        req.hooks.onFinish(req.finishReason);
-      }
+      if (done) this.finish(req);
     }
     if (generated > 0) this.obs.onGenerated?.(generated);
+  }
+
+  private finish(req: EngineRequest): void {
+    const ri = this.running.indexOf(req);
+    if (ri >= 0) this.running.splice(ri, 1);
+    this.cache.free(req);
+    req.state = "done";
+    req.hooks.onFinish(req.finishReason);
   }
 }

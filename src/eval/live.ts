@@ -28,6 +28,7 @@ import {
   infiniteCacheHitRate,
   type PolicyResult,
   simulate,
+  simulateDetailed,
 } from "./simulator.ts";
 import { meanRate, type TraceRequest } from "./workload.ts";
 
@@ -95,13 +96,29 @@ export interface LiveResult {
   /** busiest pod's requests over the mean */
   maxMeanLoad: number;
   requestsPerPod: number[];
-  /**
-   * request overhead outside the engine, measured on the idle fleet before the replay: median
-   * TTFT of lone one-block prompts minus their modelled step time
-   */
+  /** median of requestOverheadMs */
   overheadMs: number;
+  /**
+   * each request's overhead outside the engine model (HTTP, gateway, event loops, a loaded
+   * machine's scheduling): its live TTFT minus its TTFT in the simulator without overhead on the
+   * same arrivals (requestOverheads); the median for a request without a token
+   */
+  requestOverheadMs: number[];
+  /**
+   * each request's delay from its last token in the model to its end at the client: live latency
+   * minus the zero-overhead simulation's minus half its overhead (a loaded machine stretches the
+   * decode and the stream, which keeps requests in flight longer)
+   */
+  requestEndDelayMs: number[];
   /** first send → last answer */
   wallMs: number;
+  /**
+   * when each request was actually sent, ms after the first (a loaded client sends late and in
+   * bursts): the simulator replays these arrivals to compare like for like (sentArrivals)
+   */
+  sentAtMs: number[];
+  /** each request's TTFT as the client saw it (null: no token) */
+  requestTtftMs: Array<number | null>;
 }
 
 /** Replay `reqs` (sorted by timestamp, ms from 0) through a fresh local fleet routed by `policy`. */
@@ -143,15 +160,16 @@ export async function runLive(reqs: readonly TraceRequest[], o: LiveOptions): Pr
       log,
     });
     await warmUp(fleet, agent, f.blockTokens, timeoutMs);
-    const overheadMs = await measureOverhead(fleet, agent, f, timeoutMs);
     const url = `${fleet.gw.url}/v1/completions`;
     const outcomes: RequestOutcome[] = new Array(reqs.length);
     const inflight: Array<Promise<void>> = [];
+    const sentAtMs = new Array<number>(reqs.length);
     const t0 = performance.now();
     for (let i = 0; i < reqs.length; i++) {
       const r = reqs[i];
       const wait = t0 + (r.timestamp - reqs[0].timestamp) - performance.now();
       if (wait > 1) await new Promise((res) => setTimeout(res, wait));
+      sentAtMs[i] = performance.now() - t0;
       const body = {
         model: LIVE_MODEL,
         prompt: liveBlockTokens(r, f.blockTokens, i),
@@ -167,6 +185,9 @@ export async function runLive(reqs: readonly TraceRequest[], o: LiveOptions): Pr
     }
     await Promise.all(inflight);
     const wallMs = performance.now() - t0;
+    const requestTtftMs = outcomes.map((x) => (x?.ok ? x.ttftMs : null));
+    const latencyMs = outcomes.map((x) => (x?.ok ? x.latencyMs : null));
+    const over = requestOverheads(reqs, o.policy, f, sentAtMs, requestTtftMs, latencyMs);
     return {
       ...summarizeLive(
         o.policy,
@@ -176,7 +197,11 @@ export async function runLive(reqs: readonly TraceRequest[], o: LiveOptions): Pr
         f.blockTokens,
         wallMs,
       ),
-      overheadMs,
+      overheadMs: over.median,
+      requestOverheadMs: over.perRequest,
+      requestEndDelayMs: over.endDelay,
+      sentAtMs,
+      requestTtftMs,
     };
   } finally {
     await agent.close();
@@ -221,40 +246,6 @@ async function warmUp(
   await resetPrefixCaches(fleet);
 }
 
-/**
- * The fleet's request overhead outside the engine model: lone requests (one block and one token of
- * prompt, one output token, nothing else in flight) take one step of the model, so the rest of
- * their TTFT is HTTP, the gateway, the event loop and the client. Median of a few, after warm-up.
- */
-async function measureOverhead(
-  fleet: LocalFleet,
-  agent: Agent,
-  f: FleetOptions,
-  timeoutMs: number,
-): Promise<number> {
-  const url = `${fleet.gw.url}/v1/completions`;
-  const samples: number[] = [];
-  for (let i = 0; i < 9; i++) {
-    const prompt = Array.from(
-      { length: f.blockTokens + 1 },
-      (_, k) => WARM_TOKEN_BASE + ((i * 13 + k) % 600),
-    );
-    const r = await streamRequest(
-      agent,
-      url,
-      { model: LIVE_MODEL, prompt, max_tokens: 1, stream: true, stream_options: { include_usage: true } },
-      timeoutMs,
-    );
-    if (!r.ok || r.ttftMs === null)
-      throw new Error(`overhead probe failed: ${r.error ?? `HTTP ${r.status}`}`);
-    const modelled = f.stepMs + f.prefillMsPerToken * (prompt.length - r.cachedTokens);
-    samples.push(Math.max(0, r.ttftMs - modelled));
-  }
-  samples.sort((a, b) => a - b);
-  await resetPrefixCaches(fleet);
-  return samples[samples.length >> 1];
-}
-
 export function summarizeLive(
   policy: string,
   reqs: readonly TraceRequest[],
@@ -262,7 +253,7 @@ export function summarizeLive(
   pods: readonly string[],
   blockTokens: number,
   wallMs: number,
-): Omit<LiveResult, "overheadMs"> {
+): Omit<LiveResult, "overheadMs" | "requestOverheadMs" | "requestEndDelayMs" | "sentAtMs" | "requestTtftMs"> {
   let blocks = 0;
   let hit = 0;
   let prompt = 0;
@@ -303,6 +294,65 @@ export function summarizeLive(
     requestsPerPod: counts,
     wallMs,
   };
+}
+
+/** `reqs` with the arrival times a live replay actually sent them at (LiveResult.sentAtMs). */
+export function sentArrivals(reqs: readonly TraceRequest[], sentAtMs: readonly number[]): TraceRequest[] {
+  const t0 = reqs.length > 0 ? reqs[0].timestamp : 0;
+  const out = reqs.map((r, i) => ({ ...r, timestamp: t0 + (sentAtMs[i] ?? r.timestamp - t0) }));
+  // sends are sequential, so the order holds; sort anyway for a caller's hand-made times
+  return out.sort((a, b) => a.timestamp - b.timestamp);
+}
+
+/**
+ * What a live replay spent outside the engine model, per request: live TTFT minus the simulator's
+ * TTFT for the same request, policy and arrivals with no overhead. Measured on the replay itself
+ * (not on idle probes), so it carries the machine's load at the time and its spread: on a loaded
+ * machine a few requests wait 100+ ms in event loops while the median waits 20.
+ */
+export function requestOverheads(
+  reqs: readonly TraceRequest[],
+  policy: EvalPolicy,
+  fleet: FleetOptions,
+  sentAtMs: readonly number[],
+  ttftMs: ReadonlyArray<number | null>,
+  latencyMs: ReadonlyArray<number | null> = [],
+): { median: number; perRequest: number[]; endDelay: number[] } {
+  const d = simulateDetailed(sentArrivals(reqs, sentAtMs), policy, { ...fleet, overheadMs: 0 });
+  const raw = d.requests.map((r, i) => {
+    const l = ttftMs[i];
+    return l === null || l === undefined || r.rejected ? null : Math.max(0, l - (r.firstTokenAt - r.arrival));
+  });
+  const known = raw.filter((x): x is number => x !== null).sort((a, b) => a - b);
+  const median = known.length > 0 ? known[known.length >> 1] : 0;
+  const perRequest = raw.map((x) => x ?? median);
+  const endDelay = d.requests.map((r, i) => {
+    const l = latencyMs[i];
+    const half = perRequest[i] / 2;
+    return l === null || l === undefined || r.rejected
+      ? half
+      : Math.max(half, l - (r.finishedAt - r.arrival) - half);
+  });
+  return { median, perRequest, endDelay };
+}
+
+/**
+ * The simulator on a live replay's terms: the arrivals the client actually sent and each
+ * request's measured overhead, so what differs from the live figures is the model's routing,
+ * cache and engine, not the machine's timing.
+ */
+export function simulateAsLive(
+  reqs: readonly TraceRequest[],
+  policy: EvalPolicy,
+  fleet: FleetOptions,
+  live: Pick<LiveResult, "sentAtMs" | "overheadMs" | "requestOverheadMs" | "requestEndDelayMs">,
+): PolicyResult {
+  return simulate(
+    sentArrivals(reqs, live.sentAtMs),
+    policy,
+    { ...fleet, overheadMs: live.overheadMs },
+    { requestOverheadMs: live.requestOverheadMs, requestEndDelayMs: live.requestEndDelayMs },
+  );
 }
 
 /** The policies a live fleet can run (the oracle and the bound are simulator-only references). */
@@ -351,9 +401,11 @@ export async function evaluateLive(
       });
       live[p] = l;
     }
-    // the simulator gets the live fleet's measured request overhead (the oracle: the last one seen)
+    // the simulator replays the live run's arrivals and overheads; the oracle, the trace's arrivals
+    // with the last live run's median overhead
     if (l !== null) overheadMs = l.overheadMs;
-    simulated[p] = simulate(reqs, p, { ...fleet, overheadMs });
+    simulated[p] =
+      l !== null ? simulateAsLive(reqs, p, fleet, l) : simulate(reqs, p, { ...fleet, overheadMs });
     if (l !== null)
       err[p] = l.hitRate > 0 ? Math.abs(simulated[p].hitRate - l.hitRate) / l.hitRate : Number.NaN;
     o.onResult?.(l, simulated[p]);

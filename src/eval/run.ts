@@ -50,17 +50,20 @@ export interface EvalResult {
   wallMs: number;
 }
 
+/** The workload's name in reports: the trace file, or the generator. */
+export function sourceOf(w: WorkloadSpec): string {
+  return w.kind === "trace" ? String(w.trace) : `generator:${w.kind}`;
+}
+
 export function buildWorkload(
   w: WorkloadSpec,
   blockTokens: number,
 ): { reqs: TraceRequest[]; source: string } {
   let base: TraceRequest[];
-  let source: string;
   if (w.kind === "trace") {
     if (w.trace === undefined) throw new Error("--trace <file> is required for a trace workload");
     // the trace's blocks are 512 tokens; other --block-tokens replay the same blocks at that size
     base = scaleBlocks(loadMooncake(w.trace, w.requests), MOONCAKE_BLOCK_TOKENS, blockTokens);
-    source = w.trace;
   } else if (w.kind === "shared-prefix") {
     base = sharedPrefixWorkload({
       ...SHARED_PREFIX_DEFAULTS,
@@ -68,7 +71,6 @@ export function buildWorkload(
       requests: w.requests ?? 4000,
       blockTokens,
     });
-    source = "generator:shared-prefix";
   } else {
     base = multiTurnWorkload({
       ...MULTI_TURN_DEFAULTS,
@@ -76,9 +78,11 @@ export function buildWorkload(
       requests: w.requests ?? 4000,
       blockTokens,
     });
-    source = "generator:multi-turn";
   }
-  return { reqs: withArrivals(base, { timeScale: w.timeScale, rate: w.rate, seed: w.seed }), source };
+  return {
+    reqs: withArrivals(base, { timeScale: w.timeScale, rate: w.rate, seed: w.seed }),
+    source: sourceOf(w),
+  };
 }
 
 export function evaluate(
@@ -88,16 +92,28 @@ export function evaluate(
   onResult?: (r: PolicyResult) => void,
 ): EvalResult {
   const t0 = performance.now();
-  const { reqs, source } = buildWorkload(w, fleet.blockTokens);
+  const { reqs } = buildWorkload(w, fleet.blockTokens);
   const out: Record<string, PolicyResult> = {};
   for (const p of policies) {
     out[p] = simulate(reqs, p, fleet);
     onResult?.(out[p]);
   }
+  return summarizeEval(w, fleet, out, t0, reqs);
+}
+
+/** An EvalResult around per-policy results (the workload is rebuilt unless given). */
+export function summarizeEval(
+  w: WorkloadSpec,
+  fleet: FleetOptions,
+  policies: Record<string, PolicyResult>,
+  t0: number,
+  built?: TraceRequest[],
+): EvalResult {
+  const reqs = built ?? buildWorkload(w, fleet.blockTokens).reqs;
   return {
     workload: {
       kind: w.kind,
-      source,
+      source: sourceOf(w),
       requests: reqs.length,
       ratePerSecond: meanRate(reqs),
       spanMs: reqs.length > 0 ? reqs[reqs.length - 1].timestamp - reqs[0].timestamp : 0,
@@ -105,7 +121,7 @@ export function evaluate(
     fleet,
     requests: reqs.length,
     infiniteCacheHitRate: infiniteCacheHitRate(reqs, fleet.blockTokens),
-    policies: out,
+    policies,
     wallMs: performance.now() - t0,
   };
 }

@@ -164,12 +164,29 @@ const EV_REPLY = 4;
 /** A policy built by the caller (tests compare against routers that are not gateway policies). */
 export type PolicyFactory = (deps: { index: PrefixIndex; loads: LoadTracker }) => RoutingPolicy;
 
+/** Per-run inputs that are not fleet settings. */
+export interface SimulateOptions {
+  /** a policy built by the caller instead of `policyName`'s */
+  custom?: PolicyFactory;
+  /**
+   * request i's overhead outside the engine (ms, split as `FleetOptions.overheadMs` is), in place of
+   * the fleet's constant: a live replay's measured per-request overhead (src/eval/live.ts)
+   */
+  requestOverheadMs?: readonly number[];
+  /**
+   * request i's delay from the engine's last token to the gateway seeing the end (ms), in place of
+   * half its overhead: a live replay's measured stretch of the decode and stream (live.ts), which
+   * keeps the request in the gateway's in-flight count as long as it was live
+   */
+  requestEndDelayMs?: readonly number[];
+}
+
 /** Replay `reqs` (sorted by timestamp) through `policy` on a fresh fleet. */
 export function simulate(
   reqs: readonly TraceRequest[],
   policyName: EvalPolicy,
   f: FleetOptions,
-  custom?: PolicyFactory,
+  custom?: PolicyFactory | SimulateOptions,
 ): PolicyResult {
   return simulateDetailed(reqs, policyName, f, custom).result;
 }
@@ -179,9 +196,11 @@ export function simulateDetailed(
   reqs: readonly TraceRequest[],
   policyName: EvalPolicy,
   f: FleetOptions,
-  custom?: PolicyFactory,
+  options?: PolicyFactory | SimulateOptions,
 ): { result: PolicyResult; requests: SimRequest[]; index: PrefixIndex } {
   const wall0 = performance.now();
+  const so: SimulateOptions = typeof options === "function" ? { custom: options } : (options ?? {});
+  const custom = so.custom;
   const bs = f.blockTokens;
   const ns: NamespaceRef = { model: "trace", lora: null, blockSize: bs };
   const index: PrefixIndex = createIndex();
@@ -195,7 +214,11 @@ export function simulateDetailed(
 
   const refs: StreamRef[] = [];
   const engines: EngineModel[] = [];
-  const half = Math.max(0, f.overheadMs ?? 0) / 2;
+  const fleetHalf = Math.max(0, f.overheadMs ?? 0) / 2;
+  const perRequest = so.requestOverheadMs;
+  const endDelays = so.requestEndDelayMs;
+  const halfOf = (id: number): number =>
+    perRequest === undefined ? fleetHalf : Math.max(0, perRequest[id] ?? 2 * fleetHalf) / 2;
   const eo: EngineModelOptions = {
     cacheBlocks: f.cacheBlocks,
     blockTokens: bs,
@@ -215,10 +238,13 @@ export function simulateDetailed(
     engines.push(
       new EngineModel(ref.pod, eo, {
         onFirstToken: (r, t) => {
+          const half = halfOf(r.id);
           if (half > 0) heap.push(t + half, EV_REPLY, r.id, 0);
           else tickets[r.id]?.prefillDone();
         },
         onFinish: (r, t) => {
+          // never before the first byte's reply: the gateway sees the end after the start
+          const half = Math.max(halfOf(r.id), endDelays?.[r.id] ?? 0);
           if (half > 0) heap.push(t + half, EV_REPLY, r.id, 1);
           else {
             tickets[r.id]?.done();
@@ -291,6 +317,7 @@ export function simulateDetailed(
         predictedBlocks += top.matchedBlocks;
       }
       tickets[a] = loads.begin(refs[p].streamId, r.inputLength - saved);
+      const half = halfOf(a);
       if (half > 0) heap.push(now + half, EV_SUBMIT, a, p);
       else schedule(p, engines[p].submit(r, now));
     } else if (heap.kind === EV_SUBMIT) {
@@ -319,7 +346,7 @@ export function simulateDetailed(
     eventsApplied,
     now,
     performance.now() - wall0,
-    2 * half,
+    (id) => 2 * halfOf(id),
   );
   return { result, requests: sim, index };
 }
@@ -332,7 +359,7 @@ function summarize(
   eventsApplied: number,
   simulatedMs: number,
   wallMs: number,
-  overheadMs: number,
+  overheadMs: (id: number) => number,
 ): PolicyResult {
   let hit = 0;
   let blocks = 0;
@@ -345,7 +372,7 @@ function summarize(
       continue;
     }
     hit += r.hitBlocks;
-    ttft.push(r.firstTokenAt - r.arrival + overheadMs);
+    ttft.push(r.firstTokenAt - r.arrival + overheadMs(r.id));
   }
   ttft.sort((x, y) => x - y);
   const perPod = engines.map((e) => e.served);

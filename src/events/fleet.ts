@@ -6,6 +6,7 @@ import { createIndex, type SyncIndexOptions } from "../index/index.ts";
 import type { PrefixIndex } from "../index/types.ts";
 import type { Logger } from "../util/log.ts";
 import { SubscriberManager, type SubscriberManagerOptions } from "./manager.ts";
+import { Readiness, type ReadinessOptions } from "./readiness.ts";
 import type { StreamState } from "./types.ts";
 
 export interface FleetOptions {
@@ -24,6 +25,8 @@ export interface FleetOptions {
   subscriber?: SubscriberManagerOptions["subscriber"];
   /** event lag and clock skew thresholds of the streams */
   lag?: SubscriberManagerOptions["lag"];
+  /** when /readyz stops waiting for a stream; whether it needs a routable pod */
+  readiness?: ReadinessOptions;
   registry: Registry;
   log: Logger;
 }
@@ -38,6 +41,8 @@ export class Fleet {
   readonly index: PrefixIndex;
   /** null when subscribing is off */
   readonly subscribers: SubscriberManager | null;
+  /** /readyz: discovery answered and every ready pod's stream live or given up (readiness.ts) */
+  readonly readiness: Readiness;
   private source: DiscoverySource | null = null;
   private readonly offPods: () => void;
   private closing: Promise<void> | null = null;
@@ -56,6 +61,11 @@ export class Fleet {
           })
         : null;
     this.subscribers = subs;
+    this.readiness = new Readiness(
+      { pods: () => this.pods.pods(), statuses: () => subs?.statuses() ?? [] },
+      o.log,
+      o.readiness,
+    );
     this.offPods =
       subs === null ? () => undefined : this.pods.onChange((all) => subs.setPods([...all.values()]));
   }
@@ -63,6 +73,10 @@ export class Fleet {
   /** State of an event stream; only `live` streams' cache counts for routing. */
   readonly streamState = (streamId: string): StreamState | undefined =>
     this.subscribers?.status(streamId)?.state;
+
+  /** The block size a stream's events carry (null before its first BlockStored). */
+  readonly streamBlockSize = (streamId: string): number | null =>
+    this.subscribers?.blockSizeOf(streamId) ?? null;
 
   /** The discovery source's kind once started (null: a fixed pod list only). */
   get discoveryKind(): string | null {
@@ -73,7 +87,11 @@ export class Fleet {
   async start(): Promise<void> {
     if (this.o.pods) this.pods.apply({ type: "sync", pods: this.o.pods });
     const d = this.o.discovery;
-    if (d === undefined) return;
+    if (d === undefined) {
+      this.readiness.discoveryAnswered();
+      this.readiness.start();
+      return;
+    }
     const source =
       "start" in d && typeof d.start === "function"
         ? d
@@ -84,11 +102,14 @@ export class Fleet {
           });
     this.source = source;
     await source.start(this.pods.handler);
+    this.readiness.discoveryAnswered();
+    this.readiness.start();
   }
 
   /** Stop discovery, then the subscribers. */
   close(): Promise<void> {
     this.closing ??= (async () => {
+      this.readiness.stop();
       await this.source?.stop();
       this.offPods();
       await this.subscribers?.close();

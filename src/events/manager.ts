@@ -13,13 +13,16 @@ import { EventEmitter } from "node:events";
 import { performance } from "node:perf_hooks";
 import type { Registry } from "prom-client";
 import type { PodInfo } from "../discovery/types.ts";
-import type { PrefixIndex, StreamRef } from "../index/types.ts";
-import { dataParallelEndpoint } from "../protocol/endpoints.ts";
+import type { PrefixIndex } from "../index/types.ts";
+import type { LayoutError } from "../protocol/endpoints.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
+import { type ConfigMetrics, createConfigMetrics } from "./config-metrics.ts";
 import { LagWatch, type LagWatchOptions } from "./lag-watch.ts";
 import { createSubscriberMetrics, type SubscriberMetrics } from "./metrics.ts";
+import { StreamChecks } from "./stream-checks.ts";
+import { podStreams, type StreamSpec, streamsOf } from "./stream-layout.ts";
 import { StreamSubscriber, type SubscriberOptions } from "./subscriber.ts";
-import { type StreamState, type StreamStatus, type SubscriberManagerLike, streamIdOf } from "./types.ts";
+import type { StreamState, StreamStatus, SubscriberManagerLike } from "./types.ts";
 
 /** Most streams one manager runs (pods x ranks): bounded like everything else. */
 export const MAX_STREAMS = 20_000;
@@ -36,34 +39,16 @@ export interface SubscriberManagerOptions {
   lag?: LagWatchOptions;
 }
 
-export interface StreamSpec {
-  ref: StreamRef;
-  events: string;
-  replay: string | null;
-}
-
-/** The streams a pod has: one per data-parallel rank; none without an events endpoint. */
-export function streamsOf(pod: PodInfo): StreamSpec[] {
-  if (pod.events === null) return [];
-  const dp = Math.max(1, pod.dataParallelSize | 0);
-  const out: StreamSpec[] = [];
-  for (let r = 0; r < dp; r++) {
-    const rank = dp === 1 ? null : r;
-    const events = dataParallelEndpoint(pod.events, r);
-    if (events === null) continue;
-    const replay = pod.replay === null ? null : dataParallelEndpoint(pod.replay, r);
-    out.push({
-      ref: { streamId: streamIdOf(pod.name, rank), pod: pod.name, rank, model: pod.model },
-      events,
-      replay,
-    });
-  }
-  return out;
-}
+export type { PodStreams, StreamSpec } from "./stream-layout.ts";
+export { podStreams, streamsOf };
 
 function sameSpec(a: StreamSpec, b: StreamSpec): boolean {
   return (
-    a.events === b.events && a.replay === b.replay && a.ref.model === b.ref.model && a.ref.rank === b.ref.rank
+    a.events === b.events &&
+    a.replay === b.replay &&
+    a.ref.model === b.ref.model &&
+    a.ref.rank === b.ref.rank &&
+    a.dpRank === b.dpRank
   );
 }
 
@@ -72,6 +57,10 @@ interface Running {
   /** the pod's block size when it is part of the identity (a change restarts the stream) */
   blockSize: number | undefined;
   sub: StreamSubscriber;
+  checks: StreamChecks;
+  /** the last closed lag window's floor, else the last live batch's lag (s); null when not live */
+  lagFloor: number | null;
+  lastLag: number | null;
 }
 
 export interface SubscriberManagerEvents {
@@ -84,9 +73,12 @@ export class SubscriberManager
 {
   private readonly streams = new Map<string, Running>();
   private readonly podInfos = new Map<string, PodInfo>();
+  /** pods whose port layout is refused, with why (logged when it first appears) */
+  private readonly layoutErrors = new Map<string, LayoutError>();
   private readonly index: PrefixIndex;
   private readonly log: Logger;
   private readonly metrics: SubscriberMetrics | null;
+  private readonly configMetrics: ConfigMetrics | null;
   private readonly topic: string;
   private readonly subOpts: SubscriberManagerOptions["subscriber"];
   private readonly lagOpts: LagWatchOptions | undefined;
@@ -102,6 +94,7 @@ export class SubscriberManager
     this.metrics = opts.registry
       ? createSubscriberMetrics(opts.registry, () => this.statuses(), this.index)
       : null;
+    this.configMetrics = opts.registry ? createConfigMetrics(opts.registry) : null;
   }
 
   /** The pods last passed to setPods, sorted by name. */
@@ -117,9 +110,12 @@ export class SubscriberManager
     if (this.closed) return;
     const desired = new Map<string, { spec: StreamSpec; blockSize: number | undefined }>();
     this.podInfos.clear();
+    const refused = new Map<string, LayoutError>();
     for (const p of pods) {
       this.podInfos.set(p.name, p);
-      for (const spec of streamsOf(p)) {
+      const { specs, error } = podStreams(p);
+      if (error !== null) refused.set(p.name, error);
+      for (const spec of specs) {
         if (desired.size >= MAX_STREAMS) {
           this.log.error({ event: "subscriber.too_many_streams", max: MAX_STREAMS }, "stream cap reached");
           break;
@@ -134,6 +130,36 @@ export class SubscriberManager
     }
     for (const [id, want] of desired) {
       if (!this.streams.has(id)) this.startStream(want.spec, want.blockSize);
+    }
+    this.updateLayoutErrors(refused);
+  }
+
+  /** Why a pod's streams are not subscribed (its port layout collides), or null. */
+  layoutError(pod: string): string | null {
+    return this.layoutErrors.get(pod)?.message ?? null;
+  }
+
+  /** The block size a stream's events carry (null before its first BlockStored, or no such stream). */
+  blockSizeOf(streamId: string): number | null {
+    return this.streams.get(streamId)?.checks.blockSize ?? null;
+  }
+
+  private updateLayoutErrors(refused: Map<string, LayoutError>): void {
+    for (const [pod, err] of this.layoutErrors) {
+      if (refused.get(pod)?.message === err.message) continue;
+      this.layoutErrors.delete(pod);
+      this.configMetrics?.removePod(pod);
+      if (this.podInfos.has(pod))
+        this.log.info({ event: "subscriber.layout_ok", pod }, `pod ${pod}: port layout accepted`);
+    }
+    for (const [pod, err] of refused) {
+      if (this.layoutErrors.has(pod)) continue;
+      this.layoutErrors.set(pod, err);
+      this.configMetrics?.layoutRefused.set({ pod, reason: err.code }, 1);
+      this.log.error(
+        { event: "subscriber.layout_refused", pod, reason: err.code, err: err.message },
+        `pod ${pod}: not subscribing, its port layout cannot work: ${err.message}`,
+      );
     }
   }
 
@@ -177,6 +203,10 @@ export class SubscriberManager
       replays: s.replays,
       resyncs: s.resyncs,
       restarts: s.restarts,
+      blockSize: run.checks.blockSize,
+      blockSizeMismatch: run.checks.blockSizeMismatch,
+      wrongRankBatches: run.checks.wrongRankBatches,
+      lagSeconds: run.lagFloor ?? run.lastLag,
     };
   }
 
@@ -186,11 +216,35 @@ export class SubscriberManager
     const index = this.index;
     const m = this.metrics;
     const log = this.log;
-    const run: Running = { spec, blockSize, sub: undefined as unknown as StreamSubscriber };
+    const cm = this.configMetrics;
+    const run: Running = {
+      spec,
+      blockSize,
+      sub: undefined as unknown as StreamSubscriber,
+      checks: new StreamChecks(
+        spec,
+        blockSize,
+        {
+          blockSizeMismatch: () => cm?.blockSizeMismatches.inc({ stream: id }),
+          learned: (size) => cm?.blockSizeTokens.set({ stream: id }, size),
+          wrongRank: () => cm?.wrongRankBatches.inc({ stream: id }),
+          dropClaims: () => index.dropStream(id),
+        },
+        log,
+      ),
+      lagFloor: null,
+      lastLag: null,
+    };
     const lag = new LagWatch(
       {
-        lag: (sec) => m?.lagSeconds.observe(sec),
-        lagFloor: (sec) => m?.lagFloorSeconds.set({ stream: id }, sec),
+        lag: (sec) => {
+          run.lastLag = sec;
+          m?.lagSeconds.observe(sec);
+        },
+        lagFloor: (sec) => {
+          run.lagFloor = sec;
+          m?.lagFloorSeconds.set({ stream: id }, sec);
+        },
         lagHigh: () => m?.lagHigh.inc({ stream: id }),
         skew: (sec) => {
           m?.clockSkews.inc({ stream: id });
@@ -206,6 +260,7 @@ export class SubscriberManager
       { events: spec.events, replay: spec.replay, topic: this.topic },
       {
         batch: (seq, batch) => {
+          if (!run.checks.admit(seq, batch)) return;
           // live batches only: those applied during a replay are as old as the gap they fill
           if (run.sub.state() === "live") lag.observe(batch.ts, seq);
           else lag.reset();
@@ -240,6 +295,10 @@ export class SubscriberManager
         replayFailed: () => m?.replayFailures.inc({ stream: id }),
         stateChanged: (state, prev) => {
           if (this.streams.get(id) !== run) return;
+          if (state !== "live") {
+            run.lagFloor = null;
+            run.lastLag = null;
+          }
           log.info(
             { event: "subscriber.state", stream: id, pod: ref.pod, state, previous: prev },
             "stream state",
@@ -270,5 +329,6 @@ export class SubscriberManager
     void run.sub.close();
     this.index.dropStream(id);
     this.metrics?.removeStream(id);
+    this.configMetrics?.removeStream(id);
   }
 }

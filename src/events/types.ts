@@ -25,6 +25,16 @@ export interface StreamStatus {
   resyncs: number;
   /** engine restarts detected (seq went backwards / another batch at our last seq) */
   restarts?: number;
+  /** block size the stream's events carry (null before its first BlockStored) */
+  blockSize?: number | null;
+  /** the pod declares another block size than its events carry */
+  blockSizeMismatch?: boolean;
+  /** batches refused because they carried another data-parallel rank */
+  wrongRankBatches?: number;
+  /** event lag (s): the last 1 s window's smallest batch lag, or the last batch's; null when not live */
+  lagSeconds?: number | null;
+  /** how far routing trusts the stream's claims (0..1), when the subscriber weighs them */
+  trust?: number | null;
 }
 
 /**
@@ -36,5 +46,7 @@ export interface SubscriberManagerLike {
   setPods(pods: PodInfo[]): void;
   statuses(): StreamStatus[];
   status(streamId: string): StreamStatus | undefined;
+  /** why a pod's streams are not subscribed (its port layout cannot work), or null */
+  layoutError?(pod: string): string | null;
   close(): Promise<void>;
 }

@@ -7,6 +7,7 @@ import type { PodSet } from "../discovery/pod-set.ts";
 import type { DiscoverySource, PodInfo } from "../discovery/types.ts";
 import { Fleet } from "../events/fleet.ts";
 import type { SubscriberManager, SubscriberManagerOptions } from "../events/manager.ts";
+import type { ReadinessOptions } from "../events/readiness.ts";
 import type { SyncIndexOptions } from "../index/index.ts";
 import type { PrefixIndex } from "../index/types.ts";
 import { registryLookup, type TokenizerLookup } from "../tokenize/lookup.ts";
@@ -18,7 +19,10 @@ import { GatewayError, sendError } from "./errors.ts";
 import { DEFAULT_BLOCK_SIZE, GATEWAY_DEFAULTS, GatewayCore, type GatewayCoreOptions } from "./server.ts";
 
 export interface StartGatewayOptions
-  extends Omit<GatewayCoreOptions, "pods" | "index" | "streamState" | "tokenizer" | "registry" | "log"> {
+  extends Omit<
+    GatewayCoreOptions,
+    "pods" | "index" | "streamState" | "streamBlockSize" | "streamStatus" | "tokenizer" | "registry" | "log"
+  > {
   /** OpenAI API bind host (default 127.0.0.1) and port (default 0 = ephemeral) */
   host?: string;
   port?: number;
@@ -43,6 +47,8 @@ export interface StartGatewayOptions
   lag?: SubscriberManagerOptions["lag"];
   /** watch the process's event-loop delay and wall clock (the command turns it on) */
   processWatch?: ProcessWatchOptions | false;
+  /** when /readyz stops waiting for an event stream (readiness.ts) */
+  readiness?: Pick<ReadinessOptions, "streamTimeoutMs">;
   /**
    * Tokenizers: `--tokenizer` specs (the default model's bundled tokenizer is always included),
    * a TokenizerRegistry, a lookup function, or false (route by load only).
@@ -87,10 +93,11 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
     }
   };
   try {
-    if (opts.processWatch) {
-      const pw = startProcessWatch(registry, log, opts.processWatch);
-      cleanups.push(() => pw.stop());
-    }
+    // /healthz reports the loop delay either way; metrics and warnings only when asked for
+    const pw = opts.processWatch
+      ? startProcessWatch(registry, log, opts.processWatch)
+      : startProcessWatch(null, log, { eventLoopWarnMs: 0, clockJumpWarnMs: 0 });
+    cleanups.push(() => pw.stop());
     const fleet = new Fleet({
       pods: opts.pods,
       discovery: opts.discovery ?? (opts.engines ? { engines: opts.engines } : undefined),
@@ -100,6 +107,7 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
       topic: opts.topic,
       subscriber: opts.subscriber,
       lag: opts.lag,
+      readiness: { ...opts.readiness, requirePod: true },
       registry,
       log,
     });
@@ -113,6 +121,8 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
       pods,
       index,
       streamState: fleet.streamState,
+      streamBlockSize: fleet.streamBlockSize,
+      streamStatus: (id) => fleet.subscribers?.status(id),
       tokenizer,
       registry,
       log,
@@ -136,7 +146,10 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
         registry,
         tokenizer,
         health: core.health === null ? undefined : (pod) => core.health?.status(pod) ?? null,
-        ready: () => pods.routable().length > 0,
+        streamWarnings: (id) => core.matchWatch?.warnings(id) ?? [],
+        ready: () => fleet.readiness.check(),
+        process: () => ({ eventLoopDelayMs: pw.loopDelay() }),
+        activity: core.activity,
         defaultBlockSize: opts.defaultBlockSize ?? DEFAULT_BLOCK_SIZE,
         maxBodyBytes: opts.maxBodyBytes ?? GATEWAY_DEFAULTS.maxBodyBytes,
         log,

@@ -14,9 +14,11 @@ import type {
 import { isTokenizerError } from "../tokenize/errors.ts";
 import type { TokenizerLookup } from "../tokenize/lookup.ts";
 import { createLogger, type Logger } from "../util/log.ts";
-import { noHealthyPod, noReadyPod, notFound } from "./errors.ts";
+import type { ResponseAffinity } from "./affinity.ts";
+import { badRequest, noHealthyPod, noReadyPod, notFound } from "./errors.ts";
 import type { PodHealth } from "./health.ts";
 import type { GatewayMetrics } from "./metrics.ts";
+import { allTokens, bestPrompt, encodePrompts, type PromptSpec } from "./prompts.ts";
 import { type ParsedRequest, validateExplain } from "./request.ts";
 
 export interface PlannerOptions {
@@ -29,7 +31,11 @@ export interface PlannerOptions {
   /** the health signal (null: every ready pod is in rotation) */
   health?: Pick<PodHealth, "isHealthy" | "status"> | null;
   tokenizer?: TokenizerLookup;
-  /** block size when a pod does not say (tokens) */
+  /** which pod stored which response (`previous_response_id` follow-ups go there) */
+  affinity?: Pick<ResponseAffinity, "podOf">;
+  /** a stream's block size learned from its events (null: none seen yet) */
+  streamBlockSize?: (streamId: string) => number | null;
+  /** block size of a stream whose events have not said yet and whose pod declares none (tokens) */
   defaultBlockSize: number;
   /** tokenize and routing timings, tokenize failures (absent: not measured) */
   metrics?: Pick<GatewayMetrics, "tokenizeSeconds" | "tokenizeFailures" | "routingSeconds">;
@@ -42,6 +48,8 @@ export interface Plan {
   route: RouteRequest;
   decision: RoutingDecision;
   tokenized: boolean;
+  /** prompts tokenized for routing (more than 1: a batch, routed by its most-cached prompt) */
+  prompts: number;
   /** ready pods serving the model that the health signal keeps out of rotation */
   outOfRotation: PodInfo[];
   /** load claim on the top candidate, taken in the same tick as the decision (null for a dry run) */
@@ -53,6 +61,8 @@ export interface ExplainCandidate {
   rank: number | null;
   streamId: string;
   live: boolean;
+  /** the block size the stream was matched in */
+  blockSize: number;
   /** in rotation by the health signal (pods out of rotation are listed in `outOfRotation`) */
   healthy: boolean;
   matchedBlocks: number;
@@ -96,12 +106,21 @@ export class Planner {
    * candidate at once; without it the decision is a dry run.
    */
   async plan(parsed: ParsedRequest, claim: boolean): Promise<Plan> {
+    if (parsed.model === "") parsed.model = this.onlyModel();
     const { ns, candidates } = this.candidatesFor(parsed.model);
-    const ids = await this.tokenize(parsed, ns.model, candidates[0]?.http);
+    const lists =
+      parsed.routeByPrefix === false ? null : await this.tokenize(parsed, ns.model, candidates[0]?.http);
     // re-read candidates: readiness or stream states may have changed while tokenizing
     const fresh = this.candidatesFor(parsed.model);
+    // a continued response lives on the pod that stored it (when that pod is still a candidate)
+    const owner = parsed.previousResponseId && this.o.affinity?.podOf(parsed.previousResponseId);
+    if (owner && fresh.candidates.some((c) => c.pod === owner))
+      fresh.candidates = fresh.candidates.filter((c) => c.pod === owner);
+    // a salted request matches from its salt (NamespaceRef.salt)
     const salt = parsed.cacheSalt ?? null;
     const routeNs = salt === null ? fresh.ns : { ...fresh.ns, salt };
+    // a batch goes where its most-cached prompt is (prompts.ts)
+    const ids = lists === null ? null : lists[bestPrompt(this.o.policy, routeNs, fresh.candidates, lists)];
     const route: RouteRequest = { ns: routeNs, tokenIds: ids ?? [], candidates: fresh.candidates };
     if (!claim) route.dryRun = true;
     const policy = this.o.policy;
@@ -110,11 +129,31 @@ export class Planner {
     this.o.metrics?.routingSeconds.observe({ policy: policy.name }, (performance.now() - t0) / 1000);
     // claim the load now, so a request routed right after this one already sees it
     const top = decision.ranked[0];
+    const total = lists === null ? 0 : lists.reduce((a, l) => a + l.length, 0);
     const ticket =
-      claim && top
-        ? this.o.loads.begin(top.candidate.streamId, route.tokenIds.length - top.savedTokens)
-        : null;
-    return { parsed, route, decision, tokenized: ids !== null, outOfRotation: fresh.out, ticket };
+      claim && top ? this.o.loads.begin(top.candidate.streamId, Math.max(0, total - top.savedTokens)) : null;
+    return {
+      parsed,
+      route,
+      decision,
+      tokenized: ids !== null,
+      prompts: lists?.length ?? 0,
+      outOfRotation: fresh.out,
+      ticket,
+    };
+  }
+
+  /** The model a request without one means: the fleet's only model (400 when it has several). */
+  private onlyModel(): string {
+    const models = new Set(this.o.pods.pods().map((p) => p.model));
+    if (models.size === 1) return [...models][0]!;
+    throw badRequest(
+      "invalid_value",
+      models.size === 0
+        ? "`model` is required: no pod is known yet"
+        : `\`model\` is required: the gateway serves ${models.size} models`,
+      "model",
+    );
   }
 
   /** `POST /admin/route/explain`: every candidate's match, load and score, and the choice. */
@@ -140,6 +179,7 @@ export class Planner {
         rank: s.candidate.rank,
         streamId: s.candidate.streamId,
         live: s.candidate.live,
+        blockSize: s.candidate.blockSize ?? plan.route.ns.blockSize,
         healthy: this.health?.isHealthy(s.candidate.pod) ?? true,
         matchedBlocks: s.matchedBlocks,
         matchedTokens: s.matchedTokens,
@@ -175,7 +215,9 @@ export class Planner {
     const pods = h === null ? serves : serves.filter((p) => h.isHealthy(p.name));
     const out = h === null ? [] : serves.filter((p) => !h.isHealthy(p.name));
     if (pods.length === 0) throw noHealthyPod(model, serves.length);
-    const blockSize = first.blockSize ?? this.o.defaultBlockSize;
+    // each stream is matched in its own block size: what its events carry, else what its pod
+    // declares (pods of one model may run different sizes)
+    const learned = this.o.streamBlockSize;
     const candidates: Candidate[] = [];
     for (const p of pods) {
       const dp = Math.max(1, Math.floor(p.dataParallelSize || 1));
@@ -187,19 +229,22 @@ export class Planner {
           rank: dp > 1 ? r : null,
           http: p.http,
           live: this.o.streamState(streamId) === "live",
+          blockSize: learned?.(streamId) ?? p.blockSize ?? this.o.defaultBlockSize,
         });
       }
     }
+    const blockSize = candidates[0]?.blockSize ?? first.blockSize ?? this.o.defaultBlockSize;
     return { ns: { model: base, lora: isBase ? null : model, blockSize }, candidates, out };
   }
 
-  /** The prompt's token ids, or null when it cannot be tokenized (routed by load only). */
+  /** Each prompt's token ids (a batch: its first MAX_ROUTED_PROMPTS), or null: routed by load only. */
   private async tokenize(
     parsed: ParsedRequest,
     baseModel: string,
     baseUrl: string | undefined,
-  ): Promise<number[] | null> {
-    if (parsed.tokenIds !== null) return parsed.tokenIds;
+  ): Promise<number[][] | null> {
+    const prompts = promptsOf(parsed);
+    if (allTokens(prompts)) return encodePrompts(null, prompts);
     const lookup = this.o.tokenizer;
     if (lookup === undefined) return null;
     const metrics = this.o.metrics;
@@ -210,10 +255,7 @@ export class Planner {
         metrics?.tokenizeFailures.inc({ reason: "no_tokenizer" });
         return null;
       }
-      const ids =
-        parsed.kind === "chat"
-          ? await tok.encodeChat(parsed.chat!)
-          : await tok.encodePrompt(parsed.prompt ?? "", parsed.addSpecialTokens);
+      const ids = await encodePrompts(tok, prompts);
       metrics?.tokenizeSeconds.observe({ kind: parsed.kind }, (performance.now() - t0) / 1000);
       return ids;
     } catch (err) {
@@ -227,4 +269,12 @@ export class Planner {
       return null;
     }
   }
+}
+
+/** A request's prompts: its `prompts`, or the one in its single-prompt fields. */
+function promptsOf(p: ParsedRequest): PromptSpec[] {
+  if (p.prompts !== undefined) return p.prompts;
+  if (p.tokenIds !== null) return [{ type: "tokens", ids: p.tokenIds }];
+  if (p.chat !== null) return [{ type: "chat", chat: p.chat }];
+  return [{ type: "text", text: p.prompt ?? "", addSpecialTokens: p.addSpecialTokens }];
 }

@@ -73,7 +73,9 @@ export class RequestProxy {
     plan: Plan,
   ): Promise<void> {
     const { parsed, decision, route } = plan;
-    const inject = parsed.stream && !parsed.includeUsage;
+    // chat and completions streams carry usage only when asked: ask on the client's behalf
+    const inject =
+      parsed.stream && !parsed.includeUsage && (parsed.kind === "chat" || parsed.kind === "completion");
     const payload = inject
       ? Buffer.from(
           JSON.stringify({
@@ -120,7 +122,8 @@ export class RequestProxy {
       let up: Dispatcher.ResponseData;
       try {
         const headers: Record<string, string> = {
-          "content-type": "application/json",
+          // a form (audio) keeps its boundary; everything else is the JSON read above
+          "content-type": parsed.kind === "audio" ? String(req.headers["content-type"]) : "application/json",
           "content-length": String(payload.length),
         };
         const auth = req.headers.authorization;

@@ -2,8 +2,19 @@ import type { IncomingMessage } from "node:http";
 import type { ChatRequestLike } from "../tokenize/types.ts";
 import { readBody as readBodyWithin } from "../util/http-body.ts";
 import { badRequest, GatewayError, tooLarge } from "./errors.ts";
+import type { PromptSpec } from "./prompts.ts";
 
-export type RequestKind = "chat" | "completion";
+/** What a request asks of the engine; each has its parser (here, request-kinds.ts). */
+export type RequestKind =
+  | "chat"
+  | "completion"
+  | "responses"
+  | "embedding"
+  | "score"
+  | "rerank"
+  | "tokenize"
+  | "detokenize"
+  | "audio";
 
 /** Read the whole body, refusing more than `maxBytes` (413) before buffering it. */
 export function readBody(req: IncomingMessage, maxBytes: number): Promise<Buffer> {
@@ -48,6 +59,15 @@ export interface ParsedRequest {
    * under the same salt, so its prefix match starts from the salt (NamespaceRef.salt).
    */
   cacheSalt?: string | null;
+  /**
+   * every prompt the request puts through the engine's cache, when that is not just the one
+   * above (a batch, score pairs, a responses input); the planner routes by the one that saves most
+   */
+  prompts?: PromptSpec[];
+  /** false: the request touches no prefix cache (tokenize, audio): routed by load only */
+  routeByPrefix?: boolean;
+  /** a responses request continuing a stored response: it goes to the pod that stored it */
+  previousResponseId?: string;
 }
 
 export function validateRequest(kind: RequestKind, body: Record<string, unknown>): ParsedRequest {
@@ -117,10 +137,13 @@ export function validateRequest(kind: RequestKind, body: Record<string, unknown>
   const p = body.prompt;
   if (typeof p === "string") out.prompt = p;
   else if (isTokenArray(p)) out.tokenIds = p;
-  else if (Array.isArray(p) && p.length > 0 && p.every((x) => typeof x === "string"))
-    out.prompt = p[0] as string;
-  else if (Array.isArray(p) && p.length > 0 && p.every(isTokenArray)) out.tokenIds = p[0] as number[];
-  else {
+  else if (Array.isArray(p) && p.length > 0 && p.every((x) => typeof x === "string" || isTokenArray(x))) {
+    // a batch: routed by the prompt that saves the most (planner)
+    if (typeof p[0] === "string") out.prompt = p[0];
+    else out.tokenIds = p[0] as number[];
+    if (p.length > 1)
+      out.prompts = batchPrompts(p as Array<string | number[]>, body.add_special_tokens !== false);
+  } else {
     throw badRequest(
       "invalid_value",
       "`prompt` must be a string, an array of strings, an array of token ids or an array of those",
@@ -130,6 +153,15 @@ export function validateRequest(kind: RequestKind, body: Record<string, unknown>
   if (typeof body.add_special_tokens === "boolean") out.addSpecialTokens = body.add_special_tokens;
   return out;
 }
+
+/** A batch of completion-style prompts (strings or token id lists) as prompt specs. */
+export function batchPrompts(p: Array<string | number[]>, addSpecialTokens: boolean): PromptSpec[] {
+  return p.map((x) =>
+    typeof x === "string" ? { type: "text", text: x, addSpecialTokens } : { type: "tokens", ids: x },
+  );
+}
+
+export { isTokenArray };
 
 /** The explain API's body: `{model, lora?, messages | prompt | token_ids}`. */
 export function validateExplain(body: Record<string, unknown>): ParsedRequest {

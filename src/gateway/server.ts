@@ -4,7 +4,7 @@ import FindMyWay, { type HTTPMethod, type HTTPVersion, type Instance as Router }
 import { Registry } from "prom-client";
 import type { PodSet } from "../discovery/pod-set.ts";
 import { DEFAULT_BLOCK_SIZE, type PodInfo } from "../discovery/types.ts";
-import { type StreamState, streamIdOf } from "../events/types.ts";
+import { type StreamState, type StreamStatus, streamIdOf } from "../events/types.ts";
 import type { PrefixIndex } from "../index/types.ts";
 import { EngineMetricsScraper } from "../routing/engine-metrics.ts";
 import { FEEDBACK_DEFAULTS, type FeedbackOptions, PredictionFeedback } from "../routing/feedback.ts";
@@ -16,12 +16,16 @@ import type { PolicyName, RoutingPolicy } from "../routing/types.ts";
 import type { TokenizerLookup } from "../tokenize/lookup.ts";
 import { sendJson } from "../util/http-json.ts";
 import { createLogger, type Logger } from "../util/log.ts";
+import { RouteActivity } from "./activity.ts";
+import { ResponseAffinity } from "./affinity.ts";
 import { GatewayError, sendError } from "./errors.ts";
 import { type HealthOptions, originOf, PodHealth } from "./health.ts";
+import { MatchWatch, type MatchWatchOptions } from "./match-watch.ts";
 import { GatewayMetrics } from "./metrics.ts";
 import { type ExplainResult, Planner } from "./planner.ts";
 import { type RequestCtx, RequestProxy } from "./proxy.ts";
-import { parseJsonBody, type RequestKind, readBody, validateRequest } from "./request.ts";
+import { type RequestKind, readBody } from "./request.ts";
+import { API_ROUTES, parseRequest } from "./request-kinds.ts";
 import { UpstreamPools } from "./upstream.ts";
 import { UsageAccounting } from "./usage.ts";
 
@@ -43,7 +47,13 @@ export interface GatewayCoreOptions {
   prefixApprox?: Partial<PrefixApproxOptions>;
   feedback?: Partial<FeedbackOptions>;
   seed?: number;
-  /** block size when a pod does not say (tokens) */
+  /** a stream's block size learned from its events (null: none seen yet) */
+  streamBlockSize?: (streamId: string) => number | null;
+  /** a stream's counters, for the never-matches watch's diagnosis */
+  streamStatus?: (streamId: string) => StreamStatus | undefined;
+  /** the never-matches watch (match-watch.ts); false = off */
+  matchWatch?: Partial<MatchWatchOptions> | false;
+  /** block size of a stream whose events have not said yet and whose pod declares none (tokens) */
   defaultBlockSize?: number;
   connectTimeoutMs?: number;
   headersTimeoutMs?: number;
@@ -84,9 +94,13 @@ export class GatewayCore {
   readonly policy: RoutingPolicy;
   readonly feedback: PredictionFeedback;
   readonly planner: Planner;
+  /** recent decisions and per-second routing figures (the admin dashboard's live feed) */
+  readonly activity = new RouteActivity();
   readonly log: Logger;
   /** null when health checks are off */
   readonly health: PodHealth | null;
+  /** null when the never-matches watch is off */
+  readonly matchWatch: MatchWatch | null;
   private readonly proxy: RequestProxy;
   private readonly pools: UpstreamPools;
   private readonly scraper: EngineMetricsScraper | null;
@@ -133,13 +147,29 @@ export class GatewayCore {
     this.health = opts.health === false ? null : new PodHealth(opts.health ?? {}, this.metrics, this.log);
     const health = this.health;
     if (health !== null) this.metrics.sources.podHealth = () => health.snapshot();
+    const affinity = new ResponseAffinity();
+    this.matchWatch =
+      opts.matchWatch === false
+        ? null
+        : new MatchWatch(
+            {
+              index: opts.index,
+              streamState: opts.streamState,
+              streamStatus: opts.streamStatus,
+              registry: this.metrics.registry,
+              log: this.log,
+            },
+            opts.matchWatch ?? {},
+          );
     this.planner = new Planner({
+      affinity,
       pods: opts.pods,
       streamState: opts.streamState,
       policy: this.policy,
       loads: this.loads,
       health,
       tokenizer: opts.tokenizer,
+      streamBlockSize: opts.streamBlockSize,
       defaultBlockSize: opts.defaultBlockSize ?? DEFAULT_BLOCK_SIZE,
       metrics: this.metrics,
       log: this.log,
@@ -149,7 +179,14 @@ export class GatewayCore {
       loads: this.loads,
       policy: this.policy,
       health,
-      usage: new UsageAccounting(this.feedback, this.metrics, this.policy.name),
+      usage: new UsageAccounting(
+        this.feedback,
+        this.metrics,
+        this.policy.name,
+        affinity,
+        this.matchWatch,
+        this.activity,
+      ),
       metrics: this.metrics,
       log: this.log,
       headersTimeoutMs,
@@ -159,7 +196,10 @@ export class GatewayCore {
       for (const c of changes) {
         if (c.type === "removed") {
           this.feedback.forget(c.name);
-          for (const sid of streamIds(c.previous)) this.policy.forget?.(sid);
+          for (const sid of streamIds(c.previous)) {
+            this.policy.forget?.(sid);
+            this.matchWatch?.forget(sid);
+          }
         }
       }
       this.syncPods(pods);
@@ -231,10 +271,10 @@ export class GatewayCore {
     await (route.store as Route)(req, res, ctx, path);
   }
 
-  /** The OpenAI API's routes; completions answer 405 to other methods, the rest 404. */
+  /** The OpenAI API's routes (request-kinds.ts): POST only (405 otherwise); unknown paths 404. */
   private routeTable(): Router<HTTPVersion.V1> {
     const r = FindMyWay();
-    const completions =
+    const api =
       (kind: RequestKind): Route =>
       async (req, res, ctx, path) => {
         if (req.method !== "POST") {
@@ -243,18 +283,17 @@ export class GatewayCore {
           throw new GatewayError(405, "invalid_request_error", "method_not_allowed", `use POST for ${path}`);
         }
         const buf = await readBody(req, this.maxBodyBytes);
-        const body = parseJsonBody(buf);
-        const parsed = validateRequest(kind, body);
+        const { body, parsed } = await parseRequest(kind, buf, String(req.headers["content-type"] ?? ""));
         ctx.model = parsed.model;
         const plan = await this.planner.plan(parsed, true);
+        this.activity.decided(plan);
         await this.proxy.dispatch(req, res, ctx, path, body, buf, plan);
       };
     const ok: Route = async (_req, res) => {
       res.writeHead(200).end();
     };
     const on = (method: HTTPMethod | HTTPMethod[], path: string, fn: Route) => r.on(method, path, noop, fn);
-    on(ALL_METHODS, "/v1/chat/completions", completions("chat"));
-    on(ALL_METHODS, "/v1/completions", completions("completion"));
+    for (const [path, kind] of API_ROUTES) on(ALL_METHODS, path, api(kind));
     on("GET", "/v1/models", async (_req, res) => sendJson(res, 200, this.models()));
     on("GET", "/health", ok);
     on("GET", "/healthz", ok);
@@ -294,6 +333,7 @@ export class GatewayCore {
     this.closed = true;
     this.unsubscribe();
     this.scraper?.stop();
+    this.matchWatch?.close();
     this.policy.close?.();
     await this.health?.close();
     await this.pools.close();

@@ -2,6 +2,9 @@ import { performance } from "node:perf_hooks";
 import type { PredictionFeedback } from "../routing/feedback.ts";
 import type { LoadTicket } from "../routing/load.ts";
 import type { PolicyName, ScoredCandidate } from "../routing/types.ts";
+import type { RouteActivity } from "./activity.ts";
+import type { ResponseAffinity } from "./affinity.ts";
+import type { MatchWatch } from "./match-watch.ts";
 import type { GatewayMetrics } from "./metrics.ts";
 import type { Plan } from "./planner.ts";
 import { eventData } from "./sse.ts";
@@ -16,18 +19,25 @@ export class UsageAccounting {
     private readonly feedback: PredictionFeedback,
     private readonly metrics: GatewayMetrics,
     private readonly policy: PolicyName,
+    private readonly affinity: ResponseAffinity | null = null,
+    private readonly watch: MatchWatch | null = null,
+    private readonly activity: RouteActivity | null = null,
   ) {}
 
   /** The response's first byte arrived `t0` (performance.now()) after the request did. */
   firstByte(ticket: Pick<LoadTicket, "prefillDone">, t0: number): void {
     ticket.prefillDone();
-    this.metrics.firstByteSeconds.observe({ policy: this.policy }, (performance.now() - t0) / 1000);
+    const sec = (performance.now() - t0) / 1000;
+    this.metrics.firstByteSeconds.observe({ policy: this.policy }, sec);
+    this.activity?.firstByte(sec);
   }
 
   /** A whole non-streaming JSON body. */
   observeBody(pod: string, sc: ScoredCandidate, plan: Plan, body: Buffer): void {
     try {
-      this.observe(pod, sc, plan, (JSON.parse(body.toString("utf8")) as { usage?: unknown }).usage);
+      const obj = JSON.parse(body.toString("utf8")) as { usage?: unknown; id?: unknown };
+      if (plan.parsed.kind === "responses" && typeof obj.id === "string") this.affinity?.record(obj.id, pod);
+      this.observe(pod, sc, plan, obj.usage);
     } catch {
       // not JSON: nothing to learn
     }
@@ -42,10 +52,17 @@ export class UsageAccounting {
     if (!ev.includes('"usage":{') && !ev.includes('"usage": {')) return true;
     const data = eventData(ev);
     if (data === null || data === "[DONE]") return true;
-    let obj: { usage?: unknown; choices?: unknown };
+    let obj: { usage?: unknown; choices?: unknown; type?: unknown; response?: { usage?: unknown } };
     try {
       obj = JSON.parse(data);
     } catch {
+      return true;
+    }
+    // a responses stream: the final response object carries the usage (and its id)
+    if (obj.type === "response.completed" || obj.type === "response.incomplete") {
+      const id = (obj.response as { id?: unknown } | undefined)?.id;
+      if (typeof id === "string") this.affinity?.record(id, pod);
+      this.observe(pod, sc, plan, obj.response?.usage);
       return true;
     }
     if (obj.usage === null || typeof obj.usage !== "object") return true;
@@ -55,14 +72,21 @@ export class UsageAccounting {
   }
 
   private observe(pod: string, sc: ScoredCandidate, plan: Plan, usage: unknown): void {
-    if (usage === null || typeof usage !== "object") return;
+    // a batch's usage sums every prompt while the prediction was for one: nothing to compare
+    if (usage === null || typeof usage !== "object" || plan.prompts > 1) return;
+    // chat/completions/pooling spell it prompt_tokens(_details); responses input_tokens(_details)
     const u = usage as {
       prompt_tokens?: unknown;
       prompt_tokens_details?: { cached_tokens?: unknown } | null;
+      input_tokens?: unknown;
+      input_tokens_details?: { cached_tokens?: unknown } | null;
     };
-    const cached = u.prompt_tokens_details?.cached_tokens;
+    const given = u.prompt_tokens ?? u.input_tokens;
+    if (plan.tokenized && this.watch !== null)
+      this.watch.observe(sc, plan.route.ns, plan.route.tokenIds, typeof given === "number" ? given : null);
+    const cached = (u.prompt_tokens_details ?? u.input_tokens_details)?.cached_tokens;
     if (typeof cached !== "number" || !plan.tokenized) return;
-    const promptTokens = typeof u.prompt_tokens === "number" ? u.prompt_tokens : plan.route.tokenIds.length;
+    const promptTokens = typeof given === "number" ? given : plan.route.tokenIds.length;
     const err = this.feedback.observe(
       pod,
       sc.matchedTokens,
@@ -71,5 +95,6 @@ export class UsageAccounting {
       this.policy === "kv-aware",
     );
     this.metrics.predictionErrorTokens.observe({ policy: this.policy }, Math.abs(err));
+    this.activity?.usage(promptTokens, sc.matchedTokens, cached);
   }
 }

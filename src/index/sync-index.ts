@@ -58,7 +58,15 @@ import {
   tierBit,
   tiersFromBits,
 } from "./rules.ts";
-import type { BlockClaim, IndexStats, NamespaceRef, PrefixIndex, StreamMatch, StreamRef } from "./types.ts";
+import type {
+  BlockClaim,
+  IndexStats,
+  NamespaceRef,
+  PrefixIndex,
+  StreamMatch,
+  StreamRef,
+  TierCounts,
+} from "./types.ts";
 
 const ES = 8;
 const META = 0;
@@ -1945,6 +1953,25 @@ export class SyncPrefixIndex implements PrefixIndex {
         hash,
         tiers: tiersFromBits(ep[x >>> this.pb][(x & this.pm) * ES + META] & 7),
       });
+    }
+    return out;
+  }
+
+  streamTierCounts(streamId: string, out: TierCounts): TierCounts {
+    out.GPU = 0;
+    out.CPU = 0;
+    out.STORAGE = 0;
+    const s = this.streamIdx.get(streamId);
+    if (s === undefined) return out;
+    const ep = this.ep;
+    for (let x = this.sHead[s]; x !== -1; ) {
+      const o = (x & this.pm) * ES;
+      const page = ep[x >>> this.pb];
+      const m = page[o + META];
+      if (m & 1) out.GPU++;
+      if (m & 2) out.CPU++;
+      if (m & 4) out.STORAGE++;
+      x = page[o + SNEXT];
     }
     return out;
   }

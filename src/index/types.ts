@@ -86,4 +86,9 @@ export interface PrefixIndex {
   stats(): IndexStats;
   /** Number of entries (engine hashes) the index holds for a stream; 0 if unknown. */
   streamEntryCount?(streamId: string): number;
+  /**
+   * A stream's entries per tier (an entry on two tiers counts for both), written into `out`;
+   * O(the stream's entries), for introspection (the dashboard), not the hot path.
+   */
+  streamTierCounts?(streamId: string, out: TierCounts): TierCounts;
 }

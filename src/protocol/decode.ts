@@ -21,13 +21,7 @@
 import { type DecodeLimits, resolveLimits } from "./decode-limits.ts";
 import { ProtocolError } from "./errors.ts";
 import { hashFromInt64NegParts, hashFromUint64Parts } from "./hash.ts";
-import {
-  internTable,
-  keyTable,
-  MsgpackReader,
-  malformed,
-  overLimit,
-} from "./msgpack-reader.ts";
+import { internTable, keyTable, MsgpackReader, malformed, overLimit } from "./msgpack-reader.ts";
 import {
   BATCH_ORDER,
   EVENT_TYPES,

@@ -117,22 +117,44 @@ export class KvAwarePolicy implements RoutingPolicy {
 
   route(req: RouteRequest): RoutingDecision {
     const n = req.tokenIds.length;
-    const bs = req.ns.blockSize;
-    const cap = reusableBlocks(n, bs);
+    const nsSize = req.ns.blockSize;
     const byStream = new Map<string, StreamMatch>();
-    if (cap > 0 && req.candidates.some((c) => c.live)) {
-      let matches: StreamMatch[] = [];
-      try {
-        matches = this.index.match(req.ns, req.tokenIds);
-      } catch {
-        matches = [];
-      }
-      for (const m of matches) byStream.set(m.streamId, m);
+    // one match per block size among the live candidates (pods of a model usually share one)
+    let sizes: number[] | null = null;
+    for (const c of req.candidates) {
+      if (!c.live) continue;
+      const bs = c.blockSize ?? nsSize;
+      if (sizes === null) sizes = [bs];
+      else if (!sizes.includes(bs)) sizes.push(bs);
     }
-    const scored = req.candidates.map((c) => this.score(c, byStream.get(c.streamId), n, bs, cap));
+    if (sizes !== null) {
+      const mixed = sizes.length > 1;
+      for (const bs of sizes) {
+        if (reusableBlocks(n, bs) === 0) continue;
+        let matches: StreamMatch[] = [];
+        try {
+          matches = this.index.match(bs === nsSize ? req.ns : { ...req.ns, blockSize: bs }, req.tokenIds);
+        } catch {
+          matches = [];
+        }
+        // a stream's blocks live in its events' block size; with mixed sizes, a match in another
+        // size (a stream whose size changed) must not stand in for its own
+        for (const m of matches)
+          if (!mixed || this.sizeOf(req, m.streamId) === bs) byStream.set(m.streamId, m);
+      }
+    }
+    const scored = req.candidates.map((c) => {
+      const bs = c.blockSize ?? nsSize;
+      return this.score(c, byStream.get(c.streamId), n, bs, reusableBlocks(n, bs));
+    });
     const ranked = rankByScore(scored, req.dryRun ? this.rotation : this.rotation++);
     if (this.rotation > 1e9) this.rotation = 0;
     return { policy: this.name, ranked };
+  }
+
+  private sizeOf(req: RouteRequest, streamId: string): number {
+    for (const c of req.candidates) if (c.streamId === streamId) return c.blockSize ?? req.ns.blockSize;
+    return req.ns.blockSize;
   }
 
   private score(

@@ -25,10 +25,18 @@ export interface Candidate {
   http: string;
   /** the pod's event stream (this rank's) is `live`: only then does its cache count */
   live: boolean;
+  /**
+   * the stream's block size (tokens): learned from its events, else what the pod declares, else
+   * the default; absent: `ns.blockSize`. kv-aware matches each candidate in its own size.
+   */
+  blockSize?: number;
 }
 
 export interface RouteRequest {
-  /** namespace the tokens are matched in (base model, adapter, block size) */
+  /**
+   * namespace the tokens are matched in (base model, adapter, block size); a candidate with its
+   * own `blockSize` is matched in that size instead
+   */
   ns: NamespaceRef;
   /** the prompt's token ids (empty when tokenization was not possible) */
   tokenIds: ArrayLike<number>;

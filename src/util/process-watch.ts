@@ -35,9 +35,20 @@ export const PROCESS_WATCH_DEFAULTS = {
   logEveryMs: 10_000,
 };
 
+/** The event-loop delay of the last check interval (ms), as /healthz reports it. */
+export interface LoopDelay {
+  maxMs: number;
+  meanMs: number;
+  p99Ms: number;
+  /** the interval it covers (ms) */
+  intervalMs: number;
+}
+
 export interface ProcessWatch {
   /** one check now (the timer calls it every interval) */
   check(): void;
+  /** the last full interval's delay (before the first check: the delay so far) */
+  loopDelay(): LoopDelay;
   stop(): void;
 }
 
@@ -76,9 +87,18 @@ export function startProcessWatch(
   const jumpLogs = new LogBucket(o.logEveryMs);
   const base = wallNow() - monoNow();
   let lastOffset = 0;
+  const round = (ns: number) => Math.round(ns / 1e4) / 100;
+  const current = (): LoopDelay => ({
+    maxMs: h.count > 0 ? round(h.max) : 0,
+    meanMs: h.count > 0 ? round(h.mean) : 0,
+    p99Ms: h.count > 0 ? round(h.percentile(99)) : 0,
+    intervalMs: o.intervalMs,
+  });
+  let last: LoopDelay | null = null;
   const check = () => {
     const now = wallNow();
     const maxMs = h.count > 0 ? h.max / 1e6 : 0;
+    last = current();
     h.reset();
     delayGauge.set(maxMs / 1000);
     if (o.eventLoopWarnMs > 0 && maxMs > o.eventLoopWarnMs) {
@@ -106,6 +126,7 @@ export function startProcessWatch(
   timer.unref();
   return {
     check,
+    loopDelay: () => last ?? current(),
     stop() {
       clearInterval(timer);
       h.disable();

@@ -153,7 +153,7 @@ describe("demo run", () => {
     }
   });
 
-  test("CLI: env twins, --json, table on stdout, exits 0 by itself (everything cleaned up)", async () => {
+  test("CLI: env twins, --json, table on stdout, the dashboard during --keep, exits 0 by itself (everything cleaned up)", async () => {
     const cli = fileURLToPath(new URL("../../../src/cli.ts", import.meta.url));
     const child = spawn(process.execPath, ["--import", "tsx", cli, "demo", "--json", "--engines", "2"], {
       env: {
@@ -164,6 +164,9 @@ describe("demo run", () => {
         KVSYNC_DEMO_SPEED: "10",
         KVSYNC_DEMO_GPU_BLOCKS: "512",
         KVSYNC_DEMO_PROGRESS_EVERY: "5",
+        KVSYNC_DEMO_KEEP: "3",
+        // the default (silent) logger: the console shows progress lines only
+        KVSYNC_LOG_LEVEL: undefined,
       },
       stdio: ["ignore", "pipe", "pipe"],
     });
@@ -172,8 +175,19 @@ describe("demo run", () => {
     child.stdout.on("data", (d) => {
       out += d;
     });
+    // while the fleet is kept up, the printed dashboard URL serves the page and the fleet
+    let served: Promise<{ page: number; pods: number }> | null = null;
     child.stderr.on("data", (d) => {
       err += d;
+      const url = /dashboard: (http:\/\/127\.0\.0\.1:\d+\/)/.exec(err)?.[1];
+      if (served === null && url && err.includes("[keep] kv-aware fleet up")) {
+        served = (async () => {
+          const page = await fetch(url);
+          await page.text();
+          const pods = (await (await fetch(`${url}admin/pods`)).json()) as unknown[];
+          return { page: page.status, pods: pods.length };
+        })();
+      }
     });
     const timer = setTimeout(() => child.kill("SIGKILL"), 120_000);
     const code = await new Promise<number | null>((resolve) => child.on("exit", (c) => resolve(c)));
@@ -183,6 +197,12 @@ describe("demo run", () => {
     assert.match(out, /^kv-aware\s+10\s+0\s/m);
     assert.match(out, /^round-robin\s+10\s+0\s/m);
     assert.match(err, /\[kv-aware\] 10\/10 requests/);
+    assert.match(err, /^dashboard: http:\/\/127\.0\.0\.1:\d+\//m);
+    assert.match(err, /\[keep\] done/);
+    assert.ok(served, "the keep phase was seen");
+    assert.deepEqual(await served, { page: 200, pods: 2 });
+    // a progress view: no raw JSON log lines
+    for (const line of err.split("\n")) assert.ok(!line.startsWith("{"), `log line on the console: ${line}`);
     const jsonLine = out
       .trim()
       .split("\n")

@@ -12,7 +12,8 @@ import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 import YAML from "yaml";
 import { DEFAULT_LABEL_SELECTOR } from "../../../src/discovery/index.ts";
-import { podInfoFromPod } from "../../../src/discovery/kubernetes-pods.ts";
+import { ANNOTATIONS, podInfoFromPod } from "../../../src/discovery/kubernetes-pods.ts";
+import { podStreams } from "../../../src/events/stream-layout.ts";
 import { type Obj, parseYamlFile, walk } from "../../helpers/deploy-manifests.ts";
 import { parseLabelSelector, selectorMatches } from "../../helpers/fake-kube-api.ts";
 
@@ -261,6 +262,24 @@ test("engines: discovered by the gateway's selector, endpoints resolve to their 
       assert.equal(argValue(args, "--model"), info.model);
     }
     assert.equal(Number(argValue(args, "--block-size")), info.blockSize);
+    // the port layout the annotations describe is one the gateway subscribes to
+    assert.equal(podStreams(info).error, null, `${dep.metadata.name}: ${podStreams(info).error?.message}`);
+    const dpArg = argValue(args, "--data-parallel-size");
+    if (dpArg !== undefined) assert.equal(Number(dpArg), info.dataParallelSize);
+  }
+});
+
+test("every kvsync.io annotation discovery reads is documented in docs/deploy.md and shown in deploy/base", () => {
+  const guide = readFileSync(join(root, "docs/deploy.md"), "utf8");
+  const manifests = walk(join(deploy, "base"))
+    .filter((f) => f.endsWith(".yaml"))
+    .map((f) => readFileSync(f, "utf8"))
+    .join("\n");
+  for (const key of Object.values(ANNOTATIONS)) {
+    assert.ok(guide.includes(`\`${key}`), `docs/deploy.md does not document ${key}`);
+    // the engine's ports, ranks and block size (adapters depend on the model served)
+    if (key !== ANNOTATIONS.loraAdapters)
+      assert.ok(manifests.includes(`${key}:`), `no manifest in deploy/base shows ${key}`);
   }
 });
 

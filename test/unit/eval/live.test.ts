@@ -6,8 +6,8 @@
  */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { liveBlockTokens, runLive } from "../../../src/eval/live.ts";
-import { FLEET_DEFAULTS, type FleetOptions, simulate } from "../../../src/eval/simulator.ts";
+import { liveBlockTokens, runLive, sentArrivals, simulateAsLive } from "../../../src/eval/live.ts";
+import { FLEET_DEFAULTS, type FleetOptions } from "../../../src/eval/simulator.ts";
 import { MULTI_TURN_DEFAULTS, multiTurnWorkload } from "../../../src/eval/workload.ts";
 
 // 16-token blocks and short replies keep the live run to seconds; 100 blocks per pod against
@@ -40,14 +40,33 @@ test("block ids become token blocks: equal ids give equal tokens, other ids and 
   assert.ok(a.every((t) => Number.isInteger(t) && t >= 1000 && t < 101_000));
 });
 
-// The issue's bound is 10 %. round-robin meets it; kv-aware's simulated hit rate runs 1-14 % above
-// the live one on this machine (its choices follow timing the simulator models only in part:
-// docs/routing-quality.md, "Live replay"), so its bound here is 20 % until that gap is closed.
-const BOUND = { "kv-aware": 0.2, "round-robin": 0.1 };
+// kv-aware's choices follow timing (in-flight counts, its learned prefill rate): the simulator
+// replays the arrivals the live client actually sent, each request's measured overhead and how
+// long after its last modelled token it really ended (simulateAsLive), so the comparison is of
+// routing and cache, not of the machine's load
+const BOUND = 0.1;
+
+test("a live replay's send times become the simulated arrivals, in order, from the trace's start", () => {
+  const reqs = [0, 100, 200].map((t) => ({
+    timestamp: 5000 + t,
+    input_length: 32,
+    output_length: 1,
+    hash_ids: [t],
+  }));
+  const a = sentArrivals(reqs, [0, 130, 131]);
+  assert.deepEqual(
+    a.map((r) => r.timestamp),
+    [5000, 5130, 5131],
+  );
+  assert.deepEqual(
+    a.map((r) => r.hash_ids[0]),
+    [0, 100, 200],
+  );
+});
 
 for (const policy of ["kv-aware", "round-robin"] as const) {
   const REQS = SLICES[policy];
-  test(`${policy}: simulated hit rate within ${BOUND[policy] * 100} % of the live fleet's on the same slice`, async (t) => {
+  test(`${policy}: simulated hit rate within ${BOUND * 100} % of the live fleet's on the same slice`, async (t) => {
     const live = await runLive(REQS, { fleet: FLEET, policy, requestTimeoutMs: 60_000 });
     assert.equal(live.errors, 0, live.firstError ?? "");
     assert.equal(
@@ -56,16 +75,22 @@ for (const policy of ["kv-aware", "round-robin"] as const) {
     );
     // the slice reuses prefixes: a hit rate near zero would make the comparison meaningless
     assert.ok(live.hitRate > 0.25, `live hit rate ${live.hitRate}`);
-    const sim = simulate(REQS, policy, { ...FLEET, overheadMs: live.overheadMs });
+    assert.equal(live.requestOverheadMs.length, REQS.length);
+    assert.ok(live.requestOverheadMs.every((x) => Number.isFinite(x) && x >= 0));
+    assert.equal(live.requestEndDelayMs.length, REQS.length);
+    assert.ok(
+      live.requestEndDelayMs.every((x, i) => Number.isFinite(x) && x >= live.requestOverheadMs[i] / 2),
+    );
+    const sim = simulateAsLive(REQS, policy, FLEET, live);
     const rel = Math.abs(sim.hitRate - live.hitRate) / live.hitRate;
     t.diagnostic(
       `live hit ${live.hitRate.toFixed(4)} ttft p50 ${live.ttftP50Ms.toFixed(0)} ms per pod ${live.requestsPerPod.join("/")}; ` +
         `sim hit ${sim.hitRate.toFixed(4)} ttft p50 ${sim.ttftP50Ms.toFixed(0)} ms per pod ${sim.requestsPerPod.join("/")}; ` +
-        `overhead ${live.overheadMs.toFixed(1)} ms`,
+        `overhead median ${live.overheadMs.toFixed(1)} ms`,
     );
     assert.ok(
-      rel <= BOUND[policy],
-      `sim ${sim.hitRate.toFixed(4)} vs live ${live.hitRate.toFixed(4)} (${(rel * 100).toFixed(1)} %), overhead ${live.overheadMs.toFixed(1)} ms`,
+      rel <= BOUND,
+      `sim ${sim.hitRate.toFixed(4)} vs live ${live.hitRate.toFixed(4)} (${(rel * 100).toFixed(1)} %), overhead median ${live.overheadMs.toFixed(1)} ms`,
     );
   });
 }

@@ -83,13 +83,22 @@ describe("kvsync index: admin API over real engines", () => {
   };
 
   it("health, readiness and /admin/pods (one entry per stream, DP ranks apart)", async () => {
-    assert.deepEqual(await get("/healthz"), { status: 200, body: { status: "ok" } });
-    assert.deepEqual(await get("/readyz"), { status: 200, body: { status: "ready" } });
+    const health = await get("/healthz");
+    assert.equal(health.status, 200);
+    assert.equal((health.body as { status: string }).status, "ok");
+    assert.equal(
+      typeof (health.body as { eventLoopDelayMs: { maxMs: number } }).eventLoopDelayMs.maxMs,
+      "number",
+    );
     await waitFor(
       "3 live streams",
       () => svc.manager.statuses().filter((s) => s.state === "live").length === 3,
       { timeoutMs: 10_000, describe: () => svc.manager.statuses() },
     );
+    assert.deepEqual(await get("/readyz"), {
+      status: 200,
+      body: { status: "ready", discovery: true, pods: 2, streams: { live: 3, waiting: [], gaveUp: [] } },
+    });
     const pods = (await get("/admin/pods")).body as Array<Record<string, unknown>>;
     assert.deepEqual(
       pods.map((p) => [p.name, p.rank, p.stream, p.model, p.state]),
@@ -141,6 +150,7 @@ describe("kvsync index: admin API over real engines", () => {
           pod: "pod-a",
           rank: null,
           stream: "pod-a",
+          blockSize: 16,
           matchedBlocks: 3,
           matchedTokens: 48,
           tiers: { GPU: 3, CPU: 0, STORAGE: 0 },

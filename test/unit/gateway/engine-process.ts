@@ -27,7 +27,11 @@ process.once("exit", () => {
   }
 });
 
-export async function startEngineProcess(args: string[] = []): Promise<EngineProcess> {
+/** `startTimeoutMs`: how long the child may take to log engine.started (tsx compiles it first). */
+export async function startEngineProcess(
+  args: string[] = [],
+  startTimeoutMs = 30_000,
+): Promise<EngineProcess> {
   const child = spawn(
     process.execPath,
     [
@@ -65,7 +69,7 @@ export async function startEngineProcess(args: string[] = []): Promise<EnginePro
     await waitFor(
       "the engine.started log line",
       () => stderr.includes('"event":"engine.started"') || child.exitCode !== null,
-      30_000,
+      startTimeoutMs,
     );
     if (child.exitCode !== null)
       throw new Error(`mock-engine exited ${child.exitCode}: ${stderr.slice(-2000)}`);
