@@ -21,6 +21,11 @@ export interface NamespaceRef {
   /** LoRA adapter name, null for the base model */
   lora: string | null;
   blockSize: number;
+  /**
+   * The request's cache salt (vLLM's `cache_salt`): it enters the first block's key, so a salted
+   * request matches only blocks stored under the same salt and an unsalted one none of them.
+   */
+  salt?: string | null;
 }
 
 export interface TierCounts {
