@@ -14,6 +14,8 @@ const LAYERS = [
   { folders: ["protocol"] },
   { folders: ["index", "tokenize", "discovery"] },
   { folders: ["events", "routing"] },
+  // gateway replicas that route as one: shared load and catch-up over NATS, above the events and routing they share
+  { folders: ["cluster"] },
   // the gateway and the admin API both serve a fleet: they may share code, without cycles
   { folders: ["gateway", "admin"], siblings: true },
   // the mock engine: a separate program that shares the wire format and the tokenizer

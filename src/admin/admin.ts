@@ -311,7 +311,8 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
         "token_ids",
       );
     }
-    const ns = { model: b.model, lora: lora as string | null };
+    const salt = typeof b.cache_salt === "string" && b.cache_salt !== "" ? b.cache_salt : null;
+    const ns = { model: b.model, lora: lora as string | null, salt };
     const matches: Array<StreamMatch & { blockSize: number }> = [];
     for (const bs of new Set([blockSize, ...sizes.values()])) {
       for (const m of index.match({ ...ns, blockSize: bs }, tokens)) {

@@ -1,4 +1,5 @@
 import type { Command } from "commander";
+import { CLUSTER_DEFAULTS } from "../cluster/index.ts";
 import { addDiscoveryOptions, discoveryOptionsFrom } from "../discovery/index.ts";
 import { startGateway } from "../gateway/gateway.ts";
 import { HEALTH_DEFAULTS } from "../gateway/health.ts";
@@ -68,6 +69,11 @@ interface GatewayCliOptions {
   indexInitialEntries?: number;
   topic: string;
   replayTimeoutMs: number;
+  cluster?: string;
+  clusterName: string;
+  clusterHeartbeatMs: number;
+  clusterPeerTimeoutMs: number;
+  clusterCatchUp: boolean;
 }
 
 export function register(program: Command): void {
@@ -363,6 +369,45 @@ export function register(program: Command): void {
         3000,
       ).argParser(parseIntArg),
     )
+    .addOption(
+      opt(
+        "--cluster <nats-url>",
+        "share load with the other gateway replicas and catch up from them over NATS (nats://host:4222; off by default)",
+        "KVSYNC_CLUSTER",
+      ),
+    )
+    .addOption(
+      opt(
+        "--cluster-name <name>",
+        "the replicas that route as one (NATS subjects kvsync.<name>.*)",
+        "KVSYNC_CLUSTER_NAME",
+        CLUSTER_DEFAULTS.name,
+      ),
+    )
+    .addOption(
+      opt(
+        "--cluster-heartbeat-ms <n>",
+        "period of this replica's heartbeat (its whole load)",
+        "KVSYNC_CLUSTER_HEARTBEAT_MS",
+        CLUSTER_DEFAULTS.heartbeatMs,
+      ).argParser(parseIntArg),
+    )
+    .addOption(
+      opt(
+        "--cluster-peer-timeout-ms <n>",
+        "a replica silent for this long is gone, with its load",
+        "KVSYNC_CLUSTER_PEER_TIMEOUT_MS",
+        CLUSTER_DEFAULTS.peerTimeoutMs,
+      ).argParser(parseIntArg),
+    )
+    .addOption(
+      flagOpt(
+        "--cluster-catch-up",
+        "at start, load a live peer's index and resume each stream from its point",
+        "KVSYNC_CLUSTER_CATCH_UP",
+        true,
+      ),
+    )
     .action(async (o: GatewayCliOptions & Record<string, unknown>) => {
       const log = createLogger("gateway");
       let gw: Awaited<ReturnType<typeof startGateway>>;
@@ -418,6 +463,17 @@ export function register(program: Command): void {
             ...(o.indexInitialEntries !== undefined ? { initialCapacity: o.indexInitialEntries } : {}),
           },
           topic: o.topic,
+          ...(o.cluster
+            ? {
+                cluster: {
+                  url: o.cluster,
+                  name: o.clusterName,
+                  heartbeatMs: o.clusterHeartbeatMs,
+                  peerTimeoutMs: o.clusterPeerTimeoutMs,
+                  catchUp: o.clusterCatchUp,
+                },
+              }
+            : {}),
           subscriber: { replayTimeoutMs: o.replayTimeoutMs, ...streamHealthFrom(o) },
           ...signalOptionsFrom(o),
           log,

@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import { DEFAULT_ENGINE_OPTIONS as D } from "../engine/options.ts";
+import { ENGINE_FLAVORS, type EngineFlavor } from "../engine/publisher.ts";
 import { startEngines } from "../engine/start.ts";
 import { collect, opt, parseChoice, parseFloatArg, parseIntArg } from "../util/cli-options.ts";
 import { createLogger } from "../util/log.ts";
@@ -90,6 +91,14 @@ export function register(program: Command): void {
       opt("--event-format <f>", "map (newest era) | array", "KVSYNC_EVENT_FORMAT", D.eventFormat).argParser(
         parseChoice(["map", "array"]),
       ),
+    )
+    .addOption(
+      opt(
+        "--flavor <engine>",
+        "whose KV events to publish: vllm (--event-format era) | sglang | sglang-2025 | trtllm (docs/engines.md)",
+        "KVSYNC_FLAVOR",
+        D.flavor,
+      ).argParser(parseChoice([...ENGINE_FLAVORS])),
     )
     .addOption(
       opt(
@@ -258,6 +267,7 @@ export function register(program: Command): void {
           hashSeed: (a.hashSeed as string | undefined) ?? null,
           hashFormat: a.hashFormat as "int" | "bytes",
           eventFormat: a.eventFormat as "map" | "array",
+          flavor: a.flavor as EngineFlavor,
           eventsEndpoint: nullable(a.eventsEndpoint as string),
           replayEndpoint: nullable(a.replayEndpoint as string),
           topic: a.topic as string,

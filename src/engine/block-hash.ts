@@ -50,12 +50,22 @@ export function extendDigests(
   tokens: ArrayLike<number>,
   blockSize: number,
   extra: string,
+  firstExtra: string = extra,
 ): void {
   const full = Math.floor(tokens.length / blockSize);
   for (let b = out.length; b < full; b++) {
     const parent = b === 0 ? root : out[b - 1];
-    out.push(blockDigest(parent, tokens, b * blockSize, blockSize, extra));
+    out.push(blockDigest(parent, tokens, b * blockSize, blockSize, b === 0 ? firstExtra : extra));
   }
+}
+
+/**
+ * Extra keys of a request's first block: vLLM adds the cache salt to the first block's extra
+ * keys only (the chain carries it to the rest), after the LoRA name.
+ */
+export function firstExtraKey(loraName: string | null, cacheSalt: string | null): string {
+  const lora = loraName ?? "";
+  return cacheSalt === null ? lora : `${lora}\u0000salt:${cacheSalt}`;
 }
 
 /** The last 8 bytes of a digest as two uint32 halves (vLLM's int hash format). */

@@ -2,6 +2,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { sendJson } from "../util/http-json.ts";
 import type { MockEngine, Rank } from "./engine.ts";
 import {
+  cacheSaltOf,
   chatRequestOf,
   checkFits,
   checkLength,
@@ -35,6 +36,7 @@ interface Generation {
   prompt: number[];
   loraId: number | null;
   loraName: string | null;
+  cacheSalt?: string | null;
   maxTokens: number | null;
 }
 
@@ -57,6 +59,7 @@ export function generate(
     finishReason: plan.finish,
     loraId: g.loraId,
     loraName: g.loraName,
+    cacheSalt: g.cacheSalt ?? null,
     hooks: {
       onToken,
       onFinish: (reason) => {
@@ -136,7 +139,7 @@ export async function completion(
   const tok = engine.tokenizer;
   const decodeText = (ids: number[]) => tok.decode(ids, true);
   const body = await readJson(req, o.maxBodyBytes);
-  const lora = modelOf(engine, body);
+  const lora = { ...modelOf(engine, body), cacheSalt: cacheSaltOf(engine, body) };
   const modelName = (body.model as string | undefined) ?? o.model;
   const maxTokens = maxTokensOf(body);
   const n = optInt(body, "n", 1);

@@ -1,4 +1,4 @@
-import { hashFromBytes, hashFromUint64Parts, hashToText } from "../protocol/hash.ts";
+import { hashFromBytes, hashFromInt64NegParts, hashFromUint64Parts, hashToText } from "../protocol/hash.ts";
 import type { HashKey } from "../protocol/types.ts";
 import type { Tokenizer } from "../tokenize/types.ts";
 import type { Logger } from "../util/log.ts";
@@ -71,7 +71,8 @@ export class MockEngine {
     this.log = log;
     this.rng = seededRandom(o.seed * 7919 + replicaIndex);
     this.root = rootDigest(o.hashSeed);
-    const hashOf = o.hashFormat === "int" ? intHash : bytesHash;
+    // SGLang and TensorRT-LLM (Dynamo) publish signed 64-bit hashes
+    const hashOf = o.hashFormat === "bytes" ? bytesHash : o.flavor === "vllm" ? intHash : signedHash;
     this.ranks = [];
     for (let r = 0; r < o.dataParallelSize; r++) {
       const cache = new KvCache({
@@ -91,6 +92,7 @@ export class MockEngine {
               replayEndpoint: o.replayEndpoint === null ? null : offsetEndpoint(o.replayEndpoint, dpRank),
               topic: o.topic,
               format: o.eventFormat,
+              flavor: o.flavor,
               bufferSteps: o.replayBufferSteps,
               dpRank,
               dropRate: o.dropEventRate,
@@ -244,6 +246,11 @@ export class MockEngine {
 function intHash(d: Digest): HashKey {
   const { hi, lo } = digestUint64Parts(d);
   return hashFromUint64Parts(hi, lo);
+}
+
+function signedHash(d: Digest): HashKey {
+  const { hi, lo } = digestUint64Parts(d);
+  return hi >= 0x80000000 ? hashFromInt64NegParts(hi, lo) : hashFromUint64Parts(hi, lo);
 }
 
 function bytesHash(d: Digest): HashKey {

@@ -110,6 +110,18 @@ export function modelOf(engine: MockEngine, body: Json): { loraId: number | null
   return l;
 }
 
+/**
+ * vLLM's `cache_salt` (a non-empty string, or absent): it isolates the request's prefix cache.
+ * Engines without salts (the SGLang 2025 flavor) ignore it, as those versions did.
+ */
+export function cacheSaltOf(engine: MockEngine, body: Json): string | null {
+  const v = body.cache_salt;
+  if (v === undefined || v === null) return null;
+  if (typeof v !== "string" || v === "")
+    throw new HttpError(400, "cache_salt must be a non-empty string", "cache_salt");
+  return engine.o.flavor === "sglang-2025" ? null : v;
+}
+
 export function maxTokensOf(body: Json): number | null {
   const a = optInt(body, "max_tokens", 1);
   const b = optInt(body, "max_completion_tokens", 1);

@@ -1,5 +1,5 @@
 import { blockRemoved, blockStored } from "../protocol/build.ts";
-import type { HashKey, KvEvent } from "../protocol/types.ts";
+import type { BlockStored, HashKey, KvEvent } from "../protocol/types.ts";
 import type { Digest } from "./block-hash.ts";
 
 /**
@@ -53,6 +53,8 @@ export interface CacheRequest {
   numCachedBlocks: number;
   loraId: number | null;
   loraName: string | null;
+  /** the request's cache salt (null: none), published with its blocks */
+  cacheSalt?: string | null;
 }
 
 export interface PrefixLookup {
@@ -217,11 +219,30 @@ export class KvCache {
         first === 0 ? null : this.hashOf(req.digests[first - 1]),
         req.tokens.slice(first * this.blockSize, full * this.blockSize),
         this.blockSize,
-        { loraId: req.loraId, medium: "GPU", loraName: req.loraName },
+        this.storedFields(req, first, full - first),
       ),
     );
     req.numCachedBlocks = full;
     if (this.numCpuBlocks > 0) this.cpuStore(req.digests, first, hashes, req.loraId, req.loraName);
+  }
+
+  /**
+   * Fields of a BlockStored of blocks [first, first + n) of `req`. A salted request's salt goes
+   * where each engine puts it (the publisher's era writes the one its engine has): vLLM's first
+   * block's extra_keys tuple (after the LoRA name), and SGLang's metadata / TensorRT-LLM's
+   * cache_salt on every event of the request.
+   */
+  private storedFields(req: CacheRequest, first: number, n: number): Partial<BlockStored> {
+    const f: Partial<BlockStored> = { loraId: req.loraId, medium: "GPU", loraName: req.loraName };
+    const salt = req.cacheSalt ?? null;
+    if (salt === null) return f;
+    f.cacheSalt = salt;
+    if (first === 0) {
+      const keys: unknown[] = new Array(n).fill(null);
+      keys[0] = req.loraName === null ? [salt] : [req.loraName, salt];
+      f.extraKeys = keys;
+    }
+    return f;
   }
 
   /** Releases the request's blocks (reverse order: its tail is evicted first). */

@@ -1,5 +1,5 @@
 import { dataParallelLayout } from "../protocol/endpoints.ts";
-import { type EventFormat, pubShouldBind } from "./publisher.ts";
+import { ENGINE_FLAVORS, type EngineFlavor, type EventFormat, pubShouldBind } from "./publisher.ts";
 
 export type HashFormat = "int" | "bytes";
 
@@ -24,6 +24,8 @@ export interface EngineOptions {
   hashSeed: string | null;
   hashFormat: HashFormat;
   eventFormat: EventFormat;
+  /** whose KV-event publisher to reproduce (wire format, hash sign, cache salts) */
+  flavor: EngineFlavor;
   /** null disables KV events */
   eventsEndpoint: string | null;
   /** null disables replay */
@@ -74,6 +76,7 @@ export const DEFAULT_ENGINE_OPTIONS: EngineOptions = {
   hashSeed: null,
   hashFormat: "int",
   eventFormat: "map",
+  flavor: "vllm",
   eventsEndpoint: "tcp://*:5557",
   replayEndpoint: "tcp://*:5558",
   eventsBind: null,
@@ -127,6 +130,10 @@ export function validateOptions(o: EngineOptions): void {
   if (o.hashFormat !== "int" && o.hashFormat !== "bytes") throw new Error("hashFormat must be int or bytes");
   if (o.eventFormat !== "map" && o.eventFormat !== "array")
     throw new Error("eventFormat must be map or array");
+  if (!ENGINE_FLAVORS.includes(o.flavor))
+    throw new Error(`flavor must be one of ${ENGINE_FLAVORS.join(", ")}`);
+  if (o.flavor !== "vllm" && o.hashFormat !== "int")
+    throw new Error(`the ${o.flavor} flavor publishes int hashes`);
   if (o.eventsEndpoint !== null) {
     // vLLM offsets both ports by the rank: refuse a layout where two sockets meet (vLLM fails
     // to bind there, or a subscriber reads the wrong socket)

@@ -21,7 +21,18 @@ import type { Logger } from "../util/log.ts";
  */
 export type EventFormat = "map" | "array";
 
-export function eraOf(format: EventFormat): WireEra {
+/**
+ * Which engine's publisher the mock reproduces (docs/engines.md): vLLM (its `--event-format`
+ * picks the map or array era), SGLang 2026 (medium, salt metadata), SGLang 2025 (no medium, no
+ * salts), or TensorRT-LLM through Dynamo's publisher (dict events, top-level cache_salt).
+ */
+export type EngineFlavor = "vllm" | "sglang" | "sglang-2025" | "trtllm";
+export const ENGINE_FLAVORS: readonly EngineFlavor[] = ["vllm", "sglang", "sglang-2025", "trtllm"];
+
+export function eraOf(format: EventFormat, flavor: EngineFlavor = "vllm"): WireEra {
+  if (flavor === "sglang") return "sglang-2026";
+  if (flavor === "sglang-2025") return "sglang-2025";
+  if (flavor === "trtllm") return "trtllm";
   return format === "map" ? "2026-07" : "2026-05";
 }
 
@@ -62,6 +73,8 @@ export interface PublisherOptions {
   replayEndpoint: string | null;
   topic: string;
   format: EventFormat;
+  /** default "vllm" */
+  flavor?: EngineFlavor;
   bufferSteps: number;
   dpRank: number | null;
   dropRate: number;
@@ -117,7 +130,7 @@ export class EventPublisher {
 
   constructor(o: PublisherOptions) {
     this.o = o;
-    this.era = eraOf(o.format);
+    this.era = eraOf(o.format, o.flavor);
     this.ring = new Array(Math.max(1, o.bufferSteps));
     this.router = o.replayEndpoint === null ? null : new zmq.Router({ linger: 0 });
   }

@@ -1,5 +1,5 @@
 import type { KvEvent } from "../protocol/types.ts";
-import { type Digest, extendDigests } from "./block-hash.ts";
+import { type Digest, extendDigests, firstExtraKey } from "./block-hash.ts";
 import type { Block, CacheRequest, KvCache } from "./kv-cache.ts";
 
 /**
@@ -51,6 +51,9 @@ export class EngineRequest implements CacheRequest {
   readonly finishReason: "stop" | "length";
   readonly hooks: RequestHooks;
   readonly extraKey: string;
+  /** vLLM's `cache_salt`: in the first block's hash and extra keys */
+  readonly cacheSalt: string | null;
+  readonly firstExtraKey: string;
   numComputed = 0;
   generated = 0;
   /** tokens found in the prefix cache (GPU + CPU tier) at first scheduling */
@@ -67,6 +70,7 @@ export class EngineRequest implements CacheRequest {
     finishReason: "stop" | "length";
     loraId: number | null;
     loraName: string | null;
+    cacheSalt?: string | null;
     hooks: RequestHooks;
   }) {
     this.id = o.id;
@@ -77,6 +81,8 @@ export class EngineRequest implements CacheRequest {
     this.loraId = o.loraId;
     this.loraName = o.loraName;
     this.extraKey = o.loraName ?? "";
+    this.cacheSalt = o.cacheSalt ?? null;
+    this.firstExtraKey = firstExtraKey(o.loraName, this.cacheSalt);
     this.hooks = o.hooks;
   }
 }
@@ -140,7 +146,14 @@ export class Scheduler {
   submit(req: EngineRequest): void {
     if (this.closed) throw new SchedulerFullError("engine is shutting down");
     if (this.waiting.length >= this.o.maxWaiting) throw new SchedulerFullError("waiting queue is full");
-    extendDigests(req.digests, this.o.root, req.tokens, this.cache.blockSize, req.extraKey);
+    extendDigests(
+      req.digests,
+      this.o.root,
+      req.tokens,
+      this.cache.blockSize,
+      req.extraKey,
+      req.firstExtraKey,
+    );
     this.waiting.push(req);
     this.kick();
   }
@@ -351,7 +364,14 @@ export class Scheduler {
       const done = req.generated >= req.output.length;
       if (!done) {
         req.tokens.push(id);
-        extendDigests(req.digests, this.o.root, req.tokens, this.cache.blockSize, req.extraKey);
+        extendDigests(
+          req.digests,
+          this.o.root,
+          req.tokens,
+          this.cache.blockSize,
+          req.extraKey,
+          req.firstExtraKey,
+        );
       }
       req.hooks.onToken(id, index);
       if (done) this.finish(req);

@@ -73,6 +73,7 @@ export async function startEngine(opts: StartOptions = {}): Promise<RunningEngin
       dataParallelSize: o.dataParallelSize,
       hashFormat: o.hashFormat,
       eventFormat: o.eventFormat,
+      flavor: o.flavor,
       hashSeeded: o.hashSeed !== null,
     },
     "mock engine started",

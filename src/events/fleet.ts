@@ -27,6 +27,8 @@ export interface FleetOptions {
   lag?: SubscriberManagerOptions["lag"];
   /** the streams' transport (default: ZeroMQ) */
   source?: SubscriberManagerOptions["source"];
+  /** a resume point per stream whose entries a peer's snapshot already loaded (src/cluster/) */
+  resumeOf?: SubscriberManagerOptions["resumeOf"];
   /** when /readyz stops waiting for a stream; whether it needs a routable pod */
   readiness?: ReadinessOptions;
   registry: Registry;
@@ -61,6 +63,7 @@ export class Fleet {
             subscriber: o.subscriber,
             lag: o.lag,
             source: o.source,
+            resumeOf: o.resumeOf,
           })
         : null;
     this.subscribers = subs;

@@ -12,7 +12,7 @@
 import { EventEmitter } from "node:events";
 import type { Registry } from "prom-client";
 import type { PodInfo } from "../discovery/types.ts";
-import type { PrefixIndex } from "../index/types.ts";
+import type { PrefixIndex, StreamRef } from "../index/types.ts";
 import type { LayoutError } from "../protocol/endpoints.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
 import { type ConfigMetrics, createConfigMetrics } from "./config-metrics.ts";
@@ -20,6 +20,7 @@ import type { EventSourceFactory } from "./event-source.ts";
 import { instrumentIndex } from "./instrumented-index.ts";
 import { LagWatch, type LagWatchOptions } from "./lag-watch.ts";
 import { createSubscriberMetrics, type SubscriberMetrics } from "./metrics.ts";
+import type { ResumePoint } from "./resume.ts";
 import { StreamChecks } from "./stream-checks.ts";
 import { podStreams, type StreamSpec, streamsOf } from "./stream-layout.ts";
 import { StreamSubscriber, type SubscriberOptions } from "./subscriber.ts";
@@ -36,7 +37,12 @@ export interface SubscriberManagerOptions {
   /** topic prefix to subscribe to; "" (default) = all */
   topic?: string;
   /** passed to every subscriber */
-  subscriber?: Omit<SubscriberOptions, "log" | "logContext" | "fromSeq">;
+  subscriber?: Omit<SubscriberOptions, "log" | "logContext" | "fromSeq" | "resume">;
+  /**
+   * Asked once per stream before it starts: a point to resume from when the index was already
+   * loaded up to it (a peer replica's snapshot, src/cluster/), else undefined.
+   */
+  resumeOf?: (ref: StreamRef) => ResumePoint | undefined;
   /** event lag and clock skew thresholds (lag-watch.ts) */
   lag?: LagWatchOptions;
   /** the streams' transport (default: ZeroMQ, zmq-source.ts) */
@@ -89,6 +95,7 @@ export class SubscriberManager
   private readonly subOpts: SubscriberManagerOptions["subscriber"];
   private readonly lagOpts: LagWatchOptions | undefined;
   private readonly source: EventSourceFactory;
+  private readonly resumeOf: SubscriberManagerOptions["resumeOf"];
   private closed = false;
 
   constructor(opts: SubscriberManagerOptions) {
@@ -99,6 +106,7 @@ export class SubscriberManager
     this.subOpts = opts.subscriber;
     this.lagOpts = opts.lag;
     this.source = opts.source ?? zmqEventSource;
+    this.resumeOf = opts.resumeOf;
     this.metrics = opts.registry
       ? createSubscriberMetrics(opts.registry, () => this.statuses(), this.index)
       : null;
@@ -181,6 +189,11 @@ export class SubscriberManager
   status(streamId: string): StreamStatus | undefined {
     const run = this.streams.get(streamId);
     return run ? this.statusOf(run) : undefined;
+  }
+
+  /** Where a peer could resume a stream from (live, last batch remembered), or null. */
+  resumePoint(streamId: string): ResumePoint | null {
+    return this.streams.get(streamId)?.sub.resumePoint() ?? null;
   }
 
   /** The stream specs currently running (endpoints per rank). */
@@ -310,6 +323,7 @@ export class SubscriberManager
       },
       {
         ...this.subOpts,
+        resume: this.resumeOf?.(ref),
         log,
         logContext: { pod: ref.pod, rank: ref.rank, stream: id },
       },

@@ -113,6 +113,20 @@ export class RecentBatches {
     this.lens[i] = payload.length;
   }
 
+  /** Remember a batch by its fingerprint alone (one a peer replica applied: a catch-up). */
+  addFingerprint(seq: number, fp: number, len: number): void {
+    const i = seq % this.seqs.length;
+    this.seqs[i] = seq;
+    this.fps[i] = fp;
+    this.lens[i] = len;
+  }
+
+  /** The fingerprint and length remembered for `seq`, or null. */
+  fingerprintOf(seq: number): { fp: number; len: number } | null {
+    const i = seq % this.seqs.length;
+    return this.seqs[i] === seq ? { fp: this.fps[i], len: this.lens[i] } : null;
+  }
+
   has(seq: number): boolean {
     return this.seqs[seq % this.seqs.length] === seq;
   }

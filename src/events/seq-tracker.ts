@@ -31,7 +31,8 @@ export class SeqTracker {
   private readonly hasReplay: boolean;
   private readonly maxPending: number;
   private readonly pending: Msg[] = [];
-  private readonly recent: RecentBatches;
+  /** the last applied batches by seq (a peer's resume point is checked against them: resume.ts) */
+  readonly recent: RecentBatches;
   // the running replay
   private replayKind: ReplayKind = "initial";
   private replayFrom = 0;

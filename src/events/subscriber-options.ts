@@ -5,6 +5,7 @@
 import type { DecodeLimits } from "../protocol/decode.ts";
 import type { EventBatch } from "../protocol/types.ts";
 import type { Logger } from "../util/log.ts";
+import type { ResumePoint } from "./resume.ts";
 import type { DropReason } from "./seq-tracker.ts";
 import type { StreamState } from "./types.ts";
 
@@ -76,6 +77,11 @@ export interface SubscriberOptions {
   receiveHighWaterMark?: number;
   /** Replay from this seq on first connect instead of the engine's whole buffer. */
   fromSeq?: number;
+  /**
+   * The index already holds the stream up to this point (a peer replica's snapshot): on first
+   * connect verify it against the engine and take what follows (wins over fromSeq).
+   */
+  resume?: ResumePoint;
   /** Ask for the engine's buffer on first connect (default true; `events tail` starts live). */
   initialReplay?: boolean;
   /**

@@ -11,6 +11,7 @@ import { decodeBatch } from "../protocol/decode.ts";
 import { decodePubMessage } from "../protocol/frames.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
 import type { DownCause, EventSource, EventSourceFactory } from "./event-source.ts";
+import { type ResumePoint, resumePointOf, resumeTracker } from "./resume.ts";
 import { type SeqSink, SeqTracker } from "./seq-tracker.ts";
 import {
   DEFAULTS,
@@ -293,6 +294,11 @@ export class StreamSubscriber {
     });
   }
 
+  /** Where a peer replica could resume this stream from (null unless live with a remembered last batch). */
+  resumePoint(): ResumePoint | null {
+    return this.closed || !this.connected || this.suspicion.isSuspect() ? null : resumePointOf(this.tracker);
+  }
+
   get lastSeq(): number | null {
     return this.tracker.lastSeq();
   }
@@ -386,7 +392,8 @@ export class StreamSubscriber {
     this.connected = true;
     const first = !this.everConnected;
     this.everConnected = true;
-    if (first) this.tracker.start(this.opts.fromSeq, this.opts.initialReplay ?? true);
+    if (first && this.opts.resume !== undefined) resumeTracker(this.tracker, this.opts.resume);
+    else if (first) this.tracker.start(this.opts.fromSeq, this.opts.initialReplay ?? true);
     else this.tracker.reconnected();
   }
 

@@ -2,6 +2,7 @@ import { createServer, type Server } from "node:http";
 import { Registry } from "prom-client";
 import { createAdminHandler } from "../admin/admin.ts";
 import { explainRoute } from "../admin/explain.ts";
+import { GatewayCluster, type GatewayClusterOptions } from "../cluster/index.ts";
 import type { PodSet } from "../discovery/pod-set.ts";
 import { Fleet, type FleetOptions } from "../events/fleet.ts";
 import type { SubscriberManager } from "../events/manager.ts";
@@ -9,6 +10,7 @@ import type { ReadinessOptions } from "../events/readiness.ts";
 import type { PrefixIndex } from "../index/types.ts";
 import { registryLookup, type TokenizerLookup } from "../tokenize/lookup.ts";
 import { TokenizerRegistry } from "../tokenize/registry.ts";
+import { sendJson } from "../util/http-json.ts";
 import { closeServer, httpUrl, listen } from "../util/http-server.ts";
 import { createLogger, type Logger } from "../util/log.ts";
 import { type ProcessWatchOptions, startProcessWatch } from "../util/process-watch.ts";
@@ -39,6 +41,8 @@ export interface StartGatewayOptions
    * a TokenizerRegistry, a lookup function, or false (route by load only).
    */
   tokenizers?: string[] | TokenizerRegistry | TokenizerLookup | false;
+  /** share load with other replicas and catch up from them over NATS (default: none) */
+  cluster?: GatewayClusterOptions;
   /** run local tokenizers in a worker pool (default true) */
   tokenizerPool?: boolean;
   registry?: Registry;
@@ -56,6 +60,8 @@ export interface RunningGateway {
   pods: PodSet;
   index: PrefixIndex;
   subscribers: SubscriberManager | null;
+  /** null without --cluster */
+  cluster: GatewayCluster | null;
   registry: Registry;
   close(): Promise<void>;
 }
@@ -93,6 +99,7 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
       subscriber: opts.subscriber,
       lag: opts.lag,
       source: opts.source,
+      resumeOf: opts.cluster ? (ref) => cluster?.resumeOf(ref) : undefined,
       readiness: { ...opts.readiness, requirePod: true },
       registry,
       log,
@@ -114,7 +121,16 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
       log,
     });
     cleanups.push(() => core.close());
+    let cluster: GatewayCluster | null = null;
+    if (opts.cluster) {
+      const c = new GatewayCluster(opts.cluster, { loads: core.loads, index, subscribers, registry, log });
+      cluster = c;
+      cleanups.push(() => c.close());
+      // before discovery: each stream's subscriber then starts from the peer's point
+      await c.catchUp();
+    }
     await fleet.start();
+    cluster?.serveSnapshots();
 
     const server: Server = createServer(core.handle);
     server.keepAliveTimeout = 65_000;
@@ -139,11 +155,23 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
         defaultBlockSize: opts.defaultBlockSize ?? DEFAULT_BLOCK_SIZE,
         maxBodyBytes: opts.maxBodyBytes ?? GATEWAY_DEFAULTS.maxBodyBytes,
         log,
-      }).route(
-        "POST",
-        "/admin/route/explain",
-        explainRoute(core.planner, opts.maxBodyBytes ?? GATEWAY_DEFAULTS.maxBodyBytes),
-      );
+      })
+        .route(
+          "POST",
+          "/admin/route/explain",
+          explainRoute(core.planner, opts.maxBodyBytes ?? GATEWAY_DEFAULTS.maxBodyBytes),
+        )
+        .route("GET", "/admin/cluster", (_req, res) => {
+          // this replica's id, the NATS link state and the peers it hears, with their load
+          if (cluster === null)
+            throw new GatewayError(
+              404,
+              "invalid_request_error",
+              "not_found",
+              "this gateway runs without --cluster",
+            );
+          sendJson(res, 200, cluster.status());
+        });
       const admin = createServer((req, res) => {
         admin_(req, res).catch((err: unknown) =>
           sendError(res, new GatewayError(500, "server_error", "internal_error", String(err))),
@@ -166,6 +194,7 @@ export async function startGateway(opts: StartGatewayOptions = {}): Promise<Runn
       pods,
       index,
       subscribers,
+      cluster,
       registry,
       close: () => {
         closing ??= cleanup();

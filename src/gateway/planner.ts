@@ -116,9 +116,12 @@ export class Planner {
     const owner = parsed.previousResponseId && this.o.affinity?.podOf(parsed.previousResponseId);
     if (owner && fresh.candidates.some((c) => c.pod === owner))
       fresh.candidates = fresh.candidates.filter((c) => c.pod === owner);
+    // a salted request matches from its salt (NamespaceRef.salt)
+    const salt = parsed.cacheSalt ?? null;
+    const routeNs = salt === null ? fresh.ns : { ...fresh.ns, salt };
     // a batch goes where its most-cached prompt is (prompts.ts)
-    const ids = lists === null ? null : lists[bestPrompt(this.o.policy, fresh.ns, fresh.candidates, lists)];
-    const route: RouteRequest = { ns: fresh.ns, tokenIds: ids ?? [], candidates: fresh.candidates };
+    const ids = lists === null ? null : lists[bestPrompt(this.o.policy, routeNs, fresh.candidates, lists)];
+    const route: RouteRequest = { ns: routeNs, tokenIds: ids ?? [], candidates: fresh.candidates };
     if (!claim) route.dryRun = true;
     const policy = this.o.policy;
     const t0 = performance.now();

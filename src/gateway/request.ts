@@ -55,6 +55,11 @@ export interface ParsedRequest {
   chat: ChatRequestLike | null;
   addSpecialTokens: boolean;
   /**
+   * vLLM's `cache_salt` (passed through to the engine): the request only reuses blocks stored
+   * under the same salt, so its prefix match starts from the salt (NamespaceRef.salt).
+   */
+  cacheSalt?: string | null;
+  /**
    * every prompt the request puts through the engine's cache, when that is not just the one
    * above (a batch, score pairs, a responses input); the planner routes by the one that saves most
    */
@@ -77,6 +82,10 @@ export function validateRequest(kind: RequestKind, body: Record<string, unknown>
   if (so !== undefined && so !== null && (typeof so !== "object" || Array.isArray(so))) {
     throw badRequest("invalid_type", "`stream_options` must be an object", "stream_options");
   }
+  const salt = body.cache_salt;
+  if (salt !== undefined && salt !== null && (typeof salt !== "string" || salt === "")) {
+    throw badRequest("invalid_value", "`cache_salt` must be a non-empty string", "cache_salt");
+  }
   const stream = body.stream === true;
   const includeUsage = stream && (so as { include_usage?: unknown } | undefined)?.include_usage === true;
   const out: ParsedRequest = {
@@ -88,6 +97,7 @@ export function validateRequest(kind: RequestKind, body: Record<string, unknown>
     prompt: null,
     chat: null,
     addSpecialTokens: true,
+    cacheSalt: typeof salt === "string" ? salt : null,
   };
   if (kind === "chat") {
     const msgs = body.messages;
@@ -171,6 +181,7 @@ export function validateExplain(body: Record<string, unknown>): ParsedRequest {
       prompt: null,
       chat: null,
       addSpecialTokens: true,
+      cacheSalt: typeof body.cache_salt === "string" && body.cache_salt !== "" ? body.cache_salt : null,
     };
   }
   return validateRequest(body.messages !== undefined ? "chat" : "completion", body);

@@ -10,14 +10,18 @@
 import type { AllBlocksCleared, BlockRemoved, BlockStored, EventBatch, HashKey } from "../protocol/types.ts";
 import { namespaceKey } from "./chain-hash.ts";
 import {
+  aliasKey,
   type IndexCounters,
   type IndexOptions,
+  isAliasKey,
   isOtherGroup,
   keyableBlocks,
   loraOf,
+  MAX_ALIASES,
   MAX_EXTRA_COPIES,
   newCounters,
   resolveCaps,
+  saltOf,
   TIER_NAMES,
   tierBit,
   tiersFromBits,
@@ -35,6 +39,8 @@ interface RefEntry {
 interface RefStream {
   ref: StreamRef;
   entries: Map<HashKey, RefEntry>;
+  /** aliases per engine hash (rules.ts `aliasKey`): the highest n in use */
+  aliases: Map<HashKey, number>;
 }
 
 export class ReferenceIndex implements PrefixIndex {
@@ -54,7 +60,7 @@ export class ReferenceIndex implements PrefixIndex {
   applyBatch(stream: StreamRef, batch: EventBatch): void {
     let st = this.streams.get(stream.streamId);
     if (!st) {
-      st = { ref: { ...stream }, entries: new Map() };
+      st = { ref: { ...stream }, entries: new Map(), aliases: new Map() };
       this.streams.set(stream.streamId, st);
     } else {
       st.ref = { ...stream };
@@ -119,9 +125,11 @@ export class ReferenceIndex implements PrefixIndex {
     // a prefix names the namespace at every step, so a chain that crosses namespaces (a LoRA
     // block on a base-model parent) never equals a query's prefix in either namespace
     let prev: string | null;
-    if (ev.parentBlockHash === null || ev.parentBlockHash === undefined) prev = "";
-    else {
-      const pe = st.entries.get(ev.parentBlockHash);
+    if (ev.parentBlockHash === null || ev.parentBlockHash === undefined) {
+      const salt = saltOf(ev);
+      prev = salt === null ? "" : `salt:${salt}`;
+    } else {
+      const pe = this.latest(st, ev.parentBlockHash);
       if (!pe) this.counters.orphanStores++;
       prev = pe ? pe.prefix : null;
     }
@@ -136,7 +144,22 @@ export class ReferenceIndex implements PrefixIndex {
         prev !== null && i < keyable
           ? `${prev}|${nsk}:${ev.tokenIds.slice(i * bs, (i + 1) * bs).map((t) => t | 0)}`
           : null;
+      let key = h;
       let e = st.entries.get(h);
+      if (e && computed !== null && e.prefix !== null && e.prefix !== computed) {
+        // the same content-only hash at another position: its alias at that position
+        const n = st.aliases.get(h) ?? 0;
+        let found = 0;
+        for (let j = n; j >= 1 && found === 0; j--)
+          if (st.entries.get(aliasKey(h, j))?.prefix === computed) found = j;
+        if (found === 0 && n >= MAX_ALIASES) {
+          prev = computed;
+          continue;
+        }
+        if (found === 0) st.aliases.set(h, n + 1);
+        key = aliasKey(h, found || n + 1);
+        e = st.entries.get(key);
+      }
       if (e) {
         if (e.tiers & bit) {
           if (this.opts.copies !== "set") {
@@ -146,15 +169,24 @@ export class ReferenceIndex implements PrefixIndex {
           }
         } else e.tiers |= bit;
         if (computed !== null) e.prefix = computed;
-        this.touch(st, h, e);
+        this.touch(st, key, e);
       } else {
         this.evictFor(st);
         e = { prefix: computed, tiers: bit, copies: [0, 0, 0] };
-        st.entries.set(h, e);
-        this.lru.set(`${st.ref.streamId}\u0000${h}`, true);
+        st.entries.set(key, e);
+        this.lru.set(`${st.ref.streamId}\u0000${key}`, true);
       }
       prev = e.prefix;
     }
+  }
+
+  /** The entry a parent hash names: its latest alias if it has any (rules.ts), else its own. */
+  private latest(st: RefStream, h: HashKey): RefEntry | undefined {
+    for (let j = st.aliases.get(h) ?? 0; j >= 1; j--) {
+      const e = st.entries.get(aliasKey(h, j));
+      if (e) return e;
+    }
+    return st.entries.get(h);
   }
 
   private remove(st: RefStream, ev: BlockRemoved): void {
@@ -168,7 +200,23 @@ export class ReferenceIndex implements PrefixIndex {
     }
     const bit = tierBit(ev.medium);
     for (const h of ev.blockHashes) {
-      const e = typeof h === "string" ? st.entries.get(h) : undefined;
+      let key = h;
+      let e = typeof h === "string" ? st.entries.get(h) : undefined;
+      if (typeof h === "string" && st.aliases.size !== 0) {
+        // the latest alias holding this tier goes first (rules.ts)
+        let n = st.aliases.get(h) ?? 0;
+        while (n > 0 && !st.entries.has(aliasKey(h, n))) n--;
+        if (n === 0) st.aliases.delete(h);
+        else st.aliases.set(h, n);
+        for (let j = n; j >= 1; j--) {
+          const ae = st.entries.get(aliasKey(h, j));
+          if (ae && ae.tiers & bit) {
+            key = aliasKey(h, j);
+            e = ae;
+            break;
+          }
+        }
+      }
       if (!e || !(e.tiers & bit)) {
         this.counters.unknownRemovals++;
         continue;
@@ -178,12 +226,13 @@ export class ReferenceIndex implements PrefixIndex {
         continue;
       }
       e.tiers &= ~bit;
-      if (e.tiers === 0) this.deleteEntry(st, h);
+      if (e.tiers === 0) this.deleteEntry(st, key);
     }
   }
 
   private clear(st: RefStream, _ev: AllBlocksCleared): void {
     for (const h of [...st.entries.keys()]) this.deleteEntry(st, h);
+    st.aliases.clear();
   }
 
   dropStream(streamId: string): void {
@@ -199,7 +248,7 @@ export class ReferenceIndex implements PrefixIndex {
     const n = Math.floor(tokenIds.length / bs);
     const prefixes: string[] = [];
     const nsk = namespaceKey(ns.model, ns.lora, bs);
-    let p = "";
+    let p = typeof ns.salt === "string" ? `salt:${ns.salt}` : "";
     for (let i = 0; i < n; i++) {
       p = `${p}|${nsk}:${Array.from({ length: bs }, (_, j) => tokenIds[i * bs + j] | 0)}`;
       prefixes.push(p);
@@ -236,7 +285,9 @@ export class ReferenceIndex implements PrefixIndex {
   streamBlocks(streamId: string): BlockClaim[] {
     const st = this.streams.get(streamId);
     if (!st) return [];
-    return [...st.entries].map(([hash, e]) => ({ hash, tiers: tiersFromBits(e.tiers) }));
+    return [...st.entries]
+      .filter(([hash]) => !isAliasKey(hash))
+      .map(([hash, e]) => ({ hash, tiers: tiersFromBits(e.tiers) }));
   }
 
   streamEntryCount(streamId: string): number {

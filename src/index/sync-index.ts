@@ -43,14 +43,18 @@ import { hashFromInt64NegParts, hashFromUint64Parts } from "../protocol/hash.ts"
 import type { BlockRemoved, BlockStored, EventBatch, HashKey } from "../protocol/types.ts";
 import { chainHash, namespaceKey, stringHash64 } from "./chain-hash.ts";
 import {
+  aliasKey,
   type IndexCounters,
   type IndexOptions,
+  isAliasKey,
   isOtherGroup,
   keyableBlocks,
   loraOf,
+  MAX_ALIASES,
   MAX_EXTRA_COPIES,
   newCounters,
   resolveCaps,
+  saltOf,
   tierBit,
   tiersFromBits,
 } from "./rules.ts";
@@ -59,6 +63,7 @@ import type {
   IndexStats,
   NamespaceRef,
   PrefixIndex,
+  StreamExport,
   StreamMatch,
   StreamRef,
   TierCounts,
@@ -74,6 +79,8 @@ const ID_MASK = ~0x3fff | 0x18;
 /** saturating per-tier count of extra copies (3 bits) */
 const MAX_EXTRA = MAX_EXTRA_COPIES;
 const BLOCK = 1;
+/** StreamExport meta flag: the entry has a block (its key follows) */
+const EXPORT_KEYED = 1 << 12;
 const HHI = 2;
 const HLO = 3;
 const SPREV = 4;
@@ -263,6 +270,12 @@ export class SyncPrefixIndex implements PrefixIndex {
   private hLen = 0;
   private inHeap = new Uint8Array(16);
   private readonly strHashes = new Map<number, string>();
+  /**
+   * Per stream, per engine hash: the highest alias n in use (content-only hashes at several
+   * positions; rules.ts `aliasKey`). Empty for chained-hash engines, so their hot paths only
+   * test `aliases.size`.
+   */
+  private readonly aliases = new Map<number, Map<HashKey, number>>();
   /** (stream, engine hash) -> entry: SHARDS tables, their live and tombstone counts */
   private readonly eTabs: Int32Array[];
   private readonly eLive = new Int32Array(SHARDS);
@@ -307,6 +320,8 @@ export class SyncPrefixIndex implements PrefixIndex {
 
   // namespaces
   private readonly nsIds = new Map<string, number>();
+  /** the namespace of each id (an export names those of its stream's model) */
+  private readonly nsRefs: NamespaceRef[] = [];
   private nsSeeds = new Int32Array(32);
 
   // scratch (no per-call allocation on hot paths)
@@ -419,6 +434,7 @@ export class SyncPrefixIndex implements PrefixIndex {
     if (id === undefined) {
       id = this.nsIds.size;
       this.nsIds.set(key, id);
+      this.nsRefs.push({ model, lora, blockSize: bs });
       if (id * 2 + 2 > this.nsSeeds.length) {
         const x = new Int32Array(this.nsSeeds.length * 2);
         x.set(this.nsSeeds);
@@ -1311,11 +1327,23 @@ export class SyncPrefixIndex implements PrefixIndex {
     let prevHi = 0;
     let prevLo = 0;
     const parent = ev.parentBlockHash;
-    if (parent !== null && parent !== undefined) {
+    if (parent === null || parent === undefined) {
+      const salt = saltOf(ev);
+      if (salt !== null) {
+        // the salt starts the chain in place of the root (rules.ts saltOf)
+        stringHash64(salt, this.k2, 0);
+        prevHi = this.k2[0];
+        prevLo = this.k2[1];
+      }
+    } else {
       prevOk = false;
       if (typeof parent === "string") {
         const kind = this.parseHash(parent);
-        const pe = this.findEntry(s, kind, parent);
+        let pe = this.findEntry(s, kind, parent);
+        if (this.aliases.size !== 0) {
+          const ae = this.latestAlias(s, parent);
+          if (ae !== -1) pe = ae;
+        }
         if (pe === -1) this.counters.orphanStores++;
         else {
           const px = ep[pe >>> pb][(pe & pm) * ES + BLOCK];
@@ -1376,6 +1404,19 @@ export class SyncPrefixIndex implements PrefixIndex {
         this.h2[1] = this.pHash[i * 3 + 1];
       } else kind = this.parseHash(h);
       let ent = this.findEntry(s, kind, h);
+      if (ent !== -1 && have) {
+        const x = ep[ent >>> pb][(ent & pm) * ES + BLOCK];
+        if (
+          x !== -1 &&
+          (bp[x >>> pb][(x & pm) * BS + KHI] !== k2[0] || bp[x >>> pb][(x & pm) * BS + KLO] !== k2[1])
+        ) {
+          // the same content-only hash at another position: its alias there (rules.ts)
+          this.storeAlias(s, h, bit);
+          prevHi = k2[0];
+          prevLo = k2[1];
+          continue;
+        }
+      }
       if (ent !== -1) {
         const e = ep[ent >>> pb];
         const o = (ent & pm) * ES;
@@ -1387,17 +1428,8 @@ export class SyncPrefixIndex implements PrefixIndex {
           if (((m >>> sh) & 7) < MAX_EXTRA) e[o + META] = m + (1 << sh);
           this.counters.duplicateStores++;
         }
-        if (have) {
-          const x = e[o + BLOCK];
-          if (
-            x === -1 ||
-            bp[x >>> pb][(x & pm) * BS + KHI] !== k2[0] ||
-            bp[x >>> pb][(x & pm) * BS + KLO] !== k2[1]
-          ) {
-            this.unclaim(ent);
-            this.claim(ent, this.blockOf(k2[0], k2[1]));
-          }
-        }
+        // an entry kept for removal only gets its key (a differing key took the alias path)
+        if (have && e[o + BLOCK] === -1) this.claim(ent, this.blockOf(k2[0], k2[1]));
         this.touch(ent, s);
       } else {
         this.evictFor(s);
@@ -1434,6 +1466,117 @@ export class SyncPrefixIndex implements PrefixIndex {
         prevLo = b[o + KLO];
       } else prevOk = false;
     }
+  }
+
+  /** Entry of the latest alias of `h` in stream s (rules.ts), or -1. Clobbers h2. */
+  private latestAlias(s: number, h: HashKey): number {
+    const n = this.aliases.get(s)?.get(h) ?? 0;
+    for (let j = n; j >= 1; j--) {
+      const a = aliasKey(h, j);
+      const ae = this.findEntry(s, this.parseHash(a), a);
+      if (ae !== -1) return ae;
+    }
+    return -1;
+  }
+
+  /**
+   * Store the block keyed k2 under an alias of `h` (h already names a block at another
+   * position): the alias with that key if there is one, else a new one. Clobbers h2.
+   */
+  private storeAlias(s: number, h: HashKey, bit: number): void {
+    const k2 = this.k2;
+    const ep = this.ep;
+    const bp = this.bp;
+    const pb = this.pb;
+    const pm = this.pm;
+    let per = this.aliases.get(s);
+    if (per === undefined) {
+      per = new Map();
+      this.aliases.set(s, per);
+    }
+    const n = per.get(h) ?? 0;
+    for (let j = n; j >= 1; j--) {
+      const a = aliasKey(h, j);
+      const ae = this.findEntry(s, this.parseHash(a), a);
+      if (ae === -1) continue;
+      const x = ep[ae >>> pb][(ae & pm) * ES + BLOCK];
+      if (
+        x === -1 ||
+        bp[x >>> pb][(x & pm) * BS + KHI] !== k2[0] ||
+        bp[x >>> pb][(x & pm) * BS + KLO] !== k2[1]
+      ) {
+        continue;
+      }
+      const e = ep[ae >>> pb];
+      const o = (ae & pm) * ES;
+      const m = e[o + META];
+      if ((m & bit) === 0) this.setTiers(ae, (m & 7) | bit);
+      else if (this.countCopies) {
+        const sh = 5 + 3 * (bit >>> 1);
+        if (((m >>> sh) & 7) < MAX_EXTRA) e[o + META] = m + (1 << sh);
+        this.counters.duplicateStores++;
+      }
+      this.touch(ae, s);
+      return;
+    }
+    if (n >= MAX_ALIASES) return;
+    per.set(h, n + 1);
+    const a = aliasKey(h, n + 1);
+    this.evictFor(s);
+    const kind = this.parseHash(a);
+    const hi = this.h2[0];
+    const lo = this.h2[1];
+    // the miss leaves insertSlot its slot (it inserts where the last lookup ended)
+    if (this.findEntry(s, kind, a) !== -1) return;
+    const ent = this.allocEntry();
+    const rec = this.ep[ent >>> this.pb];
+    const o = (ent & this.pm) * ES;
+    rec[o + META] = (s << S_SHIFT) | (kind << 3) | bit;
+    rec[o + BLOCK] = -1;
+    rec[o + HHI] = hi;
+    rec[o + HLO] = lo;
+    this.strHashes.set(ent, a);
+    this.count++;
+    this.sCount[s]++;
+    this.insertSlot(ent);
+    this.linkHead(ent, s);
+    this.claim(ent, this.blockOf(k2[0], k2[1]));
+  }
+
+  /**
+   * A removal of `h` on tier `bit` that an alias takes (the latest holding that tier), done
+   * here; false when none does (the hash's own entry is next). Clobbers h2.
+   */
+  private removeAlias(s: number, h: HashKey, bit: number): boolean {
+    const per = this.aliases.get(s);
+    let n = per?.get(h) ?? 0;
+    if (per === undefined || n === 0) return false;
+    // forget aliases evicted meanwhile
+    while (n > 0) {
+      const a = aliasKey(h, n);
+      if (this.findEntry(s, this.parseHash(a), a) !== -1) break;
+      n--;
+    }
+    if (n === 0) per.delete(h);
+    else per.set(h, n);
+    for (let j = n; j >= 1; j--) {
+      const a = aliasKey(h, j);
+      const ae = this.findEntry(s, this.parseHash(a), a);
+      if (ae === -1) continue;
+      const e = this.ep[ae >>> this.pb];
+      const o = (ae & this.pm) * ES;
+      const m = e[o + META];
+      if ((m & bit) === 0) continue;
+      const sh = 5 + 3 * (bit >>> 1);
+      if (((m >>> sh) & 7) !== 0) e[o + META] = m - (1 << sh);
+      else {
+        const left = m & 7 & ~bit;
+        if (left === 0) this.freeEntry(ae);
+        else this.setTiers(ae, left);
+      }
+      return true;
+    }
+    return false;
   }
 
   /**
@@ -1498,6 +1641,7 @@ export class SyncPrefixIndex implements PrefixIndex {
         this.counters.unknownRemovals++;
         continue;
       }
+      if (this.aliases.size !== 0 && this.removeAlias(s, h, bit)) continue;
       let kind: number;
       if (hashes.length > 1) {
         kind = this.pHash[i * 3 + 2];
@@ -1529,6 +1673,7 @@ export class SyncPrefixIndex implements PrefixIndex {
   }
 
   private clearStream(s: number): void {
+    this.aliases.delete(s);
     let x = this.sHead[s];
     while (x !== -1) {
       const nx = this.ep[x >>> this.pb][(x & this.pm) * ES + SNEXT];
@@ -1582,6 +1727,12 @@ export class SyncPrefixIndex implements PrefixIndex {
     const blks = this.mBlks;
     let prevHi = 0;
     let prevLo = 0;
+    if (typeof ns.salt === "string") {
+      // a salted request's chain starts from its salt (rules.ts saltOf)
+      stringHash64(ns.salt, keys, 0);
+      prevHi = keys[0];
+      prevLo = keys[1];
+    }
     let prevX = -1;
     let done = false;
     for (let base = 0; base < n && !done; base += CHUNK) {
@@ -1802,8 +1953,10 @@ export class SyncPrefixIndex implements PrefixIndex {
     const out: BlockClaim[] = [];
     const ep = this.ep;
     for (let x = this.sHead[s]; x !== -1; x = ep[x >>> this.pb][(x & this.pm) * ES + SNEXT]) {
+      const hash = this.hashKeyOf(x);
+      if (isAliasKey(hash)) continue;
       out.push({
-        hash: this.hashKeyOf(x),
+        hash,
         tiers: tiersFromBits(ep[x >>> this.pb][(x & this.pm) * ES + META] & 7),
       });
     }
@@ -1827,6 +1980,98 @@ export class SyncPrefixIndex implements PrefixIndex {
       x = page[o + SNEXT];
     }
     return out;
+  }
+
+  /**
+   * A stream's entries as a peer replica's catch-up loads them (importStream): oldest touched
+   * first, each with its tiers, extra copies and own chain key. O(the stream's entries).
+   */
+  exportStream(streamId: string): StreamExport | null {
+    const s = this.streamIdx.get(streamId);
+    if (s === undefined) return null;
+    const n = this.sCount[s];
+    const model = this.streams[s]!.ref.model;
+    const namespaces = this.nsRefs
+      .filter((r) => r.model === model)
+      .map((r): [string | null, number] => [r.lora, r.blockSize]);
+    const out: StreamExport = {
+      namespaces,
+      hashes: new Array(n),
+      meta: new Array(n),
+      keys: new Array(n * 2),
+    };
+    const ep = this.ep;
+    let i = n;
+    for (let x = this.sHead[s]; x !== -1 && i > 0; x = ep[x >>> this.pb][(x & this.pm) * ES + SNEXT]) {
+      i--;
+      const e = ep[x >>> this.pb];
+      const o = (x & this.pm) * ES;
+      const m = e[o + META];
+      const b = e[o + BLOCK];
+      out.hashes[i] = this.hashKeyOf(x);
+      out.meta[i] = (m & 7) | (((m >>> 5) & 0x1ff) << 3) | (b === -1 ? 0 : EXPORT_KEYED);
+      out.keys[i * 2] = b === -1 ? 0 : this.bp[b >>> this.pb][(b & this.pm) * BS + KHI];
+      out.keys[i * 2 + 1] = b === -1 ? 0 : this.bp[b >>> this.pb][(b & this.pm) * BS + KLO];
+    }
+    return out;
+  }
+
+  /**
+   * Replace a stream's entries with an exported set (a peer's snapshot). Malformed entries
+   * (no tier, a non-string hash, a hash twice) are skipped and counted as invalid events; the
+   * caps apply as for stores. Returns the entries loaded.
+   */
+  importStream(ref: StreamRef, data: StreamExport): number {
+    const s = this.streamOf(ref);
+    if (s === -1) {
+      this.counters.invalidEvents++;
+      return 0;
+    }
+    this.clearStream(s);
+    // the keys encode their namespace; match looks namespaces up by name, so they must be known
+    for (const ns of data.namespaces ?? []) {
+      if (
+        Array.isArray(ns) &&
+        (ns[0] === null || typeof ns[0] === "string") &&
+        Number.isInteger(ns[1]) &&
+        ns[1] > 0
+      )
+        this.nsIdOf(ref.model, ns[0], ns[1]);
+    }
+    const { hashes, meta, keys } = data;
+    let loaded = 0;
+    for (let i = 0; i < hashes.length; i++) {
+      const h = hashes[i];
+      const m = meta[i];
+      const tiers = m & 7;
+      if (typeof h !== "string" || h === "" || !Number.isInteger(m) || tiers === 0) {
+        this.counters.invalidEvents++;
+        continue;
+      }
+      const kind = this.parseHash(h);
+      if (this.findEntry(s, kind, h) !== -1) {
+        this.counters.invalidEvents++;
+        continue;
+      }
+      this.evictFor(s);
+      const hi = this.h2[0];
+      const lo = this.h2[1];
+      const ent = this.allocEntry();
+      const a = this.ep[ent >>> this.pb];
+      const o = (ent & this.pm) * ES;
+      a[o + META] = (s << S_SHIFT) | (((m >>> 3) & 0x1ff) << 5) | (kind << 3) | tiers;
+      a[o + BLOCK] = -1;
+      a[o + HHI] = hi;
+      a[o + HLO] = lo;
+      if (kind === KIND_STR) this.strHashes.set(ent, h);
+      this.count++;
+      this.sCount[s]++;
+      this.insertSlot(ent);
+      this.linkHead(ent, s);
+      if ((m & EXPORT_KEYED) !== 0) this.claim(ent, this.blockOf(keys[i * 2] | 0, keys[i * 2 + 1] | 0));
+      loaded++;
+    }
+    return loaded;
   }
 
   streamEntryCount(streamId: string): number {

@@ -21,6 +21,11 @@ export interface NamespaceRef {
   /** LoRA adapter name, null for the base model */
   lora: string | null;
   blockSize: number;
+  /**
+   * The request's cache salt (vLLM's `cache_salt`): it enters the first block's key, so a salted
+   * request matches only blocks stored under the same salt and an unsalted one none of them.
+   */
+  salt?: string | null;
 }
 
 export interface TierCounts {
@@ -66,6 +71,21 @@ export interface IndexStats {
   duplicateStores?: number;
 }
 
+/**
+ * A stream's entries in a form another process loads (a peer replica's catch-up), oldest
+ * touched first. Keys are the index's own chain keys, which already encode the namespace.
+ */
+export interface StreamExport {
+  /** the stream model's namespaces the index knows: [adapter or null, block size] */
+  namespaces: Array<[string | null, number]>;
+  /** engine hashes, canonical text */
+  hashes: HashKey[];
+  /** per entry: tier bits (GPU 1, CPU 2, STORAGE 4) | extra copies (3 bits per tier) << 3 | 4096 when keyed */
+  meta: number[];
+  /** per entry: the chain key as two int32 (hi, lo); 0, 0 when the entry is kept for removal only */
+  keys: number[];
+}
+
 export interface PrefixIndex {
   /** Apply a decoded batch of one stream, in seq order. Never throws on bad content. */
   applyBatch(stream: StreamRef, batch: EventBatch): void;
@@ -86,4 +106,8 @@ export interface PrefixIndex {
    * O(the stream's entries), for introspection (the dashboard), not the hot path.
    */
   streamTierCounts?(streamId: string, out: TierCounts): TierCounts;
+  /** A stream's entries for a peer's catch-up; null when the index does not know the stream. */
+  exportStream?(streamId: string): StreamExport | null;
+  /** Replace a stream's entries with an export; returns the entries loaded. */
+  importStream?(ref: StreamRef, data: StreamExport): number;
 }

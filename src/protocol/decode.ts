@@ -17,20 +17,16 @@
  *    loop consumes >= 1 byte per iteration, so random input ends in a ProtocolError quickly.
  * msgpackr stays the baseline in bench/protocol.bench.ts and the oracle in the property tests.
  */
+
+import { type DecodeLimits, resolveLimits } from "./decode-limits.ts";
 import { ProtocolError } from "./errors.ts";
 import { hashFromInt64NegParts, hashFromUint64Parts } from "./hash.ts";
-import {
-  internTable,
-  keyTable,
-  MsgpackReader,
-  malformed,
-  overLimit,
-  type ReaderLimits,
-} from "./msgpack-reader.ts";
+import { internTable, keyTable, MsgpackReader, malformed, overLimit } from "./msgpack-reader.ts";
 import {
   BATCH_ORDER,
   EVENT_TYPES,
   F_BLOCK_SIZE,
+  F_CACHE_SALT,
   F_DP_RANK,
   F_EVENTS,
   F_EXTRA,
@@ -40,6 +36,8 @@ import {
   F_LORA_ID,
   F_LORA_NAME,
   F_MEDIUM,
+  F_METADATA,
+  F_MM_INFOS,
   F_PARENT,
   F_SPEC_KIND,
   F_SPEC_SW,
@@ -48,44 +46,14 @@ import {
   F_TYPE,
   FIELD_NAMES,
   REMOVED_ORDER,
+  STORED_EXTRA_KEYS,
   STORED_ORDER,
   T_CLEARED,
   T_STORED,
 } from "./schema.ts";
 import type { AllBlocksCleared, BlockRemoved, BlockStored, EventBatch, HashKey, KvEvent } from "./types.ts";
 
-export interface DecodeLimits extends ReaderLimits {
-  /** Whole payload size. */
-  maxPayloadBytes: number;
-  /** Events in one batch (known and unknown). */
-  maxEventsPerBatch: number;
-  /** Entries of `block_hashes` in one event. */
-  maxHashesPerEvent: number;
-  /** Entries of `token_ids` in one event. */
-  maxTokensPerEvent: number;
-  /** Nesting depth of any container (the batch itself is depth 1). */
-  maxDepth: number;
-  /** Byte length of any string or byte string kept (medium, lora_name, extra_keys values...). */
-  maxStringBytes: number;
-  /** Byte length of a byte-string block hash. */
-  maxHashBytes: number;
-  /** Values (at any depth) inside one event's `extra_keys`. */
-  maxExtraKeys: number;
-  /** Entries of one map (batch map, event map, maps inside extra_keys or skipped values). */
-  maxMapEntries: number;
-}
-
-export const DEFAULT_DECODE_LIMITS: Readonly<DecodeLimits> = Object.freeze({
-  maxPayloadBytes: 64 * 1024 * 1024,
-  maxEventsPerBatch: 100_000,
-  maxHashesPerEvent: 65_536,
-  maxTokensPerEvent: 1 << 20,
-  maxDepth: 32,
-  maxStringBytes: 64 * 1024,
-  maxHashBytes: 64,
-  maxExtraKeys: 65_536,
-  maxMapEntries: 4096,
-});
+export { DEFAULT_DECODE_LIMITS, type DecodeLimits } from "./decode-limits.ts";
 
 export interface DecodeResult {
   batch: EventBatch;
@@ -127,7 +95,11 @@ const MEDIA = internTable(["GPU", "CPU", "STORAGE"]);
 
 const named = (ids: readonly number[]) => ids.map((id): [string, number] => [FIELD_NAMES[id]!, id]);
 /** Map keys of events: the tag and the fields of every event type (a field has one id in all). */
-const EVENT_KEY_TABLE = keyTable(named([F_TYPE, ...new Set([...STORED_ORDER, ...REMOVED_ORDER])]));
+const EVENT_KEY_TABLE = keyTable(
+  named([F_TYPE, ...new Set([...STORED_ORDER, ...REMOVED_ORDER]), ...STORED_EXTRA_KEYS]),
+);
+/** Keys of SGLang's BlockStoredMetadata map. */
+const METADATA_KEY_TABLE = keyTable(named([F_CACHE_SALT]));
 const BATCH_KEY_TABLE = keyTable(named(BATCH_ORDER));
 const TYPE_TABLE = keyTable(EVENT_TYPES);
 
@@ -241,6 +213,31 @@ class KvEventReader extends MsgpackReader<DecodeLimits> {
     return v;
   }
 
+  /** True when the next value is a map (without consuming it). */
+  atMap(): boolean {
+    this.need(1);
+    const b = this.buf[this.pos]!;
+    return (b >= 0x80 && b <= 0x8f) || b === 0xde || b === 0xdf;
+  }
+
+  /**
+   * SGLang's BlockStoredWithMetadata.metadata: a map whose known key is `cache_salt`; other keys
+   * are skipped and counted. A nil salt leaves the event unsalted.
+   */
+  metadata(s: BlockStored, depth: number): void {
+    if (this.nil()) return;
+    const n = this.mapHeader();
+    if (n < 0) this.bad("metadata: expected a map or nil");
+    for (let i = 0; i < n; i++) {
+      if (this.match(METADATA_KEY_TABLE, this.key()) === F_CACHE_SALT) {
+        s.cacheSalt = this.strOrNil("metadata.cache_salt", MEDIA);
+      } else {
+        this.unknownKeys++;
+        this.skipValue(depth + 1);
+      }
+    }
+  }
+
   /** Read the value of event field `key` into `ev` (fields of the wrong event type are unknown). */
   field(ev: BlockStored | BlockRemoved, type: number, key: number, depth: number): number {
     if (type === T_STORED) {
@@ -266,8 +263,26 @@ class KvEventReader extends MsgpackReader<DecodeLimits> {
           s.medium = this.strOrNil("medium", MEDIA);
           return 0;
         case F_LORA_NAME:
-          s.loraName = this.strOrNil("lora_name", MEDIA);
+          // SGLang writes its metadata map where vLLM (since Dec 2025) writes lora_name: the
+          // 8th element of a salted BlockStored. A map is never a lora_name, so the type decides.
+          if (this.atMap()) this.metadata(s, depth);
+          else s.loraName = this.strOrNil("lora_name", MEDIA);
           return 0;
+        case F_CACHE_SALT:
+          s.cacheSalt = this.strOrNil("cache_salt", MEDIA);
+          return 0;
+        case F_METADATA:
+          this.metadata(s, depth);
+          return 0;
+        case F_MM_INFOS: {
+          // per-block multimodal info: kept as extra keys, which leaves the blocks unmatchable
+          // from token ids (the index's rule for any multimodal content)
+          this.startValues(this.lim.maxExtraKeys, "maxExtraKeys");
+          const v = this.value(depth, "block_mm_infos");
+          if (v !== null && !Array.isArray(v)) this.bad("block_mm_infos: expected an array or nil");
+          if (v !== null) s.extraKeys = v as unknown[];
+          return 0;
+        }
         case F_EXTRA:
           s.extraKeys = this.extraKeys(depth);
           return 0;
@@ -435,16 +450,6 @@ class KvEventReader extends MsgpackReader<DecodeLimits> {
     if (ts === null || events === null) this.bad("batch map without 'ts' or 'events'");
     return { ts, events, dpRank };
   }
-}
-
-function resolveLimits(limits: Partial<DecodeLimits> | undefined): DecodeLimits {
-  if (limits === undefined) return DEFAULT_DECODE_LIMITS;
-  const out = { ...DEFAULT_DECODE_LIMITS };
-  for (const k of Object.keys(limits) as Array<keyof DecodeLimits>) {
-    const v = limits[k];
-    if (v !== undefined) out[k] = v;
-  }
-  return out;
 }
 
 /**

@@ -13,6 +13,7 @@ import { hashKind } from "./hash.ts";
 import {
   BATCH_ORDER,
   F_BLOCK_SIZE,
+  F_CACHE_SALT,
   F_DP_RANK,
   F_EVENTS,
   F_EXTRA,
@@ -48,8 +49,23 @@ import type { BlockRemoved, BlockStored, EventBatch, HashKey, KvEvent } from "./
  *      a default (None) are left out when null, the others always written.
  * Event fields an era does not have are not written (an engine of that era did not know them).
  */
-export type WireEra = "2025-04" | "2025-09" | "2026-05" | "2026-07";
-export const WIRE_ERAS: readonly WireEra[] = ["2025-04", "2025-09", "2026-05", "2026-07"];
+export type VllmEra = "2025-04" | "2025-09" | "2026-05" | "2026-07";
+/**
+ * Other engines' wire formats (docs/engines.md):
+ *  - "sglang-2025": SGLang's first publisher with the attention-DP rank: batch
+ *      [ts, events, attn_dp_rank]; BlockStored up to lora_id, BlockRemoved block_hashes only.
+ *  - "sglang-2026": + medium on both; a salted BlockStored (BlockStoredWithMetadata) carries an
+ *      8th element, the map {"cache_salt": str}, where vLLM writes lora_name.
+ *  - "trtllm": Dynamo's TensorRT-LLM publisher (plain msgpack of Python dicts): batch
+ *      [ts, events, attention_dp_rank]; map events in insertion order, BlockStored type,
+ *      block_hashes, parent_block_hash, token_ids, block_size, then lora_name and cache_salt when
+ *      set; BlockRemoved type, block_hashes; AllBlocksCleared type.
+ */
+export type EngineEra = "sglang-2025" | "sglang-2026" | "trtllm";
+export type WireEra = VllmEra | EngineEra;
+/** vLLM's eras (the ones vLLM's own decoder, and so every vLLM-only consumer, reads). */
+export const WIRE_ERAS: readonly VllmEra[] = ["2025-04", "2025-09", "2026-05", "2026-07"];
+export const ENGINE_ERAS: readonly EngineEra[] = ["sglang-2025", "sglang-2026", "trtllm"];
 
 interface FieldSpec {
   name: string;
@@ -63,6 +79,10 @@ interface EraSpec {
   /** Fields of BATCH_ORDER written. */
   batchFields: number;
   mapEvents: boolean;
+  /** array events: SGLang's trailing metadata map on a salted BlockStored */
+  saltMetadata?: boolean;
+  /** map events: TensorRT-LLM's top-level cache_salt after the fields */
+  saltKey?: boolean;
   stored: FieldSpec[];
   removed: FieldSpec[];
 }
@@ -339,11 +359,26 @@ function era(batchFields: number, mapEvents: boolean, storedFields: number, remo
   };
 }
 
+/** Dynamo's TensorRT-LLM publisher: vLLM's first five names minus lora_id, then lora_name. */
+function trtllmEra(): EraSpec {
+  const stored = fieldSpecs(STORED_ORDER, STORED_FIRST_DEFAULTED, STORED_ORDER.length, STORED_WRITERS).filter(
+    (f) => ["block_hashes", "parent_block_hash", "token_ids", "block_size", "lora_name"].includes(f.name),
+  );
+  for (const f of stored) f.optional = f.name === "lora_name";
+  return { batchFields: 3, mapEvents: true, saltKey: true, stored, removed: [] };
+}
+
 const ERAS: Record<WireEra, EraSpec> = {
   "2025-04": era(2, false, 5, 1),
   "2025-09": era(3, false, 6, 2),
   "2026-05": era(3, false, 11, 3),
   "2026-07": era(3, true, 12, 4),
+  "sglang-2025": era(3, false, 5, 1),
+  "sglang-2026": { ...era(3, false, 6, 2), saltMetadata: true },
+  trtllm: {
+    ...trtllmEra(),
+    removed: fieldSpecs(REMOVED_ORDER, REMOVED_FIRST_DEFAULTED, 1, REMOVED_WRITERS),
+  },
 };
 
 /** Field names (wire, snake_case) an era writes for each event type, in wire order. */
@@ -357,6 +392,8 @@ function writeEvent(w: Writer, ev: KvEvent, spec: EraSpec): void {
   if (spec.mapEvents) {
     let n = 1;
     for (const fs of fields) if (!fs.optional || !fs.isNull(ev)) n++;
+    const salt = spec.saltKey && ev.type === "BlockStored" ? (ev.cacheSalt ?? null) : null;
+    if (salt !== null) n++;
     w.mapHeader(n);
     w.str(TYPE_KEY);
     w.str(ev.type);
@@ -365,10 +402,21 @@ function writeEvent(w: Writer, ev: KvEvent, spec: EraSpec): void {
       w.str(fs.name);
       fs.write(w, ev);
     }
+    if (salt !== null) {
+      w.str(FIELD_NAMES[F_CACHE_SALT]!);
+      w.str(salt);
+    }
   } else {
-    w.arrayHeader(1 + fields.length);
+    const salt = spec.saltMetadata && ev.type === "BlockStored" ? (ev.cacheSalt ?? null) : null;
+    w.arrayHeader(1 + fields.length + (salt !== null ? 1 : 0));
     w.str(ev.type);
     for (const fs of fields) fs.write(w, ev);
+    if (salt !== null) {
+      // BlockStoredMetadata: a msgspec struct (not array-like), so a map of its one field
+      w.mapHeader(1);
+      w.str(FIELD_NAMES[F_CACHE_SALT]!);
+      w.str(salt);
+    }
   }
 }
 

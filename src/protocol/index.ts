@@ -4,7 +4,15 @@ import type { EventBatch, KvEvent } from "./types.ts";
 
 export { blockRemoved, blockStored } from "./build.ts";
 export { DEFAULT_DECODE_LIMITS, type DecodeLimits, type DecodeResult, decodeBatch } from "./decode.ts";
-export { encodeBatch, eraFields, WIRE_ERAS, type WireEra } from "./encode.ts";
+export {
+  ENGINE_ERAS,
+  type EngineEra,
+  encodeBatch,
+  eraFields,
+  type VllmEra,
+  WIRE_ERAS,
+  type WireEra,
+} from "./encode.ts";
 export { dataParallelEndpoint } from "./endpoints.ts";
 export { isProtocolError, ProtocolError, type ProtocolErrorCode } from "./errors.ts";
 export { decodePubMessage, decodeSeq, encodePubMessage, encodeSeq } from "./frames.ts";

@@ -25,6 +25,12 @@ export const F_LOCALITY = 13;
 export const F_TS = 14;
 export const F_EVENTS = 15;
 export const F_DP_RANK = 16;
+/** Not vLLM's: TensorRT-LLM's (Dynamo publisher) top-level salt key. */
+export const F_CACHE_SALT = 17;
+/** Not vLLM's: SGLang's `BlockStoredWithMetadata.metadata` ({"cache_salt": str}) by name. */
+export const F_METADATA = 18;
+/** Not vLLM's: TensorRT-LLM's (Dynamo publisher) per-block multimodal info. */
+export const F_MM_INFOS = 19;
 
 /** Wire (snake_case) name of each field id. */
 export const FIELD_NAMES: Readonly<Record<number, string>> = {
@@ -44,7 +50,13 @@ export const FIELD_NAMES: Readonly<Record<number, string>> = {
   [F_TS]: "ts",
   [F_EVENTS]: "events",
   [F_DP_RANK]: "data_parallel_rank",
+  [F_CACHE_SALT]: "cache_salt",
+  [F_METADATA]: "metadata",
+  [F_MM_INFOS]: "block_mm_infos",
 };
+
+/** Map-form BlockStored keys other engines add to vLLM's fields (decoded by name only). */
+export const STORED_EXTRA_KEYS: readonly number[] = [F_CACHE_SALT, F_METADATA, F_MM_INFOS];
 
 /** EventBatch: [ts, events, data_parallel_rank] (the rank since 2025-09). */
 export const BATCH_ORDER: readonly number[] = [F_TS, F_EVENTS, F_DP_RANK];

@@ -30,6 +30,12 @@ export interface BlockStored {
   kvCacheSpecKind: string | null;
   kvCacheSpecSlidingWindow: number | null;
   locality: string | null;
+  /**
+   * Cache salt sent beside the blocks (absent from vLLM, which puts it in `extraKeys`): SGLang's
+   * `metadata` map (an 8th array element) and TensorRT-LLM's top-level `cache_salt` key. The
+   * property is present only when the wire carried one.
+   */
+  cacheSalt?: string | null;
 }
 
 export interface BlockRemoved {
@@ -61,9 +67,12 @@ export interface PubMessage {
   payload: Uint8Array;
 }
 
-/** Normalise a wire medium string to a tier; unknown storage-like names map to STORAGE. */
+/**
+ * Normalise a wire medium string to a tier; unknown storage-like names map to STORAGE. SGLang
+ * names its host tier "CPU_PINNED" (and "DISK" / "EXTERNAL" below it).
+ */
 export function tierOf(medium: string | null): Tier {
   if (medium === null || medium === "GPU") return "GPU";
-  if (medium === "CPU") return "CPU";
+  if (medium === "CPU" || medium === "CPU_PINNED") return "CPU";
   return "STORAGE";
 }

@@ -47,6 +47,23 @@ export interface PrefillRateOptions {
 
 const RATE_DEFAULTS: PrefillRateOptions = { alpha: 0.2, maxStreams: 10_000, now: () => performance.now() };
 
+/** In-flight work other gateway replicas sent to one stream (src/cluster/ keeps it). */
+export interface RemoteLoad {
+  requests: number;
+  prefillRequests: number;
+  prefillTokens: number;
+}
+
+/** The other replicas' load per stream; undefined when none of them has work on it. */
+export interface RemoteLoadSource {
+  remoteLoad(streamId: string): RemoteLoad | undefined;
+}
+
+/** Told every change of this gateway's own load, as deltas (the cluster link publishes them). */
+export interface LoadListener {
+  loadDelta(streamId: string, requests: number, prefillRequests: number, prefillTokens: number): void;
+}
+
 /** One in-flight request's claim on a stream's load; release each part exactly once. */
 export interface LoadTicket {
   readonly streamId: string;
@@ -64,12 +81,23 @@ export class LoadTracker implements LoadSource {
   private readonly streams = new Map<string, StreamLoad>();
   private readonly rates = new Map<string, number>();
   private readonly r: PrefillRateOptions;
+  private remote: RemoteLoadSource | null = null;
+  private listener: LoadListener | null = null;
 
   constructor(
     private readonly engine: EngineLoadSource | null = null,
     rate: Partial<PrefillRateOptions> = {},
   ) {
     this.r = { ...RATE_DEFAULTS, ...rate };
+  }
+
+  /**
+   * Share load with other replicas: `remote` adds their load to every view, `listener` hears
+   * each change of this gateway's own (null: this gateway alone).
+   */
+  share(remote: RemoteLoadSource | null, listener: LoadListener | null): void {
+    this.remote = remote;
+    this.listener = listener;
   }
 
   /** Learned prefill rate of a stream (tokens/ms), undefined before its first sample. */
@@ -136,6 +164,7 @@ export class LoadTracker implements LoadSource {
     s.requests++;
     s.prefillRequests++;
     s.prefillTokens += tokens;
+    this.listener?.loadDelta(streamId, 1, 1, tokens);
     let prefillOpen = true;
     let open = true;
     const release = (prefill: boolean, request: boolean): void => {
@@ -157,6 +186,7 @@ export class LoadTracker implements LoadSource {
         prefillOpen = false;
         this.learn(streamId, claim, this.r.now());
         release(true, false);
+        this.listener?.loadDelta(streamId, 0, -1, -tokens);
       },
       done: () => {
         if (!open) return;
@@ -164,6 +194,7 @@ export class LoadTracker implements LoadSource {
         const p = prefillOpen;
         prefillOpen = false;
         release(p, true);
+        this.listener?.loadDelta(streamId, -1, p ? -1 : 0, p ? -tokens : 0);
       },
     };
   }
@@ -174,12 +205,15 @@ export class LoadTracker implements LoadSource {
     const rank =
       rankSep > 0 && streamId.slice(0, rankSep) === pod ? Number(streamId.slice(rankSep + 1)) : null;
     const e = this.engine?.engineLoad(pod, rank);
+    // the other replicas' prefill is not drained: their dispatch times are not known here
+    const o = this.remote?.remoteLoad(streamId);
+    const oTokens = o?.prefillTokens ?? 0;
     return {
       // null until the stream has a learned rate (a fixed shape: a spread object is slow on the hot path)
-      drainedPrefillTokens: this.rates.has(streamId) ? this.drainedPrefillTokens(streamId) : null,
-      inflightRequests: s?.requests ?? 0,
-      inflightPrefillRequests: s?.prefillRequests ?? 0,
-      inflightPrefillTokens: s?.prefillTokens ?? 0,
+      drainedPrefillTokens: this.rates.has(streamId) ? this.drainedPrefillTokens(streamId) + oTokens : null,
+      inflightRequests: (s?.requests ?? 0) + (o?.requests ?? 0),
+      inflightPrefillRequests: (s?.prefillRequests ?? 0) + (o?.prefillRequests ?? 0),
+      inflightPrefillTokens: (s?.prefillTokens ?? 0) + oTokens,
       engineWaiting: e?.waiting ?? null,
       engineRunning: e?.running ?? null,
       kvUsage: e?.kvUsage ?? null,

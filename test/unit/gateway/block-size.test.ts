@@ -78,7 +78,8 @@ describe("block sizes learned from the events", () => {
     assert.equal(l.declared, 16);
     assert.equal(l.events, 32);
     const m = parseMetrics(await f.gw.registry.metrics());
-    assert.ok((m.get('kvsync_subscriber_block_size_mismatches_total{stream="pod-x"}') ?? 0) >= 3);
+    // counted per batch that disagrees; the three requests' stores may share a batch under load
+    assert.ok((m.get('kvsync_subscriber_block_size_mismatches_total{stream="pod-x"}') ?? 0) >= 1);
     const pods = (await (await fetch(`${f.gw.adminUrl}/admin/pods`)).json()) as Array<{
       blockSize: number;
       declaredBlockSize: number;
