@@ -255,8 +255,15 @@ describe("admin dashboard in a real browser", { timeout: 120_000 }, () => {
         // sortable and filterable
         await p.click('th[data-key="gaps"]');
         await p.click('th[data-key="gaps"]');
-        const top = await p.$eval("#fleet-body tr[data-id]", (tr) => tr.getAttribute("data-id"));
-        assert.equal(top, synth.mostGaps());
+        // the table re-sorts on its next render (a frame later), not inside the click
+        await waitFor(
+          "most gaps on top",
+          async () => {
+            const top = await p.$eval("#fleet-body tr[data-id]", (tr) => tr.getAttribute("data-id"));
+            return top === synth.mostGaps() || `top row ${top}`;
+          },
+          { timeoutMs: 5_000, intervalMs: 50 },
+        );
         await p.selectOption("#state-filter", "down");
         await pageWaitFor(p, `window.__kvsyncDashboard.rows === ${synth.count("down")}`);
         const states = await rowStates(p);
