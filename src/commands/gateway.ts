@@ -1,5 +1,4 @@
 import type { Command } from "commander";
-import { CLUSTER_DEFAULTS } from "../cluster/index.ts";
 import { addDiscoveryOptions, discoveryOptionsFrom } from "../discovery/index.ts";
 import { startGateway } from "../gateway/gateway.ts";
 import { HEALTH_DEFAULTS } from "../gateway/health.ts";
@@ -9,6 +8,7 @@ import { PREFIX_APPROX_DEFAULTS } from "../routing/prefix-approx.ts";
 import { POLICY_NAMES, type PolicyName } from "../routing/types.ts";
 import { collect, flagOpt, opt, parseChoice, parseFloatArg, parseIntArg } from "../util/cli-options.ts";
 import { createLogger } from "../util/log.ts";
+import { addClusterOptions, type ClusterCliOptions, clusterOptionsFrom } from "./cluster-options.ts";
 import {
   addSignalOptions,
   addStreamHealthOptions,
@@ -27,7 +27,7 @@ function parseList(v: string, prev: string[] | undefined): string[] {
   );
 }
 
-interface GatewayCliOptions {
+interface GatewayCliOptions extends ClusterCliOptions {
   host: string;
   port: number;
   adminHost: string;
@@ -69,11 +69,6 @@ interface GatewayCliOptions {
   indexInitialEntries?: number;
   topic: string;
   replayTimeoutMs: number;
-  cluster?: string;
-  clusterName: string;
-  clusterHeartbeatMs: number;
-  clusterPeerTimeoutMs: number;
-  clusterCatchUp: boolean;
 }
 
 export function register(program: Command): void {
@@ -368,134 +363,86 @@ export function register(program: Command): void {
         "KVSYNC_REPLAY_TIMEOUT_MS",
         3000,
       ).argParser(parseIntArg),
-    )
-    .addOption(
-      opt(
-        "--cluster <nats-url>",
-        "share load with the other gateway replicas and catch up from them over NATS (nats://host:4222; off by default)",
-        "KVSYNC_CLUSTER",
-      ),
-    )
-    .addOption(
-      opt(
-        "--cluster-name <name>",
-        "the replicas that route as one (NATS subjects kvsync.<name>.*)",
-        "KVSYNC_CLUSTER_NAME",
-        CLUSTER_DEFAULTS.name,
-      ),
-    )
-    .addOption(
-      opt(
-        "--cluster-heartbeat-ms <n>",
-        "period of this replica's heartbeat (its whole load)",
-        "KVSYNC_CLUSTER_HEARTBEAT_MS",
-        CLUSTER_DEFAULTS.heartbeatMs,
-      ).argParser(parseIntArg),
-    )
-    .addOption(
-      opt(
-        "--cluster-peer-timeout-ms <n>",
-        "a replica silent for this long is gone, with its load",
-        "KVSYNC_CLUSTER_PEER_TIMEOUT_MS",
-        CLUSTER_DEFAULTS.peerTimeoutMs,
-      ).argParser(parseIntArg),
-    )
-    .addOption(
-      flagOpt(
-        "--cluster-catch-up",
-        "at start, load a live peer's index and resume each stream from its point",
-        "KVSYNC_CLUSTER_CATCH_UP",
-        true,
-      ),
-    )
-    .action(async (o: GatewayCliOptions & Record<string, unknown>) => {
-      const log = createLogger("gateway");
-      let gw: Awaited<ReturnType<typeof startGateway>>;
-      try {
-        gw = await startGateway({
-          host: o.host,
-          port: o.port,
-          adminHost: o.adminHost,
-          adminPort: o.adminPort,
-          discovery: discoveryOptionsFrom(o),
-          policy: o.policy,
-          tokenizers: o.tokenizer ?? [],
-          tokenizerPool: o.tokenizerPool,
-          defaultBlockSize: o.blockSize,
-          connectTimeoutMs: o.connectTimeoutMs,
-          headersTimeoutMs: o.headersTimeoutMs,
-          firstByteTimeoutMs: o.firstByteTimeoutMs,
-          health: o.healthChecks
-            ? {
-                probeIntervalMs: o.healthProbeIntervalMs,
-                probeTimeoutMs: o.healthProbeTimeoutMs,
-                unhealthyAfterProbes: o.healthUnhealthyProbes,
-                unhealthyAfterFailures: o.healthUnhealthyFailures,
-              }
-            : false,
-          bodyTimeoutMs: o.bodyTimeoutMs,
-          maxBodyBytes: o.maxBodyBytes,
-          connectionsPerPod: o.connectionsPerPod,
-          scrapeEngineMetrics: o.scrapeEngineMetrics,
-          scrapeIntervalMs: o.scrapeIntervalMs,
-          kvAware: {
-            gpuWeight: o.gpuWeight,
-            cpuWeight: o.cpuWeight,
-            storageWeight: o.storageWeight,
-            runningRequestCost: o.runningRequestCost,
-            waitingRequestTokens: o.waitingRequestTokens,
-            kvUsageWatermark: o.kvUsageWatermark,
-            kvUsagePenalty: o.kvUsagePenalty,
-            drainQueue: o.drainQueue,
-          },
-          prefixApprox: {
-            ttlMs: o.prefixTtlMs,
-            maxBlocks: o.prefixMaxBlocks,
-            ...(o.prefixBlockSize !== undefined ? { blockSize: o.prefixBlockSize } : {}),
-            matchThreshold: o.prefixMatchThreshold,
-            balanceAbsThreshold: o.balanceAbsThreshold,
-            balanceRelThreshold: o.balanceRelThreshold,
-          },
-          seed: o.seed,
-          indexOptions: {
-            ...(o.maxEntries !== undefined ? { maxEntries: o.maxEntries } : {}),
-            ...(o.maxEntriesPerStream !== undefined ? { maxEntriesPerStream: o.maxEntriesPerStream } : {}),
-            ...(o.indexInitialEntries !== undefined ? { initialCapacity: o.indexInitialEntries } : {}),
-          },
-          topic: o.topic,
-          ...(o.cluster
-            ? {
-                cluster: {
-                  url: o.cluster,
-                  name: o.clusterName,
-                  heartbeatMs: o.clusterHeartbeatMs,
-                  peerTimeoutMs: o.clusterPeerTimeoutMs,
-                  catchUp: o.clusterCatchUp,
-                },
-              }
-            : {}),
-          subscriber: { replayTimeoutMs: o.replayTimeoutMs, ...streamHealthFrom(o) },
-          ...signalOptionsFrom(o),
-          log,
-        });
-      } catch (err) {
-        log.error({ event: "gateway.start_failed", err: String(err) }, "gateway failed to start");
-        process.stderr.write(`kvsync gateway: ${(err as Error)?.message ?? String(err)}\n`);
-        process.exitCode = 1;
-        return;
-      }
-      process.stdout.write(`${JSON.stringify({ url: gw.url, adminUrl: gw.adminUrl, policy: o.policy })}\n`);
-      let stopping = false;
-      const stop = (signal: string) => {
-        if (stopping) return;
-        stopping = true;
-        log.info({ event: "gateway.stopping", signal }, "shutting down");
-        gw.close().then(
-          () => process.exit(0),
-          () => process.exit(1),
-        );
-      };
-      process.once("SIGINT", () => stop("SIGINT"));
-      process.once("SIGTERM", () => stop("SIGTERM"));
-    });
+    );
+  addClusterOptions(cmd);
+  cmd.action(async (o: GatewayCliOptions & Record<string, unknown>) => {
+    const log = createLogger("gateway");
+    let gw: Awaited<ReturnType<typeof startGateway>>;
+    try {
+      gw = await startGateway({
+        host: o.host,
+        port: o.port,
+        adminHost: o.adminHost,
+        adminPort: o.adminPort,
+        discovery: discoveryOptionsFrom(o),
+        policy: o.policy,
+        tokenizers: o.tokenizer ?? [],
+        tokenizerPool: o.tokenizerPool,
+        defaultBlockSize: o.blockSize,
+        connectTimeoutMs: o.connectTimeoutMs,
+        headersTimeoutMs: o.headersTimeoutMs,
+        firstByteTimeoutMs: o.firstByteTimeoutMs,
+        health: o.healthChecks
+          ? {
+              probeIntervalMs: o.healthProbeIntervalMs,
+              probeTimeoutMs: o.healthProbeTimeoutMs,
+              unhealthyAfterProbes: o.healthUnhealthyProbes,
+              unhealthyAfterFailures: o.healthUnhealthyFailures,
+            }
+          : false,
+        bodyTimeoutMs: o.bodyTimeoutMs,
+        maxBodyBytes: o.maxBodyBytes,
+        connectionsPerPod: o.connectionsPerPod,
+        scrapeEngineMetrics: o.scrapeEngineMetrics,
+        scrapeIntervalMs: o.scrapeIntervalMs,
+        kvAware: {
+          gpuWeight: o.gpuWeight,
+          cpuWeight: o.cpuWeight,
+          storageWeight: o.storageWeight,
+          runningRequestCost: o.runningRequestCost,
+          waitingRequestTokens: o.waitingRequestTokens,
+          kvUsageWatermark: o.kvUsageWatermark,
+          kvUsagePenalty: o.kvUsagePenalty,
+          drainQueue: o.drainQueue,
+        },
+        prefixApprox: {
+          ttlMs: o.prefixTtlMs,
+          maxBlocks: o.prefixMaxBlocks,
+          ...(o.prefixBlockSize !== undefined ? { blockSize: o.prefixBlockSize } : {}),
+          matchThreshold: o.prefixMatchThreshold,
+          balanceAbsThreshold: o.balanceAbsThreshold,
+          balanceRelThreshold: o.balanceRelThreshold,
+        },
+        seed: o.seed,
+        indexOptions: {
+          ...(o.maxEntries !== undefined ? { maxEntries: o.maxEntries } : {}),
+          ...(o.maxEntriesPerStream !== undefined ? { maxEntriesPerStream: o.maxEntriesPerStream } : {}),
+          ...(o.indexInitialEntries !== undefined ? { initialCapacity: o.indexInitialEntries } : {}),
+        },
+        topic: o.topic,
+        ...clusterOptionsFrom(o),
+        subscriber: { replayTimeoutMs: o.replayTimeoutMs, ...streamHealthFrom(o) },
+        ...signalOptionsFrom(o),
+        log,
+      });
+    } catch (err) {
+      log.error({ event: "gateway.start_failed", err: String(err) }, "gateway failed to start");
+      process.stderr.write(`kvsync gateway: ${(err as Error)?.message ?? String(err)}\n`);
+      process.exitCode = 1;
+      return;
+    }
+    process.stdout.write(`${JSON.stringify({ url: gw.url, adminUrl: gw.adminUrl, policy: o.policy })}\n`);
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      log.info({ event: "gateway.stopping", signal }, "shutting down");
+      gw.close().then(
+        () => process.exit(0),
+        () => process.exit(1),
+      );
+    };
+    process.once("SIGINT", () => stop("SIGINT"));
+    process.once("SIGTERM", () => stop("SIGTERM"));
+  });
 }
