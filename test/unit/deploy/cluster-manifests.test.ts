@@ -32,7 +32,7 @@ test("the gateway runs 3 replicas with --cluster, rolled one at a time", () => {
   assert.match(url ?? "", /^nats:\/\/[a-z0-9-]+:\d+$/);
   assert.ok(validClusterName(env("KVSYNC_CLUSTER_NAME") ?? "default"));
   // the env twins are the gateway's real flags
-  const cli = readFileSync(join(root, "src/commands/gateway.ts"), "utf8");
+  const cli = readFileSync(join(root, "src/commands/cluster-options.ts"), "utf8");
   for (const v of ["KVSYNC_CLUSTER", "KVSYNC_CLUSTER_NAME"]) assert.ok(cli.includes(`"${v}"`), v);
 });
 
