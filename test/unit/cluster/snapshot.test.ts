@@ -136,7 +136,10 @@ describe("snapshot over a real nats-server", { timeout: 60_000 }, () => {
       for (const s of r.streams) dst.importStream(s.ref, s.data);
       for (const [i, ref] of refs.entries())
         assert.deepEqual(view(dst, ref.streamId, prompts[i]), view(src, ref.streamId, prompts[i]));
-      assert.ok((await registry.metrics()).includes('kvsync_cluster_snapshots_served_total{result="ok"}'));
+      // the server counts after its own flush resolves, which can come after our last chunk arrived
+      await waitFor("the served snapshot counted", async () =>
+        (await registry.metrics()).includes('kvsync_cluster_snapshots_served_total{result="ok"} 1'),
+      );
     } finally {
       server.stop();
       await peerNc.close();
