@@ -16,7 +16,6 @@
  */
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
@@ -26,6 +25,7 @@ import { createIndex, type PrefixIndex, type StreamRef } from "../src/index/inde
 import { type BlockStored, blockStored, type HashKey, hashFromInt } from "../src/protocol/index.ts";
 import { createPolicy, LoadTracker } from "../src/routing/index.ts";
 import type { Candidate, RouteRequest } from "../src/routing/types.ts";
+import { freePort } from "../src/util/free-port.ts";
 import { seededRandom } from "../src/util/rng.ts";
 import { percentileSorted } from "../src/util/stats.ts";
 import { waitFor } from "../src/util/wait.ts";
@@ -113,18 +113,6 @@ function spawnKvsync(args: string[], event: string, timeoutMs = 60_000): Promise
     child.once("exit", (code) => {
       clearTimeout(timer);
       reject(new Error(`kvsync ${args[0]} exited with ${code} before ${event}: ${tail}`));
-    });
-  });
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const a = s.address();
-      const port = typeof a === "object" && a !== null ? a.port : 0;
-      s.close(() => resolve(port));
     });
   });
 }

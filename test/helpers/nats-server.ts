@@ -4,7 +4,8 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { createServer, connect as tcpConnect } from "node:net";
+import { connect as tcpConnect } from "node:net";
+import { freePort } from "../../src/util/free-port.ts";
 import { waitFor } from "../../src/util/wait.ts";
 
 const CANDIDATES = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"];
@@ -13,17 +14,6 @@ export function natsServerPath(): string {
   const p = process.env.KVSYNC_NATS_SERVER ?? CANDIDATES.find((c) => existsSync(c));
   if (p === undefined) throw new Error("nats-server not found: apt-get install nats-server (.ci/run does)");
   return p;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 function accepts(port: number): Promise<boolean> {
