@@ -14,108 +14,42 @@
  *
  *   npm run bench:gateway       (KVSYNC_BENCH_QUICK=1: shorter load phases)
  */
-import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
-import { fileURLToPath } from "node:url";
-import { Pool } from "undici";
-import { createIndex, type PrefixIndex, type StreamRef } from "../src/index/index.ts";
-import { type BlockStored, blockStored, type HashKey, hashFromInt } from "../src/protocol/index.ts";
+import { createIndex } from "../src/index/index.ts";
+import { hashFromInt } from "../src/protocol/index.ts";
 import { createPolicy, LoadTracker } from "../src/routing/index.ts";
-import type { Candidate, RouteRequest } from "../src/routing/types.ts";
 import { freePort } from "../src/util/free-port.ts";
-import { seededRandom } from "../src/util/rng.ts";
-import { percentileSorted } from "../src/util/stats.ts";
 import { waitFor } from "../src/util/wait.ts";
+import {
+  CONCURRENCY,
+  cleanup,
+  combine,
+  type LoadResult,
+  log,
+  measurePhases,
+  REQUEST,
+  ROOT,
+  round,
+  START_WAIT,
+  startEngines,
+  startGateway,
+  tempDir,
+  track,
+} from "./gateway-load.ts";
+import { routingBench } from "./routing-decision.ts";
 
 const QUICK = process.env.KVSYNC_BENCH_QUICK === "1";
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 const CLI = join(ROOT, "src", "cli.ts");
-const MODEL = "Qwen/Qwen3-0.6B";
 const ENGINES = 4;
-const CONCURRENCY = 16;
 const MAX_REQUESTS = QUICK ? 3000 : 15_000;
 const MAX_MS = QUICK ? 10_000 : 30_000;
-/** how long the bench waits for nginx and the gateway's event streams to come up */
-const START_WAIT = { timeoutMs: 20_000, intervalMs: 50 };
 const WARMUP = QUICK ? 500 : 1500;
 const ROUNDS = 5;
 
-const children: ChildProcess[] = [];
-const tmpDirs: string[] = [];
-let cleaned = false;
-async function cleanup(): Promise<void> {
-  if (cleaned) return;
-  cleaned = true;
-  await Promise.all(
-    children.map(
-      (c) =>
-        new Promise<void>((resolve) => {
-          if (c.exitCode !== null || c.signalCode !== null) return resolve();
-          const t = setTimeout(() => c.kill("SIGKILL"), 5_000);
-          c.once("exit", () => {
-            clearTimeout(t);
-            resolve();
-          });
-          c.kill("SIGTERM");
-        }),
-    ),
-  );
-  for (const d of tmpDirs) rmSync(d, { recursive: true, force: true });
-}
-for (const sig of ["SIGINT", "SIGTERM"] as const) {
-  process.once(sig, () => {
-    void cleanup().then(() => process.exit(130));
-  });
-}
-
-const log = (s: string) => process.stderr.write(`${s}\n`);
-
 // ------------------------------------------------------------------ child processes
-
-/** Spawn a kvsync sub-command; resolve with the first JSON log line (stderr) whose event is `event`. */
-function spawnKvsync(args: string[], event: string, timeoutMs = 60_000): Promise<Record<string, unknown>> {
-  const child = spawn(process.execPath, ["--import", "tsx", CLI, ...args], {
-    cwd: ROOT,
-    env: { ...process.env, KVSYNC_LOG_LEVEL: "info" },
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  children.push(child);
-  return new Promise((resolve, reject) => {
-    let buf = "";
-    let tail = "";
-    const timer = setTimeout(
-      () => reject(new Error(`kvsync ${args[0]}: no ${event} within ${timeoutMs} ms`)),
-      timeoutMs,
-    );
-    child.stderr!.on("data", (d: Buffer) => {
-      buf += d.toString("utf8");
-      let i = buf.indexOf("\n");
-      while (i !== -1) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        i = buf.indexOf("\n");
-        tail = line.slice(0, 500);
-        try {
-          const j = JSON.parse(line) as Record<string, unknown>;
-          if (j.event === event) {
-            clearTimeout(timer);
-            resolve(j);
-          }
-        } catch {
-          // not a log line
-        }
-      }
-      if (buf.length > 1 << 20) buf = "";
-    });
-    child.once("exit", (code) => {
-      clearTimeout(timer);
-      reject(new Error(`kvsync ${args[0]} exited with ${code} before ${event}: ${tail}`));
-    });
-  });
-}
 
 function which(cmd: string): string | null {
   for (const dir of ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/sbin", "/usr/local/bin"]) {
@@ -163,8 +97,7 @@ async function startNginx(upstreams: string[]): Promise<{ url: string; version: 
   // nginx -v prints on stderr
   const v = spawnSync(bin, ["-v"], { encoding: "utf8" });
   const version = `${v.stderr ?? ""}${v.stdout ?? ""}`.trim();
-  const dir = mkdtempSync(join(tmpdir(), "kvsync-nginx-"));
-  tmpDirs.push(dir);
+  const dir = tempDir("kvsync-nginx-");
   const port = await freePort();
   const servers = upstreams.map((u) => `    server ${new URL(u).host};`).join("\n");
   const conf = `worker_processes 1;
@@ -195,10 +128,11 @@ ${servers}
 }
 `;
   writeFileSync(join(dir, "nginx.conf"), conf);
-  const child = spawn(bin, ["-p", dir, "-c", join(dir, "nginx.conf"), "-g", "daemon off;"], {
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  children.push(child);
+  const child = track(
+    spawn(bin, ["-p", dir, "-c", join(dir, "nginx.conf"), "-g", "daemon off;"], {
+      stdio: ["ignore", "ignore", "pipe"],
+    }),
+  );
   let err = "";
   child.stderr!.on("data", (d: Buffer) => {
     err = (err + d.toString()).slice(-2000);
@@ -217,251 +151,6 @@ ${servers}
   return { url, version };
 }
 
-// ------------------------------------------------------------------ load generator
-
-const TENANTS = Array.from(
-  { length: 4 },
-  (_, t) =>
-    `You are assistant ${t}. ` +
-    Array.from({ length: 120 }, (_, i) => `rule${(i * 7 + t) % 31} applies to case ${i % 17}`).join(", "),
-);
-const BODIES = Array.from({ length: 64 }, (_, i) =>
-  JSON.stringify({
-    model: MODEL,
-    messages: [
-      { role: "system", content: TENANTS[i % TENANTS.length] },
-      { role: "user", content: `Question ${i}: summarize item ${i * 13} of the account in one line.` },
-    ],
-    max_tokens: 8,
-  }),
-);
-
-interface LoadResult {
-  requests: number;
-  errors: number;
-  seconds: number;
-  rps: number;
-  p50Ms: number;
-  p99Ms: number;
-  meanMs: number;
-}
-
-interface Phase {
-  lat: Float64Array;
-  done: number;
-  errors: number;
-  seconds: number;
-}
-
-/** Closed loop: CONCURRENCY workers, each sends the next request when its previous one is done. */
-async function closedLoop(origins: string[], maxRequests: number, maxMs: number): Promise<Phase> {
-  const pools = origins.map((o) => new Pool(o, { connections: CONCURRENCY, pipelining: 1 }));
-  const lat = new Float64Array(maxRequests);
-  let sent = 0;
-  let done = 0;
-  let errors = 0;
-  let firstError = "";
-  const t0 = performance.now();
-  const deadline = t0 + maxMs;
-  const worker = async () => {
-    while (sent < maxRequests && performance.now() < deadline) {
-      const k = sent++;
-      const pool = pools[k % pools.length];
-      const s = performance.now();
-      try {
-        const r = await pool.request({
-          path: "/v1/chat/completions",
-          method: "POST",
-          headers: { "content-type": "application/json" },
-          body: BODIES[k % BODIES.length],
-        });
-        const text = await r.body.text();
-        if (r.statusCode !== 200) throw new Error(`HTTP ${r.statusCode}: ${text.slice(0, 200)}`);
-        lat[done++] = performance.now() - s;
-      } catch (err) {
-        errors++;
-        if (!firstError) firstError = String(err);
-      }
-    }
-  };
-  try {
-    await Promise.all(Array.from({ length: CONCURRENCY }, worker));
-  } finally {
-    await Promise.all(pools.map((p) => p.close()));
-  }
-  if (errors > 0) log(`  ${errors} errors, first: ${firstError}`);
-  return { lat: lat.slice(0, done), done, errors, seconds: (performance.now() - t0) / 1000 };
-}
-
-const round = (x: number, d: number) => Math.round(x * 10 ** d) / 10 ** d;
-
-function combine(phases: Phase[]): LoadResult {
-  const n = phases.reduce((a, p) => a + p.done, 0);
-  const all = new Float64Array(n);
-  let o = 0;
-  for (const p of phases) {
-    all.set(p.lat, o);
-    o += p.done;
-  }
-  all.sort();
-  let sum = 0;
-  for (const x of all) sum += x;
-  const seconds = phases.reduce((a, p) => a + p.seconds, 0);
-  return {
-    requests: n,
-    errors: phases.reduce((a, p) => a + p.errors, 0),
-    seconds: round(seconds, 2),
-    rps: round(n / seconds, 1),
-    p50Ms: round(percentileSorted(all, 0.5), 3),
-    p99Ms: round(percentileSorted(all, 0.99), 3),
-    meanMs: round(n ? sum / n : Number.NaN, 3),
-  };
-}
-
-/**
- * Measure every target in ROUNDS interleaved rounds (direct, gateway, nginx, direct, ...), each
- * after its own warm-up, so that drift in machine load hits all targets alike.
- */
-async function measureAll(targets: Array<[string, string[]]>): Promise<Map<string, LoadResult>> {
-  const phases = new Map<string, Phase[]>(targets.map(([n]) => [n, []]));
-  for (const [, origins] of targets) await closedLoop(origins, WARMUP, 30_000);
-  for (let round_ = 0; round_ < ROUNDS; round_++) {
-    for (const [name, origins] of targets) {
-      const ph = await closedLoop(origins, Math.ceil(MAX_REQUESTS / ROUNDS), MAX_MS / ROUNDS);
-      phases.get(name)!.push(ph);
-      log(
-        `  round ${round_ + 1} ${name.padEnd(8)} ${String(ph.done).padStart(5)} req in ${ph.seconds.toFixed(1)} s: ` +
-          `${(ph.done / ph.seconds).toFixed(0)} req/s, p50 ${percentileSorted(ph.lat.sort(), 0.5).toFixed(2)} ms`,
-      );
-    }
-  }
-  return new Map([...phases].map(([n, ps]) => [n, combine(ps)]));
-}
-
-// ------------------------------------------------------------------ routing decision time
-
-function routingBench(): {
-  pods: number;
-  promptTokens: number;
-  indexEntries: number;
-  decisions: number;
-  p50Us: number;
-  p99Us: number;
-  meanUs: number;
-  /** CPU time of this process per decision (immune to being descheduled on a busy machine) */
-  cpuP50Us: number;
-  cpuP99Us: number;
-  avgMatchedBlocks: number;
-} {
-  const PODS = 100;
-  const BS = 16;
-  const PROMPT_BLOCKS = 512; // 8192 tokens
-  const TEMPLATES = 16;
-  const TEMPLATE_BLOCKS = 128; // 2048-token tenant system prompts
-  const CONVS_PER_POD = 12;
-  const r = seededRandom(42);
-  const tokens = (n: number) => {
-    const t = new Array<number>(n);
-    for (let i = 0; i < n; i++) t[i] = (r() * 151_000) | 0;
-    return t;
-  };
-  let hashCounter = 1_000_000;
-  const freshHash = (): HashKey => {
-    hashCounter++;
-    return hashFromInt(hashCounter);
-  };
-  const stored = (hashes: HashKey[], parent: HashKey | null, tokenIds: number[]): BlockStored =>
-    blockStored(hashes, parent, tokenIds, BS, { medium: "GPU" });
-  const index: PrefixIndex = createIndex({});
-  const streams: StreamRef[] = Array.from({ length: PODS }, (_, i) => ({
-    streamId: `pod-${i}`,
-    pod: `pod-${i}`,
-    rank: null,
-    model: MODEL,
-  }));
-  const tmplTokens = Array.from({ length: TEMPLATES }, () => tokens(TEMPLATE_BLOCKS * BS));
-  const tmplHashes = Array.from({ length: TEMPLATES }, () =>
-    Array.from({ length: TEMPLATE_BLOCKS }, freshHash),
-  );
-  // skewed popularity: template t on a pod with probability ~ 1/(1+t/2)
-  const convs: Array<{ pod: number; tmpl: number; tokens: number[] }> = [];
-  let ts = 1;
-  for (let p = 0; p < PODS; p++) {
-    const held: number[] = [];
-    for (let t = 0; t < TEMPLATES; t++) if (r() < 1 / (1 + t / 2)) held.push(t);
-    if (held.length === 0) held.push(0);
-    const events: BlockStored[] = [];
-    for (const t of held) events.push(stored(tmplHashes[t], null, tmplTokens[t]));
-    for (let c = 0; c < CONVS_PER_POD; c++) {
-      const t = held[Math.floor(r() * held.length)];
-      const n = 128 + Math.floor(r() * 256); // 2k-6k tokens of conversation after the system prompt
-      const ct = tokens(n * BS);
-      events.push(stored(Array.from({ length: n }, freshHash), tmplHashes[t][TEMPLATE_BLOCKS - 1], ct));
-      convs.push({ pod: p, tmpl: t, tokens: ct });
-    }
-    index.applyBatch(streams[p], { ts: ts++, events, dpRank: null });
-  }
-  const candidates: Candidate[] = streams.map((s) => ({
-    streamId: s.streamId,
-    pod: s.pod,
-    rank: null,
-    http: `http://10.0.${s.pod.slice(4)}.1:8000`,
-    live: true,
-  }));
-  const loads = new LoadTracker();
-  // some in-flight load, as a busy gateway has
-  for (let i = 0; i < 300; i++) loads.begin(`pod-${Math.floor(r() * PODS)}`, 500 + Math.floor(r() * 4000));
-  const policy = createPolicy("kv-aware", { index, loads });
-  const ns = { model: MODEL, lora: null, blockSize: BS };
-  // prompts: 60 % continue a conversation (template + its history + new turn), 30 % a template
-  // then new text, 10 % nothing cached anywhere; all 8192 tokens
-  const N = QUICK ? 1000 : 3000;
-  const prompts: number[][] = [];
-  for (let i = 0; i < 200; i++) {
-    const x = r();
-    let p: number[];
-    if (x < 0.6) {
-      const c = convs[Math.floor(r() * convs.length)];
-      p = [...tmplTokens[c.tmpl], ...c.tokens];
-    } else if (x < 0.9) p = [...tmplTokens[Math.floor(r() * TEMPLATES)]];
-    else p = [];
-    p.push(...tokens(PROMPT_BLOCKS * BS - p.length));
-    prompts.push(p.slice(0, PROMPT_BLOCKS * BS));
-  }
-  const times = new Float64Array(N);
-  const cpu = new Float64Array(N);
-  let matched = 0;
-  for (let i = -200; i < N; i++) {
-    const req: RouteRequest = { ns, tokenIds: prompts[(i + 200) % prompts.length], candidates };
-    const c0 = process.cpuUsage();
-    const s = performance.now();
-    const d = policy.route(req);
-    const e = performance.now();
-    const c1 = process.cpuUsage(c0);
-    if (i >= 0) {
-      times[i] = (e - s) * 1000;
-      cpu[i] = c1.user + c1.system;
-      matched += d.ranked[0].matchedBlocks;
-    }
-  }
-  const sorted = times.sort();
-  cpu.sort();
-  let sum = 0;
-  for (const x of sorted) sum += x;
-  return {
-    cpuP50Us: percentileSorted(cpu, 0.5),
-    cpuP99Us: percentileSorted(cpu, 0.99),
-    pods: PODS,
-    promptTokens: PROMPT_BLOCKS * BS,
-    indexEntries: index.stats().entries,
-    decisions: N,
-    p50Us: round(percentileSorted(sorted, 0.5), 1),
-    p99Us: round(percentileSorted(sorted, 0.99), 1),
-    meanUs: round(sum / N, 1),
-    avgMatchedBlocks: round(matched / N, 1),
-  };
-}
-
 // ------------------------------------------------------------------ main
 
 async function main(): Promise<void> {
@@ -469,88 +158,28 @@ async function main(): Promise<void> {
   log(
     `gateway bench: ${ENGINES} mock engines, concurrency ${CONCURRENCY}, <= ${MAX_REQUESTS} requests / ${MAX_MS / 1000} s per target`,
   );
-  const ready = await spawnKvsync(
-    [
-      "mock-engine",
-      "--replicas",
-      String(ENGINES),
-      "--host",
-      "127.0.0.1",
-      "--port",
-      "0",
-      "--events-endpoint",
-      "tcp://127.0.0.1:*",
-      "--replay-endpoint",
-      "tcp://127.0.0.1:*",
-      "--model",
-      MODEL,
-      "--speed",
-      "1000",
-      "--num-gpu-blocks",
-      "4096",
-    ],
-    "engines.ready",
-  );
-  const engines = ready.engines as Array<{ http: string; events: string[]; replay: string[] }>;
-  if (!Array.isArray(engines) || engines.length !== ENGINES) throw new Error("engines.ready without engines");
-  const direct = engines.map((e) => e.http);
-
-  const dir = mkdtempSync(join(tmpdir(), "kvsync-gw-bench-"));
-  tmpDirs.push(dir);
-  const enginesFile = join(dir, "engines.json");
-  writeFileSync(
-    enginesFile,
-    JSON.stringify({
-      engines: engines.map((e, i) => ({
-        name: `pod-${i}`,
-        model: MODEL,
-        http: e.http,
-        events: e.events[0],
-        replay: e.replay[0],
-      })),
-    }),
-  );
-  const gwStarted = await spawnKvsync(
-    [
-      "gateway",
-      "--engines",
-      enginesFile,
-      "--host",
-      "127.0.0.1",
-      "--port",
-      "0",
-      "--admin-port",
-      "0",
-      "--policy",
-      "kv-aware",
-    ],
-    "gateway.started",
-  );
-  const gwUrl = gwStarted.url as string;
-  const adminUrl = gwStarted.adminUrl as string;
-  await waitFor(
-    "every engine's event stream live at the gateway",
-    async () => {
-      const t = await (await fetch(`${adminUrl}/admin/pods`)).text();
-      return (t.match(/"state":"live"/g) ?? []).length >= ENGINES;
-    },
-    START_WAIT,
-  );
+  const fleet = await startEngines(CLI, ENGINES);
+  const direct = fleet.direct;
+  const { url: gwUrl } = await startGateway(CLI, fleet);
   const nginx = await startNginx(direct);
   log(`  engines ${direct.join(" ")}; gateway ${gwUrl}; ${nginx.version} ${nginx.url}`);
 
-  const res = await measureAll([
-    ["direct", direct],
-    ["gateway", [gwUrl]],
-    ["nginx", [nginx.url]],
-  ]);
+  const phases = await measurePhases(
+    [
+      ["direct", direct],
+      ["gateway", [gwUrl]],
+      ["nginx", [nginx.url]],
+    ],
+    { rounds: ROUNDS, warmup: WARMUP, maxRequests: MAX_REQUESTS, maxMs: MAX_MS },
+  );
+  const res = new Map([...phases].map(([n, ps]) => [n, combine(ps)]));
   const rDirect = res.get("direct")!;
   const rGateway = res.get("gateway")!;
   const rNginx = res.get("nginx")!;
   await cleanup();
 
   log("  routing decisions: populating the index (100 pods)...");
-  const routing = routingBench();
+  const routing = routingBench({ createIndex, createPolicy, LoadTracker, hashFromInt }, QUICK ? 1000 : 3000);
   log(
     `  routing kv-aware, ${routing.promptTokens}-token prompts over ${routing.pods} pods ` +
       `(${routing.indexEntries} index entries): p50 ${routing.p50Us} us, p99 ${routing.p99Us} us wall; ` +
@@ -573,7 +202,7 @@ async function main(): Promise<void> {
     nginxVersion: nginx.version.replace(/^nginx version: /, ""),
     engines: ENGINES,
     concurrency: CONCURRENCY,
-    request: "chat, ~500-token prompt, max_tokens 8, non-streaming",
+    request: REQUEST,
     direct: rDirect,
     gateway: { ...rGateway, addedLatency: added(rGateway), vsDirect: ratios(rGateway) },
     nginx: { ...rNginx, addedLatency: added(rNginx), vsDirect: ratios(rNginx) },
