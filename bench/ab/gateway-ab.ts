@@ -10,7 +10,8 @@
  * suffers least from the machine's drift). Also written to bench/results/gateway-ab.json.
  *
  *   node --import tsx bench/ab/gateway-ab.ts [--base HEAD] [--head worktree] [--rounds 6]
- *        [--requests 18000] [--seconds 36] [--routing-rounds 4] [--decisions 2000]
+ *        [--requests 18000] [--seconds 36] [--warmup 300] [--routing-rounds 4] [--decisions 2000]
+ * (--routing-rounds 0: the load part only, for a change off the routing decision)
  */
 import { spawnSync } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
@@ -33,12 +34,15 @@ import { materialise, ROOT, spread } from "./sides.ts";
 const { values: o } = parseArgs({
   options: {
     base: { type: "string", default: "HEAD" },
+    /** names the result file: bench/results/gateway-ab-<label>.json */
+    label: { type: "string" },
     head: { type: "string", default: "worktree" },
     rounds: { type: "string", default: "6" },
     requests: { type: "string", default: "18000" },
     seconds: { type: "string", default: "36" },
     "routing-rounds": { type: "string", default: "4" },
     decisions: { type: "string", default: "2000" },
+    warmup: { type: "string", default: "300" },
   },
 });
 const ENGINES = 4;
@@ -59,7 +63,7 @@ async function load() {
     ],
     {
       rounds,
-      warmup: 1500,
+      warmup: Number(o.warmup),
       maxRequests: Number(o.requests),
       maxMs: Number(o.seconds) * 1000,
       alternate: true,
@@ -87,6 +91,7 @@ async function load() {
 }
 
 function routing() {
+  if (Number(o["routing-rounds"]) === 0) return null;
   const figures: Record<string, RoutingFigures[]> = { base: [], head: [] };
   const child = join(ROOT, "bench", "ab", "routing-ab-child.ts");
   for (let k = 0; k < Number(o["routing-rounds"]); k++) {
@@ -140,18 +145,23 @@ async function main(): Promise<void> {
   log("side      req/s   p50 ms   p99 ms   routing CPU p50 / p99 µs (median of processes)");
   for (const n of ["direct", "base", "head"] as const) {
     const x = l[n];
-    const rr = n === "direct" ? "" : `${r[n].cpuP50Us.median} / ${r[n].cpuP99Us.median}`;
+    const rr = n === "direct" || r === null ? "" : `${r[n].cpuP50Us.median} / ${r[n].cpuP99Us.median}`;
     log(
       `${n.padEnd(8)} ${x.rps.toFixed(0).padStart(6)} ${x.p50Ms.toFixed(2).padStart(8)} ${x.p99Ms.toFixed(2).padStart(8)}   ${rr}`,
     );
   }
   log(
     `head / base: req/s ${l.headVsBase.rps} (per-round median ${l.headVsBase.rpsPerRoundMedian}), p50 ${l.headVsBase.p50}, ` +
-      `p99 ${l.headVsBase.p99}; routing CPU p50 ${r.headVsBase.cpuP50}, p99 ${r.headVsBase.cpuP99} (latency: lower is better)`,
+      `p99 ${l.headVsBase.p99}` +
+      (r === null ? "" : `; routing CPU p50 ${r.headVsBase.cpuP50}, p99 ${r.headVsBase.cpuP99}`) +
+      " (latency: lower is better)",
   );
   const line = JSON.stringify(out);
   mkdirSync(join(ROOT, "bench", "results"), { recursive: true });
-  writeFileSync(join(ROOT, "bench", "results", "gateway-ab.json"), `${line}\n`);
+  writeFileSync(
+    join(ROOT, "bench", "results", `gateway-ab${o.label ? `-${o.label}` : ""}.json`),
+    `${line}\n`,
+  );
   process.stdout.write(`${line}\n`);
 }
 

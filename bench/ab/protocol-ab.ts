@@ -20,6 +20,8 @@ import { geomean, materialise, ROOT, spread } from "./sides.ts";
 const { values: o } = parseArgs({
   options: {
     base: { type: "string", default: "HEAD" },
+    /** names the result file: bench/results/protocol-ab-<label>.json */
+    label: { type: "string" },
     head: { type: "string", default: "worktree" },
     rounds: { type: "string", default: "6" },
     runs: { type: "string", default: "3" },
@@ -91,7 +93,7 @@ console.log(
   `head / base over the datasets (geometric mean): ${result.ratioGeomean}, normalised ${result.ratioNormGeomean} (throughput: higher is better)`,
 );
 const line = JSON.stringify(result);
-const file = join(ROOT, "bench", "results", "protocol-ab.json");
+const file = join(ROOT, "bench", "results", `protocol-ab${o.label ? `-${o.label}` : ""}.json`);
 mkdirSync(join(ROOT, "bench", "results"), { recursive: true });
 writeFileSync(file, `${line}\n`);
 console.log(line);
