@@ -231,20 +231,23 @@ describe("e2e large scale: 10, 50, 100 pods", { timeout: scaled(420_000) }, () =
         await new Promise((r) => setTimeout(r, LIGHT_PAUSE_MS));
       }
       // the last request's batch is applied a moment after its answer: wait for the count to settle
+      // (compared across scrapes at least 150 ms apart)
+      await new Promise((r) => setTimeout(r, 150));
       let m2 = parseMetrics(await gw.metrics());
       const lightCount = () =>
         lagName ? (m2.get(`${lagName}_count`) ?? 0) - (m1.get(`${lagName}_count`) ?? 0) : 0;
+      // (a light phase whose prompts stored no new full block has no sample: its figures are null)
       await waitFor(
-        "the light phase's batches counted in the lag histogram",
+        "the light phase's batches counted in the lag histogram (the count steady)",
         async () => {
           const before = lightCount();
           m2 = parseMetrics(await gw.metrics());
-          return lightCount() > 0 && lightCount() === before;
+          return lightCount() === before;
         },
-        { timeoutMs: scaled(10_000), intervalMs: 100 },
+        { timeoutMs: scaled(10_000), intervalMs: 150 },
       );
-      const lp50 = q(m1, m2, 0.5);
-      const lp99 = q(m1, m2, 0.99);
+      const lp50 = lightCount() > 0 ? q(m1, m2, 0.5) : null;
+      const lp99 = lightCount() > 0 ? q(m1, m2, 0.99) : null;
       const indexBlocks = (await gw.pods()).reduce((s, p) => s + (p.blocks ?? 0), 0);
       const row: Row = {
         pods: size,
