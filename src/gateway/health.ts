@@ -1,6 +1,7 @@
 import { Agent, request } from "undici";
 import type { Logger } from "../util/log.ts";
 import type { GatewayMetrics } from "./metrics.ts";
+import { PodSlowness, SLOWNESS_DEFAULTS, type SlownessOptions } from "./pod-latency.ts";
 
 export interface HealthOptions {
   /** period of the active probe of every pod's `probePath` (ms) */
@@ -13,6 +14,8 @@ export interface HealthOptions {
   unhealthyAfterFailures: number;
   /** the engine's liveness endpoint (vLLM: GET /health, 200 when the engine loop runs) */
   probePath: string;
+  /** the slowness signal against the fleet (pod-latency.ts) */
+  slowness: SlownessOptions;
 }
 
 export const HEALTH_DEFAULTS: Readonly<HealthOptions> = Object.freeze({
@@ -21,6 +24,7 @@ export const HEALTH_DEFAULTS: Readonly<HealthOptions> = Object.freeze({
   unhealthyAfterProbes: 2,
   unhealthyAfterFailures: 3,
   probePath: "/health",
+  slowness: SLOWNESS_DEFAULTS,
 });
 
 /** What `PodHealth` reports about one pod (admin API, explain, metrics). */
@@ -36,6 +40,10 @@ export interface PodHealthStatus {
   /** ms since the epoch of the last successful probe, null before the first */
   lastProbeOk: number | null;
   inflight: number;
+  /** answering far slower than the fleet (gateway.pod_slow); still in rotation */
+  slow: boolean;
+  /** upper quartile of its time to first byte over the slowness window (ms), null when unjudged */
+  ttfbP75Ms: number | null;
 }
 
 /** The abort reason of a request cut because its pod went out of rotation. */
@@ -120,13 +128,15 @@ export class PodHealth {
   private readonly agent: Agent;
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
+  readonly slowness: PodSlowness;
 
   constructor(
     opts: Partial<HealthOptions>,
     private readonly metrics: GatewayMetrics,
     private readonly log: Logger,
   ) {
-    this.o = { ...HEALTH_DEFAULTS, ...opts };
+    this.o = { ...HEALTH_DEFAULTS, ...opts, slowness: { ...SLOWNESS_DEFAULTS, ...opts.slowness } };
+    this.slowness = new PodSlowness(this.o.slowness, metrics, log);
     if (!(this.o.probeIntervalMs > 0) || !(this.o.probeTimeoutMs > 0))
       throw new Error("health probe interval and timeout must be > 0 ms");
     if (!(this.o.unhealthyAfterProbes >= 1) || !(this.o.unhealthyAfterFailures >= 1))
@@ -170,6 +180,7 @@ export class PodHealth {
       s.probing?.abort();
       this.pods.delete(name);
     }
+    this.slowness.retain(seen);
   }
 
   start(): void {
@@ -186,11 +197,11 @@ export class PodHealth {
 
   status(pod: string): PodHealthStatus | null {
     const s = this.pods.get(pod);
-    return s === undefined ? null : statusOf(s);
+    return s === undefined ? null : this.statusOf(s);
   }
 
   snapshot(): PodHealthStatus[] {
-    return [...this.pods.values()].map(statusOf);
+    return [...this.pods.values()].map((s) => this.statusOf(s));
   }
 
   /** Register a request to `pod`; `release()` it when done. */
@@ -203,10 +214,12 @@ export class PodHealth {
     return t;
   }
 
-  /** A request to `pod` got its response headers. */
-  requestSucceeded(pod: string): void {
+  /** A request to `pod` got its response headers, `ttfbMs` after it was sent. */
+  requestSucceeded(pod: string, ttfbMs?: number): void {
     const s = this.pods.get(pod);
-    if (s !== undefined) s.requestFailures = 0;
+    if (s === undefined) return;
+    s.requestFailures = 0;
+    if (ttfbMs !== undefined) this.slowness.observe(pod, ttfbMs);
   }
 
   /** A request to `pod` failed in a way that says the pod itself is in trouble. */
@@ -224,6 +237,7 @@ export class PodHealth {
       if (s.probing === null) this.probe(s);
       if (!s.healthy) this.sweep(s, now);
     }
+    this.slowness.evaluate(now);
   }
 
   private probe(s: PodState): void {
@@ -306,6 +320,22 @@ export class PodHealth {
     );
   }
 
+  private statusOf(s: PodState): PodHealthStatus {
+    const slow = this.slowness.status(s.name);
+    return {
+      pod: s.name,
+      healthy: s.healthy,
+      reason: s.reason,
+      since: s.since,
+      probeFailures: s.probeFailures,
+      requestFailures: s.requestFailures,
+      lastProbeOk: s.lastProbeOk,
+      inflight: s.inflight.size,
+      slow: slow?.slow ?? false,
+      ttfbP75Ms: slow?.p75Ms ?? null,
+    };
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
@@ -315,19 +345,6 @@ export class PodHealth {
     this.pods.clear();
     await this.agent.destroy().catch(() => undefined);
   }
-}
-
-function statusOf(s: PodState): PodHealthStatus {
-  return {
-    pod: s.name,
-    healthy: s.healthy,
-    reason: s.reason,
-    since: s.since,
-    probeFailures: s.probeFailures,
-    requestFailures: s.requestFailures,
-    lastProbeOk: s.lastProbeOk,
-    inflight: s.inflight.size,
-  };
 }
 
 export function originOf(http: string): string {

@@ -35,6 +35,8 @@ export class GatewayMetrics {
   readonly podEjections: Counter<"reason">;
   readonly healthProbes: Counter<"result">;
   readonly upstreamAborts: Counter<"reason">;
+  readonly podSlow: Counter<"pod">;
+  readonly podTtfbP75: Gauge<"pod">;
   /** read at scrape time by the per-stream and per-pod gauges */
   sources: MetricSources | null = null;
 
@@ -182,6 +184,18 @@ export class GatewayMetrics {
       name: "kvsync_gateway_upstream_aborts_total",
       help: "Upstream requests the gateway cut, by reason (pod_unhealthy, first_byte_timeout)",
       labelNames: ["reason"],
+      registers,
+    });
+    this.podSlow = new Counter({
+      name: "kvsync_gateway_pod_slow_total",
+      help: "Times a pod turned slow: its time-to-first-byte upper quartile far above the fleet's (gateway.pod_slow)",
+      labelNames: ["pod"],
+      registers,
+    });
+    this.podTtfbP75 = new Gauge({
+      name: "kvsync_gateway_pod_ttfb_p75_seconds",
+      help: "Upper quartile of each pod's time to first byte over the slowness window (absent: too few requests)",
+      labelNames: ["pod"],
       registers,
     });
   }
