@@ -21,6 +21,8 @@ export interface ExperimentResult {
   detectMs: number | null;
   /** which event or metric detected the fault first */
   detectedBy?: string | null;
+  /** why the fault has no kvsync signal (the spec's measured reason) */
+  undetected?: string;
   /** fault end → index == engine truth (ms), null when not within the bound */
   indexRecoveryMs: number | null;
   /** fault end → throughput and hit rate back at >= 90 % of baseline (ms) */
