@@ -11,7 +11,8 @@
  * in a fixed ring. Every `evaluate()` (the health timer, once a second) takes each pod's upper
  * quartile over the last `windowMs`; the reference is the median of the other pods' quartiles.
  * A pod is slow when its quartile is both `ratio` × the reference and `minExcessMs` above it (a
- * ratio alone fires on 3 ms against 1 ms). Pods with fewer than `minSamples` requests in the
+ * ratio alone fires on 3 ms against 1 ms) in `sustain` judgements in a row: on a loaded machine
+ * one engine process descheduled for a second slows one pod's window and not the others'. Pods with fewer than `minSamples` requests in the
  * window are not judged and do not count in the reference. Entering and leaving `slow` are
  * logged (`gateway.pod_slow`, `gateway.pod_slow_cleared`) and counted; the quartile is a gauge.
  * Slowness does not take a pod out of rotation: routing already weighs load, and a slow pod
@@ -30,6 +31,8 @@ export interface SlownessOptions {
   windowMs: number;
   /** requests a pod needs in the window to be judged */
   minSamples: number;
+  /** consecutive slow judgements before a pod is reported slow (one engine descheduled for a second is not) */
+  sustain: number;
 }
 
 export const SLOWNESS_DEFAULTS: Readonly<SlownessOptions> = Object.freeze({
@@ -37,6 +40,7 @@ export const SLOWNESS_DEFAULTS: Readonly<SlownessOptions> = Object.freeze({
   minExcessMs: 100,
   windowMs: 3_000,
   minSamples: 5,
+  sustain: 2,
 });
 
 /** Samples kept per pod: more than any window needs at a few hundred requests per second. */
@@ -48,6 +52,8 @@ interface PodWindow {
   next: number;
   count: number;
   slow: boolean;
+  /** consecutive judgements that found it slow */
+  streak: number;
   /** the last judged quartile (ms), null when the pod had too few samples */
   p75Ms: number | null;
   /** a flapping pod's lines are rate-limited (the counter counts every entry) */
@@ -72,7 +78,7 @@ export class PodSlowness {
     this.o = { ...SLOWNESS_DEFAULTS, ...opts };
     if (!(this.o.ratio >= 0) || !(this.o.minExcessMs >= 0))
       throw new Error("pod slowness ratio and excess must be >= 0");
-    if (!(this.o.windowMs > 0) || !(this.o.minSamples >= 1))
+    if (!(this.o.windowMs > 0) || !(this.o.minSamples >= 1) || !(this.o.sustain >= 1))
       throw new Error("pod slowness window must be > 0 ms and need >= 1 sample");
   }
 
@@ -91,6 +97,7 @@ export class PodSlowness {
         next: 0,
         count: 0,
         slow: false,
+        streak: 0,
         p75Ms: null,
         logs: new LogBucket(10_000),
       };
@@ -128,7 +135,9 @@ export class PodSlowness {
       const ref = this.reference(pod);
       // a pod not judged this window (too few requests, or no fleet to compare with) keeps its state
       if (w.p75Ms === null || ref === null) continue;
-      const slow = w.p75Ms >= this.o.ratio * ref && w.p75Ms - ref >= this.o.minExcessMs;
+      const over = w.p75Ms >= this.o.ratio * ref && w.p75Ms - ref >= this.o.minExcessMs;
+      w.streak = over ? w.streak + 1 : 0;
+      const slow = w.slow ? over : w.streak >= this.o.sustain;
       if (slow === w.slow) continue;
       w.slow = slow;
       const fields = { pod, ttfbP75Ms: Math.round(w.p75Ms), fleetP75Ms: Math.round(ref) };
