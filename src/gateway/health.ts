@@ -44,6 +44,8 @@ export interface PodHealthStatus {
   slow: boolean;
   /** upper quartile of its time to first byte over the slowness window (ms), null when unjudged */
   ttfbP75Ms: number | null;
+  /** upper quartile of its health probes' round trips over the slowness window (ms) */
+  probeP75Ms: number | null;
 }
 
 /** The abort reason of a request cut because its pod went out of rotation. */
@@ -243,6 +245,7 @@ export class PodHealth {
   private probe(s: PodState): void {
     const ac = new AbortController();
     s.probing = ac;
+    const sentAt = performance.now();
     const timer = setTimeout(() => ac.abort(), this.o.probeTimeoutMs);
     request(`${s.origin}${this.o.probePath}`, { dispatcher: this.agent, signal: ac.signal })
       .then(async (r) => {
@@ -256,6 +259,9 @@ export class PodHealth {
         if (this.pods.get(s.name) !== s || s.probing !== ac || this.closed) return;
         s.probing = null;
         this.metrics.healthProbes.inc({ result: failure === null ? "ok" : failure });
+        // a timed-out probe took at least the timeout; a refused one says nothing about speed
+        if (failure === null || failure === "probe_timeout")
+          this.slowness.observeProbe(s.name, Math.min(performance.now() - sentAt, this.o.probeTimeoutMs));
         if (failure === null) this.probeOk(s);
         else {
           s.probeFailures++;
@@ -332,7 +338,8 @@ export class PodHealth {
       lastProbeOk: s.lastProbeOk,
       inflight: s.inflight.size,
       slow: slow?.slow ?? false,
-      ttfbP75Ms: slow?.p75Ms ?? null,
+      ttfbP75Ms: slow?.ttfbP75Ms ?? null,
+      probeP75Ms: slow?.probeP75Ms ?? null,
     };
   }
 

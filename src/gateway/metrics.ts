@@ -36,7 +36,7 @@ export class GatewayMetrics {
   readonly healthProbes: Counter<"result">;
   readonly upstreamAborts: Counter<"reason">;
   readonly podSlow: Counter<"pod">;
-  readonly podTtfbP75: Gauge<"pod">;
+  readonly podLatencyP75: Gauge<"pod" | "source">;
   /** read at scrape time by the per-stream and per-pod gauges */
   sources: MetricSources | null = null;
 
@@ -192,10 +192,10 @@ export class GatewayMetrics {
       labelNames: ["pod"],
       registers,
     });
-    this.podTtfbP75 = new Gauge({
-      name: "kvsync_gateway_pod_ttfb_p75_seconds",
-      help: "Upper quartile of each pod's time to first byte over the slowness window (absent: too few requests)",
-      labelNames: ["pod"],
+    this.podLatencyP75 = new Gauge({
+      name: "kvsync_gateway_pod_latency_p75_seconds",
+      help: "Upper quartile of each pod's latency over the slowness window, by source (ttfb: requests' time to first byte; probe: health probe round trip); absent: too few samples",
+      labelNames: ["pod", "source"],
       registers,
     });
   }
