@@ -113,8 +113,9 @@ describe("chaos: network", { timeout: scaled(600_000) }, () => {
         targetMs: 5_000,
         events: [],
         metrics: [],
+        watchOnly: ["gateway.pod_slow"],
         undetected:
-          "the event stream and this load's small requests fit in 1 Mbit/s (tbf burst 10 kB): neither the pod's time to first byte nor its event lag moves",
+          "the event stream and this load's small requests fit in 1 Mbit/s (tbf burst 10 kB): the pod's latencies stay near the fleet's on an idle machine (gateway.pod_slow fired in 2 of 3 runs at a load average above 20: watched, not required)",
       }),
     );
   });
