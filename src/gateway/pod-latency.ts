@@ -46,7 +46,7 @@ export const SLOWNESS_DEFAULTS: Readonly<SlownessOptions> = Object.freeze({
   windowMs: 5_000,
   minSamples: 5,
   minProbes: 4,
-  sustain: 2,
+  sustain: 3,
 });
 
 /** Samples kept per pod and source: more than any window needs at a few hundred requests a second. */
