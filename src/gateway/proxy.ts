@@ -121,6 +121,7 @@ export class RequestProxy {
       // an attempt that sent the client nothing can go to the next healthy pod once
       const next = () => (attempt === 0 ? this.retryTarget(order, cand.pod) : undefined);
       let up: Dispatcher.ResponseData;
+      let sentAt = performance.now();
       try {
         const headers: Record<string, string> = {
           // a form (audio) keeps its boundary; everything else is the JSON read above
@@ -132,6 +133,7 @@ export class RequestProxy {
         const rid = req.headers["x-request-id"];
         if (typeof rid === "string") headers["x-request-id"] = rid;
         if (cand.rank !== null) headers["x-data-parallel-rank"] = String(cand.rank);
+        sentAt = performance.now();
         up = await this.pools.get(originOf(cand.http)).request({
           path,
           method: "POST",
@@ -175,7 +177,7 @@ export class RequestProxy {
         if (kind === "headers_timeout") throw upstreamTimeout(`pod ${cand.pod} did not answer in time`);
         throw upstreamFailed(`pod ${cand.pod} failed: ${(err as Error)?.message ?? String(err)}`);
       }
-      this.health?.requestSucceeded(cand.pod);
+      this.health?.requestSucceeded(cand.pod, performance.now() - sentAt);
       tracked?.touch();
       this.policy.onDispatched?.(route, sc);
       this.metrics.matchedRatio.observe(
