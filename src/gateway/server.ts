@@ -204,6 +204,7 @@ export class GatewayCore {
         this.matchWatch,
         this.activity,
       ),
+      activity: this.activity,
       metrics: this.metrics,
       log: this.log,
       headersTimeoutMs,
