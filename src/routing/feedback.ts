@@ -12,9 +12,9 @@ import type { TrustSource } from "./types.ts";
  * seq, a cache reset nobody heard of). Under-prediction is normal: concurrent requests store
  * blocks the index has not seen yet. Each sample's agreement is min(reported, predicted) /
  * predicted; a stream's trust is a moving average of it (1 until it has evidence). Below
- * `suspectBelow` the stream is `suspect`: kv-aware weighs its claims by its trust, one warning
- * says why, and a rebuild of the stream (drop, replay from the engine's oldest buffered batch) is
- * requested. At `recoverAbove` again it counts fully.
+ * `suspectBelow` the stream is `suspect`: kv-aware weighs its claims by its trust (until then by
+ * 1), one warning says why, and a rebuild of the stream (drop, replay from the engine's oldest
+ * buffered batch) is requested. At `recoverAbove` again it counts fully.
  */
 export interface FeedbackOptions {
   /** weight of the newest agreement sample in a stream's trust (moving average) */
@@ -51,7 +51,7 @@ export interface StreamTrust {
   stream: string;
   pod: string;
   rank: number | null;
-  /** 0..1: the factor kv-aware multiplies the stream's cache claims by */
+  /** 0..1: the moving average of agreement (kv-aware multiplies the claims by it while suspect) */
   trust: number;
   suspect: boolean;
   /** samples seen (warm-up included) */
@@ -106,9 +106,14 @@ export class PredictionFeedback implements TrustSource {
     return this.o;
   }
 
-  /** The routing factor of a stream's claims (hot path: one map read). */
+  /**
+   * The routing factor of a stream's claims (hot path: one map read): its trust while it is
+   * suspect, else 1. A stream not yet suspect keeps its full share of ties, so the evidence that
+   * makes it suspect (or clears it) keeps coming; one unlucky response does not divert traffic.
+   */
   trust(streamId: string): number {
-    return this.streams.get(streamId)?.trust ?? 1;
+    const s = this.streams.get(streamId);
+    return s === undefined || !s.suspect ? 1 : s.trust;
   }
 
   /**

@@ -46,10 +46,13 @@ describe("prediction feedback", () => {
     for (let i = 0; i < FEEDBACK_DEFAULTS.warmupSamples; i++) f.observe(stream("sick"), 320, 0, 400);
     assert.equal(f.trust("sick"), 1);
     for (let i = 0; i < 3; i++) f.observe(stream("sick"), 320, 0, 400);
-    assert.ok(f.trust("sick") > FEEDBACK_DEFAULTS.suspectBelow, "three misses do not make a suspect");
+    const t3 = f.stream("sick")!.trust;
+    assert.ok(t3 > FEEDBACK_DEFAULTS.suspectBelow && t3 < 1, "three misses do not make a suspect");
+    assert.equal(f.trust("sick"), 1, "not suspect: its claims count fully");
     f.observe(stream("sick"), 320, 0, 400);
-    assert.ok(f.trust("sick") < FEEDBACK_DEFAULTS.suspectBelow);
+    assert.ok(f.stream("sick")!.trust < FEEDBACK_DEFAULTS.suspectBelow);
     assert.equal(f.stream("sick")?.suspect, true);
+    assert.equal(f.trust("sick"), f.stream("sick")!.trust, "suspect: its claims count times its trust");
     assert.deepEqual(
       lines.filter((l) => l.level === 40).map((l) => [l.event, l.stream]),
       [["routing.stream_suspect", "sick"]],
@@ -83,7 +86,8 @@ describe("prediction feedback", () => {
     let n = 0;
     while (f.stream("p#1")?.suspect && n++ < 100) f.observe(s, 160, 160, 200);
     assert.ok(n < 20, `recovered after ${n} agreeing samples`);
-    assert.ok(f.trust("p#1") >= FEEDBACK_DEFAULTS.recoverAbove);
+    assert.ok(f.stream("p#1")!.trust >= FEEDBACK_DEFAULTS.recoverAbove);
+    assert.equal(f.trust("p#1"), 1);
     assert.deepEqual(changed, ["p#1", "p#1"]);
     assert.ok(lines.some((l) => l.event === "routing.stream_trusted" && l.stream === "p#1"));
     assert.equal(f.snapshot()[0]?.rank, 1);
@@ -102,10 +106,10 @@ describe("prediction feedback", () => {
           for (const [p, a, good] of samples) {
             f.observe(stream("x"), p, a, 4096);
             if (good) f.observe(stream("y"), p, p + a, 4096);
-            const t = f.trust("x");
-            if (!(t >= 0 && t <= 1)) return false;
+            const t = f.stream("x")?.trust ?? 1;
+            if (!(t >= 0 && t <= 1) || !(f.trust("x") >= t)) return false;
           }
-          return f.trust("y") === 1;
+          return (f.stream("y")?.trust ?? 1) === 1;
         },
       ),
       { seed: 17, numRuns: 200 },
