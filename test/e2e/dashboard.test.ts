@@ -218,6 +218,12 @@ describe("admin dashboard in a real browser", { timeout: 120_000 }, () => {
 
   test("the routing panel shows a decision made during the test, with its explain", async () => {
     const agent = new Agent({ connections: 2 });
+    // the pod restarted by the previous test is back in rotation (its health probes answer again)
+    await waitFor(
+      "every pod in rotation",
+      () => engines.every((e) => gw.core.health?.isHealthy(e.name) ?? true),
+      15_000,
+    );
     try {
       const r = await streamChat(
         agent,
