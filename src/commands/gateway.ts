@@ -9,6 +9,7 @@ import { POLICY_NAMES, type PolicyName } from "../routing/types.ts";
 import { collect, flagOpt, opt, parseChoice, parseFloatArg, parseIntArg } from "../util/cli-options.ts";
 import { createLogger } from "../util/log.ts";
 import { addClusterOptions, type ClusterCliOptions, clusterOptionsFrom } from "./cluster-options.ts";
+import { addFeedbackOptions, type FeedbackCliOptions, feedbackOptionsFrom } from "./feedback-options.ts";
 import {
   addSignalOptions,
   addStreamHealthOptions,
@@ -27,7 +28,7 @@ function parseList(v: string, prev: string[] | undefined): string[] {
   );
 }
 
-interface GatewayCliOptions extends ClusterCliOptions {
+interface GatewayCliOptions extends ClusterCliOptions, FeedbackCliOptions {
   host: string;
   port: number;
   adminHost: string;
@@ -390,6 +391,7 @@ export function register(program: Command): void {
         3000,
       ).argParser(parseIntArg),
     );
+  addFeedbackOptions(cmd);
   addClusterOptions(cmd);
   cmd.action(async (o: GatewayCliOptions & Record<string, unknown>) => {
     const log = createLogger("gateway");
@@ -453,6 +455,7 @@ export function register(program: Command): void {
         },
         topic: o.topic,
         ...clusterOptionsFrom(o),
+        ...feedbackOptionsFrom(o),
         subscriber: { replayTimeoutMs: o.replayTimeoutMs, ...streamHealthFrom(o) },
         ...signalOptionsFrom(o),
         log,

@@ -205,8 +205,16 @@ export function register(program: Command): void {
     )
     .addOption(
       opt(
-        "--lose-event-rate <p>",
+        "--fail-event-rate <p>",
         "fraction of batches lost for good (seq gap, not in the replay buffer: like a failed encode)",
+        "KVSYNC_FAIL_EVENT_RATE",
+        D.failEventRate,
+      ).argParser(parseFloatArg),
+    )
+    .addOption(
+      opt(
+        "--lose-event-rate <p>",
+        "fraction of batches lost silently before they get a seq (not sent, not in the replay buffer, no gap: an engine that loses events)",
         "KVSYNC_LOSE_EVENT_RATE",
         D.loseEventRate,
       ).argParser(parseFloatArg),
@@ -283,6 +291,7 @@ export function register(program: Command): void {
           minOutputTokens: a.minOutputTokens as number,
           maxOutputTokens: a.maxOutputTokens as number,
           dropEventRate: a.dropEventRate as number,
+          failEventRate: a.failEventRate as number,
           loseEventRate: a.loseEventRate as number,
           seed: a.seed as number,
           removedEvents: a.removedEvents as "last-copy" | "per-copy",

@@ -96,6 +96,7 @@ export class MockEngine {
               bufferSteps: o.replayBufferSteps,
               dpRank,
               dropRate: o.dropEventRate,
+              failRate: o.failEventRate,
               loseRate: o.loseEventRate,
               random: seededRandom(o.seed * 104729 + replicaIndex * 131 + r + 1),
               log,

@@ -52,6 +52,9 @@ export interface EngineOptions {
   minOutputTokens: number;
   maxOutputTokens: number;
   dropEventRate: number;
+  /** batches whose seq is consumed but that are neither sent nor buffered (a failed encode) */
+  failEventRate: number;
+  /** batches lost before they get a seq: nothing on the wire shows the loss */
   loseEventRate: number;
   /** seeds the fault-injection RNG and synthetic outputs */
   seed: number;
@@ -93,6 +96,7 @@ export const DEFAULT_ENGINE_OPTIONS: EngineOptions = {
   minOutputTokens: 16,
   maxOutputTokens: 64,
   dropEventRate: 0,
+  failEventRate: 0,
   loseEventRate: 0,
   seed: 0,
   maxBodyBytes: 4 * 1024 * 1024,
@@ -124,7 +128,7 @@ export function validateOptions(o: EngineOptions): void {
   for (const k of ["stepMs", "prefillMsPerToken", "decodeMsPerSeq", "loadMsPerToken"] as const) {
     if (!(o[k] >= 0)) throw new Error(`${k} must be >= 0`);
   }
-  for (const k of ["dropEventRate", "loseEventRate"] as const) {
+  for (const k of ["dropEventRate", "failEventRate", "loseEventRate"] as const) {
     if (!(o[k] >= 0 && o[k] <= 1)) throw new Error(`${k} must be in [0, 1]`);
   }
   if (o.hashFormat !== "int" && o.hashFormat !== "bytes") throw new Error("hashFormat must be int or bytes");

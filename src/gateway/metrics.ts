@@ -8,6 +8,8 @@ const TOKEN_BUCKETS = [0, 16, 64, 256, 1024, 4096, 16384, 65536];
 export interface MetricSources {
   streamInflight(): Array<{ stream: string; requests: number }>;
   predictionErrors(): Array<{ pod: string; meanRelError: number }>;
+  /** each stream's trust (the prediction feedback) */
+  streamTrust?(): Array<{ pod: string; rank: number | null; trust: number; suspect: boolean }>;
   /** each watched pod's health (absent when health checks are off) */
   podHealth?(): Array<{ pod: string; healthy: boolean }>;
 }
@@ -22,6 +24,8 @@ export class GatewayMetrics {
   readonly matchedRatio: Histogram<"policy">;
   readonly predictionErrorTokens: Histogram<"policy">;
   readonly predictionErrorRatio: Gauge<"pod">;
+  readonly streamTrust: Gauge<"pod" | "rank">;
+  readonly streamSuspect: Gauge<"pod" | "rank">;
   readonly inflight: Gauge;
   readonly inflightPerStream: Gauge<"stream">;
   readonly retries: Counter<"reason">;
@@ -94,6 +98,30 @@ export class GatewayMetrics {
         for (const e of this.sources.predictionErrors())
           this.predictionErrorRatio.set({ pod: e.pod }, e.meanRelError);
       },
+    });
+    const trustOf = () => {
+      if (this.sources?.streamTrust === undefined) return;
+      this.streamTrust.reset();
+      this.streamSuspect.reset();
+      for (const t of this.sources.streamTrust()) {
+        const labels = { pod: t.pod, rank: t.rank === null ? "" : String(t.rank) };
+        this.streamTrust.set(labels, t.trust);
+        this.streamSuspect.set(labels, t.suspect ? 1 : 0);
+      }
+    };
+    this.streamTrust = new Gauge({
+      name: "kvsync_stream_trust_ratio",
+      help: "How far routing trusts each engine stream's cache claims (0..1): a moving average of engine-reported over predicted cached tokens (over-prediction only); streams without evidence are absent (trust 1)",
+      labelNames: ["pod", "rank"],
+      registers,
+      collect: trustOf,
+    });
+    this.streamSuspect = new Gauge({
+      name: "kvsync_stream_prediction_suspect",
+      help: "1 while a stream's cache claims keep proving wrong (trust below --trust-suspect-below), else 0",
+      labelNames: ["pod", "rank"],
+      registers,
+      collect: trustOf,
     });
     this.inflight = new Gauge({
       name: "kvsync_gateway_inflight_requests",

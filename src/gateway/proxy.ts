@@ -4,6 +4,7 @@ import type { Dispatcher } from "undici";
 import type { LoadTicket, LoadTracker } from "../routing/load.ts";
 import type { RoutingPolicy, ScoredCandidate } from "../routing/types.ts";
 import type { Logger } from "../util/log.ts";
+import type { RouteActivity } from "./activity.ts";
 import { Cancel } from "./cancel.ts";
 import { GatewayError, noReadyPod, upstreamFailed, upstreamTimeout } from "./errors.ts";
 import { originOf, type PodHealth, type PodUnhealthyError, type TrackedRequest } from "./health.ts";
@@ -32,6 +33,8 @@ export interface ProxyOptions {
   /** null when health checks are off */
   health: PodHealth | null;
   usage: UsageAccounting;
+  /** the decisions list: a retry shows there with the pod that answered (null: none kept) */
+  activity?: Pick<RouteActivity, "retried"> | null;
   metrics: GatewayMetrics;
   log: Logger;
   headersTimeoutMs: number;
@@ -170,6 +173,7 @@ export class RequestProxy {
             { event: "gateway.retry", pod: cand.pod, next: n.candidate.pod, kind, err: String(err) },
             "pod failed before any byte; retrying on the next-best pod",
           );
+          this.o.activity?.retried(plan, n.candidate, kind);
           sc = n;
           continue;
         }
@@ -194,6 +198,7 @@ export class RequestProxy {
             { event: "gateway.retry", pod: cand.pod, next: n.candidate.pod, kind: "pod_unhealthy" },
             "pod went out of rotation before the response; retrying on the next-best pod",
           );
+          this.o.activity?.retried(plan, n.candidate, "pod_unhealthy");
           sc = n;
           continue;
         }
