@@ -132,6 +132,8 @@ export class SnapshotServer {
     let bytes = 0;
     let unflushed = 0;
     let longestSliceMs = 0;
+    // what one synchronous export of every stream would have blocked for (the sum of the takes)
+    let exportMs = 0;
     let sliceStart = performance.now();
     const send = (parts: Part[]) => {
       const data = encodeJson({ ...head, t: "chunk", i: chunks, parts });
@@ -145,7 +147,9 @@ export class SnapshotServer {
     };
     try {
       for (const ref of this.source.streams()) {
+        const t0 = performance.now();
         const taken = this.source.take(ref);
+        exportMs += performance.now() - t0;
         if (taken !== null) {
           if (entries + taken.data.hashes.length > this.o.maxEntries) skipped++;
           else {
@@ -180,6 +184,7 @@ export class SnapshotServer {
           bytes,
           skipped,
           longestSliceMs: Math.round(longestSliceMs * 100) / 100,
+          exportMs: Math.round(exportMs * 100) / 100,
         },
         "index snapshot sent to a starting peer",
       );
