@@ -18,7 +18,6 @@
 import { writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import { performance } from "node:perf_hooks";
-import * as zmq from "zeromq";
 import { EventPublisher } from "../src/engine/publisher.ts";
 import { blockRemoved, blockStored } from "../src/protocol/build.ts";
 import { hashFromInt } from "../src/protocol/hash.ts";
@@ -143,8 +142,6 @@ function responder(): Server {
 }
 
 async function main(): Promise<void> {
-  // two sockets per pod: past libzmq's default of 1,023 sockets per context
-  zmq.context.maxSockets = Math.max(4096, PODS * 2 + 64);
   const log = silentLogger();
   const pods: Pod[] = [];
   const entries: unknown[] = [];

@@ -183,6 +183,7 @@ async function startGateway(enginesFile: string, natsUrl: string, profDir: strin
   );
   children.push(child);
   const lines: Array<Record<string, unknown>> = [];
+  const tail: string[] = [];
   let buf = "";
   child.stderr!.on("data", (d: Buffer) => {
     buf += d.toString("utf8");
@@ -191,6 +192,8 @@ async function startGateway(enginesFile: string, natsUrl: string, profDir: strin
       const line = buf.slice(0, i);
       buf = buf.slice(i + 1);
       i = buf.indexOf("\n");
+      tail.push(line.slice(0, 300));
+      if (tail.length > 20) tail.shift();
       try {
         const j = JSON.parse(line) as Record<string, unknown>;
         // keep the few lines the bench reads, bounded
@@ -205,10 +208,18 @@ async function startGateway(enginesFile: string, natsUrl: string, profDir: strin
       }
     }
   });
-  await waitFor("gateway.started", () => lines.some((l) => l.event === "gateway.started"), {
-    timeoutMs: 120_000,
-    intervalMs: 100,
-  });
+  try {
+    await waitFor(
+      "gateway.started",
+      () => {
+        if (child.exitCode !== null) throw new Error(`gateway exited with ${child.exitCode}`);
+        return lines.some((l) => l.event === "gateway.started");
+      },
+      { timeoutMs: 120_000, intervalMs: 100 },
+    );
+  } catch (err) {
+    throw new Error(`${String(err)}; its last log lines:\n${tail.join("\n")}`);
+  }
   return { child, url: `http://127.0.0.1:${port}`, admin: `http://127.0.0.1:${adminPort}`, lines };
 }
 
