@@ -188,6 +188,8 @@ async function main(): Promise<void> {
   writeFileSync(ENGINES_FILE, JSON.stringify({ engines: entries }));
 
   let rate = 0;
+  /** a pod publishes once it owes this many events (large while filling: fewer, bigger batches) */
+  let minBatch = 1;
   let sentEvents = 0;
   let sentBatches = 0;
   let behindMs = 0;
@@ -207,7 +209,7 @@ async function main(): Promise<void> {
         if (!seeded) continue;
         p.owed += perPod;
         const n = Math.floor(p.owed);
-        if (n < 1) continue;
+        if (n < minBatch) continue;
         const { events, blocks } = batchOf(p, i, n);
         p.owed -= blocks;
         p.pub.publish(events);
@@ -247,7 +249,7 @@ async function main(): Promise<void> {
     last = { t, events: sentEvents, batches: sentBatches, cpu };
   }, 1000).unref();
 
-  process.on("message", (m: { rate?: number; seed?: boolean; stop?: boolean }) => {
+  process.on("message", (m: { rate?: number; minBatch?: number; seed?: boolean; stop?: boolean }) => {
     if (m.seed === true && !seeded) {
       // the tenant prompts, once per pod, before any rolling chain
       for (const [i, p] of pods.entries()) {
@@ -258,6 +260,7 @@ async function main(): Promise<void> {
       seeded = true;
     }
     if (typeof m.rate === "number") rate = m.rate;
+    if (typeof m.minBatch === "number") minBatch = Math.max(1, m.minBatch);
     if (m.stop === true) {
       void Promise.all(
         pods.map(async (p) => {

@@ -40,7 +40,7 @@ const CLI = join(ROOT, "src", "cli.ts");
 const MODEL = "Qwen/Qwen3-0.6B";
 const PODS = Number(process.env.SCALE_PODS ?? 1000);
 const BLOCKS_PER_POD = Number(process.env.SCALE_BLOCKS_PER_POD ?? 2000);
-const RATES = (process.env.SCALE_RATES ?? "50000,100000,200000").split(",").map(Number);
+const RATES = (process.env.SCALE_RATES ?? "10000,25000,50000,100000,200000").split(",").map(Number);
 const FILL_RATE = Number(process.env.SCALE_FILL_RATE ?? 100_000);
 const WINDOW_MS = Number(process.env.SCALE_WINDOW_MS ?? 12_000);
 const SETTLE_MS = 3_000;
@@ -244,7 +244,7 @@ interface Scrape {
 
 async function scrape(admin: string): Promise<Scrape> {
   const t0 = performance.now();
-  const text = await (await fetch(`${admin}/metrics`)).text();
+  const text = await (await fetch(`${admin}/metrics`, { signal: AbortSignal.timeout(180_000) })).text();
   const ms = performance.now() - t0;
   const s: Scrape = { batches: 0, lag: new Map(), decision: new Map(), live: 0, ms };
   for (const line of text.split("\n")) {
@@ -309,8 +309,8 @@ async function requests(url: string, ms: number) {
             headers: { "content-type": "application/json" },
             body: JSON.stringify({ model: MODEL, prompt: tokens, max_tokens: 1 }),
           });
-          await r.body.text();
-          if (r.statusCode !== 200) throw new Error(`HTTP ${r.statusCode}`);
+          const text = await r.body.text();
+          if (r.statusCode !== 200) throw new Error(`HTTP ${r.statusCode}: ${text.slice(0, 200)}`);
           ok++;
           lat.push(performance.now() - t0);
           const pod = Number(String(r.headers["x-kvsync-pod"] ?? "").replace(/^.*pod-/, ""));
@@ -362,12 +362,22 @@ async function main() {
   log(`gateway following ${PODS} live streams ${round((performance.now() - t0) / 1000)} s after start`);
   const rssIdle = procStat(gwPid).rssBytes;
 
-  // fill: tenant prompts, then rolling chains until every pod holds its cap
-  pub.child.send({ seed: true, rate: FILL_RATE });
-  const fillMs = ((PODS * BLOCKS_PER_POD) / FILL_RATE) * 1000 + 3_000;
-  log(`filling the index: ${PODS * BLOCKS_PER_POD} blocks at ${FILL_RATE}/s (~${round(fillMs / 1000)} s)`);
-  await new Promise((r) => setTimeout(r, fillMs));
+  // fill: tenant prompts, then rolling chains in big batches (few messages) until every pod holds its cap
+  pub.child.send({ seed: true, rate: FILL_RATE, minBatch: 100 });
+  const want = PODS * BLOCKS_PER_POD;
+  log(`filling the index: ${want} blocks at ${FILL_RATE}/s in batches of 100`);
+  const f0 = performance.now();
+  await waitFor(
+    "the index filled",
+    async () => {
+      const n = await indexEntries(gw.admin);
+      return n >= want || `${n} entries`;
+    },
+    { timeoutMs: (want / FILL_RATE) * 1000 * 4 + 60_000, intervalMs: 2_000 },
+  );
+  pub.child.send({ rate: 0, minBatch: 1 });
   const entriesAfterFill = await indexEntries(gw.admin);
+  log(`filled in ${round((performance.now() - f0) / 1000)} s`);
   log(`index: ${entriesAfterFill} entries, gateway RSS ${round(procStat(gwPid).rssBytes / 2 ** 20)} MiB`);
 
   const measuredFrom = performance.now();
@@ -419,16 +429,24 @@ async function main() {
       load1: round(load0, 2),
     };
     steps.push(step);
+    const keptUp = step.appliedOverSent >= 0.98 && step.publisherEventsPerSec >= rate * 0.9;
     log(
       `rate ${rate}/s: publisher ${step.publisherEventsPerSec}/s (${step.publisherCpuCores} cores), applied/sent ${step.appliedOverSent}, ` +
         `lag p99 <= ${step.lagP99Ms} ms (${round(lag.within * 100, 2)} % <= 50 ms; baseline consumer p99 ${step.baselineLagP99Ms} ms), decision p99 <= ${step.decisionP99Ms} ms, ` +
-        `${req.rps} req/s (${req.failed} failed, ${req.onTenantHolder} on a tenant holder), gateway ${step.gatewayCpuCores} cores ` +
+        `${req.rps} req/s (${req.failed} failed${req.firstError ? `: ${req.firstError.slice(0, 160)}` : ""}, ${req.onTenantHolder} on a tenant holder), gateway ${step.gatewayCpuCores} cores ` +
         `${step.gatewayRssMiB} MiB, scrape ${step.metricsScrapeMs} ms, load ${step.load1}`,
     );
+    if (!keptUp) {
+      // past this rate the backlog only grows (and with it the ZeroMQ queues' memory)
+      log(`rate ${rate}/s not sustained (publisher or gateway behind): the sweep stops here`);
+      break;
+    }
   }
 
   // a starting peer's catch-up from this gateway, under the middle rate's events
-  const snapRate = RATES[Math.floor(RATES.length / 2)];
+  // the highest rate the sweep sustained (the first one if none)
+  const kept = steps.filter((x) => (x.appliedOverSent as number) >= 0.98);
+  const snapRate = (kept[kept.length - 1]?.rate as number | undefined) ?? RATES[0];
   pub.child.send({ rate: snapRate });
   await new Promise((r) => setTimeout(r, SETTLE_MS));
   const nc = await connect({ servers: nats.url });
@@ -441,11 +459,13 @@ async function main() {
   const snapMs = performance.now() - s0;
   await nc.close();
   const servedLine = () => gw.lines.find((l) => l.event === "cluster.snapshot_served");
-  await waitFor("cluster.snapshot_served", () => servedLine() !== undefined, {
-    timeoutMs: 30_000,
-    intervalMs: 100,
-  });
-  const served = servedLine()!;
+  if (snap.result === "loaded")
+    await waitFor("cluster.snapshot_served", () => servedLine() !== undefined, {
+      timeoutMs: 60_000,
+      intervalMs: 100,
+    });
+  else log(`snapshot: ${snap.result}: ${snap.detail}`);
+  const served = servedLine() ?? {};
   const snapshot = {
     result: snap.result,
     rate: snapRate,
@@ -456,10 +476,14 @@ async function main() {
     longestSliceMs: served.longestSliceMs,
     oneTickExportMs: served.exportMs,
     sliceRatio: round(Number(served.exportMs) / Number(served.longestSliceMs), 1),
+    longestSliceCpuMs: served.longestSliceCpuMs,
+    oneTickExportCpuMs: served.exportCpuMs,
+    sliceCpuRatio: round(Number(served.exportCpuMs) / Number(served.longestSliceCpuMs), 1),
   };
   log(
     `snapshot: ${snapshot.streams} streams, ${snapshot.entries} entries, ${snapshot.mib} MiB in ${snapshot.wallMs} ms; ` +
-      `longest blocking slice ${snapshot.longestSliceMs} ms vs ${snapshot.oneTickExportMs} ms for every stream's export in one tick`,
+      `longest blocking slice ${snapshot.longestSliceMs} ms (CPU ${snapshot.longestSliceCpuMs} ms) vs ${snapshot.oneTickExportMs} ms ` +
+      `(CPU ${snapshot.oneTickExportCpuMs} ms) for every stream's export in one tick`,
   );
 
   pub.child.send({ rate: 0 });
@@ -529,6 +553,12 @@ function stop(child: ChildProcess): Promise<void> {
     child.kill("SIGTERM");
   });
 }
+
+for (const sig of ["SIGINT", "SIGTERM"] as const)
+  process.once(sig, () => {
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
+    void procs.nats?.stop().finally(() => process.exit(130));
+  });
 
 let code = 0;
 try {
