@@ -158,6 +158,9 @@ async function startGateway(enginesFile: string, natsUrl: string, profDir: strin
     [
       "--cpu-prof",
       `--cpu-prof-dir=${profDir}`,
+      // 5 ms samples: the profiler's SIGPROF every 1 ms (the default) interrupts libzmq calls
+      // often enough that a socket operation at start-up can fail with EINTR
+      "--cpu-prof-interval=5000",
       "--import",
       "tsx",
       CLI,
@@ -348,7 +351,14 @@ async function main() {
   const t0 = performance.now();
   const pub = await startPublisher();
   log(`publisher up in ${round((performance.now() - t0) / 1000)} s (${PODS} PUB + ROUTER + HTTP)`);
-  const gw = await startGateway(pub.enginesFile, nats.url, profDir);
+  let gw: Awaited<ReturnType<typeof startGateway>>;
+  try {
+    gw = await startGateway(pub.enginesFile, nats.url, profDir);
+  } catch (err) {
+    // seen once: "Interrupted system call" from a ZeroMQ call at start-up under the profiler
+    log(`gateway start failed, retrying once: ${String(err).slice(0, 300)}`);
+    gw = await startGateway(pub.enginesFile, nats.url, profDir);
+  }
   const probe = await startProbe(pub.enginesFile, Math.max(1, Math.round(PODS / 50)));
   const gwPid = gw.child.pid!;
   await waitFor(
@@ -491,7 +501,8 @@ async function main() {
   const entries = await indexEntries(gw.admin);
   // SIGTERM: the gateway shuts down and V8 writes the CPU profile
   await stop(gw.child);
-  const prof = readdirSync(profDir).find((f) => f.endsWith(".cpuprofile"));
+  // this gateway's profile (CPU.<date>.<pid>.…): a failed first start leaves its own
+  const prof = readdirSync(profDir).find((f) => f.endsWith(".cpuprofile") && f.includes(`.${gwPid}.`));
   const profile =
     prof === undefined
       ? { busyShare: Number.NaN, top: [] }
