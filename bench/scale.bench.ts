@@ -28,12 +28,11 @@ import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { connect } from "@nats-io/transport-node";
-import { Pool } from "undici";
 import { fetchSnapshot, SNAPSHOT_DEFAULTS } from "../src/cluster/snapshot.ts";
 import { waitFor } from "../src/util/wait.ts";
 import { NatsServer } from "../test/helpers/nats-server.ts";
 import { cpuProfileTop } from "./cpu-profile.ts";
-import { BLOCK_SIZE, TENANT_BLOCKS, TENANTS, tenantsOf, tenantToken } from "./scale-fleet.ts";
+import { histDiff, indexEntries, requests, scrape } from "./scale-measure.ts";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 const CLI = join(ROOT, "src", "cli.ts");
@@ -235,109 +234,6 @@ function procStat(pid: number): { cpuSec: number; rssBytes: number } {
   return { cpuSec, rssBytes: rss === null ? 0 : Number(rss[1]) * 1024 };
 }
 
-// ------------------------------------------------------------------ metrics
-
-interface Scrape {
-  batches: number;
-  lag: Map<number, number>;
-  decision: Map<number, number>;
-  live: number;
-  ms: number;
-}
-
-async function scrape(admin: string): Promise<Scrape> {
-  const t0 = performance.now();
-  const text = await (await fetch(`${admin}/metrics`, { signal: AbortSignal.timeout(180_000) })).text();
-  const ms = performance.now() - t0;
-  const s: Scrape = { batches: 0, lag: new Map(), decision: new Map(), live: 0, ms };
-  for (const line of text.split("\n")) {
-    if (line.startsWith("kvsync_subscriber_batches_applied_total{"))
-      s.batches += Number(line.split(" ").pop());
-    else if (line.startsWith("kvsync_subscriber_event_lag_seconds_bucket{")) {
-      const le = /le="([^"]+)"/.exec(line)![1];
-      s.lag.set(le === "+Inf" ? Number.POSITIVE_INFINITY : Number(le), Number(line.split(" ").pop()));
-    } else if (line.startsWith("kvsync_gateway_routing_decision_seconds_bucket{")) {
-      const le = /le="([^"]+)"/.exec(line)![1];
-      const k = le === "+Inf" ? Number.POSITIVE_INFINITY : Number(le);
-      s.decision.set(k, (s.decision.get(k) ?? 0) + Number(line.split(" ").pop()));
-    } else if (line.startsWith('kvsync_subscriber_streams{state="live"}'))
-      s.live = Number(line.split(" ").pop());
-  }
-  return s;
-}
-
-/** Bucket upper bound holding quantile q of the difference of two cumulative histograms, and the share <= `at`. */
-function histDiff(a: Map<number, number>, b: Map<number, number>, q: number, at: number) {
-  const les = [...b.keys()].sort((x, y) => x - y);
-  const total = (b.get(Number.POSITIVE_INFINITY) ?? 0) - (a.get(Number.POSITIVE_INFINITY) ?? 0);
-  let quantile = Number.NaN;
-  let within = Number.NaN;
-  for (const le of les) {
-    const n = (b.get(le) ?? 0) - (a.get(le) ?? 0);
-    if (Number.isNaN(quantile) && total > 0 && n >= q * total) quantile = le;
-    if (le === at) within = total > 0 ? n / total : Number.NaN;
-  }
-  return { count: total, quantile, within };
-}
-
-// ------------------------------------------------------------------ requests
-
-/** token-id prompts: one of the tenant system prompts, then a unique question */
-function promptFor(k: number): { tokens: number[]; tenant: number } {
-  const tenant = k % TENANTS;
-  const tokens: number[] = [];
-  for (let j = 0; j < TENANT_BLOCKS * BLOCK_SIZE; j++) tokens.push(tenantToken(tenant, j));
-  for (let j = 0; j < 48; j++) tokens.push(150_000 + ((k * 131 + j * 17) % 1000));
-  return { tokens, tenant };
-}
-
-async function requests(url: string, ms: number) {
-  const pool = new Pool(url, { connections: CLIENTS });
-  const lat: number[] = [];
-  let ok = 0;
-  let failed = 0;
-  let onHolder = 0;
-  let firstError = "";
-  let k = 0;
-  const deadline = performance.now() + ms;
-  await Promise.all(
-    Array.from({ length: CLIENTS }, async () => {
-      while (performance.now() < deadline) {
-        const { tokens, tenant } = promptFor(k++);
-        const t0 = performance.now();
-        try {
-          const r = await pool.request({
-            path: "/v1/completions",
-            method: "POST",
-            headers: { "content-type": "application/json" },
-            body: JSON.stringify({ model: MODEL, prompt: tokens, max_tokens: 1 }),
-          });
-          const text = await r.body.text();
-          if (r.statusCode !== 200) throw new Error(`HTTP ${r.statusCode}: ${text.slice(0, 200)}`);
-          ok++;
-          lat.push(performance.now() - t0);
-          const pod = Number(String(r.headers["x-kvsync-pod"] ?? "").replace(/^.*pod-/, ""));
-          if (tenantsOf(pod).includes(tenant)) onHolder++;
-        } catch (err) {
-          failed++;
-          if (firstError === "") firstError = String(err);
-        }
-      }
-    }),
-  );
-  await pool.close();
-  lat.sort((a, b) => a - b);
-  return {
-    rps: round((ok * 1000) / ms),
-    ok,
-    failed,
-    firstError,
-    p50Ms: round(lat[Math.floor(lat.length * 0.5)] ?? Number.NaN, 2),
-    p99Ms: round(lat[Math.floor(lat.length * 0.99)] ?? Number.NaN, 2),
-    onTenantHolder: round(ok > 0 ? onHolder / ok : Number.NaN, 3),
-  };
-}
-
 // ------------------------------------------------------------------ run
 
 const procs: { nats: NatsServer | null } = { nats: null };
@@ -401,7 +297,7 @@ async function main() {
     const w0 = performance.now();
     const load0 = loadavg()[0];
     await probe.report();
-    const req = await requests(gw.url, WINDOW_MS);
+    const req = await requests(gw.url, WINDOW_MS, MODEL, CLIENTS);
     const b = await scrape(gw.admin);
     const secs = (performance.now() - w0) / 1000;
     const pb = pub.stats();
@@ -545,12 +441,6 @@ async function main() {
   mkdirSync(join(ROOT, "bench", "results"), { recursive: true });
   writeFileSync(join(ROOT, "bench", "results", "scale.json"), `${line}\n`);
   process.stdout.write(`${line}\n`);
-}
-
-async function indexEntries(admin: string): Promise<number> {
-  const text = await (await fetch(`${admin}/metrics`)).text();
-  const m = /^kvsync_index_entries (\d+)/m.exec(text);
-  return m === null ? 0 : Number(m[1]);
 }
 
 function stop(child: ChildProcess): Promise<void> {
