@@ -217,9 +217,10 @@ async function startGateway(enginesFile: string, natsUrl: string, profDir: strin
         if (child.exitCode !== null) throw new Error(`gateway exited with ${child.exitCode}`);
         return lines.some((l) => l.event === "gateway.started");
       },
-      { timeoutMs: 120_000, intervalMs: 100 },
+      { timeoutMs: 300_000, intervalMs: 100 },
     );
   } catch (err) {
+    child.kill("SIGKILL");
     throw new Error(`${String(err)}; its last log lines:\n${tail.join("\n")}`);
   }
   return { child, url: `http://127.0.0.1:${port}`, admin: `http://127.0.0.1:${adminPort}`, lines };
@@ -251,7 +252,7 @@ async function main() {
   try {
     gw = await startGateway(pub.enginesFile, nats.url, profDir);
   } catch (err) {
-    // seen once: "Interrupted system call" from a ZeroMQ call at start-up under the profiler
+    // seen: "Interrupted system call" from a ZeroMQ call at start-up under the profiler
     log(`gateway start failed, retrying once: ${String(err).slice(0, 300)}`);
     gw = await startGateway(pub.enginesFile, nats.url, profDir);
   }
