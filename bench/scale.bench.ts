@@ -280,7 +280,7 @@ async function main() {
       const n = await indexEntries(gw.admin);
       return n >= want || `${n} entries`;
     },
-    { timeoutMs: (want / FILL_RATE) * 1000 * 4 + 60_000, intervalMs: 2_000 },
+    { timeoutMs: (want / FILL_RATE) * 1000 * 10 + 60_000, intervalMs: 2_000 },
   );
   pub.child.send({ rate: 0, minBatch: 1 });
   const entriesAfterFill = await indexEntries(gw.admin);
