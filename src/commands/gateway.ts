@@ -185,6 +185,22 @@ export function register(program: Command): void {
     )
     .addOption(
       opt(
+        "--pod-slow-ratio <x>",
+        "a pod whose time-to-first-byte upper quartile (3 s window) is this many times the fleet's logs gateway.pod_slow (0 = off)",
+        "KVSYNC_POD_SLOW_RATIO",
+        H.slowness.ratio,
+      ).argParser(parseFloatArg),
+    )
+    .addOption(
+      opt(
+        "--pod-slow-ms <n>",
+        "...and at least this many ms above the fleet's",
+        "KVSYNC_POD_SLOW_MS",
+        H.slowness.minExcessMs,
+      ).argParser(parseIntArg),
+    )
+    .addOption(
+      opt(
         "--body-timeout-ms <n>",
         "longest upstream pause between body chunks",
         "KVSYNC_BODY_TIMEOUT_MS",
@@ -398,6 +414,11 @@ export function register(program: Command): void {
               probeTimeoutMs: o.healthProbeTimeoutMs,
               unhealthyAfterProbes: o.healthUnhealthyProbes,
               unhealthyAfterFailures: o.healthUnhealthyFailures,
+              slowness: {
+                ...H.slowness,
+                ratio: o.podSlowRatio as number,
+                minExcessMs: o.podSlowMs as number,
+              },
             }
           : false,
         bodyTimeoutMs: o.bodyTimeoutMs,

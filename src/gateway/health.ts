@@ -1,6 +1,8 @@
 import { Agent, request } from "undici";
 import type { Logger } from "../util/log.ts";
+import { Cancel } from "./cancel.ts";
 import type { GatewayMetrics } from "./metrics.ts";
+import { PodSlowness, SLOWNESS_DEFAULTS, type SlownessOptions } from "./pod-latency.ts";
 
 export interface HealthOptions {
   /** period of the active probe of every pod's `probePath` (ms) */
@@ -13,6 +15,8 @@ export interface HealthOptions {
   unhealthyAfterFailures: number;
   /** the engine's liveness endpoint (vLLM: GET /health, 200 when the engine loop runs) */
   probePath: string;
+  /** the slowness signal against the fleet (pod-latency.ts) */
+  slowness: SlownessOptions;
 }
 
 /** a probe timer this late (ms, or half the timeout if more) says the gateway stalled, not the pod */
@@ -26,6 +30,7 @@ export const HEALTH_DEFAULTS: Readonly<HealthOptions> = Object.freeze({
   unhealthyAfterProbes: 2,
   unhealthyAfterFailures: 3,
   probePath: "/health",
+  slowness: SLOWNESS_DEFAULTS,
 });
 
 /** What `PodHealth` reports about one pod (admin API, explain, metrics). */
@@ -41,6 +46,12 @@ export interface PodHealthStatus {
   /** ms since the epoch of the last successful probe, null before the first */
   lastProbeOk: number | null;
   inflight: number;
+  /** answering far slower than the fleet (gateway.pod_slow); still in rotation */
+  slow: boolean;
+  /** upper quartile of its time to first byte over the slowness window (ms), null when unjudged */
+  ttfbP75Ms: number | null;
+  /** upper quartile of its health probes' round trips over the slowness window (ms) */
+  probeP75Ms: number | null;
 }
 
 /** The abort reason of a request cut because its pod went out of rotation. */
@@ -60,24 +71,22 @@ export class PodUnhealthyError extends Error {
  * of its last upstream byte, and why the health signal cut it (null when it did not).
  */
 export class TrackedRequest {
-  private readonly ac = new AbortController();
+  private readonly ac = new Cancel();
   private readonly unlink: () => void;
   last = performance.now();
   abortedBy: PodUnhealthyError | null = null;
 
   constructor(
     readonly pod: string,
-    parent: AbortSignal,
+    parent: Cancel,
     private readonly onRelease: (t: TrackedRequest) => void,
   ) {
-    const forward = () => this.ac.abort(parent.reason);
-    if (parent.aborted) forward();
-    parent.addEventListener("abort", forward, { once: true });
-    this.unlink = () => parent.removeEventListener("abort", forward);
+    this.unlink = this.ac.follow(parent);
   }
 
-  get signal(): AbortSignal {
-    return this.ac.signal;
+  /** aborted with the parent, or by the health signal */
+  get signal(): Cancel {
+    return this.ac;
   }
 
   /** An upstream byte arrived: the pod is demonstrably alive for this request. */
@@ -86,7 +95,7 @@ export class TrackedRequest {
   }
 
   abort(err: PodUnhealthyError): void {
-    if (this.ac.signal.aborted) return;
+    if (this.ac.aborted) return;
     this.abortedBy = err;
     this.ac.abort(err);
   }
@@ -125,13 +134,15 @@ export class PodHealth {
   private readonly agent: Agent;
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
+  readonly slowness: PodSlowness;
 
   constructor(
     opts: Partial<HealthOptions>,
     private readonly metrics: GatewayMetrics,
     private readonly log: Logger,
   ) {
-    this.o = { ...HEALTH_DEFAULTS, ...opts };
+    this.o = { ...HEALTH_DEFAULTS, ...opts, slowness: { ...SLOWNESS_DEFAULTS, ...opts.slowness } };
+    this.slowness = new PodSlowness(this.o.slowness, metrics, log);
     if (!(this.o.probeIntervalMs > 0) || !(this.o.probeTimeoutMs > 0))
       throw new Error("health probe interval and timeout must be > 0 ms");
     if (!(this.o.unhealthyAfterProbes >= 1) || !(this.o.unhealthyAfterFailures >= 1))
@@ -177,6 +188,7 @@ export class PodHealth {
       s.probing?.abort();
       this.pods.delete(name);
     }
+    this.slowness.retain(seen);
   }
 
   start(): void {
@@ -193,15 +205,15 @@ export class PodHealth {
 
   status(pod: string): PodHealthStatus | null {
     const s = this.pods.get(pod);
-    return s === undefined ? null : statusOf(s);
+    return s === undefined ? null : this.statusOf(s);
   }
 
   snapshot(): PodHealthStatus[] {
-    return [...this.pods.values()].map(statusOf);
+    return [...this.pods.values()].map((s) => this.statusOf(s));
   }
 
   /** Register a request to `pod`; `release()` it when done. */
-  track(pod: string, parent: AbortSignal): TrackedRequest {
+  track(pod: string, parent: Cancel): TrackedRequest {
     const s = this.pods.get(pod);
     const t = new TrackedRequest(pod, parent, (x) => {
       this.pods.get(pod)?.inflight.delete(x);
@@ -210,10 +222,12 @@ export class PodHealth {
     return t;
   }
 
-  /** A request to `pod` got its response headers. */
-  requestSucceeded(pod: string): void {
+  /** A request to `pod` got its response headers, `ttfbMs` after it was sent. */
+  requestSucceeded(pod: string, ttfbMs?: number): void {
     const s = this.pods.get(pod);
-    if (s !== undefined) s.requestFailures = 0;
+    if (s === undefined) return;
+    s.requestFailures = 0;
+    if (ttfbMs !== undefined) this.slowness.observe(pod, ttfbMs);
   }
 
   /** A request to `pod` failed in a way that says the pod itself is in trouble. */
@@ -231,11 +245,13 @@ export class PodHealth {
       if (s.probing === null) this.probe(s);
       if (!s.healthy) this.sweep(s, now);
     }
+    this.slowness.evaluate(now);
   }
 
   private probe(s: PodState): void {
     const ac = new AbortController();
     s.probing = ac;
+    const sentAt = performance.now();
     const timeoutMs = this.o.probeTimeoutMs;
     let due = performance.now() + timeoutMs;
     let rearms = 0;
@@ -266,6 +282,9 @@ export class PodHealth {
         if (this.pods.get(s.name) !== s || s.probing !== ac || this.closed) return;
         s.probing = null;
         this.metrics.healthProbes.inc({ result: failure === null ? "ok" : failure });
+        // a timed-out probe took at least the timeout; a refused one says nothing about speed
+        if (failure === null || failure === "probe_timeout")
+          this.slowness.observeProbe(s.name, Math.min(performance.now() - sentAt, this.o.probeTimeoutMs));
         if (failure === null) this.probeOk(s);
         else {
           s.probeFailures++;
@@ -330,6 +349,23 @@ export class PodHealth {
     );
   }
 
+  private statusOf(s: PodState): PodHealthStatus {
+    const slow = this.slowness.status(s.name);
+    return {
+      pod: s.name,
+      healthy: s.healthy,
+      reason: s.reason,
+      since: s.since,
+      probeFailures: s.probeFailures,
+      requestFailures: s.requestFailures,
+      lastProbeOk: s.lastProbeOk,
+      inflight: s.inflight.size,
+      slow: slow?.slow ?? false,
+      ttfbP75Ms: slow?.ttfbP75Ms ?? null,
+      probeP75Ms: slow?.probeP75Ms ?? null,
+    };
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
@@ -339,19 +375,6 @@ export class PodHealth {
     this.pods.clear();
     await this.agent.destroy().catch(() => undefined);
   }
-}
-
-function statusOf(s: PodState): PodHealthStatus {
-  return {
-    pod: s.name,
-    healthy: s.healthy,
-    reason: s.reason,
-    since: s.since,
-    probeFailures: s.probeFailures,
-    requestFailures: s.requestFailures,
-    lastProbeOk: s.lastProbeOk,
-    inflight: s.inflight.size,
-  };
 }
 
 export function originOf(http: string): string {

@@ -35,6 +35,8 @@ export class GatewayMetrics {
   readonly podEjections: Counter<"reason">;
   readonly healthProbes: Counter<"result">;
   readonly upstreamAborts: Counter<"reason">;
+  readonly podSlow: Counter<"pod">;
+  readonly podLatencyP75: Gauge<"pod" | "source">;
   /** read at scrape time by the per-stream and per-pod gauges */
   sources: MetricSources | null = null;
 
@@ -182,6 +184,18 @@ export class GatewayMetrics {
       name: "kvsync_gateway_upstream_aborts_total",
       help: "Upstream requests the gateway cut, by reason (pod_unhealthy, first_byte_timeout)",
       labelNames: ["reason"],
+      registers,
+    });
+    this.podSlow = new Counter({
+      name: "kvsync_gateway_pod_slow_total",
+      help: "Times a pod turned slow: its time-to-first-byte upper quartile far above the fleet's (gateway.pod_slow)",
+      labelNames: ["pod"],
+      registers,
+    });
+    this.podLatencyP75 = new Gauge({
+      name: "kvsync_gateway_pod_latency_p75_seconds",
+      help: "Upper quartile of each pod's latency over the slowness window, by source (ttfb: requests' time to first byte; probe: health probe round trip); absent: too few samples",
+      labelNames: ["pod", "source"],
       registers,
     });
   }

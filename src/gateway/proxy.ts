@@ -4,6 +4,7 @@ import type { Dispatcher } from "undici";
 import type { LoadTicket, LoadTracker } from "../routing/load.ts";
 import type { RoutingPolicy, ScoredCandidate } from "../routing/types.ts";
 import type { Logger } from "../util/log.ts";
+import { Cancel } from "./cancel.ts";
 import { GatewayError, noReadyPod, upstreamFailed, upstreamTimeout } from "./errors.ts";
 import { originOf, type PodHealth, type PodUnhealthyError, type TrackedRequest } from "./health.ts";
 import type { GatewayMetrics } from "./metrics.ts";
@@ -84,7 +85,7 @@ export class RequestProxy {
           }),
         )
       : raw;
-    const ac = new AbortController();
+    const ac = new Cancel();
     // the client may have gone while the request was tokenized and routed
     let clientGone = res.destroyed || req.socket?.destroyed === true;
     if (clientGone) {
@@ -116,10 +117,11 @@ export class RequestProxy {
           ? plan.ticket
           : this.loads.begin(cand.streamId, promptTokens - sc.savedTokens);
       // the health signal can cut this attempt (its pod went out of rotation) apart from the client
-      const tracked = this.health?.track(cand.pod, ac.signal) ?? null;
+      const tracked = this.health?.track(cand.pod, ac) ?? null;
       // an attempt that sent the client nothing can go to the next healthy pod once
       const next = () => (attempt === 0 ? this.retryTarget(order, cand.pod) : undefined);
       let up: Dispatcher.ResponseData;
+      let sentAt = performance.now();
       try {
         const headers: Record<string, string> = {
           // a form (audio) keeps its boundary; everything else is the JSON read above
@@ -131,12 +133,13 @@ export class RequestProxy {
         const rid = req.headers["x-request-id"];
         if (typeof rid === "string") headers["x-request-id"] = rid;
         if (cand.rank !== null) headers["x-data-parallel-rank"] = String(cand.rank);
+        sentAt = performance.now();
         up = await this.pools.get(originOf(cand.http)).request({
           path,
           method: "POST",
           headers,
           body: payload,
-          signal: tracked?.signal ?? ac.signal,
+          signal: tracked?.signal ?? ac,
           // a streaming engine answers headers at once: waiting longer means it is stuck
           headersTimeout: parsed.stream
             ? Math.min(this.o.firstByteTimeoutMs, this.o.headersTimeoutMs)
@@ -174,7 +177,7 @@ export class RequestProxy {
         if (kind === "headers_timeout") throw upstreamTimeout(`pod ${cand.pod} did not answer in time`);
         throw upstreamFailed(`pod ${cand.pod} failed: ${(err as Error)?.message ?? String(err)}`);
       }
-      this.health?.requestSucceeded(cand.pod);
+      this.health?.requestSucceeded(cand.pod, performance.now() - sentAt);
       tracked?.touch();
       this.policy.onDispatched?.(route, sc);
       this.metrics.matchedRatio.observe(
