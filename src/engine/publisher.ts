@@ -1,4 +1,5 @@
 import * as zmq from "zeromq";
+import "../protocol/zmq-context.ts";
 import { encodeBatch, type WireEra } from "../protocol/encode.ts";
 import { dataParallelEndpoint } from "../protocol/endpoints.ts";
 import { encodePubMessage } from "../protocol/frames.ts";

@@ -19,6 +19,11 @@ export interface HealthOptions {
   slowness: SlownessOptions;
 }
 
+/** a probe timer this late (ms, or half the timeout if more) says the gateway stalled, not the pod */
+const LATE_MIN_MS = 100;
+/** times a probe's timeout restarts after firing late before it counts */
+const MAX_LATE_REARMS = 2;
+
 export const HEALTH_DEFAULTS: Readonly<HealthOptions> = Object.freeze({
   probeIntervalMs: 1_000,
   probeTimeoutMs: 1_000,
@@ -143,11 +148,13 @@ export class PodHealth {
     if (!(this.o.unhealthyAfterProbes >= 1) || !(this.o.unhealthyAfterFailures >= 1))
       throw new Error("health thresholds (failed probes, failed requests) must be >= 1");
     // probes get their own connections: a request pool saturated by a slow pod must not fail them
+    // the probe's own timer judges timeouts (probe()); undici's are only a backstop past it
+    const backstopMs = this.o.probeTimeoutMs * (MAX_LATE_REARMS + 2);
     this.agent = new Agent({
       connections: 1,
-      connect: { timeout: this.o.probeTimeoutMs },
-      headersTimeout: this.o.probeTimeoutMs,
-      bodyTimeout: this.o.probeTimeoutMs,
+      connect: { timeout: backstopMs },
+      headersTimeout: backstopMs,
+      bodyTimeout: backstopMs,
       keepAliveTimeout: Math.max(this.o.probeIntervalMs * 4, 4_000),
     });
   }
@@ -245,7 +252,24 @@ export class PodHealth {
     const ac = new AbortController();
     s.probing = ac;
     const sentAt = performance.now();
-    const timer = setTimeout(() => ac.abort(), this.o.probeTimeoutMs);
+    const timeoutMs = this.o.probeTimeoutMs;
+    let due = performance.now() + timeoutMs;
+    let rearms = 0;
+    const expire = () => {
+      // a timer that runs late means this process was stalled (a blocked or saturated event
+      // loop), not the pod: the answer may be sitting unread. The pod gets its timeout again
+      // (at most MAX_LATE_REARMS times), so a starved gateway does not eject every pod at once.
+      const late = performance.now() - due;
+      if (late > Math.max(LATE_MIN_MS, timeoutMs / 2) && rearms < MAX_LATE_REARMS) {
+        rearms++;
+        this.metrics.healthProbes.inc({ result: "late_timer" });
+        due = performance.now() + timeoutMs;
+        timer = setTimeout(expire, timeoutMs);
+        return;
+      }
+      ac.abort();
+    };
+    let timer = setTimeout(expire, timeoutMs);
     request(`${s.origin}${this.o.probePath}`, { dispatcher: this.agent, signal: ac.signal })
       .then(async (r) => {
         await r.body.dump();

@@ -204,7 +204,7 @@ export class GatewayMetrics {
     });
     this.healthProbes = new Counter({
       name: "kvsync_gateway_health_probes_total",
-      help: "Active health probes of the pods' /health, by result (ok, probe_timeout, probe_error, probe_status_N)",
+      help: "Active health probes of the pods' /health, by result (ok, probe_timeout, probe_error, probe_status_N; late_timer: a timeout that fired late, the gateway stalled, restarted)",
       labelNames: ["result"],
       registers,
     });
