@@ -41,6 +41,12 @@ export class Block {
   }
 }
 
+/**
+ * vLLM's null block: the place of a block a sliding-window group no longer needs (out of the
+ * window, or before a prefix hit's window). Never in the free queue, never cached.
+ */
+export const NULL_BLOCK = new Block(-3);
+
 /** What the cache needs to know about a request. */
 export interface CacheRequest {
   /** prompt + generated tokens so far */
@@ -173,20 +179,22 @@ export class KvCache {
     hit: PrefixLookup | null,
     computedTokens: number,
   ): boolean {
+    if (!this.fits(req, totalTokens, hit)) return false;
     const hitBlocks = hit === null ? 0 : hit.gpuBlocks.length;
     const need = this.blocksFor(totalTokens) - req.blocks.length - hitBlocks;
-    let evictableHits = 0;
-    if (hit !== null) for (const b of hit.gpuBlocks) if (b.refCnt === 0) evictableHits++;
-    if (need > this.numFree - evictableHits) return false;
     if (hit !== null) {
       for (const b of hit.gpuBlocks) {
+        if (b === NULL_BLOCK) {
+          req.blocks.push(b);
+          continue;
+        }
         if (b.refCnt === 0) this.removeFree(b);
         b.refCnt++;
         req.blocks.push(b);
       }
       req.numCachedBlocks = req.blocks.length;
       if (this.numCpuBlocks > 0) {
-        for (const b of hit.gpuBlocks) this.cpuTouch(b.digest!);
+        for (const b of hit.gpuBlocks) if (b !== NULL_BLOCK) this.cpuTouch(b.digest!);
       }
     }
     for (let i = 0; i < need; i++) {
@@ -198,7 +206,43 @@ export class KvCache {
     return true;
   }
 
-  /** Registers the request's blocks that are full once `computedTokens` tokens are computed. */
+  /** Whether `allocate` would succeed (enough free blocks once the hit's are taken). */
+  canAllocate(req: CacheRequest, totalTokens: number, hit: PrefixLookup | null): boolean {
+    return this.fits(req, totalTokens, hit);
+  }
+
+  private fits(req: CacheRequest, totalTokens: number, hit: PrefixLookup | null): boolean {
+    const hitBlocks = hit === null ? 0 : hit.gpuBlocks.length;
+    const need = this.blocksFor(totalTokens) - req.blocks.length - hitBlocks;
+    let evictableHits = 0;
+    if (hit !== null) for (const b of hit.gpuBlocks) if (b !== NULL_BLOCK && b.refCnt === 0) evictableHits++;
+    return need <= this.numFree - evictableHits;
+  }
+
+  /** A cached block holding `d` (the first copy), or null. */
+  cachedBlock(d: Digest): Block | null {
+    return this.cached.get(d)?.[0] ?? null;
+  }
+
+  /**
+   * vLLM's `remove_skipped_blocks`: the request's blocks before `numBlocks` that are still real
+   * are freed (the latest first, so the oldest is evicted last) and become null blocks.
+   */
+  releaseBefore(req: CacheRequest, numBlocks: number): void {
+    for (let i = Math.min(numBlocks, req.blocks.length) - 1; i >= 0; i--) {
+      const b = req.blocks[i];
+      if (b === NULL_BLOCK) break;
+      req.blocks[i] = NULL_BLOCK;
+      b.refCnt--;
+      if (b.refCnt === 0) this.pushFree(b);
+    }
+  }
+
+  /**
+   * Registers the request's blocks that are full once `computedTokens` tokens are computed. Null
+   * blocks are skipped (vLLM's `cache_full_blocks`): the event names the real blocks only while
+   * its token ids span the whole range.
+   */
   private cacheFullBlocks(req: CacheRequest, computedTokens: number): void {
     const full = Math.min(Math.floor(computedTokens / this.blockSize), req.digests.length, req.blocks.length);
     if (full <= req.numCachedBlocks) return;
@@ -206,6 +250,7 @@ export class KvCache {
     const hashes: HashKey[] = [];
     for (let i = first; i < full; i++) {
       const b = req.blocks[i];
+      if (b === NULL_BLOCK) continue;
       const d = req.digests[i];
       b.digest = d;
       const copies = this.cached.get(d);
@@ -219,7 +264,7 @@ export class KvCache {
         first === 0 ? null : this.hashOf(req.digests[first - 1]),
         req.tokens.slice(first * this.blockSize, full * this.blockSize),
         this.blockSize,
-        this.storedFields(req, first, full - first),
+        this.storedFields(req, first, hashes.length),
       ),
     );
     req.numCachedBlocks = full;
@@ -249,6 +294,7 @@ export class KvCache {
   free(req: CacheRequest): void {
     for (let i = req.blocks.length - 1; i >= 0; i--) {
       const b = req.blocks[i];
+      if (b === NULL_BLOCK) continue;
       b.refCnt--;
       if (b.refCnt === 0) this.pushFree(b);
     }
