@@ -28,10 +28,12 @@
  */
 import type { BlockRemoved, BlockStored, EventBatch, HashKey, KvEvent } from "../protocol/types.ts";
 import { chainHash, namespaceSeed, stringHash64 } from "./chain-hash.ts";
+import { type GroupHolding, type GroupKind, hitLength, requestKeys } from "./coordinator.ts";
 import { sortMatches } from "./reference.ts";
 import { keyableBlocks, loraOf, MAX_EXTRA_COPIES, saltOf, tierBit } from "./rules.ts";
 import type {
   BlockClaim,
+  GroupClaims,
   IndexStats,
   NamespaceRef,
   PrefixIndex,
@@ -46,18 +48,13 @@ const FULL_KINDS: ReadonlySet<string> = new Set(["full_attention", "mla_attentio
 /** SlidingWindowSpec and its MLA subclass. */
 const SLIDING_KINDS: ReadonlySet<string> = new Set(["sliding_window", "sliding_window_mla"]);
 
-export type GroupKind = "full" | "sliding" | "other";
+export type { GroupKind };
 
 export function groupKindOf(kind: string | null | undefined): GroupKind | null {
   if (typeof kind !== "string") return null;
   if (FULL_KINDS.has(kind)) return "full";
   if (SLIDING_KINDS.has(kind)) return "sliding";
   return "other";
-}
-
-/** Blocks a sliding window of `window` tokens needs before the hit point (vLLM's rule). */
-export function windowBlocks(window: number, blockSize: number): number {
-  return Math.ceil((window - 1) / blockSize);
 }
 
 interface Claim {
@@ -68,13 +65,8 @@ interface Claim {
   copies: number;
 }
 
-interface GroupState {
-  kind: GroupKind;
-  /** tokens; 0 for full attention */
-  window: number;
+interface GroupState extends GroupHolding {
   claims: Map<HashKey, Claim>;
-  /** chain key -> claims naming it (any tier) */
-  held: Map<string, number>;
 }
 
 interface GroupedStream {
@@ -391,6 +383,17 @@ export class GroupedIndex implements PrefixIndex {
     return g === undefined ? [] : [...g.claims.keys()];
   }
 
+  streamGroups(streamId: string): GroupClaims[] {
+    const st = this.grouped.get(streamId);
+    if (st === undefined) return [];
+    return [...st.groups].map(([group, g]) => ({
+      group,
+      kind: g.kind,
+      window: g.window,
+      hashes: [...g.claims.keys()],
+    }));
+  }
+
   /** A grouped stream's layout: primary group, the others' kinds and windows. */
   groupLayout(streamId: string): {
     primary: number | null;
@@ -440,54 +443,4 @@ export class GroupedIndex implements PrefixIndex {
   importStream(ref: StreamRef, data: StreamExport): number {
     return this.inner.importStream?.(ref, data) ?? 0;
   }
-}
-
-/** The request's chain keys "hi:lo" of its first `n` blocks (as the index keys them). */
-function requestKeys(
-  ns: NamespaceRef,
-  tokenIds: ArrayLike<number>,
-  n: number,
-  seed: Int32Array,
-  k2: Int32Array,
-): string[] {
-  namespaceSeed(ns, seed);
-  if (typeof ns.salt === "string") stringHash64(ns.salt, k2, 0);
-  else k2.fill(0);
-  const out: string[] = new Array(n);
-  for (let b = 0; b < n; b++) {
-    chainHash(seed[0], seed[1], k2[0], k2[1], tokenIds, b * ns.blockSize, ns.blockSize, k2, 0);
-    out[b] = `${k2[0]}:${k2[1]}`;
-  }
-  return out;
-}
-
-/**
- * vLLM's fixed point over the non-primary groups: each group lowers the bound `e` (blocks)
- * to what it accepts, until none lowers it.
- */
-export function hitLength(groups: Map<number, GroupState>, keys: string[], e: number, bs: number): number {
-  for (;;) {
-    const start = e;
-    for (const g of groups.values()) {
-      if (e === 0) return 0;
-      if (g.kind === "full") {
-        let r = 0;
-        while (r < e && g.held.has(keys[r])) r++;
-        e = r;
-      } else e = slidingHit(g, keys, e, windowBlocks(g.window, bs));
-    }
-    if (e >= start) return e;
-  }
-}
-
-/** SlidingWindowManager.find_longest_cache_hit on blocks [0, e) with n contiguous blocks. */
-function slidingHit(g: GroupState, keys: string[], e: number, n: number): number {
-  let run = 0;
-  for (let i = e - 1; i >= 0; i--) {
-    if (g.held.has(keys[i])) {
-      run++;
-      if (run >= n) return i + run;
-    } else run = 0;
-  }
-  return run;
 }

@@ -21,12 +21,12 @@ import { type SyncIndexOptions, SyncPrefixIndex } from "./sync-index.ts";
 import type { PrefixIndex } from "./types.ts";
 
 export { blockKeys, chainHash, namespaceKey, namespaceSeed, stringHash64 } from "./chain-hash.ts";
+export { windowBlocks } from "./coordinator.ts";
 export {
   GroupedIndex,
   type GroupedIndexOptions,
   type GroupKind,
   groupKindOf,
-  windowBlocks,
 } from "./groups.ts";
 export { ReferenceIndex, sortMatches } from "./reference.ts";
 export {
