@@ -9,6 +9,7 @@ import { POLICY_NAMES, type PolicyName } from "../routing/types.ts";
 import { collect, flagOpt, opt, parseChoice, parseFloatArg, parseIntArg } from "../util/cli-options.ts";
 import { createLogger } from "../util/log.ts";
 import { addClusterOptions, type ClusterCliOptions, clusterOptionsFrom } from "./cluster-options.ts";
+import { addMatchWatchOptions, matchWatchFrom } from "./match-watch-options.ts";
 import {
   addSignalOptions,
   addStreamHealthOptions,
@@ -365,6 +366,7 @@ export function register(program: Command): void {
       ).argParser(parseIntArg),
     );
   addClusterOptions(cmd);
+  addMatchWatchOptions(cmd);
   cmd.action(async (o: GatewayCliOptions & Record<string, unknown>) => {
     const log = createLogger("gateway");
     let gw: Awaited<ReturnType<typeof startGateway>>;
@@ -421,6 +423,7 @@ export function register(program: Command): void {
         },
         topic: o.topic,
         ...clusterOptionsFrom(o),
+        ...matchWatchFrom(o),
         subscriber: { replayTimeoutMs: o.replayTimeoutMs, ...streamHealthFrom(o) },
         ...signalOptionsFrom(o),
         log,
