@@ -3,7 +3,7 @@ import type { HashKey } from "../protocol/types.ts";
 import type { Tokenizer } from "../tokenize/types.ts";
 import type { Logger } from "../util/log.ts";
 import { seededRandom } from "../util/rng.ts";
-import { type Digest, digestUint64Parts, rootDigest } from "./block-hash.ts";
+import { blockDigest, type Digest, digestUint64Parts, rootDigest } from "./block-hash.ts";
 import { HybridKvCache, SLIDING_GROUP } from "./hybrid-cache.ts";
 import { KvCache } from "./kv-cache.ts";
 import { EngineMetrics } from "./metrics.ts";
@@ -82,6 +82,8 @@ export class MockEngine {
         blockSize: o.blockSize,
         hashOf,
         removals: o.removedEvents,
+        // SGLang 2025 publishes a page's hash of its own tokens (docs/engines.md)
+        ...(o.flavor === "sglang-2025" ? { contentHash } : {}),
       };
       const cache =
         o.hybridWindow > 0 ? new HybridKvCache({ ...co, window: o.hybridWindow }) : new KvCache(co);
@@ -250,6 +252,12 @@ export class MockEngine {
     for (const r of this.ranks) r.scheduler.close();
     for (const r of this.ranks) await r.publisher?.close();
   }
+}
+
+/** SGLang 2025's page hash: the page's tokens alone, signed 64-bit (no parent, no seed). */
+const CONTENT_ROOT = rootDigest("sglang-2025-content");
+function contentHash(tokens: ArrayLike<number>, start: number, blockSize: number): HashKey {
+  return signedHash(blockDigest(CONTENT_ROOT, tokens, start, blockSize, ""));
 }
 
 function intHash(d: Digest): HashKey {

@@ -77,6 +77,12 @@ export interface KvCacheOptions {
   /** published form of a digest (int or bytes format) */
   hashOf: (d: Digest) => HashKey;
   /**
+   * SGLang 2025's page hashes: a block's published hash is the hash of its own tokens, parent
+   * aside, so equal content at two positions publishes one hash. The cache still keys blocks by
+   * their chained digest (a prefix is a prefix); only the published identity changes.
+   */
+  contentHash?: (tokens: ArrayLike<number>, start: number, blockSize: number) => HashKey;
+  /**
    * "last-copy" (default): BlockRemoved when the last physical copy of a hash is evicted, exact
    * for set-based subscribers. "per-copy": one BlockRemoved per evicted copy, as vLLM does.
    */
@@ -98,8 +104,11 @@ export class KvCache {
   readonly blockSize: number;
   readonly numGpuBlocks: number;
   readonly numCpuBlocks: number;
-  /** published form of a digest (the engine's --hash-format) */
+  /** published form of a digest (the engine's --hash-format, or its content hash) */
   readonly hashOf: (d: Digest) => HashKey;
+  private readonly contentHash: KvCacheOptions["contentHash"];
+  /** content-hash mode: the published hash of each digest held on some tier */
+  private readonly published = new Map<Digest, HashKey>();
   private readonly perCopyRemovals: boolean;
   private readonly blocks: Block[] = [];
   /** free queue: sentinel-based doubly linked list, head = LRU */
@@ -122,7 +131,9 @@ export class KvCache {
     this.blockSize = o.blockSize;
     this.numGpuBlocks = o.numGpuBlocks;
     this.numCpuBlocks = o.numCpuBlocks;
-    this.hashOf = o.hashOf;
+    const base = o.hashOf;
+    this.contentHash = o.contentHash;
+    this.hashOf = o.contentHash === undefined ? base : (d) => this.published.get(d) ?? base(d);
     this.perCopyRemovals = o.removals === "per-copy";
     this.head.next = this.tail;
     this.tail.prev = this.head;
@@ -253,6 +264,8 @@ export class KvCache {
       if (b === NULL_BLOCK) continue;
       const d = req.digests[i];
       b.digest = d;
+      if (this.contentHash !== undefined && !this.published.has(d))
+        this.published.set(d, this.contentHash(req.tokens, i * this.blockSize, this.blockSize));
       const copies = this.cached.get(d);
       if (copies === undefined) this.cached.set(d, [b]);
       else copies.push(b);
@@ -311,6 +324,7 @@ export class KvCache {
     for (const b of this.blocks) b.digest = null;
     this.cached.clear();
     this.cpu.clear();
+    this.published.clear();
     this.events.push({ type: "AllBlocksCleared" });
     return true;
   }
@@ -388,6 +402,12 @@ export class KvCache {
     if (copies.length === 0) this.cached.delete(d);
     this.gpuEvictions++;
     this.events.push(blockRemoved([this.hashOf(d)], { medium: "GPU" }));
+    if (copies.length === 0) this.forget(d);
+  }
+
+  /** content-hash mode: a digest on no tier any more has no published hash */
+  private forget(d: Digest): void {
+    if (this.contentHash !== undefined && !this.cached.has(d) && !this.cpu.has(d)) this.published.delete(d);
   }
 
   private cpuTouch(d: Digest): void {
@@ -415,6 +435,7 @@ export class KvCache {
         this.cpu.delete(lru);
         this.cpuEvictions++;
         const k = this.hashOf(lru);
+        this.forget(lru);
         const j = stored.indexOf(k);
         // stored and evicted within the same event: drop it from both lists
         if (j >= 0) stored.splice(j, 1);
