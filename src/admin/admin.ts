@@ -226,7 +226,10 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
   const blocksBody = (
     name: string,
     url: URL,
-  ): { blocks: Array<{ hash: string; tiers: string[]; rank?: number }> } => {
+  ): {
+    blocks: Array<{ hash: string; tiers: string[]; rank?: number }>;
+    groups?: Array<{ group: number; kind: string; window: number; hashes: string[]; rank?: number }>;
+  } => {
     const pod = podList().find((p) => p.name === name);
     const statuses = (manager?.statuses() ?? []).filter((s) => s.pod === name);
     if (!pod && statuses.length === 0) throw notFoundError(`no pod named ${JSON.stringify(name)}`);
@@ -263,7 +266,15 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
       }
     }
     blocks.sort((a, b) => (a.hash < b.hash ? -1 : a.hash > b.hash ? 1 : (a.rank ?? 0) - (b.rank ?? 0)));
-    return { blocks };
+    // a hybrid model's other KV-cache groups (src/index/groups.ts)
+    const groups = streams.flatMap((s) =>
+      (index.streamGroups?.(s.id) ?? []).map((g) => ({
+        ...g,
+        hashes: g.hashes.map(hashToText).sort(),
+        ...(rankParam === null && s.rank !== null ? { rank: s.rank } : {}),
+      })),
+    );
+    return groups.length === 0 ? { blocks } : { blocks, groups };
   };
 
   const tokenize = async (model: string, prompt: string): Promise<number[]> => {

@@ -10,6 +10,7 @@ import { collect, flagOpt, opt, parseChoice, parseFloatArg, parseIntArg } from "
 import { createLogger } from "../util/log.ts";
 import { addClusterOptions, type ClusterCliOptions, clusterOptionsFrom } from "./cluster-options.ts";
 import { addFeedbackOptions, type FeedbackCliOptions, feedbackOptionsFrom } from "./feedback-options.ts";
+import { addMatchWatchOptions, matchWatchFrom } from "./match-watch-options.ts";
 import {
   addSignalOptions,
   addStreamHealthOptions,
@@ -393,6 +394,7 @@ export function register(program: Command): void {
     );
   addFeedbackOptions(cmd);
   addClusterOptions(cmd);
+  addMatchWatchOptions(cmd);
   cmd.action(async (o: GatewayCliOptions & Record<string, unknown>) => {
     const log = createLogger("gateway");
     let gw: Awaited<ReturnType<typeof startGateway>>;
@@ -456,6 +458,7 @@ export function register(program: Command): void {
         topic: o.topic,
         ...clusterOptionsFrom(o),
         ...feedbackOptionsFrom(o),
+        ...matchWatchFrom(o),
         subscriber: { replayTimeoutMs: o.replayTimeoutMs, ...streamHealthFrom(o) },
         ...signalOptionsFrom(o),
         log,

@@ -228,6 +228,14 @@ export function register(program: Command): void {
       ).argParser(parseChoice(["last-copy", "per-copy"])),
     )
     .addOption(
+      opt(
+        "--hybrid <window>",
+        "hybrid attention: a sliding-window KV-cache group of <window> tokens beside full attention (0 = off; docs/engines.md)",
+        "KVSYNC_HYBRID",
+        D.hybridWindow,
+      ).argParser(parseIntArg),
+    )
+    .addOption(
       opt("--seed <n>", "seed of fault injection and synthetic output", "KVSYNC_SEED", D.seed).argParser(
         parseIntArg,
       ),
@@ -295,6 +303,7 @@ export function register(program: Command): void {
           loseEventRate: a.loseEventRate as number,
           seed: a.seed as number,
           removedEvents: a.removedEvents as "last-copy" | "per-copy",
+          hybridWindow: a.hybrid as number,
           maxBodyBytes: a.maxBodyBytes as number,
           replicas: a.replicas as number,
           portStride: a.portStride as number,

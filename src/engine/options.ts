@@ -61,6 +61,11 @@ export interface EngineOptions {
   maxBodyBytes: number;
   /** DP request routing when no X-data-parallel-rank header: least-loaded (ties round-robin) */
   dpRouting: "least-loaded" | "round-robin";
+  /**
+   * Hybrid attention (hybrid-cache.ts): a sliding-window group of this many tokens beside the
+   * full-attention group, both published with vLLM's group fields; 0 = one full-attention group.
+   */
+  hybridWindow: number;
 }
 
 export const DEFAULT_ENGINE_OPTIONS: EngineOptions = {
@@ -101,6 +106,7 @@ export const DEFAULT_ENGINE_OPTIONS: EngineOptions = {
   seed: 0,
   maxBodyBytes: 4 * 1024 * 1024,
   dpRouting: "least-loaded",
+  hybridWindow: 0,
 };
 
 export function validateOptions(o: EngineOptions): void {
@@ -123,6 +129,9 @@ export function validateOptions(o: EngineOptions): void {
   intAtLeast("minOutputTokens", 1);
   intAtLeast("maxOutputTokens", 1);
   intAtLeast("maxBodyBytes", 1024);
+  intAtLeast("hybridWindow", 0);
+  if (o.hybridWindow > 0 && (o.numCpuBlocks !== 0 || o.flavor !== "vllm"))
+    throw new Error("the hybrid mode is vLLM's (--flavor vllm) and has no CPU tier (--num-cpu-blocks 0)");
   if (o.maxOutputTokens < o.minOutputTokens) throw new Error("maxOutputTokens must be >= minOutputTokens");
   if (!(o.speed > 0)) throw new Error("speed must be > 0");
   for (const k of ["stepMs", "prefillMsPerToken", "decodeMsPerSeq", "loadMsPerToken"] as const) {
