@@ -7,10 +7,12 @@
  *   GET  /metrics                       Prometheus text of the registry
  *   GET  /admin/pods                    one entry per stream (pod, or pod and DP rank):
  *        [{name, rank, stream, model, lora, ready, healthy, healthReason, state, lastSeq, eventsApplied, blocks,
- *          decodeErrors, gaps, replays, resyncs, restarts, blockSize, declaredBlockSize, warnings}]
+ *          decodeErrors, gaps, replays, resyncs, restarts, blockSize, declaredBlockSize, warnings,
+ *          lagSeconds, trust, suspect}]
  *        (`lora`: the adapters the pod serves; a pod without an events endpoint, or whose port
  *        layout is refused, appears once with stream/state null; `warnings`: configuration
- *        problems, each {code, message})
+ *        problems, each {code, message}; `trust`: the gateway's weight of the stream's cache
+ *        claims, 0..1, `suspect` when it stays low (the prediction feedback), null/false on `kvsync index`)
  *   GET  /admin/pods/<name>/blocks[?rank=N]
  *        {"blocks":[{"hash":"<canonical text>","tiers":["GPU"]}]}, sorted by hash; a DP pod
  *        without ?rank lists every rank's blocks, each with its "rank"
@@ -64,6 +66,14 @@ export interface AdminDeps {
   tokenizer?: TokenizerLookup;
   /** more warnings for a stream's row of /admin/pods (the gateway's never-matches watch) */
   streamWarnings?: (streamId: string) => AdminWarning[];
+  /**
+   * the gateway's prediction feedback: each stream's trust and whether it is suspect, and a way to
+   * hear changes (absent: `trust` is null)
+   */
+  streamTrust?: {
+    stream(streamId: string): { trust: number; suspect: boolean } | null;
+    onChange?(fn: () => void): unknown;
+  };
   /** a pod's health signal for /admin/pods (the gateway's); absent: `healthy` is null */
   health?: (pod: string) => { healthy: boolean; reason: string | null } | null;
   /** readiness for /readyz (default: always ready); a report's fields go into the body */
@@ -171,8 +181,15 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
     declaredBlockSize: p.blockSize ?? null,
     warnings: warningsOf(p, s),
     lagSeconds: s?.lagSeconds ?? null,
-    trust: s?.trust ?? null,
+    ...trustOf(s),
   });
+
+  /** routing's trust in a stream's claims: 1 until the feedback has evidence, null without a gateway */
+  const trustOf = (s: StreamStatus | null): Pick<AdminPodEntry, "trust" | "suspect"> => {
+    if (s === null || deps.streamTrust === undefined) return { trust: s?.trust ?? null, suspect: false };
+    const t = deps.streamTrust.stream(s.streamId);
+    return { trust: t === null ? 1 : Math.round(t.trust * 1000) / 1000, suspect: t?.suspect ?? false };
+  };
 
   const warningsOf = (p: PodInfo, s: StreamStatus | null): AdminWarning[] => {
     const out: AdminWarning[] = [];
@@ -214,7 +231,10 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
   const blocksBody = (
     name: string,
     url: URL,
-  ): { blocks: Array<{ hash: string; tiers: string[]; rank?: number }> } => {
+  ): {
+    blocks: Array<{ hash: string; tiers: string[]; rank?: number }>;
+    groups?: Array<{ group: number; kind: string; window: number; hashes: string[]; rank?: number }>;
+  } => {
     const pod = podList().find((p) => p.name === name);
     const statuses = (manager?.statuses() ?? []).filter((s) => s.pod === name);
     if (!pod && statuses.length === 0) throw notFoundError(`no pod named ${JSON.stringify(name)}`);
@@ -248,7 +268,15 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
       }
     }
     blocks.sort((a, b) => (a.hash < b.hash ? -1 : a.hash > b.hash ? 1 : (a.rank ?? 0) - (b.rank ?? 0)));
-    return { blocks };
+    // a hybrid model's other KV-cache groups (src/index/groups.ts)
+    const groups = streams.flatMap((s) =>
+      (index.streamGroups?.(s.streamId) ?? []).map((g) => ({
+        ...g,
+        hashes: g.hashes.map(hashToText).sort(),
+        ...(rankParam === null && s.rank !== null ? { rank: s.rank } : {}),
+      })),
+    );
+    return groups.length === 0 ? { blocks } : { blocks, groups };
   };
 
   const tokenize = async (model: string, prompt: string): Promise<number[]> => {
@@ -394,6 +422,7 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
   // a stream's state change reaches the dashboard at once, not at the next tick
   const emitter = manager as { on?: (e: "state", fn: () => void) => unknown } | null;
   if (typeof emitter?.on === "function") emitter.on("state", () => live.poke());
+  deps.streamTrust?.onChange?.(() => live.poke());
   for (const [path, fn] of dashboardRoutes()) on(path, fn);
   on("/admin/index/match", async (req, res) => {
     if (req.method !== "POST") throw methodNotAllowed("POST");

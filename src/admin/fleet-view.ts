@@ -89,7 +89,8 @@ export class FleetView {
         rank: e.rank,
         model: e.model,
         lora: e.lora.join(","),
-        state: e.state ?? "none",
+        // a live stream whose claims keep proving wrong shows as suspect (its trust says how much)
+        state: e.suspect && e.state === "live" ? "suspect" : (e.state ?? "none"),
         healthy: e.healthy,
         healthReason: e.healthReason,
         lastSeq: e.lastSeq,
@@ -104,7 +105,7 @@ export class FleetView {
         gpu: tiers.GPU,
         cpu: tiers.CPU,
         storage: tiers.STORAGE,
-        trust: e.trust,
+        trust: e.trust === null ? null : Math.round(e.trust * 100) / 100,
       };
       const json = JSON.stringify(row);
       if (prev?.json !== json) upsert.push(row);

@@ -6,7 +6,8 @@
  *   every tick  `fleet-delta` {t, upsert, remove} (rows changed since the last tick; empty ones
  *               are the heartbeat; a stream's state change sends one at once), and with a gateway
  *               `routing-tick` {points} (closed seconds)
- *   as made     `decisions` [record, ...] (flushed every `decisionFlushMs`)
+ *   as made     `decisions` [record, ...] (flushed every `decisionFlushMs`; a record comes again,
+ *               under the same id, when a retry sent its request elsewhere)
  *
  * One tick serves every client: rows are computed and serialized once. Each client's unsent
  * bytes are bounded (`maxBufferedBytes`): a client that reads slower than the feed is dropped
@@ -137,6 +138,8 @@ export class LiveFeed {
     if (this.activity) {
       this.lastSent = this.activity.series().at(-1)?.t ?? -1;
       this.unsubscribe = this.activity.onDecision((d) => {
+        // a retried decision comes again, updated: it goes out once, as it is at the flush
+        if (this.pending.includes(d)) return;
         this.pending.push(d);
         if (this.pending.length > this.o.maxPendingDecisions) this.pending.shift();
       });

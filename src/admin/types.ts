@@ -7,7 +7,7 @@ export type AdminRouteHandler = (req: IncomingMessage, res: ServerResponse, url:
 
 /** A configuration problem shown on a row of /admin/pods. */
 export interface AdminWarning {
-  /** layout_refused | wrong_rank | block_size_mismatch | never_matches */
+  /** layout_refused | wrong_rank | block_size_mismatch | never_matches | prediction_suspect */
   code: string;
   message: string;
 }
@@ -41,4 +41,6 @@ export interface AdminPodEntry {
   lagSeconds: number | null;
   /** routing's trust in the stream's claims (0..1), null when not weighed */
   trust: number | null;
+  /** the gateway's prediction feedback holds the stream's claims wrong (trust stays low) */
+  suspect: boolean;
 }

@@ -54,19 +54,19 @@ export class GatewayCluster {
       {
         streams: () => {
           if (subs === null) return [];
-          const out: Array<{
-            ref: StreamRef;
-            point: NonNullable<ReturnType<SubscriberManager["resumePoint"]>>;
-          }> = [];
-          for (const s of subs.statuses()) {
-            if (s.state !== "live") continue;
-            const point = subs.resumePoint(s.streamId);
-            if (point !== null)
-              out.push({ ref: { streamId: s.streamId, pod: s.pod, rank: s.rank, model: s.model }, point });
-          }
+          const out: StreamRef[] = [];
+          for (const s of subs.statuses())
+            if (s.state === "live")
+              out.push({ streamId: s.streamId, pod: s.pod, rank: s.rank, model: s.model });
           return out;
         },
-        exportStream: (id) => d.index.exportStream?.(id) ?? null,
+        // synchronous: the point and the entries are of the same instant
+        take: (ref) => {
+          const point = subs?.resumePoint(ref.streamId) ?? null;
+          if (point === null) return null;
+          const data = d.index.exportStream?.(ref.streamId) ?? null;
+          return data === null ? null : { ref, point, data };
+        },
       },
       this.link.metrics,
       log,

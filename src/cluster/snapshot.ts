@@ -8,6 +8,7 @@
  * stream comes from the engine alone (seq-tracker.ts `resume`).
  */
 import { randomUUID } from "node:crypto";
+import { performance } from "node:perf_hooks";
 import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
 import type { ResumePoint } from "../events/resume.ts";
 import type { StreamExport, StreamRef } from "../index/types.ts";
@@ -41,10 +42,15 @@ export const SNAPSHOT_DEFAULTS: SnapshotOptions = {
   keepMs: 60_000,
 };
 
-/** What a replica can hand to a peer: its live streams with their points, and their entries. */
+/**
+ * What a replica can hand to a peer: its streams, then each stream's point and entries taken
+ * together in one synchronous call (so the entries are exactly those the point reached).
+ */
 export interface SnapshotSource {
-  streams(): Array<{ ref: StreamRef; point: ResumePoint }>;
-  exportStream(streamId: string): StreamExport | null;
+  /** the streams that may have something to give (live, with a point) */
+  streams(): StreamRef[];
+  /** a stream's point and entries at this instant; null when it has none any more */
+  take(ref: StreamRef): SnapshotStream | null;
 }
 
 export interface SnapshotStream {
@@ -114,34 +120,65 @@ export class SnapshotServer {
       this.metrics.snapshotsServed.inc({ result: "rejected" });
       return;
     }
-    // every stream's point and entries in one tick, so each entry set matches its point exactly
-    const taken: SnapshotStream[] = [];
+    // one stream per event-loop turn: each stream's point and entries are taken in one
+    // synchronous call (consistent with each other), and routing and event application run
+    // between streams, so a big index never blocks the replica for the whole export
+    const head = { v: PROTOCOL_VERSION, c: this.cluster.name, from: this.cluster.id };
+    const chunker = new Chunker(this.o.chunkBytes);
+    let streams = 0;
     let entries = 0;
     let skipped = 0;
-    for (const { ref, point } of this.source.streams()) {
-      const data = this.source.exportStream(ref.streamId);
-      if (data === null) continue;
-      if (entries + data.hashes.length > this.o.maxEntries) {
-        skipped++;
-        continue;
-      }
-      entries += data.hashes.length;
-      taken.push({ ref, point, data });
-    }
-    const head = { v: PROTOCOL_VERSION, c: this.cluster.name, from: this.cluster.id };
     let chunks = 0;
     let bytes = 0;
+    let unflushed = 0;
+    let longestSliceMs = 0;
+    // what one synchronous export of every stream would have blocked for (the sum of the takes)
+    let exportMs = 0;
+    // the same in CPU time: on a busy machine a slice's wall time includes being descheduled
+    let longestSliceCpuMs = 0;
+    let exportCpuMs = 0;
+    let sliceStart = performance.now();
+    let sliceCpu = process.cpuUsage();
+    const send = (parts: Part[]) => {
+      const data = encodeJson({ ...head, t: "chunk", i: chunks, parts });
+      msg.respond(data);
+      chunks++;
+      unflushed++;
+      bytes += data.length;
+    };
+    const endSlice = () => {
+      longestSliceMs = Math.max(longestSliceMs, performance.now() - sliceStart);
+      longestSliceCpuMs = Math.max(longestSliceCpuMs, cpuMs(process.cpuUsage(sliceCpu)));
+    };
     try {
-      for (const body of chunked(taken, this.o.chunkBytes)) {
-        const data = encodeJson({ ...head, t: "chunk", i: chunks, parts: body });
-        msg.respond(data);
-        chunks++;
-        bytes += data.length;
-        // keep the client's outbound buffer bounded on a large index
-        if (chunks % 16 === 0) await nc.flush();
+      for (const ref of this.source.streams()) {
+        const t0 = performance.now();
+        const c0 = process.cpuUsage();
+        const taken = this.source.take(ref);
+        exportMs += performance.now() - t0;
+        exportCpuMs += cpuMs(process.cpuUsage(c0));
+        if (taken !== null) {
+          if (entries + taken.data.hashes.length > this.o.maxEntries) skipped++;
+          else {
+            entries += taken.data.hashes.length;
+            streams++;
+            for (const parts of chunker.add(taken)) send(parts);
+          }
+        }
+        endSlice();
+        // keep the client's outbound buffer bounded on a large index (flush yields too)
+        if (unflushed >= 16) {
+          unflushed = 0;
+          await nc.flush();
+        } else await nextTurn();
+        sliceStart = performance.now();
+        sliceCpu = process.cpuUsage();
       }
-      msg.respond(encodeJson({ ...head, t: "end", chunks, streams: taken.length }));
+      const last = chunker.rest();
+      if (last !== null) send(last);
+      msg.respond(encodeJson({ ...head, t: "end", chunks, streams }));
       msg.respond(new Uint8Array(0));
+      endSlice();
       await nc.flush();
       this.metrics.snapshotsServed.inc({ result: "ok" });
       this.metrics.snapshotBytes.inc(bytes);
@@ -149,11 +186,15 @@ export class SnapshotServer {
         {
           event: "cluster.snapshot_served",
           peer: env.msg.id,
-          streams: taken.length,
+          streams,
           entries,
           chunks,
           bytes,
           skipped,
+          longestSliceMs: Math.round(longestSliceMs * 100) / 100,
+          exportMs: Math.round(exportMs * 100) / 100,
+          longestSliceCpuMs: Math.round(longestSliceCpuMs * 100) / 100,
+          exportCpuMs: Math.round(exportCpuMs * 100) / 100,
         },
         "index snapshot sent to a starting peer",
       );
@@ -167,11 +208,22 @@ export class SnapshotServer {
   }
 }
 
-/** Cut the streams into parts of at most ~chunkBytes per chunk (a big stream spans chunks). */
-function* chunked(streams: SnapshotStream[], chunkBytes: number): Generator<Part[]> {
-  let parts: Part[] = [];
-  let size = 0;
-  for (const { ref, point, data } of streams) {
+const cpuMs = (u: NodeJS.CpuUsage) => (u.user + u.system) / 1000;
+
+/** Yield to the event loop (timers, I/O: routing and event application) before going on. */
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+/**
+ * Cuts streams, as they are taken, into chunks of ~chunkBytes (a big stream spans chunks, small
+ * ones share one): `add` yields each chunk it fills, `rest` the last partial one.
+ */
+class Chunker {
+  private parts: Part[] = [];
+  private size = 0;
+
+  constructor(private readonly chunkBytes: number) {}
+
+  *add({ ref, point, data }: SnapshotStream): Generator<Part[]> {
     let i = 0;
     do {
       const part: Part = {
@@ -187,22 +239,25 @@ function* chunked(streams: SnapshotStream[], chunkBytes: number): Generator<Part
         meta: [],
         keys: [],
       };
-      size += 200;
-      for (; i < data.hashes.length && size < chunkBytes; i++) {
+      this.size += 200;
+      for (; i < data.hashes.length && this.size < this.chunkBytes; i++) {
         part.hashes.push(data.hashes[i]);
         part.meta.push(data.meta[i]);
         part.keys.push(data.keys[i * 2], data.keys[i * 2 + 1]);
-        size += data.hashes[i].length + 40;
+        this.size += data.hashes[i].length + 40;
       }
-      parts.push(part);
-      if (size >= chunkBytes) {
-        yield parts;
-        parts = [];
-        size = 0;
+      this.parts.push(part);
+      if (this.size >= this.chunkBytes) {
+        yield this.parts;
+        this.parts = [];
+        this.size = 0;
       }
     } while (i < data.hashes.length);
   }
-  if (parts.length > 0) yield parts;
+
+  rest(): Part[] | null {
+    return this.parts.length > 0 ? this.parts : null;
+  }
 }
 
 export type FetchResult =

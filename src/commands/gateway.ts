@@ -9,7 +9,9 @@ import { POLICY_NAMES, type PolicyName } from "../routing/types.ts";
 import { collect, flagOpt, opt, parseChoice, parseFloatArg, parseIntArg } from "../util/cli-options.ts";
 import { createLogger } from "../util/log.ts";
 import { addClusterOptions, type ClusterCliOptions, clusterOptionsFrom } from "./cluster-options.ts";
+import { addFeedbackOptions, type FeedbackCliOptions, feedbackOptionsFrom } from "./feedback-options.ts";
 import { addIndexOptions, indexOptionsFrom } from "./index-options.ts";
+import { addMatchWatchOptions, matchWatchFrom } from "./match-watch-options.ts";
 import {
   addSignalOptions,
   addStreamHealthOptions,
@@ -28,7 +30,7 @@ function parseList(v: string, prev: string[] | undefined): string[] {
   );
 }
 
-interface GatewayCliOptions extends ClusterCliOptions {
+interface GatewayCliOptions extends ClusterCliOptions, FeedbackCliOptions {
   host: string;
   port: number;
   adminHost: string;
@@ -182,6 +184,22 @@ export function register(program: Command): void {
         "consecutive failed requests (connect, reset, first-byte timeout) that take a pod out",
         "KVSYNC_HEALTH_UNHEALTHY_FAILURES",
         H.unhealthyAfterFailures,
+      ).argParser(parseIntArg),
+    )
+    .addOption(
+      opt(
+        "--pod-slow-ratio <x>",
+        "a pod whose time-to-first-byte upper quartile (3 s window) is this many times the fleet's logs gateway.pod_slow (0 = off)",
+        "KVSYNC_POD_SLOW_RATIO",
+        H.slowness.ratio,
+      ).argParser(parseFloatArg),
+    )
+    .addOption(
+      opt(
+        "--pod-slow-ms <n>",
+        "...and at least this many ms above the fleet's",
+        "KVSYNC_POD_SLOW_MS",
+        H.slowness.minExcessMs,
       ).argParser(parseIntArg),
     )
     .addOption(
@@ -346,7 +364,9 @@ export function register(program: Command): void {
     )
     .addOption(opt("--seed <n>", "seed of the random policy", "KVSYNC_SEED", 1).argParser(parseIntArg));
   addIndexOptions(cmd);
+  addFeedbackOptions(cmd);
   addClusterOptions(cmd);
+  addMatchWatchOptions(cmd);
   cmd.action(async (o: GatewayCliOptions & Record<string, unknown>) => {
     const log = createLogger("gateway");
     let gw: Awaited<ReturnType<typeof startGateway>>;
@@ -370,6 +390,11 @@ export function register(program: Command): void {
               probeTimeoutMs: o.healthProbeTimeoutMs,
               unhealthyAfterProbes: o.healthUnhealthyProbes,
               unhealthyAfterFailures: o.healthUnhealthyFailures,
+              slowness: {
+                ...H.slowness,
+                ratio: o.podSlowRatio as number,
+                minExcessMs: o.podSlowMs as number,
+              },
             }
           : false,
         bodyTimeoutMs: o.bodyTimeoutMs,
@@ -400,6 +425,8 @@ export function register(program: Command): void {
         indexOptions: indexOptionsFrom(o),
         topic: o.topic,
         ...clusterOptionsFrom(o),
+        ...feedbackOptionsFrom(o),
+        ...matchWatchFrom(o),
         subscriber: { replayTimeoutMs: o.replayTimeoutMs, ...streamHealthFrom(o) },
         ...signalOptionsFrom(o),
         log,

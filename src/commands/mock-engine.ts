@@ -205,8 +205,16 @@ export function register(program: Command): void {
     )
     .addOption(
       opt(
-        "--lose-event-rate <p>",
+        "--fail-event-rate <p>",
         "fraction of batches lost for good (seq gap, not in the replay buffer: like a failed encode)",
+        "KVSYNC_FAIL_EVENT_RATE",
+        D.failEventRate,
+      ).argParser(parseFloatArg),
+    )
+    .addOption(
+      opt(
+        "--lose-event-rate <p>",
+        "fraction of batches lost silently before they get a seq (not sent, not in the replay buffer, no gap: an engine that loses events)",
         "KVSYNC_LOSE_EVENT_RATE",
         D.loseEventRate,
       ).argParser(parseFloatArg),
@@ -218,6 +226,14 @@ export function register(program: Command): void {
         "KVSYNC_REMOVED_EVENTS",
         D.removedEvents,
       ).argParser(parseChoice(["last-copy", "per-copy"])),
+    )
+    .addOption(
+      opt(
+        "--hybrid <window>",
+        "hybrid attention: a sliding-window KV-cache group of <window> tokens beside full attention (0 = off; docs/engines.md)",
+        "KVSYNC_HYBRID",
+        D.hybridWindow,
+      ).argParser(parseIntArg),
     )
     .addOption(
       opt("--seed <n>", "seed of fault injection and synthetic output", "KVSYNC_SEED", D.seed).argParser(
@@ -283,9 +299,11 @@ export function register(program: Command): void {
           minOutputTokens: a.minOutputTokens as number,
           maxOutputTokens: a.maxOutputTokens as number,
           dropEventRate: a.dropEventRate as number,
+          failEventRate: a.failEventRate as number,
           loseEventRate: a.loseEventRate as number,
           seed: a.seed as number,
           removedEvents: a.removedEvents as "last-copy" | "per-copy",
+          hybridWindow: a.hybrid as number,
           maxBodyBytes: a.maxBodyBytes as number,
           replicas: a.replicas as number,
           portStride: a.portStride as number,

@@ -3,7 +3,8 @@ import type { HashKey } from "../protocol/types.ts";
 import type { Tokenizer } from "../tokenize/types.ts";
 import type { Logger } from "../util/log.ts";
 import { seededRandom } from "../util/rng.ts";
-import { type Digest, digestUint64Parts, rootDigest } from "./block-hash.ts";
+import { blockDigest, type Digest, digestUint64Parts, rootDigest } from "./block-hash.ts";
+import { HybridKvCache, SLIDING_GROUP } from "./hybrid-cache.ts";
 import { KvCache } from "./kv-cache.ts";
 import { EngineMetrics } from "./metrics.ts";
 import type { EngineOptions } from "./options.ts";
@@ -75,13 +76,17 @@ export class MockEngine {
     const hashOf = o.hashFormat === "bytes" ? bytesHash : o.flavor === "vllm" ? intHash : signedHash;
     this.ranks = [];
     for (let r = 0; r < o.dataParallelSize; r++) {
-      const cache = new KvCache({
+      const co = {
         numGpuBlocks: o.numGpuBlocks,
         numCpuBlocks: o.numCpuBlocks,
         blockSize: o.blockSize,
         hashOf,
         removals: o.removedEvents,
-      });
+        // SGLang 2025 publishes a page's hash of its own tokens (docs/engines.md)
+        ...(o.flavor === "sglang-2025" ? { contentHash } : {}),
+      };
+      const cache =
+        o.hybridWindow > 0 ? new HybridKvCache({ ...co, window: o.hybridWindow }) : new KvCache(co);
       const dpRank = o.dataParallelStartRank + r;
       const publisher =
         o.eventsEndpoint === null
@@ -96,6 +101,7 @@ export class MockEngine {
               bufferSteps: o.replayBufferSteps,
               dpRank,
               dropRate: o.dropEventRate,
+              failRate: o.failEventRate,
               loseRate: o.loseEventRate,
               random: seededRandom(o.seed * 104729 + replicaIndex * 131 + r + 1),
               log,
@@ -220,13 +226,19 @@ export class MockEngine {
     return { output, finish };
   }
 
-  /** Ground truth of one rank's cache: one entry per cached hash with every tier holding it. */
-  kvCacheSnapshot(rank: Rank): { blocks: Array<{ hash: string; tiers: string[] }> } {
-    return {
-      blocks: rank.cache
-        .snapshot()
-        .map((b) => ({ hash: hashToText(rank.cache.hashOf(b.digest)), tiers: b.tiers })),
-    };
+  /**
+   * Ground truth of one rank's cache: one entry per cached hash with every tier holding it (the
+   * full-attention group of a hybrid model), and a hybrid model's sliding-window group's hashes.
+   */
+  kvCacheSnapshot(rank: Rank): {
+    blocks: Array<{ hash: string; tiers: string[] }>;
+    groups?: Array<{ group: number; kind: string; window: number; hashes: string[] }>;
+  } {
+    const c = rank.cache;
+    const blocks = c.snapshot().map((b) => ({ hash: hashToText(c.hashOf(b.digest)), tiers: b.tiers }));
+    if (!(c instanceof HybridKvCache)) return { blocks };
+    const hashes = c.slidingSnapshot().map((b) => hashToText(c.hashOf(b.digest)));
+    return { blocks, groups: [{ group: SLIDING_GROUP, kind: "sliding_window", window: c.window, hashes }] };
   }
 
   /** Resolves when every rank is idle and all its events are handed to ZeroMQ. */
@@ -241,6 +253,12 @@ export class MockEngine {
     for (const r of this.ranks) r.scheduler.close();
     for (const r of this.ranks) await r.publisher?.close();
   }
+}
+
+/** SGLang 2025's page hash: the page's tokens alone, signed 64-bit (no parent, no seed). */
+const CONTENT_ROOT = rootDigest("sglang-2025-content");
+function contentHash(tokens: ArrayLike<number>, start: number, blockSize: number): HashKey {
+  return signedHash(blockDigest(CONTENT_ROOT, tokens, start, blockSize, ""));
 }
 
 function intHash(d: Digest): HashKey {

@@ -41,6 +41,12 @@ export class Block {
   }
 }
 
+/**
+ * vLLM's null block: the place of a block a sliding-window group no longer needs (out of the
+ * window, or before a prefix hit's window). Never in the free queue, never cached.
+ */
+export const NULL_BLOCK = new Block(-3);
+
 /** What the cache needs to know about a request. */
 export interface CacheRequest {
   /** prompt + generated tokens so far */
@@ -71,6 +77,12 @@ export interface KvCacheOptions {
   /** published form of a digest (int or bytes format) */
   hashOf: (d: Digest) => HashKey;
   /**
+   * SGLang 2025's page hashes: a block's published hash is the hash of its own tokens, parent
+   * aside, so equal content at two positions publishes one hash. The cache still keys blocks by
+   * their chained digest (a prefix is a prefix); only the published identity changes.
+   */
+  contentHash?: (tokens: ArrayLike<number>, start: number, blockSize: number) => HashKey;
+  /**
    * "last-copy" (default): BlockRemoved when the last physical copy of a hash is evicted, exact
    * for set-based subscribers. "per-copy": one BlockRemoved per evicted copy, as vLLM does.
    */
@@ -92,8 +104,11 @@ export class KvCache {
   readonly blockSize: number;
   readonly numGpuBlocks: number;
   readonly numCpuBlocks: number;
-  /** published form of a digest (the engine's --hash-format) */
+  /** published form of a digest (the engine's --hash-format, or its content hash) */
   readonly hashOf: (d: Digest) => HashKey;
+  private readonly contentHash: KvCacheOptions["contentHash"];
+  /** content-hash mode: the published hash of each digest held on some tier */
+  private readonly published = new Map<Digest, HashKey>();
   private readonly perCopyRemovals: boolean;
   private readonly blocks: Block[] = [];
   /** free queue: sentinel-based doubly linked list, head = LRU */
@@ -116,7 +131,9 @@ export class KvCache {
     this.blockSize = o.blockSize;
     this.numGpuBlocks = o.numGpuBlocks;
     this.numCpuBlocks = o.numCpuBlocks;
-    this.hashOf = o.hashOf;
+    const base = o.hashOf;
+    this.contentHash = o.contentHash;
+    this.hashOf = o.contentHash === undefined ? base : (d) => this.published.get(d) ?? base(d);
     this.perCopyRemovals = o.removals === "per-copy";
     this.head.next = this.tail;
     this.tail.prev = this.head;
@@ -173,20 +190,22 @@ export class KvCache {
     hit: PrefixLookup | null,
     computedTokens: number,
   ): boolean {
+    if (!this.fits(req, totalTokens, hit)) return false;
     const hitBlocks = hit === null ? 0 : hit.gpuBlocks.length;
     const need = this.blocksFor(totalTokens) - req.blocks.length - hitBlocks;
-    let evictableHits = 0;
-    if (hit !== null) for (const b of hit.gpuBlocks) if (b.refCnt === 0) evictableHits++;
-    if (need > this.numFree - evictableHits) return false;
     if (hit !== null) {
       for (const b of hit.gpuBlocks) {
+        if (b === NULL_BLOCK) {
+          req.blocks.push(b);
+          continue;
+        }
         if (b.refCnt === 0) this.removeFree(b);
         b.refCnt++;
         req.blocks.push(b);
       }
       req.numCachedBlocks = req.blocks.length;
       if (this.numCpuBlocks > 0) {
-        for (const b of hit.gpuBlocks) this.cpuTouch(b.digest!);
+        for (const b of hit.gpuBlocks) if (b !== NULL_BLOCK) this.cpuTouch(b.digest!);
       }
     }
     for (let i = 0; i < need; i++) {
@@ -198,7 +217,43 @@ export class KvCache {
     return true;
   }
 
-  /** Registers the request's blocks that are full once `computedTokens` tokens are computed. */
+  /** Whether `allocate` would succeed (enough free blocks once the hit's are taken). */
+  canAllocate(req: CacheRequest, totalTokens: number, hit: PrefixLookup | null): boolean {
+    return this.fits(req, totalTokens, hit);
+  }
+
+  private fits(req: CacheRequest, totalTokens: number, hit: PrefixLookup | null): boolean {
+    const hitBlocks = hit === null ? 0 : hit.gpuBlocks.length;
+    const need = this.blocksFor(totalTokens) - req.blocks.length - hitBlocks;
+    let evictableHits = 0;
+    if (hit !== null) for (const b of hit.gpuBlocks) if (b !== NULL_BLOCK && b.refCnt === 0) evictableHits++;
+    return need <= this.numFree - evictableHits;
+  }
+
+  /** A cached block holding `d` (the first copy), or null. */
+  cachedBlock(d: Digest): Block | null {
+    return this.cached.get(d)?.[0] ?? null;
+  }
+
+  /**
+   * vLLM's `remove_skipped_blocks`: the request's blocks before `numBlocks` that are still real
+   * are freed (the latest first, so the oldest is evicted last) and become null blocks.
+   */
+  releaseBefore(req: CacheRequest, numBlocks: number): void {
+    for (let i = Math.min(numBlocks, req.blocks.length) - 1; i >= 0; i--) {
+      const b = req.blocks[i];
+      if (b === NULL_BLOCK) break;
+      req.blocks[i] = NULL_BLOCK;
+      b.refCnt--;
+      if (b.refCnt === 0) this.pushFree(b);
+    }
+  }
+
+  /**
+   * Registers the request's blocks that are full once `computedTokens` tokens are computed. Null
+   * blocks are skipped (vLLM's `cache_full_blocks`): the event names the real blocks only while
+   * its token ids span the whole range.
+   */
   private cacheFullBlocks(req: CacheRequest, computedTokens: number): void {
     const full = Math.min(Math.floor(computedTokens / this.blockSize), req.digests.length, req.blocks.length);
     if (full <= req.numCachedBlocks) return;
@@ -206,8 +261,11 @@ export class KvCache {
     const hashes: HashKey[] = [];
     for (let i = first; i < full; i++) {
       const b = req.blocks[i];
+      if (b === NULL_BLOCK) continue;
       const d = req.digests[i];
       b.digest = d;
+      if (this.contentHash !== undefined && !this.published.has(d))
+        this.published.set(d, this.contentHash(req.tokens, i * this.blockSize, this.blockSize));
       const copies = this.cached.get(d);
       if (copies === undefined) this.cached.set(d, [b]);
       else copies.push(b);
@@ -219,7 +277,7 @@ export class KvCache {
         first === 0 ? null : this.hashOf(req.digests[first - 1]),
         req.tokens.slice(first * this.blockSize, full * this.blockSize),
         this.blockSize,
-        this.storedFields(req, first, full - first),
+        this.storedFields(req, first, hashes.length),
       ),
     );
     req.numCachedBlocks = full;
@@ -249,6 +307,7 @@ export class KvCache {
   free(req: CacheRequest): void {
     for (let i = req.blocks.length - 1; i >= 0; i--) {
       const b = req.blocks[i];
+      if (b === NULL_BLOCK) continue;
       b.refCnt--;
       if (b.refCnt === 0) this.pushFree(b);
     }
@@ -265,6 +324,7 @@ export class KvCache {
     for (const b of this.blocks) b.digest = null;
     this.cached.clear();
     this.cpu.clear();
+    this.published.clear();
     this.events.push({ type: "AllBlocksCleared" });
     return true;
   }
@@ -342,6 +402,12 @@ export class KvCache {
     if (copies.length === 0) this.cached.delete(d);
     this.gpuEvictions++;
     this.events.push(blockRemoved([this.hashOf(d)], { medium: "GPU" }));
+    if (copies.length === 0) this.forget(d);
+  }
+
+  /** content-hash mode: a digest on no tier any more has no published hash */
+  private forget(d: Digest): void {
+    if (this.contentHash !== undefined && !this.cached.has(d) && !this.cpu.has(d)) this.published.delete(d);
   }
 
   private cpuTouch(d: Digest): void {
@@ -369,6 +435,7 @@ export class KvCache {
         this.cpu.delete(lru);
         this.cpuEvictions++;
         const k = this.hashOf(lru);
+        this.forget(lru);
         const j = stored.indexOf(k);
         // stored and evicted within the same event: drop it from both lists
         if (j >= 0) stored.splice(j, 1);

@@ -52,12 +52,20 @@ export interface EngineOptions {
   minOutputTokens: number;
   maxOutputTokens: number;
   dropEventRate: number;
+  /** batches whose seq is consumed but that are neither sent nor buffered (a failed encode) */
+  failEventRate: number;
+  /** batches lost before they get a seq: nothing on the wire shows the loss */
   loseEventRate: number;
   /** seeds the fault-injection RNG and synthetic outputs */
   seed: number;
   maxBodyBytes: number;
   /** DP request routing when no X-data-parallel-rank header: least-loaded (ties round-robin) */
   dpRouting: "least-loaded" | "round-robin";
+  /**
+   * Hybrid attention (hybrid-cache.ts): a sliding-window group of this many tokens beside the
+   * full-attention group, both published with vLLM's group fields; 0 = one full-attention group.
+   */
+  hybridWindow: number;
 }
 
 export const DEFAULT_ENGINE_OPTIONS: EngineOptions = {
@@ -93,10 +101,12 @@ export const DEFAULT_ENGINE_OPTIONS: EngineOptions = {
   minOutputTokens: 16,
   maxOutputTokens: 64,
   dropEventRate: 0,
+  failEventRate: 0,
   loseEventRate: 0,
   seed: 0,
   maxBodyBytes: 4 * 1024 * 1024,
   dpRouting: "least-loaded",
+  hybridWindow: 0,
 };
 
 export function validateOptions(o: EngineOptions): void {
@@ -119,12 +129,15 @@ export function validateOptions(o: EngineOptions): void {
   intAtLeast("minOutputTokens", 1);
   intAtLeast("maxOutputTokens", 1);
   intAtLeast("maxBodyBytes", 1024);
+  intAtLeast("hybridWindow", 0);
+  if (o.hybridWindow > 0 && (o.numCpuBlocks !== 0 || o.flavor !== "vllm"))
+    throw new Error("the hybrid mode is vLLM's (--flavor vllm) and has no CPU tier (--num-cpu-blocks 0)");
   if (o.maxOutputTokens < o.minOutputTokens) throw new Error("maxOutputTokens must be >= minOutputTokens");
   if (!(o.speed > 0)) throw new Error("speed must be > 0");
   for (const k of ["stepMs", "prefillMsPerToken", "decodeMsPerSeq", "loadMsPerToken"] as const) {
     if (!(o[k] >= 0)) throw new Error(`${k} must be >= 0`);
   }
-  for (const k of ["dropEventRate", "loseEventRate"] as const) {
+  for (const k of ["dropEventRate", "failEventRate", "loseEventRate"] as const) {
     if (!(o[k] >= 0 && o[k] <= 1)) throw new Error(`${k} must be in [0, 1]`);
   }
   if (o.hashFormat !== "int" && o.hashFormat !== "bytes") throw new Error("hashFormat must be int or bytes");

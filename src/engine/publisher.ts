@@ -1,4 +1,5 @@
 import * as zmq from "zeromq";
+import "../protocol/zmq-context.ts";
 import { encodeBatch, type WireEra } from "../protocol/encode.ts";
 import { dataParallelEndpoint } from "../protocol/endpoints.ts";
 import { encodePubMessage } from "../protocol/frames.ts";
@@ -16,8 +17,12 @@ import { wallClockMs } from "../util/wall-clock.ts";
  *  - `dropRate`: the batch gets its seq and goes into the replay buffer but is not sent — what
  *    a PUB high-water-mark drop looks like (vLLM appends to the buffer whether or not the PUB
  *    delivered), so subscribers see a gap that replay can fill.
- *  - `loseRate`: the batch consumes its seq but is neither sent nor buffered — what a failed
+ *  - `failRate`: the batch consumes its seq but is neither sent nor buffered — what a failed
  *    encode looks like in vLLM; a gap replay cannot fill.
+ *  - `loseRate`: the batch never reaches the publisher: no seq, not sent, not buffered — an
+ *    engine that loses events before publishing them. Seqs stay contiguous and replay agrees,
+ *    so nothing on the wire shows it: only the engines' reported cache hits do (the gateway's
+ *    prediction feedback).
  *  - pause/resume: while paused, batches are buffered (replayable) but not sent.
  */
 export type EventFormat = "map" | "array";
@@ -79,6 +84,8 @@ export interface PublisherOptions {
   bufferSteps: number;
   dpRank: number | null;
   dropRate: number;
+  /** default 0 */
+  failRate?: number;
   loseRate: number;
   random: () => number;
   log: Logger;
@@ -93,7 +100,10 @@ export interface PublisherStats {
   lastSentSeq: number;
   sent: number;
   dropped: number;
+  /** batches lost before they got a seq (`loseRate`) */
   lost: number;
+  /** batches whose seq was consumed without being sent or buffered (`failRate`, a failed encode) */
+  failed: number;
   pausedBatches: number;
   replayRequests: number;
   replayErrors: number;
@@ -123,6 +133,7 @@ export class EventPublisher {
     sent: 0,
     dropped: 0,
     lost: 0,
+    failed: 0,
     pausedBatches: 0,
     replayRequests: 0,
     replayErrors: 0,
@@ -164,19 +175,25 @@ export class EventPublisher {
   /** Publish one step's events (no-op for an empty step). */
   publish(events: KvEvent[]): void {
     if (events.length === 0 || this.closed) return;
+    if (this.o.loseRate > 0 && this.o.random() < this.o.loseRate) {
+      this.stats.lost++;
+      this.o.log.debug({ event: "publisher.batch_lost", next: this.seq }, "fault injection: batch lost");
+      return;
+    }
     const seq = this.seq++;
     let payload: Buffer;
     try {
       // stamped like vLLM's time.time(): sub-millisecond, so a router's lag of a few ms is measurable
       payload = encodeBatch({ ts: wallClockMs() / 1000, events, dpRank: this.o.dpRank }, this.era);
     } catch (err) {
-      this.stats.lost++;
+      this.stats.failed++;
       this.o.log.error({ event: "publisher.encode_error", seq, err }, "failed to encode event batch");
       return;
     }
-    if (this.o.loseRate > 0 && this.o.random() < this.o.loseRate) {
-      this.stats.lost++;
-      this.o.log.debug({ event: "publisher.batch_lost", seq }, "fault injection: batch lost");
+    const fail = this.o.failRate ?? 0;
+    if (fail > 0 && this.o.random() < fail) {
+      this.stats.failed++;
+      this.o.log.debug({ event: "publisher.batch_failed", seq }, "fault injection: batch failed");
       return;
     }
     this.buffer(seq, payload);
@@ -218,6 +235,7 @@ export class EventPublisher {
       sent: this.stats.sent,
       dropped: this.stats.dropped,
       lost: this.stats.lost,
+      failed: this.stats.failed,
       pausedBatches: this.stats.pausedBatches,
       replayRequests: this.stats.replayRequests,
       replayErrors: this.stats.replayErrors,

@@ -197,6 +197,14 @@ export class SubscriberManager
     return this.streams.get(streamId)?.sub.resumePoint() ?? null;
   }
 
+  /**
+   * Rebuild a stream: drop its entries and replay its engine's buffer from the oldest batch (the
+   * gateway's prediction feedback asks for it). False: no such stream, or not now (down, replaying).
+   */
+  rebuild(streamId: string, reason: string): boolean {
+    return this.streams.get(streamId)?.sub.rebuild(reason) ?? false;
+  }
+
   /** The stream specs currently running (endpoints per rank). */
   specs(): StreamSpec[] {
     return [...this.streams.values()].map((r) => r.spec);

@@ -6,6 +6,7 @@
  * short waits a doubling delay, so no fault makes a stream flood its engine.
  */
 import * as zmq from "zeromq";
+import "../protocol/zmq-context.ts";
 import { decodeReplayResponse, encodeReplayRequest } from "../protocol/replay.ts";
 import { backoffDelay } from "../util/backoff.ts";
 import type { Logger } from "../util/log.ts";
@@ -103,12 +104,25 @@ export class ReplayClient {
     await Promise.resolve();
     if (delayMs > 0) await this.sleep(delayMs);
     if (this.closed) return;
-    const dealer = new zmq.Dealer({
-      linger: 0,
-      receiveTimeout: this.opts.replayTimeoutMs,
-      sendTimeout: this.opts.replayTimeoutMs,
-      receiveHighWaterMark: 10_000,
-    });
+    let dealer: zmq.Dealer;
+    try {
+      dealer = new zmq.Dealer({
+        linger: 0,
+        receiveTimeout: this.opts.replayTimeoutMs,
+        sendTimeout: this.opts.replayTimeoutMs,
+        receiveHighWaterMark: 10_000,
+      });
+    } catch (err) {
+      // no socket (EMFILE: the process's or the context's limit): a failed replay, retried as
+      // any other, never an exception out of this loop
+      this.log.warn(
+        { event: "subscriber.replay_failed", ...this.ctx(), fromSeq, received: 0, err },
+        "replay failed: no socket",
+      );
+      this.on.failed(fromSeq, err as Error, 0);
+      this.on.settled();
+      return;
+    }
     this.dealer = dealer;
     let count = 0;
     try {

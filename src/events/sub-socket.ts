@@ -26,6 +26,7 @@
  *   and the heartbeat only act on a socket that is down or has a session).
  */
 import * as zmq from "zeromq";
+import "../protocol/zmq-context.ts";
 import { backoffDelay, jitter } from "../util/backoff.ts";
 import type { Logger } from "../util/log.ts";
 import type { DownCause } from "./event-source.ts";

@@ -310,6 +310,21 @@ export class StreamSubscriber {
     return this.tracker.state();
   }
 
+  /**
+   * Drop the stream's entries and take the engine's replay buffer again from its oldest batch:
+   * asked from outside when the stream's claims keep proving wrong (the gateway's prediction
+   * feedback) although its seqs showed nothing. False: not now (down, or a replay runs).
+   */
+  rebuild(reason: string): boolean {
+    if (this.closed || !this.connected || !this.tracker.rebuild()) return false;
+    this.log.warn(
+      { event: "subscriber.rebuild", ...this.ctx(), reason, lastSeq: this.tracker.lastSeq() },
+      "rebuild requested: dropping the stream's entries and replaying the engine's buffer",
+    );
+    this.emitState();
+    return true;
+  }
+
   start(): void {
     if (this.started || this.closed) return;
     this.started = true;

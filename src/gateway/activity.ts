@@ -31,6 +31,8 @@ export interface DecisionCandidate {
   live: boolean;
   matchedTokens: number;
   savedTokens: number;
+  /** the factor its claims were weighed by (the prediction feedback's trust in the stream) */
+  trust: number;
   inflight: number;
   prefillTokens: number;
   score: number;
@@ -45,7 +47,10 @@ export interface DecisionRecord {
   policy: string;
   promptTokens: number;
   tokenized: boolean;
+  /** where the request went: the policy's pick, or after a retry the pod that answered */
   choice: { pod: string; rank: number | null } | null;
+  /** the pick failed before any byte and the request went to `choice` instead (null: no retry) */
+  retry: { from: { pod: string; rank: number | null }; reason: string } | null;
   /** candidates best first (at most maxCandidates); `candidates` counts them all */
   ranked: DecisionCandidate[];
   candidates: number;
@@ -83,6 +88,8 @@ export class RouteActivity {
   private cur: Bucket | null = null;
   private nextId = 1;
   private readonly listeners = new Set<(d: DecisionRecord) => void>();
+  /** each dispatched plan's record, for a retry to update */
+  private readonly byPlan = new WeakMap<Plan, DecisionRecord>();
 
   constructor(
     opts: Partial<ActivityOptions> = {},
@@ -109,12 +116,14 @@ export class RouteActivity {
       promptTokens: plan.route.tokenIds.length,
       tokenized: plan.tokenized,
       choice: top ? { pod: top.candidate.pod, rank: top.candidate.rank } : null,
+      retry: null,
       ranked: ranked.slice(0, this.o.maxCandidates).map((s) => ({
         pod: s.candidate.pod,
         rank: s.candidate.rank,
         live: s.candidate.live,
         matchedTokens: s.matchedTokens,
         savedTokens: s.savedTokens,
+        trust: s.trust ?? 1,
         inflight: s.load.inflightRequests,
         prefillTokens: s.load.inflightPrefillTokens,
         score: s.score,
@@ -122,13 +131,34 @@ export class RouteActivity {
       candidates: ranked.length,
     };
     this.decisions.push(d);
+    this.byPlan.set(plan, d);
     if (this.decisions.length > this.o.maxDecisions) this.decisions.shift();
-    if (top) {
-      const b = this.bucket();
-      const key = b.pods.has(top.candidate.pod) || b.pods.size < this.o.maxPods ? top.candidate.pod : OTHER;
-      b.pods.set(key, (b.pods.get(key) ?? 0) + 1);
-    }
+    if (top) this.count(top.candidate.pod, 1);
     for (const fn of this.listeners) fn(d);
+  }
+
+  /**
+   * The plan's pick failed before any byte and the request was sent to `to` (proxy.ts): the
+   * record shows where it went and why (listeners hear the updated record under its id).
+   */
+  retried(plan: Plan, to: { pod: string; rank: number | null }, reason: string): void {
+    const d = this.byPlan.get(plan);
+    if (d === undefined || d.choice === null) return;
+    // the first pick stays the one the policy made; a second retry does not exist (one retry)
+    d.retry ??= { from: d.choice, reason };
+    this.count(d.choice.pod, -1);
+    this.count(to.pod, 1);
+    d.choice = { pod: to.pod, rank: to.rank };
+    for (const fn of this.listeners) fn(d);
+  }
+
+  /** Requests per pod in the current second (a pod beyond maxPods counts under "(other)"). */
+  private count(pod: string, n: number): void {
+    const b = this.bucket();
+    const key = b.pods.has(pod) || b.pods.size < this.o.maxPods ? pod : OTHER;
+    const v = (b.pods.get(key) ?? 0) + n;
+    if (v > 0) b.pods.set(key, v);
+    else b.pods.delete(key);
   }
 
   /** A response's first byte came `seconds` after its request. */

@@ -2,6 +2,7 @@ import { Agent, request } from "undici";
 import type { Logger } from "../util/log.ts";
 import { Cancel } from "./cancel.ts";
 import type { GatewayMetrics } from "./metrics.ts";
+import { PodSlowness, SLOWNESS_DEFAULTS, type SlownessOptions } from "./pod-latency.ts";
 
 export interface HealthOptions {
   /** period of the active probe of every pod's `probePath` (ms) */
@@ -14,7 +15,14 @@ export interface HealthOptions {
   unhealthyAfterFailures: number;
   /** the engine's liveness endpoint (vLLM: GET /health, 200 when the engine loop runs) */
   probePath: string;
+  /** the slowness signal against the fleet (pod-latency.ts) */
+  slowness: SlownessOptions;
 }
+
+/** a probe timer this late (ms, or half the timeout if more) says the gateway stalled, not the pod */
+const LATE_MIN_MS = 100;
+/** times a probe's timeout restarts after firing late before it counts */
+const MAX_LATE_REARMS = 2;
 
 export const HEALTH_DEFAULTS: Readonly<HealthOptions> = Object.freeze({
   probeIntervalMs: 1_000,
@@ -22,6 +30,7 @@ export const HEALTH_DEFAULTS: Readonly<HealthOptions> = Object.freeze({
   unhealthyAfterProbes: 2,
   unhealthyAfterFailures: 3,
   probePath: "/health",
+  slowness: SLOWNESS_DEFAULTS,
 });
 
 /** What `PodHealth` reports about one pod (admin API, explain, metrics). */
@@ -37,6 +46,12 @@ export interface PodHealthStatus {
   /** ms since the epoch of the last successful probe, null before the first */
   lastProbeOk: number | null;
   inflight: number;
+  /** answering far slower than the fleet (gateway.pod_slow); still in rotation */
+  slow: boolean;
+  /** upper quartile of its time to first byte over the slowness window (ms), null when unjudged */
+  ttfbP75Ms: number | null;
+  /** upper quartile of its health probes' round trips over the slowness window (ms) */
+  probeP75Ms: number | null;
 }
 
 /** The abort reason of a request cut because its pod went out of rotation. */
@@ -119,23 +134,27 @@ export class PodHealth {
   private readonly agent: Agent;
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
+  readonly slowness: PodSlowness;
 
   constructor(
     opts: Partial<HealthOptions>,
     private readonly metrics: GatewayMetrics,
     private readonly log: Logger,
   ) {
-    this.o = { ...HEALTH_DEFAULTS, ...opts };
+    this.o = { ...HEALTH_DEFAULTS, ...opts, slowness: { ...SLOWNESS_DEFAULTS, ...opts.slowness } };
+    this.slowness = new PodSlowness(this.o.slowness, metrics, log);
     if (!(this.o.probeIntervalMs > 0) || !(this.o.probeTimeoutMs > 0))
       throw new Error("health probe interval and timeout must be > 0 ms");
     if (!(this.o.unhealthyAfterProbes >= 1) || !(this.o.unhealthyAfterFailures >= 1))
       throw new Error("health thresholds (failed probes, failed requests) must be >= 1");
     // probes get their own connections: a request pool saturated by a slow pod must not fail them
+    // the probe's own timer judges timeouts (probe()); undici's are only a backstop past it
+    const backstopMs = this.o.probeTimeoutMs * (MAX_LATE_REARMS + 2);
     this.agent = new Agent({
       connections: 1,
-      connect: { timeout: this.o.probeTimeoutMs },
-      headersTimeout: this.o.probeTimeoutMs,
-      bodyTimeout: this.o.probeTimeoutMs,
+      connect: { timeout: backstopMs },
+      headersTimeout: backstopMs,
+      bodyTimeout: backstopMs,
       keepAliveTimeout: Math.max(this.o.probeIntervalMs * 4, 4_000),
     });
   }
@@ -169,6 +188,7 @@ export class PodHealth {
       s.probing?.abort();
       this.pods.delete(name);
     }
+    this.slowness.retain(seen);
   }
 
   start(): void {
@@ -185,11 +205,11 @@ export class PodHealth {
 
   status(pod: string): PodHealthStatus | null {
     const s = this.pods.get(pod);
-    return s === undefined ? null : statusOf(s);
+    return s === undefined ? null : this.statusOf(s);
   }
 
   snapshot(): PodHealthStatus[] {
-    return [...this.pods.values()].map(statusOf);
+    return [...this.pods.values()].map((s) => this.statusOf(s));
   }
 
   /** Register a request to `pod`; `release()` it when done. */
@@ -202,10 +222,12 @@ export class PodHealth {
     return t;
   }
 
-  /** A request to `pod` got its response headers. */
-  requestSucceeded(pod: string): void {
+  /** A request to `pod` got its response headers, `ttfbMs` after it was sent. */
+  requestSucceeded(pod: string, ttfbMs?: number): void {
     const s = this.pods.get(pod);
-    if (s !== undefined) s.requestFailures = 0;
+    if (s === undefined) return;
+    s.requestFailures = 0;
+    if (ttfbMs !== undefined) this.slowness.observe(pod, ttfbMs);
   }
 
   /** A request to `pod` failed in a way that says the pod itself is in trouble. */
@@ -223,12 +245,31 @@ export class PodHealth {
       if (s.probing === null) this.probe(s);
       if (!s.healthy) this.sweep(s, now);
     }
+    this.slowness.evaluate(now);
   }
 
   private probe(s: PodState): void {
     const ac = new AbortController();
     s.probing = ac;
-    const timer = setTimeout(() => ac.abort(), this.o.probeTimeoutMs);
+    const sentAt = performance.now();
+    const timeoutMs = this.o.probeTimeoutMs;
+    let due = performance.now() + timeoutMs;
+    let rearms = 0;
+    const expire = () => {
+      // a timer that runs late means this process was stalled (a blocked or saturated event
+      // loop), not the pod: the answer may be sitting unread. The pod gets its timeout again
+      // (at most MAX_LATE_REARMS times), so a starved gateway does not eject every pod at once.
+      const late = performance.now() - due;
+      if (late > Math.max(LATE_MIN_MS, timeoutMs / 2) && rearms < MAX_LATE_REARMS) {
+        rearms++;
+        this.metrics.healthProbes.inc({ result: "late_timer" });
+        due = performance.now() + timeoutMs;
+        timer = setTimeout(expire, timeoutMs);
+        return;
+      }
+      ac.abort();
+    };
+    let timer = setTimeout(expire, timeoutMs);
     request(`${s.origin}${this.o.probePath}`, { dispatcher: this.agent, signal: ac.signal })
       .then(async (r) => {
         await r.body.dump();
@@ -241,6 +282,9 @@ export class PodHealth {
         if (this.pods.get(s.name) !== s || s.probing !== ac || this.closed) return;
         s.probing = null;
         this.metrics.healthProbes.inc({ result: failure === null ? "ok" : failure });
+        // a timed-out probe took at least the timeout; a refused one says nothing about speed
+        if (failure === null || failure === "probe_timeout")
+          this.slowness.observeProbe(s.name, Math.min(performance.now() - sentAt, this.o.probeTimeoutMs));
         if (failure === null) this.probeOk(s);
         else {
           s.probeFailures++;
@@ -305,6 +349,23 @@ export class PodHealth {
     );
   }
 
+  private statusOf(s: PodState): PodHealthStatus {
+    const slow = this.slowness.status(s.name);
+    return {
+      pod: s.name,
+      healthy: s.healthy,
+      reason: s.reason,
+      since: s.since,
+      probeFailures: s.probeFailures,
+      requestFailures: s.requestFailures,
+      lastProbeOk: s.lastProbeOk,
+      inflight: s.inflight.size,
+      slow: slow?.slow ?? false,
+      ttfbP75Ms: slow?.ttfbP75Ms ?? null,
+      probeP75Ms: slow?.probeP75Ms ?? null,
+    };
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
@@ -314,19 +375,6 @@ export class PodHealth {
     this.pods.clear();
     await this.agent.destroy().catch(() => undefined);
   }
-}
-
-function statusOf(s: PodState): PodHealthStatus {
-  return {
-    pod: s.name,
-    healthy: s.healthy,
-    reason: s.reason,
-    since: s.since,
-    probeFailures: s.probeFailures,
-    requestFailures: s.requestFailures,
-    lastProbeOk: s.lastProbeOk,
-    inflight: s.inflight.size,
-  };
 }
 
 export function originOf(http: string): string {

@@ -8,6 +8,8 @@ const TOKEN_BUCKETS = [0, 16, 64, 256, 1024, 4096, 16384, 65536];
 export interface MetricSources {
   streamInflight(): Array<{ stream: string; requests: number }>;
   predictionErrors(): Array<{ pod: string; meanRelError: number }>;
+  /** each stream's trust (the prediction feedback) */
+  streamTrust?(): Array<{ pod: string; rank: number | null; trust: number; suspect: boolean }>;
   /** each watched pod's health (absent when health checks are off) */
   podHealth?(): Array<{ pod: string; healthy: boolean }>;
 }
@@ -22,6 +24,8 @@ export class GatewayMetrics {
   readonly matchedRatio: Histogram<"policy">;
   readonly predictionErrorTokens: Histogram<"policy">;
   readonly predictionErrorRatio: Gauge<"pod">;
+  readonly streamTrust: Gauge<"pod" | "rank">;
+  readonly streamSuspect: Gauge<"pod" | "rank">;
   readonly inflight: Gauge;
   readonly inflightPerStream: Gauge<"stream">;
   readonly retries: Counter<"reason">;
@@ -35,6 +39,8 @@ export class GatewayMetrics {
   readonly podEjections: Counter<"reason">;
   readonly healthProbes: Counter<"result">;
   readonly upstreamAborts: Counter<"reason">;
+  readonly podSlow: Counter<"pod">;
+  readonly podLatencyP75: Gauge<"pod" | "source">;
   /** read at scrape time by the per-stream and per-pod gauges */
   sources: MetricSources | null = null;
 
@@ -92,6 +98,30 @@ export class GatewayMetrics {
         for (const e of this.sources.predictionErrors())
           this.predictionErrorRatio.set({ pod: e.pod }, e.meanRelError);
       },
+    });
+    const trustOf = () => {
+      if (this.sources?.streamTrust === undefined) return;
+      this.streamTrust.reset();
+      this.streamSuspect.reset();
+      for (const t of this.sources.streamTrust()) {
+        const labels = { pod: t.pod, rank: t.rank === null ? "" : String(t.rank) };
+        this.streamTrust.set(labels, t.trust);
+        this.streamSuspect.set(labels, t.suspect ? 1 : 0);
+      }
+    };
+    this.streamTrust = new Gauge({
+      name: "kvsync_stream_trust_ratio",
+      help: "How far routing trusts each engine stream's cache claims (0..1): a moving average of engine-reported over predicted cached tokens (over-prediction only); streams without evidence are absent (trust 1)",
+      labelNames: ["pod", "rank"],
+      registers,
+      collect: trustOf,
+    });
+    this.streamSuspect = new Gauge({
+      name: "kvsync_stream_prediction_suspect",
+      help: "1 while a stream's cache claims keep proving wrong (trust below --trust-suspect-below), else 0",
+      labelNames: ["pod", "rank"],
+      registers,
+      collect: trustOf,
     });
     this.inflight = new Gauge({
       name: "kvsync_gateway_inflight_requests",
@@ -174,7 +204,7 @@ export class GatewayMetrics {
     });
     this.healthProbes = new Counter({
       name: "kvsync_gateway_health_probes_total",
-      help: "Active health probes of the pods' /health, by result (ok, probe_timeout, probe_error, probe_status_N)",
+      help: "Active health probes of the pods' /health, by result (ok, probe_timeout, probe_error, probe_status_N; late_timer: a timeout that fired late, the gateway stalled, restarted)",
       labelNames: ["result"],
       registers,
     });
@@ -182,6 +212,18 @@ export class GatewayMetrics {
       name: "kvsync_gateway_upstream_aborts_total",
       help: "Upstream requests the gateway cut, by reason (pod_unhealthy, first_byte_timeout)",
       labelNames: ["reason"],
+      registers,
+    });
+    this.podSlow = new Counter({
+      name: "kvsync_gateway_pod_slow_total",
+      help: "Times a pod turned slow: its time-to-first-byte upper quartile far above the fleet's (gateway.pod_slow)",
+      labelNames: ["pod"],
+      registers,
+    });
+    this.podLatencyP75 = new Gauge({
+      name: "kvsync_gateway_pod_latency_p75_seconds",
+      help: "Upper quartile of each pod's latency over the slowness window, by source (ttfb: requests' time to first byte; probe: health probe round trip); absent: too few samples",
+      labelNames: ["pod", "source"],
       registers,
     });
   }

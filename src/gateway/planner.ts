@@ -69,6 +69,8 @@ export interface ExplainCandidate {
   matchedTokens: number;
   tiers: ScoredCandidate["tiers"];
   savedTokens: number;
+  /** the factor (0..1) its claims were weighed by: the prediction feedback's trust in the stream */
+  trust: number;
   load: ScoredCandidate["load"];
   score: number;
   terms?: Record<string, number>;
@@ -185,6 +187,7 @@ export class Planner {
         matchedTokens: s.matchedTokens,
         tiers: s.tiers,
         savedTokens: s.savedTokens,
+        trust: s.trust ?? 1,
         load: s.load,
         score: s.score,
         terms: s.terms,

@@ -4,6 +4,7 @@ import type { Dispatcher } from "undici";
 import type { LoadTicket, LoadTracker } from "../routing/load.ts";
 import type { RoutingPolicy, ScoredCandidate } from "../routing/types.ts";
 import type { Logger } from "../util/log.ts";
+import type { RouteActivity } from "./activity.ts";
 import { Cancel } from "./cancel.ts";
 import { GatewayError, noReadyPod, upstreamFailed, upstreamTimeout } from "./errors.ts";
 import { originOf, type PodHealth, type PodUnhealthyError, type TrackedRequest } from "./health.ts";
@@ -32,6 +33,8 @@ export interface ProxyOptions {
   /** null when health checks are off */
   health: PodHealth | null;
   usage: UsageAccounting;
+  /** the decisions list: a retry shows there with the pod that answered (null: none kept) */
+  activity?: Pick<RouteActivity, "retried"> | null;
   metrics: GatewayMetrics;
   log: Logger;
   headersTimeoutMs: number;
@@ -121,6 +124,7 @@ export class RequestProxy {
       // an attempt that sent the client nothing can go to the next healthy pod once
       const next = () => (attempt === 0 ? this.retryTarget(order, cand.pod) : undefined);
       let up: Dispatcher.ResponseData;
+      let sentAt = performance.now();
       try {
         const headers: Record<string, string> = {
           // a form (audio) keeps its boundary; everything else is the JSON read above
@@ -132,6 +136,7 @@ export class RequestProxy {
         const rid = req.headers["x-request-id"];
         if (typeof rid === "string") headers["x-request-id"] = rid;
         if (cand.rank !== null) headers["x-data-parallel-rank"] = String(cand.rank);
+        sentAt = performance.now();
         up = await this.pools.get(originOf(cand.http)).request({
           path,
           method: "POST",
@@ -168,6 +173,7 @@ export class RequestProxy {
             { event: "gateway.retry", pod: cand.pod, next: n.candidate.pod, kind, err: String(err) },
             "pod failed before any byte; retrying on the next-best pod",
           );
+          this.o.activity?.retried(plan, n.candidate, kind);
           sc = n;
           continue;
         }
@@ -175,7 +181,7 @@ export class RequestProxy {
         if (kind === "headers_timeout") throw upstreamTimeout(`pod ${cand.pod} did not answer in time`);
         throw upstreamFailed(`pod ${cand.pod} failed: ${(err as Error)?.message ?? String(err)}`);
       }
-      this.health?.requestSucceeded(cand.pod);
+      this.health?.requestSucceeded(cand.pod, performance.now() - sentAt);
       tracked?.touch();
       this.policy.onDispatched?.(route, sc);
       this.metrics.matchedRatio.observe(
@@ -192,6 +198,7 @@ export class RequestProxy {
             { event: "gateway.retry", pod: cand.pod, next: n.candidate.pod, kind: "pod_unhealthy" },
             "pod went out of rotation before the response; retrying on the next-best pod",
           );
+          this.o.activity?.retried(plan, n.candidate, "pod_unhealthy");
           sc = n;
           continue;
         }

@@ -46,6 +46,11 @@ export interface GatewayCoreOptions {
   kvAware?: Partial<KvAwareOptions>;
   prefixApprox?: Partial<PrefixApproxOptions>;
   feedback?: Partial<FeedbackOptions>;
+  /**
+   * drop a stream's entries and replay its engine's buffer from the oldest batch (the manager's
+   * `rebuild`); asked when the prediction feedback marks the stream suspect
+   */
+  rebuildStream?: (streamId: string) => boolean;
   seed?: number;
   /** a stream's block size learned from its events (null: none seen yet) */
   streamBlockSize?: (streamId: string) => number | null;
@@ -107,6 +112,7 @@ export class GatewayCore {
   private readonly maxBodyBytes: number;
   private readonly routes = this.routeTable();
   private readonly unsubscribe: () => void;
+  private readonly trustListeners = new Set<(streamId: string) => void>();
   private closed = false;
 
   constructor(private readonly opts: GatewayCoreOptions) {
@@ -124,14 +130,24 @@ export class GatewayCore {
         })
       : null;
     this.loads = new LoadTracker(this.scraper);
+    this.feedback = new PredictionFeedback(
+      this.log,
+      { ...FEEDBACK_DEFAULTS, ...opts.feedback },
+      {
+        rebuild: opts.rebuildStream,
+        changed: (id) => {
+          for (const fn of this.trustListeners) fn(id);
+        },
+      },
+    );
     this.policy = createPolicy(opts.policy ?? G.policy, {
       index: opts.index,
       loads: this.loads,
       kvAware: opts.kvAware,
       prefixApprox: opts.prefixApprox,
       seed: opts.seed,
+      trust: this.feedback,
     });
-    this.feedback = new PredictionFeedback(this.log, { ...FEEDBACK_DEFAULTS, ...opts.feedback });
     this.pools = new UpstreamPools(
       {
         connectTimeoutMs: opts.connectTimeoutMs ?? G.connectTimeoutMs,
@@ -143,6 +159,7 @@ export class GatewayCore {
     this.metrics.sources = {
       streamInflight: () => this.loads.snapshot().map((x) => ({ stream: x.streamId, requests: x.requests })),
       predictionErrors: () => this.feedback.errors(),
+      streamTrust: () => this.feedback.snapshot(),
     };
     this.health = opts.health === false ? null : new PodHealth(opts.health ?? {}, this.metrics, this.log);
     const health = this.health;
@@ -187,6 +204,7 @@ export class GatewayCore {
         this.matchWatch,
         this.activity,
       ),
+      activity: this.activity,
       metrics: this.metrics,
       log: this.log,
       headersTimeoutMs,
@@ -211,6 +229,12 @@ export class GatewayCore {
 
   get pods(): PodSet {
     return this.opts.pods;
+  }
+
+  /** Hear a stream turn suspect or trusted again (the admin feed's prompt update); returns the unsubscribe. */
+  onTrustChange(fn: (streamId: string) => void): () => void {
+    this.trustListeners.add(fn);
+    return () => this.trustListeners.delete(fn);
   }
 
   private syncPods(pods: ReadonlyMap<string, PodInfo>): void {

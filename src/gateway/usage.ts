@@ -37,7 +37,7 @@ export class UsageAccounting {
     try {
       const obj = JSON.parse(body.toString("utf8")) as { usage?: unknown; id?: unknown };
       if (plan.parsed.kind === "responses" && typeof obj.id === "string") this.affinity?.record(obj.id, pod);
-      this.observe(pod, sc, plan, obj.usage);
+      this.observe(sc, plan, obj.usage);
     } catch {
       // not JSON: nothing to learn
     }
@@ -62,16 +62,16 @@ export class UsageAccounting {
     if (obj.type === "response.completed" || obj.type === "response.incomplete") {
       const id = (obj.response as { id?: unknown } | undefined)?.id;
       if (typeof id === "string") this.affinity?.record(id, pod);
-      this.observe(pod, sc, plan, obj.response?.usage);
+      this.observe(sc, plan, obj.response?.usage);
       return true;
     }
     if (obj.usage === null || typeof obj.usage !== "object") return true;
     const final = Array.isArray(obj.choices) && obj.choices.length === 0;
-    if (final) this.observe(pod, sc, plan, obj.usage);
+    if (final) this.observe(sc, plan, obj.usage);
     return !(injected && final);
   }
 
-  private observe(pod: string, sc: ScoredCandidate, plan: Plan, usage: unknown): void {
+  private observe(sc: ScoredCandidate, plan: Plan, usage: unknown): void {
     // a batch's usage sums every prompt while the prediction was for one: nothing to compare
     if (usage === null || typeof usage !== "object" || plan.prompts > 1) return;
     // chat/completions/pooling spell it prompt_tokens(_details); responses input_tokens(_details)
@@ -87,8 +87,9 @@ export class UsageAccounting {
     const cached = (u.prompt_tokens_details ?? u.input_tokens_details)?.cached_tokens;
     if (typeof cached !== "number" || !plan.tokenized) return;
     const promptTokens = typeof given === "number" ? given : plan.route.tokenIds.length;
+    // per stream (a DP pod's request ran on the candidate's rank); only kv-aware's prediction is the index's
     const err = this.feedback.observe(
-      pod,
+      sc.candidate,
       sc.matchedTokens,
       cached,
       promptTokens,

@@ -15,11 +15,19 @@
  *   re-store of the engine hash; matches do not touch). Counted in stats() and onEvict.
  * - match(): per stream, leading full blocks held on any tier and per tier (leading run).
  */
+import { GroupedIndex } from "./groups.ts";
 import { ReferenceIndex } from "./reference.ts";
 import { type SyncIndexOptions, SyncPrefixIndex } from "./sync-index.ts";
 import type { PrefixIndex } from "./types.ts";
 
 export { blockKeys, chainHash, namespaceKey, namespaceSeed, stringHash64 } from "./chain-hash.ts";
+export { windowBlocks } from "./coordinator.ts";
+export {
+  GroupedIndex,
+  type GroupedIndexOptions,
+  type GroupKind,
+  groupKindOf,
+} from "./groups.ts";
 export { ReferenceIndex, sortMatches } from "./reference.ts";
 export {
   DEFAULT_MAX_ENTRIES,
@@ -33,7 +41,12 @@ export type * from "./types.ts";
 
 export type IndexBackend = "sync" | "reference";
 
-/** The production index (typed arrays); `backend: "reference"` gives the Map-based oracle. */
+/**
+ * The production index (typed arrays); `backend: "reference"` gives the Map-based oracle. Either
+ * sits behind the KV-cache group layer (groups.ts), which passes non-hybrid streams straight
+ * through.
+ */
 export function createIndex(opts: SyncIndexOptions & { backend?: IndexBackend } = {}): PrefixIndex {
-  return opts.backend === "reference" ? new ReferenceIndex(opts) : new SyncPrefixIndex(opts);
+  const inner = opts.backend === "reference" ? new ReferenceIndex(opts) : new SyncPrefixIndex(opts);
+  return new GroupedIndex(inner);
 }

@@ -5,7 +5,8 @@
  * - Adapter: `loraName`, else `String(loraId)` when only an id is sent, else null (base model).
  * - Tier: `tierOf(medium)` (null = GPU).
  * - Hybrid models: events with a non-zero `groupIdx` describe another KV-cache group (e.g. a
- *   sliding-window group) and are ignored (counted); the index follows group 0.
+ *   sliding-window group) and are ignored (counted) by the backends, which follow one group; the
+ *   group layer in front of them (groups.ts) hands them the primary group and keeps the others.
  * - Keyable blocks: block i of a BlockStored gets an index key only when tokens
  *   [i*bs, (i+1)*bs) are all present (tokens are taken as aligned from the first block, so a
  *   short/partial `tokenIds` keys only its leading full blocks), the block size is a positive

@@ -86,6 +86,17 @@ export interface StreamExport {
   keys: number[];
 }
 
+/** A hybrid model's KV-cache group other than the one `streamBlocks` lists (groups.ts). */
+export interface GroupClaims {
+  group: number;
+  /** "full" | "sliding" | "other" */
+  kind: string;
+  /** sliding window in tokens; 0 for full attention */
+  window: number;
+  /** engine hashes the group holds */
+  hashes: HashKey[];
+}
+
 export interface PrefixIndex {
   /** Apply a decoded batch of one stream, in seq order. Never throws on bad content. */
   applyBatch(stream: StreamRef, batch: EventBatch): void;
@@ -106,6 +117,8 @@ export interface PrefixIndex {
    * O(the stream's entries), for introspection (the dashboard), not the hot path.
    */
   streamTierCounts?(streamId: string, out: TierCounts): TierCounts;
+  /** A hybrid stream's other KV-cache groups (empty for a stream without groups). */
+  streamGroups?(streamId: string): GroupClaims[];
   /** A stream's entries for a peer's catch-up; null when the index does not know the stream. */
   exportStream?(streamId: string): StreamExport | null;
   /** Replace a stream's entries with an export; returns the entries loaded. */

@@ -7,6 +7,7 @@ import {
   POLICY_NAMES,
   type PolicyName,
   type RoutingPolicy,
+  type TrustSource,
 } from "./types.ts";
 
 export { estimateTtft, KV_AWARE_DEFAULTS, KvAwarePolicy, reusableBlocks, savedTokens } from "./kv-aware.ts";
@@ -22,6 +23,8 @@ export interface PolicyDeps {
   prefixApprox?: Partial<PrefixApproxOptions>;
   /** seed of the random policy */
   seed?: number;
+  /** kv-aware weighs each stream's claims by its trust (the prediction feedback) */
+  trust?: TrustSource;
 }
 
 export function isPolicyName(s: string): s is PolicyName {
@@ -31,7 +34,7 @@ export function isPolicyName(s: string): s is PolicyName {
 export function createPolicy(name: PolicyName, deps: PolicyDeps): RoutingPolicy {
   switch (name) {
     case "kv-aware":
-      return new KvAwarePolicy(deps.index, deps.loads, deps.kvAware);
+      return new KvAwarePolicy(deps.index, deps.loads, deps.kvAware, deps.trust ?? null);
     case "prefix-approx":
       return new PrefixApproxPolicy(deps.loads, deps.prefixApprox);
     case "least-request":

@@ -9,6 +9,7 @@ import type {
   RoutingDecision,
   RoutingPolicy,
   ScoredCandidate,
+  TrustSource,
 } from "./types.ts";
 import { preferLeastWork } from "./work-slack.ts";
 
@@ -114,6 +115,8 @@ export class KvAwarePolicy implements RoutingPolicy {
     private readonly index: MatchSource,
     private readonly loads: LoadSource,
     options: Partial<KvAwareOptions> = {},
+    /** the prediction feedback: a stream's claims count times its trust (null: fully) */
+    private readonly trusts: TrustSource | null = null,
   ) {
     this.o = { ...KV_AWARE_DEFAULTS, ...definedOnly(options) };
   }
@@ -178,7 +181,8 @@ export class KvAwarePolicy implements RoutingPolicy {
     const counts = c.live && m !== undefined;
     const matchedBlocks = counts ? Math.min(m.matchedBlocks, cap) : 0;
     const tiers = counts ? m.tiers : ZERO_TIERS;
-    const saved = counts ? savedTokens(m.matchedBlocks, m.tiers, bs, cap, this.o) : 0;
+    const trust = this.trusts === null ? 1 : this.trusts.trust(c.streamId);
+    const saved = counts ? savedTokens(m.matchedBlocks, m.tiers, bs, cap, this.o) * trust : 0;
     const load = this.loads.load(c.streamId, c.pod);
     const e = estimateTtft(n, saved, load, this.o);
     return {
@@ -191,6 +195,7 @@ export class KvAwarePolicy implements RoutingPolicy {
         STORAGE: Math.min(tiers.STORAGE, cap),
       },
       savedTokens: saved,
+      trust,
       load,
       score: e.score,
       terms: { queued: e.queued, uncached: e.uncached, running: e.running, kvFactor: e.kvFactor },

@@ -74,8 +74,10 @@ export interface ScoredCandidate {
   /** matchedBlocks * blockSize, capped at what the engine can reuse (prompt length - 1) */
   matchedTokens: number;
   tiers: TierCounts;
-  /** prefill tokens saved after tier weights */
+  /** prefill tokens saved after tier weights and the stream's trust */
   savedTokens: number;
+  /** the factor (0..1) the stream's claims were weighed by (feedback.ts); absent: 1 */
+  trust?: number;
   load: LoadView;
   /** lower is better; for kv-aware the estimated time to first token in token-equivalents */
   score: number;
@@ -103,6 +105,12 @@ export interface RoutingPolicy {
 /** Where policies read load from (the gateway's LoadTracker plus scraped engine metrics). */
 export interface LoadSource {
   load(streamId: string, pod: string): LoadView;
+}
+
+/** Where kv-aware reads how far a stream's cache claims hold (the prediction feedback, feedback.ts). */
+export interface TrustSource {
+  /** 0..1; 1 for a stream without evidence against it */
+  trust(streamId: string): number;
 }
 
 /** Where kv-aware reads cache state from: the sync prefix index (subset of PrefixIndex). */

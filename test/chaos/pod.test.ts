@@ -73,31 +73,54 @@ describe("chaos: pod", { timeout: scaled(600_000) }, () => {
     );
   });
 
-  // neither stress crosses a kvsync signal's threshold here (CPU: 2 workers at 80 % leave the
-  // gateway's loop and the streams' lag under theirs; memory: 512 MB of a machine with room to
-  // spare): both are judged on degradation and recovery only
-  for (const kind of ["cpu", "memory"] as const) {
-    it(`${kind} stress next to an engine (${kind === "cpu" ? "2 workers at 80 %" : "512 MB"})`, async () => {
-      const c = ctx.cluster();
-      const pod = ctx.pods()[0];
-      const o = { logDir: c.logDir, ns: pod.node.ns, timeoutSeconds: 90 };
-      judge(
-        await runExperiment(ctx, {
-          id: `pod-${kind}-stress`,
-          group: "pod",
-          title:
-            kind === "cpu"
-              ? "CPU stress, 2 workers at 80 % (stress-ng)"
-              : "memory stress, 512 MB (stress-ng --vm)",
-          fault: experimentFault(kind === "cpu" ? Stress.cpu(o) : Stress.memory(o), [], { servesHttp: true }),
-          holdMs: scaled(10_000),
-          targetMs: 5_000,
-          // measured: neither the event loop (< --event-loop-warn-ms) nor the lag floor crosses
-          // its threshold under this stress; judged on degradation and recovery
-          events: [],
-          metrics: [],
-        }),
-      );
+  it("CPU stress in an engine's pod (2 workers at 80 %, sharing the pod's 0.5 CPU limit)", async () => {
+    const c = ctx.cluster();
+    const pod = ctx.pods()[0];
+    const stress = Stress.cpu({
+      logDir: c.logDir,
+      ns: pod.node.ns,
+      timeoutSeconds: 90,
+      // as StressChaos does: stress-ng inside the container's cgroup, under the pod's limit
+      pod: { name: "engine-0", pid: () => pod.group.process.pid, cpus: 0.5 },
     });
-  }
+    judge(
+      await runExperiment(ctx, {
+        id: "pod-cpu-stress",
+        group: "pod",
+        title: "CPU stress, 2 workers at 80 % in the pod's cgroup (stress-ng, 0.5 CPU limit)",
+        fault: experimentFault(stress, [pod], { servesHttp: true }),
+        holdMs: scaled(10_000),
+        targetMs: 5_000,
+        // the starved engine answers slower than the fleet: gateway.pod_slow when it crosses
+        // 3 x and 100 ms. Measured at a load average above 20, where the workers get 0.17 CPU
+        // and are never throttled: the pod's quartile at 1.6 x the fleet's (224 vs 140 ms), under
+        // the threshold, so the signal is watched, not required
+        events: [],
+        metrics: [],
+        watchOnly: ["gateway.pod_slow"],
+        undetected:
+          "on a loaded machine the stress gets too little CPU to reach the pod's limit: the engine slows to 1.6 x the fleet, under gateway.pod_slow's 3 x",
+      }),
+    );
+  });
+
+  it("memory stress next to an engine (512 MB)", async () => {
+    const c = ctx.cluster();
+    const pod = ctx.pods()[0];
+    const o = { logDir: c.logDir, ns: pod.node.ns, timeoutSeconds: 90 };
+    judge(
+      await runExperiment(ctx, {
+        id: "pod-memory-stress",
+        group: "pod",
+        title: "memory stress, 512 MB (stress-ng --vm)",
+        fault: experimentFault(Stress.memory(o), [], { servesHttp: true }),
+        holdMs: scaled(10_000),
+        targetMs: 5_000,
+        events: [],
+        metrics: [],
+        undetected:
+          "512 MB of a machine with room to spare (no memory limit, no swap): no process slows, no engine's answers or events move",
+      }),
+    );
+  });
 });

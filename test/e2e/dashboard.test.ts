@@ -8,6 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { mkdirSync, writeFileSync } from "node:fs";
+import { type AddressInfo, connect, createServer, type Socket } from "node:net";
 import { join, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -72,6 +73,50 @@ async function pageWaitFor(page: Page, expr: string, timeoutMs = 10_000): Promis
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${expr}`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/** A TCP proxy to `port` on loopback whose `cut()` destroys every connection it carries. */
+async function startCuttingProxy(port: number): Promise<{
+  url: string;
+  open(): number;
+  cut(): void;
+  close(): Promise<void>;
+}> {
+  const pairs = new Set<[Socket, Socket]>();
+  const server = createServer((client) => {
+    const upstream = connect(port, "127.0.0.1");
+    const pair: [Socket, Socket] = [client, upstream];
+    pairs.add(pair);
+    const drop = () => {
+      pairs.delete(pair);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on("error", drop).on("close", drop);
+    upstream.on("error", drop).on("close", drop);
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const addr = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${addr.port}`,
+    open: () => pairs.size,
+    cut: () => {
+      for (const [a, b] of [...pairs]) {
+        a.destroy();
+        b.destroy();
+      }
+    },
+    close: () =>
+      new Promise<void>((r) => {
+        for (const [a, b] of pairs) {
+          a.destroy();
+          b.destroy();
+        }
+        server.close(() => r());
+      }),
+  };
 }
 
 interface DashboardMetrics {
@@ -173,6 +218,12 @@ describe("admin dashboard in a real browser", { timeout: 120_000 }, () => {
 
   test("the routing panel shows a decision made during the test, with its explain", async () => {
     const agent = new Agent({ connections: 2 });
+    // the pod restarted by the previous test is back in rotation (its health probes answer again)
+    await waitFor(
+      "every pod in rotation",
+      () => engines.every((e) => gw.core.health?.isHealthy(e.name) ?? true),
+      15_000,
+    );
     try {
       const r = await streamChat(
         agent,
@@ -196,6 +247,59 @@ describe("admin dashboard in a real browser", { timeout: 120_000 }, () => {
       await pageWaitFor(page, 'document.querySelectorAll("#routing canvas").length >= 3');
     } finally {
       await agent.close();
+    }
+  });
+
+  test("the live feed reconnects on its own after its connection is cut, and updates resume", async () => {
+    // a proxy in front of the admin port (as a load balancer's idle timeout would) cuts every
+    // connection once: the page's EventSource must come back by itself and keep following
+    const proxy = await startCuttingProxy(gw.adminPort!);
+    const p = await browser.newPage({ viewport: { width: 1400, height: 1000 } });
+    const errs = watchErrors(p);
+    try {
+      await p.goto(`${proxy.url}/`);
+      await p.waitForSelector("#conn.conn-live");
+      await pageWaitFor(p, 'document.querySelectorAll("#fleet-body tr[data-id]").length === 3');
+      const live0 = await p.evaluate("window.__kvsyncDashboard.snapshotAt");
+      // the gateway weighs every stream's claims: the trust column is filled (1 without evidence against)
+      assert.equal(
+        await p.evaluate(
+          `document.querySelector('#fleet-head th[data-key="trust"]') && [...document.querySelectorAll("#fleet-head th")].findIndex((th) => th.dataset.key === "trust")`,
+        ),
+        15,
+      );
+      assert.equal(
+        await p.evaluate(`document.querySelector('tr[data-id="pod-0"]').children[15].textContent`),
+        "1.00",
+      );
+      assert.ok(proxy.open() > 0, "the feed goes through the proxy");
+      proxy.cut();
+      // the page notices, then the browser reconnects (the feed's `retry: 1000`) to a fresh snapshot
+      await p.waitForSelector("#conn.conn-connecting, #conn.conn-down", { timeout: 5_000 });
+      await p.waitForSelector("#conn.conn-live", { timeout: 10_000 });
+      await waitFor("the server holds the new feed connection", () => proxy.open() > 0, { timeoutMs: 5_000 });
+      assert.equal(
+        await p.evaluate("window.__kvsyncDashboard.snapshotAt"),
+        live0,
+        "no reload: the same page",
+      );
+      // a state change after the reconnect reaches the page
+      const e = engines[2];
+      const shownDown = whenRowState(p, "pod-2", "down");
+      await e.running?.close();
+      e.running = null;
+      await shownDown;
+      const shownLive = whenRowState(p, "pod-2", "live");
+      await restartTestEngine(e);
+      await shownLive;
+      // only the cut feed's own request may have failed
+      assert.deepEqual(
+        errs.filter((x) => !/admin\/live|ERR_|net::/.test(x)),
+        [],
+      );
+    } finally {
+      await p.close();
+      await proxy.close();
     }
   });
 

@@ -4,7 +4,7 @@ import { DEFAULT_MODEL, type Pod } from "./harness/cluster.ts";
 import { assertOk, completeDirect, gatewayOf, useCluster, waitLive } from "./harness/suite.ts";
 import { waitIndexMatchesTruth } from "./harness/truth.ts";
 import { scaled } from "./harness/wait.ts";
-import { prefix, prompt } from "./harness/workload.ts";
+import { prefix, prompt, words } from "./harness/workload.ts";
 
 /**
  * Mixed engine flavors behind one gateway, with no per-engine setting on the gateway side: each
@@ -17,7 +17,11 @@ const FLEET: Array<{ name: string; args: string[] }> = [
   { name: "vllm-array", args: ["--flavor", "vllm", "--event-format", "array"] },
   { name: "sglang", args: ["--flavor", "sglang"] },
   { name: "trtllm", args: ["--flavor", "trtllm"] },
+  // hybrid attention: a 40-token sliding-window group (group 0) beside full attention (group 1)
+  // (a small pool, so the window group's early-freed blocks are evicted first)
+  { name: "vllm-hybrid", args: ["--flavor", "vllm", "--hybrid", "40", "--num-gpu-blocks", "64"] },
 ];
+const HYBRID = FLEET.findIndex((f) => f.name === "vllm-hybrid");
 
 describe("e2e engine flavors: mixed wire formats", { timeout: scaled(180_000) }, () => {
   const cluster = useCluster();
@@ -50,6 +54,22 @@ describe("e2e engine flavors: mixed wire formats", { timeout: scaled(180_000) },
       assert.ok((r.matchedTokens ?? 0) >= 64, `${FLEET[i]!.name}: predicted ${r.matchedTokens}`);
       assert.equal(r.cachedTokens, r.matchedTokens, `${FLEET[i]!.name}: engine cached ${r.cachedTokens}`);
     }
+    await waitIndexMatchesTruth(gw, pods);
+  });
+
+  it("hybrid: a prompt sharing only the head of an evicted-window prefix gets vLLM's coordinator rule", async () => {
+    const gw = gatewayOf(cluster());
+    const pod = pods[HYBRID]!;
+    const head = prefix("hyb-head", 400, 60);
+    // a long prompt: its early blocks leave the window mid-prefill and are freed at once
+    await completeDirect(pod, `${head} ${words(401, 160)}`);
+    // unrelated prompts take the free blocks; the window group's early-freed ones go first
+    for (let k = 0; k < 4; k++) await completeDirect(pod, prompt(prefix(`hyb-fill${k}`, 410 + k), k));
+    await waitIndexMatchesTruth(gw, [pod]);
+    const r = await gw.complete(DEFAULT_MODEL, `${head} ${words(402, 30)}`);
+    assertOk(r, "hybrid head");
+    assert.equal(r.cachedTokens, r.matchedTokens, `hybrid: engine cached ${r.cachedTokens}`);
+    if ((r.matchedTokens ?? 0) > 0) assert.equal(r.pod, pod.name);
     await waitIndexMatchesTruth(gw, pods);
   });
 });

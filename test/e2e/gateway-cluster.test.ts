@@ -160,9 +160,7 @@ describe("e2e gateway cluster: replicas that route as one over NATS", { timeout:
     const gw = await GatewayProcess.start({
       kubeconfig: c.kube.kubeconfigPath,
       logDir: c.logDir,
-      // no health probes: on the shared 2-core machine a starved engine misses probes and is
-      // taken out of rotation, which would measure the machine, not the cluster
-      extraArgs: ["--health-checks", "false", ...args, ...extra],
+      extraArgs: [...args, ...extra],
     });
     gateways.push(gw);
     return gw;

@@ -40,6 +40,9 @@
   ];
   const STATE_COL = COLUMNS.findIndex((c) => c.key === "state");
   const ROT_COL = COLUMNS.findIndex((c) => c.key === "healthy");
+  const TRUST_COL = COLUMNS.findIndex((c) => c.key === "trust");
+  /** below this trust a stream's claims count for less than half (the gateway's default --trust-suspect-below) */
+  const LOW_TRUST = 0.5;
 
   // ------------------------------------------------------------------ fleet
 
@@ -112,6 +115,7 @@
     s.tr.dataset.state = r.state;
     s.cells[STATE_COL].className = `text state state-${r.state}`;
     s.cells[ROT_COL].className = r.healthy === false ? "text unhealthy" : "text";
+    s.cells[TRUST_COL].className = r.trust !== null && r.trust < LOW_TRUST ? "low-trust" : "";
     s.dirty = false;
   }
 
@@ -318,16 +322,22 @@
     const el = document.createElement("details");
     el.className = "decision";
     el.dataset.id = String(d.id);
-    const choice = d.choice ? `${d.choice.pod}${d.choice.rank === null ? "" : `#${d.choice.rank}`}` : "none";
-    const best = d.ranked[0];
+    const name = (c) => `${c.pod}${c.rank === null ? "" : `#${c.rank}`}`;
+    const choice = d.choice ? name(d.choice) : "none";
+    // the policy's pick is the first ranked; after a retry the request went to `choice`
+    const best = d.retry
+      ? d.ranked.find((c) => c.pod === d.choice.pod && c.rank === d.choice.rank)
+      : d.ranked[0];
+    const retry = d.retry ? `  (retried: ${name(d.retry.from)} failed, ${d.retry.reason})` : "";
     el.appendChild(
       cell(
         "summary",
-        `${time(d.t)}  ${d.model}  ${fmtInt(d.promptTokens)} prompt tokens → ${choice}` +
+        `${time(d.t)}  ${d.model}  ${fmtInt(d.promptTokens)} prompt tokens → ${choice}${retry}` +
           (best ? `  (matched ${fmtInt(best.matchedTokens)} tokens, score ${best.score.toFixed(3)})` : "") +
           `  ${d.policy}, ${d.candidates} candidates`,
       ),
     );
+    if (d.retry) el.classList.add("retried");
     const t = document.createElement("table");
     const h = document.createElement("tr");
     for (const x of [
@@ -335,6 +345,7 @@
       "rank",
       "live",
       "matched tokens",
+      "trust",
       "saved tokens",
       "in flight",
       "prefill tokens",
@@ -342,14 +353,15 @@
     ])
       h.appendChild(cell("th", x));
     t.appendChild(h);
-    d.ranked.forEach((c, i) => {
+    d.ranked.forEach((c) => {
       const tr = document.createElement("tr");
-      if (i === 0) tr.className = "chosen";
+      if (d.choice && c.pod === d.choice.pod && c.rank === d.choice.rank) tr.className = "chosen";
       for (const x of [
         c.pod,
         c.rank === null ? "—" : String(c.rank),
         c.live ? "yes" : "no",
         fmtInt(c.matchedTokens),
+        fmtNum(c.trust ?? 1, 2),
         fmtInt(c.savedTokens),
         fmtInt(c.inflight),
         fmtInt(c.prefillTokens),
@@ -366,6 +378,13 @@
   function addDecisions(list) {
     const box = $("decisions");
     for (const d of list) {
+      // a decision comes again under its id when a retry sent the request elsewhere
+      const at = routing.decisions.findIndex((x) => x.id === d.id);
+      if (at >= 0) {
+        routing.decisions[at] = d;
+        box.querySelector(`details.decision[data-id="${d.id}"]`)?.replaceWith(decisionEl(d));
+        continue;
+      }
       routing.decisions.push(d);
       box.prepend(decisionEl(d));
     }

@@ -1,4 +1,4 @@
-import { readFileSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { getJson } from "../../e2e/harness/http.ts";
 import type { BlocksDoc, TruthSource } from "../../e2e/harness/truth.ts";
 
@@ -11,22 +11,43 @@ export interface LogLine {
   [k: string]: unknown;
 }
 
-/** Every JSON log line of `file` at or after `since` (epoch ms). */
-export function readLog(file: string, since = 0): LogLine[] {
-  let text: string;
+/**
+ * Where the log file ends now (bytes): an experiment's lines are those appended between its
+ * start's mark and its end's. Lines are attributed by when they reached the file, not by their
+ * `time`: a gateway whose clock was skewed stamps lines 30 s ahead, which a timestamp filter
+ * would hand to whichever experiment runs next.
+ */
+export function logMark(file: string): number {
   try {
-    text = readFileSync(file, "utf8");
+    return statSync(file).size;
+  } catch {
+    return 0;
+  }
+}
+
+/** Every whole JSON log line of `file` in the byte range [from, to) (to: the file's end). */
+export function readLog(file: string, from = 0, to = Number.POSITIVE_INFINITY): LogLine[] {
+  let buf: Buffer;
+  try {
+    buf = readFileSync(file);
   } catch {
     return [];
   }
+  // a line cut by a concurrent write belongs to the range its end reaches: only whole lines count
+  const end = Math.min(buf.length, to);
   const out: LogLine[] = [];
-  for (const line of text.split("\n")) {
+  let start = from;
+  while (start < end) {
+    const nl = buf.indexOf(10, start);
+    if (nl === -1 || nl >= end) break;
+    const line = buf.toString("utf8", start, nl);
+    start = nl + 1;
     if (!line.startsWith("{")) continue;
     try {
       const l = JSON.parse(line) as LogLine;
-      if (typeof l.time === "number" && l.time >= since) out.push(l);
+      if (typeof l.time === "number") out.push(l);
     } catch {
-      // a line cut by a concurrent write: the next read sees it whole
+      // not a log line (a stray write to the same fd)
     }
   }
   return out;
@@ -44,18 +65,26 @@ export function matches(l: LogLine, matcher: string, pods?: Set<string>): boolea
   return true;
 }
 
-/** First line matching each of `matchers` at or after `since` (absent when never). */
+/** First line matching each of `matchers` in the byte range [from, to) of the log (absent when never). */
 export function firstEvents(
   file: string,
-  since: number,
+  range: { from: number; to?: number },
   matchers: string[],
   pods?: Set<string>,
 ): Map<string, LogLine> {
   const found = new Map<string, LogLine>();
-  for (const l of readLog(file, since)) {
+  for (const l of readLog(file, range.from, range.to)) {
     for (const m of matchers) if (!found.has(m) && matches(l, m, pods)) found.set(m, l);
   }
   return found;
+}
+
+/** Warn and error lines in the byte range [from, to) of the log, counted by event name. */
+export function warningsIn(file: string, range: { from: number; to?: number }): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const l of readLog(file, range.from, range.to))
+    if (l.level >= 40) out[l.event ?? "(no event)"] = (out[l.event ?? "(no event)"] ?? 0) + 1;
+  return out;
 }
 
 /** Prometheus text → sum of each metric name's samples (labels folded). */

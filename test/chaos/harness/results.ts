@@ -14,8 +14,15 @@ export interface ExperimentResult {
   id: string;
   group: string;
   title: string;
-  /** fault start → first named log event of its detection (ms), null when never logged */
+  /**
+   * fault start → the first expected log event or metric change the harness saw (ms), null
+   * when none; polled every 100 ms (log) and 500 ms (metrics)
+   */
   detectMs: number | null;
+  /** which event or metric detected the fault first */
+  detectedBy?: string | null;
+  /** why the fault has no kvsync signal (the spec's measured reason) */
+  undetected?: string;
   /** fault end → index == engine truth (ms), null when not within the bound */
   indexRecoveryMs: number | null;
   /** fault end → throughput and hit rate back at >= 90 % of baseline (ms) */

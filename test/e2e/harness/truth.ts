@@ -4,6 +4,26 @@ import { scaled, waitFor } from "./wait.ts";
 /** `GET /debug/kv-cache` of an engine and `GET /admin/pods/<name>/blocks` of the gateway. */
 export interface BlocksDoc {
   blocks: Array<{ hash: string; tiers: string[] }>;
+  /** a hybrid model's other KV-cache groups (engine: its sliding-window group; index: groups.ts) */
+  groups?: Array<{ group: number; hashes: string[] }>;
+}
+
+/** Differences of the other KV-cache groups' hashes, one line per differing group. */
+export function diffGroups(index: BlocksDoc, truth: BlocksDoc): string[] {
+  const byGroup = (d: BlocksDoc) =>
+    new Map((d.groups ?? []).map((g) => [g.group, new Set(g.hashes.map(String))]));
+  const i = byGroup(index);
+  const t = byGroup(truth);
+  const out: string[] = [];
+  for (const g of new Set([...i.keys(), ...t.keys()])) {
+    const ih = i.get(g) ?? new Set<string>();
+    const th = t.get(g) ?? new Set<string>();
+    const missing = [...th].filter((h) => !ih.has(h)).length;
+    const stale = [...ih].filter((h) => !th.has(h)).length;
+    if (missing + stale > 0)
+      out.push(`group ${g}: index ${ih.size} engine ${th.size} (missing ${missing}; stale ${stale})`);
+  }
+  return out;
 }
 
 export interface BlockDiff {
@@ -69,7 +89,9 @@ export async function compareWithTruth(gw: IndexReader, pod: TruthSource): Promi
   const truth = await getJson<BlocksDoc>(`${pod.http}/debug/kv-cache`);
   const index = await gw.podBlocks(pod.name);
   const d = diffBlocks(index, truth);
-  return diffIsEmpty(d) ? true : describeDiff(pod.name, d);
+  const g = diffGroups(index, truth);
+  if (diffIsEmpty(d) && g.length === 0) return true;
+  return diffIsEmpty(d) ? `pod ${pod.name}: ${g.join("; ")}` : describeDiff(pod.name, d);
 }
 
 /** Compare every pod; true when all are equal, else the differing pods. */

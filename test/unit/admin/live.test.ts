@@ -344,4 +344,27 @@ describe("routing activity", () => {
       "last decisions bounded",
     );
   });
+
+  test("a retry updates its decision: the pod that answered, the first pick and why; listeners hear it again", () => {
+    let now = 5_000_000;
+    const a = new RouteActivity({}, () => now);
+    const heard: Array<[number, string | undefined]> = [];
+    a.onDecision((d) => heard.push([d.id, d.choice?.pod]));
+    const plan = planFor("p0", 32, 64);
+    a.decided(plan);
+    a.retried(plan, { pod: "p1", rank: null }, "connect");
+    assert.deepEqual(heard, [
+      [1, "p0"],
+      [1, "p1"],
+    ]);
+    const [d] = a.recent();
+    assert.deepEqual(d!.choice, { pod: "p1", rank: null });
+    assert.deepEqual(d!.retry, { from: { pod: "p0", rank: null }, reason: "connect" });
+    assert.equal(d!.ranked[0]!.trust, 1);
+    now += 1000;
+    assert.deepEqual(a.series().at(-1)?.pods, { p1: 1 }, "the request counts for the pod that answered");
+    // a plan never decided (a dry run) has nothing to update
+    a.retried(planFor("p2", 0, 16), { pod: "p0", rank: null }, "connect");
+    assert.equal(heard.length, 2);
+  });
 });

@@ -110,8 +110,12 @@ describe("snapshot over a real nats-server", { timeout: 60_000 }, () => {
     const server = new SnapshotServer(
       { name: "t", id: "peer", whenUp: (f) => f(peerNc) },
       {
-        streams: () => refs.map((ref, i) => ({ ref, point: { seq: 100 + i, fp: -5 + i, len: 7 } })),
-        exportStream: (id) => src.exportStream(id),
+        streams: () => refs,
+        take: (ref) => {
+          const i = refs.indexOf(ref);
+          const data = src.exportStream(ref.streamId);
+          return data === null ? null : { ref, point: { seq: 100 + i, fp: -5 + i, len: 7 }, data };
+        },
       },
       metrics,
       silentLogger(),
@@ -141,6 +145,99 @@ describe("snapshot over a real nats-server", { timeout: 60_000 }, () => {
         (await registry.metrics()).includes('kvsync_cluster_snapshots_served_total{result="ok"} 1'),
       );
     } finally {
+      server.stop();
+      await peerNc.close();
+    }
+  });
+
+  it("streams are taken one per event-loop turn while events apply, each matching its own point", async () => {
+    // every stream holds BASE fixed blocks plus a sliding window: the batch at seq k stores
+    // block k and removes block k - WINDOW, so the entries at any seq are known exactly
+    const STREAMS = 60;
+    const BASE = 150;
+    const WINDOW = 20;
+    const block = (s: number, k: number) => hk(s * 1_000_000 + k);
+    const src = new SyncPrefixIndex();
+    const refs = Array.from({ length: STREAMS }, (_, s) => stream(`pod-${s}`));
+    const seqs = new Array<number>(STREAMS).fill(0);
+    for (const [s, ref] of refs.entries()) {
+      const base = Array.from({ length: BASE }, (_, j) => block(s, 500_000 + j));
+      src.applyBatch(ref, batch(stored(base, null, toks(base.map((_, j) => j + 1)))));
+    }
+    const applyNext = (s: number) => {
+      const k = ++seqs[s];
+      const events: Parameters<typeof batch> = [stored([block(s, k)], null, toks([k + 7]))];
+      if (k > WINDOW) events.push(removed([block(s, k - WINDOW)]));
+      src.applyBatch(refs[s], batch(...events));
+    };
+    const expected = (s: number, k: number) => {
+      const out = Array.from({ length: BASE }, (_, j) => block(s, 500_000 + j));
+      for (let j = Math.max(1, k - WINDOW + 1); j <= k; j++) out.push(block(s, j));
+      return out.sort();
+    };
+    // the event application the serving replica goes on with: a batch on some stream every turn
+    let applying = true;
+    let applied = 0;
+    let turn = 0;
+    const applier = () => {
+      if (!applying) return;
+      applyNext(turn++ % STREAMS);
+      applied++;
+      setImmediate(applier);
+    };
+    const takes: number[] = [];
+    const registry = new Registry();
+    const peerNc = await connect({ servers: nats.url });
+    const server = new SnapshotServer(
+      { name: "t", id: "busy-peer", whenUp: (f) => f(peerNc) },
+      {
+        streams: () => refs,
+        take: (ref) => {
+          const s = refs.indexOf(ref);
+          takes.push(applied);
+          const data = src.exportStream(ref.streamId);
+          return data === null ? null : { ref, point: { seq: seqs[s], fp: seqs[s], len: 1 }, data };
+        },
+      },
+      new ClusterMetrics(registry),
+      silentLogger(),
+      { ...SNAPSHOT_DEFAULTS, chunkBytes: 2048 },
+    );
+    server.start(10);
+    setImmediate(applier);
+    try {
+      let r = await fetchSnapshot(nc, me);
+      await waitFor("the peer joined the queue group", async () => {
+        takes.length = 0;
+        r = await fetchSnapshot(nc, me);
+        return r.result === "loaded" || r.result;
+      });
+      assert.equal(r.result, "loaded");
+      if (r.result !== "loaded") return;
+      assert.equal(r.streams.length, STREAMS);
+      // events were applied between the first stream's take and the last one's
+      assert.ok(takes[takes.length - 1] - takes[0] >= STREAMS - 1, `applied during the export: ${takes}`);
+      const dst = new SyncPrefixIndex();
+      for (const st of r.streams) {
+        const s = refs.findIndex((x) => x.streamId === st.ref.streamId);
+        assert.deepEqual(
+          [...st.data.hashes].sort(),
+          expected(s, st.point.seq),
+          `stream ${s} at ${st.point.seq}`,
+        );
+        dst.importStream(st.ref, st.data);
+        assert.deepEqual(
+          dst
+            .streamBlocks(st.ref.streamId)
+            .map((b) => b.hash)
+            .sort(),
+          expected(s, st.point.seq),
+        );
+      }
+      // the streams were taken at different points of the same run of events
+      assert.ok(new Set(r.streams.map((x) => x.point.seq)).size > 1);
+    } finally {
+      applying = false;
       server.stop();
       await peerNc.close();
     }

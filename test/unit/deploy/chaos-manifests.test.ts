@@ -277,7 +277,7 @@ const EXPERIMENTS: Record<string, Expected> = {
   },
   "stress-cpu": {
     kind: "StressChaos",
-    group: "gateway",
+    group: "engines",
     check: (s) => assert.deepEqual(s.stressors, { cpu: { workers: 2, load: 80 } }),
   },
   "stress-memory": {

@@ -270,7 +270,7 @@ test("array era: replay answers in the 3-frame layout", async () => {
   );
 });
 
-test("drop-event-rate leaves seq gaps that replay fills; lose-event-rate gaps it cannot", async () => {
+test("drop-event-rate leaves seq gaps that replay fills; fail-event-rate gaps it cannot", async () => {
   const e = await start({ blockSize: 4, numGpuBlocks: 256, dropEventRate: 0.5, seed: 7 });
   const [m] = mirrors(e);
   await fillBlocks(e, 30, 7000);
@@ -284,16 +284,38 @@ test("drop-event-rate leaves seq gaps that replay fills; lose-event-rate gaps it
   assert.ok(gaps.length >= st.dropped, `live seqs show the gaps (${gaps.length} missing)`);
   await assertMirrorsEqualTruth(e, [m]);
 
-  const l = await start({ blockSize: 4, numGpuBlocks: 256, loseEventRate: 0.3, seed: 3 });
+  const l = await start({ blockSize: 4, numGpuBlocks: 256, failEventRate: 0.3, seed: 3 });
   const [ml] = mirrors(l);
   await fillBlocks(l, 30, 7000);
   await l.engine.quiesce();
   await ml.catchUp();
   const lst = l.engine.ranks[0].publisher!.snapshot();
-  assert.ok(lst.lost > 0);
+  assert.ok(lst.failed > 0);
   const replayed = await ml.replay(0);
-  assert.equal(replayed.length - 1, 30 - lst.lost, "lost batches are not in the replay buffer");
-  assert.ok(ml.missingSeqs.length >= lst.lost - 1, `missing ${ml.missingSeqs.length}, lost ${lst.lost}`);
+  assert.equal(replayed.length - 1, 30 - lst.failed, "failed batches are not in the replay buffer");
+  assert.ok(
+    ml.missingSeqs.length >= lst.failed - 1,
+    `missing ${ml.missingSeqs.length}, failed ${lst.failed}`,
+  );
+});
+
+test("lose-event-rate loses batches without a trace: contiguous seqs, replay agrees, the engine's cache differs", async () => {
+  const l = await start({ blockSize: 4, numGpuBlocks: 256, loseEventRate: 0.3, seed: 3 });
+  const [m] = mirrors(l);
+  await fillBlocks(l, 30, 7000);
+  await l.engine.quiesce();
+  const st = l.engine.ranks[0].publisher!.snapshot();
+  assert.ok(st.lost >= 3 && st.lost <= 20, `lost ${st.lost}`);
+  assert.equal(st.nextSeq, 30 - st.lost, "a lost batch gets no seq");
+  await m.catchUp();
+  assert.deepEqual(m.missingSeqs, [], "no seq is missing");
+  assert.equal(m.next, st.nextSeq, "every published batch was applied");
+  const replayed = await m.replay(0);
+  assert.equal(replayed.length - 1, st.nextSeq, "the replay buffer holds every published batch, no more");
+  // what the engine holds is not what its events say
+  const held = (await truth(l, 0)).length;
+  const mirrored = m.snapshot().length;
+  assert.ok(held > mirrored, `engine holds ${held} blocks, its events tell of ${mirrored}`);
 });
 
 test("pause/resume: nothing is sent while paused; the buffered batches replay afterwards", async () => {

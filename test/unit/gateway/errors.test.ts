@@ -167,6 +167,11 @@ describe("gateway failure handling with scripted pods", () => {
     assert.equal(good.requests, 1);
     assert.equal(await metricValue(gw, "kvsync_gateway_upstream_retries_total"), 1);
     assert.equal(await metricValue(gw, "kvsync_gateway_requests_total", { pod: "b-good", status: "200" }), 1);
+    // the decisions list (the dashboard's) shows where it went, and the retry
+    const [d] = gw.core.activity.recent();
+    assert.deepEqual(d?.choice, { pod: "b-good", rank: null });
+    assert.deepEqual(d?.retry, { from: { pod: "a-dead", rank: null }, reason: "connect" });
+    assert.equal(d?.ranked[0]?.pod, "a-dead", "the policy's ranking is kept");
   });
 
   test("every pod refusing connections → 502 after one retry", async () => {

@@ -261,7 +261,9 @@ describe("health signal with scripted pods", () => {
     const streamMs = Date.now() - t0;
     assert.equal(s.status, 504);
     assert.equal(s.json.error.code, "upstream_timeout");
-    assert.ok(streamMs >= 350 && streamMs < 1_400, `first-byte timeout after ${streamMs} ms`);
+    // which timeout fired is the metric's reason below, not a wall-clock bound (a loaded machine
+    // can deliver the 504 after the headers timeout would have passed)
+    assert.ok(streamMs >= 350, `first-byte timeout after ${streamMs} ms`);
     assert.equal(
       await metricValue(gw, "kvsync_gateway_upstream_aborts_total", { reason: "first_byte_timeout" }),
       1,

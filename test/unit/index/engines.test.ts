@@ -48,6 +48,25 @@ function pages(tokens: number[], parent: string | null = null): KvEvent[] {
 
 for (const backend of BACKENDS) {
   describe(`${backend} backend`, () => {
+    test("vLLM hybrid attention (vllm-hybrid.json): per-group claims and the coordinator rule", () => {
+      const idx = createIndex({ backend });
+      const ns = { model: "m", lora: null, blockSize: 16 };
+      const prompt = [...range(3000, 128), 1];
+      apply(idx, "vllm-hybrid.json", 0, 2);
+      // both groups hold every block the prompt can reuse (blocks 4 and 5 never entered the window
+      // group, but the hit point 8 needs only blocks 6 and 7 of a 32-token window)
+      assert.equal(matched(idx, ns, prompt), 8);
+      apply(idx, "vllm-hybrid.json", 2, 3);
+      assert.equal(matched(idx, ns, prompt), 8, "the window group's eviction of blocks 0-1 changes nothing");
+      assert.equal(idx.streamBlocks("pod-a").length, 8, "nor the full-attention claims");
+      apply(idx, "vllm-hybrid.json", 3, 4);
+      // full attention now ends at 7; the window group holds 2, 3, 6 (not 4, 5): the first run of
+      // two blocks ending at or before 7 ends at 4
+      assert.equal(matched(idx, ns, prompt), 4);
+      apply(idx, "vllm-hybrid.json", 4, 5);
+      assert.equal(matched(idx, ns, prompt), 0);
+    });
+
     const ns1: NamespaceRef = { model: "m", lora: null, blockSize: 1 };
 
     test("SGLang 2025 frames: a node with repeated pages matches in full, then in order of removal", () => {

@@ -1,12 +1,13 @@
 /**
- * Loads the SGLang and TensorRT-LLM conformance frames (test/fixtures/engine-kv-events, written
- * by scripts/fixtures/engine-kv-events.py with msgspec, the engines' own encoder).
+ * Loads the SGLang, TensorRT-LLM and vLLM hybrid-attention conformance frames
+ * (test/fixtures/engine-kv-events, written by scripts/fixtures/engine-kv-events.py with msgspec,
+ * the engines' own encoder).
  */
 import { readdirSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { blockRemoved, blockStored } from "../../../src/protocol/build.ts";
-import type { EngineEra } from "../../../src/protocol/encode.ts";
+import type { WireEra } from "../../../src/protocol/encode.ts";
 import { hashFromText } from "../../../src/protocol/hash.ts";
 import type { BlockStored, EventBatch, KvEvent } from "../../../src/protocol/types.ts";
 
@@ -20,8 +21,8 @@ interface RawEvent {
   [k: string]: unknown;
 }
 interface RawFile {
-  engine: "sglang" | "trtllm";
-  era: EngineEra;
+  engine: "sglang" | "trtllm" | "vllm";
+  era: WireEra;
   page_size: number;
   topic: string;
   live: string[][];
@@ -32,8 +33,8 @@ interface RawFile {
 
 export interface EngineConformance {
   file: string;
-  engine: "sglang" | "trtllm";
-  era: EngineEra;
+  engine: "sglang" | "trtllm" | "vllm";
+  era: WireEra;
   pageSize: number;
   topic: string;
   live: Buffer[][];
@@ -52,6 +53,11 @@ function expectedEvent(e: RawEvent): KvEvent {
       loraId: opt(e.lora_id),
       medium: opt(e.medium),
       loraName: opt(e.lora_name),
+      extraKeys: opt(e.extra_keys),
+      groupIdx: opt(e.group_idx),
+      kvCacheSpecKind: opt(e.kv_cache_spec_kind),
+      kvCacheSpecSlidingWindow: opt(e.kv_cache_spec_sliding_window),
+      locality: opt(e.locality),
     };
     if (e.cache_salt !== undefined) over.cacheSalt = e.cache_salt as string;
     return blockStored(
@@ -65,7 +71,11 @@ function expectedEvent(e: RawEvent): KvEvent {
     );
   }
   if (e.type === "BlockRemoved") {
-    return blockRemoved((e.block_hashes as string[]).map(hashFromText), { medium: opt(e.medium) });
+    return blockRemoved((e.block_hashes as string[]).map(hashFromText), {
+      medium: opt(e.medium),
+      groupIdx: opt(e.group_idx),
+      locality: opt(e.locality),
+    });
   }
   if (e.type === "AllBlocksCleared") return { type: "AllBlocksCleared" };
   throw new Error(`unexpected event type in fixture: ${e.type}`);

@@ -20,8 +20,8 @@ import { loadEngineConformance } from "./engine-conformance-data.ts";
 
 const files = loadEngineConformance();
 
-test("one fixture per engine era", () => {
-  assert.deepEqual(files.map((f) => f.era).sort(), [...ENGINE_ERAS].sort());
+test("one fixture per engine era, and vLLM's hybrid-attention stream", () => {
+  assert.deepEqual(files.map((f) => f.era).sort(), [...ENGINE_ERAS, "2026-07"].sort());
 });
 
 for (const c of files) {

@@ -3,7 +3,6 @@ import { describe, test } from "node:test";
 import fc from "fast-check";
 import type { NamespaceRef, StreamMatch, TierCounts } from "../../../src/index/types.ts";
 import { parseEngineMetrics } from "../../../src/routing/engine-metrics.ts";
-import { PredictionFeedback } from "../../../src/routing/feedback.ts";
 import {
   type Candidate,
   createPolicy,
@@ -16,7 +15,6 @@ import {
   reusableBlocks,
   savedTokens,
 } from "../../../src/routing/index.ts";
-import { silentLogger } from "../../../src/util/log.ts";
 
 const BS = 4;
 const NS: NamespaceRef = { model: "m", lora: null, blockSize: BS };
@@ -361,15 +359,6 @@ describe("load, engine metrics and feedback", () => {
     assert.deepEqual(p.ranks.get(1), { waiting: 1, running: 0, kvUsage: 0.7 });
     assert.equal(parseEngineMetrics("garbage\n# nothing"), null);
   });
-
-  test("feedback returns signed errors and tracks per-pod mean error", () => {
-    const f = new PredictionFeedback(silentLogger(), { minSamples: 2 });
-    assert.equal(f.observe("a", 64, 48, 100), 16);
-    assert.equal(f.observe("a", 0, 48, 100), -48);
-    const e = f.errors().find((x) => x.pod === "a")!;
-    assert.equal(e.samples, 2);
-    assert.ok(e.meanRelError > 0.16 && e.meanRelError < 0.48);
-  });
 });
 
 describe("dry runs (explain)", () => {
@@ -398,29 +387,6 @@ describe("dry runs (explain)", () => {
         assert.deepEqual(real, plain, "dry runs do not perturb the seeded sequence");
       }
     }
-  });
-});
-
-describe("feedback logging", () => {
-  test("a pod whose prediction error stays high is logged once per interval", async () => {
-    const { Writable } = await import("node:stream");
-    const pino = (await import("pino")).default;
-    const lines: Array<Record<string, unknown>> = [];
-    const sink = new Writable({
-      write(chunk, _enc, cb) {
-        for (const l of String(chunk).split("\n")) if (l.trim()) lines.push(JSON.parse(l));
-        cb();
-      },
-    });
-    const f = new PredictionFeedback(pino({ level: "info" }, sink), { minSamples: 5, threshold: 0.3 });
-    for (let i = 0; i < 20; i++) f.observe("good", 64, 64, 100);
-    for (let i = 0; i < 4; i++) f.observe("bad", 96, 0, 100);
-    assert.equal(lines.length, 0, "not before minSamples");
-    for (let i = 0; i < 10; i++) f.observe("bad", 96, 0, 100);
-    const warns = lines.filter((l) => l.event === "gateway.prediction_error_high");
-    assert.equal(warns.length, 1);
-    assert.equal(warns[0]!.pod, "bad");
-    assert.ok(f.errors().find((e) => e.pod === "good")!.meanRelError === 0);
   });
 });
 
