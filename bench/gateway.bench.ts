@@ -17,20 +17,19 @@
  */
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { loadavg, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { Pool } from "undici";
-import { createIndex, type PrefixIndex, type StreamRef } from "../src/index/index.ts";
-import { type BlockStored, blockStored, type HashKey, hashFromInt } from "../src/protocol/index.ts";
+import { createIndex } from "../src/index/index.ts";
+import { hashFromInt } from "../src/protocol/index.ts";
 import { createPolicy, LoadTracker } from "../src/routing/index.ts";
-import type { Candidate, RouteRequest } from "../src/routing/types.ts";
-import { seededRandom } from "../src/util/rng.ts";
+import { freePort } from "../src/util/free-port.ts";
 import { percentileSorted } from "../src/util/stats.ts";
 import { waitFor } from "../src/util/wait.ts";
 import { stageBench } from "./gateway-stages.ts";
+import { routingBench } from "./routing-decision.ts";
 
 const QUICK = process.env.KVSYNC_BENCH_QUICK === "1";
 /** KVSYNC_BENCH_CPU_PROF=<dir>: the gateway runs with --cpu-prof and writes its profile there on exit */
@@ -137,18 +136,6 @@ function spawnKvsync(
     child.once("exit", (code) => {
       clearTimeout(timer);
       reject(new Error(`kvsync ${args[0]} exited with ${code} before ${event}: ${tail}`));
-    });
-  });
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const a = s.address();
-      const port = typeof a === "object" && a !== null ? a.port : 0;
-      s.close(() => resolve(port));
     });
   });
 }
@@ -431,130 +418,6 @@ async function measureAll(targets: Target[]): Promise<Map<string, LoadResult>> {
   return new Map([...phases].map(([n, ps]) => [n, combine(ps)]));
 }
 
-// ------------------------------------------------------------------ routing decision time
-
-function routingBench(): {
-  pods: number;
-  promptTokens: number;
-  indexEntries: number;
-  decisions: number;
-  p50Us: number;
-  p99Us: number;
-  meanUs: number;
-  /** CPU time of this process per decision (immune to being descheduled on a busy machine) */
-  cpuP50Us: number;
-  cpuP99Us: number;
-  avgMatchedBlocks: number;
-} {
-  const PODS = 100;
-  const BS = 16;
-  const PROMPT_BLOCKS = 512; // 8192 tokens
-  const TEMPLATES = 16;
-  const TEMPLATE_BLOCKS = 128; // 2048-token tenant system prompts
-  const CONVS_PER_POD = 12;
-  const r = seededRandom(42);
-  const tokens = (n: number) => {
-    const t = new Array<number>(n);
-    for (let i = 0; i < n; i++) t[i] = (r() * 151_000) | 0;
-    return t;
-  };
-  let hashCounter = 1_000_000;
-  const freshHash = (): HashKey => {
-    hashCounter++;
-    return hashFromInt(hashCounter);
-  };
-  const stored = (hashes: HashKey[], parent: HashKey | null, tokenIds: number[]): BlockStored =>
-    blockStored(hashes, parent, tokenIds, BS, { medium: "GPU" });
-  const index: PrefixIndex = createIndex({});
-  const streams: StreamRef[] = Array.from({ length: PODS }, (_, i) => ({
-    streamId: `pod-${i}`,
-    pod: `pod-${i}`,
-    rank: null,
-    model: MODEL,
-  }));
-  const tmplTokens = Array.from({ length: TEMPLATES }, () => tokens(TEMPLATE_BLOCKS * BS));
-  const tmplHashes = Array.from({ length: TEMPLATES }, () =>
-    Array.from({ length: TEMPLATE_BLOCKS }, freshHash),
-  );
-  // skewed popularity: template t on a pod with probability ~ 1/(1+t/2)
-  const convs: Array<{ pod: number; tmpl: number; tokens: number[] }> = [];
-  let ts = 1;
-  for (let p = 0; p < PODS; p++) {
-    const held: number[] = [];
-    for (let t = 0; t < TEMPLATES; t++) if (r() < 1 / (1 + t / 2)) held.push(t);
-    if (held.length === 0) held.push(0);
-    const events: BlockStored[] = [];
-    for (const t of held) events.push(stored(tmplHashes[t], null, tmplTokens[t]));
-    for (let c = 0; c < CONVS_PER_POD; c++) {
-      const t = held[Math.floor(r() * held.length)];
-      const n = 128 + Math.floor(r() * 256); // 2k-6k tokens of conversation after the system prompt
-      const ct = tokens(n * BS);
-      events.push(stored(Array.from({ length: n }, freshHash), tmplHashes[t][TEMPLATE_BLOCKS - 1], ct));
-      convs.push({ pod: p, tmpl: t, tokens: ct });
-    }
-    index.applyBatch(streams[p], { ts: ts++, events, dpRank: null });
-  }
-  const candidates: Candidate[] = streams.map((s) => ({
-    streamId: s.streamId,
-    pod: s.pod,
-    rank: null,
-    http: `http://10.0.${s.pod.slice(4)}.1:8000`,
-    live: true,
-  }));
-  const loads = new LoadTracker();
-  // some in-flight load, as a busy gateway has
-  for (let i = 0; i < 300; i++) loads.begin(`pod-${Math.floor(r() * PODS)}`, 500 + Math.floor(r() * 4000));
-  const policy = createPolicy("kv-aware", { index, loads });
-  const ns = { model: MODEL, lora: null, blockSize: BS };
-  // prompts: 60 % continue a conversation (template + its history + new turn), 30 % a template
-  // then new text, 10 % nothing cached anywhere; all 8192 tokens
-  const N = QUICK ? 1000 : 3000;
-  const prompts: number[][] = [];
-  for (let i = 0; i < 200; i++) {
-    const x = r();
-    let p: number[];
-    if (x < 0.6) {
-      const c = convs[Math.floor(r() * convs.length)];
-      p = [...tmplTokens[c.tmpl], ...c.tokens];
-    } else if (x < 0.9) p = [...tmplTokens[Math.floor(r() * TEMPLATES)]];
-    else p = [];
-    p.push(...tokens(PROMPT_BLOCKS * BS - p.length));
-    prompts.push(p.slice(0, PROMPT_BLOCKS * BS));
-  }
-  const times = new Float64Array(N);
-  const cpu = new Float64Array(N);
-  let matched = 0;
-  for (let i = -200; i < N; i++) {
-    const req: RouteRequest = { ns, tokenIds: prompts[(i + 200) % prompts.length], candidates };
-    const c0 = process.cpuUsage();
-    const s = performance.now();
-    const d = policy.route(req);
-    const e = performance.now();
-    const c1 = process.cpuUsage(c0);
-    if (i >= 0) {
-      times[i] = (e - s) * 1000;
-      cpu[i] = c1.user + c1.system;
-      matched += d.ranked[0].matchedBlocks;
-    }
-  }
-  const sorted = times.sort();
-  cpu.sort();
-  let sum = 0;
-  for (const x of sorted) sum += x;
-  return {
-    cpuP50Us: percentileSorted(cpu, 0.5),
-    cpuP99Us: percentileSorted(cpu, 0.99),
-    pods: PODS,
-    promptTokens: PROMPT_BLOCKS * BS,
-    indexEntries: index.stats().entries,
-    decisions: N,
-    p50Us: round(percentileSorted(sorted, 0.5), 1),
-    p99Us: round(percentileSorted(sorted, 0.99), 1),
-    meanUs: round(sum / N, 1),
-    avgMatchedBlocks: round(matched / N, 1),
-  };
-}
-
 // ------------------------------------------------------------------ main
 
 async function main(): Promise<void> {
@@ -653,7 +516,7 @@ async function main(): Promise<void> {
   await cleanup();
 
   log("  routing decisions: populating the index (100 pods)...");
-  const routing = routingBench();
+  const routing = routingBench({ createIndex, createPolicy, LoadTracker, hashFromInt }, QUICK ? 1000 : 3000);
   log(
     `  routing kv-aware, ${routing.promptTokens}-token prompts over ${routing.pods} pods ` +
       `(${routing.indexEntries} index entries): p50 ${routing.p50Us} us, p99 ${routing.p99Us} us wall; ` +

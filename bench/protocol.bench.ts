@@ -12,72 +12,19 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Unpackr } from "msgpackr";
 import {
-  type BlockStored,
   blockRemoved,
   blockStored,
   decodeBatch,
   type EventBatch,
-  encodeBatch,
   hashFromBigInt,
   hashFromBytes,
-  hashFromUint64Parts,
   type KvEvent,
-  type WireEra,
 } from "../src/protocol/index.ts";
-import { seededRandom } from "../src/util/rng.ts";
+import { batchesPerSec, type Dataset, makeDatasets } from "./protocol-datasets.ts";
 
 const ROUNDS = Number(process.env.KVSYNC_BENCH_ROUNDS ?? 9);
 const BATCHES = Number(process.env.KVSYNC_BENCH_BATCHES ?? 2000);
 const MIN_MS = 150; // per measurement
-
-interface Dataset {
-  name: string;
-  era: WireEra;
-  payloads: Buffer[];
-  hashes: number;
-  bytes: number;
-}
-
-function makeDataset(name: string, era: WireEra, bytesHashes: boolean, seed: number): Dataset {
-  const r = seededRandom(seed);
-  const hash = () => {
-    if (bytesHashes) {
-      const b = Buffer.allocUnsafe(32);
-      for (let i = 0; i < 32; i++) b[i] = (r() * 256) | 0;
-      return hashFromBytes(b);
-    }
-    // sha256-derived uint64: uniformly distributed, so mostly >= 2^63 half the time
-    return hashFromUint64Parts(Math.floor(r() * 2 ** 32), Math.floor(r() * 2 ** 32));
-  };
-  const payloads: Buffer[] = [];
-  let hashes = 0;
-  let bytes = 0;
-  for (let i = 0; i < BATCHES; i++) {
-    const events: KvEvent[] = [];
-    const blocks = 1 + Math.floor(r() * 32);
-    const tokenIds: number[] = [];
-    for (let t = 0; t < blocks * 16; t++) tokenIds.push(Math.floor(r() * 151_000));
-    const ev: BlockStored = blockStored(
-      Array.from({ length: blocks }, hash),
-      r() < 0.3 ? null : hash(),
-      tokenIds,
-      16,
-      { medium: "GPU" },
-    );
-    events.push(ev);
-    hashes += blocks;
-    if (r() < 0.2) {
-      const n = 1 + Math.floor(r() * 8);
-      events.push(blockRemoved(Array.from({ length: n }, hash), { medium: "GPU" }));
-      hashes += n;
-    }
-    const batch: EventBatch = { ts: 1.7e9 + i * 0.01, events, dpRank: 0 };
-    const p = encodeBatch(batch, era);
-    payloads.push(p);
-    bytes += p.length;
-  }
-  return { name, era, payloads, hashes, bytes };
-}
 
 const raw = new Unpackr({ useRecords: false, mapsAsObjects: true });
 const exact = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: "bigint" });
@@ -125,19 +72,9 @@ const IMPLS: Record<Impl, (p: Buffer) => void> = {
   },
 };
 
-/** Batches per second of `impl` over the dataset (whole passes until MIN_MS elapsed). */
+/** Batches per second of `impl` over the dataset. */
 function measure(impl: Impl, ds: Dataset): number {
-  const fn = IMPLS[impl];
-  const ps = ds.payloads;
-  let n = 0;
-  const t0 = process.hrtime.bigint();
-  let elapsed = 0;
-  do {
-    for (let i = 0; i < ps.length; i++) fn(ps[i]!);
-    n += ps.length;
-    elapsed = Number(process.hrtime.bigint() - t0) / 1e6;
-  } while (elapsed < MIN_MS);
-  return (n / elapsed) * 1000;
+  return batchesPerSec(IMPLS[impl], ds, MIN_MS);
 }
 
 const median = (xs: number[]) => {
@@ -147,12 +84,7 @@ const median = (xs: number[]) => {
 };
 
 function main(): void {
-  const datasets = [
-    makeDataset("array-ints", "2025-09", false, 1),
-    makeDataset("array-bytes", "2025-09", true, 2),
-    makeDataset("map-ints", "2026-07", false, 3),
-    makeDataset("map-bytes", "2026-07", true, 4),
-  ];
+  const datasets = makeDatasets(BATCHES);
   // sanity: our decode gives back what was encoded (first payload of each)
   for (const ds of datasets)
     if (decodeBatch(ds.payloads[0]!).batch.events.length < 1) throw new Error("bad dataset");

@@ -16,13 +16,12 @@
  * history one version leaves the next. Compare several rounds, and an A/A run when in doubt:
  * on a shared 2-core machine a single pair of runs moves by up to 35%.
  */
-import { execFileSync, spawnSync } from "node:child_process";
-import { cpSync, mkdirSync, rmSync, writeFileSync } from "node:fs";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { spawnSync } from "node:child_process";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { parseArgs } from "node:util";
+import { materialise, ROOT as root, spread, WORK } from "./sides.ts";
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const { values: o } = parseArgs({
   options: {
     base: { type: "string", default: "HEAD" },
@@ -36,22 +35,9 @@ const { values: o } = parseArgs({
 const modes = ["apply", "steady", "sized", "match"];
 if (!modes.includes(o.mode!)) throw new Error(`--mode: one of ${modes.join(", ")}`);
 
-const work = join(root, ".tmp", "ab");
-/** a directory holding the side's src/ tree (inside the project: its imports resolve node_modules) */
-function materialise(side: string, rev: string): string {
-  const dir = join(work, side);
-  rmSync(dir, { recursive: true, force: true });
-  mkdirSync(dir, { recursive: true });
-  if (rev === "worktree") cpSync(join(root, "src"), join(dir, "src"), { recursive: true });
-  else {
-    const tar = execFileSync("git", ["-C", root, "archive", rev, "src"], { maxBuffer: 1 << 30 });
-    execFileSync("tar", ["-x", "-C", dir], { input: tar });
-  }
-  return dir;
-}
 const sides = [
-  { name: "base", rev: o.base!, dir: materialise("base", o.base!), figures: [] as number[] },
-  { name: "head", rev: o.head!, dir: materialise("head", o.head!), figures: [] as number[] },
+  { ...materialise("index", "base", o.base!), figures: [] as number[] },
+  { ...materialise("index", "head", o.head!), figures: [] as number[] },
 ];
 const key = o.mode === "match" ? "p99" : "rate";
 const child = join(root, "bench", "ab", "index-ab-child.ts");
@@ -72,12 +58,8 @@ for (let round = 0; round < Number(o.rounds); round++) {
 function fmt(x: number): string {
   return o.mode === "match" ? `${x.toFixed(0)}µs` : `${(x / 1e6).toFixed(3)}M/s`;
 }
-const stat = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return { min: s[0], median: s[s.length >> 1], max: s[s.length - 1] };
-};
 const [b, h] = sides.map((s) => {
-  const st = stat(s.figures);
+  const st = spread(s.figures);
   console.log(
     `${s.name} (${s.rev}): min ${fmt(st.min)}  median ${fmt(st.median)}  max ${fmt(st.max)}  (${s.figures.length} runs)`,
   );
@@ -96,5 +78,5 @@ const result = {
   ratioMedian: +(h.median / b.median).toFixed(3),
   ratioBest: +best.toFixed(3),
 };
-writeFileSync(join(work, "result.json"), `${JSON.stringify(result)}\n`);
+writeFileSync(join(WORK, "index", "result.json"), `${JSON.stringify(result)}\n`);
 console.log(JSON.stringify(result));

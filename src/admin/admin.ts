@@ -31,7 +31,12 @@ import { type IncomingMessage, METHODS, type ServerResponse } from "node:http";
 import FindMyWay, { type HTTPMethod } from "find-my-way";
 import type { Registry } from "prom-client";
 import { DEFAULT_BLOCK_SIZE, type PodInfo } from "../discovery/types.ts";
-import { type StreamStatus, type SubscriberManagerLike, streamIdOf } from "../events/types.ts";
+import {
+  type PodStream,
+  podStreamIds,
+  type StreamStatus,
+  type SubscriberManagerLike,
+} from "../events/types.ts";
 import type { RouteActivity } from "../gateway/activity.ts";
 import { badRequest, GatewayError, sendError } from "../gateway/errors.ts";
 import { readBody } from "../gateway/request.ts";
@@ -234,29 +239,26 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
     const statuses = (manager?.statuses() ?? []).filter((s) => s.pod === name);
     if (!pod && statuses.length === 0) throw notFoundError(`no pod named ${JSON.stringify(name)}`);
     const rankParam = url.searchParams.get("rank");
-    const dp = (pod?.dataParallelSize ?? 1) > 1 || statuses.some((s) => s.rank !== null);
-    let streams: Array<{ id: string; rank: number | null }>;
+    // a known pod's streams by the one pod → streams rule; a pod discovery no longer lists, by
+    // the streams the manager still reports for it
+    const all: readonly PodStream[] = pod
+      ? podStreamIds(pod)
+      : statuses
+          .map((s) => ({ streamId: s.streamId, rank: s.rank }))
+          .sort((a, b) => (a.rank ?? -1) - (b.rank ?? -1));
+    let streams: readonly PodStream[] = all;
     if (rankParam !== null) {
       const r = Number(rankParam);
       if (!Number.isInteger(r) || r < 0)
         throw badRequest("invalid_rank", `rank must be a non-negative integer`, "rank");
-      if (!dp) {
-        if (r !== 0) throw notFoundError(`pod ${JSON.stringify(name)} has no rank ${r}`);
-        streams = [{ id: name, rank: null }];
-      } else {
-        if (pod && r >= pod.dataParallelSize)
-          throw notFoundError(`pod ${JSON.stringify(name)} has no rank ${r}`);
-        streams = [{ id: streamIdOf(name, r), rank: r }];
-      }
-    } else if (dp) {
-      const n = pod?.dataParallelSize ?? statuses.length;
-      streams = Array.from({ length: n }, (_, r) => ({ id: streamIdOf(name, r), rank: r }));
-    } else {
-      streams = [{ id: name, rank: null }];
+      // a single-rank pod's one stream (rank null) is its rank 0
+      const s = all.find((s) => (s.rank ?? 0) === r);
+      if (s === undefined) throw notFoundError(`pod ${JSON.stringify(name)} has no rank ${r}`);
+      streams = [s];
     }
     const blocks: Array<{ hash: string; tiers: string[]; rank?: number }> = [];
     for (const s of streams) {
-      for (const c of index.streamBlocks(s.id)) {
+      for (const c of index.streamBlocks(s.streamId)) {
         const b: { hash: string; tiers: string[]; rank?: number } = {
           hash: hashToText(c.hash),
           tiers: [...c.tiers],
@@ -268,7 +270,7 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
     blocks.sort((a, b) => (a.hash < b.hash ? -1 : a.hash > b.hash ? 1 : (a.rank ?? 0) - (b.rank ?? 0)));
     // a hybrid model's other KV-cache groups (src/index/groups.ts)
     const groups = streams.flatMap((s) =>
-      (index.streamGroups?.(s.id) ?? []).map((g) => ({
+      (index.streamGroups?.(s.streamId) ?? []).map((g) => ({
         ...g,
         hashes: g.hashes.map(hashToText).sort(),
         ...(rankParam === null && s.rank !== null ? { rank: s.rank } : {}),

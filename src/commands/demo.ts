@@ -1,10 +1,11 @@
 import { type Command, InvalidArgumentError } from "commander";
-import { freePort, keepFleetUp } from "../demo/keep.ts";
+import { keepFleetUp } from "../demo/keep.ts";
 import { formatTable } from "../demo/report.ts";
 import { DEMO_DEFAULTS as D, type DemoOptions, demoLogger, runDemo } from "../demo/run.ts";
 import { isPolicyName } from "../routing/index.ts";
 import { POLICY_NAMES, type PolicyName } from "../routing/types.ts";
 import { flagOpt, opt, parseFloatArg, parseIntArg } from "../util/cli-options.ts";
+import { freePort } from "../util/free-port.ts";
 
 function parsePolicies(v: string): PolicyName[] {
   const list = v

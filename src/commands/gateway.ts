@@ -10,6 +10,7 @@ import { collect, flagOpt, opt, parseChoice, parseFloatArg, parseIntArg } from "
 import { createLogger } from "../util/log.ts";
 import { addClusterOptions, type ClusterCliOptions, clusterOptionsFrom } from "./cluster-options.ts";
 import { addFeedbackOptions, type FeedbackCliOptions, feedbackOptionsFrom } from "./feedback-options.ts";
+import { addIndexOptions, indexOptionsFrom } from "./index-options.ts";
 import { addMatchWatchOptions, matchWatchFrom } from "./match-watch-options.ts";
 import {
   addSignalOptions,
@@ -361,37 +362,8 @@ export function register(program: Command): void {
         P.balanceRelThreshold,
       ).argParser(parseFloatArg),
     )
-    .addOption(opt("--seed <n>", "seed of the random policy", "KVSYNC_SEED", 1).argParser(parseIntArg))
-    .addOption(
-      opt(
-        "--max-entries <n>",
-        "index: global cap on (block, stream) entries",
-        "KVSYNC_MAX_ENTRIES",
-      ).argParser(parseIntArg),
-    )
-    .addOption(
-      opt(
-        "--max-entries-per-stream <n>",
-        "index: per-stream cap on entries",
-        "KVSYNC_MAX_ENTRIES_PER_STREAM",
-      ).argParser(parseIntArg),
-    )
-    .addOption(
-      opt(
-        "--index-initial-entries <n>",
-        "index: entries to allocate up front (a fleet's expected size: no growth until then)",
-        "KVSYNC_INDEX_INITIAL_ENTRIES",
-      ).argParser(parseIntArg),
-    )
-    .addOption(opt("--topic <topic>", 'KV-event topic prefix ("" = all)', "KVSYNC_TOPIC", ""))
-    .addOption(
-      opt(
-        "--replay-timeout-ms <ms>",
-        "replay idle timeout before a gap counts as lost",
-        "KVSYNC_REPLAY_TIMEOUT_MS",
-        3000,
-      ).argParser(parseIntArg),
-    );
+    .addOption(opt("--seed <n>", "seed of the random policy", "KVSYNC_SEED", 1).argParser(parseIntArg));
+  addIndexOptions(cmd);
   addFeedbackOptions(cmd);
   addClusterOptions(cmd);
   addMatchWatchOptions(cmd);
@@ -450,11 +422,7 @@ export function register(program: Command): void {
           balanceRelThreshold: o.balanceRelThreshold,
         },
         seed: o.seed,
-        indexOptions: {
-          ...(o.maxEntries !== undefined ? { maxEntries: o.maxEntries } : {}),
-          ...(o.maxEntriesPerStream !== undefined ? { maxEntriesPerStream: o.maxEntriesPerStream } : {}),
-          ...(o.indexInitialEntries !== undefined ? { initialCapacity: o.indexInitialEntries } : {}),
-        },
+        indexOptions: indexOptionsFrom(o),
         topic: o.topic,
         ...clusterOptionsFrom(o),
         ...feedbackOptionsFrom(o),

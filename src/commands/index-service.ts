@@ -24,6 +24,7 @@ import { collect, opt, parseIntArg } from "../util/cli-options.ts";
 import { closeServer, httpUrl, listen } from "../util/http-server.ts";
 import { createLogger, type Logger } from "../util/log.ts";
 import { type ProcessWatchOptions, startProcessWatch } from "../util/process-watch.ts";
+import { addIndexOptions, indexOptionsFrom } from "./index-options.ts";
 import {
   addSignalOptions,
   addStreamHealthOptions,
@@ -156,39 +157,12 @@ export function register(program: Command): void {
   addDiscoveryOptions(cmd);
   addStreamHealthOptions(cmd);
   addSignalOptions(cmd);
+  addIndexOptions(cmd);
   cmd
     .addOption(
       opt("--admin-port <port>", "admin API port (0 = ephemeral)", "KVSYNC_ADMIN_PORT", 8081).argParser(port),
     )
     .addOption(opt("--admin-host <host>", "admin API bind address", "KVSYNC_ADMIN_HOST", "127.0.0.1"))
-    .addOption(opt("--topic <topic>", 'KV-event topic prefix ("" = all)', "KVSYNC_TOPIC", ""))
-    .addOption(
-      opt("--max-entries <n>", "global cap on (block, stream) index entries", "KVSYNC_MAX_ENTRIES").argParser(
-        positive,
-      ),
-    )
-    .addOption(
-      opt(
-        "--max-entries-per-stream <n>",
-        "per-stream cap on index entries",
-        "KVSYNC_MAX_ENTRIES_PER_STREAM",
-      ).argParser(positive),
-    )
-    .addOption(
-      opt(
-        "--index-initial-entries <n>",
-        "index entries to allocate up front (a fleet's expected size: no growth until then)",
-        "KVSYNC_INDEX_INITIAL_ENTRIES",
-      ).argParser(positive),
-    )
-    .addOption(
-      opt(
-        "--replay-timeout-ms <ms>",
-        "replay idle timeout before a gap counts as lost",
-        "KVSYNC_REPLAY_TIMEOUT_MS",
-        3000,
-      ).argParser(positive),
-    )
     .addOption(
       opt("--block-size <n>", "block size when an engine's is not known", "KVSYNC_BLOCK_SIZE", 16).argParser(
         positive,
@@ -209,11 +183,7 @@ export function register(program: Command): void {
         adminHost: o.adminHost as string,
         adminPort: o.adminPort as number,
         topic: o.topic as string,
-        index: {
-          maxEntries: o.maxEntries as number | undefined,
-          maxEntriesPerStream: o.maxEntriesPerStream as number | undefined,
-          initialCapacity: o.indexInitialEntries as number | undefined,
-        },
+        index: indexOptionsFrom(o),
         subscriber: { replayTimeoutMs: o.replayTimeoutMs as number, ...streamHealthFrom(o) },
         ...signalOptionsFrom(o),
         tokenizers: Array.isArray(tok) ? tok : typeof tok === "string" ? [tok] : [],

@@ -3,7 +3,6 @@
  * dashboard shows routing live: a fresh fleet with the first policy, fed a few conversations at a
  * time (new seeds, same shape) until the time is up or the signal aborts (Ctrl-C).
  */
-import { createServer } from "node:net";
 import type { PolicyName } from "../routing/types.ts";
 import { TokenizerRegistry } from "../tokenize/registry.ts";
 import type { Logger } from "../util/log.ts";
@@ -14,19 +13,6 @@ import { generateWorkload } from "./workload.ts";
 /** conversations in flight while the fleet is kept up: enough to see, little enough to read */
 const KEEP_CONCURRENCY = 4;
 const KEEP_PROGRESS_MS = 15_000;
-
-/** A free TCP port on 127.0.0.1 (checked, not reserved: the demo binds it right after). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const a = s.address();
-      const port = typeof a === "object" && a !== null ? a.port : 0;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 export interface KeepResult {
   requests: number;

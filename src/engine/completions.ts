@@ -2,19 +2,16 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { sendJson } from "../util/http-json.ts";
 import type { MockEngine, Rank } from "./engine.ts";
 import {
+  admitPrompts,
   cacheSaltOf,
   chatRequestOf,
-  checkFits,
-  checkLength,
   encodeCompletionPrompt,
   HttpError,
   type Json,
   maxTokensOf,
-  modelOf,
   optBool,
   optInt,
-  rankOf,
-  readJson,
+  readModelRequest,
   tokenizing,
 } from "./http-request.ts";
 import { EngineRequest, type FinishReason, SchedulerFullError } from "./scheduler.ts";
@@ -135,12 +132,10 @@ export async function completion(
   res: ServerResponse,
   chat: boolean,
 ): Promise<void> {
-  const o = engine.o;
   const tok = engine.tokenizer;
   const decodeText = (ids: number[]) => tok.decode(ids, true);
-  const body = await readJson(req, o.maxBodyBytes);
-  const lora = { ...modelOf(engine, body), cacheSalt: cacheSaltOf(engine, body) };
-  const modelName = (body.model as string | undefined) ?? o.model;
+  const { body, lora: adapter, model: modelName } = await readModelRequest(engine, req);
+  const lora = { ...adapter, cacheSalt: cacheSaltOf(engine, body) };
   const maxTokens = maxTokensOf(body);
   const n = optInt(body, "n", 1);
   if (n !== null && n !== 1) throw new HttpError(400, "n > 1 is not supported by the mock engine", "n");
@@ -155,11 +150,7 @@ export async function completion(
   );
   if (stream && prompts.length > 1)
     throw new HttpError(400, "streaming supports one prompt per request", "prompt");
-  for (const p of prompts) {
-    checkLength(engine, p.length, maxTokens);
-    checkFits(engine, p.length, maxTokens);
-  }
-  const rank = rankOf(engine, req);
+  const rank = admitPrompts(engine, req, prompts, maxTokens);
   const id = engine.nextId(chat ? "chatcmpl" : "cmpl");
   const created = Math.floor(Date.now() / 1000);
   const sig = watchClose(res);

@@ -164,6 +164,36 @@ export function rankOf(engine: MockEngine, req: IncomingMessage): Rank {
   return r;
 }
 
+// ---- the model endpoints' common steps ----
+
+/** What a model endpoint reads first: the JSON body, the adapter its `model` names, the name answered back. */
+export async function readModelRequest(
+  engine: MockEngine,
+  req: IncomingMessage,
+): Promise<{ body: Json; lora: { loraId: number | null; loraName: string | null }; model: string }> {
+  const body = await readJson(req, engine.o.maxBodyBytes);
+  const lora = modelOf(engine, body);
+  return { body, lora, model: (body.model as string | undefined) ?? engine.o.model };
+}
+
+/**
+ * Admits a request's tokenized prompts (each within the context length and the cache, or vLLM's
+ * 400) and picks the rank they run on. `maxTokens`: the generation's bound (null: up to the
+ * context), or "prefill" for a pooling request (no output; the cache must hold one more token).
+ */
+export function admitPrompts(
+  engine: MockEngine,
+  req: IncomingMessage,
+  prompts: readonly number[][],
+  maxTokens: number | null | "prefill",
+): Rank {
+  for (const p of prompts) {
+    checkLength(engine, p.length, maxTokens === "prefill" ? null : maxTokens);
+    checkFits(engine, p.length, maxTokens === "prefill" ? 1 : maxTokens);
+  }
+  return rankOf(engine, req);
+}
+
 /** The ranks an admin/debug endpoint acts on: `?rank=N`, else all (or the only one if required). */
 export function rankParam(engine: MockEngine, url: URL, required: boolean): Rank[] {
   const v = url.searchParams.get("rank");

@@ -10,15 +10,12 @@ import {
 import { sendJson } from "../util/http-json.ts";
 import type { MockEngine, Rank } from "./engine.ts";
 import {
-  checkFits,
-  checkLength,
+  admitPrompts,
   encodeCompletionPrompt,
   HttpError,
-  modelOf,
   optBool,
   optInt,
-  rankOf,
-  readJson,
+  readModelRequest,
   tokenizing,
 } from "./http-request.ts";
 import { EngineRequest, SchedulerFullError } from "./scheduler.ts";
@@ -90,11 +87,7 @@ async function prefillAll(
   prompts: number[][],
   lora: Lora,
 ): Promise<number | null> {
-  for (const p of prompts) {
-    checkLength(engine, p.length, null);
-    checkFits(engine, p.length, 1);
-  }
-  const rank = rankOf(engine, req);
+  const rank = admitPrompts(engine, req, prompts, "prefill");
   const cached = await Promise.all(prompts.map((p) => prefillOnly(engine, rank, p, lora, res)));
   if (cached.some((c) => c === null)) return null;
   return (cached as number[]).reduce((a, b) => a + b, 0);
@@ -144,10 +137,8 @@ export async function embeddings(
   req: IncomingMessage,
   res: ServerResponse,
 ): Promise<void> {
-  const o = engine.o;
   const tok = engine.tokenizer;
-  const body = await readJson(req, o.maxBodyBytes);
-  const lora = modelOf(engine, body);
+  const { body, lora, model } = await readModelRequest(engine, req);
   const format = body.encoding_format ?? "float";
   if (format !== "float" && format !== "base64")
     throw new HttpError(400, "encoding_format must be float or base64", "encoding_format");
@@ -178,7 +169,7 @@ export async function embeddings(
     id: engine.nextId("embd"),
     object: "list",
     created: Math.floor(Date.now() / 1000),
-    model: (body.model as string | undefined) ?? o.model,
+    model,
     data,
     usage: usage(sum(prompts), cached),
   });
@@ -204,8 +195,7 @@ async function scorePrompts(
 }
 
 export async function score(engine: MockEngine, req: IncomingMessage, res: ServerResponse): Promise<void> {
-  const body = await readJson(req, engine.o.maxBodyBytes);
-  const lora = modelOf(engine, body);
+  const { body, lora, model } = await readModelRequest(engine, req);
   const pairs = await tokenizing(async () => {
     const { a, b } = scoreSides(body);
     return scorePairs(scoreTexts(a, "queries"), scoreTexts(b, "documents"));
@@ -217,15 +207,14 @@ export async function score(engine: MockEngine, req: IncomingMessage, res: Serve
     id: engine.nextId("score"),
     object: "list",
     created: Math.floor(Date.now() / 1000),
-    model: (body.model as string | undefined) ?? engine.o.model,
+    model,
     data: scores.map((s, index) => ({ index, object: "score", score: s })),
     usage: usage(sum(prompts), cached),
   });
 }
 
 export async function rerank(engine: MockEngine, req: IncomingMessage, res: ServerResponse): Promise<void> {
-  const body = await readJson(req, engine.o.maxBodyBytes);
-  const lora = modelOf(engine, body);
+  const { body, lora, model } = await readModelRequest(engine, req);
   const topN = optInt(body, "top_n", 0) ?? 0;
   const { query, docs } = await tokenizing(async () => {
     if (!Array.isArray(body.documents)) throw new HttpError(400, "documents must be a list", "documents");
@@ -243,7 +232,7 @@ export async function rerank(engine: MockEngine, req: IncomingMessage, res: Serv
   const n = sum(prompts);
   sendJson(res, 200, {
     id: engine.nextId("rerank"),
-    model: (body.model as string | undefined) ?? engine.o.model,
+    model,
     usage: { prompt_tokens: n, total_tokens: n },
     results: topN > 0 ? results.slice(0, topN) : results,
   });

@@ -4,15 +4,12 @@ import { sendJson } from "../util/http-json.ts";
 import { generate, watchClose } from "./completions.ts";
 import type { MockEngine } from "./engine.ts";
 import {
-  checkFits,
-  checkLength,
+  admitPrompts,
   HttpError,
   type Json,
-  modelOf,
   optBool,
   optInt,
-  rankOf,
-  readJson,
+  readModelRequest,
   tokenizing,
 } from "./http-request.ts";
 
@@ -29,11 +26,8 @@ export async function responses(
   req: IncomingMessage,
   res: ServerResponse,
 ): Promise<void> {
-  const o = engine.o;
   const tok = engine.tokenizer;
-  const body = await readJson(req, o.maxBodyBytes);
-  const lora = modelOf(engine, body);
-  const model = (body.model as string | undefined) ?? o.model;
+  const { body, lora, model } = await readModelRequest(engine, req);
   if (typeof body.previous_response_id === "string")
     throw new HttpError(
       404,
@@ -43,9 +37,7 @@ export async function responses(
   const maxTokens = optInt(body, "max_output_tokens", 1);
   const stream = optBool(body, "stream") ?? false;
   const prompt = await tokenizing(async () => tok.encodeChat(responsesChat(body)));
-  checkLength(engine, prompt.length, maxTokens);
-  checkFits(engine, prompt.length, maxTokens);
-  const rank = rankOf(engine, req);
+  const rank = admitPrompts(engine, req, [prompt], maxTokens);
   const id = engine.nextId("resp");
   const msgId = engine.nextId("msg");
   const createdAt = Math.floor(Date.now() / 1000);

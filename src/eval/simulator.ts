@@ -10,6 +10,7 @@
  */
 import { createIndex } from "../index/index.ts";
 import type { NamespaceRef, PrefixIndex, StreamRef } from "../index/types.ts";
+import { blockRemoved, blockStored } from "../protocol/build.ts";
 import { hashFromInt } from "../protocol/hash.ts";
 import type { BlockRemoved, BlockStored, KvEvent } from "../protocol/types.ts";
 import { type Candidate, createPolicy, LoadTracker, type RoutingPolicy } from "../routing/index.ts";
@@ -401,29 +402,11 @@ function summarize(
 function storedEvent(ids: number[], parent: number | null, bs: number): BlockStored {
   const tokenIds = new Array<number>(ids.length * bs);
   for (let k = 0; k < ids.length; k++) tokenIds.fill(blockToken(ids[k]), k * bs, (k + 1) * bs);
-  return {
-    type: "BlockStored",
-    blockHashes: ids.map(hashFromInt),
-    parentBlockHash: parent === null ? null : hashFromInt(parent),
-    tokenIds,
-    blockSize: bs,
-    loraId: null,
+  return blockStored(ids.map(hashFromInt), parent === null ? null : hashFromInt(parent), tokenIds, bs, {
     medium: "GPU",
-    loraName: null,
-    extraKeys: null,
-    groupIdx: null,
-    kvCacheSpecKind: null,
-    kvCacheSpecSlidingWindow: null,
-    locality: null,
-  };
+  });
 }
 
 function removedEvent(ids: number[]): BlockRemoved {
-  return {
-    type: "BlockRemoved",
-    blockHashes: ids.map(hashFromInt),
-    medium: "GPU",
-    groupIdx: null,
-    locality: null,
-  };
+  return blockRemoved(ids.map(hashFromInt), { medium: "GPU" });
 }

@@ -8,7 +8,7 @@
 import type { PodInfo } from "../discovery/types.ts";
 import type { StreamRef } from "../index/types.ts";
 import { dataParallelLayout, LayoutError } from "../protocol/endpoints.ts";
-import { streamIdOf } from "./types.ts";
+import { podStreamIds } from "./types.ts";
 
 export interface StreamSpec {
   ref: StreamRef;
@@ -46,7 +46,9 @@ function httpAsTcp(http: string, events: string): string | null {
 
 export function podStreams(pod: PodInfo): PodStreams {
   if (pod.events === null) return { specs: [], error: null };
-  const size = Math.max(1, pod.dataParallelSize | 0);
+  // the ids and ranks come from the one naming rule; the layout adds each rank's endpoints
+  const ids = podStreamIds(pod);
+  const size = ids.length;
   const start = pod.dataParallelStartRank ?? 0;
   let ranks: ReturnType<typeof dataParallelLayout>;
   try {
@@ -63,9 +65,9 @@ export function podStreams(pod: PodInfo): PodStreams {
   }
   const checked = size > 1 || start > 0;
   const specs = ranks.map((r) => {
-    const rank = size === 1 ? null : r.local;
+    const { streamId, rank } = ids[r.local]!;
     return {
-      ref: { streamId: streamIdOf(pod.name, rank), pod: pod.name, rank, model: pod.model },
+      ref: { streamId, pod: pod.name, rank, model: pod.model },
       events: r.events,
       replay: r.replay,
       dpRank: checked ? r.global : null,

@@ -652,6 +652,30 @@ export class SyncPrefixIndex implements PrefixIndex {
     return this.eUsed++;
   }
 
+  /**
+   * A new entry of stream s for `h`, right after the lookup of `h` that missed (its kind; h2 holds
+   * its parts, and insertSlot takes the slot the lookup ended on), linked as the stream's most
+   * recent. `low`: the META bits below the kind (tiers, and extra copies from bit 5). The store
+   * path, an alias's store and a stream's import all make entries here.
+   */
+  private newEntry(s: number, kind: number, h: HashKey, low: number): number {
+    const hi = this.h2[0];
+    const lo = this.h2[1];
+    const ent = this.allocEntry();
+    const a = this.ep[ent >>> this.pb];
+    const o = (ent & this.pm) * ES;
+    a[o + META] = (s << S_SHIFT) | (kind << 3) | low;
+    a[o + BLOCK] = -1;
+    a[o + HHI] = hi;
+    a[o + HLO] = lo;
+    if (kind === KIND_STR) this.strHashes.set(ent, h);
+    this.count++;
+    this.sCount[s]++;
+    this.insertSlot(ent);
+    this.linkHead(ent, s);
+    return ent;
+  }
+
   // ---------------------------------------------------------------- blocks
 
   private findBlock(hi: number, lo: number): number {
@@ -1433,20 +1457,7 @@ export class SyncPrefixIndex implements PrefixIndex {
         this.touch(ent, s);
       } else {
         this.evictFor(s);
-        const hi = this.h2[0];
-        const lo = this.h2[1];
-        ent = this.allocEntry();
-        const a = ep[ent >>> pb];
-        const o = (ent & pm) * ES;
-        a[o + META] = (s << S_SHIFT) | (kind << 3) | bit;
-        a[o + BLOCK] = -1;
-        a[o + HHI] = hi;
-        a[o + HLO] = lo;
-        if (kind === KIND_STR) this.strHashes.set(ent, h);
-        this.count++;
-        this.sCount[s]++;
-        this.insertSlot(ent);
-        this.linkHead(ent, s);
+        ent = this.newEntry(s, kind, h, bit);
         if (have) {
           this.claim(ent, this.blockOf(k2[0], k2[1]));
         }
@@ -1524,22 +1535,9 @@ export class SyncPrefixIndex implements PrefixIndex {
     const a = aliasKey(h, n + 1);
     this.evictFor(s);
     const kind = this.parseHash(a);
-    const hi = this.h2[0];
-    const lo = this.h2[1];
     // the miss leaves insertSlot its slot (it inserts where the last lookup ended)
     if (this.findEntry(s, kind, a) !== -1) return;
-    const ent = this.allocEntry();
-    const rec = this.ep[ent >>> this.pb];
-    const o = (ent & this.pm) * ES;
-    rec[o + META] = (s << S_SHIFT) | (kind << 3) | bit;
-    rec[o + BLOCK] = -1;
-    rec[o + HHI] = hi;
-    rec[o + HLO] = lo;
-    this.strHashes.set(ent, a);
-    this.count++;
-    this.sCount[s]++;
-    this.insertSlot(ent);
-    this.linkHead(ent, s);
+    const ent = this.newEntry(s, kind, a, bit);
     this.claim(ent, this.blockOf(k2[0], k2[1]));
   }
 
@@ -2054,20 +2052,7 @@ export class SyncPrefixIndex implements PrefixIndex {
         continue;
       }
       this.evictFor(s);
-      const hi = this.h2[0];
-      const lo = this.h2[1];
-      const ent = this.allocEntry();
-      const a = this.ep[ent >>> this.pb];
-      const o = (ent & this.pm) * ES;
-      a[o + META] = (s << S_SHIFT) | (((m >>> 3) & 0x1ff) << 5) | (kind << 3) | tiers;
-      a[o + BLOCK] = -1;
-      a[o + HHI] = hi;
-      a[o + HLO] = lo;
-      if (kind === KIND_STR) this.strHashes.set(ent, h);
-      this.count++;
-      this.sCount[s]++;
-      this.insertSlot(ent);
-      this.linkHead(ent, s);
+      const ent = this.newEntry(s, kind, h, (((m >>> 3) & 0x1ff) << 5) | tiers);
       if ((m & EXPORT_KEYED) !== 0) this.claim(ent, this.blockOf(keys[i * 2] | 0, keys[i * 2 + 1] | 0));
       loaded++;
     }

@@ -67,6 +67,30 @@ interface LoadResult {
   failures: string[];
 }
 
+/** One completion through `gw`, recorded in `res`: its pod's span, or its failure. */
+async function send(res: LoadResult, gw: GatewayProcess, text: string, maxTokens: number): Promise<void> {
+  const t0 = Date.now();
+  try {
+    const r = await postJson(`${gw.url}/v1/completions`, {
+      model: DEFAULT_MODEL,
+      prompt: text,
+      max_tokens: maxTokens,
+      temperature: 0,
+    });
+    res.requests++;
+    const pod = r.headers.get("x-kvsync-pod");
+    if (pod !== null) res.spans.push({ pod, t0, t1: Date.now() });
+    if (r.status !== 200) {
+      res.failed++;
+      if (res.failures.length < 5) res.failures.push(`${r.status} ${JSON.stringify(r.body).slice(0, 200)}`);
+    }
+  } catch (err) {
+    res.requests++;
+    res.failed++;
+    if (res.failures.length < 5) res.failures.push(String(err));
+  }
+}
+
 /** Closed-loop clients, client i on gateway i % n; 3 of 4 requests share the hot prefix. */
 async function drive(
   gws: () => GatewayProcess[],
@@ -84,27 +108,7 @@ async function drive(
         const gw = list[c % list.length];
         const k = seq++;
         const text = k % 4 === 3 ? prompt(prefix(`cold${k % 16}`, 500 + (k % 16)), k) : prompt(hot, k);
-        const t0 = Date.now();
-        try {
-          const r = await postJson(`${gw.url}/v1/completions`, {
-            model: DEFAULT_MODEL,
-            prompt: text,
-            max_tokens: 16,
-            temperature: 0,
-          });
-          res.requests++;
-          const pod = r.headers.get("x-kvsync-pod");
-          if (pod !== null) res.spans.push({ pod, t0, t1: Date.now() });
-          if (r.status !== 200) {
-            res.failed++;
-            if (res.failures.length < 5)
-              res.failures.push(`${r.status} ${JSON.stringify(r.body).slice(0, 200)}`);
-          }
-        } catch (err) {
-          res.requests++;
-          res.failed++;
-          if (res.failures.length < 5) res.failures.push(String(err));
-        }
+        await send(res, gw, text, 16);
       }
     }),
   );
@@ -124,29 +128,7 @@ async function arrivals(gws: GatewayProcess[], hot: string, ms: number, everyMs 
     if (open.size < maxInflight) {
       const gw = gws[k % gws.length];
       const text = k % 4 === 3 ? prompt(prefix(`cold${k % 16}`, 500 + (k % 16)), k) : prompt(hot, k);
-      const t0 = Date.now();
-      const p = postJson(`${gw.url}/v1/completions`, {
-        model: DEFAULT_MODEL,
-        prompt: text,
-        max_tokens: 32,
-        temperature: 0,
-      })
-        .then((r) => {
-          res.requests++;
-          const pod = r.headers.get("x-kvsync-pod");
-          if (pod !== null) res.spans.push({ pod, t0, t1: Date.now() });
-          if (r.status !== 200) {
-            res.failed++;
-            if (res.failures.length < 5)
-              res.failures.push(`${r.status} ${JSON.stringify(r.body).slice(0, 200)}`);
-          }
-        })
-        .catch((err) => {
-          res.requests++;
-          res.failed++;
-          if (res.failures.length < 5) res.failures.push(String(err));
-        })
-        .finally(() => open.delete(p));
+      const p: Promise<void> = send(res, gw, text, 32).finally(() => open.delete(p));
       open.add(p);
     }
     await new Promise((r) => setTimeout(r, everyMs));

@@ -1,11 +1,16 @@
 /**
  * A real nats-server (Debian's package, `.ci/run` installs it) started by the test itself on a
- * free loopback port, restartable on the same port, stopped (SIGTERM, then SIGKILL) at the end.
+ * free loopback port, restartable on the same port, stopped (SIGTERM, then SIGKILL) at the end:
+ * a ManagedProcess of the E2E harness, so it never outlives the test process.
  */
-import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync } from "node:fs";
-import { createServer, connect as tcpConnect } from "node:net";
-import { waitFor } from "../../src/util/wait.ts";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { connect as tcpConnect } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { freePort } from "../../src/util/free-port.ts";
+import { WaitAborted, waitFor } from "../../src/util/wait.ts";
+import { registerCleanup } from "../e2e/harness/cleanup.ts";
+import { ManagedProcess } from "../e2e/harness/proc.ts";
 
 const CANDIDATES = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"];
 
@@ -13,17 +18,6 @@ export function natsServerPath(): string {
   const p = process.env.KVSYNC_NATS_SERVER ?? CANDIDATES.find((c) => existsSync(c));
   if (p === undefined) throw new Error("nats-server not found: apt-get install nats-server (.ci/run does)");
   return p;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 function accepts(port: number): Promise<boolean> {
@@ -38,56 +32,64 @@ function accepts(port: number): Promise<boolean> {
 }
 
 export class NatsServer {
-  private proc: ChildProcess | null = null;
-  private log = "";
+  private proc: ManagedProcess | null = null;
 
-  private constructor(readonly port: number) {}
+  private constructor(
+    readonly port: number,
+    private readonly logFile: string,
+  ) {}
 
   get url(): string {
     return `nats://127.0.0.1:${this.port}`;
   }
 
-  static async start(): Promise<NatsServer> {
-    const s = new NatsServer(await freePort());
+  /** On a free port; its output goes to a log under `logDir` (default: a temporary one, removed at exit). */
+  static async start(logDir?: string): Promise<NatsServer> {
+    let dir = logDir;
+    if (dir === undefined) {
+      const tmp = mkdtempSync(join(tmpdir(), "kvsync-nats-"));
+      registerCleanup({
+        label: `nats-server log ${tmp}`,
+        sync: () => rmSync(tmp, { recursive: true, force: true }),
+      });
+      dir = tmp;
+    }
+    const port = await freePort();
+    const s = new NatsServer(port, join(dir, `nats-server-${port}.log`));
     await s.resume();
     return s;
   }
 
   get running(): boolean {
-    return this.proc !== null && this.proc.exitCode === null && this.proc.signalCode === null;
+    return this.proc?.running ?? false;
   }
 
   /** Start (again) on the same port. */
   async resume(): Promise<void> {
     if (this.running) return;
-    const p = spawn(natsServerPath(), ["-a", "127.0.0.1", "-p", String(this.port)], {
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    // a process group of its own, stopped with the test process at the latest (harness/proc.ts)
+    const p = new ManagedProcess(
+      "nats-server",
+      natsServerPath(),
+      ["-a", "127.0.0.1", "-p", String(this.port)],
+      this.logFile,
+    );
     this.proc = p;
-    const keep = (d: Buffer) => {
-      this.log = (this.log + d.toString()).slice(-4000);
-    };
-    p.stdout?.on("data", keep);
-    p.stderr?.on("data", keep);
     await waitFor(
       `nats-server on ${this.port} accepts connections`,
       async () => {
-        if (p.exitCode !== null) throw new Error(`nats-server exited ${p.exitCode}: ${this.log}`);
+        if (!p.running) throw new WaitAborted(`nats-server ${p.describeExit()}: ${p.tail()}`);
         return (await accepts(this.port)) || "not yet";
       },
       { timeoutMs: 20_000, intervalMs: 20 },
     );
   }
 
-  /** Stop it (the port stays reserved for resume()). */
+  /** Stop it (SIGTERM, SIGKILL after 5 s); the port stays reserved for resume(). */
   async stop(): Promise<void> {
     const p = this.proc;
-    if (p === null || !this.running) return;
-    const exited = new Promise<void>((r) => p.once("exit", () => r()));
-    p.kill("SIGTERM");
-    const t = setTimeout(() => p.kill("SIGKILL"), 5_000);
-    await exited;
-    clearTimeout(t);
+    if (p === null || !p.running) return;
+    await p.stop(5_000);
     this.proc = null;
   }
 }

@@ -10,6 +10,7 @@ import { createAdminHandler } from "../../src/admin/admin.ts";
 import type { PodInfo } from "../../src/discovery/types.ts";
 import type { StreamStatus, SubscriberManagerLike } from "../../src/events/types.ts";
 import { createIndex } from "../../src/index/index.ts";
+import { blockStored } from "../../src/protocol/build.ts";
 import { hashFromInt } from "../../src/protocol/hash.ts";
 import type { BlockStored } from "../../src/protocol/types.ts";
 import { closeServer, httpUrl, listen } from "../../src/util/http-server.ts";
@@ -32,21 +33,13 @@ function stateOf(i: number): StreamStatus["state"] {
 }
 
 function stored(hashes: number[], medium: string): BlockStored {
-  return {
-    type: "BlockStored",
-    blockHashes: hashes.map((h) => hashFromInt(h)),
-    parentBlockHash: null,
-    tokenIds: [],
-    blockSize: 16,
-    loraId: null,
-    medium,
-    loraName: null,
-    extraKeys: null,
-    groupIdx: null,
-    kvCacheSpecKind: null,
-    kvCacheSpecSlidingWindow: null,
-    locality: null,
-  };
+  return blockStored(
+    hashes.map((h) => hashFromInt(h)),
+    null,
+    [],
+    16,
+    { medium },
+  );
 }
 
 export async function startSyntheticAdmin(n: number): Promise<SyntheticAdmin> {

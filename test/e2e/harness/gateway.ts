@@ -1,6 +1,6 @@
-import { createServer } from "node:net";
 import { join } from "node:path";
 import type { Writable } from "node:stream";
+import { freePort } from "../../../src/util/free-port.ts";
 import { CLI } from "./cluster.ts";
 import { answers, getJson, getText, postJson } from "./http.ts";
 import { RUN_ENV } from "./netns.ts";
@@ -48,17 +48,6 @@ export interface RoutedResponse {
 interface Usage {
   prompt_tokens?: number;
   prompt_tokens_details?: { cached_tokens?: number } | null;
-}
-
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 /** `kvsync gateway` as a child process in the root namespace, and a client for it. */

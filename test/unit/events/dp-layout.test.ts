@@ -11,6 +11,7 @@ import { Registry } from "prom-client";
 import { createAdminHandler } from "../../../src/admin/admin.ts";
 import { DEFAULT_ENGINE_OPTIONS, validateOptions } from "../../../src/engine/options.ts";
 import { SubscriberManager, streamsOf } from "../../../src/events/manager.ts";
+import { podStreamIds } from "../../../src/events/types.ts";
 import { createIndex } from "../../../src/index/index.ts";
 import { encodeBatch } from "../../../src/protocol/encode.ts";
 import { dataParallelLayout, LayoutError } from "../../../src/protocol/endpoints.ts";
@@ -138,6 +139,18 @@ describe("dataParallelLayout (vLLM's offset_endpoint_port on both sockets)", () 
     );
     assert.equal(streamsOf(base)[0]?.dpRank, null);
     assert.throws(() => streamsOf({ ...base, replay: "tcp://h:5558", dataParallelSize: 2 }), LayoutError);
+  });
+
+  it("streamsOf names its streams as podStreamIds does (the planner's candidates, the gateway's forget loop)", () => {
+    const base = podOf("ns/q", { events: "tcp://h:5557", replay: "tcp://h:5657" }, { http: "http://h:8000" });
+    for (const dataParallelSize of [1, 2, 4, 0, 2.5]) {
+      const pod = { ...base, dataParallelSize };
+      assert.deepEqual(
+        streamsOf(pod).map((s) => ({ streamId: s.ref.streamId, rank: s.ref.rank })),
+        podStreamIds(pod),
+        `dataParallelSize ${dataParallelSize}`,
+      );
+    }
   });
 });
 

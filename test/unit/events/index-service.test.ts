@@ -191,6 +191,10 @@ describe("kvsync index: admin API over real engines", () => {
       blocks: Array<{ rank: number }>;
     };
     assert.ok(all.blocks.length === r1.length && all.blocks.every((b) => b.rank === 1));
+    // ranks a pod does not have: 404; a single-rank pod's one stream is its rank 0
+    assert.equal((await get(`/admin/pods/${encodeURIComponent("ns/pod-dp")}/blocks?rank=2`)).status, 404);
+    assert.equal((await get(`/admin/pods/${encodeURIComponent(a.name)}/blocks?rank=1`)).status, 404);
+    assert.equal((await get(`/admin/pods/${encodeURIComponent(a.name)}/blocks?rank=0`)).status, 200);
   });
 
   it("errors: bad JSON and bad fields → 400 OpenAI-style, unknown pod → 404, wrong method → 405", async () => {
