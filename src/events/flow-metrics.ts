@@ -17,7 +17,7 @@ export function createFlowMetrics(
 ): FlowMetrics {
   const throttled = new Counter({
     name: "kvsync_stream_throttled_total",
-    help: "times a stream was held back so others get their turn: buffer_full = its reading paused on a full buffer (what the engine drops meanwhile is replayed), slice = its apply slice ended with work left",
+    help: "times a stream was held back so others get their turn: buffer_full = its reading paused on a full buffer (what the engine drops meanwhile is replayed), shed = a live message dropped because the buffer stayed full past the longest pause (replayed too), slice = its apply slice ended with work left",
     labelNames: ["stream", "reason"] as const,
     registers: [registry],
   });
@@ -46,6 +46,7 @@ export function createFlowMetrics(
     removeStream(stream) {
       throttled.remove({ stream, reason: "buffer_full" });
       throttled.remove({ stream, reason: "slice" });
+      throttled.remove({ stream, reason: "shed" });
       buffered.remove({ stream });
       paused.remove({ stream });
     },

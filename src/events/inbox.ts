@@ -31,6 +31,14 @@ export interface InboxOptions {
   sliceEvents: number;
   /** frames received without an apply slice in between before the receive loop yields a turn */
   burstMessages: number;
+  /**
+   * Longest a receive may wait for room (ms); then frames over the budget are shed here instead
+   * (a gap the replay fills). libzmq stops reading a connection whose SUB queue is full, so it
+   * cannot see heartbeats: a long wait drops the connection, and a reconnect while the queue is
+   * full aborts the process (libzmq issues #3937, #4767: a stale "restart input" reaches the new
+   * connection). Keep it well under the heartbeat timeout.
+   */
+  maxPauseMs: number;
 }
 
 export interface InboxHooks {
@@ -67,6 +75,11 @@ export class StreamInbox {
   private pause: Promise<void> | null = null;
   private resume: (() => void) | null = null;
   private pausedAt = 0;
+  private pauseTimer: NodeJS.Timeout | null = null;
+  /** a wait ran out: live frames are dropped here until the buffer drains to half */
+  private shedding = false;
+  /** live frames dropped while shedding */
+  shed = 0;
   private burst = 0;
   private readonly logBucket = new LogBucket(THROTTLE_LOG_EVERY_MS, 1);
   private pausesSinceLog = 0;
@@ -117,6 +130,7 @@ export class StreamInbox {
       pauses: this.pauses,
       pausedMs: this.pausedMs + (this.pause === null ? 0 : performance.now() - this.pausedAt),
       slicesCut: this.slicesCut,
+      shed: this.shed,
     };
   }
 
@@ -133,12 +147,17 @@ export class StreamInbox {
   }
 
   private frames(frames: Buffer[]): Promise<void> | undefined {
-    let size = 0;
-    for (let i = 0; i < frames.length; i++) size += frames[i].length;
-    this.push(Kind.Frames, 0, frames, size);
-    if (this.bufferedBytes > this.peakLiveBytes) this.peakLiveBytes = this.bufferedBytes;
     if (this.closed) return undefined;
-    if (this.bufferedBytes >= this.opts.bufferBytes) return this.waitForRoom();
+    if (this.shedding && this.bufferedBytes >= this.opts.bufferBytes) {
+      this.shed++;
+      this.hooks.throttled?.("shed");
+    } else {
+      let size = 0;
+      for (let i = 0; i < frames.length; i++) size += frames[i].length;
+      this.push(Kind.Frames, 0, frames, size);
+      if (this.bufferedBytes > this.peakLiveBytes) this.peakLiveBytes = this.bufferedBytes;
+      if (this.bufferedBytes >= this.opts.bufferBytes && !this.shedding) return this.waitForRoom();
+    }
     if (++this.burst >= this.opts.burstMessages) {
       this.burst = 0;
       return new Promise((resolve) => setImmediate(resolve));
@@ -168,6 +187,11 @@ export class StreamInbox {
       this.pause = new Promise((resolve) => {
         this.resume = resolve;
       });
+      this.pauseTimer = setTimeout(() => {
+        this.pauseTimer = null;
+        this.shedding = true;
+        this.release();
+      }, this.opts.maxPauseMs);
       this.hooks.throttled?.("buffer_full");
       this.maybeLog();
     }
@@ -175,6 +199,8 @@ export class StreamInbox {
   }
 
   private release(): void {
+    if (this.pauseTimer !== null) clearTimeout(this.pauseTimer);
+    this.pauseTimer = null;
     const resume = this.resume;
     if (resume === null) return;
     this.pausedMs += performance.now() - this.pausedAt;
@@ -200,7 +226,10 @@ export class StreamInbox {
     }
     if (this.closed) return;
     this.compact();
-    if (this.bufferedBytes <= this.opts.bufferBytes / 2) this.release();
+    if (this.bufferedBytes <= this.opts.bufferBytes / 2) {
+      this.shedding = false;
+      this.release();
+    }
     if (this.head < this.kinds.length) {
       this.slicesCut++;
       this.slicesSinceLog++;
@@ -275,6 +304,7 @@ export class StreamInbox {
         budgetBytes: this.opts.bufferBytes,
         pauses: this.pausesSinceLog,
         slicesCut: this.slicesSinceLog,
+        shedTotal: this.shed,
         pausedMsTotal: Math.round(this.pausedMs),
       },
       "stream over its buffer budget: reading paused until it drains (what the engine drops meanwhile is replayed)",

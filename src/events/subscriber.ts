@@ -239,6 +239,8 @@ export class StreamSubscriber {
         sliceMs: o.streamSliceMs,
         sliceEvents: o.streamSliceEvents,
         burstMessages: o.streamBurstMessages,
+        // a SUB whose queue stays full past the heartbeat timeout loses its connection
+        maxPauseMs: o.heartbeatIntervalMs > 0 ? Math.min(500, o.heartbeatTimeoutMs / 4) : 500,
       },
       { eventsApplied: () => this.eventsApplied, throttled: (why) => this.consumer.throttled?.(why) },
       this.log,

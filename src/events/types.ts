@@ -36,8 +36,9 @@ export function podStreamIds(pod: Pick<PodInfo, "name" | "dataParallelSize">): r
 /** `suspect`: connected, but showed signs of garbling; rebuilt once clean (suspicion.ts). */
 export type StreamState = "connecting" | "live" | "replaying" | "resyncing" | "suspect" | "down";
 
-/** Why a stream was held back (inbox.ts): its buffer was full, or its apply slice ran out. */
-export type ThrottleReason = "buffer_full" | "slice";
+/** Why a stream was held back (inbox.ts): its buffer was full (reading paused), a live frame was
+ *  shed (the buffer stayed full past the longest pause), or its apply slice ran out. */
+export type ThrottleReason = "buffer_full" | "shed" | "slice";
 
 /** A stream's buffer between its socket and the index (inbox.ts). */
 export interface StreamFlow {
@@ -53,6 +54,8 @@ export interface StreamFlow {
   pausedMs: number;
   /** apply slices that ended with work left */
   slicesCut: number;
+  /** live frames dropped because the buffer stayed full past the longest wait (replayed later) */
+  shed: number;
 }
 
 export interface StreamStatus {
