@@ -126,7 +126,11 @@ export const DEFAULTS = {
   watchdogMs: 5000,
   suspectCleanMs: 1000,
   suspectLogSize: 20_000,
-  receiveHighWaterMark: 100_000,
+  // low on purpose: libzmq stops reading a connection whose queue is full and only resumes at
+  // half of it, deaf to heartbeats meanwhile (a long deaf spell drops the connection, and a
+  // reconnect then can abort the process: libzmq #3937/#4767); a small queue refills in ms.
+  // What the engine drops meanwhile is a gap the replay fills. Also bounds the bytes held there.
+  receiveHighWaterMark: 1000,
   streamBufferBytes: 4 * 1024 * 1024,
   streamSliceMs: 2,
   streamSliceEvents: 5000,
