@@ -6,8 +6,8 @@
  *    (test/unit/events/flood-engine.ts: pre-encoded batches, a send each).
  * This process is the router: a SubscriberManager on real ZeroMQ sockets feeding the index, and
  * an HTTP server whose `POST /route` makes a kv-aware routing decision over the 4 streams for an
- * 8k-token prompt (tokens hashed and matched against the index being written). An open-loop
- * client in this process sends 100 requests a second; a request's latency counts from when it
+ * 2k-token prompt (tokens hashed and matched against the index being written). An open-loop
+ * client in this process sends 50 requests a second; a request's latency counts from when it
  * was due, so time spent waiting for the event loop is in it. Measured per phase: routing p50/p99,
  * the quiet streams' event lag (engine timestamp → applied in the index) p50/p99, and RSS; the
  * flooding stream's buffer figures. Prints the flood/quiet ratios and ends with one JSON line
@@ -40,7 +40,7 @@ const QUICK = process.env.KVSYNC_BENCH_QUICK === "1";
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 const ENGINE = join(ROOT, "test", "unit", "events", "flood-engine.ts");
 const PHASE_MS = QUICK ? 5_000 : 15_000;
-const REQ_PER_S = 100;
+const REQ_PER_S = 50;
 const QUIET = 3;
 const MODEL = "m";
 const log = (s: string) => process.stderr.write(`${s}\n`);
@@ -113,7 +113,7 @@ function routeServer(index: PrefixIndex, candidates: Candidate[]) {
   const policy = createPolicy("kv-aware", { index, loads: new LoadTracker() });
   const ns = { model: MODEL, lora: null, blockSize: 16 };
   const r = seededRandom(7);
-  const prompts = Array.from({ length: 32 }, () => Array.from({ length: 8192 }, () => (r() * 151_000) | 0));
+  const prompts = Array.from({ length: 32 }, () => Array.from({ length: 2048 }, () => (r() * 151_000) | 0));
   let n = 0;
   return createServer((req: IncomingMessage, res: ServerResponse) => {
     req.resume();

@@ -39,6 +39,12 @@ export interface InboxOptions {
    * connection). Keep it well under the heartbeat timeout.
    */
   maxPauseMs: number;
+  /**
+   * Frames shed after a wait ran out before waiting again: enough to bring libzmq's queue (its
+   * high-water mark) under the half where it reads the connection again, so heartbeats get
+   * through, without spending the event loop on reading a whole flood only to drop it.
+   */
+  shedBurst: number;
 }
 
 export interface InboxHooks {
@@ -76,8 +82,8 @@ export class StreamInbox {
   private resume: (() => void) | null = null;
   private pausedAt = 0;
   private pauseTimer: NodeJS.Timeout | null = null;
-  /** a wait ran out: live frames are dropped here until the buffer drains to half */
-  private shedding = false;
+  /** a wait ran out: this many live frames over the budget are dropped here before the next wait */
+  private shedQuota = 0;
   /** live frames dropped while shedding */
   shed = 0;
   private burst = 0;
@@ -148,7 +154,8 @@ export class StreamInbox {
 
   private frames(frames: Buffer[]): Promise<void> | undefined {
     if (this.closed) return undefined;
-    if (this.shedding && this.bufferedBytes >= this.opts.bufferBytes) {
+    if (this.bufferedBytes >= this.opts.bufferBytes && this.shedQuota > 0) {
+      this.shedQuota--;
       this.shed++;
       this.hooks.throttled?.("shed");
     } else {
@@ -156,7 +163,7 @@ export class StreamInbox {
       for (let i = 0; i < frames.length; i++) size += frames[i].length;
       this.push(Kind.Frames, 0, frames, size);
       if (this.bufferedBytes > this.peakLiveBytes) this.peakLiveBytes = this.bufferedBytes;
-      if (this.bufferedBytes >= this.opts.bufferBytes && !this.shedding) return this.waitForRoom();
+      if (this.bufferedBytes >= this.opts.bufferBytes) return this.waitForRoom();
     }
     if (++this.burst >= this.opts.burstMessages) {
       this.burst = 0;
@@ -189,7 +196,7 @@ export class StreamInbox {
       });
       this.pauseTimer = setTimeout(() => {
         this.pauseTimer = null;
-        this.shedding = true;
+        this.shedQuota = this.opts.shedBurst;
         this.release();
       }, this.opts.maxPauseMs);
       this.hooks.throttled?.("buffer_full");
@@ -227,7 +234,7 @@ export class StreamInbox {
     if (this.closed) return;
     this.compact();
     if (this.bufferedBytes <= this.opts.bufferBytes / 2) {
-      this.shedding = false;
+      this.shedQuota = 0;
       this.release();
     }
     if (this.head < this.kinds.length) {

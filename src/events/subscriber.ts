@@ -241,6 +241,7 @@ export class StreamSubscriber {
         burstMessages: o.streamBurstMessages,
         // a SUB whose queue stays full past the heartbeat timeout loses its connection
         maxPauseMs: o.heartbeatIntervalMs > 0 ? Math.min(500, o.heartbeatTimeoutMs / 4) : 500,
+        shedBurst: o.receiveHighWaterMark,
       },
       { eventsApplied: () => this.eventsApplied, throttled: (why) => this.consumer.throttled?.(why) },
       this.log,

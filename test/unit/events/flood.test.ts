@@ -78,7 +78,7 @@ describe("flood isolation (real ZeroMQ sockets, the flood from another process)"
       mode: "flood",
       eventsPerBatch: 8,
       cacheBlocks: 512,
-      bufferBatches: 30_000,
+      bufferBatches: 5_000,
       maxBatches: 1_000_000_000,
       hashBase: 1_000_000,
       sndHwm: 1000,
