@@ -12,12 +12,13 @@
  * mock-engine`, `kvsync gateway`), so the load generator does not share their event loop.
  * Ends with one JSON line `{"bench":"gateway",...}`, also written to bench/results/gateway.json.
  *
- *   npm run bench:gateway       (KVSYNC_BENCH_QUICK=1: shorter load phases)
+ *   npm run bench:gateway       (KVSYNC_BENCH_QUICK=1: shorter load phases;
+ *                                KVSYNC_BENCH_CPU_PROF=<dir>: the gateway's CPU profile, see docs/performance.md)
  */
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
-import { tmpdir } from "node:os";
+import { loadavg, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
@@ -29,10 +30,18 @@ import type { Candidate, RouteRequest } from "../src/routing/types.ts";
 import { seededRandom } from "../src/util/rng.ts";
 import { percentileSorted } from "../src/util/stats.ts";
 import { waitFor } from "../src/util/wait.ts";
+import { stageBench } from "./gateway-stages.ts";
 
 const QUICK = process.env.KVSYNC_BENCH_QUICK === "1";
+/** KVSYNC_BENCH_CPU_PROF=<dir>: the gateway runs with --cpu-prof and writes its profile there on exit */
+const PROF_DIR = process.env.KVSYNC_BENCH_CPU_PROF ?? "";
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
-const CLI = join(ROOT, "src", "cli.ts");
+/**
+ * KVSYNC_BENCH_BASELINE=<dir>: another checkout of kvsync (e.g. `git archive main | tar -x`, with
+ * a node_modules link) whose gateway runs as one more target, "baseline", in the same run: an
+ * A/B of a change against the same engines, nginx and machine load.
+ */
+const BASELINE_ROOT = process.env.KVSYNC_BENCH_BASELINE ?? "";
 const MODEL = "Qwen/Qwen3-0.6B";
 const ENGINES = 4;
 const CONCURRENCY = 16;
@@ -42,6 +51,8 @@ const MAX_MS = QUICK ? 10_000 : 30_000;
 const START_WAIT = { timeoutMs: 20_000, intervalMs: 50 };
 const WARMUP = QUICK ? 500 : 1500;
 const ROUNDS = 5;
+/** idle interval measuring each target's background CPU (subtracted from its per-request CPU) */
+const IDLE_MS = 3000;
 
 const children: ChildProcess[] = [];
 const tmpDirs: string[] = [];
@@ -75,13 +86,26 @@ const log = (s: string) => process.stderr.write(`${s}\n`);
 
 // ------------------------------------------------------------------ child processes
 
-/** Spawn a kvsync sub-command; resolve with the first JSON log line (stderr) whose event is `event`. */
-function spawnKvsync(args: string[], event: string, timeoutMs = 60_000): Promise<Record<string, unknown>> {
-  const child = spawn(process.execPath, ["--import", "tsx", CLI, ...args], {
-    cwd: ROOT,
-    env: { ...process.env, KVSYNC_LOG_LEVEL: "info" },
-    stdio: ["ignore", "ignore", "pipe"],
-  });
+/**
+ * Spawn a kvsync sub-command; resolve with the first JSON log line (stderr) whose event is `event`
+ * (and the child, whose CPU time the bench reads).
+ */
+function spawnKvsync(
+  args: string[],
+  event: string,
+  nodeArgs: string[] = [],
+  root = ROOT,
+  timeoutMs = 60_000,
+): Promise<Record<string, unknown> & { child: ChildProcess }> {
+  const child = spawn(
+    process.execPath,
+    [...nodeArgs, "--import", "tsx", join(root, "src", "cli.ts"), ...args],
+    {
+      cwd: root,
+      env: { ...process.env, KVSYNC_LOG_LEVEL: "info" },
+      stdio: ["ignore", "ignore", "pipe"],
+    },
+  );
   children.push(child);
   return new Promise((resolve, reject) => {
     let buf = "";
@@ -102,7 +126,7 @@ function spawnKvsync(args: string[], event: string, timeoutMs = 60_000): Promise
           const j = JSON.parse(line) as Record<string, unknown>;
           if (j.event === event) {
             clearTimeout(timer);
-            resolve(j);
+            resolve({ ...j, child });
           }
         } catch {
           // not a log line
@@ -170,7 +194,7 @@ function ensureNginx(): string {
   return bin;
 }
 
-async function startNginx(upstreams: string[]): Promise<{ url: string; version: string }> {
+async function startNginx(upstreams: string[]): Promise<{ url: string; version: string; pid: number }> {
   const bin = ensureNginx();
   // nginx -v prints on stderr
   const v = spawnSync(bin, ["-v"], { encoding: "utf8" });
@@ -226,8 +250,37 @@ ${servers}
     },
     START_WAIT,
   );
-  return { url, version };
+  return { url, version, pid: child.pid! };
 }
+
+/** CPU time (user + system, ms) of these processes and their children so far, from /proc (Linux). */
+function cpuMs(pids: number[]): number {
+  let ticks = 0;
+  const seen = new Set<number>();
+  const visit = (pid: number) => {
+    if (seen.has(pid)) return;
+    seen.add(pid);
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+      // fields after the command (which may hold spaces): state is field 3, utime 14, stime 15
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      ticks += Number(f[11]) + Number(f[12]);
+      for (const c of readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").split(" "))
+        if (c.trim() !== "") visit(Number(c));
+    } catch {
+      // gone, or no /proc: counts as 0
+    }
+  };
+  for (const p of pids) visit(p);
+  return (ticks * 1000) / CLK_TCK;
+}
+const CLK_TCK = (() => {
+  try {
+    return Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
 
 // ------------------------------------------------------------------ load generator
 
@@ -249,6 +302,12 @@ const BODIES = Array.from({ length: 64 }, (_, i) =>
 );
 
 interface LoadResult {
+  /**
+   * CPU time of the target's own processes per request, background (idle) CPU subtracted
+   * (gateway: the kvsync process, threads included; nginx: master + worker), us. Immune to the
+   * machine's load, unlike requests/s and latency, as long as the CPU is not thrashing.
+   */
+  cpuUsPerRequest: number | null;
   requests: number;
   errors: number;
   seconds: number;
@@ -259,6 +318,8 @@ interface LoadResult {
 }
 
 interface Phase {
+  /** CPU ms of the target's processes during the phase (null: not measured) */
+  cpuMs: number | null;
   lat: Float64Array;
   done: number;
   errors: number;
@@ -302,7 +363,7 @@ async function closedLoop(origins: string[], maxRequests: number, maxMs: number)
     await Promise.all(pools.map((p) => p.close()));
   }
   if (errors > 0) log(`  ${errors} errors, first: ${firstError}`);
-  return { lat: lat.slice(0, done), done, errors, seconds: (performance.now() - t0) / 1000 };
+  return { cpuMs: null, lat: lat.slice(0, done), done, errors, seconds: (performance.now() - t0) / 1000 };
 }
 
 const round = (x: number, d: number) => Math.round(x * 10 ** d) / 10 ** d;
@@ -319,7 +380,9 @@ function combine(phases: Phase[]): LoadResult {
   let sum = 0;
   for (const x of all) sum += x;
   const seconds = phases.reduce((a, p) => a + p.seconds, 0);
+  const cpu = phases.every((p) => p.cpuMs !== null) ? phases.reduce((a, p) => a + p.cpuMs!, 0) : null;
   return {
+    cpuUsPerRequest: cpu === null || n === 0 ? null : round((cpu * 1000) / n, 1),
     requests: n,
     errors: phases.reduce((a, p) => a + p.errors, 0),
     seconds: round(seconds, 2),
@@ -330,16 +393,34 @@ function combine(phases: Phase[]): LoadResult {
   };
 }
 
+interface Target {
+  name: string;
+  origins: string[];
+  /** processes whose CPU time is the target's own cost (empty: not measured) */
+  pids: number[];
+}
+
 /**
  * Measure every target in ROUNDS interleaved rounds (direct, gateway, nginx, direct, ...), each
  * after its own warm-up, so that drift in machine load hits all targets alike.
  */
-async function measureAll(targets: Array<[string, string[]]>): Promise<Map<string, LoadResult>> {
-  const phases = new Map<string, Phase[]>(targets.map(([n]) => [n, []]));
-  for (const [, origins] of targets) await closedLoop(origins, WARMUP, 30_000);
+async function measureAll(targets: Target[]): Promise<Map<string, LoadResult>> {
+  const phases = new Map<string, Phase[]>(targets.map(({ name }) => [name, []]));
+  for (const { origins } of targets) await closedLoop(origins, WARMUP, 30_000);
+  // what each target burns with no request (event streams, health probes, timers), per ms: a
+  // phase's CPU minus this over its duration is the requests' own
+  const idle = new Map<string, number>();
+  const i0 = targets.map((t) => cpuMs(t.pids));
+  const it0 = performance.now();
+  await new Promise((r) => setTimeout(r, IDLE_MS));
+  const idleWall = performance.now() - it0;
+  for (let k = 0; k < targets.length; k++)
+    idle.set(targets[k].name, (cpuMs(targets[k].pids) - i0[k]) / idleWall);
   for (let round_ = 0; round_ < ROUNDS; round_++) {
-    for (const [name, origins] of targets) {
+    for (const { name, origins, pids } of targets) {
+      const c0 = pids.length > 0 ? cpuMs(pids) : null;
       const ph = await closedLoop(origins, Math.ceil(MAX_REQUESTS / ROUNDS), MAX_MS / ROUNDS);
+      if (c0 !== null) ph.cpuMs = cpuMs(pids) - c0 - idle.get(name)! * ph.seconds * 1000;
       phases.get(name)!.push(ph);
       log(
         `  round ${round_ + 1} ${name.padEnd(8)} ${String(ph.done).padStart(5)} req in ${ph.seconds.toFixed(1)} s: ` +
@@ -478,6 +559,7 @@ function routingBench(): {
 
 async function main(): Promise<void> {
   const started = performance.now();
+  const loadStart = loadavg()[0];
   log(
     `gateway bench: ${ENGINES} mock engines, concurrency ${CONCURRENCY}, <= ${MAX_REQUESTS} requests / ${MAX_MS / 1000} s per target`,
   );
@@ -522,40 +604,49 @@ async function main(): Promise<void> {
       })),
     }),
   );
-  const gwStarted = await spawnKvsync(
-    [
-      "gateway",
-      "--engines",
-      enginesFile,
-      "--host",
-      "127.0.0.1",
-      "--port",
-      "0",
-      "--admin-port",
-      "0",
-      "--policy",
-      "kv-aware",
-    ],
-    "gateway.started",
-  );
-  const gwUrl = gwStarted.url as string;
-  const adminUrl = gwStarted.adminUrl as string;
-  await waitFor(
-    "every engine's event stream live at the gateway",
-    async () => {
-      const t = await (await fetch(`${adminUrl}/admin/pods`)).text();
-      return (t.match(/"state":"live"/g) ?? []).length >= ENGINES;
-    },
-    START_WAIT,
-  );
+  const startGateway = async (root: string, nodeArgs: string[]) => {
+    const started = await spawnKvsync(
+      [
+        "gateway",
+        "--engines",
+        enginesFile,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--admin-port",
+        "0",
+        "--policy",
+        "kv-aware",
+      ],
+      "gateway.started",
+      nodeArgs,
+      root,
+    );
+    const adminUrl = started.adminUrl as string;
+    await waitFor(
+      "every engine's event stream live at the gateway",
+      async () => {
+        const t = await (await fetch(`${adminUrl}/admin/pods`)).text();
+        return (t.match(/"state":"live"/g) ?? []).length >= ENGINES;
+      },
+      START_WAIT,
+    );
+    return { url: started.url as string, pid: started.child.pid! };
+  };
+  const gw = await startGateway(ROOT, PROF_DIR ? ["--cpu-prof", "--cpu-prof-dir", PROF_DIR] : []);
+  const gwUrl = gw.url;
+  const base = BASELINE_ROOT ? await startGateway(BASELINE_ROOT, []) : null;
   const nginx = await startNginx(direct);
   log(`  engines ${direct.join(" ")}; gateway ${gwUrl}; ${nginx.version} ${nginx.url}`);
 
   const res = await measureAll([
-    ["direct", direct],
-    ["gateway", [gwUrl]],
-    ["nginx", [nginx.url]],
+    { name: "direct", origins: direct, pids: [] },
+    { name: "gateway", origins: [gwUrl], pids: [gw.pid] },
+    { name: "nginx", origins: [nginx.url], pids: [nginx.pid] },
+    ...(base ? [{ name: "baseline", origins: [base.url], pids: [base.pid] }] : []),
   ]);
+  const rBase = res.get("baseline") ?? null;
   const rDirect = res.get("direct")!;
   const rGateway = res.get("gateway")!;
   const rNginx = res.get("nginx")!;
@@ -567,6 +658,14 @@ async function main(): Promise<void> {
     `  routing kv-aware, ${routing.promptTokens}-token prompts over ${routing.pods} pods ` +
       `(${routing.indexEntries} index entries): p50 ${routing.p50Us} us, p99 ${routing.p99Us} us wall; ` +
       `CPU p50 ${routing.cpuP50Us} us, p99 ${routing.cpuP99Us} us`,
+  );
+
+  log("  request stages in process (CPU per request)...");
+  const stages = await stageBench(MODEL, BODIES, QUICK ? 1000 : 4000);
+  log(
+    `  stages, us: body parse ${stages.bodyParseUs}, render ${stages.renderUs}, tokenize ${stages.tokenizeUs}, ` +
+      `match ${stages.matchUs}, score ${stages.scoreUs}, usage parse ${stages.usageParseUs} (total ${stages.totalUs}; ` +
+      `the gateway's CPU per request beyond this is the HTTP server and client)`,
   );
 
   const added = (x: LoadResult) => ({
@@ -589,24 +688,47 @@ async function main(): Promise<void> {
     direct: rDirect,
     gateway: { ...rGateway, addedLatency: added(rGateway), vsDirect: ratios(rGateway) },
     nginx: { ...rNginx, addedLatency: added(rNginx), vsDirect: ratios(rNginx) },
+    ...(rBase
+      ? {
+          baseline: { root: BASELINE_ROOT, ...rBase, addedLatency: added(rBase), vsDirect: ratios(rBase) },
+          gatewayVsBaseline: {
+            rps: round(rGateway.rps / rBase.rps, 3),
+            p50: round(rGateway.p50Ms / rBase.p50Ms, 3),
+            cpuPerRequest:
+              rGateway.cpuUsPerRequest !== null && rBase.cpuUsPerRequest
+                ? round(rGateway.cpuUsPerRequest / rBase.cpuUsPerRequest, 3)
+                : null,
+          },
+        }
+      : {}),
     gatewayVsNginx: {
       rps: round(rGateway.rps / rNginx.rps, 3),
       p50: round(rGateway.p50Ms / rNginx.p50Ms, 3),
+      cpuPerRequest:
+        rGateway.cpuUsPerRequest !== null && rNginx.cpuUsPerRequest
+          ? round(rGateway.cpuUsPerRequest / rNginx.cpuUsPerRequest, 2)
+          : null,
     },
+    /** 1-minute load average at the start and the end: the machine is shared */
+    loadAvg: { start: round(loadStart, 2), end: round(loadavg()[0], 2) },
     routingDecision: routing,
+    /** the gateway's own stages for one bench request, CPU us (gateway-stages.ts) */
+    stages,
     seconds: round((performance.now() - started) / 1000, 1),
   };
   log("");
-  log("target    req/s   vs direct   p50 ms   +p50 ms   p99 ms   +p99 ms");
+  log("target    req/s   vs direct   p50 ms   +p50 ms   p99 ms   +p99 ms   CPU us/req");
   for (const [name, x] of [
     ["direct", rDirect],
     ["gateway", rGateway],
     ["nginx", rNginx],
+    ...(rBase ? [["baseline", rBase] as const] : []),
   ] as const) {
     log(
       `${name.padEnd(8)} ${x.rps.toFixed(0).padStart(6)} ${(x.rps / rDirect.rps).toFixed(2).padStart(10)}x ` +
         `${x.p50Ms.toFixed(2).padStart(8)} ${(x.p50Ms - rDirect.p50Ms).toFixed(2).padStart(9)} ` +
-        `${x.p99Ms.toFixed(2).padStart(8)} ${(x.p99Ms - rDirect.p99Ms).toFixed(2).padStart(9)}`,
+        `${x.p99Ms.toFixed(2).padStart(8)} ${(x.p99Ms - rDirect.p99Ms).toFixed(2).padStart(9)} ` +
+        `${String(x.cpuUsPerRequest ?? "-").padStart(12)}`,
     );
   }
   const line = JSON.stringify(out);

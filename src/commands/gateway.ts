@@ -57,6 +57,7 @@ interface GatewayCliOptions extends ClusterCliOptions {
   kvUsageWatermark: number;
   kvUsagePenalty: number;
   drainQueue: boolean;
+  workSlack: number;
   prefixTtlMs: number;
   prefixMaxBlocks: number;
   prefixBlockSize?: number;
@@ -288,6 +289,15 @@ export function register(program: Command): void {
     )
     .addOption(
       opt(
+        "--work-slack <x>",
+        "kv-aware: accept up to this share more estimated TTFT for a pod that adds less prefill " +
+          "work (0: greedy, the lowest estimate wins)",
+        "KVSYNC_WORK_SLACK",
+        K.workSlack,
+      ).argParser(parseFloatArg),
+    )
+    .addOption(
+      opt(
         "--prefix-ttl-ms <n>",
         "prefix-approx: how long a routed prefix is remembered",
         "KVSYNC_PREFIX_TTL_MS",
@@ -404,6 +414,7 @@ export function register(program: Command): void {
           kvUsageWatermark: o.kvUsageWatermark,
           kvUsagePenalty: o.kvUsagePenalty,
           drainQueue: o.drainQueue,
+          workSlack: o.workSlack,
         },
         prefixApprox: {
           ttlMs: o.prefixTtlMs,

@@ -5,6 +5,7 @@ import { encodePubMessage } from "../protocol/frames.ts";
 import { decodeReplayRequest, encodeReplayResponse } from "../protocol/replay.ts";
 import type { KvEvent } from "../protocol/types.ts";
 import type { Logger } from "../util/log.ts";
+import { wallClockMs } from "../util/wall-clock.ts";
 
 /**
  * vLLM's ZmqEventPublisher, reproduced: one PUB message `[topic, seq, payload]` per scheduler
@@ -166,7 +167,8 @@ export class EventPublisher {
     const seq = this.seq++;
     let payload: Buffer;
     try {
-      payload = encodeBatch({ ts: Date.now() / 1000, events, dpRank: this.o.dpRank }, this.era);
+      // stamped like vLLM's time.time(): sub-millisecond, so a router's lag of a few ms is measurable
+      payload = encodeBatch({ ts: wallClockMs() / 1000, events, dpRank: this.o.dpRank }, this.era);
     } catch (err) {
       this.stats.lost++;
       this.o.log.error({ event: "publisher.encode_error", seq, err }, "failed to encode event batch");

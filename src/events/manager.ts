@@ -15,6 +15,7 @@ import type { PodInfo } from "../discovery/types.ts";
 import type { PrefixIndex, StreamRef } from "../index/types.ts";
 import type { LayoutError } from "../protocol/endpoints.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
+import { wallClockMs } from "../util/wall-clock.ts";
 import { type ConfigMetrics, createConfigMetrics } from "./config-metrics.ts";
 import type { EventSourceFactory } from "./event-source.ts";
 import { createFlowMetrics, type FlowMetrics } from "./flow-metrics.ts";
@@ -291,16 +292,19 @@ export class SubscriberManager
       log,
       { stream: id, pod: ref.pod, rank: ref.rank },
       this.lagOpts,
+      wallClockMs,
     );
     const sub = new StreamSubscriber(
       { events: spec.events, replay: spec.replay, topic: this.topic },
       {
         batch: (seq, batch) => {
           if (!run.checks.admit(seq, batch)) return;
-          // live batches only: those applied during a replay are as old as the gap they fill
-          if (run.sub.state() === "live") lag.observe(batch.ts, seq);
-          else lag.reset();
+          // live batches only: those applied during a replay are as old as the gap they fill;
+          // the lag ends once the batch is in the index (its stamp to applied)
+          const live = run.sub.state() === "live";
           applyTo.applyBatch(ref, batch);
+          if (live) lag.observe(batch.ts, seq);
+          else lag.reset();
         },
         decodeError: () => m?.decodeErrors.inc({ stream: id }),
         drop: (reason) => {

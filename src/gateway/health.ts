@@ -1,5 +1,6 @@
 import { Agent, request } from "undici";
 import type { Logger } from "../util/log.ts";
+import { Cancel } from "./cancel.ts";
 import type { GatewayMetrics } from "./metrics.ts";
 
 export interface HealthOptions {
@@ -55,24 +56,22 @@ export class PodUnhealthyError extends Error {
  * of its last upstream byte, and why the health signal cut it (null when it did not).
  */
 export class TrackedRequest {
-  private readonly ac = new AbortController();
+  private readonly ac = new Cancel();
   private readonly unlink: () => void;
   last = performance.now();
   abortedBy: PodUnhealthyError | null = null;
 
   constructor(
     readonly pod: string,
-    parent: AbortSignal,
+    parent: Cancel,
     private readonly onRelease: (t: TrackedRequest) => void,
   ) {
-    const forward = () => this.ac.abort(parent.reason);
-    if (parent.aborted) forward();
-    parent.addEventListener("abort", forward, { once: true });
-    this.unlink = () => parent.removeEventListener("abort", forward);
+    this.unlink = this.ac.follow(parent);
   }
 
-  get signal(): AbortSignal {
-    return this.ac.signal;
+  /** aborted with the parent, or by the health signal */
+  get signal(): Cancel {
+    return this.ac;
   }
 
   /** An upstream byte arrived: the pod is demonstrably alive for this request. */
@@ -81,7 +80,7 @@ export class TrackedRequest {
   }
 
   abort(err: PodUnhealthyError): void {
-    if (this.ac.signal.aborted) return;
+    if (this.ac.aborted) return;
     this.abortedBy = err;
     this.ac.abort(err);
   }
@@ -194,7 +193,7 @@ export class PodHealth {
   }
 
   /** Register a request to `pod`; `release()` it when done. */
-  track(pod: string, parent: AbortSignal): TrackedRequest {
+  track(pod: string, parent: Cancel): TrackedRequest {
     const s = this.pods.get(pod);
     const t = new TrackedRequest(pod, parent, (x) => {
       this.pods.get(pod)?.inflight.delete(x);

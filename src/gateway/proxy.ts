@@ -4,6 +4,7 @@ import type { Dispatcher } from "undici";
 import type { LoadTicket, LoadTracker } from "../routing/load.ts";
 import type { RoutingPolicy, ScoredCandidate } from "../routing/types.ts";
 import type { Logger } from "../util/log.ts";
+import { Cancel } from "./cancel.ts";
 import { GatewayError, noReadyPod, upstreamFailed, upstreamTimeout } from "./errors.ts";
 import { originOf, type PodHealth, type PodUnhealthyError, type TrackedRequest } from "./health.ts";
 import type { GatewayMetrics } from "./metrics.ts";
@@ -84,7 +85,7 @@ export class RequestProxy {
           }),
         )
       : raw;
-    const ac = new AbortController();
+    const ac = new Cancel();
     // the client may have gone while the request was tokenized and routed
     let clientGone = res.destroyed || req.socket?.destroyed === true;
     if (clientGone) {
@@ -116,7 +117,7 @@ export class RequestProxy {
           ? plan.ticket
           : this.loads.begin(cand.streamId, promptTokens - sc.savedTokens);
       // the health signal can cut this attempt (its pod went out of rotation) apart from the client
-      const tracked = this.health?.track(cand.pod, ac.signal) ?? null;
+      const tracked = this.health?.track(cand.pod, ac) ?? null;
       // an attempt that sent the client nothing can go to the next healthy pod once
       const next = () => (attempt === 0 ? this.retryTarget(order, cand.pod) : undefined);
       let up: Dispatcher.ResponseData;
@@ -136,7 +137,7 @@ export class RequestProxy {
           method: "POST",
           headers,
           body: payload,
-          signal: tracked?.signal ?? ac.signal,
+          signal: tracked?.signal ?? ac,
           // a streaming engine answers headers at once: waiting longer means it is stuck
           headersTimeout: parsed.stream
             ? Math.min(this.o.firstByteTimeoutMs, this.o.headersTimeoutMs)

@@ -10,6 +10,7 @@ import type {
   RoutingPolicy,
   ScoredCandidate,
 } from "./types.ts";
+import { preferLeastWork } from "./work-slack.ts";
 
 /** Knobs of the kv-aware score (see docs/routing.md for the formula). */
 export interface KvAwareOptions {
@@ -30,6 +31,11 @@ export interface KvAwareOptions {
    * instead of every in-prefill token still waiting
    */
   drainQueue: boolean;
+  /**
+   * non-greedy step (work-slack.ts): among candidates within this share of the best estimate,
+   * take the one that adds the least prefill work; 0 = greedy
+   */
+  workSlack: number;
 }
 
 export const KV_AWARE_DEFAULTS: Readonly<KvAwareOptions> = Object.freeze({
@@ -41,6 +47,7 @@ export const KV_AWARE_DEFAULTS: Readonly<KvAwareOptions> = Object.freeze({
   kvUsageWatermark: 0.9,
   kvUsagePenalty: 1,
   drainQueue: true,
+  workSlack: 0.2,
 });
 
 const ZERO_TIERS: TierCounts = Object.freeze({ GPU: 0, CPU: 0, STORAGE: 0 }) as TierCounts;
@@ -147,7 +154,11 @@ export class KvAwarePolicy implements RoutingPolicy {
       const bs = c.blockSize ?? nsSize;
       return this.score(c, byStream.get(c.streamId), n, bs, reusableBlocks(n, bs));
     });
-    const ranked = rankByScore(scored, req.dryRun ? this.rotation : this.rotation++);
+    const ranked = preferLeastWork(
+      rankByScore(scored, req.dryRun ? this.rotation : this.rotation++),
+      n,
+      this.o.workSlack,
+    );
     if (this.rotation > 1e9) this.rotation = 0;
     return { policy: this.name, ranked };
   }
