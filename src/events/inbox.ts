@@ -93,7 +93,7 @@ export class StreamInbox {
   /** bytes received and not yet applied, and the most there ever were */
   bufferedBytes = 0;
   peakBufferedBytes = 0;
-  /** the most bytes live frames ever brought the inbox to (replay answers may add beyond) */
+  /** the most bytes a queued live frame ever brought the inbox to: under the budget + one frame */
   peakLiveBytes = 0;
   /** times the receive loop waited for the inbox to drain, and slices that ended with work left */
   pauses = 0;
@@ -154,10 +154,12 @@ export class StreamInbox {
 
   private frames(frames: Buffer[]): Promise<void> | undefined {
     if (this.closed) return undefined;
-    if (this.bufferedBytes >= this.opts.bufferBytes && this.shedQuota > 0) {
-      this.shedQuota--;
+    if (this.bufferedBytes >= this.opts.bufferBytes) {
+      // over budget before this frame (a replay answer, or a wait that ran out): never queued
       this.shed++;
       this.hooks.throttled?.("shed");
+      if (this.shedQuota > 0) this.shedQuota--;
+      else return this.waitForRoom();
     } else {
       let size = 0;
       for (let i = 0; i < frames.length; i++) size += frames[i].length;

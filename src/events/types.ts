@@ -45,7 +45,7 @@ export interface StreamFlow {
   /** bytes received and not applied yet, and the most there ever were */
   bufferedBytes: number;
   peakBufferedBytes: number;
-  /** the most live frames alone ever brought it to (replay answers may add beyond the budget) */
+  /** the most a queued live frame ever brought it to (under the budget + one frame; replay answers may go beyond) */
   peakLiveBytes: number;
   /** reports waiting */
   queued: number;
