@@ -1,11 +1,13 @@
 /**
  * The stream-health flags `kvsync gateway`, `kvsync index` and `kvsync events tail` share:
- * ZMTP heartbeats and the reconnect backoff cap of every engine event stream (docs/events.md).
+ * ZMTP heartbeats and the reconnect backoff cap of every engine event stream, and its flood
+ * budgets: buffered bytes and apply slices (docs/events.md).
  */
 import { type Command, InvalidArgumentError } from "commander";
 import { LAG_WATCH_DEFAULTS, type LagWatchOptions } from "../events/lag-watch.ts";
 import { READINESS_DEFAULTS } from "../events/readiness.ts";
 import type { SubscriberOptions } from "../events/subscriber.ts";
+import { DEFAULTS } from "../events/subscriber-options.ts";
 import { opt, parseIntArg } from "../util/cli-options.ts";
 import { PROCESS_WATCH_DEFAULTS, type ProcessWatchOptions } from "../util/process-watch.ts";
 
@@ -13,6 +15,9 @@ export const STREAM_HEALTH_DEFAULTS = {
   heartbeatIntervalMs: 1000,
   heartbeatTimeoutMs: 3000,
   reconnectMaxMs: 1000,
+  streamBufferBytes: DEFAULTS.streamBufferBytes,
+  streamSliceMs: DEFAULTS.streamSliceMs,
+  streamSliceEvents: DEFAULTS.streamSliceEvents,
 };
 
 function nonNegative(v: string): number {
@@ -54,16 +59,51 @@ export function addStreamHealthOptions(cmd: Command, envPrefix = "KVSYNC_"): Com
         `${envPrefix}RECONNECT_MAX_MS`,
         D.reconnectMaxMs,
       ).argParser(positive),
+    )
+    .addOption(
+      opt(
+        "--stream-buffer-bytes <n>",
+        "bytes one event stream may hold received but not applied; beyond it the stream stops reading (the engine drops, replay fills the gap)",
+        `${envPrefix}STREAM_BUFFER_BYTES`,
+        D.streamBufferBytes,
+      ).argParser(positive),
+    )
+    .addOption(
+      opt(
+        "--stream-slice-ms <ms>",
+        "apply time one event stream gets per event-loop turn before requests and other streams",
+        `${envPrefix}STREAM_SLICE_MS`,
+        D.streamSliceMs,
+      ).argParser(positive),
+    )
+    .addOption(
+      opt(
+        "--stream-slice-events <n>",
+        "events one event stream applies per event-loop turn at most",
+        `${envPrefix}STREAM_SLICE_EVENTS`,
+        D.streamSliceEvents,
+      ).argParser(positive),
     );
 }
 
 export function streamHealthFrom(
   o: Record<string, unknown>,
-): Pick<SubscriberOptions, "heartbeatIntervalMs" | "heartbeatTimeoutMs" | "reconnectMaxMs"> {
+): Pick<
+  SubscriberOptions,
+  | "heartbeatIntervalMs"
+  | "heartbeatTimeoutMs"
+  | "reconnectMaxMs"
+  | "streamBufferBytes"
+  | "streamSliceMs"
+  | "streamSliceEvents"
+> {
   return {
     heartbeatIntervalMs: o.heartbeatIntervalMs as number,
     heartbeatTimeoutMs: o.heartbeatTimeoutMs as number,
     reconnectMaxMs: o.reconnectMaxMs as number,
+    streamBufferBytes: o.streamBufferBytes as number,
+    streamSliceMs: o.streamSliceMs as number,
+    streamSliceEvents: o.streamSliceEvents as number,
   };
 }
 

@@ -15,12 +15,14 @@ import {
   tokenizing,
 } from "./http-request.ts";
 import { embeddings, rerank, score } from "./pooling.ts";
+import { cancelResponse, retrieveResponse } from "./response-store.ts";
 import { responses } from "./responses.ts";
 
 /**
  * The engine's route table (vLLM's OpenAI-compatible surface plus the mock's debug and admin
  * endpoints) and the handlers of everything but completions:
- *   POST /v1/completions, /v1/chat/completions, /v1/responses (JSON or SSE), GET /v1/models,
+ *   POST /v1/completions, /v1/chat/completions, /v1/responses (JSON or SSE), GET /v1/responses/{id},
+ *   POST /v1/responses/{id}/cancel, GET /v1/models,
  *   POST /v1/embeddings, /score, /v1/score, /rerank, /v1/rerank, /v2/rerank,
  *   /v1/audio/transcriptions, /v1/audio/translations, /tokenize, /detokenize, GET /health, /version, /metrics, POST /reset_prefix_cache,
  *   GET /debug/kv-cache[?rank=N], POST /admin/events/pause|resume[?rank=N].
@@ -88,6 +90,8 @@ function table(engine: MockEngine): Array<[Method, string, Handler]> {
     ["POST", "/v1/completions", (q, s) => completion(engine, q, s, false)],
     ["POST", "/v1/chat/completions", (q, s) => completion(engine, q, s, true)],
     ["POST", "/v1/responses", (q, s) => responses(engine, q, s)],
+    ["GET", "/v1/responses/:id", (q, s, url) => retrieveResponse(engine, q, s, url)],
+    ["POST", "/v1/responses/:id/cancel", (q, s, url) => cancelResponse(engine, q, s, url)],
     ["POST", "/v1/embeddings", (q, s) => embeddings(engine, q, s)],
     ["POST", "/score", (q, s) => score(engine, q, s)],
     ["POST", "/v1/score", (q, s) => score(engine, q, s)],

@@ -38,8 +38,11 @@ export interface EventSourceHandlers {
   /** connected: a completed handshake, or a received message */
   up(): void;
   down(cause: DownCause, silentMs: number): void;
-  /** one live message: `[topic, seq, payload]` */
-  frames(frames: Buffer[]): void;
+  /**
+   * One live message: `[topic, seq, payload]`. A returned promise asks the source to read
+   * nothing more until it settles (the stream's buffer is full, or it yields a turn).
+   */
+  frames(frames: Buffer[]): Promise<void> | undefined;
   /** the connection is being replaced (its session ended for good or its receive failed) */
   replaced?(cause: DownCause, delayMs: number): void;
   replay: ReplayHandlers;

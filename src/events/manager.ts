@@ -18,6 +18,7 @@ import { type Logger, silentLogger } from "../util/log.ts";
 import { wallClockMs } from "../util/wall-clock.ts";
 import { type ConfigMetrics, createConfigMetrics } from "./config-metrics.ts";
 import type { EventSourceFactory } from "./event-source.ts";
+import { createFlowMetrics, type FlowMetrics } from "./flow-metrics.ts";
 import { instrumentIndex } from "./instrumented-index.ts";
 import { LagWatch, type LagWatchOptions } from "./lag-watch.ts";
 import { createSubscriberMetrics, type SubscriberMetrics } from "./metrics.ts";
@@ -25,7 +26,7 @@ import type { ResumePoint } from "./resume.ts";
 import { StreamChecks } from "./stream-checks.ts";
 import { podStreams, type StreamSpec, streamsOf } from "./stream-layout.ts";
 import { StreamSubscriber, type SubscriberOptions } from "./subscriber.ts";
-import type { StreamState, StreamStatus, SubscriberManagerLike } from "./types.ts";
+import type { StreamFlow, StreamState, StreamStatus, SubscriberManagerLike } from "./types.ts";
 import { zmqEventSource } from "./zmq-source.ts";
 
 /** Most streams one manager runs (pods x ranks): bounded like everything else. */
@@ -92,6 +93,7 @@ export class SubscriberManager
   private readonly log: Logger;
   private readonly metrics: SubscriberMetrics | null;
   private readonly configMetrics: ConfigMetrics | null;
+  private readonly flowMetrics: FlowMetrics | null;
   private readonly topic: string;
   private readonly subOpts: SubscriberManagerOptions["subscriber"];
   private readonly lagOpts: LagWatchOptions | undefined;
@@ -113,6 +115,7 @@ export class SubscriberManager
       : null;
     this.applyTo = this.metrics ? instrumentIndex(this.index, this.metrics) : this.index;
     this.configMetrics = opts.registry ? createConfigMetrics(opts.registry) : null;
+    this.flowMetrics = opts.registry ? createFlowMetrics(opts.registry, () => this.flows()) : null;
   }
 
   /** The pods last passed to setPods, sorted by name. */
@@ -205,6 +208,15 @@ export class SubscriberManager
     return this.streams.get(streamId)?.sub.rebuild(reason) ?? false;
   }
 
+  /** A stream's buffer between its socket and the index (inbox.ts), or undefined. */
+  flow(streamId: string): StreamFlow | undefined {
+    return this.streams.get(streamId)?.sub.flow();
+  }
+
+  private *flows(): Iterable<[string, StreamFlow]> {
+    for (const [id, run] of this.streams) yield [id, run.sub.flow()];
+  }
+
   /** The stream specs currently running (endpoints per rank). */
   specs(): StreamSpec[] {
     return [...this.streams.values()].map((r) => r.spec);
@@ -249,6 +261,7 @@ export class SubscriberManager
     const m = this.metrics;
     const log = this.log;
     const cm = this.configMetrics;
+    const fm = this.flowMetrics;
     const run: Running = {
       spec,
       blockSize,
@@ -320,6 +333,7 @@ export class SubscriberManager
         replayThrottled: () => m?.replaysThrottled.inc({ stream: id }),
         replayRequested: () => m?.replays.inc({ stream: id }),
         replayFailed: () => m?.replayFailures.inc({ stream: id }),
+        throttled: (reason) => fm?.throttled(id, reason),
         stateChanged: (state, prev) => {
           if (this.streams.get(id) !== run) return;
           if (state !== "live") {
@@ -359,5 +373,6 @@ export class SubscriberManager
     this.index.dropStream(id);
     this.metrics?.removeStream(id);
     this.configMetrics?.removeStream(id);
+    this.flowMetrics?.removeStream(id);
   }
 }

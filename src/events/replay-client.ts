@@ -145,6 +145,9 @@ export class ReplayClient {
         if (++count > this.opts.maxReplayBatches)
           throw new Error(`replay exceeded ${this.opts.maxReplayBatches} batches`);
         this.on.message(r.seq, r.payload);
+        // a long answer is read in one chain of promise continuations otherwise, holding the
+        // event loop (requests, the other streams) until its last batch is in
+        if ((count & 255) === 0) await new Promise<void>((resolve) => setImmediate(resolve));
       }
     } catch (err) {
       if (this.closed) return;

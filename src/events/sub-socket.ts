@@ -54,7 +54,8 @@ export interface SubSocketOptions {
 export interface SubSocketHandlers {
   up(): void;
   down(cause: DownCause, silentMs: number): void;
-  frames(frames: Buffer[]): void;
+  /** a returned promise: receive nothing more until it settles (back-pressure) */
+  frames(frames: Buffer[]): Promise<void> | undefined;
   /** the socket is being replaced (its session ended for good or its loop failed) */
   replaced?(cause: DownCause, delayMs: number): void;
 }
@@ -270,7 +271,9 @@ export class SubSocket {
         // a message proves the first connection even if its handshake event is late; after a
         // disconnect it may be a leftover of the ended session
         if (!this.connected && !this.sessionEnded) this.markUp(sub);
-        this.on.frames(frames);
+        const wait = this.on.frames(frames);
+        // paused: libzmq queues up to the high-water mark meanwhile, then the engine drops
+        if (wait !== undefined) await wait;
       }
     } catch (err) {
       if (this.closed || this.sub !== sub) return;

@@ -7,7 +7,7 @@ import type { EventBatch } from "../protocol/types.ts";
 import type { Logger } from "../util/log.ts";
 import type { ResumePoint } from "./resume.ts";
 import type { DropReason } from "./seq-tracker.ts";
-import type { StreamState } from "./types.ts";
+import type { StreamState, ThrottleReason } from "./types.ts";
 
 export interface StreamEndpoints {
   /** PUB endpoint to connect the SUB to, e.g. tcp://10.0.0.5:5557 */
@@ -48,6 +48,8 @@ export interface StreamConsumer {
   /** a replay could not be completed (timeout, socket error) */
   replayFailed?(fromSeq: number, err: Error): void;
   stateChanged?(state: StreamState, previous: StreamState): void;
+  /** the stream's reading paused on a full buffer, or its apply slice ended with work left */
+  throttled?(reason: ThrottleReason): void;
 }
 
 export interface SubscriberOptions {
@@ -96,6 +98,17 @@ export interface SubscriberOptions {
   maxReplaysPerSecond?: number;
   /** First delay before a replay that retries one that fell short (ms; doubles per attempt). */
   replayRetryMs?: number;
+  /**
+   * Bytes a stream may hold received but not yet applied; beyond it the stream stops reading its
+   * socket until half of it is applied (inbox.ts). Replay answers count but are never refused.
+   */
+  streamBufferBytes?: number;
+  /** Apply time one stream gets per event-loop turn before the others' turn (ms). */
+  streamSliceMs?: number;
+  /** Events one stream applies per event-loop turn at most. */
+  streamSliceEvents?: number;
+  /** Frames read in a row without an apply slice in between before the receive loop yields. */
+  streamBurstMessages?: number;
   log?: Logger;
   /** Log context (pod, stream). */
   logContext?: Record<string, unknown>;
@@ -113,7 +126,15 @@ export const DEFAULTS = {
   watchdogMs: 5000,
   suspectCleanMs: 1000,
   suspectLogSize: 20_000,
-  receiveHighWaterMark: 100_000,
+  // low on purpose: libzmq stops reading a connection whose queue is full and only resumes at
+  // half of it, deaf to heartbeats meanwhile (a long deaf spell drops the connection, and a
+  // reconnect then can abort the process: libzmq #3937/#4767); a small queue refills in ms.
+  // What the engine drops meanwhile is a gap the replay fills. Also bounds the bytes held there.
+  receiveHighWaterMark: 1000,
+  streamBufferBytes: 4 * 1024 * 1024,
+  streamSliceMs: 2,
+  streamSliceEvents: 5000,
+  streamBurstMessages: 256,
   tailCheckMs: 10_000,
   maxReplaysPerSecond: 10,
   replayRetryMs: 100,

@@ -11,6 +11,7 @@ import { decodeBatch } from "../protocol/decode.ts";
 import { decodePubMessage } from "../protocol/frames.ts";
 import { type Logger, silentLogger } from "../util/log.ts";
 import type { DownCause, EventSource, EventSourceFactory } from "./event-source.ts";
+import { StreamInbox } from "./inbox.ts";
 import { type ResumePoint, resumePointOf, resumeTracker } from "./resume.ts";
 import { type SeqSink, SeqTracker } from "./seq-tracker.ts";
 import {
@@ -22,7 +23,7 @@ import {
 } from "./subscriber-options.ts";
 import { SuspectLog } from "./suspect-log.ts";
 import { Suspicion } from "./suspicion.ts";
-import type { StreamState } from "./types.ts";
+import type { StreamFlow, StreamState } from "./types.ts";
 
 export type { StreamConsumer, StreamEndpoints, SubscriberOptions };
 
@@ -31,6 +32,8 @@ export class StreamSubscriber {
   private readonly opts: typeof DEFAULTS & SubscriberOptions;
   private readonly log: Logger;
   private readonly source: EventSource;
+  /** what the source reports waits here, bounded in bytes, and is applied in time slices */
+  private readonly inbox: StreamInbox;
   private readonly suspicion: Suspicion;
   private readonly suspectLog: SuspectLog;
   /** the running audit: last seq when it started, batches that differ or came garbled */
@@ -195,13 +198,14 @@ export class StreamSubscriber {
       },
     };
     const o = this.opts;
-    this.source = source(
-      endpoints,
-      o,
+    this.inbox = new StreamInbox(
       {
         up: () => this.onUp(),
         down: (cause, silentMs) => this.onDown(cause, silentMs),
-        frames: (frames) => this.onFrames(frames),
+        frames: (frames) => {
+          this.onFrames(frames);
+          return undefined;
+        },
         replaced: (cause) => {
           if (cause === "protocol_error") this.suspicion.fault("protocol_error");
           this.socketReplacements++;
@@ -230,9 +234,20 @@ export class StreamSubscriber {
           },
         },
       },
+      {
+        bufferBytes: o.streamBufferBytes,
+        sliceMs: o.streamSliceMs,
+        sliceEvents: o.streamSliceEvents,
+        burstMessages: o.streamBurstMessages,
+        // a SUB whose queue stays full past the heartbeat timeout loses its connection
+        maxPauseMs: o.heartbeatIntervalMs > 0 ? Math.min(500, o.heartbeatTimeoutMs / 4) : 500,
+        shedBurst: o.receiveHighWaterMark,
+      },
+      { eventsApplied: () => this.eventsApplied, throttled: (why) => this.consumer.throttled?.(why) },
       this.log,
       () => this.ctx(),
     );
+    this.source = source(endpoints, o, this.inbox.handlers(), this.log, () => this.ctx());
     this.tracker = new SeqTracker(sink, {
       replay: this.source.replays,
       maxPending: this.opts.maxPending,
@@ -299,6 +314,11 @@ export class StreamSubscriber {
     return this.closed || !this.connected || this.suspicion.isSuspect() ? null : resumePointOf(this.tracker);
   }
 
+  /** The stream's buffer: bytes received and not applied yet, peaks, pauses, cut slices. */
+  flow(): StreamFlow {
+    return this.inbox.flow();
+  }
+
   get lastSeq(): number | null {
     return this.tracker.lastSeq();
   }
@@ -355,6 +375,7 @@ export class StreamSubscriber {
     this.suspicion.close();
     if (this.tailTimer) clearInterval(this.tailTimer);
     this.tailTimer = null;
+    this.inbox.close();
     await this.source.close();
   }
 

@@ -36,6 +36,28 @@ export function podStreamIds(pod: Pick<PodInfo, "name" | "dataParallelSize">): r
 /** `suspect`: connected, but showed signs of garbling; rebuilt once clean (suspicion.ts). */
 export type StreamState = "connecting" | "live" | "replaying" | "resyncing" | "suspect" | "down";
 
+/** Why a stream was held back (inbox.ts): its buffer was full (reading paused), a live frame was
+ *  shed (the buffer stayed full past the longest pause), or its apply slice ran out. */
+export type ThrottleReason = "buffer_full" | "shed" | "slice";
+
+/** A stream's buffer between its socket and the index (inbox.ts). */
+export interface StreamFlow {
+  /** bytes received and not applied yet, and the most there ever were */
+  bufferedBytes: number;
+  peakBufferedBytes: number;
+  /** the most a queued live frame ever brought it to (under the budget + one frame; replay answers may go beyond) */
+  peakLiveBytes: number;
+  /** reports waiting */
+  queued: number;
+  /** times reading paused on a full buffer, and for how long in total (ms) */
+  pauses: number;
+  pausedMs: number;
+  /** apply slices that ended with work left */
+  slicesCut: number;
+  /** live frames dropped because the buffer stayed full past the longest wait (replayed later) */
+  shed: number;
+}
+
 export interface StreamStatus {
   streamId: string;
   pod: string;

@@ -26,6 +26,7 @@ import { type ExplainResult, Planner } from "./planner.ts";
 import { type RequestCtx, RequestProxy } from "./proxy.ts";
 import { type RequestKind, readBody } from "./request.ts";
 import { API_ROUTES, parseRequest } from "./request-kinds.ts";
+import { relayResponseOp } from "./response-ops.ts";
 import { UpstreamPools } from "./upstream.ts";
 import { UsageAccounting } from "./usage.ts";
 
@@ -110,6 +111,8 @@ export class GatewayCore {
   private readonly pools: UpstreamPools;
   private readonly scraper: EngineMetricsScraper | null;
   private readonly maxBodyBytes: number;
+  /** which pod stored which `/v1/responses` id (follow-ups, retrieve and cancel go there) */
+  private readonly affinity = new ResponseAffinity();
   private readonly routes = this.routeTable();
   private readonly unsubscribe: () => void;
   private readonly trustListeners = new Set<(streamId: string) => void>();
@@ -164,7 +167,7 @@ export class GatewayCore {
     this.health = opts.health === false ? null : new PodHealth(opts.health ?? {}, this.metrics, this.log);
     const health = this.health;
     if (health !== null) this.metrics.sources.podHealth = () => health.snapshot();
-    const affinity = new ResponseAffinity();
+    const affinity = this.affinity;
     this.matchWatch =
       opts.matchWatch === false
         ? null
@@ -318,6 +321,22 @@ export class GatewayCore {
     };
     const on = (method: HTTPMethod | HTTPMethod[], path: string, fn: Route) => r.on(method, path, noop, fn);
     for (const [path, kind] of API_ROUTES) on(ALL_METHODS, path, api(kind));
+    const responseOp: Route = (req, res, ctx, path) =>
+      relayResponseOp(
+        {
+          affinity: this.affinity,
+          pods: this.opts.pods,
+          pools: this.pools,
+          maxBodyBytes: this.maxBodyBytes,
+          log: this.log,
+        },
+        req,
+        res,
+        ctx,
+        path,
+      );
+    on("GET", "/v1/responses/:id", responseOp);
+    on("POST", "/v1/responses/:id/cancel", responseOp);
     on("GET", "/v1/models", async (_req, res) => sendJson(res, 200, this.models()));
     on("GET", "/health", ok);
     on("GET", "/healthz", ok);
