@@ -14,6 +14,7 @@ import type { DownCause, EventSource, EventSourceFactory } from "./event-source.
 import { StreamInbox } from "./inbox.ts";
 import { type ResumePoint, resumePointOf, resumeTracker } from "./resume.ts";
 import { type SeqSink, SeqTracker } from "./seq-tracker.ts";
+import { StreamCounters } from "./stream-counters.ts";
 import {
   DEFAULTS,
   type StreamConsumer,
@@ -27,7 +28,7 @@ import type { StreamFlow, StreamState } from "./types.ts";
 
 export type { StreamConsumer, StreamEndpoints, SubscriberOptions };
 
-export class StreamSubscriber {
+export class StreamSubscriber extends StreamCounters {
   private readonly tracker: SeqTracker;
   private readonly opts: typeof DEFAULTS & SubscriberOptions;
   private readonly log: Logger;
@@ -48,37 +49,7 @@ export class StreamSubscriber {
   private tailTimer: NodeJS.Timeout | null = null;
   private lastActivity = performance.now();
   private probing = false;
-  // counters (the manager turns them into metrics)
-  eventsApplied = 0;
-  batchesApplied = 0;
-  decodeErrors = 0;
-  gaps = 0;
-  replays = 0;
-  resyncs = 0;
-  restarts = 0;
-  duplicates = 0;
-  /** undecodable batches applied from a good copy, and those without one */
-  decodeRepairs = 0;
-  decodeLosses = 0;
-  /** times the stream became suspect, and rebuilds from the engine's buffer */
-  suspects = 0;
-  rebuilds = 0;
-  /** suspect streams cleared by an audit (nothing dropped), and audits run */
-  verifications = 0;
-  audits = 0;
-  /** connections lost to the heartbeat (no answer within the timeout) */
-  stalls = 0;
-  reconnects = 0;
-  socketReplacements = 0;
   private downSince = performance.now();
-  /** live seqs beyond the engine's buffer, discarded */
-  bogusSeqs = 0;
-  /** replays held back by the per-stream rate bound */
-  replaysThrottled = 0;
-  /** late backward seqs verified stale (not restarts) */
-  staleBatches = 0;
-  /** idle tail checks sent (not counted as replays) */
-  probes = 0;
 
   constructor(
     readonly endpoints: StreamEndpoints,
@@ -87,6 +58,7 @@ export class StreamSubscriber {
     /** the transport (zmq-source.ts's `zmqEventSource` in the services) */
     source: EventSourceFactory,
   ) {
+    super();
     this.opts = { ...DEFAULTS, ...stripUndefined(options) };
     this.log = options.log ?? silentLogger();
     this.suspectLog = new SuspectLog(this.opts.suspectLogSize);
