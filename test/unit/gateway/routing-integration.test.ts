@@ -161,7 +161,9 @@ describe("gateway with mock engines", () => {
       perPod.set(pod, (perPod.get(pod) ?? 0) + 1);
     }
     assert.equal(perPod.size, 3, `every pod got traffic: ${JSON.stringify([...perPod])}`);
-    for (const [pod, n] of perPod) assert.ok(n <= N / 2, `${pod} got ${n} of ${N}`);
+    // spread, not piled: kv-aware's work slack (routing/work-slack.ts) lets the holder of the hot
+    // prefix take more than an even share while its TTFT estimate stays within the slack, never all
+    for (const [pod, n] of perPod) assert.ok(n <= (2 * N) / 3, `${pod} got ${n} of ${N}`);
     // every pod that got the hot prefix now caches it: later turns hit on all of them
     await waitFor("gateway idle", () => f.gw.core.loads.totalInflight() === 0);
   });
