@@ -44,6 +44,8 @@ const FILL_RATE = Number(process.env.SCALE_FILL_RATE ?? 100_000);
 const WINDOW_MS = Number(process.env.SCALE_WINDOW_MS ?? 12_000);
 const SETTLE_MS = 3_000;
 const CLIENTS = Number(process.env.SCALE_CLIENTS ?? 4);
+const PUB_PROCS = Math.max(1, Number(process.env.SCALE_PUB_PROCS ?? 2));
+const BATCH_MS = Number(process.env.SCALE_BATCH_MS ?? 100);
 const TARGET = { eventsPerSec: 200_000, lagP99Ms: 50, decisionP99Ms: 1 };
 
 const log = (s: string) => process.stderr.write(`${s}\n`);
@@ -72,41 +74,80 @@ interface PubStats {
   behindMs: number;
   eventsPerSec: number;
   cpuCores: number;
+  /** CPU seconds since the child started */
+  cpuSec: number;
   rssBytes: number;
 }
 
+/**
+ * The fleet: `PUB_PROCS` publisher children, each hosting an equal slice of the pods (one core
+ * cannot encode and send 200k block events/s over 1,000 sockets while the gateway runs), their
+ * engines files merged into one; stats summed over the children.
+ */
 async function startPublisher(): Promise<{
-  child: ChildProcess;
+  send: (m: Record<string, unknown>) => void;
   enginesFile: string;
   stats: () => PubStats;
 }> {
   const enginesFile = join(tmp, "engines.json");
-  const child = fork(join(ROOT, "bench", "scale-publisher.ts"), [], {
-    execArgv: ["--import", "tsx"],
-    env: {
-      ...process.env,
-      SCALE_PODS: String(PODS),
-      SCALE_BLOCKS_PER_POD: String(BLOCKS_PER_POD),
-      SCALE_ENGINES_FILE: enginesFile,
-      SCALE_MODEL: MODEL,
-    },
-    stdio: ["ignore", "inherit", "inherit", "ipc"],
-  });
-  children.push(child);
-  let last: PubStats | null = null;
-  await new Promise<void>((resolve, reject) => {
-    child.on("message", (m: { ready?: boolean; stats?: PubStats }) => {
-      if (m.ready === true) resolve();
-      if (m.stats !== undefined) last = m.stats;
+  const per = Math.ceil(PODS / PUB_PROCS);
+  const slices: Array<{ child: ChildProcess; file: string; last: PubStats | null }> = [];
+  for (let from = 0; from < PODS; from += per) {
+    const file = join(tmp, `engines-${from}.json`);
+    const child = fork(join(ROOT, "bench", "scale-publisher.ts"), [], {
+      execArgv: ["--import", "tsx"],
+      env: {
+        ...process.env,
+        SCALE_POD_FROM: String(from),
+        SCALE_PODS: String(Math.min(per, PODS - from)),
+        SCALE_PODS_TOTAL: String(PODS),
+        SCALE_BLOCKS_PER_POD: String(BLOCKS_PER_POD),
+        SCALE_ENGINES_FILE: file,
+        SCALE_BATCH_MS: String(BATCH_MS),
+        SCALE_MODEL: MODEL,
+      },
+      stdio: ["ignore", "inherit", "inherit", "ipc"],
     });
-    child.once("exit", (code) => reject(new Error(`publisher exited with ${code}`)));
-  });
+    children.push(child);
+    slices.push({ child, file, last: null });
+  }
+  await Promise.all(
+    slices.map(
+      (s) =>
+        new Promise<void>((resolve, reject) => {
+          s.child.on("message", (m: { ready?: boolean; stats?: PubStats }) => {
+            if (m.ready === true) resolve();
+            if (m.stats !== undefined) s.last = m.stats;
+          });
+          s.child.once("exit", (code) => reject(new Error(`publisher exited with ${code}`)));
+        }),
+    ),
+  );
+  const engines = slices.flatMap(
+    (s) => (JSON.parse(readFileSync(s.file, "utf8")) as { engines: unknown[] }).engines,
+  );
+  writeFileSync(enginesFile, JSON.stringify({ engines }));
   return {
-    child,
+    send: (m) => {
+      for (const s of slices) s.child.send(m);
+    },
     enginesFile,
     stats: () => {
-      if (last === null) throw new Error("no publisher stats yet");
-      return last;
+      const all = slices.map((s) => s.last);
+      if (all.some((x) => x === null)) throw new Error("no publisher stats yet");
+      const st = all as PubStats[];
+      const sum = (f: (x: PubStats) => number) => st.reduce((a, x) => a + f(x), 0);
+      return {
+        t: Math.max(...st.map((x) => x.t)),
+        sentEvents: sum((x) => x.sentEvents),
+        sentBatches: sum((x) => x.sentBatches),
+        dropped: sum((x) => x.dropped),
+        behindMs: Math.max(...st.map((x) => x.behindMs)),
+        eventsPerSec: sum((x) => x.eventsPerSec),
+        cpuCores: sum((x) => x.cpuCores),
+        cpuSec: sum((x) => x.cpuSec),
+        rssBytes: sum((x) => x.rssBytes),
+      };
     },
   };
 }
@@ -270,7 +311,7 @@ async function main() {
   const rssIdle = procStat(gwPid).rssBytes;
 
   // fill: tenant prompts, then rolling chains in big batches (few messages) until every pod holds its cap
-  pub.child.send({ seed: true, rate: FILL_RATE, minBatch: 100 });
+  pub.send({ seed: true, rate: FILL_RATE, minBatch: 100 });
   const want = PODS * BLOCKS_PER_POD;
   log(`filling the index: ${want} blocks at ${FILL_RATE}/s in batches of 100`);
   const f0 = performance.now();
@@ -282,7 +323,7 @@ async function main() {
     },
     { timeoutMs: (want / FILL_RATE) * 1000 * 10 + 60_000, intervalMs: 2_000 },
   );
-  pub.child.send({ rate: 0, minBatch: 1 });
+  pub.send({ rate: 0, minBatch: 1 });
   const entriesAfterFill = await indexEntries(gw.admin);
   log(`filled in ${round((performance.now() - f0) / 1000)} s`);
   log(`index: ${entriesAfterFill} entries, gateway RSS ${round(procStat(gwPid).rssBytes / 2 ** 20)} MiB`);
@@ -290,7 +331,7 @@ async function main() {
   const measuredFrom = performance.now();
   const steps: Array<Record<string, unknown>> = [];
   for (const rate of RATES) {
-    pub.child.send({ rate });
+    pub.send({ rate });
     await new Promise((r) => setTimeout(r, SETTLE_MS));
     const a = await scrape(gw.admin);
     const pa = pub.stats();
@@ -312,7 +353,11 @@ async function main() {
     const step = {
       rate,
       publisherEventsPerSec: Math.round(sentEvents / ((pb.t - pa.t) / 1000)),
-      publisherCpuCores: round(pb.cpuCores, 2),
+      publisherCpuCores: round((pb.cpuSec - pa.cpuSec) / ((pb.t - pa.t) / 1000), 2),
+      publisherProcs: PUB_PROCS,
+      publisherCpuMsPer1kEvents: round(((pb.cpuSec - pa.cpuSec) * 1000) / Math.max(1, sentEvents / 1000), 2),
+      batchMs: BATCH_MS,
+      eventsPerBatch: round(sentEvents / Math.max(1, sentBatches), 1),
       publisherDropped: pb.dropped,
       publisherBehindMs: pb.behindMs,
       appliedOverSent: round(sentBatches > 0 ? applied / sentBatches : Number.NaN, 3),
@@ -331,6 +376,12 @@ async function main() {
       decisions: dec.count,
       requests: req,
       gatewayCpuCores: round((gb.cpuSec - ga.cpuSec) / secs, 2),
+      // the gateway's CPU (events, the clients' requests, the profiler) per 1,000 block events applied
+      gatewayCpuMsPer1kEvents: round(
+        ((gb.cpuSec - ga.cpuSec) * 1000) /
+          Math.max(1, (sentEvents * (sentBatches > 0 ? applied / sentBatches : 0)) / 1000),
+        2,
+      ),
       gatewayRssMiB: round(gb.rssBytes / 2 ** 20),
       metricsScrapeMs: round(b.ms),
       load1: round(load0, 2),
@@ -354,7 +405,7 @@ async function main() {
   // the highest rate the sweep sustained (the first one if none)
   const kept = steps.filter((x) => (x.appliedOverSent as number) >= 0.98);
   const snapRate = (kept[kept.length - 1]?.rate as number | undefined) ?? RATES[0];
-  pub.child.send({ rate: snapRate });
+  pub.send({ rate: snapRate });
   await new Promise((r) => setTimeout(r, SETTLE_MS));
   const nc = await connect({ servers: nats.url });
   const s0 = performance.now();
@@ -393,7 +444,7 @@ async function main() {
       `(CPU ${snapshot.oneTickExportCpuMs} ms) for every stream's export in one tick`,
   );
 
-  pub.child.send({ rate: 0 });
+  pub.send({ rate: 0 });
   const rssEnd = procStat(gwPid).rssBytes;
   const entries = await indexEntries(gw.admin);
   // SIGTERM: the gateway shuts down and V8 writes the CPU profile
