@@ -62,6 +62,8 @@ describe("cluster link against a real nats-server", { timeout: 120_000 }, () => 
     assert.equal(inflight(a), 1);
     await waitFor("b sees a's request", () => inflight(b) === 1 || `b sees ${inflight(b)}`);
     assert.equal(b.loads.load("p0", "p0").inflightPrefillTokens, 300);
+    // the delta carried its send time: b measured how late it came
+    assert.ok((await metric(b, "kvsync_cluster_delta_delay_seconds_count")) >= 1);
     const t2 = b.loads.begin("p0", 100);
     await waitFor("a sees both", () => inflight(a) === 2 || `a sees ${inflight(a)}`);
     t.prefillDone();
