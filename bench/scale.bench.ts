@@ -264,7 +264,7 @@ async function startGateway(enginesFile: string, natsUrl: string, profDir: strin
     child.kill("SIGKILL");
     throw new Error(`${String(err)}; its last log lines:\n${tail.join("\n")}`);
   }
-  return { child, url: `http://127.0.0.1:${port}`, admin: `http://127.0.0.1:${adminPort}`, lines };
+  return { child, url: `http://127.0.0.1:${port}`, admin: `http://127.0.0.1:${adminPort}`, lines, tail };
 }
 
 /** utime + stime (s) and RSS (bytes) of a process, from /proc. */
@@ -299,6 +299,10 @@ async function main() {
   }
   const probe = await startProbe(pub.enginesFile, Math.max(1, Math.round(PODS / 50)));
   const gwPid = gw.child.pid!;
+  // a gateway that dies mid-run says why (its last log lines), not only the next scrape's "fetch failed"
+  gw.child.once("exit", (code, signal) =>
+    log(`gateway exited (${code ?? signal}); its last log lines:\n${gw.tail.join("\n")}`),
+  );
   await waitFor(
     `${PODS} streams live`,
     async () => {
