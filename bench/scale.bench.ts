@@ -1,8 +1,9 @@
 /**
  * Scale benchmark (not a test; issue 18): one gateway replica following 1,000 pods.
  *
- *  - a publisher child process (scale-publisher.ts) hosts the 1,000 pods: each a real ZeroMQ
- *    PUB socket and replay ROUTER (the mock engine's publisher, vLLM's array-era batches) and a
+ *  - publisher child processes (scale-publishers.ts, SCALE_PUB_PROCS, default 2) host the 1,000
+ *    pods between them: each a real ZeroMQ PUB socket and replay ROUTER (the mock engine's
+ *    publisher, vLLM's array-era batches, a step's events per batch every SCALE_BATCH_MS) and a
  *    light HTTP responder, listed in an engines file the gateway discovers;
  *  - `kvsync gateway` (kv-aware, health checks on, `--cluster` on a nats-server started here)
  *    runs under `--cpu-prof`;
@@ -33,6 +34,7 @@ import { waitFor } from "../src/util/wait.ts";
 import { NatsServer } from "../test/helpers/nats-server.ts";
 import { cpuProfileTop } from "./cpu-profile.ts";
 import { histDiff, indexEntries, requests, scrape } from "./scale-measure.ts";
+import { startPublishers } from "./scale-publishers.ts";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 const CLI = join(ROOT, "src", "cli.ts");
@@ -65,92 +67,6 @@ function freePort(): Promise<number> {
 }
 
 // ------------------------------------------------------------------ processes
-
-interface PubStats {
-  t: number;
-  sentEvents: number;
-  sentBatches: number;
-  dropped: number;
-  behindMs: number;
-  eventsPerSec: number;
-  cpuCores: number;
-  /** CPU seconds since the child started */
-  cpuSec: number;
-  rssBytes: number;
-}
-
-/**
- * The fleet: `PUB_PROCS` publisher children, each hosting an equal slice of the pods (one core
- * cannot encode and send 200k block events/s over 1,000 sockets while the gateway runs), their
- * engines files merged into one; stats summed over the children.
- */
-async function startPublisher(): Promise<{
-  send: (m: Record<string, unknown>) => void;
-  enginesFile: string;
-  stats: () => PubStats;
-}> {
-  const enginesFile = join(tmp, "engines.json");
-  const per = Math.ceil(PODS / PUB_PROCS);
-  const slices: Array<{ child: ChildProcess; file: string; last: PubStats | null }> = [];
-  for (let from = 0; from < PODS; from += per) {
-    const file = join(tmp, `engines-${from}.json`);
-    const child = fork(join(ROOT, "bench", "scale-publisher.ts"), [], {
-      execArgv: ["--import", "tsx"],
-      env: {
-        ...process.env,
-        SCALE_POD_FROM: String(from),
-        SCALE_PODS: String(Math.min(per, PODS - from)),
-        SCALE_PODS_TOTAL: String(PODS),
-        SCALE_BLOCKS_PER_POD: String(BLOCKS_PER_POD),
-        SCALE_ENGINES_FILE: file,
-        SCALE_BATCH_MS: String(BATCH_MS),
-        SCALE_MODEL: MODEL,
-      },
-      stdio: ["ignore", "inherit", "inherit", "ipc"],
-    });
-    children.push(child);
-    slices.push({ child, file, last: null });
-  }
-  await Promise.all(
-    slices.map(
-      (s) =>
-        new Promise<void>((resolve, reject) => {
-          s.child.on("message", (m: { ready?: boolean; stats?: PubStats }) => {
-            if (m.ready === true) resolve();
-            if (m.stats !== undefined) s.last = m.stats;
-          });
-          s.child.once("exit", (code) => reject(new Error(`publisher exited with ${code}`)));
-        }),
-    ),
-  );
-  const engines = slices.flatMap(
-    (s) => (JSON.parse(readFileSync(s.file, "utf8")) as { engines: unknown[] }).engines,
-  );
-  writeFileSync(enginesFile, JSON.stringify({ engines }));
-  return {
-    send: (m) => {
-      for (const s of slices) s.child.send(m);
-    },
-    enginesFile,
-    stats: () => {
-      const all = slices.map((s) => s.last);
-      if (all.some((x) => x === null)) throw new Error("no publisher stats yet");
-      const st = all as PubStats[];
-      const sum = (f: (x: PubStats) => number) => st.reduce((a, x) => a + f(x), 0);
-      return {
-        t: Math.max(...st.map((x) => x.t)),
-        sentEvents: sum((x) => x.sentEvents),
-        sentBatches: sum((x) => x.sentBatches),
-        dropped: sum((x) => x.dropped),
-        behindMs: Math.max(...st.map((x) => x.behindMs)),
-        eventsPerSec: sum((x) => x.eventsPerSec),
-        cpuCores: sum((x) => x.cpuCores),
-        cpuSec: sum((x) => x.cpuSec),
-        rssBytes: sum((x) => x.rssBytes),
-      };
-    },
-  };
-}
 
 interface ProbeLag {
   n: number;
@@ -287,7 +203,16 @@ async function main() {
   mkdirSync(profDir);
   log(`scale: ${PODS} pods, ${BLOCKS_PER_POD} blocks per pod, rates ${RATES.join(", ")} block events/s`);
   const t0 = performance.now();
-  const pub = await startPublisher();
+  const pub = await startPublishers({
+    root: ROOT,
+    dir: tmp,
+    pods: PODS,
+    procs: PUB_PROCS,
+    blocksPerPod: BLOCKS_PER_POD,
+    batchMs: BATCH_MS,
+    model: MODEL,
+    children,
+  });
   log(`publisher up in ${round((performance.now() - t0) / 1000)} s (${PODS} PUB + ROUTER + HTTP)`);
   let gw: Awaited<ReturnType<typeof startGateway>>;
   try {
