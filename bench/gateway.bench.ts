@@ -526,7 +526,8 @@ async function main(): Promise<void> {
   log("  request stages in process (CPU per request)...");
   const stages = await stageBench(MODEL, BODIES, QUICK ? 1000 : 4000);
   log(
-    `  stages, us: body parse ${stages.bodyParseUs}, render ${stages.renderUs}, tokenize ${stages.tokenizeUs}, ` +
+    `  stages, us: body parse ${stages.bodyParseUs}, render ${stages.renderUs} ` +
+      `(interpreted ${stages.renderInterpretedUs}, direct share ${stages.renderDirectShare}), tokenize ${stages.tokenizeUs}, ` +
       `match ${stages.matchUs}, score ${stages.scoreUs}, usage parse ${stages.usageParseUs} (total ${stages.totalUs}; ` +
       `the gateway's CPU per request beyond this is the HTTP server and client)`,
   );
