@@ -520,7 +520,9 @@ async function main(): Promise<void> {
   log(
     `  routing kv-aware, ${routing.promptTokens}-token prompts over ${routing.pods} pods ` +
       `(${routing.indexEntries} index entries): p50 ${routing.p50Us} us, p99 ${routing.p99Us} us wall; ` +
-      `CPU p50 ${routing.cpuP50Us} us, p99 ${routing.cpuP99Us} us`,
+      `CPU p50 ${routing.cpuP50Us} us, p99 ${routing.cpuP99Us} us; own cost (per-prompt medians) ` +
+      `p50 ${routing.workP50Us} us, p99 ${routing.workP99Us} us; ${routing.allocBytes} B allocated per decision, ` +
+      `${routing.gcDecisions} decisions ran a GC (${routing.gcShareOfSlowest} of the slowest 1 %)`,
   );
 
   log("  request stages in process (CPU per request)...");
