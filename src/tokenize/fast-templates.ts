@@ -13,10 +13,17 @@
  * `enable_thinking`, non-boolean flags, no messages); the caller then interprets the template.
  */
 import { createHash } from "node:crypto";
-import type { ConversationMessage } from "./chat.ts";
+
+/** The fields of chat.ts's ConversationMessage the renderers read (declared here: no import cycle). */
+export interface TemplateMessage {
+  role: string;
+  content: string;
+  tool_calls?: unknown[];
+  reasoning_content?: string;
+}
 
 export interface FastRenderInput {
-  messages: ConversationMessage[];
+  messages: TemplateMessage[];
   /** tools after `normalizeTools` (null when the request has none) */
   tools: unknown[] | null;
   addGenerationPrompt: unknown;
