@@ -28,9 +28,9 @@ import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { connect } from "@nats-io/transport-node";
+import { NatsServer } from "../harness/nats-server.ts";
 import { fetchSnapshot, SNAPSHOT_DEFAULTS } from "../src/cluster/snapshot.ts";
 import { waitFor } from "../src/util/wait.ts";
-import { NatsServer } from "../test/helpers/nats-server.ts";
 import { cpuProfileTop } from "./cpu-profile.ts";
 import { histDiff, indexEntries, requests, scrape } from "./scale-measure.ts";
 

@@ -21,11 +21,11 @@
 import { createInterface } from "node:readline";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import * as zmq from "zeromq";
-import { encodeBatch } from "../../../src/protocol/encode.ts";
-import { encodePubMessage } from "../../../src/protocol/frames.ts";
-import { hashFromInt } from "../../../src/protocol/hash.ts";
-import { decodeReplayRequest, encodeReplayEnd, encodeReplayResponse } from "../../../src/protocol/replay.ts";
-import type { HashKey, KvEvent } from "../../../src/protocol/types.ts";
+import { encodeBatch } from "../src/protocol/encode.ts";
+import { encodePubMessage } from "../src/protocol/frames.ts";
+import { hashFromInt } from "../src/protocol/hash.ts";
+import { decodeReplayRequest, encodeReplayEnd, encodeReplayResponse } from "../src/protocol/replay.ts";
+import type { HashKey, KvEvent } from "../src/protocol/types.ts";
 
 export interface FloodEngineConfig {
   mode: "flood" | "steady";
