@@ -51,15 +51,17 @@ const cliOf = (dir: string) => join(dir, "src", "cli.ts");
 
 async function load() {
   const fleet = await startEngines(join(ROOT, "src", "cli.ts"), ENGINES);
-  const urls: Record<string, string> = {};
-  for (const s of sides) urls[s.name] = (await startGateway(cliOf(s.dir), fleet)).url;
-  log(`  engines ${fleet.direct.join(" ")}; base ${urls.base} (${o.base}); head ${urls.head} (${o.head})`);
+  const gws: Record<string, { url: string; pid: number }> = {};
+  for (const s of sides) gws[s.name] = await startGateway(cliOf(s.dir), fleet);
+  log(
+    `  engines ${fleet.direct.join(" ")}; base ${gws.base!.url} (${o.base}); head ${gws.head!.url} (${o.head})`,
+  );
   const rounds = Number(o.rounds);
   const phases = await measurePhases(
     [
-      ["direct", fleet.direct],
-      ["base", [urls.base!]],
-      ["head", [urls.head!]],
+      { name: "direct", origins: fleet.direct, pids: [] },
+      { name: "base", origins: [gws.base!.url], pids: [gws.base!.pid] },
+      { name: "head", origins: [gws.head!.url], pids: [gws.head!.pid] },
     ],
     {
       rounds,
