@@ -14,6 +14,7 @@
  *
  *   npm run bench:gateway       (KVSYNC_BENCH_QUICK=1: shorter load phases;
  *                                KVSYNC_BENCH_CPU_PROF=<dir>: the gateway's CPU profile, see docs/performance.md)
+ * A change against another revision: `npm run bench:gateway:ab -- --base <rev>` (bench/ab/gateway-ab.ts).
  */
 import { mkdirSync, writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
@@ -44,12 +45,6 @@ import { routingBench } from "./routing-decision.ts";
 const QUICK = process.env.KVSYNC_BENCH_QUICK === "1";
 /** KVSYNC_BENCH_CPU_PROF=<dir>: the gateway runs with --cpu-prof and writes its profile there on exit */
 const PROF_DIR = process.env.KVSYNC_BENCH_CPU_PROF ?? "";
-/**
- * KVSYNC_BENCH_BASELINE=<dir>: another checkout of kvsync (e.g. `git archive main | tar -x`, with
- * a node_modules link) whose gateway runs as one more target, "baseline", in the same run: an
- * A/B of a change against the same engines, nginx and machine load.
- */
-const BASELINE_ROOT = process.env.KVSYNC_BENCH_BASELINE ?? "";
 const ENGINES = 4;
 const MAX_REQUESTS = QUICK ? 3000 : 15_000;
 const MAX_MS = QUICK ? 10_000 : 30_000;
@@ -69,7 +64,6 @@ async function main(): Promise<void> {
   const direct = fleet.direct;
   const gw = await startGateway(cli, fleet, PROF_DIR ? ["--cpu-prof", "--cpu-prof-dir", PROF_DIR] : []);
   const gwUrl = gw.url;
-  const base = BASELINE_ROOT ? await startGateway(join(BASELINE_ROOT, "src", "cli.ts"), fleet) : null;
   const nginx = await startNginx(direct);
   log(`  engines ${direct.join(" ")}; gateway ${gwUrl}; ${nginx.version} ${nginx.url}`);
 
@@ -78,12 +72,10 @@ async function main(): Promise<void> {
       { name: "direct", origins: direct, pids: [] },
       { name: "gateway", origins: [gwUrl], pids: [gw.pid] },
       { name: "nginx", origins: [nginx.url], pids: [nginx.pid] },
-      ...(base ? [{ name: "baseline", origins: [base.url], pids: [base.pid] }] : []),
     ],
     { rounds: ROUNDS, warmup: WARMUP, maxRequests: MAX_REQUESTS, maxMs: MAX_MS },
   );
   const res = new Map([...phases].map(([n, ps]) => [n, combine(ps)]));
-  const rBase = res.get("baseline") ?? null;
   const rDirect = res.get("direct")!;
   const rGateway = res.get("gateway")!;
   const rNginx = res.get("nginx")!;
@@ -125,19 +117,6 @@ async function main(): Promise<void> {
     direct: rDirect,
     gateway: { ...rGateway, addedLatency: added(rGateway), vsDirect: ratios(rGateway) },
     nginx: { ...rNginx, addedLatency: added(rNginx), vsDirect: ratios(rNginx) },
-    ...(rBase
-      ? {
-          baseline: { root: BASELINE_ROOT, ...rBase, addedLatency: added(rBase), vsDirect: ratios(rBase) },
-          gatewayVsBaseline: {
-            rps: round(rGateway.rps / rBase.rps, 3),
-            p50: round(rGateway.p50Ms / rBase.p50Ms, 3),
-            cpuPerRequest:
-              rGateway.cpuUsPerRequest !== null && rBase.cpuUsPerRequest
-                ? round(rGateway.cpuUsPerRequest / rBase.cpuUsPerRequest, 3)
-                : null,
-          },
-        }
-      : {}),
     gatewayVsNginx: {
       rps: round(rGateway.rps / rNginx.rps, 3),
       p50: round(rGateway.p50Ms / rNginx.p50Ms, 3),
@@ -159,7 +138,6 @@ async function main(): Promise<void> {
     ["direct", rDirect],
     ["gateway", rGateway],
     ["nginx", rNginx],
-    ...(rBase ? [["baseline", rBase] as const] : []),
   ] as const) {
     log(
       `${name.padEnd(8)} ${x.rps.toFixed(0).padStart(6)} ${(x.rps / rDirect.rps).toFixed(2).padStart(10)}x ` +
