@@ -4,12 +4,12 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { Registry } from "prom-client";
+import { NatsServer } from "../../../harness/nats-server.ts";
 import { ClusterLink } from "../../../src/cluster/link.ts";
 import { LoadTracker } from "../../../src/routing/load.ts";
 import { silentLogger } from "../../../src/util/log.ts";
 import { waitFor } from "../../../src/util/wait.ts";
 import { parseMetrics } from "../../helpers/metrics.ts";
-import { NatsServer } from "../../helpers/nats-server.ts";
 
 interface Replica {
   loads: LoadTracker;
