@@ -119,6 +119,10 @@ export interface LiveResult {
   sentAtMs: number[];
   /** each request's TTFT as the client saw it (null: no token) */
   requestTtftMs: Array<number | null>;
+  /** the pod that served each request (x-kvsync-pod; null: no answer) */
+  requestPod: Array<string | null>;
+  /** each request's engine-reported cached tokens in whole blocks (null: no answer) */
+  requestHitBlocks: Array<number | null>;
 }
 
 /** Replay `reqs` (sorted by timestamp, ms from 0) through a fresh local fleet routed by `policy`. */
@@ -202,6 +206,8 @@ export async function runLive(reqs: readonly TraceRequest[], o: LiveOptions): Pr
       requestEndDelayMs: over.endDelay,
       sentAtMs,
       requestTtftMs,
+      requestPod: outcomes.map((x) => (x?.ok ? x.pod : null)),
+      requestHitBlocks: outcomes.map((x) => (x?.ok ? Math.floor(x.cachedTokens / f.blockTokens) : null)),
     };
   } finally {
     await agent.close();
@@ -253,7 +259,16 @@ export function summarizeLive(
   pods: readonly string[],
   blockTokens: number,
   wallMs: number,
-): Omit<LiveResult, "overheadMs" | "requestOverheadMs" | "requestEndDelayMs" | "sentAtMs" | "requestTtftMs"> {
+): Omit<
+  LiveResult,
+  | "overheadMs"
+  | "requestOverheadMs"
+  | "requestEndDelayMs"
+  | "sentAtMs"
+  | "requestTtftMs"
+  | "requestPod"
+  | "requestHitBlocks"
+> {
   let blocks = 0;
   let hit = 0;
   let prompt = 0;
