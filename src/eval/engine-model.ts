@@ -14,8 +14,10 @@
  *   and taking a cached block evicts it (BlockRemoved) even while blocks that hold nothing wait
  *   behind it. A request holds all its blocks (prompt and output) from admission to finish; a
  *   request that could never fit is rejected.
- * - Events: BlockStored when a chunk's blocks are computed, BlockRemoved on eviction, handed to
- *   `emit` at the end of the step that produced them (the simulator delays them by the event lag).
+ * - A chunk's full blocks are cached when the chunk is scheduled (a request admitted later in the
+ *   same step reuses them), as in the engine. Events: BlockStored for them, BlockRemoved on
+ *   eviction, handed to `emit` at the end of the step that produced them (the simulator delays
+ *   them by the event lag).
  *
  * Simplifications (stated in docs/routing-quality.md): blocks are allocated whole at admission
  * (so there is no preemption), output tokens are never cached (a trace does not name them).
@@ -229,6 +231,7 @@ export class EngineModel {
       if (r.computed < r.req.inputLength) {
         const n = Math.min(r.req.inputLength - r.computed, budget);
         plan.push({ r, prefill: n });
+        this.register(r, r.computed + n);
         budget -= n;
         prefillTokens += n;
       } else {
@@ -259,6 +262,7 @@ export class EngineModel {
       this.running.push(r);
       const n = Math.min(req.inputLength - r.computed, budget);
       plan.push({ r, prefill: n });
+      this.register(r, r.computed + n);
       budget -= n;
       prefillTokens += n;
     }
@@ -350,33 +354,40 @@ export class EngineModel {
     this.freeSize--;
   }
 
+  /**
+   * The blocks a request's scheduled chunk fills (computed + chunk tokens) become cached when the
+   * chunk is scheduled, as in the engine (vLLM's allocate_slots): a request admitted later in the
+   * same pass already reuses them (the step computes both). A block another request cached
+   * meanwhile is shared; each run of new blocks is one BlockStored chained on its parent, sent
+   * with the step's other events when the step ends.
+   */
+  private register(r: Running, computedAfter: number): void {
+    const to = Math.min(r.req.fullBlocks, Math.floor(computedAfter / this.o.blockTokens));
+    let start = -1;
+    for (let b = r.pinned; b < to; b++) {
+      const id = r.req.hashIds[b];
+      if (this.refs.has(id)) {
+        // another request cached it meanwhile: this request uses that copy, and its own copy
+        // stays its block until it finishes (a second physical copy, as in the engine), then
+        // goes back empty
+        if (start >= 0) this.storeRun(r.req.hashIds, start, b);
+        start = -1;
+      } else {
+        r.anon--;
+        if (start < 0) start = b;
+      }
+      this.pin(id);
+    }
+    if (start >= 0) this.storeRun(r.req.hashIds, start, to);
+    r.pinned = Math.max(r.pinned, to);
+  }
+
   private applyStep(now: number): void {
-    const bs = this.o.blockTokens;
     const plan = this.plan;
     this.plan = [];
     for (const { r, prefill } of plan) {
       if (prefill > 0) {
         r.computed += prefill;
-        // blocks completed by this chunk become cached (a block another request cached
-        // meanwhile is shared); each run of new blocks is one BlockStored chained on its parent
-        const to = Math.min(r.req.fullBlocks, Math.floor(r.computed / bs));
-        let start = -1;
-        for (let b = r.pinned; b < to; b++) {
-          const id = r.req.hashIds[b];
-          if (this.refs.has(id)) {
-            // another request cached it meanwhile: this request uses that copy, and its own
-            // computed copy stays its block until it finishes (a second physical copy, as in
-            // the engine), then goes back empty
-            if (start >= 0) this.storeRun(r.req.hashIds, start, b);
-            start = -1;
-          } else {
-            r.anon--;
-            if (start < 0) start = b;
-          }
-          this.pin(id);
-        }
-        if (start >= 0) this.storeRun(r.req.hashIds, start, to);
-        r.pinned = Math.max(r.pinned, to);
         if (r.computed >= r.req.inputLength) this.token(r, now);
       } else this.token(r, now);
     }
