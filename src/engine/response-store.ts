@@ -41,6 +41,19 @@ export function storeResponse(engine: MockEngine, id: string, entry: StoredRespo
   s.set(id, entry);
 }
 
+/** A path segment's percent-decoding; a malformed one is the client's error (400), not ours. */
+function decodeId(raw: string): string {
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    throw new HttpError(
+      400,
+      `Invalid 'response_id': '${raw}' is not a valid percent-encoding.`,
+      "response_id",
+    );
+  }
+}
+
 /**
  * The prologue of GET and cancel: drains the request (neither reads a body) and applies vLLM's
  * checks: an id must begin with `resp` (400), and be in this server's store (404).
@@ -48,7 +61,7 @@ export function storeResponse(engine: MockEngine, id: string, entry: StoredRespo
 function storedOf(engine: MockEngine, req: IncomingMessage, url: URL): StoredResponse {
   req.resume();
   const m = /^\/v1\/responses\/([^/]+)/.exec(url.pathname);
-  const id = m === null ? "" : decodeURIComponent(m[1]);
+  const id = m === null ? "" : decodeId(m[1]);
   if (!id.startsWith("resp"))
     throw new HttpError(
       400,

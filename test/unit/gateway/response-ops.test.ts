@@ -124,4 +124,13 @@ describe("gateway: stored responses are retrieved and cancelled on their engine"
       (err: InstanceType<typeof OpenAI.APIError>) => err.status === 404,
     );
   });
+
+  it("a malformed percent-encoded id is a JSON 404 at the gateway and the engine, never a 500", async () => {
+    for (const base of [gw.url, engines[0].http]) {
+      const r = await fetch(`${base}/v1/responses/resp_%E0%A4%A`);
+      assert.equal(r.status, 404, base);
+      const body = (await r.json()) as { error: { type: string; message: string } };
+      assert.ok(body.error.message.length > 0 && body.error.type.length > 0, JSON.stringify(body));
+    }
+  });
 });
