@@ -11,6 +11,7 @@ import { decodeReplayResponse, encodeReplayRequest } from "../protocol/replay.ts
 import { backoffDelay } from "../util/backoff.ts";
 import type { Logger } from "../util/log.ts";
 import type { ReplayHandlers } from "./event-source.ts";
+import { turnScheduler } from "./turn-scheduler.ts";
 
 export interface ReplayClientOptions {
   replayTimeoutMs: number;
@@ -18,6 +19,9 @@ export interface ReplayClientOptions {
   maxReplaysPerSecond: number;
   replayRetryMs: number;
   retryMaxMs: number;
+  /** receive budget per event-loop turn (ms) and event-work share (0..1]: see TurnScheduler */
+  receiveMs: number;
+  share: number;
 }
 
 export class ReplayClient {
@@ -125,12 +129,14 @@ export class ReplayClient {
     }
     this.dealer = dealer;
     let count = 0;
+    let last = 0;
     try {
       dealer.connect(this.endpoint);
       await dealer.send(encodeReplayRequest(fromSeq));
       for (;;) {
         const frames = await dealer.receive();
         if (this.closed) return;
+        const t0 = performance.now();
         let r: ReturnType<typeof decodeReplayResponse>;
         try {
           r = decodeReplayResponse(frames);
@@ -146,8 +152,14 @@ export class ReplayClient {
           throw new Error(`replay exceeded ${this.opts.maxReplayBatches} batches`);
         this.on.message(r.seq, r.payload);
         // a long answer is read in one chain of promise continuations otherwise, holding the
-        // event loop (requests, the other streams) until its last batch is in
-        if ((count & 255) === 0) await new Promise<void>((resolve) => setImmediate(resolve));
+        // event loop (requests, the other streams) until its last batch is in: it shares the
+        // live streams' receive budget per turn (the gap since the last message is the receive)
+        const end = performance.now();
+        const cost = end - t0 + (last > 0 && t0 - last < 1 ? t0 - last : 0);
+        if (!turnScheduler.chargeReceive(cost, this.opts.receiveMs, this.opts.share) || (count & 255) === 0) {
+          await turnScheduler.nextTurn();
+          last = 0;
+        } else last = end;
       }
     } catch (err) {
       if (this.closed) return;
