@@ -12,6 +12,7 @@ export interface FeedbackCliOptions {
   trustSuspectBelow: number;
   trustRecoverAbove: number;
   trustRebuildIntervalMs: number;
+  trustHalfLifeMs: number;
 }
 
 export function addFeedbackOptions(cmd: Command): Command {
@@ -56,6 +57,14 @@ export function addFeedbackOptions(cmd: Command): Command {
         "KVSYNC_TRUST_REBUILD_INTERVAL_MS",
         D.rebuildIntervalMs,
       ).argParser(parseIntArg),
+    )
+    .addOption(
+      opt(
+        "--trust-half-life-ms <n>",
+        "between responses, a stream's distance from full trust halves every this many ms, so a suspect stream that gets few requests is judged again later (0 = trust moves only with responses)",
+        "KVSYNC_TRUST_HALF_LIFE_MS",
+        D.halfLifeMs,
+      ).argParser(parseIntArg),
     );
 }
 
@@ -68,6 +77,7 @@ export function feedbackOptionsFrom(o: FeedbackCliOptions): { feedback: Partial<
       suspectBelow: o.trustSuspectBelow,
       recoverAbove: o.trustRecoverAbove,
       rebuildIntervalMs: o.trustRebuildIntervalMs,
+      halfLifeMs: o.trustHalfLifeMs,
     },
   };
 }

@@ -18,6 +18,7 @@ export const STREAM_HEALTH_DEFAULTS = {
   streamBufferBytes: DEFAULTS.streamBufferBytes,
   streamSliceMs: DEFAULTS.streamSliceMs,
   streamSliceEvents: DEFAULTS.streamSliceEvents,
+  streamEventSharePct: DEFAULTS.streamEventSharePct,
 };
 
 function nonNegative(v: string): number {
@@ -71,7 +72,7 @@ export function addStreamHealthOptions(cmd: Command, envPrefix = "KVSYNC_"): Com
     .addOption(
       opt(
         "--stream-slice-ms <ms>",
-        "apply time one event stream gets per event-loop turn before requests and other streams",
+        "apply time per event-loop turn, shared by all event streams with work, before requests run",
         `${envPrefix}STREAM_SLICE_MS`,
         D.streamSliceMs,
       ).argParser(positive),
@@ -83,7 +84,21 @@ export function addStreamHealthOptions(cmd: Command, envPrefix = "KVSYNC_"): Com
         `${envPrefix}STREAM_SLICE_EVENTS`,
         D.streamSliceEvents,
       ).argParser(positive),
+    )
+    .addOption(
+      opt(
+        "--stream-event-share-pct <n>",
+        "most of the wall time all event streams' work together may take (percent); a flood's surplus stays with its engine",
+        `${envPrefix}STREAM_EVENT_SHARE_PCT`,
+        D.streamEventSharePct,
+      ).argParser(percent),
     );
+}
+
+function percent(v: string): number {
+  const n = parseIntArg(v);
+  if (n < 1 || n > 100) throw new InvalidArgumentError(`must be 1..100: ${v}`);
+  return n;
 }
 
 export function streamHealthFrom(
@@ -96,6 +111,7 @@ export function streamHealthFrom(
   | "streamBufferBytes"
   | "streamSliceMs"
   | "streamSliceEvents"
+  | "streamEventSharePct"
 > {
   return {
     heartbeatIntervalMs: o.heartbeatIntervalMs as number,
@@ -104,6 +120,7 @@ export function streamHealthFrom(
     streamBufferBytes: o.streamBufferBytes as number,
     streamSliceMs: o.streamSliceMs as number,
     streamSliceEvents: o.streamSliceEvents as number,
+    streamEventSharePct: o.streamEventSharePct as number,
   };
 }
 

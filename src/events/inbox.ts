@@ -8,28 +8,34 @@
  *   drops what does not fit: the sequence tracker sees a gap and the replay fills it later.
  *   Replay answers are never refused (a ROUTER drops what its peer does not read, which would
  *   turn a gap into a resync); they count toward the bytes, so the live side waits instead.
- * - applying is time-sliced: one slice (`sliceMs` or `sliceEvents`, whichever comes first) per
- *   event-loop turn, from a `setImmediate`, so the other streams' slices, HTTP requests and timers
- *   run in between. One batch is never split: a slice ends after the batch that crosses its budget.
- * - a receive burst is bounded too: after `burstMessages` frames without an apply slice in
- *   between, the receive loop yields a turn (a flood would otherwise be read in one long chain of
- *   promise continuations, which holds the event loop just like applying it would).
+ * - applying is time-sliced: the process-wide `TurnScheduler` runs one slice per event-loop turn
+ *   (at most `sliceEvents`, and the stream's share of the turn's `sliceMs` shared by all
+ *   streams with work), so HTTP requests, timers and the other streams run in between. One batch
+ *   is never split: a slice ends after the batch that crosses its budget.
+ * - receiving is budgeted too: the time between frames of one read chain counts against the
+ *   turn's receive budget (half of `sliceMs`, shared), and after `burstMessages` frames in a turn
+ *   the chain waits for the next turn (a flood would otherwise be read in one long chain of
+ *   promise continuations, which holds the event loop just like applying it would). Frames are
+ *   queued undecoded: decoding is part of the apply slice.
  *
  * Reports are kept in parallel arrays (kind, number, value) so a queued message costs no object.
  */
 import type { Logger } from "../util/log.ts";
 import { LogBucket } from "../util/log-bucket.ts";
 import type { DownCause, EventSourceHandlers } from "./event-source.ts";
+import { type TurnScheduler, type TurnWorker, turnScheduler } from "./turn-scheduler.ts";
 import type { StreamFlow, ThrottleReason } from "./types.ts";
 
 export interface InboxOptions {
   /** bytes received but not yet applied above which the live receive waits */
   bufferBytes: number;
-  /** apply time per stream per event-loop turn (ms) */
+  /** apply time per event-loop turn, shared by all streams with work (ms) */
   sliceMs: number;
+  /** most of the wall time the event work of all streams may take (0..1], see TurnScheduler */
+  share: number;
   /** events applied per stream per event-loop turn */
   sliceEvents: number;
-  /** frames received without an apply slice in between before the receive loop yields a turn */
+  /** frames received in one event-loop turn before the receive loop waits for the next */
   burstMessages: number;
   /**
    * Longest a receive may wait for room (ms); then frames over the budget are shed here instead
@@ -70,7 +76,7 @@ type Kind = (typeof Kind)[keyof typeof Kind];
 
 const THROTTLE_LOG_EVERY_MS = 10_000;
 
-export class StreamInbox {
+export class StreamInbox implements TurnWorker {
   private kinds: Kind[] = [];
   private nums: number[] = [];
   private vals: unknown[] = [];
@@ -87,6 +93,8 @@ export class StreamInbox {
   /** live frames dropped while shedding */
   shed = 0;
   private burst = 0;
+  /** when the last frame of the current read chain was queued (0: the chain waited since) */
+  private lastFrameAt = 0;
   private readonly logBucket = new LogBucket(THROTTLE_LOG_EVERY_MS, 1);
   private pausesSinceLog = 0;
   private slicesSinceLog = 0;
@@ -107,7 +115,16 @@ export class StreamInbox {
     private readonly hooks: InboxHooks,
     private readonly log: Logger,
     private readonly ctx: () => Record<string, unknown>,
+    private readonly scheduler: TurnScheduler = turnScheduler,
   ) {}
+
+  get applyMs(): number {
+    return this.opts.sliceMs;
+  }
+
+  get share(): number {
+    return this.opts.share;
+  }
 
   /** The handlers to give the source: they queue, the slices deliver to `to` in the same order. */
   handlers(): EventSourceHandlers {
@@ -149,11 +166,16 @@ export class StreamInbox {
     this.sizes = [];
     this.head = 0;
     this.bufferedBytes = 0;
+    this.scheduler.remove(this);
     this.release();
   }
 
   private frames(frames: Buffer[]): Promise<void> | undefined {
     if (this.closed) return undefined;
+    const t0 = performance.now();
+    // a frame right after the previous one of this chain: the gap is the native receive
+    const gap = this.lastFrameAt > 0 && t0 - this.lastFrameAt < 1 ? t0 - this.lastFrameAt : 0;
+    this.lastFrameAt = 0;
     if (this.bufferedBytes >= this.opts.bufferBytes) {
       // over budget before this frame (a replay answer, or a wait that ran out): never queued
       this.shed++;
@@ -167,10 +189,15 @@ export class StreamInbox {
       if (this.bufferedBytes > this.peakLiveBytes) this.peakLiveBytes = this.bufferedBytes;
       if (this.bufferedBytes >= this.opts.bufferBytes) return this.waitForRoom();
     }
-    if (++this.burst >= this.opts.burstMessages) {
+    const end = performance.now();
+    if (
+      !this.scheduler.chargeReceive(gap + end - t0, this.opts.sliceMs / 2, this.opts.share) ||
+      ++this.burst >= this.opts.burstMessages
+    ) {
       this.burst = 0;
-      return new Promise((resolve) => setImmediate(resolve));
+      return this.scheduler.nextTurn();
     }
+    this.lastFrameAt = end;
     return undefined;
   }
 
@@ -184,7 +211,7 @@ export class StreamInbox {
     if (this.bufferedBytes > this.peakBufferedBytes) this.peakBufferedBytes = this.bufferedBytes;
     if (!this.scheduled) {
       this.scheduled = true;
-      setImmediate(this.slice);
+      this.scheduler.enqueue(this);
     }
   }
 
@@ -218,22 +245,22 @@ export class StreamInbox {
     resume();
   }
 
-  private readonly slice = (): void => {
+  /** One apply slice (the scheduler's turn): true while work is left. */
+  runTurn(budgetMs: number): boolean {
     this.scheduled = false;
-    if (this.closed) return;
-    this.burst = 0;
+    if (this.closed) return false;
     const start = performance.now();
     const events0 = this.hooks.eventsApplied();
-    const { sliceMs, sliceEvents } = this.opts;
+    const { sliceEvents } = this.opts;
     while (this.head < this.kinds.length && !this.closed) {
       const i = this.head++;
       const val = this.vals[i];
       this.vals[i] = undefined;
       this.bufferedBytes -= this.sizes[i];
       this.deliver(this.kinds[i], this.nums[i], val);
-      if (performance.now() - start >= sliceMs || this.hooks.eventsApplied() - events0 >= sliceEvents) break;
+      if (performance.now() - start >= budgetMs || this.hooks.eventsApplied() - events0 >= sliceEvents) break;
     }
-    if (this.closed) return;
+    if (this.closed) return false;
     this.compact();
     if (this.bufferedBytes <= this.opts.bufferBytes / 2) {
       this.shedQuota = 0;
@@ -244,9 +271,12 @@ export class StreamInbox {
       this.slicesSinceLog++;
       this.hooks.throttled?.("slice");
       this.scheduled = true;
-      setImmediate(this.slice);
+      return true;
     }
-  };
+    // a report queued during the slice (delivering can queue one) was delivered in it too
+    this.scheduled = false;
+    return false;
+  }
 
   /** Drop the delivered prefix once it is most of the arrays (amortized O(1) per report). */
   private compact(): void {

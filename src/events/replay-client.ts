@@ -12,6 +12,7 @@ import { backoffDelay } from "../util/backoff.ts";
 import type { Logger } from "../util/log.ts";
 import { retryOnEintr } from "./eintr.ts";
 import type { ReplayHandlers } from "./event-source.ts";
+import { turnScheduler } from "./turn-scheduler.ts";
 
 export interface ReplayClientOptions {
   replayTimeoutMs: number;
@@ -19,6 +20,9 @@ export interface ReplayClientOptions {
   maxReplaysPerSecond: number;
   replayRetryMs: number;
   retryMaxMs: number;
+  /** receive budget per event-loop turn (ms) and event-work share (0..1]: see TurnScheduler */
+  receiveMs: number;
+  share: number;
 }
 
 export class ReplayClient {
@@ -126,6 +130,7 @@ export class ReplayClient {
     }
     this.dealer = dealer;
     let count = 0;
+    let last = 0;
     try {
       // an interrupted connect did nothing: again at once rather than a failed replay (eintr.ts)
       retryOnEintr(() => dealer.connect(this.endpoint));
@@ -133,6 +138,7 @@ export class ReplayClient {
       for (;;) {
         const frames = await dealer.receive();
         if (this.closed) return;
+        const t0 = performance.now();
         let r: ReturnType<typeof decodeReplayResponse>;
         try {
           r = decodeReplayResponse(frames);
@@ -148,8 +154,14 @@ export class ReplayClient {
           throw new Error(`replay exceeded ${this.opts.maxReplayBatches} batches`);
         this.on.message(r.seq, r.payload);
         // a long answer is read in one chain of promise continuations otherwise, holding the
-        // event loop (requests, the other streams) until its last batch is in
-        if ((count & 255) === 0) await new Promise<void>((resolve) => setImmediate(resolve));
+        // event loop (requests, the other streams) until its last batch is in: it shares the
+        // live streams' receive budget per turn (the gap since the last message is the receive)
+        const end = performance.now();
+        const cost = end - t0 + (last > 0 && t0 - last < 1 ? t0 - last : 0);
+        if (!turnScheduler.chargeReceive(cost, this.opts.receiveMs, this.opts.share) || (count & 255) === 0) {
+          await turnScheduler.nextTurn();
+          last = 0;
+        } else last = end;
       }
     } catch (err) {
       if (this.closed) return;

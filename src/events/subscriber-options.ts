@@ -103,11 +103,13 @@ export interface SubscriberOptions {
    * socket until half of it is applied (inbox.ts). Replay answers count but are never refused.
    */
   streamBufferBytes?: number;
-  /** Apply time one stream gets per event-loop turn before the others' turn (ms). */
+  /** Apply time per event-loop turn, shared by all streams with work (ms; turn-scheduler.ts). */
   streamSliceMs?: number;
+  /** Most of the wall time the event work of all streams may take, in percent (turn-scheduler.ts). */
+  streamEventSharePct?: number;
   /** Events one stream applies per event-loop turn at most. */
   streamSliceEvents?: number;
-  /** Frames read in a row without an apply slice in between before the receive loop yields. */
+  /** Frames one stream reads per event-loop turn before its receive loop waits for the next. */
   streamBurstMessages?: number;
   log?: Logger;
   /** Log context (pod, stream). */
@@ -133,6 +135,7 @@ export const DEFAULTS = {
   receiveHighWaterMark: 1000,
   streamBufferBytes: 4 * 1024 * 1024,
   streamSliceMs: 2,
+  streamEventSharePct: 100,
   streamSliceEvents: 5000,
   streamBurstMessages: 256,
   tailCheckMs: 10_000,

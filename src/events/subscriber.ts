@@ -210,6 +210,7 @@ export class StreamSubscriber extends StreamCounters {
         bufferBytes: o.streamBufferBytes,
         sliceMs: o.streamSliceMs,
         sliceEvents: o.streamSliceEvents,
+        share: o.streamEventSharePct / 100,
         burstMessages: o.streamBurstMessages,
         // a SUB whose queue stays full past the heartbeat timeout loses its connection
         maxPauseMs: o.heartbeatIntervalMs > 0 ? Math.min(500, o.heartbeatTimeoutMs / 4) : 500,

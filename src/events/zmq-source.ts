@@ -38,6 +38,8 @@ class ZmqEventSource implements EventSource {
               maxReplaysPerSecond: o.maxReplaysPerSecond,
               replayRetryMs: o.replayRetryMs,
               retryMaxMs: o.reconnectMaxMs,
+              receiveMs: o.streamSliceMs / 2,
+              share: o.streamEventSharePct / 100,
             },
             on.replay,
             log,

@@ -19,7 +19,8 @@ import { badRequest, noHealthyPod, noReadyPod, notFound } from "./errors.ts";
 import type { PodHealth } from "./health.ts";
 import type { GatewayMetrics } from "./metrics.ts";
 import { allTokens, bestPrompt, encodePrompts, type PromptSpec } from "./prompts.ts";
-import { type ParsedRequest, validateExplain } from "./request.ts";
+import { type ParsedRequest, type RequestKind, validateExplain } from "./request.ts";
+import { parseForEndpoint } from "./request-kinds.ts";
 
 export interface PlannerOptions {
   /** the fleet (a PodSet); only ready pods are candidates */
@@ -50,6 +51,8 @@ export interface Plan {
   tokenized: boolean;
   /** prompts tokenized for routing (more than 1: a batch, routed by its most-cached prompt) */
   prompts: number;
+  /** the prompt the decision routed by (index into the request's prompts; 0 for one prompt) */
+  chosenPrompt?: number;
   /** ready pods serving the model that the health signal keeps out of rotation */
   outOfRotation: PodInfo[];
   /** load claim on the top candidate, taken in the same tick as the decision (null for a dry run) */
@@ -78,6 +81,12 @@ export interface ExplainCandidate {
 }
 
 export interface ExplainResult {
+  /** the request kind the body was parsed as, and whether it routes by prefix (else by load) */
+  kind: RequestKind;
+  routeByPrefix: boolean;
+  /** prompts the request puts through the cache (0: not tokenized) and the one routed by */
+  prompts: number;
+  chosenPrompt: number;
   model: string;
   lora: string | null;
   blockSize: number;
@@ -122,7 +131,8 @@ export class Planner {
     const salt = parsed.cacheSalt ?? null;
     const routeNs = salt === null ? fresh.ns : { ...fresh.ns, salt };
     // a batch goes where its most-cached prompt is (prompts.ts)
-    const ids = lists === null ? null : lists[bestPrompt(this.o.policy, routeNs, fresh.candidates, lists)];
+    const chosenPrompt = lists === null ? 0 : bestPrompt(this.o.policy, routeNs, fresh.candidates, lists);
+    const ids = lists === null ? null : lists[chosenPrompt];
     const route: RouteRequest = { ns: routeNs, tokenIds: ids ?? [], candidates: fresh.candidates };
     if (!claim) route.dryRun = true;
     const policy = this.o.policy;
@@ -140,6 +150,7 @@ export class Planner {
       decision,
       tokenized: ids !== null,
       prompts: lists?.length ?? 0,
+      chosenPrompt,
       outOfRotation: fresh.out,
       ticket,
     };
@@ -158,15 +169,22 @@ export class Planner {
     );
   }
 
-  /** `POST /admin/route/explain`: every candidate's match, load and score, and the choice. */
-  async explain(body: Record<string, unknown>): Promise<ExplainResult> {
+  /**
+   * `POST /admin/route/explain`: every candidate's match, load and score, and the choice. With
+   * `endpoint` (an API path such as `/v1/embeddings`) the body is that endpoint's request body,
+   * parsed as the endpoint parses it; without, `{model, lora?, messages | prompt | token_ids}`.
+   */
+  async explain(body: Record<string, unknown>, endpoint: string | null = null): Promise<ExplainResult> {
     // `lora` (as in /admin/index/match) names the adapter; requests address adapters by name
-    const parsed = validateExplain(
-      typeof body.lora === "string" && body.lora !== "" ? { ...body, model: body.lora } : body,
-    );
+    const b = typeof body.lora === "string" && body.lora !== "" ? { ...body, model: body.lora } : body;
+    const parsed = endpoint === null ? validateExplain(b) : parseForEndpoint(endpoint, b);
     const plan = await this.plan(parsed, false);
     const top = plan.decision.ranked[0];
     return {
+      kind: parsed.kind,
+      routeByPrefix: parsed.routeByPrefix !== false,
+      prompts: plan.prompts,
+      chosenPrompt: plan.chosenPrompt ?? 0,
       model: parsed.model,
       lora: plan.route.ns.lora,
       blockSize: plan.route.ns.blockSize,

@@ -174,6 +174,26 @@ export const API_ROUTES: ReadonlyArray<readonly [string, RequestKind]> = [
   ["/v1/audio/translations", "audio"],
 ];
 
+/**
+ * The explain API's body for `endpoint` (an API path, as in API_ROUTES): parsed exactly as that
+ * endpoint parses it, so the dry run takes the real route's decision. Audio's form carries only
+ * `model` for routing: explain takes it as JSON.
+ */
+export function parseForEndpoint(endpoint: string, body: Body): ParsedRequest {
+  const route = API_ROUTES.find(([path]) => path === endpoint);
+  if (route === undefined) {
+    throw badRequest(
+      "invalid_value",
+      `\`endpoint\` must be one of the gateway's API paths (${API_ROUTES.map(([p]) => p).join(", ")}): ${endpoint}`,
+      "endpoint",
+    );
+  }
+  const kind = route[1];
+  if (kind === "audio") return loadOnly("audio", body);
+  const parser = PARSERS[kind];
+  return parser === undefined ? validateRequest(kind, body) : parser(body);
+}
+
 /** A request body (read whole) → its parsed form; 400 for what routing cannot read. */
 export async function parseRequest(
   kind: RequestKind,

@@ -367,8 +367,8 @@ export class GatewayCore {
   }
 
   /** `POST /admin/route/explain`: every candidate's match, load and score, and the choice. */
-  explain(body: Record<string, unknown>): Promise<ExplainResult> {
-    return this.planner.explain(body);
+  explain(body: Record<string, unknown>, endpoint: string | null = null): Promise<ExplainResult> {
+    return this.planner.explain(body, endpoint);
   }
 
   async close(): Promise<void> {

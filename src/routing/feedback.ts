@@ -15,6 +15,14 @@ import type { TrustSource } from "./types.ts";
  * `suspectBelow` the stream is `suspect`: kv-aware weighs its claims by its trust (until then by
  * 1), one warning says why, and a rebuild of the stream (drop, replay from the engine's oldest
  * buffered batch) is requested. At `recoverAbove` again it counts fully.
+ *
+ * Evidence ages: between samples, the distance of a stream's trust from 1 halves every
+ * `halfLifeMs`. A suspect stream gets few requests (its claims are down-weighted, and a lossy
+ * engine's rebuild changes nothing), so its samples alone may never lift it again even after the
+ * cause went away (an engine restarted, its lost events long evicted). Aged trust lets its claims
+ * weigh more as time passes; once they count again, requests follow and the next samples judge it
+ * afresh: a stream still wrong falls back under `suspectBelow` within a few samples (each moves
+ * trust by `alpha` of the way), so a broken stream costs a few requests per half-life at most.
  */
 export interface FeedbackOptions {
   /** weight of the newest agreement sample in a stream's trust (moving average) */
@@ -33,6 +41,10 @@ export interface FeedbackOptions {
   errorAlpha: number;
   /** streams (and pods) tracked at most (the oldest is forgotten) */
   maxStreams: number;
+  /** between samples, 1 - trust halves every this many ms (0: trust moves only with samples) */
+  halfLifeMs: number;
+  /** the clock (ms, monotonic); tests inject one */
+  now?: () => number;
 }
 
 export const FEEDBACK_DEFAULTS: Readonly<FeedbackOptions> = Object.freeze({
@@ -44,6 +56,7 @@ export const FEEDBACK_DEFAULTS: Readonly<FeedbackOptions> = Object.freeze({
   rebuildIntervalMs: 60_000,
   errorAlpha: 0.1,
   maxStreams: 10_000,
+  halfLifeMs: 600_000,
 });
 
 /** One stream's trust as the admin API and metrics show it. */
@@ -79,6 +92,8 @@ interface StreamStat {
   lastWarn: number;
   lastRebuild: number;
   rebuildRefused: boolean;
+  /** when `trust` was last brought up to date (ms on the feedback's clock) */
+  at: number;
 }
 
 interface PodError {
@@ -90,6 +105,7 @@ export class PredictionFeedback implements TrustSource {
   private readonly o: FeedbackOptions;
   private readonly streams = new Map<string, StreamStat>();
   private readonly pods = new Map<string, PodError>();
+  private readonly now: () => number;
 
   constructor(
     private readonly log: Logger,
@@ -100,6 +116,8 @@ export class PredictionFeedback implements TrustSource {
     if (!(this.o.alpha > 0 && this.o.alpha <= 1)) throw new RangeError("trust alpha must be in (0, 1]");
     if (!(this.o.suspectBelow >= 0 && this.o.suspectBelow <= this.o.recoverAbove && this.o.recoverAbove <= 1))
       throw new RangeError("trust thresholds must satisfy 0 <= suspect-below <= recover-above <= 1");
+    if (!(this.o.halfLifeMs >= 0)) throw new RangeError("trust half-life must be >= 0 ms");
+    this.now = this.o.now ?? (() => performance.now());
   }
 
   get options(): Readonly<FeedbackOptions> {
@@ -113,7 +131,9 @@ export class PredictionFeedback implements TrustSource {
    */
   trust(streamId: string): number {
     const s = this.streams.get(streamId);
-    return s === undefined || !s.suspect ? 1 : s.trust;
+    if (s === undefined || !s.suspect) return 1;
+    this.age(streamId, s);
+    return s.suspect ? s.trust : 1;
   }
 
   /**
@@ -135,6 +155,7 @@ export class PredictionFeedback implements TrustSource {
     const s = this.statOf(stream.streamId, stream.pod, stream.rank);
     s.samples++;
     if (s.samples <= this.o.warmupSamples) return err;
+    this.age(stream.streamId, s);
     const agreement = Math.min(1, Math.max(0, actual) / predicted);
     s.trust += this.o.alpha * (agreement - s.trust);
     s.predicted += this.o.alpha * (predicted - s.predicted);
@@ -144,39 +165,62 @@ export class PredictionFeedback implements TrustSource {
       this.warn(stream.streamId, s);
       this.hooks.changed?.(stream.streamId);
     } else if (s.suspect && s.trust >= this.o.recoverAbove) {
-      s.suspect = false;
-      this.log.info(
-        {
-          event: "routing.stream_trusted",
-          stream: stream.streamId,
-          pod: s.pod,
-          rank: s.rank,
-          trust: round(s.trust),
-        },
-        "the stream's cache claims agree with its engine again: they count fully",
-      );
-      this.hooks.changed?.(stream.streamId);
+      this.trusted(stream.streamId, s, "agreement");
     }
     if (s.suspect) this.maybeRebuild(stream.streamId, s);
     return err;
   }
 
+  /** Bring `s.trust` up to now: its distance from 1 halves every half-life since the last update. */
+  private age(streamId: string, s: StreamStat): void {
+    const now = this.now();
+    const dt = now - s.at;
+    s.at = now;
+    if (this.o.halfLifeMs <= 0 || dt <= 0 || s.trust >= 1) return;
+    s.trust = 1 - (1 - s.trust) * 2 ** (-dt / this.o.halfLifeMs);
+    if (s.suspect && s.trust >= this.o.recoverAbove) this.trusted(streamId, s, "aged");
+  }
+
+  private trusted(streamId: string, s: StreamStat, why: "agreement" | "aged"): void {
+    s.suspect = false;
+    this.log.info(
+      {
+        event: "routing.stream_trusted",
+        stream: streamId,
+        pod: s.pod,
+        rank: s.rank,
+        trust: round(s.trust),
+        why,
+      },
+      why === "agreement"
+        ? "the stream's cache claims agree with its engine again: they count fully"
+        : "no evidence against the stream's cache claims for a while: they count fully again, the next responses judge them",
+    );
+    this.hooks.changed?.(streamId);
+  }
+
   /** Every tracked stream's trust. */
   snapshot(): StreamTrust[] {
     const out: StreamTrust[] = [];
-    for (const [stream, s] of this.streams) out.push(this.view(stream, s));
+    for (const [stream, s] of this.streams) {
+      this.age(stream, s);
+      out.push(this.view(stream, s));
+    }
     return out;
   }
 
   /** One stream's trust, null before any evidence. */
   stream(streamId: string): StreamTrust | null {
     const s = this.streams.get(streamId);
-    return s === undefined ? null : this.view(streamId, s);
+    if (s === undefined) return null;
+    this.age(streamId, s);
+    return this.view(streamId, s);
   }
 
   /** The admin API's warning for a suspect stream (none otherwise). */
   warnings(streamId: string): Array<{ code: string; message: string }> {
     const s = this.streams.get(streamId);
+    if (s !== undefined) this.age(streamId, s);
     if (s === undefined || !s.suspect) return [];
     return [{ code: "prediction_suspect", message: causeText(s) }];
   }
@@ -223,6 +267,7 @@ export class PredictionFeedback implements TrustSource {
       lastWarn: Number.NEGATIVE_INFINITY,
       lastRebuild: Number.NEGATIVE_INFINITY,
       rebuildRefused: false,
+      at: this.now(),
     };
     this.streams.set(streamId, s);
     return s;
@@ -243,7 +288,7 @@ export class PredictionFeedback implements TrustSource {
   }
 
   private warn(streamId: string, s: StreamStat): void {
-    const now = performance.now();
+    const now = this.now();
     if (now - s.lastWarn < this.o.warnIntervalMs) return;
     s.lastWarn = now;
     this.log.warn(
@@ -264,7 +309,7 @@ export class PredictionFeedback implements TrustSource {
   private maybeRebuild(streamId: string, s: StreamStat): void {
     const rebuild = this.hooks.rebuild;
     if (rebuild === undefined) return;
-    const now = performance.now();
+    const now = this.now();
     const wait = s.rebuildRefused ? 1_000 : this.o.rebuildIntervalMs;
     if (now - s.lastRebuild < wait) return;
     s.lastRebuild = now;

@@ -233,6 +233,94 @@ describe("gateway: vLLM's endpoints through the openai client", { timeout: 240_0
     assert.equal(detok.body.prompt, "hello world");
   });
 
+  it("explains each endpoint's body as that endpoint routes it (?endpoint=), the same decision the real request takes", async () => {
+    const explain = async (endpoint: string, body: unknown) => {
+      const r = await fetch(`${gw.adminUrl}/admin/route/explain?endpoint=${encodeURIComponent(endpoint)}`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(body),
+      });
+      return {
+        status: r.status,
+        body: (await r.json()) as {
+          kind: string;
+          routeByPrefix: boolean;
+          prompts: number;
+          chosenPrompt: number;
+          choice: { pod: string } | null;
+          candidates: Array<{ pod: string; matchedTokens: number; chosen: boolean }>;
+          error?: { param: string };
+        },
+      };
+    };
+    const real = async (path: string, body: unknown) => {
+      const r = await fetch(`${gw.url}${path}`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(body),
+      });
+      await r.arrayBuffer();
+      assert.equal(r.status, 200, path);
+      return {
+        pod: r.headers.get("x-kvsync-pod"),
+        matched: Number(r.headers.get("x-kvsync-matched-tokens")),
+      };
+    };
+    // a prefix cached on one pod first (the embeddings test's SYS may sit on either pod)
+    const seed = await real("/v1/embeddings", { model: MODEL, input: `${SYS} explain seed` });
+    const holder = pods.find((p) => p.name === seed.pod)!;
+    await indexMatchesEngine(holder);
+    const cases: Array<[string, Record<string, unknown>, string, number, number]> = [
+      // a batch whose second prompt holds the cached prefix: routed by that one
+      [
+        "/v1/embeddings",
+        { model: MODEL, input: ["nothing cached here", `${SYS} explain batch`] },
+        "embedding",
+        2,
+        1,
+      ],
+      [
+        "/v1/completions",
+        { model: MODEL, prompt: ["nothing cached", `${SYS} explain completion`], max_tokens: 2 },
+        "completion",
+        2,
+        1,
+      ],
+      ["/score", { model: MODEL, queries: SYS, documents: ["one", "two"] }, "score", 2, 0],
+      ["/v1/rerank", { model: MODEL, query: SYS, documents: ["one", "two"] }, "rerank", 2, 0],
+    ];
+    for (const [path, body, kind, prompts, chosenPrompt] of cases) {
+      const e = await explain(path, body);
+      assert.equal(e.status, 200, `${path}: ${JSON.stringify(e.body)}`);
+      assert.equal(e.body.kind, kind, path);
+      assert.equal(e.body.routeByPrefix, true, path);
+      assert.equal(e.body.prompts, prompts, path);
+      assert.equal(e.body.chosenPrompt, chosenPrompt, path);
+      assert.equal(e.body.choice?.pod, holder.name, `${path}: explained choice`);
+      const chosen = e.body.candidates.find((c) => c.chosen)!;
+      assert.ok(chosen.matchedTokens >= 64, `${path}: matched ${chosen.matchedTokens}`);
+      // the real request, right after: the same pod, the same match
+      const r = await real(path, body);
+      assert.equal(r.pod, e.body.choice?.pod, `${path}: the real route's pod`);
+      assert.equal(r.matched, chosen.matchedTokens, `${path}: the real route's match`);
+      await indexMatchesEngine(holder);
+    }
+    // routed by load: not tokenized, every candidate with nothing matched
+    const tok = await explain("/tokenize", { model: MODEL, prompt: `${SYS} tokenize` });
+    assert.equal(tok.status, 200, JSON.stringify(tok.body));
+    assert.equal(tok.body.kind, "tokenize");
+    assert.equal(tok.body.routeByPrefix, false);
+    assert.equal(tok.body.prompts, 0);
+    assert.ok(tok.body.candidates.every((c) => c.matchedTokens === 0));
+    // a body the endpoint refuses is refused by explain the same way; an unknown endpoint is a 400
+    const bad = await explain("/v1/embeddings", { model: MODEL, input: 42 });
+    assert.equal(bad.status, 400);
+    assert.equal(bad.body.error?.param, "input");
+    const unknown = await explain("/v1/nope", { model: MODEL });
+    assert.equal(unknown.status, 400);
+    assert.equal(unknown.body.error?.param, "endpoint");
+  });
+
   it("answers an unknown path with an OpenAI-style 404 the client understands", async () => {
     await assert.rejects(client.post("/no/such/endpoint", { body: {} }), (err: unknown) => {
       assert.ok(err instanceof OpenAI.NotFoundError);

@@ -37,7 +37,8 @@ describe("prediction feedback", () => {
 
   test("under-prediction never costs trust; over-prediction after the warm-up does", () => {
     const { log, lines } = capture();
-    const f = new PredictionFeedback(log);
+    // a clock that stands still: trust moves only with the samples here (aging: the test below)
+    const f = new PredictionFeedback(log, { now: () => 0 });
     // the engine reused more than the index knew (blocks stored by concurrent requests): normal
     for (let i = 0; i < 50; i++) f.observe(stream("healthy"), 64, 320, 400);
     assert.equal(f.trust("healthy"), 1);
@@ -95,6 +96,56 @@ describe("prediction feedback", () => {
     f.forget("p");
     assert.equal(f.stream("p#1"), null);
     assert.equal(f.trust("p#1"), 1);
+  });
+
+  test("evidence ages: a suspect stream's trust climbs toward 1 with the half-life, then fresh samples judge it again", () => {
+    let now = 1_000;
+    const changed: string[] = [];
+    const { log, lines } = capture();
+    const f = new PredictionFeedback(
+      log,
+      { warmupSamples: 0, halfLifeMs: 60_000, now: () => now },
+      { changed: (id) => changed.push(id) },
+    );
+    const s = stream("lossy");
+    for (let i = 0; i < 10; i++) f.observe(s, 160, 0, 200);
+    const t0 = f.stream("lossy")!.trust;
+    assert.ok(t0 < 0.2 && f.stream("lossy")!.suspect, `trust ${t0}`);
+    assert.equal(f.trust("lossy"), t0, "no time passed: nothing aged");
+    // one half-life without samples: the distance from 1 halves, still suspect
+    now += 60_000;
+    const t1 = f.trust("lossy");
+    assert.ok(Math.abs(1 - t1 - (1 - t0) / 2) < 1e-9, `after one half-life ${t1} (from ${t0})`);
+    assert.equal(f.stream("lossy")!.suspect, true);
+    // reading twice at the same time does not age twice
+    assert.equal(f.trust("lossy"), t1);
+    // past recoverAbove by age alone: it counts fully again, one info line says why
+    now += 3 * 60_000;
+    assert.equal(f.trust("lossy"), 1);
+    const st = f.stream("lossy")!;
+    assert.equal(st.suspect, false);
+    assert.ok(st.trust >= FEEDBACK_DEFAULTS.recoverAbove && st.trust < 1);
+    assert.deepEqual(changed, ["lossy", "lossy"]);
+    const trusted = lines.filter((l) => l.event === "routing.stream_trusted");
+    assert.deepEqual(
+      trusted.map((l) => [l.stream, l.why]),
+      [["lossy", "aged"]],
+    );
+    // still wrong: the next samples make it suspect again within a few requests
+    let n = 0;
+    while (!f.stream("lossy")!.suspect && n++ < 100) f.observe(s, 160, 0, 200);
+    assert.ok(n >= 1 && n <= 5, `suspect again after ${n} samples`);
+    assert.deepEqual(changed, ["lossy", "lossy", "lossy"]);
+  });
+
+  test("a half-life of 0 keeps trust where the samples left it", () => {
+    let now = 0;
+    const f = new PredictionFeedback(silentLogger(), { warmupSamples: 0, halfLifeMs: 0, now: () => now });
+    for (let i = 0; i < 10; i++) f.observe(stream("x"), 160, 0, 200);
+    const t = f.trust("x");
+    now += 1e9;
+    assert.equal(f.trust("x"), t);
+    assert.equal(f.stream("x")!.suspect, true);
   });
 
   test("trust stays in [0, 1] and a stream whose claims always hold keeps trust 1 (fast-check)", () => {
