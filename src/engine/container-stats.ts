@@ -39,12 +39,12 @@ function readOr(path: string): string | null {
   }
 }
 
-let mounts: { v2: string | null; memoryV1: string | null } | null = null;
-
-/** Where the cgroup hierarchies are mounted (from /proc/self/mountinfo), once per process. */
+/**
+ * Where the cgroup hierarchies are mounted (from /proc/self/mountinfo). Read each time: in a
+ * network namespace entered with `ip netns exec` they appear only once the runtime mounts them.
+ */
 function cgroupMounts(): { v2: string | null; memoryV1: string | null } {
-  if (mounts !== null) return mounts;
-  mounts = { v2: null, memoryV1: null };
+  const mounts: { v2: string | null; memoryV1: string | null } = { v2: null, memoryV1: null };
   for (const line of (readOr("/proc/self/mountinfo") ?? "").split("\n")) {
     const sep = line.indexOf(" - ");
     if (sep === -1) continue;
@@ -80,7 +80,16 @@ export function parsePressureTotal(text: string): number | undefined {
   return m === null ? undefined : Number(m[1]) / 1e6;
 }
 
+let memo: { at: number; stats: ContainerStats | null } | null = null;
+
+/** The figures, read at most once per 100 ms (one scrape reads them for several metrics). */
 export function readContainerStats(): ContainerStats | null {
+  const now = performance.now();
+  if (memo === null || now - memo.at > 100) memo = { at: now, stats: readContainerStatsNow() };
+  return memo.stats;
+}
+
+function readContainerStatsNow(): ContainerStats | null {
   const cg = ownCgroups();
   if (cg.v2 === null && cg.memoryV1 === null) return null;
   const stats: ContainerStats = { pressureSeconds: {} };
