@@ -1,17 +1,22 @@
 /**
- * CPU and memory stress (Chaos Mesh StressChaos): `stress-ng` next to a pod's engine.
+ * CPU, memory and IO stress (Chaos Mesh StressChaos; IOChaos for io): `stress-ng` next to a pod's engine.
  * - `Stress.cpu()`: 2 workers at 80 % load (`stress-ng --cpu 2 --cpu-load 80`);
- * - `Stress.memory()`: one worker holding 512 MB (`stress-ng --vm 1 --vm-bytes 512M --vm-keep`).
+ * - `Stress.memory()`: one worker holding 512 MB (`stress-ng --vm 1 --vm-bytes 512M --vm-keep`);
+ * - `Stress.io()`: one worker doing direct IO in a directory (`stress-ng --hdd 1`), in a pod.
  *
  * How: stress-ng runs as a ManagedProcess (its own process group, registered with the harness
  * cleanup, so a crashed run's workers die with it) inside the pod's network namespace when one
- * is given, so removing the pod's node kills it too. With `pod` given (cpu), the engine's
- * processes and stress-ng's share a CPU cgroup with the pod's limit for the fault's duration, as
- * in a container under StressChaos (cgroup.ts); without it the stress is machine-wide, as a
- * noisy neighbour on the pod's node is. `--timeout` bounds it even if every cleanup path failed.
+ * is given, so removing the pod's node kills it too. With `pod` given, stress-ng enters the pod's
+ * cgroups (cgroup.ts: its CPU or memory or IO limit, and a v2 directory for PSI) before it runs,
+ * and the engine's processes are moved there for the fault's duration, as in a container under
+ * StressChaos; the cgroup trees are mounted in the engine's mount namespace so it can read its
+ * own figures. Without `pod` the stress is machine-wide, as a noisy neighbour on the pod's node
+ * is. `--timeout` bounds it even if every cleanup path failed.
  *
- * Verify, from /proc: the workers (stress-ng's descendants) accumulate CPU time (cpu), or one of
- * them has VmRSS >= 500 MB (memory). Remove: stop the process group.
+ * Verify: the workers (stress-ng's descendants) accumulate CPU time (cpu); one of them has
+ * VmRSS >= 500 MB, or in a pod the memory cgroup counts an OOM kill (memory); the pod's cgroup
+ * does IO and its tasks stall on it for >= 30 % of the time (io). Remove: stop the process
+ * group, move the engine back.
  */
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
