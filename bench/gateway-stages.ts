@@ -21,6 +21,10 @@ export interface StageFigures {
   /** CPU us per request, by stage */
   bodyParseUs: number;
   renderUs: number;
+  /** the same renders with the template interpreted (no direct renderer): the same-run baseline */
+  renderInterpretedUs: number;
+  /** share of the bench's renders done by a direct renderer (fast-templates.ts) */
+  renderDirectShare: number;
   tokenizeUs: number;
   matchUs: number;
   scoreUs: number;
@@ -98,7 +102,12 @@ export async function stageBench(model: string, bodies: string[], n = 4000): Pro
   );
   const m = bodies.length;
   const bodyParseUs = await cpuUs(n, (i) => parseRequest("chat", bufs[i % m], "application/json"));
+  const template = tok.base.core.template!;
+  const direct0 = template.fastRenders;
   const renderUs = await cpuUs(n, (i) => tok.base.renderChatSync(parsed[i % m].chat!));
+  const renderDirectShare = (template.fastRenders - direct0) / (n + n / 4);
+  const interpreted = template.withoutFastPath();
+  const renderInterpretedUs = await cpuUs(n / 4, (i) => interpreted.render(parsed[i % m].chat!));
   // every text was encoded once above: its segments are cached, as in a warm gateway
   const tokenizeUs = await cpuUs(n, (i) => tok.encodePrompt(texts[i % m], false));
   const matchUs = await cpuUs(n, (i) => index.match(ns, ids[i % m]));
@@ -111,6 +120,8 @@ export async function stageBench(model: string, bodies: string[], n = 4000): Pro
   return {
     bodyParseUs: round(bodyParseUs),
     renderUs: round(renderUs),
+    renderInterpretedUs: round(renderInterpretedUs),
+    renderDirectShare: round(renderDirectShare * 100) / 100,
     tokenizeUs: round(tokenizeUs),
     matchUs: round(matchUs),
     scoreUs: round(scoreUs),

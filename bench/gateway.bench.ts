@@ -520,13 +520,16 @@ async function main(): Promise<void> {
   log(
     `  routing kv-aware, ${routing.promptTokens}-token prompts over ${routing.pods} pods ` +
       `(${routing.indexEntries} index entries): p50 ${routing.p50Us} us, p99 ${routing.p99Us} us wall; ` +
-      `CPU p50 ${routing.cpuP50Us} us, p99 ${routing.cpuP99Us} us`,
+      `CPU p50 ${routing.cpuP50Us} us, p99 ${routing.cpuP99Us} us; own cost (per-prompt medians) ` +
+      `p50 ${routing.workP50Us} us, p99 ${routing.workP99Us} us; ${routing.allocBytes} B allocated per decision, ` +
+      `${routing.gcDecisions} decisions ran a GC (${routing.gcShareOfSlowest} of the slowest 1 %)`,
   );
 
   log("  request stages in process (CPU per request)...");
   const stages = await stageBench(MODEL, BODIES, QUICK ? 1000 : 4000);
   log(
-    `  stages, us: body parse ${stages.bodyParseUs}, render ${stages.renderUs}, tokenize ${stages.tokenizeUs}, ` +
+    `  stages, us: body parse ${stages.bodyParseUs}, render ${stages.renderUs} ` +
+      `(interpreted ${stages.renderInterpretedUs}, direct share ${stages.renderDirectShare}), tokenize ${stages.tokenizeUs}, ` +
       `match ${stages.matchUs}, score ${stages.scoreUs}, usage parse ${stages.usageParseUs} (total ${stages.totalUs}; ` +
       `the gateway's CPU per request beyond this is the HTTP server and client)`,
   );

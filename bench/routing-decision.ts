@@ -2,6 +2,7 @@
  * The routing-decision part of bench:gateway, also run per side by its A/B (bench/ab/gateway-ab.ts).
  */
 import { performance } from "node:perf_hooks";
+import { getHeapStatistics } from "node:v8";
 import type { createIndex, PrefixIndex, StreamRef } from "../src/index/index.ts";
 import { type BlockStored, blockStored, type HashKey, type hashFromInt } from "../src/protocol/index.ts";
 import type { createPolicy, LoadTracker } from "../src/routing/index.ts";
@@ -31,6 +32,19 @@ export interface RoutingFigures {
   cpuP50Us: number;
   cpuP99Us: number;
   avgMatchedBlocks: number;
+  /**
+   * the decision's own cost: each prompt's median wall time over its repeats, then p50 / p99
+   * over the prompts. A decision the machine interrupted (descheduled, a GC) is one repeat of
+   * its prompt, so this leaves the machine's noise out where p99Us keeps it
+   */
+  workP50Us: number;
+  workP99Us: number;
+  /** decisions during which a scavenge or other GC ran (the heap shrank across the call) */
+  gcDecisions: number;
+  /** of the decisions slower than the wall p99, the share that ran a GC */
+  gcShareOfSlowest: number;
+  /** young-generation bytes a decision allocates (mean over decisions without a GC) */
+  allocBytes: number;
 }
 
 /**
@@ -117,18 +131,48 @@ export function routingBench(mods: RoutingModules, decisions: number): RoutingFi
   }
   const times = new Float64Array(N);
   const cpu = new Float64Array(N);
+  const gc = new Uint8Array(N);
   let matched = 0;
+  let allocSum = 0;
+  let allocN = 0;
   for (let i = -200; i < N; i++) {
     const req: RouteRequest = { ns, tokenIds: prompts[(i + 200) % prompts.length], candidates };
+    const h0 = getHeapStatistics().used_heap_size;
     const c0 = process.cpuUsage();
     const s = performance.now();
     const d = policy.route(req);
     const e = performance.now();
     const c1 = process.cpuUsage(c0);
+    const h1 = getHeapStatistics().used_heap_size;
     if (i >= 0) {
       times[i] = (e - s) * 1000;
       cpu[i] = c1.user + c1.system;
       matched += d.ranked[0].matchedBlocks;
+      // the heap only shrinks when a collection ran; otherwise it grew by what the call allocated
+      // (and by the two objects the figures themselves allocate, a few hundred bytes)
+      if (h1 < h0) gc[i] = 1;
+      else {
+        allocSum += h1 - h0;
+        allocN++;
+      }
+    }
+  }
+  const P = prompts.length;
+  const perPrompt = Array.from({ length: P }, () => [] as number[]);
+  for (let i = 0; i < N; i++) perPrompt[(i + 200) % P].push(times[i]);
+  const work = Float64Array.from(
+    perPrompt.filter((x) => x.length > 0),
+    (x) => x.sort((a, b) => a - b)[x.length >> 1],
+  ).sort();
+  const wallP99 = percentileSorted(Float64Array.from(times).sort(), 0.99);
+  let slowest = 0;
+  let slowestGc = 0;
+  let gcDecisions = 0;
+  for (let i = 0; i < N; i++) {
+    gcDecisions += gc[i];
+    if (times[i] > wallP99) {
+      slowest++;
+      slowestGc += gc[i];
     }
   }
   const sorted = times.sort();
@@ -146,5 +190,10 @@ export function routingBench(mods: RoutingModules, decisions: number): RoutingFi
     p99Us: round(percentileSorted(sorted, 0.99), 1),
     meanUs: round(sum / N, 1),
     avgMatchedBlocks: round(matched / N, 1),
+    workP50Us: round(percentileSorted(work, 0.5), 1),
+    workP99Us: round(percentileSorted(work, 0.99), 1),
+    gcDecisions,
+    gcShareOfSlowest: slowest === 0 ? 0 : round(slowestGc / slowest, 2),
+    allocBytes: allocN === 0 ? 0 : Math.round(allocSum / allocN),
   };
 }

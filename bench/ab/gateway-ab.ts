@@ -104,12 +104,19 @@ function routing() {
       if (r.status !== 0) throw new Error(`routing ${s.name} (${s.rev}) failed:\n${r.stderr}`);
       const f = JSON.parse(r.stdout.trim().split("\n").pop()!) as RoutingFigures;
       figures[s.name]!.push(f);
-      log(`  routing round ${k + 1} ${s.name}: CPU p50 ${f.cpuP50Us} µs, p99 ${f.cpuP99Us} µs`);
+      log(
+        `  routing round ${k + 1} ${s.name}: CPU p50 ${f.cpuP50Us} µs, p99 ${f.cpuP99Us} µs; own cost p50 ` +
+          `${f.workP50Us} µs, p99 ${f.workP99Us} µs; ${f.allocBytes} B/decision, ${f.gcDecisions} ran a GC`,
+      );
     }
   }
   const sum = (fs: RoutingFigures[]) => ({
     cpuP50Us: spread(fs.map((f) => f.cpuP50Us)),
     cpuP99Us: spread(fs.map((f) => f.cpuP99Us)),
+    workP50Us: spread(fs.map((f) => f.workP50Us)),
+    workP99Us: spread(fs.map((f) => f.workP99Us)),
+    allocBytes: spread(fs.map((f) => f.allocBytes)),
+    gcDecisions: spread(fs.map((f) => f.gcDecisions)),
     avgMatchedBlocks: fs[0]!.avgMatchedBlocks,
   });
   const b = sum(figures.base!);
@@ -120,6 +127,9 @@ function routing() {
     headVsBase: {
       cpuP50: round(h.cpuP50Us.median / b.cpuP50Us.median, 3),
       cpuP99: round(h.cpuP99Us.median / b.cpuP99Us.median, 3),
+      workP50: round(h.workP50Us.median / b.workP50Us.median, 3),
+      workP99: round(h.workP99Us.median / b.workP99Us.median, 3),
+      allocBytes: round(h.allocBytes.median / b.allocBytes.median, 3),
     },
   };
 }
@@ -153,7 +163,10 @@ async function main(): Promise<void> {
   log(
     `head / base: req/s ${l.headVsBase.rps} (per-round median ${l.headVsBase.rpsPerRoundMedian}), p50 ${l.headVsBase.p50}, ` +
       `p99 ${l.headVsBase.p99}` +
-      (r === null ? "" : `; routing CPU p50 ${r.headVsBase.cpuP50}, p99 ${r.headVsBase.cpuP99}`) +
+      (r === null
+        ? ""
+        : `; routing CPU p50 ${r.headVsBase.cpuP50}, p99 ${r.headVsBase.cpuP99}, own cost p50 ` +
+          `${r.headVsBase.workP50}, p99 ${r.headVsBase.workP99}, bytes/decision ${r.headVsBase.allocBytes}`) +
       " (latency: lower is better)",
   );
   const line = JSON.stringify(out);

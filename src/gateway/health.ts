@@ -75,6 +75,8 @@ export class TrackedRequest {
   private readonly unlink: () => void;
   last = performance.now();
   abortedBy: PodUnhealthyError | null = null;
+  /** the relay is waiting for its client to drain (see clientWait) */
+  waitingOnClient = false;
 
   constructor(
     readonly pod: string,
@@ -92,6 +94,15 @@ export class TrackedRequest {
   /** An upstream byte arrived: the pod is demonstrably alive for this request. */
   touch(): void {
     this.last = performance.now();
+  }
+
+  /**
+   * The relay waits for its client to drain: it reads nothing from the pod meanwhile, so the
+   * pod's silence says nothing about the pod. The silence clock restarts when the wait ends.
+   */
+  clientWait(waiting: boolean): void {
+    this.waitingOnClient = waiting;
+    if (!waiting) this.touch();
   }
 
   abort(err: PodUnhealthyError): void {
@@ -336,7 +347,7 @@ export class PodHealth {
     const silentMs = Math.max(this.o.probeIntervalMs, this.o.probeTimeoutMs);
     let n = 0;
     for (const t of s.inflight) {
-      if (now - t.last < silentMs || t.signal.aborted) continue;
+      if (now - t.last < silentMs || t.signal.aborted || t.waitingOnClient) continue;
       t.abort(new PodUnhealthyError(s.name, s.reason ?? "unhealthy"));
       s.inflight.delete(t);
       n++;

@@ -298,10 +298,10 @@ export class RequestProxy {
         for (const ev of splitter.push(c as Buffer)) {
           if (this.usage.inspectEvent(ev, pod, sc, plan, injected)) out += ev;
         }
-        if (out.length > 0 && !(await write(res, out))) break;
+        if (out.length > 0 && !(await write(res, out, tracked))) break;
       }
       const rest = splitter.end();
-      if (rest.length > 0 && !clientGone()) await write(res, rest);
+      if (rest.length > 0 && !clientGone()) await write(res, rest, tracked);
       if (!clientGone()) res.end();
       else {
         ctx.status = "client_closed";
@@ -339,10 +339,11 @@ function cutError(cut: PodUnhealthyError, where: string): GatewayError {
 }
 
 /** Write with backpressure; false when the client went away. */
-async function write(res: ServerResponse, s: string): Promise<boolean> {
+async function write(res: ServerResponse, s: string, tracked: TrackedRequest | null): Promise<boolean> {
   if (res.destroyed || res.writableEnded) return false;
   if (res.write(s)) return true;
   const ac = new AbortController();
+  tracked?.clientWait(true);
   try {
     await Promise.race([
       once(res, "drain", { signal: ac.signal }),
@@ -352,6 +353,7 @@ async function write(res: ServerResponse, s: string): Promise<boolean> {
     // aborted listener
   } finally {
     ac.abort();
+    tracked?.clientWait(false);
   }
   return !res.destroyed && !res.writableEnded;
 }

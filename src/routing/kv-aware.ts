@@ -51,6 +51,9 @@ export const KV_AWARE_DEFAULTS: Readonly<KvAwareOptions> = Object.freeze({
   workSlack: 0.2,
 });
 
+/** distinct stream ids kept in the slot map before it starts over */
+const MAX_SLOTS = 1 << 16;
+
 const ZERO_TIERS: TierCounts = Object.freeze({ GPU: 0, CPU: 0, STORAGE: 0 }) as TierCounts;
 
 /** Full blocks of a prompt of `n` tokens that an engine can reuse: it always computes the last token. */
@@ -110,6 +113,12 @@ export class KvAwarePolicy implements RoutingPolicy {
   readonly name = "kv-aware" as const;
   private readonly o: KvAwareOptions;
   private rotation = 0;
+  /** streamId -> slot for matchStamp / matchPos (bounded by MAX_SLOTS) */
+  private readonly slots = new Map<string, number>();
+  /** per slot: the decision (stamp) whose match list holds the stream, and its position there */
+  private matchStamp = new Uint32Array(128);
+  private matchPos = new Int32Array(128);
+  private stamp = 0;
 
   constructor(
     private readonly index: MatchSource,
@@ -128,7 +137,10 @@ export class KvAwarePolicy implements RoutingPolicy {
   route(req: RouteRequest): RoutingDecision {
     const n = req.tokenIds.length;
     const nsSize = req.ns.blockSize;
-    const byStream = new Map<string, StreamMatch>();
+    // this decision's matches, found by stream through slotOf (no Map per decision: a 100-entry
+    // Map is ~7 kB of the decision's garbage)
+    let found: StreamMatch[] = [];
+    const stamp = this.nextStamp();
     // one match per block size among the live candidates (pods of a model usually share one)
     let sizes: number[] | null = null;
     for (const c of req.candidates) {
@@ -149,13 +161,23 @@ export class KvAwarePolicy implements RoutingPolicy {
         }
         // a stream's blocks live in its events' block size; with mixed sizes, a match in another
         // size (a stream whose size changed) must not stand in for its own
-        for (const m of matches)
-          if (!mixed || this.sizeOf(req, m.streamId) === bs) byStream.set(m.streamId, m);
+        if (!mixed) found = matches; // one size: the index's list itself, no copy
+        for (let k = 0; k < matches.length; k++) {
+          const m = matches[k];
+          if (mixed && this.sizeOf(req, m.streamId) !== bs) continue;
+          const slot = this.slotOf(m.streamId);
+          this.matchStamp[slot] = stamp;
+          this.matchPos[slot] = mixed ? found.length : k;
+          if (mixed) found.push(m);
+        }
       }
     }
     const scored = req.candidates.map((c) => {
       const bs = c.blockSize ?? nsSize;
-      return this.score(c, byStream.get(c.streamId), n, bs, reusableBlocks(n, bs));
+      const slot = this.slots.get(c.streamId);
+      const m =
+        slot !== undefined && this.matchStamp[slot] === stamp ? found[this.matchPos[slot]] : undefined;
+      return this.score(c, m, n, bs, reusableBlocks(n, bs));
     });
     const ranked = preferLeastWork(
       rankByScore(scored, req.dryRun ? this.rotation : this.rotation++),
@@ -164,6 +186,38 @@ export class KvAwarePolicy implements RoutingPolicy {
     );
     if (this.rotation > 1e9) this.rotation = 0;
     return { policy: this.name, ranked };
+  }
+
+  /** A stable small number for a stream id (kept across decisions; strings and ints only). */
+  private slotOf(streamId: string): number {
+    let slot = this.slots.get(streamId);
+    if (slot === undefined) {
+      slot = this.slots.size;
+      this.slots.set(streamId, slot);
+      if (slot >= this.matchStamp.length) {
+        const stamps = new Uint32Array(this.matchStamp.length * 2);
+        stamps.set(this.matchStamp);
+        this.matchStamp = stamps;
+        const pos = new Int32Array(this.matchPos.length * 2);
+        pos.set(this.matchPos);
+        this.matchPos = pos;
+      }
+    }
+    return slot;
+  }
+
+  /**
+   * A new decision's stamp. Between decisions (never within one, whose slots must stay put) the
+   * slot map starts over when streams that came and went filled it: it holds at most MAX_SLOTS
+   * plus one decision's matches.
+   */
+  private nextStamp(): number {
+    if (this.slots.size >= MAX_SLOTS) this.slots.clear();
+    if (this.stamp >= 0xfffffffe || this.slots.size === 0) {
+      this.stamp = 0;
+      this.matchStamp.fill(0);
+    }
+    return ++this.stamp;
   }
 
   private sizeOf(req: RouteRequest, streamId: string): number {
@@ -189,11 +243,15 @@ export class KvAwarePolicy implements RoutingPolicy {
       candidate: c,
       matchedBlocks,
       matchedTokens: matchedBlocks * bs,
-      tiers: {
-        GPU: Math.min(tiers.GPU, cap),
-        CPU: Math.min(tiers.CPU, cap),
-        STORAGE: Math.min(tiers.STORAGE, cap),
-      },
+      // the match's own counts when the cap does not cut them (no copy per candidate)
+      tiers:
+        tiers.GPU <= cap && tiers.CPU <= cap && tiers.STORAGE <= cap
+          ? tiers
+          : {
+              GPU: Math.min(tiers.GPU, cap),
+              CPU: Math.min(tiers.CPU, cap),
+              STORAGE: Math.min(tiers.STORAGE, cap),
+            },
       savedTokens: saved,
       trust,
       load,

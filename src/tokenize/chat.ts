@@ -15,6 +15,7 @@
  */
 import { Template } from "@huggingface/jinja";
 import { TokenizerError } from "./errors.ts";
+import { type FastRender, fastRendererFor } from "./fast-templates.ts";
 import type { ChatMessage, ChatRequestLike } from "./types.ts";
 
 export interface ConversationMessage {
@@ -213,14 +214,24 @@ export interface ChatTemplateOptions {
   template: string;
   /** special tokens map passed to the template (bos_token, eos_token, ...) like transformers */
   specialTokens: Record<string, unknown>;
+  /** use a direct renderer when one matches the source (default true; false: always interpret) */
+  fastPath?: boolean;
 }
 
 /** A compiled chat template. */
 export class ChatTemplate {
   private readonly compiled: Template;
   private readonly specialTokens: Record<string, unknown>;
+  /** a direct renderer for this exact source (fast-templates.ts), null: always interpreted */
+  private readonly fast: FastRender | null;
+  /** renders done by the direct renderer / by the interpreter (the bench reports the share) */
+  fastRenders = 0;
+  interpretedRenders = 0;
+
+  private readonly source: string;
 
   constructor(opts: ChatTemplateOptions) {
+    this.source = opts.template;
     try {
       this.compiled = new Template(opts.template);
     } catch (e) {
@@ -229,6 +240,12 @@ export class ChatTemplate {
       });
     }
     this.specialTokens = opts.specialTokens;
+    this.fast = opts.fastPath === false ? null : fastRendererFor(opts.template);
+  }
+
+  /** The same template, always interpreted (benchmarks and tests compare the two). */
+  withoutFastPath(): ChatTemplate {
+    return new ChatTemplate({ template: this.source, specialTokens: this.specialTokens, fastPath: false });
   }
 
   render(req: ChatRequestLike): string {
@@ -250,10 +267,28 @@ export class ChatTemplate {
     if (kwargs === null || typeof kwargs !== "object" || Array.isArray(kwargs)) {
       throw new TokenizerError("bad_request", "chat_template_kwargs must be an object");
     }
+    const tools = normalizeTools(req.tools);
+    let rendered =
+      this.fast === null ? null : this.fast({ messages, tools, addGenerationPrompt: addGen, kwargs });
+    if (rendered !== null) this.fastRenders++;
+    else {
+      this.interpretedRenders++;
+      rendered = this.interpret(messages, tools, addGen, kwargs);
+    }
+    if (continueFinal) rendered = trimAfterFinalMessage(rendered, messages[messages.length - 1].content);
+    return rendered;
+  }
+
+  private interpret(
+    messages: ConversationMessage[],
+    tools: Record<string, unknown>[] | null,
+    addGen: unknown,
+    kwargs: Record<string, unknown>,
+  ): string {
     const ctx: Record<string, unknown> = {
       ...this.specialTokens,
       messages,
-      tools: normalizeTools(req.tools),
+      tools,
       documents: null,
       add_generation_prompt: addGen,
     };
@@ -261,16 +296,13 @@ export class ChatTemplate {
       if (RESERVED_GLOBALS.has(k)) continue;
       ctx[k] = v;
     }
-    let rendered: string;
     try {
-      rendered = this.compiled.render(ctx);
+      return this.compiled.render(ctx);
     } catch (e) {
       if (e instanceof TokenizerError) throw e;
       throw new TokenizerError("bad_request", `chat template failed to render: ${(e as Error).message}`, {
         cause: e,
       });
     }
-    if (continueFinal) rendered = trimAfterFinalMessage(rendered, messages[messages.length - 1].content);
-    return rendered;
   }
 }

@@ -92,12 +92,14 @@ export async function startFleet(
  */
 export async function startFakePod(
   handler: (req: IncomingMessage, res: ServerResponse) => void,
+  healthy: () => boolean = () => true,
 ): Promise<{ url: string; server: Server; requests: number; close(): Promise<void> }> {
   const state = { requests: 0 };
   const server = createServer((req, res) => {
-    // the gateway's health probe: answered like an engine's, not counted, never scripted
+    // the gateway's health probe: answered like an engine's (200, or 503 while `healthy` says
+    // no), not counted, never passed to the handler
     if (req.method === "GET" && req.url === "/health") {
-      res.writeHead(200).end();
+      res.writeHead(healthy() ? 200 : 503).end();
       return;
     }
     state.requests++;

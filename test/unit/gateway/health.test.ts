@@ -274,6 +274,76 @@ describe("health signal with scripted pods", () => {
     assert.ok(Date.now() - t0 >= 1_400, "non-streaming requests keep the headers timeout");
   });
 
+  test("a stream paused by its own client is not cut when its pod goes out of rotation", async () => {
+    // the pod streams more than the pipes hold; the client stops reading, so the relay stops
+    // reading the pod: the pod's silence on this request is the client's doing, not the pod's
+    const chunk = `data: ${JSON.stringify({ choices: [{ index: 0, text: "y".repeat(16_000) }] })}\n\n`;
+    const total = 2000;
+    const state = { written: 0, blocked: false, done: false, healthy: true };
+    const pod = await startFakePod(
+      async (req, res) => {
+        req.resume();
+        res.writeHead(200, { "content-type": "text/event-stream" });
+        for (let i = 0; i < total; i++) {
+          if (!res.write(chunk)) {
+            state.blocked = true;
+            const closed = await new Promise<boolean>((r) => {
+              res.once("drain", () => r(false));
+              res.once("close", () => r(true));
+            });
+            state.blocked = false;
+            if (closed) return;
+          }
+          state.written++;
+        }
+        res.end("data: [DONE]\n\n");
+        state.done = true;
+      },
+      () => state.healthy,
+    );
+    cleanups.push(() => pod.close());
+    const gw = await startGateway({
+      pods: [fakePodInfo("p", pod.url)],
+      subscribe: false,
+      tokenizers: false,
+      adminPort: null,
+      health: { probeIntervalMs: 200, probeTimeoutMs: 200 },
+      log: silentLogger(),
+    });
+    cleanups.push(() => gw.close());
+    const r = await fetch(`${gw.url}/v1/completions`, {
+      method: "POST",
+      body: JSON.stringify(completion({ stream: true })),
+    });
+    assert.equal(r.status, 200);
+    const reader = r.body!.getReader();
+    await reader.read();
+    await waitFor("the pod blocked on a full pipe", () => state.blocked, 10_000);
+    // the pod's probes fail: out of rotation; the sweeps of the next ticks (each well past the
+    // silence bound of one probe period) pass over the paused request
+    state.healthy = false;
+    const health = gw.core.health!;
+    await waitFor("the pod out of rotation", () => health.status("p")?.healthy === false, 10_000);
+    await waitFor(
+      "four more failed probes (sweeps) while out",
+      () => health.status("p")!.probeFailures >= 6,
+      10_000,
+    );
+    assert.equal(state.blocked, true, "the client still reads nothing");
+    let bytes = 0;
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      bytes += value.length;
+    }
+    assert.ok(state.done, `pod wrote ${state.written} of ${total}`);
+    assert.ok(bytes >= (total - state.written) * chunk.length);
+    assert.equal(
+      await metricValue(gw, "kvsync_gateway_upstream_aborts_total", { reason: "pod_unhealthy" }),
+      0,
+    );
+  });
+
   test("request failures take a pod out; removed pods are forgotten", async () => {
     // probes pass, completions reset: only the passive signal can take this pod out
     const resets = await startFakePod((req) => req.socket.destroy());
