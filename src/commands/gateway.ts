@@ -2,6 +2,7 @@ import type { Command } from "commander";
 import { addDiscoveryOptions, discoveryOptionsFrom } from "../discovery/index.ts";
 import { startGateway } from "../gateway/gateway.ts";
 import { HEALTH_DEFAULTS } from "../gateway/health.ts";
+import { PRESSURE_DEFAULTS } from "../gateway/pod-pressure.ts";
 import { DEFAULT_BLOCK_SIZE, GATEWAY_DEFAULTS } from "../gateway/server.ts";
 import { KV_AWARE_DEFAULTS } from "../routing/kv-aware.ts";
 import { PREFIX_APPROX_DEFAULTS } from "../routing/prefix-approx.ts";
@@ -52,6 +53,7 @@ interface GatewayCliOptions extends ClusterCliOptions, FeedbackCliOptions {
   connectionsPerPod: number;
   scrapeEngineMetrics: boolean;
   scrapeIntervalMs: number;
+  podPressureRatio: number;
   gpuWeight: number;
   cpuWeight: number;
   storageWeight: number;
@@ -243,6 +245,14 @@ export function register(program: Command): void {
     )
     .addOption(
       opt(
+        "--pod-pressure-ratio <x>",
+        "with --scrape-engine-metrics: a pod whose container waits for CPU, memory or IO this share of the time (PSI, cAdvisor's container_pressure_*) logs gateway.pod_pressure (0 = off)",
+        "KVSYNC_POD_PRESSURE_RATIO",
+        PRESSURE_DEFAULTS.ratio,
+      ).argParser(parseFloatArg),
+    )
+    .addOption(
+      opt(
         "--gpu-weight <x>",
         "kv-aware: share of prefill saved by a GPU block",
         "KVSYNC_GPU_WEIGHT",
@@ -402,6 +412,7 @@ export function register(program: Command): void {
         connectionsPerPod: o.connectionsPerPod,
         scrapeEngineMetrics: o.scrapeEngineMetrics,
         scrapeIntervalMs: o.scrapeIntervalMs,
+        pressure: o.podPressureRatio > 0 ? { ratio: o.podPressureRatio } : false,
         kvAware: {
           gpuWeight: o.gpuWeight,
           cpuWeight: o.cpuWeight,

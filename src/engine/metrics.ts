@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { PRESSURE_RESOURCES, readContainerStats } from "./container-stats.ts";
 
 /**
  * vLLM's metric names (prom-client accepts the colon), on a per-engine Registry. Labels:
@@ -83,6 +84,29 @@ export class EngineMetrics {
       help: "Count of successfully processed requests.",
       labelNames: ["model_name", "engine", "finished_reason"],
       registers,
+    });
+    // the container's own figures, under cAdvisor's names (container-stats.ts); gauges because
+    // they are read from the kernel at scrape time, though they only grow within one cgroup
+    for (const r of PRESSURE_RESOURCES)
+      new Gauge({
+        name: `container_pressure_${r}_waiting_seconds_total`,
+        help: `Time at least one of the container's tasks waited for ${r} (PSI some), seconds.`,
+        registers,
+        collect() {
+          const s = readContainerStats()?.pressureSeconds[r];
+          if (s === undefined) this.reset();
+          else this.set(s);
+        },
+      });
+    new Gauge({
+      name: "container_oom_events_total",
+      help: "OOM kills inside the container's memory cgroup.",
+      registers,
+      collect() {
+        const n = readContainerStats()?.oomKills;
+        if (n === undefined) this.reset();
+        else this.set(n);
+      },
     });
     this.httpErrors = new Counter({
       name: "kvsync_mock_engine_http_errors_total",

@@ -41,6 +41,9 @@ export class GatewayMetrics {
   readonly upstreamAborts: Counter<"reason">;
   readonly podSlow: Counter<"pod">;
   readonly podLatencyP75: Gauge<"pod" | "source">;
+  readonly podPressure: Gauge<"pod" | "resource">;
+  readonly podPressureTotal: Counter<"pod" | "resource">;
+  readonly podOomKills: Counter<"pod">;
   /** read at scrape time by the per-stream and per-pod gauges */
   sources: MetricSources | null = null;
 
@@ -224,6 +227,24 @@ export class GatewayMetrics {
       name: "kvsync_gateway_pod_latency_p75_seconds",
       help: "Upper quartile of each pod's latency over the slowness window, by source (ttfb: requests' time to first byte; probe: health probe round trip); absent: too few samples",
       labelNames: ["pod", "source"],
+      registers,
+    });
+    this.podPressure = new Gauge({
+      name: "kvsync_gateway_pod_pressure_ratio",
+      help: "Share of the last scrape interval in which a pod's container waited for the resource (PSI some, from its /metrics); absent: not reported",
+      labelNames: ["pod", "resource"],
+      registers,
+    });
+    this.podPressureTotal = new Counter({
+      name: "kvsync_gateway_pod_pressure_total",
+      help: "Times a pod came under pressure for a resource (gateway.pod_pressure)",
+      labelNames: ["pod", "resource"],
+      registers,
+    });
+    this.podOomKills = new Counter({
+      name: "kvsync_gateway_pod_oom_kills_total",
+      help: "OOM kills inside a pod's containers, from its /metrics (gateway.pod_oom_kill)",
+      labelNames: ["pod"],
       registers,
     });
   }

@@ -23,6 +23,7 @@ import { type HealthOptions, originOf, PodHealth } from "./health.ts";
 import { MatchWatch, type MatchWatchOptions } from "./match-watch.ts";
 import { GatewayMetrics } from "./metrics.ts";
 import { type ExplainResult, Planner } from "./planner.ts";
+import { PodPressure, type PressureOptions } from "./pod-pressure.ts";
 import { type RequestCtx, RequestProxy } from "./proxy.ts";
 import { type RequestKind, readBody } from "./request.ts";
 import { API_ROUTES, parseRequest } from "./request-kinds.ts";
@@ -73,6 +74,8 @@ export interface GatewayCoreOptions {
   connectionsPerPod?: number;
   scrapeEngineMetrics?: boolean;
   scrapeIntervalMs?: number;
+  /** the pods' container pressure, from the scrapes (pod-pressure.ts); false = off */
+  pressure?: Partial<PressureOptions> | false;
   registry?: Registry;
   log?: Logger;
 }
@@ -110,6 +113,7 @@ export class GatewayCore {
   private readonly proxy: RequestProxy;
   private readonly pools: UpstreamPools;
   private readonly scraper: EngineMetricsScraper | null;
+  private readonly pressure: PodPressure | null;
   private readonly maxBodyBytes: number;
   /** which pod stored which `/v1/responses` id (follow-ups, retrieve and cancel go there) */
   private readonly affinity = new ResponseAffinity();
@@ -124,12 +128,15 @@ export class GatewayCore {
     this.metrics = new GatewayMetrics(opts.registry ?? new Registry());
     this.maxBodyBytes = opts.maxBodyBytes ?? G.maxBodyBytes;
     const headersTimeoutMs = opts.headersTimeoutMs ?? G.headersTimeoutMs;
+    const pressure = opts.scrapeEngineMetrics && opts.pressure !== false ? opts.pressure : undefined;
+    this.pressure = pressure === undefined ? null : new PodPressure(pressure, this.metrics, this.log);
     this.scraper = opts.scrapeEngineMetrics
       ? new EngineMetricsScraper({
           intervalMs: opts.scrapeIntervalMs ?? G.scrapeIntervalMs,
           timeoutMs: Math.min(1_000, opts.scrapeIntervalMs ?? G.scrapeIntervalMs),
           log: this.log,
           onScrape: (_pod, ok) => this.metrics.engineScrapes.inc({ result: ok ? "ok" : "error" }),
+          onText: (pod, text) => this.pressure?.observe(pod, text),
         })
       : null;
     this.loads = new LoadTracker(this.scraper);
@@ -247,6 +254,7 @@ export class GatewayCore {
     const ready = [...pods.values()].filter((p) => p.ready);
     this.scraper?.setPods(ready);
     this.health?.setPods(ready);
+    this.pressure?.retain(new Set(ready.map((p) => p.name)));
   }
 
   /** node:http request listener for the OpenAI API port. */

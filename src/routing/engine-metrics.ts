@@ -63,6 +63,8 @@ export interface EngineMetricsScraperOptions {
   log: Logger;
   /** called after each scrape attempt (metrics) */
   onScrape?: (pod: string, ok: boolean) => void;
+  /** called with each scrape's text (the pod's other figures, e.g. its container's pressure) */
+  onText?: (pod: string, text: string) => void;
 }
 
 /**
@@ -118,6 +120,7 @@ export class EngineMetricsScraper implements EngineLoadSource {
       if (parsed !== null && this.pods.has(name))
         this.samples.set(name, { at: performance.now(), ...parsed });
       this.o.onScrape?.(name, parsed !== null);
+      if (this.pods.has(name)) this.o.onText?.(name, text);
     } catch (err) {
       this.o.onScrape?.(name, false);
       this.o.log.debug(

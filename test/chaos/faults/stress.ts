@@ -1,24 +1,29 @@
 /**
- * CPU and memory stress (Chaos Mesh StressChaos): `stress-ng` next to a pod's engine.
+ * CPU, memory and IO stress (Chaos Mesh StressChaos; IOChaos for io): `stress-ng` next to a pod's engine.
  * - `Stress.cpu()`: 2 workers at 80 % load (`stress-ng --cpu 2 --cpu-load 80`);
- * - `Stress.memory()`: one worker holding 512 MB (`stress-ng --vm 1 --vm-bytes 512M --vm-keep`).
+ * - `Stress.memory()`: one worker holding 512 MB (`stress-ng --vm 1 --vm-bytes 512M --vm-keep`);
+ * - `Stress.io()`: one worker doing direct IO in a directory (`stress-ng --hdd 1`), in a pod.
  *
  * How: stress-ng runs as a ManagedProcess (its own process group, registered with the harness
  * cleanup, so a crashed run's workers die with it) inside the pod's network namespace when one
- * is given, so removing the pod's node kills it too. With `pod` given (cpu), the engine's
- * processes and stress-ng's share a CPU cgroup with the pod's limit for the fault's duration, as
- * in a container under StressChaos (cgroup.ts); without it the stress is machine-wide, as a
- * noisy neighbour on the pod's node is. `--timeout` bounds it even if every cleanup path failed.
+ * is given, so removing the pod's node kills it too. With `pod` given, stress-ng enters the pod's
+ * cgroups (cgroup.ts: its CPU or memory or IO limit, and a v2 directory for PSI) before it runs,
+ * and the engine's processes are moved there for the fault's duration, as in a container under
+ * StressChaos; the cgroup trees are mounted in the engine's mount namespace so it can read its
+ * own figures. Without `pod` the stress is machine-wide, as a noisy neighbour on the pod's node
+ * is. `--timeout` bounds it even if every cleanup path failed.
  *
- * Verify, from /proc: the workers (stress-ng's descendants) accumulate CPU time (cpu), or one of
- * them has VmRSS >= 500 MB (memory). Remove: stop the process group.
+ * Verify: the workers (stress-ng's descendants) accumulate CPU time (cpu); one of them has
+ * VmRSS >= 500 MB, or in a pod the memory cgroup counts an OOM kill (memory); the pod's cgroup
+ * does IO and its tasks stall on it for >= 30 % of the time (io). Remove: stop the process
+ * group, move the engine back.
  */
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { childEnv, ManagedProcess } from "../../../harness/proc.ts";
 import { RUN_ENV } from "../../e2e/harness/netns.ts";
 import { scaled, waitFor } from "../../e2e/harness/wait.ts";
-import { PodCpuCgroup } from "./cgroup.ts";
+import { exposeCgroups, PodCgroup } from "./cgroup.ts";
 import { type Fault, FaultNotInEffect, sleep } from "./fault.ts";
 
 export interface StressEvidence {
@@ -29,17 +34,28 @@ export interface StressEvidence {
   maxRssBytes?: number;
   /** cpu in a pod cgroup: how long the pod's limit throttled it while sampled (ms per s) */
   throttledMsPerSecond?: number;
+  /** io: IO operations the pod's cgroup did while sampled, per second */
+  iops?: number;
+  /** memory in a pod cgroup: OOM kills in it since apply */
+  oomKills?: number;
+  /** in a pod cgroup: its PSI stall share while sampled (stalled s per s), for the stressed resource */
+  stallShare?: number;
 }
 
-/** The pod whose CPU limit the stress shares: its engine's process and the limit (CPUs). */
+/** The pod whose cgroups the stress shares: its engine's process and the pod's limits. */
 export interface StressPod {
   name: string;
   pid: () => number;
-  cpus: number;
+  /** CPU limit (CPUs) */
+  cpus?: number;
+  /** memory limit (bytes) */
+  memoryBytes?: number;
+  /** IO limit: operations a second on a disk (`major:minor`) */
+  iops?: { device: string; perSecond: number };
 }
 
 interface StressSpec {
-  kind: "cpu" | "memory";
+  kind: "cpu" | "memory" | "io";
   args: string[];
 }
 
@@ -95,7 +111,8 @@ export function rssBytes(pid: number): number {
 export class Stress implements Fault<StressEvidence> {
   readonly name: string;
   private proc: ManagedProcess | null = null;
-  private cgroup: PodCpuCgroup | null = null;
+  private cgroup: PodCgroup | null = null;
+  private oomBase = 0;
 
   private constructor(
     private readonly spec: StressSpec,
@@ -116,9 +133,30 @@ export class Stress implements Fault<StressEvidence> {
     return new Stress({ kind: "cpu", args }, opts);
   }
 
-  static memory(opts: { logDir: string; ns?: string; timeoutSeconds?: number; bytes?: string }) {
+  static memory(opts: {
+    logDir: string;
+    ns?: string;
+    timeoutSeconds?: number;
+    bytes?: string;
+    pod?: StressPod;
+  }) {
     return new Stress(
       { kind: "memory", args: ["--vm", "1", "--vm-bytes", opts.bytes ?? "512M", "--vm-keep"] },
+      opts,
+    );
+  }
+
+  /**
+   * IO in a pod (`pod.iops` set): one worker writing and reading 16 MB with O_DIRECT (every
+   * operation reaches the disk) in `dir`, standing for the pod's volume IO; the pod's IO limit
+   * makes each operation past the rate wait its turn (~100 ms at 10 a second).
+   */
+  static io(opts: { logDir: string; ns?: string; timeoutSeconds?: number; dir: string; pod: StressPod }) {
+    return new Stress(
+      {
+        kind: "io",
+        args: ["--hdd", "1", "--hdd-bytes", "16M", "--hdd-opts", "direct", "--temp-path", opts.dir],
+      },
       opts,
     );
   }
@@ -134,9 +172,22 @@ export class Stress implements Fault<StressEvidence> {
   async apply(): Promise<void> {
     if (this.active) return;
     const argv = [...this.spec.args, "--timeout", `${this.opts.timeoutSeconds ?? 120}s`, "--quiet"];
-    const [cmd, args] = this.opts.ns
+    let [cmd, args] = this.opts.ns
       ? ["ip", ["netns", "exec", this.opts.ns, "stress-ng", ...argv]]
       : ["stress-ng", argv];
+    const pod = this.opts.pod;
+    if (pod !== undefined) {
+      this.cgroup = new PodCgroup(pod.name, { cpus: pod.cpus, memoryBytes: pod.memoryBytes, iops: pod.iops });
+      this.cgroup.create();
+      this.oomBase = this.cgroup.oomKills();
+      const engine = pod.pid();
+      this.cgroup.add([engine, ...descendants(engine)]);
+      await exposeCgroups(engine);
+      // stress-ng enters the pod's cgroups before it runs (its memory is charged to the pod's
+      // limit from the first page, its workers are born inside), as in the container
+      const enter = this.cgroup.dirs.map((d) => `echo $$ > '${d}/cgroup.procs' || exit 97`).join("; ");
+      [cmd, args] = ["sh", ["-c", `${enter}; exec "$@"`, "sh", cmd, ...args]];
+    }
     this.proc = new ManagedProcess(
       `stress-${this.spec.kind}`,
       cmd,
@@ -144,14 +195,6 @@ export class Stress implements Fault<StressEvidence> {
       join(this.opts.logDir, `stress-${this.spec.kind}-${Date.now()}.log`),
       childEnv(RUN_ENV, String(process.pid)),
     );
-    const pod = this.opts.pod;
-    if (pod !== undefined && this.spec.kind === "cpu") {
-      this.cgroup = new PodCpuCgroup(pod.name, pod.cpus);
-      this.cgroup.create();
-      const engine = pod.pid();
-      // stress-ng's workers fork at once: those forked before the move are moved in verify()
-      this.cgroup.add([engine, ...descendants(engine), this.proc.pid, ...descendants(this.proc.pid)]);
-    }
   }
 
   async verify(): Promise<StressEvidence> {
@@ -164,7 +207,7 @@ export class Stress implements Fault<StressEvidence> {
         `${this.name} workers burn CPU`,
         async () => {
           const workers = descendants(proc.pid);
-          this.cgroup?.add(workers);
+          const st0 = this.cgroup?.stallSeconds("cpu") ?? 0;
           const t0 = workers.reduce((s, p) => s + cpuSeconds(p), 0);
           const th0 = this.cgroup?.throttledMs() ?? 0;
           const w0 = performance.now();
@@ -174,9 +217,9 @@ export class Stress implements Fault<StressEvidence> {
           ev = { workers: workers.length, cpuPerSecond: used / secs };
           if (this.cgroup !== null) {
             ev.throttledMsPerSecond = ((this.cgroup.throttledMs() ?? 0) - th0) / secs;
+            ev.stallShare = (this.cgroup.stallSeconds("cpu") - st0) / secs;
             const engine = this.opts.pod!.pid();
-            if (!this.cgroup.pids().includes(engine))
-              return `the engine (pid ${engine}) is not in ${this.cgroup.dir}`;
+            if (!this.cgroup.holds(engine)) return `the engine (pid ${engine}) is not in ${this.cgroup.dir}`;
             // throttling is evidence, not a condition: on a machine loaded by other work the
             // workers get less than the limit, and the engine then shares the cgroup's one CPU
             // weight with them (cgroup v1 group scheduling) instead of holding its own
@@ -193,15 +236,55 @@ export class Stress implements Fault<StressEvidence> {
       });
       return ev;
     }
+    if (this.spec.kind === "io") return this.verifyIo(proc);
     let ev: StressEvidence = { workers: 0 };
+    const cg = this.cgroup;
     await waitFor(
-      `${this.name} worker holds 500 MB`,
+      cg === null ? `${this.name} worker holds 500 MB` : `${this.name} overruns the pod's memory limit`,
       () => {
         const workers = descendants(proc.pid);
         ev = { workers: workers.length, maxRssBytes: Math.max(0, ...workers.map(rssBytes)) };
-        return ev.maxRssBytes! >= 500e6 ? true : `max VmRSS ${(ev.maxRssBytes! / 1e6).toFixed(0)} MB`;
+        if (cg === null)
+          return ev.maxRssBytes! >= 500e6 ? true : `max VmRSS ${(ev.maxRssBytes! / 1e6).toFixed(0)} MB`;
+        // in a pod whose limit the stress overruns, the proof is the kernel killing in it
+        ev.oomKills = cg.oomKills() - this.oomBase;
+        const engine = this.opts.pod!.pid();
+        if (!cg.holds(engine)) return `the engine (pid ${engine}) is not in ${cg.dir}`;
+        return ev.oomKills > 0 ? true : `no OOM kill yet, max VmRSS ${(ev.maxRssBytes! / 1e6).toFixed(0)} MB`;
       },
       { timeoutMs: scaled(15_000), intervalMs: 200 },
+    ).catch((err: Error) => {
+      throw new FaultNotInEffect(this.name, err.message);
+    });
+    return ev;
+  }
+
+  /** The worker does IO in the pod's cgroup and the pod's tasks stall on it (PSI io). */
+  private async verifyIo(proc: ManagedProcess): Promise<StressEvidence> {
+    const cg = this.cgroup;
+    if (cg === null) throw new FaultNotInEffect(this.name, "no pod cgroup");
+    let ev: StressEvidence = { workers: 0 };
+    await waitFor(
+      `${this.name} stalls the pod's IO`,
+      async () => {
+        const ops0 = cg.ioOps();
+        const st0 = cg.stallSeconds("io");
+        const w0 = performance.now();
+        await sleep(1000);
+        const secs = (performance.now() - w0) / 1000;
+        ev = {
+          workers: descendants(proc.pid).length,
+          iops: (cg.ioOps() - ops0) / secs,
+          stallShare: (cg.stallSeconds("io") - st0) / secs,
+        };
+        const engine = this.opts.pod!.pid();
+        if (!cg.holds(engine)) return `the engine (pid ${engine}) is not in ${cg.dir}`;
+        // the worker's IO goes through the limit, and waiting on it is most of its time
+        return ev.iops! > 0 && ev.stallShare! >= 0.3
+          ? true
+          : `${ev.iops!.toFixed(1)} IO/s, stall share ${ev.stallShare!.toFixed(2)}`;
+      },
+      { timeoutMs: scaled(15_000), intervalMs: 100 },
     ).catch((err: Error) => {
       throw new FaultNotInEffect(this.name, err.message);
     });
