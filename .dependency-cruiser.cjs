@@ -6,6 +6,9 @@
  * about the HTTP side. A new folder under src/ fails this check until it is given a layer below.
  *
  * Type-only imports count: a type pulled from a higher layer couples the layers just as much.
+ *
+ * bench/ and harness/ are checked too: a bench imports nothing from test/ (harness/ holds what
+ * both start), so a test refactor never breaks a bench.
  */
 
 /** lowest first; within a layer, folders do not import each other unless the layer says so */
@@ -81,6 +84,27 @@ module.exports = {
       severity: "error",
       from: { path: "^src/" },
       to: { path: "^(test|bench)/" },
+    },
+    {
+      name: "bench-not-to-test",
+      comment: "benches import nothing from test/: what both start (processes, nats-server, engines) lives in harness/",
+      severity: "error",
+      from: { path: "^bench/" },
+      to: { path: "^test/" },
+    },
+    {
+      name: "harness-stands-below",
+      comment: "harness/ serves test/ and bench/ alike, so it imports neither",
+      severity: "error",
+      from: { path: "^harness/" },
+      to: { path: "^(test|bench)/" },
+    },
+    {
+      name: "not-to-harness",
+      comment: "src/ is shipped: the test and bench harness is not",
+      severity: "error",
+      from: { path: "^src/" },
+      to: { path: "^harness/" },
     },
     {
       name: "not-to-dev-dep",

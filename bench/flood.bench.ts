@@ -3,7 +3,7 @@
  *  - quiet: 3 engine processes publish vLLM-format batches at a normal rate (50 a second, 8
  *    events each);
  *  - flood: the same, plus a 4th engine process flooding its PUB as fast as it can
- *    (test/unit/events/flood-engine.ts: pre-encoded batches, a send each).
+ *    (harness/flood-engine.ts: pre-encoded batches, a send each).
  * This process is the router: a SubscriberManager on real ZeroMQ sockets feeding the index, and
  * an HTTP server whose `POST /route` makes a kv-aware routing decision over the 4 streams for an
  * 2k-token prompt (tokens hashed and matched against the index being written). An open-loop
@@ -25,6 +25,7 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { Registry } from "prom-client";
 import { request } from "undici";
+import { FLOOD_ENGINE, type FloodEngineConfig } from "../harness/flood-engine.ts";
 import { SubscriberManager } from "../src/events/manager.ts";
 import { createIndex } from "../src/index/index.ts";
 import type { PrefixIndex } from "../src/index/types.ts";
@@ -34,11 +35,9 @@ import type { Candidate, RouteRequest } from "../src/routing/types.ts";
 import { seededRandom } from "../src/util/rng.ts";
 import { percentileSorted } from "../src/util/stats.ts";
 import { waitFor } from "../src/util/wait.ts";
-import type { FloodEngineConfig } from "../test/unit/events/flood-engine.ts";
 
 const QUICK = process.env.KVSYNC_BENCH_QUICK === "1";
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
-const ENGINE = join(ROOT, "test", "unit", "events", "flood-engine.ts");
 const PHASE_MS = QUICK ? 5_000 : 15_000;
 const REQ_PER_S = 50;
 const QUIET = 3;
@@ -55,7 +54,7 @@ interface Engine {
 const children: ChildProcess[] = [];
 
 async function engine(name: string, cfg: FloodEngineConfig): Promise<Engine> {
-  const child = spawn(process.execPath, ["--import", "tsx", ENGINE, JSON.stringify(cfg)], {
+  const child = spawn(process.execPath, ["--import", "tsx", FLOOD_ENGINE, JSON.stringify(cfg)], {
     stdio: ["pipe", "pipe", "inherit"],
   });
   children.push(child);

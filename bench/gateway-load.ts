@@ -2,10 +2,10 @@
  * What bench:gateway and its A/B (bench/ab/gateway-ab.ts) share: the child processes they start
  * (`kvsync mock-engine`, `kvsync gateway`, of this tree or an A/B side's) and stop, and the load
  * generator: a fixed-concurrency closed loop (undici, bounded in count and time) of chat requests,
- * measured over interleaved rounds.
+ * measured over interleaved rounds, with each target's CPU per request read from /proc.
  */
-import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
@@ -69,17 +69,19 @@ export function tempDir(prefix: string): string {
 }
 
 /**
- * Spawn a kvsync sub-command of the CLI at `cli` (this tree's src/cli.ts or a side's); resolve
- * with the first JSON log line (stderr) whose event is `event`.
+ * Spawn a kvsync sub-command of the CLI at `cli` (this tree's src/cli.ts or a side's), with
+ * `nodeArgs` for node itself; resolve with the first JSON log line (stderr) whose event is `event`,
+ * and the child (whose CPU time the benches read).
  */
 export function spawnKvsync(
   cli: string,
   args: string[],
   event: string,
+  nodeArgs: string[] = [],
   timeoutMs = 60_000,
-): Promise<Record<string, unknown>> {
+): Promise<Record<string, unknown> & { child: ChildProcess }> {
   const child = track(
-    spawn(process.execPath, ["--import", "tsx", cli, ...args], {
+    spawn(process.execPath, [...nodeArgs, "--import", "tsx", cli, ...args], {
       cwd: ROOT,
       env: { ...process.env, KVSYNC_LOG_LEVEL: "info" },
       stdio: ["ignore", "ignore", "pipe"],
@@ -104,7 +106,7 @@ export function spawnKvsync(
           const j = JSON.parse(line) as Record<string, unknown>;
           if (j.event === event) {
             clearTimeout(timer);
-            resolve(j);
+            resolve({ ...j, child });
           }
         } catch {
           // not a log line
@@ -169,11 +171,15 @@ export async function startEngines(cli: string, n: number): Promise<EngineFleet>
   return { direct: engines.map((e) => e.http), enginesFile };
 }
 
-/** `kvsync gateway` (kv-aware) of the CLI at `cli` over the fleet, once every stream is live. */
+/**
+ * `kvsync gateway` (kv-aware) of the CLI at `cli` over the fleet, once every stream is live;
+ * `nodeArgs` go to its node (e.g. `--cpu-prof`).
+ */
 export async function startGateway(
   cli: string,
   fleet: EngineFleet,
-): Promise<{ url: string; adminUrl: string }> {
+  nodeArgs: string[] = [],
+): Promise<{ url: string; adminUrl: string; pid: number }> {
   const started = await spawnKvsync(
     cli,
     [
@@ -190,6 +196,7 @@ export async function startGateway(
       "kv-aware",
     ],
     "gateway.started",
+    nodeArgs,
   );
   const url = started.url as string;
   const adminUrl = started.adminUrl as string;
@@ -201,8 +208,37 @@ export async function startGateway(
     },
     START_WAIT,
   );
-  return { url, adminUrl };
+  return { url, adminUrl, pid: started.child.pid! };
 }
+
+/** CPU time (user + system, ms) of these processes and their children so far, from /proc (Linux). */
+export function cpuMs(pids: number[]): number {
+  let ticks = 0;
+  const seen = new Set<number>();
+  const visit = (pid: number) => {
+    if (seen.has(pid)) return;
+    seen.add(pid);
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+      // fields after the command (which may hold spaces): state is field 3, utime 14, stime 15
+      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      ticks += Number(f[11]) + Number(f[12]);
+      for (const c of readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").split(" "))
+        if (c.trim() !== "") visit(Number(c));
+    } catch {
+      // gone, or no /proc: counts as 0
+    }
+  };
+  for (const p of pids) visit(p);
+  return (ticks * 1000) / CLK_TCK;
+}
+const CLK_TCK = (() => {
+  try {
+    return Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100;
+  } catch {
+    return 100;
+  }
+})();
 
 // ------------------------------------------------------------------ load generator
 
@@ -212,7 +248,7 @@ const TENANTS = Array.from(
     `You are assistant ${t}. ` +
     Array.from({ length: 120 }, (_, i) => `rule${(i * 7 + t) % 31} applies to case ${i % 17}`).join(", "),
 );
-const BODIES = Array.from({ length: 64 }, (_, i) =>
+export const BODIES = Array.from({ length: 64 }, (_, i) =>
   JSON.stringify({
     model: MODEL,
     messages: [
@@ -225,6 +261,13 @@ const BODIES = Array.from({ length: 64 }, (_, i) =>
 export const REQUEST = "chat, ~500-token prompt, max_tokens 8, non-streaming";
 
 export interface LoadResult {
+  /**
+   * CPU time of the target's own processes per request, background (idle) CPU subtracted
+   * (gateway: the kvsync process, threads included; nginx: master + worker), us; null when the
+   * target has no processes of its own (direct). Immune to the machine's load, unlike requests/s
+   * and latency, as long as the CPU is not thrashing.
+   */
+  cpuUsPerRequest: number | null;
   requests: number;
   errors: number;
   seconds: number;
@@ -235,6 +278,8 @@ export interface LoadResult {
 }
 
 export interface Phase {
+  /** CPU ms of the target's processes during the phase, idle CPU subtracted (null: not measured) */
+  cpuMs: number | null;
   lat: Float64Array;
   done: number;
   errors: number;
@@ -278,7 +323,7 @@ export async function closedLoop(origins: string[], maxRequests: number, maxMs: 
     await Promise.all(pools.map((p) => p.close()));
   }
   if (errors > 0) log(`  ${errors} errors, first: ${firstError}`);
-  return { lat: lat.slice(0, done), done, errors, seconds: (performance.now() - t0) / 1000 };
+  return { cpuMs: null, lat: lat.slice(0, done), done, errors, seconds: (performance.now() - t0) / 1000 };
 }
 
 export function combine(phases: Phase[]): LoadResult {
@@ -293,7 +338,9 @@ export function combine(phases: Phase[]): LoadResult {
   let sum = 0;
   for (const x of all) sum += x;
   const seconds = phases.reduce((a, p) => a + p.seconds, 0);
+  const cpu = phases.every((p) => p.cpuMs !== null) ? phases.reduce((a, p) => a + p.cpuMs!, 0) : null;
   return {
+    cpuUsPerRequest: cpu === null || n === 0 ? null : round((cpu * 1000) / n, 1),
     requests: n,
     errors: phases.reduce((a, p) => a + p.errors, 0),
     seconds: round(seconds, 2),
@@ -313,21 +360,37 @@ export interface Rounds {
   alternate?: boolean;
 }
 
+export interface Target {
+  name: string;
+  origins: string[];
+  /** processes whose CPU time is the target's own cost (empty: not measured) */
+  pids: number[];
+}
+
+/** idle interval measuring each target's background CPU (subtracted from its phases' CPU) */
+const IDLE_MS = 3000;
+
 /**
  * Measure every target in interleaved rounds (direct, gateway, nginx, direct, ...), each after
  * its own warm-up, so that drift in machine load hits all targets alike; each target's phases,
- * one per round.
+ * one per round, with the CPU its processes spent on the phase's requests.
  */
-export async function measurePhases(
-  targets: Array<[string, string[]]>,
-  r: Rounds,
-): Promise<Map<string, Phase[]>> {
-  const phases = new Map<string, Phase[]>(targets.map(([n]) => [n, []]));
-  for (const [, origins] of targets) await closedLoop(origins, r.warmup, 30_000);
+export async function measurePhases(targets: Target[], r: Rounds): Promise<Map<string, Phase[]>> {
+  const phases = new Map<string, Phase[]>(targets.map(({ name }) => [name, []]));
+  for (const { origins } of targets) await closedLoop(origins, r.warmup, 30_000);
+  // what each target burns with no request (event streams, health probes, timers), per ms: a
+  // phase's CPU minus this over its duration is the requests' own
+  const i0 = targets.map((t) => cpuMs(t.pids));
+  const it0 = performance.now();
+  await new Promise((res) => setTimeout(res, IDLE_MS));
+  const idleWall = performance.now() - it0;
+  const idle = new Map(targets.map((t, k) => [t.name, (cpuMs(t.pids) - i0[k]!) / idleWall]));
   for (let k = 0; k < r.rounds; k++) {
     const order = r.alternate && k % 2 === 1 ? [...targets].reverse() : targets;
-    for (const [name, origins] of order) {
+    for (const { name, origins, pids } of order) {
+      const c0 = pids.length > 0 ? cpuMs(pids) : null;
       const ph = await closedLoop(origins, Math.ceil(r.maxRequests / r.rounds), r.maxMs / r.rounds);
+      if (c0 !== null) ph.cpuMs = cpuMs(pids) - c0 - idle.get(name)! * ph.seconds * 1000;
       phases.get(name)!.push(ph);
       log(
         `  round ${k + 1} ${name.padEnd(8)} ${String(ph.done).padStart(5)} req in ${ph.seconds.toFixed(1)} s: ` +

@@ -1,109 +1,98 @@
 /**
- * The scale benchmark's fleet (bench/scale.bench.ts), as one child process: N pods, each with
- * the mock engine's own KV-event publisher (a real ZeroMQ PUB socket and replay ROUTER,
- * src/engine/publisher.ts, vLLM's array-era batches) and a light HTTP responder (`/health`,
- * `/v1/completions`). It writes the engines file the gateway discovers them by, then publishes
- * block events at the aggregate rate the parent sets over IPC, and reports what it achieved.
+ * The scale benchmark's fleet (bench/scale.bench.ts), one slice of it per child process: pods
+ * `SCALE_POD_FROM` .. +`SCALE_PODS`-1 of `SCALE_PODS_TOTAL`, each with the mock engine's own
+ * KV-event publisher (a real ZeroMQ PUB socket and replay ROUTER, src/engine/publisher.ts,
+ * vLLM's 2026-05 array-era batches) and a light HTTP responder (`/health`, `/v1/completions`).
+ * It writes the engines file the gateway discovers its pods by, then publishes block events at
+ * its share of the aggregate rate the parent sets over IPC, and reports what it achieved.
  *
  * Each pod's cache: a few tenant system prompts stored once and kept (what requests share),
  * then rolling chains of unique blocks continuing from them, capped at `blocksPerPod`: past the
  * cap every batch removes as many oldest blocks as it stores. A block event is one hash in a
- * BlockStored or BlockRemoved. Pods publish in staggered groups every `batchMs` (an engine
- * publishes once per scheduler step), so the messages are spread over time, not bursts.
+ * BlockStored or BlockRemoved. Like vLLM, a pod publishes all the events of a step in one batch;
+ * its steps with events come every `batchMs`, in staggered groups so messages spread over time.
+ * Batches are encoded from templates (scale-frames.ts): the same bytes as the real encoder's, at
+ * a fraction of its cost, so the publisher measures the gateway rather than itself.
  *
- * IPC: parent → {rate} (block events/s, 0 = idle) | {stop}; child → {ready, enginesFile} and
- * every second {stats}.
+ * IPC: parent → {rate} (aggregate block events/s, 0 = idle) | {seed} | {minBatch} | {stop};
+ * child → {ready, enginesFile} and every second {stats}.
  */
 
 import { writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import { performance } from "node:perf_hooks";
 import { EventPublisher } from "../src/engine/publisher.ts";
-import { blockRemoved, blockStored } from "../src/protocol/build.ts";
+import { blockStored } from "../src/protocol/build.ts";
 import { hashFromInt } from "../src/protocol/hash.ts";
-import type { HashKey, KvEvent } from "../src/protocol/types.ts";
+import type { KvEvent } from "../src/protocol/types.ts";
 import { silentLogger } from "../src/util/log.ts";
 import { BLOCK_SIZE, TENANT_BLOCKS, tenantsOf, tenantToken } from "./scale-fleet.ts";
+import { blockId, FrameEncoder, type StoredRun, tenantN } from "./scale-frames.ts";
 
 const PODS = Number(process.env.SCALE_PODS ?? 1000);
+const POD_FROM = Number(process.env.SCALE_POD_FROM ?? 0);
+const PODS_TOTAL = Number(process.env.SCALE_PODS_TOTAL ?? PODS);
 const BLOCKS_PER_POD = Number(process.env.SCALE_BLOCKS_PER_POD ?? 2000);
-const BATCH_MS = Number(process.env.SCALE_BATCH_MS ?? 50);
+const BATCH_MS = Number(process.env.SCALE_BATCH_MS ?? 100);
 const TICK_MS = 5;
 const CHAIN_BLOCKS = 32;
 const MODEL = process.env.SCALE_MODEL ?? "Qwen/Qwen3-0.6B";
 const ENGINES_FILE = process.env.SCALE_ENGINES_FILE ?? "";
 interface Pod {
+  no: number;
   pub: EventPublisher;
   http: Server;
-  /** block ids held, oldest first (ring) */
-  held: Float64Array;
-  head: number;
-  count: number;
+  /** next rolling block n; rolling blocks oldest..next-1 are held */
   next: number;
+  oldest: number;
   chainLeft: number;
-  parent: HashKey | null;
-  tenantLast: HashKey[];
+  /** n of the block the next stored block continues */
+  parent: number;
+  /** n of each tenant prompt's last block */
+  tenantLast: number[];
   /** fractional events owed (rate × time not yet whole) */
   owed: number;
 }
 
-const id = (pod: number, n: number) => pod * 1e9 + n;
+const frames = new FrameEncoder();
+const runs: StoredRun[] = [];
 
-function tenantEvents(pod: number): { events: KvEvent[]; last: HashKey[] } {
+function tenantEvents(pod: number): { events: KvEvent[]; last: number[] } {
   const events: KvEvent[] = [];
-  const last: HashKey[] = [];
+  const last: number[] = [];
   for (const t of tenantsOf(pod)) {
-    const hashes = Array.from({ length: TENANT_BLOCKS }, (_, b) =>
-      hashFromInt(id(pod, 900_000_000 + t * 100 + b)),
-    );
+    const hashes = Array.from({ length: TENANT_BLOCKS }, (_, b) => hashFromInt(blockId(pod, tenantN(t, b))));
     const tokens = Array.from({ length: TENANT_BLOCKS * BLOCK_SIZE }, (_, j) => tenantToken(t, j));
     events.push(blockStored(hashes, null, tokens, BLOCK_SIZE, { medium: "GPU" }));
-    last.push(hashes[hashes.length - 1]);
+    last.push(tenantN(t, TENANT_BLOCKS - 1));
   }
   return { events, last };
 }
 
-/** One batch of about `n` block events for pod `p`: stores, and past the cap as many removals. */
-function batchOf(p: Pod, podNo: number, n: number): { events: KvEvent[]; blocks: number } {
-  const full = p.count >= BLOCKS_PER_POD;
+/** One step's batch of about `n` block events for pod `p`: stores, and past the cap as many removals. */
+function batchOf(p: Pod, n: number): { payload: Buffer; blocks: number } {
+  const full = p.next - p.oldest >= BLOCKS_PER_POD;
   const stores = full ? Math.max(1, n - Math.floor(n / 2)) : n;
-  const hashes: HashKey[] = [];
-  const tokens: number[] = [];
-  const events: KvEvent[] = [];
-  let parent = p.parent;
-  const flush = () => {
-    if (hashes.length === 0) return;
-    events.push(blockStored(hashes.splice(0), parent, tokens.splice(0), BLOCK_SIZE, { medium: "GPU" }));
-  };
-  for (let i = 0; i < stores; i++) {
+  runs.length = 0;
+  for (let left = stores; left > 0; ) {
     if (p.chainLeft === 0) {
-      flush();
       // a new conversation on one of the pod's tenant prompts
-      parent = p.tenantLast[p.next % p.tenantLast.length];
-      p.parent = parent;
+      p.parent = p.tenantLast[p.next % p.tenantLast.length];
       p.chainLeft = CHAIN_BLOCKS;
     }
-    const n_ = p.next++;
-    const h = hashFromInt(id(podNo, n_));
-    hashes.push(h);
-    for (let j = 0; j < BLOCK_SIZE; j++) tokens.push(2000 + ((n_ * 31 + j * 7 + podNo) % 140_000));
-    p.held[(p.head + p.count) % p.held.length] = id(podNo, n_);
-    p.count++;
-    p.chainLeft--;
+    const count = Math.min(left, p.chainLeft);
+    runs.push({ parent: p.parent, first: p.next, count });
+    p.next += count;
+    p.chainLeft -= count;
+    p.parent = p.next - 1;
+    left -= count;
   }
-  flush();
-  if (events.length > 0) {
-    const last = events[events.length - 1];
-    if (last.type === "BlockStored") p.parent = last.blockHashes[last.blockHashes.length - 1];
-  }
-  const removals: HashKey[] = [];
-  while (p.count > BLOCKS_PER_POD) {
-    removals.push(hashFromInt(p.held[p.head]));
-    p.head = (p.head + 1) % p.held.length;
-    p.count--;
-  }
-  if (removals.length > 0) events.push(blockRemoved(removals, { medium: "GPU" }));
-  return { events, blocks: stores + removals.length };
+  const removedFirst = p.oldest;
+  const removed = Math.max(0, p.next - p.oldest - BLOCKS_PER_POD);
+  p.oldest += removed;
+  // stamped like vLLM's time.time() at publish
+  const payload = frames.encode(Date.now() / 1000, p.no, runs, removedFirst, removed);
+  return { payload, blocks: stores + removed };
 }
 
 function responder(): Server {
@@ -167,17 +156,16 @@ async function main(): Promise<void> {
     pods.push({
       pub,
       http,
-      held: new Float64Array(BLOCKS_PER_POD + 4096),
-      head: 0,
-      count: 0,
+      no: POD_FROM + i,
       next: 0,
+      oldest: 0,
       chainLeft: 0,
-      parent: null,
+      parent: 0,
       tenantLast: [],
       owed: 0,
     });
     entries.push({
-      name: `pod-${i}`,
+      name: `pod-${POD_FROM + i}`,
       model: MODEL,
       http: `http://127.0.0.1:${port}`,
       events: pub.eventsEndpoint,
@@ -203,16 +191,16 @@ async function main(): Promise<void> {
     // publish every group whose turn has come (a late timer catches up, at most one round)
     let rounds = 0;
     while (nextAt <= now && rounds < groups) {
-      const perPod = (rate / PODS) * (BATCH_MS / 1000);
+      const perPod = (rate / PODS_TOTAL) * (BATCH_MS / 1000);
       for (let i = group; i < PODS; i += groups) {
         const p = pods[i];
         if (!seeded) continue;
         p.owed += perPod;
         const n = Math.floor(p.owed);
         if (n < minBatch) continue;
-        const { events, blocks } = batchOf(p, i, n);
+        const { payload, blocks } = batchOf(p, n);
         p.owed -= blocks;
-        p.pub.publish(events);
+        p.pub.publishEncoded(payload);
         sentEvents += blocks;
         sentBatches++;
       }
@@ -244,6 +232,8 @@ async function main(): Promise<void> {
         eventsPerSec: Math.round(((sentEvents - last.events) * 1000) / (t - last.t)),
         cpuCores: (cpu.user + cpu.system - last.cpu.user - last.cpu.system) / 1000 / (t - last.t),
         rssBytes: process.memoryUsage.rss(),
+        cpuSec: (cpu.user + cpu.system) / 1e6,
+        templates: frames.templatesBuilt,
       },
     });
     last = { t, events: sentEvents, batches: sentBatches, cpu };
@@ -252,8 +242,8 @@ async function main(): Promise<void> {
   process.on("message", (m: { rate?: number; minBatch?: number; seed?: boolean; stop?: boolean }) => {
     if (m.seed === true && !seeded) {
       // the tenant prompts, once per pod, before any rolling chain
-      for (const [i, p] of pods.entries()) {
-        const { events, last: tl } = tenantEvents(i);
+      for (const p of pods) {
+        const { events, last: tl } = tenantEvents(p.no);
         p.tenantLast = tl;
         p.pub.publish(events);
       }

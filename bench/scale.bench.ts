@@ -1,8 +1,9 @@
 /**
  * Scale benchmark (not a test; issue 18): one gateway replica following 1,000 pods.
  *
- *  - a publisher child process (scale-publisher.ts) hosts the 1,000 pods: each a real ZeroMQ
- *    PUB socket and replay ROUTER (the mock engine's publisher, vLLM's array-era batches) and a
+ *  - publisher child processes (scale-publishers.ts, SCALE_PUB_PROCS, default 2) host the 1,000
+ *    pods between them: each a real ZeroMQ PUB socket and replay ROUTER (the mock engine's
+ *    publisher, vLLM's array-era batches, a step's events per batch every SCALE_BATCH_MS) and a
  *    light HTTP responder, listed in an engines file the gateway discovers;
  *  - `kvsync gateway` (kv-aware, health checks on, `--cluster` on a nats-server started here)
  *    runs under `--cpu-prof`;
@@ -28,11 +29,12 @@ import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { connect } from "@nats-io/transport-node";
+import { NatsServer } from "../harness/nats-server.ts";
 import { fetchSnapshot, SNAPSHOT_DEFAULTS } from "../src/cluster/snapshot.ts";
 import { waitFor } from "../src/util/wait.ts";
-import { NatsServer } from "../test/helpers/nats-server.ts";
 import { cpuProfileTop } from "./cpu-profile.ts";
 import { histDiff, indexEntries, requests, scrape } from "./scale-measure.ts";
+import { startPublishers } from "./scale-publishers.ts";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 const CLI = join(ROOT, "src", "cli.ts");
@@ -44,6 +46,8 @@ const FILL_RATE = Number(process.env.SCALE_FILL_RATE ?? 100_000);
 const WINDOW_MS = Number(process.env.SCALE_WINDOW_MS ?? 12_000);
 const SETTLE_MS = 3_000;
 const CLIENTS = Number(process.env.SCALE_CLIENTS ?? 4);
+const PUB_PROCS = Math.max(1, Number(process.env.SCALE_PUB_PROCS ?? 2));
+const BATCH_MS = Number(process.env.SCALE_BATCH_MS ?? 100);
 const TARGET = { eventsPerSec: 200_000, lagP99Ms: 50, decisionP99Ms: 1 };
 
 const log = (s: string) => process.stderr.write(`${s}\n`);
@@ -63,53 +67,6 @@ function freePort(): Promise<number> {
 }
 
 // ------------------------------------------------------------------ processes
-
-interface PubStats {
-  t: number;
-  sentEvents: number;
-  sentBatches: number;
-  dropped: number;
-  behindMs: number;
-  eventsPerSec: number;
-  cpuCores: number;
-  rssBytes: number;
-}
-
-async function startPublisher(): Promise<{
-  child: ChildProcess;
-  enginesFile: string;
-  stats: () => PubStats;
-}> {
-  const enginesFile = join(tmp, "engines.json");
-  const child = fork(join(ROOT, "bench", "scale-publisher.ts"), [], {
-    execArgv: ["--import", "tsx"],
-    env: {
-      ...process.env,
-      SCALE_PODS: String(PODS),
-      SCALE_BLOCKS_PER_POD: String(BLOCKS_PER_POD),
-      SCALE_ENGINES_FILE: enginesFile,
-      SCALE_MODEL: MODEL,
-    },
-    stdio: ["ignore", "inherit", "inherit", "ipc"],
-  });
-  children.push(child);
-  let last: PubStats | null = null;
-  await new Promise<void>((resolve, reject) => {
-    child.on("message", (m: { ready?: boolean; stats?: PubStats }) => {
-      if (m.ready === true) resolve();
-      if (m.stats !== undefined) last = m.stats;
-    });
-    child.once("exit", (code) => reject(new Error(`publisher exited with ${code}`)));
-  });
-  return {
-    child,
-    enginesFile,
-    stats: () => {
-      if (last === null) throw new Error("no publisher stats yet");
-      return last;
-    },
-  };
-}
 
 interface ProbeLag {
   n: number;
@@ -223,7 +180,7 @@ async function startGateway(enginesFile: string, natsUrl: string, profDir: strin
     child.kill("SIGKILL");
     throw new Error(`${String(err)}; its last log lines:\n${tail.join("\n")}`);
   }
-  return { child, url: `http://127.0.0.1:${port}`, admin: `http://127.0.0.1:${adminPort}`, lines };
+  return { child, url: `http://127.0.0.1:${port}`, admin: `http://127.0.0.1:${adminPort}`, lines, tail };
 }
 
 /** utime + stime (s) and RSS (bytes) of a process, from /proc. */
@@ -246,7 +203,16 @@ async function main() {
   mkdirSync(profDir);
   log(`scale: ${PODS} pods, ${BLOCKS_PER_POD} blocks per pod, rates ${RATES.join(", ")} block events/s`);
   const t0 = performance.now();
-  const pub = await startPublisher();
+  const pub = await startPublishers({
+    root: ROOT,
+    dir: tmp,
+    pods: PODS,
+    procs: PUB_PROCS,
+    blocksPerPod: BLOCKS_PER_POD,
+    batchMs: BATCH_MS,
+    model: MODEL,
+    children,
+  });
   log(`publisher up in ${round((performance.now() - t0) / 1000)} s (${PODS} PUB + ROUTER + HTTP)`);
   let gw: Awaited<ReturnType<typeof startGateway>>;
   try {
@@ -258,6 +224,10 @@ async function main() {
   }
   const probe = await startProbe(pub.enginesFile, Math.max(1, Math.round(PODS / 50)));
   const gwPid = gw.child.pid!;
+  // a gateway that dies mid-run says why (its last log lines), not only the next scrape's "fetch failed"
+  gw.child.once("exit", (code, signal) =>
+    log(`gateway exited (${code ?? signal}); its last log lines:\n${gw.tail.join("\n")}`),
+  );
   await waitFor(
     `${PODS} streams live`,
     async () => {
@@ -270,7 +240,7 @@ async function main() {
   const rssIdle = procStat(gwPid).rssBytes;
 
   // fill: tenant prompts, then rolling chains in big batches (few messages) until every pod holds its cap
-  pub.child.send({ seed: true, rate: FILL_RATE, minBatch: 100 });
+  pub.send({ seed: true, rate: FILL_RATE, minBatch: 100 });
   const want = PODS * BLOCKS_PER_POD;
   log(`filling the index: ${want} blocks at ${FILL_RATE}/s in batches of 100`);
   const f0 = performance.now();
@@ -282,7 +252,7 @@ async function main() {
     },
     { timeoutMs: (want / FILL_RATE) * 1000 * 10 + 60_000, intervalMs: 2_000 },
   );
-  pub.child.send({ rate: 0, minBatch: 1 });
+  pub.send({ rate: 0, minBatch: 1 });
   const entriesAfterFill = await indexEntries(gw.admin);
   log(`filled in ${round((performance.now() - f0) / 1000)} s`);
   log(`index: ${entriesAfterFill} entries, gateway RSS ${round(procStat(gwPid).rssBytes / 2 ** 20)} MiB`);
@@ -290,7 +260,7 @@ async function main() {
   const measuredFrom = performance.now();
   const steps: Array<Record<string, unknown>> = [];
   for (const rate of RATES) {
-    pub.child.send({ rate });
+    pub.send({ rate });
     await new Promise((r) => setTimeout(r, SETTLE_MS));
     const a = await scrape(gw.admin);
     const pa = pub.stats();
@@ -312,7 +282,11 @@ async function main() {
     const step = {
       rate,
       publisherEventsPerSec: Math.round(sentEvents / ((pb.t - pa.t) / 1000)),
-      publisherCpuCores: round(pb.cpuCores, 2),
+      publisherCpuCores: round((pb.cpuSec - pa.cpuSec) / ((pb.t - pa.t) / 1000), 2),
+      publisherProcs: PUB_PROCS,
+      publisherCpuMsPer1kEvents: round(((pb.cpuSec - pa.cpuSec) * 1000) / Math.max(1, sentEvents / 1000), 2),
+      batchMs: BATCH_MS,
+      eventsPerBatch: round(sentEvents / Math.max(1, sentBatches), 1),
       publisherDropped: pb.dropped,
       publisherBehindMs: pb.behindMs,
       appliedOverSent: round(sentBatches > 0 ? applied / sentBatches : Number.NaN, 3),
@@ -331,6 +305,12 @@ async function main() {
       decisions: dec.count,
       requests: req,
       gatewayCpuCores: round((gb.cpuSec - ga.cpuSec) / secs, 2),
+      // the gateway's CPU (events, the clients' requests, the profiler) per 1,000 block events applied
+      gatewayCpuMsPer1kEvents: round(
+        ((gb.cpuSec - ga.cpuSec) * 1000) /
+          Math.max(1, (sentEvents * (sentBatches > 0 ? applied / sentBatches : 0)) / 1000),
+        2,
+      ),
       gatewayRssMiB: round(gb.rssBytes / 2 ** 20),
       metricsScrapeMs: round(b.ms),
       load1: round(load0, 2),
@@ -354,7 +334,7 @@ async function main() {
   // the highest rate the sweep sustained (the first one if none)
   const kept = steps.filter((x) => (x.appliedOverSent as number) >= 0.98);
   const snapRate = (kept[kept.length - 1]?.rate as number | undefined) ?? RATES[0];
-  pub.child.send({ rate: snapRate });
+  pub.send({ rate: snapRate });
   await new Promise((r) => setTimeout(r, SETTLE_MS));
   const nc = await connect({ servers: nats.url });
   const s0 = performance.now();
@@ -393,7 +373,7 @@ async function main() {
       `(CPU ${snapshot.oneTickExportCpuMs} ms) for every stream's export in one tick`,
   );
 
-  pub.child.send({ rate: 0 });
+  pub.send({ rate: 0 });
   const rssEnd = procStat(gwPid).rssBytes;
   const entries = await indexEntries(gw.admin);
   // SIGTERM: the gateway shuts down and V8 writes the CPU profile

@@ -5,7 +5,8 @@
  *    over direct / base / head in interleaved rounds, the order reversed every other round;
  *  - routing decision time: bench:gateway's routing bench on each side's index and policy, in
  *    fresh processes alternating over rounds (index-ab.ts says why not in one process).
- * Printed: each side's req/s, p50, p99 and routing CPU p50 / p99; head / base of the totals and
+ * Printed: each side's req/s, p50, p99, CPU per request (the gateway process, idle CPU subtracted:
+ * gateway-load.ts) and routing CPU p50 / p99; head / base of the totals and
  * the median of the per-round ratios (a round's two phases run back to back, so that ratio
  * suffers least from the machine's drift). Also written to bench/results/gateway-ab.json.
  *
@@ -51,15 +52,17 @@ const cliOf = (dir: string) => join(dir, "src", "cli.ts");
 
 async function load() {
   const fleet = await startEngines(join(ROOT, "src", "cli.ts"), ENGINES);
-  const urls: Record<string, string> = {};
-  for (const s of sides) urls[s.name] = (await startGateway(cliOf(s.dir), fleet)).url;
-  log(`  engines ${fleet.direct.join(" ")}; base ${urls.base} (${o.base}); head ${urls.head} (${o.head})`);
+  const gws: Record<string, { url: string; pid: number }> = {};
+  for (const s of sides) gws[s.name] = await startGateway(cliOf(s.dir), fleet);
+  log(
+    `  engines ${fleet.direct.join(" ")}; base ${gws.base!.url} (${o.base}); head ${gws.head!.url} (${o.head})`,
+  );
   const rounds = Number(o.rounds);
   const phases = await measurePhases(
     [
-      ["direct", fleet.direct],
-      ["base", [urls.base!]],
-      ["head", [urls.head!]],
+      { name: "direct", origins: fleet.direct, pids: [] },
+      { name: "base", origins: [gws.base!.url], pids: [gws.base!.pid] },
+      { name: "head", origins: [gws.head!.url], pids: [gws.head!.pid] },
     ],
     {
       rounds,
@@ -86,6 +89,10 @@ async function load() {
       rpsPerRound: perRound.map((x) => round(x, 3)),
       p50: round(res.head.p50Ms / res.base.p50Ms, 3),
       p99: round(res.head.p99Ms / res.base.p99Ms, 3),
+      cpuPerRequest:
+        res.head.cpuUsPerRequest !== null && res.base.cpuUsPerRequest
+          ? round(res.head.cpuUsPerRequest / res.base.cpuUsPerRequest, 3)
+          : null,
     },
   };
 }
@@ -152,17 +159,18 @@ async function main(): Promise<void> {
     seconds: round((Date.now() - started) / 1000, 1),
   };
   log("");
-  log("side      req/s   p50 ms   p99 ms   routing CPU p50 / p99 µs (median of processes)");
+  log("side      req/s   p50 ms   p99 ms   CPU us/req   routing CPU p50 / p99 µs (median of processes)");
   for (const n of ["direct", "base", "head"] as const) {
     const x = l[n];
     const rr = n === "direct" || r === null ? "" : `${r[n].cpuP50Us.median} / ${r[n].cpuP99Us.median}`;
     log(
-      `${n.padEnd(8)} ${x.rps.toFixed(0).padStart(6)} ${x.p50Ms.toFixed(2).padStart(8)} ${x.p99Ms.toFixed(2).padStart(8)}   ${rr}`,
+      `${n.padEnd(8)} ${x.rps.toFixed(0).padStart(6)} ${x.p50Ms.toFixed(2).padStart(8)} ${x.p99Ms.toFixed(2).padStart(8)} ` +
+        `${String(x.cpuUsPerRequest ?? "-").padStart(12)}   ${rr}`,
     );
   }
   log(
     `head / base: req/s ${l.headVsBase.rps} (per-round median ${l.headVsBase.rpsPerRoundMedian}), p50 ${l.headVsBase.p50}, ` +
-      `p99 ${l.headVsBase.p99}` +
+      `p99 ${l.headVsBase.p99}, CPU per request ${l.headVsBase.cpuPerRequest}` +
       (r === null
         ? ""
         : `; routing CPU p50 ${r.headVsBase.cpuP50}, p99 ${r.headVsBase.cpuP99}, own cost p50 ` +

@@ -10,6 +10,7 @@ import { connect, type NatsConnection } from "@nats-io/transport-node";
 import type { Registry } from "prom-client";
 import type { LoadListener, LoadTracker } from "../routing/load.ts";
 import type { Logger } from "../util/log.ts";
+import { wallClockMs } from "../util/wall-clock.ts";
 import {
   decodeLoad,
   encodeJson,
@@ -148,7 +149,15 @@ export class ClusterLink implements LoadListener {
 
   loadDelta(streamId: string, requests: number, prefillRequests: number, prefillTokens: number): void {
     if (!this.up) return;
-    this.publish({ t: "d", s: streamId, r: requests, pr: prefillRequests, pt: prefillTokens });
+    // ts: the peers measure how late a delta reaches them (kvsync_cluster_delta_delay_seconds)
+    this.publish({
+      t: "d",
+      s: streamId,
+      r: requests,
+      pr: prefillRequests,
+      pt: prefillTokens,
+      ts: wallClockMs(),
+    });
   }
 
   async close(): Promise<void> {
@@ -214,6 +223,8 @@ export class ClusterLink implements LoadListener {
     const r = this.remote.apply(m, performance.now());
     if (r === "peer_cap" || r === "stream_cap" || r === "stale") this.metrics.dropped.inc({ reason: r });
     else this.metrics.received.inc({ type: m.t });
+    if (m.t === "d" && m.ts !== undefined)
+      this.metrics.deltaDelaySeconds.observe(Math.max(0, wallClockMs() - m.ts) / 1000);
     if (m.t === "bye") this.log.info({ event: "cluster.peer_left", peer: m.id }, "peer left");
   }
 

@@ -35,7 +35,7 @@ export type StreamLoadTuple = [string, number, number, number];
 
 export type LoadMessage =
   | { t: "hb"; id: string; seq: number; streams: StreamLoadTuple[] }
-  | { t: "d"; id: string; seq: number; s: string; r: number; pr: number; pt: number }
+  | { t: "d"; id: string; seq: number; s: string; r: number; pr: number; pt: number; ts?: number }
   | { t: "bye"; id: string; seq: number };
 
 export type DropReason = "malformed" | "version" | "foreign" | "invalid";
@@ -107,7 +107,20 @@ export function decodeLoad(r: Record<string, unknown>, maxStreams: number): Deco
     case "d":
       if (!isId(r.s, MAX_STREAM_ID_LENGTH) || !isDelta(r.r) || !isDelta(r.pr) || !isDelta(r.pt))
         return bad("bad delta");
-      return { ok: true, msg: { t: "d", id, seq, s: r.s, r: r.r, pr: r.pr, pt: r.pt } };
+      // ts (the sender's wall clock, ms) is optional: a replica without it still shares load
+      return {
+        ok: true,
+        msg: {
+          t: "d",
+          id,
+          seq,
+          s: r.s,
+          r: r.r,
+          pr: r.pr,
+          pt: r.pt,
+          ...(Number.isFinite(r.ts) ? { ts: r.ts as number } : {}),
+        },
+      };
     case "bye":
       return { ok: true, msg: { t: "bye", id, seq } };
     default:

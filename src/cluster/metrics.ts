@@ -15,6 +15,7 @@ export class ClusterMetrics {
   readonly catchUp: Counter<"result">;
   readonly catchUpStreams: Counter<"result">;
   readonly catchUpSeconds: Histogram;
+  readonly deltaDelaySeconds: Histogram;
 
   constructor(registry: Registry) {
     const reg = [registry];
@@ -89,6 +90,12 @@ export class ClusterMetrics {
       name: "kvsync_cluster_catchup_seconds",
       help: "time to fetch and decode a peer's snapshot",
       buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10],
+      registers: reg,
+    });
+    this.deltaDelaySeconds = new Histogram({
+      name: "kvsync_cluster_delta_delay_seconds",
+      help: "a peer's load delta from its routing decision to this replica applying it (the two wall clocks' skew included)",
+      buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1],
       registers: reg,
     });
   }

@@ -196,6 +196,19 @@ export class EventPublisher {
       this.o.log.debug({ event: "publisher.batch_failed", seq }, "fault injection: batch failed");
       return;
     }
+    this.enqueue(seq, payload);
+  }
+
+  /**
+   * Publish one step's batch already encoded in this publisher's era (the scale benchmark
+   * encodes from templates); it gets the next seq and the same buffering, faults and queueing.
+   */
+  publishEncoded(payload: Buffer): void {
+    if (this.closed) return;
+    this.enqueue(this.seq++, payload);
+  }
+
+  private enqueue(seq: number, payload: Buffer): void {
     this.buffer(seq, payload);
     if (this.paused) {
       this.stats.pausedBatches++;

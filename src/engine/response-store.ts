@@ -41,8 +41,12 @@ export function storeResponse(engine: MockEngine, id: string, entry: StoredRespo
   s.set(id, entry);
 }
 
-/** vLLM's checks: an id must begin with `resp` (400), and be in this server's store (404). */
-function lookup(engine: MockEngine, url: URL): StoredResponse {
+/**
+ * The prologue of GET and cancel: drains the request (neither reads a body) and applies vLLM's
+ * checks: an id must begin with `resp` (400), and be in this server's store (404).
+ */
+function storedOf(engine: MockEngine, req: IncomingMessage, url: URL): StoredResponse {
+  req.resume();
   const m = /^\/v1\/responses\/([^/]+)/.exec(url.pathname);
   const id = m === null ? "" : decodeURIComponent(m[1]);
   if (!id.startsWith("resp"))
@@ -63,8 +67,7 @@ export function retrieveResponse(
   res: ServerResponse,
   url: URL,
 ): void {
-  req.resume();
-  sendJson(res, 200, lookup(engine, url).response);
+  sendJson(res, 200, storedOf(engine, req, url).response);
 }
 
 /** `POST /v1/responses/{id}/cancel`: only a background response still running can be cancelled. */
@@ -74,8 +77,7 @@ export function cancelResponse(
   res: ServerResponse,
   url: URL,
 ): void {
-  req.resume();
-  const found = lookup(engine, url);
+  const found = storedOf(engine, req, url);
   const status = found.response.status;
   if (status !== "queued" && status !== "in_progress")
     throw new HttpError(400, "Cannot cancel a synchronous response.", null);

@@ -138,14 +138,8 @@ export class Scheduler {
     return this.running.length + this.waiting.length;
   }
 
-  /** Blocks a request needs when alone in the cache (prompt + all output but the last token). */
-  blocksNeeded(promptLen: number, outputLen: number): number {
-    return this.cache.blocksFor(promptLen + Math.max(0, outputLen - 1));
-  }
-
-  submit(req: EngineRequest): void {
-    if (this.closed) throw new SchedulerFullError("engine is shutting down");
-    if (this.waiting.length >= this.o.maxWaiting) throw new SchedulerFullError("waiting queue is full");
+  /** Hashes the request's full blocks not hashed yet: its prompt's at submit, then each one it fills. */
+  private hashNewBlocks(req: EngineRequest): void {
     extendDigests(
       req.digests,
       this.o.root,
@@ -154,6 +148,17 @@ export class Scheduler {
       req.extraKey,
       req.firstExtraKey,
     );
+  }
+
+  /** Blocks a request needs when alone in the cache (prompt + all output but the last token). */
+  blocksNeeded(promptLen: number, outputLen: number): number {
+    return this.cache.blocksFor(promptLen + Math.max(0, outputLen - 1));
+  }
+
+  submit(req: EngineRequest): void {
+    if (this.closed) throw new SchedulerFullError("engine is shutting down");
+    if (this.waiting.length >= this.o.maxWaiting) throw new SchedulerFullError("waiting queue is full");
+    this.hashNewBlocks(req);
     this.waiting.push(req);
     this.kick();
   }
@@ -364,14 +369,7 @@ export class Scheduler {
       const done = req.generated >= req.output.length;
       if (!done) {
         req.tokens.push(id);
-        extendDigests(
-          req.digests,
-          this.o.root,
-          req.tokens,
-          this.cache.blockSize,
-          req.extraKey,
-          req.firstExtraKey,
-        );
+        this.hashNewBlocks(req);
       }
       req.hooks.onToken(id, index);
       if (done) this.finish(req);

@@ -8,11 +8,16 @@
  * - Step time = stepMs + prefillMsPerToken * prefill tokens + decodeMsPerSeq * decoding sequences.
  *   The step that computes a prompt's last token emits its first token (TTFT ends there).
  * - KV cache of `cacheBlocks` blocks, vLLM's layout: full prompt blocks are cached under their
- *   workload id once computed; a cached block nobody uses sits in an LRU free queue and is
- *   evicted (BlockRemoved) only when room is needed. A request holds all its blocks (prompt and
- *   output) from admission to finish; a request that could never fit is rejected.
- * - Events: BlockStored when a chunk's blocks are computed, BlockRemoved on eviction, handed to
- *   `emit` at the end of the step that produced them (the simulator delays them by the event lag).
+ *   workload id once computed. Every block nobody uses, cached or not, sits in one LRU free queue
+ *   (vLLM's and the mock engine's): a finished request's blocks go to its tail in reverse order
+ *   (output and partial blocks, then its prompt blocks last to first), allocation takes the head,
+ *   and taking a cached block evicts it (BlockRemoved) even while blocks that hold nothing wait
+ *   behind it. A request holds all its blocks (prompt and output) from admission to finish; a
+ *   request that could never fit is rejected.
+ * - A chunk's full blocks are cached when the chunk is scheduled (a request admitted later in the
+ *   same step reuses them), as in the engine. Events: BlockStored for them, BlockRemoved on
+ *   eviction, handed to `emit` at the end of the step that produced them (the simulator delays
+ *   them by the event lag).
  *
  * Simplifications (stated in docs/routing-quality.md): blocks are allocated whole at admission
  * (so there is no preemption), output tokens are never cached (a trace does not name them).
@@ -79,6 +84,7 @@ export interface EngineHooks {
 }
 
 interface CachedBlock {
+  /** workload block id; EMPTY for a free block that holds nothing */
   id: number;
   /** running requests holding it; 0 = in the free queue */
   users: number;
@@ -86,9 +92,11 @@ interface CachedBlock {
   next: CachedBlock;
 }
 
+const EMPTY = -1;
+
 /** The free queue's sentinel: head.next is the least recently used block, head.prev the most. */
 function freeQueueHead(): CachedBlock {
-  const h = { id: -1, users: 0 } as CachedBlock;
+  const h = { id: -2, users: 0 } as CachedBlock;
   h.prev = h;
   h.next = h;
   return h;
@@ -98,12 +106,14 @@ export class EngineModel {
   /** cached block id → its entry (users, place in the free queue) */
   private readonly refs = new Map<number, CachedBlock>();
   /**
-   * Cached blocks nobody uses, least recently used first (vLLM's free block queue): a list
-   * threaded through the entries, so taking the head and unlinking a reused block are O(1).
+   * Blocks nobody uses, least recently used first (vLLM's free block queue): cached blocks and
+   * EMPTY ones (never computed, or a request's partial and output blocks), a list threaded
+   * through the entries, so taking the head and unlinking a reused block are O(1).
    */
   private readonly free: CachedBlock = freeQueueHead();
   private freeSize = 0;
-  private anonBlocks = 0;
+  /** EMPTY entries out of the queue, reused (at most cacheBlocks exist) */
+  private readonly spare: CachedBlock[] = [];
   readonly waiting: SimRequest[] = [];
   private waitHead = 0;
   readonly running: Running[] = [];
@@ -126,7 +136,10 @@ export class EngineModel {
     readonly name: string,
     readonly o: EngineModelOptions,
     private readonly hooks: EngineHooks,
-  ) {}
+  ) {
+    // a fresh engine: every block free and empty
+    for (let i = 0; i < o.cacheBlocks; i++) this.pushEmpty();
+  }
 
   /** Leading blocks of `ids` cached here now (the oracle's and the tests' view). */
   cachedPrefix(ids: readonly number[], cap = ids.length): number {
@@ -218,6 +231,7 @@ export class EngineModel {
       if (r.computed < r.req.inputLength) {
         const n = Math.min(r.req.inputLength - r.computed, budget);
         plan.push({ r, prefill: n });
+        this.register(r, r.computed + n);
         budget -= n;
         prefillTokens += n;
       } else {
@@ -230,18 +244,25 @@ export class EngineModel {
       const req = this.waiting[this.waitHead];
       const hit = this.cachedPrefix(req.hashIds, req.reusableBlocks);
       const need = this.footprint(req) - hit;
-      if (!this.reserve(need)) break;
+      // the hit's blocks leave the free queue before new blocks are taken from it (the engine's
+      // fits/allocate), so a request never evicts its own hit
+      let idleHits = 0;
+      for (let i = 0; i < hit; i++)
+        if ((this.refs.get(req.hashIds[i]) as CachedBlock).users === 0) idleHits++;
+      if (need > this.freeSize - idleHits) break;
       this.waitHead++;
       if (this.waitHead > 1024 && this.waitHead * 2 > this.waiting.length) {
         this.waiting.splice(0, this.waitHead);
         this.waitHead = 0;
       }
       for (let i = 0; i < hit; i++) this.pin(req.hashIds[i]);
+      this.take(need);
       req.hitBlocks = hit;
       const r: Running = { req, computed: hit * bs, generated: 0, anon: need, pinned: hit };
       this.running.push(r);
       const n = Math.min(req.inputLength - r.computed, budget);
       plan.push({ r, prefill: n });
+      this.register(r, r.computed + n);
       budget -= n;
       prefillTokens += n;
     }
@@ -268,25 +289,53 @@ export class EngineModel {
     return this.busyUntil;
   }
 
-  /** Make room for `need` new blocks, evicting unused cached blocks LRU-first; false if it cannot fit. */
-  private reserve(need: number): boolean {
-    const inUse = this.refs.size - this.freeSize + this.anonBlocks;
-    if (inUse + need > this.o.cacheBlocks) return false;
-    while (this.refs.size + this.anonBlocks + need > this.o.cacheBlocks) {
-      const victim = this.free.next;
-      this.unlink(victim);
-      this.refs.delete(victim.id);
-      this.removed.push(victim.id);
-      this.evictions++;
+  /** Take `need` blocks from the free queue's head (the caller checked they exist), evicting cached ones. */
+  private take(need: number): void {
+    for (let k = 0; k < need; k++) {
+      const b = this.free.next;
+      this.unlink(b);
+      if (b.id !== EMPTY) {
+        this.refs.delete(b.id);
+        this.removed.push(b.id);
+        this.evictions++;
+        b.id = EMPTY;
+      }
+      b.users = 0;
+      this.spare.push(b);
     }
-    this.anonBlocks += need;
-    return true;
   }
 
+  /** An empty block goes to the free queue's tail. */
+  private pushEmpty(): void {
+    const b =
+      this.spare.pop() ??
+      ({
+        id: EMPTY,
+        users: 0,
+        prev: null as unknown as CachedBlock,
+        next: null as unknown as CachedBlock,
+      } as CachedBlock);
+    b.id = EMPTY;
+    b.users = 0;
+    this.append(b);
+  }
+
+  private append(b: CachedBlock): void {
+    const tail = this.free.prev;
+    b.prev = tail;
+    b.next = this.free;
+    tail.next = b;
+    this.free.prev = b;
+    this.freeSize++;
+  }
+
+  /** A request uses cached block `id`; a block it computed becomes cached (one of its anonymous blocks). */
   private pin(id: number): void {
     let b = this.refs.get(id);
     if (b === undefined) {
-      b = { id, users: 0, prev: null as unknown as CachedBlock, next: null as unknown as CachedBlock };
+      b = this.spare.pop() ?? ({ prev: null, next: null } as unknown as CachedBlock);
+      b.id = id;
+      b.users = 0;
       this.refs.set(id, b);
     } else if (b.users === 0) this.unlink(b);
     b.users++;
@@ -296,12 +345,7 @@ export class EngineModel {
     const b = this.refs.get(id);
     if (b === undefined || --b.users > 0) return;
     // most recently used: appended at the tail
-    const tail = this.free.prev;
-    b.prev = tail;
-    b.next = this.free;
-    tail.next = b;
-    this.free.prev = b;
-    this.freeSize++;
+    this.append(b);
   }
 
   private unlink(b: CachedBlock): void {
@@ -310,29 +354,40 @@ export class EngineModel {
     this.freeSize--;
   }
 
+  /**
+   * The blocks a request's scheduled chunk fills (computed + chunk tokens) become cached when the
+   * chunk is scheduled, as in the engine (vLLM's allocate_slots): a request admitted later in the
+   * same pass already reuses them (the step computes both). A block another request cached
+   * meanwhile is shared; each run of new blocks is one BlockStored chained on its parent, sent
+   * with the step's other events when the step ends.
+   */
+  private register(r: Running, computedAfter: number): void {
+    const to = Math.min(r.req.fullBlocks, Math.floor(computedAfter / this.o.blockTokens));
+    let start = -1;
+    for (let b = r.pinned; b < to; b++) {
+      const id = r.req.hashIds[b];
+      if (this.refs.has(id)) {
+        // another request cached it meanwhile: this request uses that copy, and its own copy
+        // stays its block until it finishes (a second physical copy, as in the engine), then
+        // goes back empty
+        if (start >= 0) this.storeRun(r.req.hashIds, start, b);
+        start = -1;
+      } else {
+        r.anon--;
+        if (start < 0) start = b;
+      }
+      this.pin(id);
+    }
+    if (start >= 0) this.storeRun(r.req.hashIds, start, to);
+    r.pinned = Math.max(r.pinned, to);
+  }
+
   private applyStep(now: number): void {
-    const bs = this.o.blockTokens;
     const plan = this.plan;
     this.plan = [];
     for (const { r, prefill } of plan) {
       if (prefill > 0) {
         r.computed += prefill;
-        // blocks completed by this chunk become cached (a block another request cached
-        // meanwhile is shared); each run of new blocks is one BlockStored chained on its parent
-        const to = Math.min(r.req.fullBlocks, Math.floor(r.computed / bs));
-        let start = -1;
-        for (let b = r.pinned; b < to; b++) {
-          const id = r.req.hashIds[b];
-          r.anon--;
-          this.anonBlocks--;
-          if (this.refs.has(id)) {
-            if (start >= 0) this.storeRun(r.req.hashIds, start, b);
-            start = -1;
-          } else if (start < 0) start = b;
-          this.pin(id);
-        }
-        if (start >= 0) this.storeRun(r.req.hashIds, start, to);
-        r.pinned = Math.max(r.pinned, to);
         if (r.computed >= r.req.inputLength) this.token(r, now);
       } else this.token(r, now);
     }
@@ -361,9 +416,10 @@ export class EngineModel {
     for (let i = 0; i < this.running.length; i++) {
       const r = this.running[i];
       if (r.generated >= Math.max(1, r.req.outputLength)) {
-        // freed in reverse order, so a request's last blocks are evicted before its first
+        // freed in reverse order, so a request's last blocks are evicted before its first: its
+        // blocks that hold nothing reusable (output, partial last, second copies) first
+        for (let k = 0; k < r.anon; k++) this.pushEmpty();
         for (let b = r.pinned - 1; b >= 0; b--) this.unpin(r.req.hashIds[b]);
-        this.anonBlocks -= r.anon;
         r.req.finishedAt = now;
         this.hooks.onFinish(r.req, now);
       } else this.running[w++] = r;

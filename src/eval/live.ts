@@ -21,6 +21,7 @@ import type { PolicyName } from "../routing/index.ts";
 import { TokenizerRegistry } from "../tokenize/registry.ts";
 import { createLogger, type Logger } from "../util/log.ts";
 import { percentileSorted } from "../util/stats.ts";
+import { requestOverheads, simulateAsLive } from "./as-live.ts";
 import {
   EVAL_POLICIES,
   type EvalPolicy,
@@ -28,8 +29,10 @@ import {
   infiniteCacheHitRate,
   type PolicyResult,
   simulate,
-  simulateDetailed,
 } from "./simulator.ts";
+
+export { placedAs, requestOverheads, sentArrivals, simulateAsLive } from "./as-live.ts";
+
 import { meanRate, type TraceRequest } from "./workload.ts";
 
 export const LIVE_MODEL = "Qwen/Qwen3-0.6B";
@@ -119,6 +122,12 @@ export interface LiveResult {
   sentAtMs: number[];
   /** each request's TTFT as the client saw it (null: no token) */
   requestTtftMs: Array<number | null>;
+  /** each request's latency as the client saw it, send to last byte (null: no answer) */
+  requestLatencyMs: Array<number | null>;
+  /** the pod that served each request (x-kvsync-pod; null: no answer) */
+  requestPod: Array<string | null>;
+  /** each request's engine-reported cached tokens in whole blocks (null: no answer) */
+  requestHitBlocks: Array<number | null>;
 }
 
 /** Replay `reqs` (sorted by timestamp, ms from 0) through a fresh local fleet routed by `policy`. */
@@ -187,7 +196,8 @@ export async function runLive(reqs: readonly TraceRequest[], o: LiveOptions): Pr
     const wallMs = performance.now() - t0;
     const requestTtftMs = outcomes.map((x) => (x?.ok ? x.ttftMs : null));
     const latencyMs = outcomes.map((x) => (x?.ok ? x.latencyMs : null));
-    const over = requestOverheads(reqs, o.policy, f, sentAtMs, requestTtftMs, latencyMs);
+    const requestPod = outcomes.map((x) => (x?.ok ? x.pod : null));
+    const over = requestOverheads(reqs, o.policy, f, sentAtMs, requestTtftMs, latencyMs, requestPod);
     return {
       ...summarizeLive(
         o.policy,
@@ -202,6 +212,9 @@ export async function runLive(reqs: readonly TraceRequest[], o: LiveOptions): Pr
       requestEndDelayMs: over.endDelay,
       sentAtMs,
       requestTtftMs,
+      requestLatencyMs: latencyMs,
+      requestPod,
+      requestHitBlocks: outcomes.map((x) => (x?.ok ? Math.floor(x.cachedTokens / f.blockTokens) : null)),
     };
   } finally {
     await agent.close();
@@ -253,7 +266,17 @@ export function summarizeLive(
   pods: readonly string[],
   blockTokens: number,
   wallMs: number,
-): Omit<LiveResult, "overheadMs" | "requestOverheadMs" | "requestEndDelayMs" | "sentAtMs" | "requestTtftMs"> {
+): Omit<
+  LiveResult,
+  | "overheadMs"
+  | "requestOverheadMs"
+  | "requestEndDelayMs"
+  | "sentAtMs"
+  | "requestTtftMs"
+  | "requestLatencyMs"
+  | "requestPod"
+  | "requestHitBlocks"
+> {
   let blocks = 0;
   let hit = 0;
   let prompt = 0;
@@ -294,65 +317,6 @@ export function summarizeLive(
     requestsPerPod: counts,
     wallMs,
   };
-}
-
-/** `reqs` with the arrival times a live replay actually sent them at (LiveResult.sentAtMs). */
-export function sentArrivals(reqs: readonly TraceRequest[], sentAtMs: readonly number[]): TraceRequest[] {
-  const t0 = reqs.length > 0 ? reqs[0].timestamp : 0;
-  const out = reqs.map((r, i) => ({ ...r, timestamp: t0 + (sentAtMs[i] ?? r.timestamp - t0) }));
-  // sends are sequential, so the order holds; sort anyway for a caller's hand-made times
-  return out.sort((a, b) => a.timestamp - b.timestamp);
-}
-
-/**
- * What a live replay spent outside the engine model, per request: live TTFT minus the simulator's
- * TTFT for the same request, policy and arrivals with no overhead. Measured on the replay itself
- * (not on idle probes), so it carries the machine's load at the time and its spread: on a loaded
- * machine a few requests wait 100+ ms in event loops while the median waits 20.
- */
-export function requestOverheads(
-  reqs: readonly TraceRequest[],
-  policy: EvalPolicy,
-  fleet: FleetOptions,
-  sentAtMs: readonly number[],
-  ttftMs: ReadonlyArray<number | null>,
-  latencyMs: ReadonlyArray<number | null> = [],
-): { median: number; perRequest: number[]; endDelay: number[] } {
-  const d = simulateDetailed(sentArrivals(reqs, sentAtMs), policy, { ...fleet, overheadMs: 0 });
-  const raw = d.requests.map((r, i) => {
-    const l = ttftMs[i];
-    return l === null || l === undefined || r.rejected ? null : Math.max(0, l - (r.firstTokenAt - r.arrival));
-  });
-  const known = raw.filter((x): x is number => x !== null).sort((a, b) => a - b);
-  const median = known.length > 0 ? known[known.length >> 1] : 0;
-  const perRequest = raw.map((x) => x ?? median);
-  const endDelay = d.requests.map((r, i) => {
-    const l = latencyMs[i];
-    const half = perRequest[i] / 2;
-    return l === null || l === undefined || r.rejected
-      ? half
-      : Math.max(half, l - (r.finishedAt - r.arrival) - half);
-  });
-  return { median, perRequest, endDelay };
-}
-
-/**
- * The simulator on a live replay's terms: the arrivals the client actually sent and each
- * request's measured overhead, so what differs from the live figures is the model's routing,
- * cache and engine, not the machine's timing.
- */
-export function simulateAsLive(
-  reqs: readonly TraceRequest[],
-  policy: EvalPolicy,
-  fleet: FleetOptions,
-  live: Pick<LiveResult, "sentAtMs" | "overheadMs" | "requestOverheadMs" | "requestEndDelayMs">,
-): PolicyResult {
-  return simulate(
-    sentArrivals(reqs, live.sentAtMs),
-    policy,
-    { ...fleet, overheadMs: live.overheadMs },
-    { requestOverheadMs: live.requestOverheadMs, requestEndDelayMs: live.requestEndDelayMs },
-  );
 }
 
 /** The policies a live fleet can run (the oracle and the bound are simulator-only references). */

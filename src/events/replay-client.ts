@@ -10,6 +10,7 @@ import "../protocol/zmq-context.ts";
 import { decodeReplayResponse, encodeReplayRequest } from "../protocol/replay.ts";
 import { backoffDelay } from "../util/backoff.ts";
 import type { Logger } from "../util/log.ts";
+import { retryOnEintr } from "./eintr.ts";
 import type { ReplayHandlers } from "./event-source.ts";
 
 export interface ReplayClientOptions {
@@ -126,7 +127,8 @@ export class ReplayClient {
     this.dealer = dealer;
     let count = 0;
     try {
-      dealer.connect(this.endpoint);
+      // an interrupted connect did nothing: again at once rather than a failed replay (eintr.ts)
+      retryOnEintr(() => dealer.connect(this.endpoint));
       await dealer.send(encodeReplayRequest(fromSeq));
       for (;;) {
         const frames = await dealer.receive();

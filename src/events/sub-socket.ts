@@ -29,6 +29,7 @@ import * as zmq from "zeromq";
 import "../protocol/zmq-context.ts";
 import { backoffDelay, jitter } from "../util/backoff.ts";
 import type { Logger } from "../util/log.ts";
+import { retryOnEintr } from "./eintr.ts";
 import type { DownCause } from "./event-source.ts";
 
 export interface SubSocketOptions {
@@ -79,6 +80,8 @@ export class SubSocket {
   private readonly loops = new Set<Promise<void>>();
   /** sockets replaced so far */
   replacements = 0;
+  /** socket calls retried after an EINTR (eintr.ts) */
+  eintrRetries = 0;
 
   constructor(
     private readonly endpoint: string,
@@ -125,15 +128,33 @@ export class SubSocket {
             handshakeInterval: o.heartbeatTimeoutMs,
           }
         : {};
-    const sub = new zmq.Subscriber({
-      linger: 0,
-      reconnectInterval: jitter(o.reconnectMs * 2),
-      reconnectMaxInterval: o.reconnectMaxMs,
-      receiveHighWaterMark: o.receiveHighWaterMark,
-      connectTimeout: o.connectTimeoutMs,
-      maxMessageSize: o.maxFrameBytes,
-      ...hb,
-    });
+    const onEintr = (attempt: number) => {
+      this.eintrRetries++;
+      this.log.debug(
+        { event: "subscriber.eintr_retry", ...this.ctx(), attempt },
+        "socket call interrupted: again",
+      );
+    };
+    // the monitor (`events`) is made here, not at its first use: its zmq_socket_monitor and
+    // connect can fail with EINTR (src/events/eintr.ts), and a socket without it is closed
+    const sub = retryOnEintr(() => {
+      const s = new zmq.Subscriber({
+        linger: 0,
+        reconnectInterval: jitter(o.reconnectMs * 2),
+        reconnectMaxInterval: o.reconnectMaxMs,
+        receiveHighWaterMark: o.receiveHighWaterMark,
+        connectTimeout: o.connectTimeoutMs,
+        maxMessageSize: o.maxFrameBytes,
+        ...hb,
+      });
+      try {
+        void s.events;
+      } catch (err) {
+        s.close();
+        throw err;
+      }
+      return s;
+    }, onEintr);
     this.sub = sub;
     this.lastAttemptAt = performance.now();
     this.awaitingRetrySince = 0;
@@ -186,7 +207,7 @@ export class SubSocket {
     });
     try {
       sub.subscribe(this.topic);
-      sub.connect(this.endpoint);
+      retryOnEintr(() => sub.connect(this.endpoint), onEintr);
     } catch (err) {
       this.log.error({ event: "subscriber.connect_error", ...this.ctx(), err }, "cannot connect");
       this.replace(sub, "socket_error");

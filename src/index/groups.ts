@@ -26,6 +26,7 @@
  * chunked local attention, ...) are not modelled: such a stream matches nothing (routing falls
  * back to load for it) rather than over-predicting.
  */
+import { FULL_ATTENTION_KINDS, needsGroupLayer } from "../protocol/schema.ts";
 import type { BlockRemoved, BlockStored, EventBatch, HashKey, KvEvent } from "../protocol/types.ts";
 import { chainHash, namespaceSeed, stringHash64 } from "./chain-hash.ts";
 import { type GroupHolding, type GroupKind, hitLength, requestKeys } from "./coordinator.ts";
@@ -43,8 +44,6 @@ import type {
   TierCounts,
 } from "./types.ts";
 
-/** vLLM's KVCacheSpecKind values of FullAttentionSpec and its subclasses. */
-const FULL_KINDS: ReadonlySet<string> = new Set(["full_attention", "mla_attention", "sink_full_attention"]);
 /** SlidingWindowSpec and its MLA subclass. */
 const SLIDING_KINDS: ReadonlySet<string> = new Set(["sliding_window", "sliding_window_mla"]);
 
@@ -52,7 +51,7 @@ export type { GroupKind };
 
 export function groupKindOf(kind: string | null | undefined): GroupKind | null {
   if (typeof kind !== "string") return null;
-  if (FULL_KINDS.has(kind)) return "full";
+  if (FULL_ATTENTION_KINDS.has(kind)) return "full";
   if (SLIDING_KINDS.has(kind)) return "sliding";
   return "other";
 }
@@ -96,19 +95,6 @@ export interface GroupedIndexOptions {
 
 const EMPTY: StreamMatch[] = [];
 
-/**
- * A stream takes the group path once a BlockStored names a kind for a group other than 0, or a
- * kind other than full attention: events with a group but no kind (vLLM's April 2026 era) keep
- * the old rule, group 0 followed and the others ignored.
- */
-function needsGroups(ev: KvEvent): boolean {
-  if (ev === null || typeof ev !== "object" || ev.type !== "BlockStored") return false;
-  const k = ev.kvCacheSpecKind;
-  if (k === null || k === undefined) return false;
-  const g = ev.groupIdx;
-  return (typeof g === "number" && g !== 0) || !FULL_KINDS.has(k);
-}
-
 export class GroupedIndex implements PrefixIndex {
   private readonly grouped = new Map<string, GroupedStream>();
   private readonly cap: number;
@@ -133,6 +119,11 @@ export class GroupedIndex implements PrefixIndex {
   }
 
   applyBatch(stream: StreamRef, batch: EventBatch): void {
+    // a fleet with no hybrid stream: a decoded plain batch goes straight through (no lookup, no scan)
+    if (this.grouped.size === 0 && batch?.hybrid === false) {
+      this.inner.applyBatch(stream, batch);
+      return;
+    }
     let st = this.grouped.get(stream.streamId);
     const events = batch?.events;
     if (!Array.isArray(events)) {
@@ -140,7 +131,8 @@ export class GroupedIndex implements PrefixIndex {
       return;
     }
     if (st === undefined) {
-      if (!events.some(needsGroups)) {
+      // a decoded batch says whether it needs the group layer; only a hand-built one is scanned
+      if (!(batch.hybrid ?? events.some(needsGroupLayer))) {
         this.inner.applyBatch(stream, batch);
         return;
       }

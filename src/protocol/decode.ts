@@ -45,6 +45,7 @@ import {
   F_TS,
   F_TYPE,
   FIELD_NAMES,
+  needsGroupLayer,
   REMOVED_ORDER,
   STORED_EXTRA_KEYS,
   STORED_ORDER,
@@ -128,6 +129,8 @@ const CLEARED: AllBlocksCleared = Object.freeze({ type: "AllBlocksCleared" }) as
 /** The vLLM KV-event schema read through the bounded msgpack cursor. */
 class KvEventReader extends MsgpackReader<DecodeLimits> {
   unknownEvents = 0;
+  /** a BlockStored needs the index's group layer (EventBatch.hybrid) */
+  hybrid = false;
   unknownKeys = 0;
 
   /** One block hash: msgpack int of any width or bin → HashKey. */
@@ -414,7 +417,9 @@ class KvEventReader extends MsgpackReader<DecodeLimits> {
     const out: KvEvent[] = [];
     for (let i = 0; i < n; i++) {
       const ev = this.event(depth + 1);
-      if (ev !== null) out.push(ev);
+      if (ev === null) continue;
+      out.push(ev);
+      if (ev.type === "BlockStored" && ev.kvCacheSpecKind !== null && needsGroupLayer(ev)) this.hybrid = true;
     }
     return out;
   }
@@ -448,7 +453,7 @@ class KvEventReader extends MsgpackReader<DecodeLimits> {
       }
     }
     if (ts === null || events === null) this.bad("batch map without 'ts' or 'events'");
-    return { ts, events, dpRank };
+    return { ts, events, dpRank, hybrid: this.hybrid };
   }
 }
 

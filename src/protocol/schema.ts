@@ -8,6 +8,8 @@
  * eras in encode.ts say how long), so one order serves every era.
  */
 
+import type { KvEvent } from "./types.ts";
+
 // Field ids, shared by all structs (an event field keeps its id in every event type).
 export const F_TYPE = 1;
 export const F_HASHES = 2;
@@ -95,3 +97,24 @@ export const EVENT_TYPES: ReadonlyArray<readonly [string, number]> = [
   ["BlockRemoved", T_REMOVED],
   ["AllBlocksCleared", T_CLEARED],
 ];
+
+/** vLLM's KVCacheSpecKind values of FullAttentionSpec and its subclasses. */
+export const FULL_ATTENTION_KINDS: ReadonlySet<string> = new Set([
+  "full_attention",
+  "mla_attention",
+  "sink_full_attention",
+]);
+
+/**
+ * Whether an event shows a hybrid cache layout (the index's KV-cache group layer, groups.ts):
+ * a BlockStored that names a kind for a group other than 0, or a kind other than full
+ * attention. Events with a group but no kind (vLLM's April 2026 era) do not: group 0 is followed
+ * and the others ignored, as before kinds were sent.
+ */
+export function needsGroupLayer(ev: KvEvent): boolean {
+  if (ev === null || typeof ev !== "object" || ev.type !== "BlockStored") return false;
+  const k = ev.kvCacheSpecKind;
+  if (k === null || k === undefined) return false;
+  const g = ev.groupIdx;
+  return (typeof g === "number" && g !== 0) || !FULL_ATTENTION_KINDS.has(k);
+}

@@ -57,6 +57,12 @@ export interface EventBatch {
   events: KvEvent[];
   /** data_parallel_rank; null when the batch has no third field. */
   dpRank: number | null;
+  /**
+   * Set by the decoder: whether a BlockStored of the batch needs the KV-cache group layer
+   * (`needsGroupLayer`). It lets the index pass a plain batch through without looking at its
+   * events; absent on a hand-built batch, for which the index looks itself.
+   */
+  hybrid?: boolean;
 }
 
 /** One PUB message after framing: `[topic, seq(8B BE), payload]`. */

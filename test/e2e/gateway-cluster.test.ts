@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { NatsServer } from "../../harness/nats-server.ts";
 import { parseMetrics } from "../helpers/metrics.ts";
-import { NatsServer } from "../helpers/nats-server.ts";
 import { DEFAULT_MODEL, type Pod } from "./harness/cluster.ts";
 import { GatewayProcess } from "./harness/gateway.ts";
 import { getJson, getText, postJson } from "./harness/http.ts";
@@ -52,6 +52,27 @@ function balanceOf(spans: Span[], pods: Pod[]): { mean: number; samples: number 
     if (total >= pods.length / 2) ratios.push(Math.max(...n) / (total / pods.length));
   }
   return { mean: ratios.reduce((a, b) => a + b, 0) / Math.max(1, ratios.length), samples: ratios.length };
+}
+
+/**
+ * How late the replicas' load deltas reached their peers, over every replica's
+ * kvsync_cluster_delta_delay_seconds: the upper bounds (ms) of the buckets holding p50 and p99.
+ */
+async function deltaDelay(gws: GatewayProcess[]): Promise<{ n: number; p50Ms: number; p99Ms: number }> {
+  const buckets = new Map<number, number>();
+  for (const g of gws) {
+    const m = parseMetrics(await getText(`${g.adminUrl}/metrics`));
+    for (const [k, v] of m) {
+      const le = /^kvsync_cluster_delta_delay_seconds_bucket\{le="([^"]+)"\}$/.exec(k);
+      if (le === null) continue;
+      const at = le[1] === "+Inf" ? Number.POSITIVE_INFINITY : Number(le[1]);
+      buckets.set(at, (buckets.get(at) ?? 0) + v);
+    }
+  }
+  const les = [...buckets.keys()].sort((a, b) => a - b);
+  const n = buckets.get(Number.POSITIVE_INFINITY) ?? 0;
+  const at = (q: number) => (les.find((le) => (buckets.get(le) ?? 0) >= q * n) ?? Number.NaN) * 1000;
+  return { n, p50Ms: at(0.5), p99Ms: at(0.99) };
 }
 
 interface Span {
@@ -214,14 +235,17 @@ describe("e2e gateway cluster: replicas that route as one over NATS", { timeout:
         );
       const r = await arrivals(gws, hot, LOAD_MS, 30);
       const b = balanceOf(r.spans, pods);
+      const delay = await deltaDelay(gws);
       results[label] = {
         busiestOverMean: Number(b.mean.toFixed(3)),
         samples: b.samples,
         requests: r.requests,
         failed: r.failed,
+        ...(delay.n > 0 ? { deltaDelay: delay } : {}),
       };
       process.stderr.write(
-        `gateway-cluster ${label}: busiest/mean ${b.mean.toFixed(3)} (${b.samples} samples, ${r.requests} requests, ${r.failed} failed)\n`,
+        `gateway-cluster ${label}: busiest/mean ${b.mean.toFixed(3)} (${b.samples} samples, ${r.requests} requests, ${r.failed} failed)` +
+          `${delay.n > 0 ? `; load deltas reached the peers within ${delay.p50Ms} ms (p50), ${delay.p99Ms} ms (p99) of ${delay.n}` : ""}\n`,
       );
       // checked after all three runs, so the next tests get their replicas either way
       checks.push(() => {

@@ -3,10 +3,10 @@ import { spawn, spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { runCleanups } from "./harness/cleanup.ts";
+import { runCleanups } from "../../harness/cleanup.ts";
+import { isAlive, ManagedProcess, run } from "../../harness/proc.ts";
 import { answers } from "./harness/http.ts";
 import { RUN_ENV, sweepStale, TestNetwork } from "./harness/netns.ts";
-import { isAlive, ManagedProcess, run } from "./harness/proc.ts";
 import { scaled, waitFor } from "./harness/wait.ts";
 
 // The harness itself: namespaces, addresses, cleanup on interrupt, the sweeper of dead runs.

@@ -17,9 +17,9 @@
 import { readFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
-import { registerCleanup } from "../../e2e/harness/cleanup.ts";
+import { registerCleanup } from "../../../harness/cleanup.ts";
+import { childEnv, ManagedProcess, run, runSyncQuiet } from "../../../harness/proc.ts";
 import { RUN_ENV } from "../../e2e/harness/netns.ts";
-import { childEnv, ManagedProcess, run, runSyncQuiet } from "../../e2e/harness/proc.ts";
 import { scaled, WaitAborted, waitFor } from "../../e2e/harness/wait.ts";
 import { type Fault, FaultNotInEffect, type NetTarget } from "./fault.ts";
 

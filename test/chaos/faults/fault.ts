@@ -4,7 +4,7 @@
  *
  * A `Fault` is created idle (nothing changed on the machine), then:
  * - `apply()` injects it; from that moment a cleanup action is registered with the E2E
- *   harness (test/e2e/harness/cleanup.ts), so a crashed or interrupted run removes it too;
+ *   harness (harness/cleanup.ts), so a crashed or interrupted run removes it too;
  * - `verify()` measures that it really took effect (a probe times out, a transfer is slow, a
  *   clock is ahead...) and resolves with the measurement, or rejects with `FaultNotInEffect`:
  *   an experiment must never measure "recovery" from a fault that silently did nothing;

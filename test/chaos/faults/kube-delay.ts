@@ -10,7 +10,7 @@
  * Verify: a GET /version with the kubeconfig's credentials takes >= delayMs. Remove: latency 0.
  */
 import { readFileSync } from "node:fs";
-import { registerCleanup } from "../../e2e/harness/cleanup.ts";
+import { registerCleanup } from "../../../harness/cleanup.ts";
 import type { KubeBackend } from "../../e2e/harness/kube.ts";
 import { type Fault, FaultNotInEffect } from "./fault.ts";
 

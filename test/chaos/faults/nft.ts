@@ -11,8 +11,8 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { registerCleanup } from "../../e2e/harness/cleanup.ts";
-import { run, runSyncQuiet } from "../../e2e/harness/proc.ts";
+import { registerCleanup } from "../../../harness/cleanup.ts";
+import { run, runSyncQuiet } from "../../../harness/proc.ts";
 
 export type NftFamily = "ip" | "inet" | "netdev";
 

@@ -29,8 +29,8 @@
 import { createSocket } from "node:dgram";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { childEnv, ManagedProcess } from "../../../harness/proc.ts";
 import { RUN_ENV } from "../../e2e/harness/netns.ts";
-import { childEnv, ManagedProcess } from "../../e2e/harness/proc.ts";
 import { scaled, WaitAborted, waitFor } from "../../e2e/harness/wait.ts";
 import { type Fault, FaultNotInEffect, type NetTarget, sleep } from "./fault.ts";
 import { NftTable } from "./nft.ts";

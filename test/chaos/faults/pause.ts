@@ -8,7 +8,7 @@
  * so a crashed run leaves no stopped process behind (its group kill then works at once).
  */
 
-import { registerCleanup } from "../../e2e/harness/cleanup.ts";
+import { registerCleanup } from "../../../harness/cleanup.ts";
 import type { Pod } from "../../e2e/harness/cluster.ts";
 import { type Fault, FaultNotInEffect, httpProbe } from "./fault.ts";
 

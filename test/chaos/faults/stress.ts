@@ -15,8 +15,8 @@
  */
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
+import { childEnv, ManagedProcess } from "../../../harness/proc.ts";
 import { RUN_ENV } from "../../e2e/harness/netns.ts";
-import { childEnv, ManagedProcess } from "../../e2e/harness/proc.ts";
 import { scaled, waitFor } from "../../e2e/harness/wait.ts";
 import { PodCpuCgroup } from "./cgroup.ts";
 import { type Fault, FaultNotInEffect, sleep } from "./fault.ts";

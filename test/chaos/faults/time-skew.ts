@@ -17,7 +17,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { registerCleanup } from "../../e2e/harness/cleanup.ts";
+import { registerCleanup } from "../../../harness/cleanup.ts";
 import { scaled, waitFor } from "../../e2e/harness/wait.ts";
 import { type Fault, FaultNotInEffect } from "./fault.ts";
 

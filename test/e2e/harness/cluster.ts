@@ -2,12 +2,12 @@ import { randomUUID } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { childEnv, ManagedProcess } from "../../../harness/proc.ts";
 import { type GatewayOptions, GatewayProcess } from "./gateway.ts";
 import { answers } from "./http.ts";
 import type { KubeBackend } from "./kube.ts";
 import { startKube } from "./kube.ts";
 import { type NetNode, RUN_ENV, TestNetwork } from "./netns.ts";
-import { childEnv, ManagedProcess } from "./proc.ts";
 import type { TruthSource } from "./truth.ts";
 import { scaled, WaitAborted, waitFor } from "./wait.ts";
 

@@ -1,10 +1,10 @@
 import { join } from "node:path";
 import type { Writable } from "node:stream";
+import { childEnv, ManagedProcess } from "../../../harness/proc.ts";
 import { freePort } from "../../../src/util/free-port.ts";
 import { CLI } from "./cluster.ts";
 import { answers, getJson, getText, postJson } from "./http.ts";
 import { RUN_ENV } from "./netns.ts";
-import { childEnv, ManagedProcess } from "./proc.ts";
 import type { BlocksDoc, IndexReader } from "./truth.ts";
 import { scaled, WaitAborted, waitFor } from "./wait.ts";
 

@@ -1,8 +1,8 @@
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { V1Pod } from "@kubernetes/client-node";
+import { registerCleanup } from "../../../harness/cleanup.ts";
 import { startFakeKubeApi } from "../../helpers/fake-kube-api.ts";
-import { registerCleanup } from "./cleanup.ts";
 
 /**
  * The cluster's API server: the fake Kubernetes API of the discovery tests

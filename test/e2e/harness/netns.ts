@@ -1,6 +1,6 @@
 import { readdirSync, readFileSync } from "node:fs";
-import { registerCleanup } from "./cleanup.ts";
-import { isAlive, run, runSyncQuiet } from "./proc.ts";
+import { registerCleanup } from "../../../harness/cleanup.ts";
+import { isAlive, run, runSyncQuiet } from "../../../harness/proc.ts";
 
 /**
  * The test network: a Linux bridge in the root namespace with an address in 198.18.0.0/15

@@ -1,5 +1,5 @@
 import { after, before } from "node:test";
-import { runCleanups } from "./cleanup.ts";
+import { runCleanups } from "../../../harness/cleanup.ts";
 import { Cluster, type ClusterOptions, type Pod } from "./cluster.ts";
 import type { GatewayProcess, RoutedResponse } from "./gateway.ts";
 import { scaled, waitFor } from "./wait.ts";

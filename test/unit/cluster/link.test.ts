@@ -4,12 +4,12 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { Registry } from "prom-client";
+import { NatsServer } from "../../../harness/nats-server.ts";
 import { ClusterLink } from "../../../src/cluster/link.ts";
 import { LoadTracker } from "../../../src/routing/load.ts";
 import { silentLogger } from "../../../src/util/log.ts";
 import { waitFor } from "../../../src/util/wait.ts";
 import { parseMetrics } from "../../helpers/metrics.ts";
-import { NatsServer } from "../../helpers/nats-server.ts";
 
 interface Replica {
   loads: LoadTracker;
@@ -62,6 +62,8 @@ describe("cluster link against a real nats-server", { timeout: 120_000 }, () => 
     assert.equal(inflight(a), 1);
     await waitFor("b sees a's request", () => inflight(b) === 1 || `b sees ${inflight(b)}`);
     assert.equal(b.loads.load("p0", "p0").inflightPrefillTokens, 300);
+    // the delta carried its send time: b measured how late it came
+    assert.ok((await metric(b, "kvsync_cluster_delta_delay_seconds_count")) >= 1);
     const t2 = b.loads.begin("p0", 100);
     await waitFor("a sees both", () => inflight(a) === 2 || `a sees ${inflight(a)}`);
     t.prefillDone();

@@ -97,6 +97,16 @@ describe("cluster messages: bad and foreign input is rejected with a reason", ()
     assert.equal(reason({ v: 1, c: "c1", t: "d", id: "a", seq: 1, s: "p", r: -1, pr: 0, pt: 0 }), "ok");
     assert.equal(reason({ v: 1, c: "c1", t: "bye", id: "a", seq: 2 }), "ok");
   });
+  it("a delta's send time (ts) is kept when given, left out when not a number", () => {
+    const d = (ts: unknown) => {
+      const r = parse({ v: 1, c: "c1", t: "d", id: "a", seq: 1, s: "p", r: 1, pr: 0, pt: 0, ts });
+      assert.ok(r.ok && r.msg.t === "d");
+      return r.msg.ts;
+    };
+    assert.equal(d(1_796_698_248_888.5), 1_796_698_248_888.5);
+    assert.equal(d("soon"), undefined);
+    assert.equal(d(undefined), undefined);
+  });
   it("rejects garbage, other versions, other clusters and bad fields", () => {
     assert.equal(reason("\u0000\u0001garbage"), "malformed");
     assert.equal(reason("[1,2]"), "malformed");

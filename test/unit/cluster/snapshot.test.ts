@@ -3,13 +3,13 @@ import { after, before, describe, it } from "node:test";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import fc from "fast-check";
 import { Registry } from "prom-client";
+import { NatsServer } from "../../../harness/nats-server.ts";
 import { ClusterMetrics } from "../../../src/cluster/metrics.ts";
 import { fetchSnapshot, SNAPSHOT_DEFAULTS, SnapshotServer } from "../../../src/cluster/snapshot.ts";
 import { SyncPrefixIndex } from "../../../src/index/sync-index.ts";
 import type { NamespaceRef, PrefixIndex, StreamRef } from "../../../src/index/types.ts";
 import { silentLogger } from "../../../src/util/log.ts";
 import { waitFor } from "../../../src/util/wait.ts";
-import { NatsServer } from "../../helpers/nats-server.ts";
 import { batch, hk, removed, stored, stream, toks } from "../index/helpers.ts";
 
 const NS: NamespaceRef = { model: "m", lora: null, blockSize: 4 };

@@ -108,6 +108,22 @@ test("LRU eviction: a finished request's last block goes first, and the index he
   assert.equal(index.streamBlocks("pod-0").length, 2);
 });
 
+test("one free queue: a cached block at its head is evicted while empty blocks wait behind it, as in the engine", () => {
+  // 4 blocks. A caches blocks 1 and 2 (queue: empty, empty, 2, 1). B (5 tokens, 8 out) takes 3
+  // blocks: the 2 empty ones and 2; it caches 3, its partial and output blocks go back empty
+  // before it (queue: 1, empty, empty, 3). C takes the head, 1, though 2 empty blocks follow:
+  // D, A's prefix again, misses. A model that used empty blocks first kept 1 and gave D a hit.
+  const f = { ...TINY, cacheBlocks: 4 };
+  const trace = [req(0, 8, [1, 2]), req(100, 5, [3, 4], 8), req(200, 8, [5, 6]), req(300, 8, [1, 9])];
+  const { result, requests } = simulateDetailed(trace, "round-robin", f);
+  assert.deepEqual(
+    requests.map((r) => r.hitBlocks),
+    [0, 0, 0, 0],
+  );
+  // 2 (by B), 1 (by C), 3 (by D)
+  assert.equal(result.evictions, 3);
+});
+
 test("a run of decode steps is cut short by an arrival after the step in progress", () => {
   // decode costs 1 ms per sequence: a decode step is 2 ms
   const f = { ...TINY, decodeMsPerSeq: 1 };

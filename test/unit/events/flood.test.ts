@@ -10,12 +10,12 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import { after, describe, it } from "node:test";
 import { Registry } from "prom-client";
+import { FLOOD_ENGINE, type FloodEngineConfig, truthOf } from "../../../harness/flood-engine.ts";
 import { SubscriberManager } from "../../../src/events/manager.ts";
 import { createIndex } from "../../../src/index/index.ts";
 import { hashFromInt, hashToText } from "../../../src/protocol/hash.ts";
 import { waitFor } from "../../../src/util/wait.ts";
 import { FakePublisher } from "./fake-publisher.ts";
-import { FLOOD_ENGINE, type FloodEngineConfig, truthOf } from "./flood-engine.ts";
 import { held, metric, podOf, storeBatch } from "./rig.ts";
 
 const cleanups: Array<() => Promise<void>> = [];

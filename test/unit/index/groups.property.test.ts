@@ -11,7 +11,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import fc from "fast-check";
 import { createIndex, type GroupedIndex, windowBlocks } from "../../../src/index/index.ts";
-import type { BlockStored, HashKey } from "../../../src/protocol/types.ts";
+import { decodeBatch, encodeBatch } from "../../../src/protocol/index.ts";
+import type { BlockStored, EventBatch, HashKey } from "../../../src/protocol/types.ts";
 import { batch, cleared, hk, removed, stored, stream } from "./helpers.ts";
 
 const BS = 4;
@@ -111,6 +112,46 @@ test("unmodelled group kinds match nothing; streams without groups pass through 
     [["plain", 3]],
   );
   assert.equal((idx as GroupedIndex).isGrouped("plain"), false);
+});
+
+test("decoded batches say whether they need the group layer; a grouped stream's plain batches still reach its groups", () => {
+  const wire = (b: EventBatch) => decodeBatch(encodeBatch(b, "2026-07")).batch;
+  const idx = createIndex() as GroupedIndex;
+  const plain = wire(batch(stored(hashes(2, 0, 3), null, tokensOf(2, 0, 3), { groupIdx: 0 })));
+  assert.equal(plain.hybrid, false);
+  idx.applyBatch(stream("plain"), plain);
+  assert.equal(idx.isGrouped("plain"), false);
+  const hybrid = wire(
+    batch(
+      stored(hashes(3, 0, 6), null, tokensOf(3, 0, 6), sliding()),
+      stored(hashes(3, 0, 6), null, tokensOf(3, 0, 6), full()),
+    ),
+  );
+  assert.equal(hybrid.hybrid, true);
+  idx.applyBatch(ST, hybrid);
+  assert.equal(idx.isGrouped("h"), true);
+  const req = [...tokensOf(3, 0, 6), 1];
+  assert.equal(idx.match(NS, req).find((m) => m.streamId === "h")?.matchedBlocks, 6);
+  // a window-group removal names no kind: its batch is plain on the wire, and must still reach the group
+  const removal = wire(batch(removed([hashOf(3, 4)], "GPU", { groupIdx: SW })));
+  assert.equal(removal.hybrid, false);
+  idx.applyBatch(ST, removal);
+  assert.deepEqual(
+    idx.groupBlocks("h", SW),
+    [0, 1, 2, 3, 5].map((j) => hashOf(3, j)),
+  );
+  // the window needs the 2 blocks before the hit point: 3 and 4 are not both held, 2 and 3 are
+  assert.equal(idx.match(NS, req).find((m) => m.streamId === "h")?.matchedBlocks, 4);
+  // another plain stream's decoded batch, with a grouped stream in the fleet, still passes through
+  idx.applyBatch(
+    stream("plain"),
+    wire(batch(stored(hashes(2, 3, 4), hashOf(2, 2), tokensOf(2, 3, 4), { groupIdx: 0 }))),
+  );
+  assert.equal(idx.isGrouped("plain"), false);
+  assert.equal(
+    idx.match(NS, [...tokensOf(2, 0, 4), 7]).find((m) => m.streamId === "plain")?.matchedBlocks,
+    4,
+  );
 });
 
 test("a sliding-window-only model (group 0, no full attention) matches by the window alone", () => {

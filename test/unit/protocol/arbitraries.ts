@@ -3,6 +3,7 @@ import fc from "fast-check";
 import type { WireEra } from "../../../src/protocol/encode.ts";
 import { hashFromBigInt, hashFromBytes, hashFromInt } from "../../../src/protocol/hash.ts";
 import type { BlockRemoved, BlockStored, EventBatch, HashKey, KvEvent } from "../../../src/protocol/types.ts";
+import { asDecoded } from "./reference-decoder.ts";
 
 export const hashArb: fc.Arbitrary<HashKey> = fc.oneof(
   fc.bigInt({ min: -(2n ** 63n), max: 2n ** 64n - 1n }).map(hashFromBigInt),
@@ -99,13 +100,16 @@ export function eventArb(era: WireEra): fc.Arbitrary<KvEvent> {
   );
 }
 
+/** A batch as the decoder gives it back (`hybrid` included: reference-decoder.ts). */
 export function batchArb(era: WireEra): fc.Arbitrary<EventBatch> {
-  return fc.record(
-    {
-      ts: fc.oneof(fc.double({ min: 1.6e9, max: 2e9, noNaN: true }), fc.double()),
-      events: fc.array(eventArb(era), { maxLength: 20 }),
-      dpRank: era === "2025-04" ? fc.constant(null) : nullable(fc.nat(1024)),
-    },
-    { noNullPrototype: true },
-  );
+  return fc
+    .record(
+      {
+        ts: fc.oneof(fc.double({ min: 1.6e9, max: 2e9, noNaN: true }), fc.double()),
+        events: fc.array(eventArb(era), { maxLength: 20 }),
+        dpRank: era === "2025-04" ? fc.constant(null) : nullable(fc.nat(1024)),
+      },
+      { noNullPrototype: true },
+    )
+    .map(asDecoded);
 }

@@ -5,6 +5,7 @@ import { fileURLToPath } from "node:url";
 import type { WireEra } from "../../../src/protocol/encode.ts";
 import { hashFromText } from "../../../src/protocol/hash.ts";
 import type { EventBatch, KvEvent } from "../../../src/protocol/types.ts";
+import { asDecoded } from "./reference-decoder.ts";
 
 export const FIXTURE_DIR = join(dirname(fileURLToPath(import.meta.url)), "../../fixtures/vllm-kv-events");
 
@@ -95,7 +96,11 @@ export function loadConformance(): Conformance[] {
       replayResponse: raw.replay_response.map((m) => m.map(hex)),
       expected: raw.expected.map((b) => ({
         seq: b.seq,
-        batch: { ts: b.ts, events: b.events.map(expectedEvent), dpRank: era === "2025-04" ? null : 0 },
+        batch: asDecoded({
+          ts: b.ts,
+          events: b.events.map(expectedEvent),
+          dpRank: era === "2025-04" ? null : 0,
+        }),
       })),
     };
   });

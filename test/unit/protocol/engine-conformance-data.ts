@@ -10,6 +10,7 @@ import { blockRemoved, blockStored } from "../../../src/protocol/build.ts";
 import type { WireEra } from "../../../src/protocol/encode.ts";
 import { hashFromText } from "../../../src/protocol/hash.ts";
 import type { BlockStored, EventBatch, KvEvent } from "../../../src/protocol/types.ts";
+import { asDecoded } from "./reference-decoder.ts";
 
 export const ENGINE_FIXTURE_DIR = join(
   dirname(fileURLToPath(import.meta.url)),
@@ -98,7 +99,7 @@ export function loadEngineConformance(): EngineConformance[] {
         replayResponse: raw.replay_response?.map((m) => m.map(hex)) ?? null,
         expected: raw.expected.map((b) => ({
           seq: b.seq,
-          batch: { ts: b.ts, events: b.events.map(expectedEvent), dpRank: b.dp_rank },
+          batch: asDecoded({ ts: b.ts, events: b.events.map(expectedEvent), dpRank: b.dp_rank }),
         })),
       };
     });

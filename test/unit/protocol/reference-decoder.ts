@@ -116,6 +116,23 @@ function event(raw: unknown): KvEvent | null {
   return null;
 }
 
+/** Full-attention kinds as vLLM names them (FullAttentionSpec and its subclasses). */
+const FULL = ["full_attention", "mla_attention", "sink_full_attention"];
+
+/**
+ * A batch as the decoder gives it: with `hybrid`, which this oracle derives on its own: a
+ * BlockStored with a kind, for a group other than 0 or of a kind other than full attention.
+ */
+export function asDecoded(b: Pick<EventBatch, "ts" | "events" | "dpRank">): EventBatch {
+  const hybrid = b.events.some(
+    (e) =>
+      e.type === "BlockStored" &&
+      e.kvCacheSpecKind !== null &&
+      ((e.groupIdx !== null && e.groupIdx !== 0) || !FULL.includes(e.kvCacheSpecKind)),
+  );
+  return { ts: b.ts, events: b.events, dpRank: b.dpRank, hybrid };
+}
+
 export function referenceDecode(payload: Uint8Array): EventBatch {
   const raw = unpackr.unpack(payload) as unknown;
   let ts: unknown;
@@ -129,11 +146,11 @@ export function referenceDecode(payload: Uint8Array): EventBatch {
     events = m.events as unknown[];
     dp = m.data_parallel_rank;
   }
-  return {
+  return asDecoded({
     ts: Number(ts),
     events: events.map(event).filter((e): e is KvEvent => e !== null),
     dpRank: num(dp),
-  };
+  });
 }
 
 export function rawUnpack(payload: Uint8Array): unknown {

@@ -21,11 +21,12 @@
 import { createInterface } from "node:readline";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import * as zmq from "zeromq";
-import { encodeBatch } from "../../../src/protocol/encode.ts";
-import { encodePubMessage } from "../../../src/protocol/frames.ts";
-import { hashFromInt } from "../../../src/protocol/hash.ts";
-import { decodeReplayRequest, encodeReplayEnd, encodeReplayResponse } from "../../../src/protocol/replay.ts";
-import type { HashKey, KvEvent } from "../../../src/protocol/types.ts";
+import { blockStored } from "../src/protocol/build.ts";
+import { encodeBatch } from "../src/protocol/encode.ts";
+import { encodePubMessage } from "../src/protocol/frames.ts";
+import { hashFromInt } from "../src/protocol/hash.ts";
+import { decodeReplayRequest, encodeReplayEnd, encodeReplayResponse } from "../src/protocol/replay.ts";
+import type { HashKey, KvEvent } from "../src/protocol/types.ts";
 
 export interface FloodEngineConfig {
   mode: "flood" | "steady";
@@ -61,21 +62,7 @@ function stored(c: FloodEngineConfig, set: number): KvEvent[] {
     const h = c.hashBase + set * c.eventsPerBatch + e;
     const tokenIds = new Array<number>(BS);
     for (let t = 0; t < BS; t++) tokenIds[t] = (h * 31 + t) % 151_000;
-    events.push({
-      type: "BlockStored",
-      blockHashes: [hashFromInt(h)],
-      parentBlockHash: null,
-      tokenIds,
-      blockSize: BS,
-      loraId: null,
-      medium: "GPU",
-      loraName: null,
-      extraKeys: null,
-      groupIdx: null,
-      kvCacheSpecKind: null,
-      kvCacheSpecSlidingWindow: null,
-      locality: null,
-    });
+    events.push(blockStored([hashFromInt(h)], null, tokenIds, BS, { medium: "GPU" }));
   }
   return events;
 }

@@ -7,10 +7,10 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { connect as tcpConnect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { freePort } from "../../src/util/free-port.ts";
-import { WaitAborted, waitFor } from "../../src/util/wait.ts";
-import { registerCleanup } from "../e2e/harness/cleanup.ts";
-import { ManagedProcess } from "../e2e/harness/proc.ts";
+import { freePort } from "../src/util/free-port.ts";
+import { WaitAborted, waitFor } from "../src/util/wait.ts";
+import { registerCleanup } from "./cleanup.ts";
+import { ManagedProcess } from "./proc.ts";
 
 const CANDIDATES = ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"];
 
