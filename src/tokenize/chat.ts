@@ -16,6 +16,8 @@
 import { Template } from "@huggingface/jinja";
 import { TokenizerError } from "./errors.ts";
 import { type FastRender, fastRendererFor } from "./fast-templates.ts";
+import { pythonStrip, STRIP_FN, usePythonStrip } from "./jinja-python-strip.ts";
+import { pyLstrip, pyStrip } from "./py-str.ts";
 import type { ChatMessage, ChatRequestLike } from "./types.ts";
 
 export interface ConversationMessage {
@@ -172,14 +174,6 @@ export function normalizeTools(tools: unknown[] | undefined | null): Record<stri
   });
 }
 
-/** Python `str.isspace()` characters (differs from JS `trim()` in \x1c-\x1f, \x85, \ufeff). */
-const PY_WS =
-  "\\t\\n\\v\\f\\r\\x1c-\\x1f \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
-const PY_LSTRIP = new RegExp(`^[${PY_WS}]+`);
-const PY_RSTRIP = new RegExp(`[${PY_WS}]+$`);
-export const pyLstrip = (s: string): string => s.replace(PY_LSTRIP, "");
-export const pyStrip = (s: string): string => s.replace(PY_LSTRIP, "").replace(PY_RSTRIP, "");
-
 /** transformers' `continue_final_message` handling: cut the render right after the last message. */
 export function trimAfterFinalMessage(rendered: string, finalContent: string): string {
   const stripped = pyStrip(finalContent);
@@ -234,6 +228,7 @@ export class ChatTemplate {
     this.source = opts.template;
     try {
       this.compiled = new Template(opts.template);
+      usePythonStrip(this.compiled);
     } catch (e) {
       throw new TokenizerError("config", `chat template does not parse: ${(e as Error).message}`, {
         cause: e,
@@ -296,6 +291,8 @@ export class ChatTemplate {
       if (RESERVED_GLOBALS.has(k)) continue;
       ctx[k] = v;
     }
+    // set last: a kwarg of the same name must not replace it
+    ctx[STRIP_FN] = pythonStrip;
     try {
       return this.compiled.render(ctx);
     } catch (e) {

@@ -5,14 +5,16 @@
  * that string's table of ~25 builtin functions. A direct renderer is ~1 µs.
  *
  * A renderer is picked by the SHA-256 of the template source, so a template that differs by one
- * byte is interpreted. Each renderer reproduces the interpreted render exactly, quirks included
- * (the library's `strip('\n')` / `lstrip('\n')` / `rstrip('\n')` ignore their argument and trim
- * every whitespace character, so these do too); `test/unit/tokenize/fast-templates.test.ts`
- * checks equality against the interpreter over generated message lists. A renderer returns null
+ * byte is interpreted. Each renderer reproduces Python jinja2's render (what vLLM produces)
+ * exactly, e.g. `strip('\n')` removes newlines only (jinja-python-strip.ts gives the interpreter the
+ * same semantics); `test/unit/tokenize/fast-templates.test.ts` checks equality against the
+ * interpreter over generated message lists and against jinja2's renders in
+ * test/fixtures/chat-templates/. A renderer returns null
  * for a request outside the shapes it covers (tools, tool calls, template kwargs other than
  * `enable_thinking`, non-boolean flags, no messages); the caller then interprets the template.
  */
 import { createHash } from "node:crypto";
+import { lstripNewlines, rstripNewlines } from "./py-str.ts";
 
 /** The fields of chat.ts's ConversationMessage the renderers read (declared here: no import cycle). */
 export interface TemplateMessage {
@@ -88,12 +90,13 @@ const renderQwen3: FastRender = ({ messages, tools, addGenerationPrompt, kwargs 
         reasoning = m.reasoning_content;
       } else if (content.includes("</think>")) {
         const after = content.split("</think>");
-        content = after[after.length - 1].trimStart();
-        const before = after[0].trimEnd().split("<think>");
-        reasoning = before[before.length - 1].trimStart();
+        content = lstripNewlines(after[after.length - 1]);
+        const before = rstripNewlines(after[0]).split("<think>");
+        reasoning = lstripNewlines(before[before.length - 1]);
       }
       if (i > lastQuery && (last || reasoning !== "")) {
-        out += `<|im_start|>assistant\n<think>\n${reasoning.trim()}\n</think>\n\n${content.trimStart()}`;
+        const thought = rstripNewlines(lstripNewlines(reasoning));
+        out += `<|im_start|>assistant\n<think>\n${thought}\n</think>\n\n${lstripNewlines(content)}`;
       } else {
         out += `<|im_start|>assistant\n${content}`;
       }

@@ -30,7 +30,7 @@ function both(req: ChatRequestLike): { fast: string | Error; interpreted: string
 }
 
 // text pieces that hit every branch of the template: think tags, tool-response wrappers,
-// whitespace the library's strip() trims (newlines, spaces, tabs, NBSP), plain words
+// whitespace next to the newlines strip('\n') removes (newlines, spaces, tabs, NBSP), plain words
 const piece = fc.constantFrom(
   "<think>",
   "</think>",
