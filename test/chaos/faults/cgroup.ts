@@ -8,7 +8,7 @@ import {
   writeFileSync,
 } from "node:fs";
 import { join } from "node:path";
-import { run } from "../../e2e/harness/proc.ts";
+import { run } from "../../../harness/proc.ts";
 
 /** The whole disk (`major:minor`) holding `path`'s filesystem: IO limits apply to disks, not partitions. */
 export function diskOf(path: string): string {
