@@ -1,8 +1,9 @@
 /**
  * Direct renderers for known chat templates, used instead of interpreting the template when the
- * request has a shape they cover. `@huggingface/jinja` costs 80–190 µs per render for a two-message
- * chat: every value it touches is wrapped in a runtime object, and every string method call builds
- * that string's table of ~25 builtin functions. A direct renderer is ~1 µs.
+ * request has a shape they cover. Interpreting is the gateway's largest own cost per request
+ * (docs/performance.md): `@huggingface/jinja` wraps every value it touches in a runtime object, and
+ * every string method call builds that string's table of builtin functions. A direct renderer does
+ * neither.
  *
  * A renderer is picked by the SHA-256 of the template source, so a template that differs by one
  * byte is interpreted. Each renderer reproduces Python jinja2's render (what vLLM produces)
