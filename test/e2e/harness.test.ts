@@ -11,6 +11,7 @@ import { scaled, waitFor } from "./harness/wait.ts";
 
 // The harness itself: namespaces, addresses, cleanup on interrupt, the sweeper of dead runs.
 const HARNESS = fileURLToPath(new URL("./harness", import.meta.url));
+const SHARED_HARNESS = fileURLToPath(new URL("../../harness", import.meta.url));
 
 async function namespaces(): Promise<string[]> {
   return (await run("ip", ["netns", "list"]))
@@ -74,7 +75,7 @@ describe("e2e harness", { timeout: scaled(90_000) }, () => {
   it("an interrupted run (SIGINT) removes its namespaces, links and processes", async () => {
     const script = `
       import { TestNetwork, RUN_ENV } from ${JSON.stringify(join(HARNESS, "netns.ts"))};
-      import { ManagedProcess } from ${JSON.stringify(join(HARNESS, "proc.ts"))};
+      import { ManagedProcess } from ${JSON.stringify(join(SHARED_HARNESS, "proc.ts"))};
       const net = await TestNetwork.create();
       const n = await net.addNode(1);
       const p = new ManagedProcess("sleeper", ...net.execArgs(n, "sleep", ["300"]), "/dev/null",
