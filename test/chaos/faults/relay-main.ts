@@ -129,6 +129,18 @@ function pipeDirection(route: Route, dir: Direction, src: Socket, dst: Socket): 
     }
     at = Math.max(at, lastAt);
     lastAt = at;
+    // nothing held and nothing due later: forward at once. A timer per chunk would add a
+    // millisecond or more to every chunk of the relayed pod, so passthrough would not be
+    // transparent (the pod slower than its peers, throughput moving with its share of traffic)
+    if (queue.length === 0 && timer === null && at <= Date.now()) {
+      if (!dst.destroyed && !dst.write(data)) {
+        src.pause();
+        dst.once("drain", () => {
+          if (queue.length === 0) src.resume();
+        });
+      }
+      return;
+    }
     queue.push({ at, data });
     queued += data.length;
     if (queued >= MAX_QUEUED) src.pause();
